@@ -1,0 +1,62 @@
+"""The ``aigc`` command. Each sub-command lives in its own module of this package and registers
+itself with ``register(subparsers)``; sub-commands map onto the library modules one to one.
+
+Errors a user can act on (:class:`aigc.errors.AigcError`) print as one line with exit code 2;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Order is the order of `aigc --help`.
+COMMAND_MODULES = [
+    "aigc.cli.data",
+    "aigc.cli.train",
+    "aigc.cli.sample",
+    "aigc.cli.evaluate",
+    "aigc.cli.info",
+    "aigc.cli.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aigc",
+        description="Self-hosted generative content: train generative models on your own data, "
+        "generate images, text and music, and measure what they make.",
+        epilog="Run `aigc COMMAND --help` for the options of one command.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from aigc.errors import AigcError
+
+    try:
+        result = args.func(args)
+    except AigcError as exc:
+        if args.debug or os.environ.get("AIGC_DEBUG"):
+            raise
+        print(f"aigc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aigc: interrupted; checkpoints already written are intact", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Named datasets and their cleaning. Image data: :mod:`aigc.data.images`."""

