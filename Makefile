@@ -36,7 +36,7 @@ test-slow: setup
 	AIGC_SLOW=1 $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache
