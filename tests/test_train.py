@@ -1,4 +1,5 @@
 import csv
+import math
 
 import pytest
 import torch
@@ -125,3 +126,10 @@ def test_augmentation_flips_and_shifts_without_changing_content():
     shifted = augment_images(x, torch.Generator().manual_seed(3), pad=2)
     assert shifted.shape == x.shape
     assert set(shifted.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+def test_bf16_autocast_trains_and_checkpoints_fp32_weights(tmp_path):
+    result = _trainer(tmp_path, steps=3, bf16=True).fit()
+    assert math.isfinite(result.last_train_loss) and result.step == 3
+    ckpt = load_checkpoint(result.checkpoint)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt.weights.values())
