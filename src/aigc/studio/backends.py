@@ -268,23 +268,27 @@ def chat_prompt(messages: list[dict[str, str]]) -> str:
 
 
 def read_chatterbot_corpus(folder: Path) -> str:
-    """Dialogues from chatterbot-corpus YAML files as ``User: ...\\nAssistant: ...`` text.
+    """Dialogues from chatterbot-corpus YAML files as ``User: ...\nAssistant: ...`` text.
 
     The files are a two-level list (``- - question`` / ``  - answer``); read line by line so no
-    YAML library is needed.
+    YAML library is needed. Multi-line answers (YAML block scalars ``|``/``>``, e.g. code) are
+    left out: the chat format has one line per turn.
     """
     out: list[str] = []
+
+    def flush(turn: list[str]) -> None:
+        if len(turn) >= 2 and not {turn[0], turn[1]} & {"|", ">", ""}:
+            out.append(f"User: {turn[0]}\nAssistant: {turn[1]}\n")
+
     for file in sorted(folder.glob("*.yml")):
         turn: list[str] = []
         for line in file.read_text(encoding="utf-8").splitlines():
             if line.startswith("- - "):
-                if len(turn) >= 2:
-                    out.append(f"User: {turn[0]}\nAssistant: {turn[1]}\n")
+                flush(turn)
                 turn = [line[4:].strip().strip('"')]
             elif line.startswith("  - ") and turn:
                 turn.append(line[4:].strip().strip('"'))
-        if len(turn) >= 2:
-            out.append(f"User: {turn[0]}\nAssistant: {turn[1]}\n")
+        flush(turn)
     return "\n".join(out)
 
 
