@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from aigc.studio.schemas import (
@@ -77,6 +78,17 @@ async def _finish(studio: Studio, enqueue: Callable[[str], dict]) -> dict:
     raise AssertionError("unreachable")
 
 
+def _internal(cls: type[BaseModel], **fields) -> Any:
+    """Build a native request from an OpenAI one; its bounds answer 400, never 500."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err.get("loc", ())) or None
+        raise ApiError(400, f"{param}: {err.get('msg')}", param=param,
+                       code="invalid_value") from None
+
+
 def _sse(obj: dict | str) -> bytes:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n" \
         .encode()
@@ -87,8 +99,8 @@ def _text_job(req: OAIChatRequest | OAICompletionRequest) -> TextJobRequest:
               "seed": req.seed, "stop": req.stop}
     if isinstance(req, OAIChatRequest):
         max_tokens = req.max_completion_tokens or req.max_tokens or 256
-        return TextJobRequest(messages=req.messages, max_tokens=max_tokens, **common)
-    return TextJobRequest(prompt=req.prompt, max_tokens=req.max_tokens, **common)
+        return _internal(TextJobRequest, messages=req.messages, max_tokens=max_tokens, **common)
+    return _internal(TextJobRequest, prompt=req.prompt, max_tokens=req.max_tokens, **common)
 
 
 async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat: bool):
@@ -185,9 +197,9 @@ async def images_generations(req: OAIImageRequest, request: Request,
     if backend.conditioning == "class" and req.prompt.strip().lower() in \
             [c.lower() for c in backend.class_names]:
         label = [c.lower() for c in backend.class_names].index(req.prompt.strip().lower())
-    job_req = ImageJobRequest(model=backend.name, n=req.n, seed=req.seed, label=label,
-                              prompt=req.prompt, steps=req.steps, guidance=req.guidance,
-                              sampler=req.sampler, temperature=req.temperature, size=size)
+    job_req = _internal(ImageJobRequest, model=backend.name, n=req.n, seed=req.seed, label=label,
+                        prompt=req.prompt, steps=req.steps, guidance=req.guidance,
+                        sampler=req.sampler, temperature=req.temperature, size=size)
     job = await _finish(studio, lambda job_id: studio.enqueue_image(job_req, job_id=job_id))
     base = str(request.base_url).rstrip("/")
     data = []
