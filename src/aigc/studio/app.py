@@ -32,6 +32,29 @@ _HTTP_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                409: "conflict_error", 413: "invalid_request_error", 429: "rate_limit_error"}
 
 
+class RequestCounter:
+    """Counts answered requests by (method, status) for /metrics (pure ASGI: cheap, and
+    streaming responses pass through untouched)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                studio = getattr(scope["app"].state, "studio", None)
+                if studio is not None:
+                    key = (scope["method"], message["status"])
+                    studio.http_requests[key] = studio.http_requests.get(key, 0) + 1
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
 def build_studio(settings: StudioSettings) -> Studio:
     """Open the store and load every model (called from the lifespan)."""
     from aigc.checkpoints import library_versions
@@ -97,14 +120,7 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.add_middleware(SecurityMiddleware, allowed_hosts=hosts,
                        allowed_origins=set(settings.allowed_origins))
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        studio = getattr(request.app.state, "studio", None)
-        if studio is not None:
-            key = (request.method, response.status_code)
-            studio.http_requests[key] = studio.http_requests.get(key, 0) + 1
-        return response
+    app.add_middleware(RequestCounter)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(ApiError)

@@ -171,7 +171,8 @@ class JobRunner:
                 self._wake["image"].clear()
                 continue
             batch = self._pick_batch(queued)
-            claimed = [j for j in batch if self.store.claim(j["id"])]
+            won = set(self.store.claim_many([j["id"] for j in batch]))
+            claimed = [j for j in batch if j["id"] in won]
             if claimed:
                 self._run_image_batch(claimed)
 
@@ -203,7 +204,7 @@ class JobRunner:
         for job in jobs:
             specs += image_specs(job["params"])
 
-        last = [0.0]
+        last = [t0]  # progress is written at most every 0.2 s: a fast batch writes none
 
         def progress(fraction: float) -> None:
             now = time.perf_counter()
@@ -226,7 +227,7 @@ class JobRunner:
             return
         self.stats.batches += 1
         self.stats.batched_images += len(specs)
-        start = 0
+        start, done = 0, []
         for job in jobs:
             p = job["params"]
             n = int(p["n"])
@@ -247,9 +248,10 @@ class JobRunner:
                 outs.append(ItemOut(png_bytes(images[start + i], record, p.get("size")), "png",
                                     record, prompt=spec.prompt, seed=spec.seed))
             start += n
-            if self.store.finish_job(job, outs, model_sha256=backend.sha256):
-                self.stats.completed["image"] += 1
-                self._push(job["id"], "done", self.store.get_job(job["id"]))
+            done.append((job, outs, None))
+        for job in self.store.finish_jobs(done, model_sha256=backend.sha256):
+            self.stats.completed["image"] += 1
+            self._push(job["id"], "done", job)
         dt = time.perf_counter() - t0
         self.stats.job_seconds["image"] += dt
         self.stats.ema_image_job_s = 0.8 * self.stats.ema_image_job_s + 0.2 * dt / len(jobs)
@@ -313,8 +315,8 @@ class JobRunner:
         out = ItemOut(text.encode("utf-8"), "txt", record, prompt=prompt, seed=int(p["seed"]),
                       text=text)
         sha = str(backend.describe().get("sha256", ""))
-        if self.store.finish_job(job, [out], result=result, model_sha256=sha):
+        for finished in self.store.finish_jobs([(job, [out], result)], model_sha256=sha):
             self.stats.completed["text"] += 1
             self.stats.tokens += usage["total_tokens"]
-            self._push(job["id"], "done", self.store.get_job(job["id"]))
+            self._push(job["id"], "done", finished)
         self.stats.job_seconds["text"] += time.perf_counter() - t0

@@ -177,10 +177,11 @@ class Store:
         path = self.files_dir / name
         if not path.exists():
             tmp = path.with_name(f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            # No fsync: like the database (WAL, synchronous=NORMAL) the files are durable against
+            # a killed process, not against power loss; they are written before the commit
+            # that references them.
             with open(tmp, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, path)
         return name
 
@@ -209,7 +210,8 @@ class Store:
                "created": time.time()}
         with self.engine.begin() as conn:
             conn.execute(insert(jobs).values(**row))
-        return self.get_job(row["id"])
+        return {**row, "error": None, "result": None, "started": None, "finished": None,
+                "items": []}
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -251,6 +253,19 @@ class Store:
                         progress=0.0))
         return res.rowcount == 1
 
+    def claim_many(self, job_ids: list[str]) -> list[str]:
+        """:meth:`claim` for several jobs in one transaction; returns the ids claimed."""
+        now, won = time.time(), []
+        with self.engine.begin() as conn:
+            for job_id in job_ids:
+                res = conn.execute(
+                    update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "queued"))
+                    .values(status="running", started=now, attempts=jobs.c.attempts + 1,
+                            progress=0.0))
+                if res.rowcount == 1:
+                    won.append(job_id)
+        return won
+
     def set_progress(self, job_id: str, progress: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "running"))
@@ -260,20 +275,38 @@ class Store:
                    result: dict[str, Any] | None = None, model_sha256: str = "") -> bool:
         """Write the items and mark the job done in one transaction. False if it was no longer
         running (e.g. cancelled meanwhile): then nothing is written."""
+        return bool(self.finish_jobs([(job, outputs, result)], model_sha256))
+
+    def finish_jobs(self, done: list[tuple[dict[str, Any], list[ItemOut], dict[str, Any] | None]],
+                    model_sha256: str = "") -> list[dict[str, Any]]:
+        """Finish several jobs in one transaction (a batch). A job no longer ``running`` (it was
+        cancelled meanwhile) is skipped and writes nothing. Returns the finished jobs, updated
+        in memory (status, finished, items)."""
         now = time.time()
-        names = [self.put_file(o.data, o.ext) for o in outputs]  # idempotent, before the commit
+        finished = []
+        named = [(job, outs, result, [self.put_file(o.data, o.ext) for o in outs])
+                 for job, outs, result in done]  # idempotent writes, before the commit
         with self.engine.begin() as conn:
-            res = conn.execute(
-                update(jobs).where(and_(jobs.c.id == job["id"], jobs.c.status == "running"))
-                .values(status="done", progress=1.0, finished=now, result=result, error=None))
-            if res.rowcount != 1:
-                return False
-            for i, (o, name) in enumerate(zip(outputs, names, strict=True)):
-                conn.execute(insert(items).values(
-                    id=new_id(), job_id=job["id"], index=i, kind=job["kind"], model=job["model"],
-                    model_sha256=model_sha256, file=name, prompt=o.prompt, seed=o.seed,
-                    text=o.text, record=o.record, created=now))
-        return True
+            for job, outputs, result, names in named:
+                res = conn.execute(
+                    update(jobs).where(and_(jobs.c.id == job["id"], jobs.c.status == "running"))
+                    .values(status="done", progress=1.0, finished=now, result=result,
+                            error=None))
+                if res.rowcount != 1:
+                    continue
+                ids: list[str] = []
+                for i, (o, name) in enumerate(zip(outputs, names, strict=True)):
+                    ids.append(new_id())
+                    conn.execute(insert(items).values(
+                        id=ids[-1], job_id=job["id"], index=i, kind=job["kind"],
+                        model=job["model"], model_sha256=model_sha256, file=name,
+                        prompt=o.prompt, seed=o.seed, text=o.text, record=o.record,
+                        created=now))
+                finished.append({**job, "status": "done", "progress": 1.0, "finished": now,
+                                 "result": result, "error": None, "items": ids,
+                                 "files": names,
+                                 "attempts": job.get("attempts", 0) + 1})
+        return finished
 
     def fail_job(self, job_id: str, error: str, status: str = "failed") -> None:
         with self.engine.begin() as conn:

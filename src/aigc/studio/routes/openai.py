@@ -203,13 +203,13 @@ async def images_generations(req: OAIImageRequest, request: Request,
     job = await _finish(studio, lambda job_id: studio.enqueue_image(job_req, job_id=job_id))
     base = str(request.base_url).rstrip("/")
     data = []
-    for item_id in job["items"]:
-        row = await run_in_threadpool(studio.store.get_item, item_id)
-        entry: dict[str, Any] = {"revised_prompt": None, "seed": row["seed"], "item_id": item_id}
+    seed0 = job["params"]["seed"]
+    for i, (item_id, name) in enumerate(zip(job["items"], job["files"], strict=True)):
+        entry: dict[str, Any] = {"revised_prompt": None, "seed": seed0 + i, "item_id": item_id}
         if req.response_format == "b64_json":
-            path = studio.store.file_path(row["file"])
+            path = studio.store.file_path(name)
             entry["b64_json"] = base64.b64encode(path.read_bytes()).decode("ascii")
         else:
-            entry["url"] = f"{base}/files/{row['file']}"
+            entry["url"] = f"{base}/files/{name}"
         data.append(entry)
     return {"created": int(job["finished"] or time.time()), "data": data}
