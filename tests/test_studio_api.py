@@ -311,3 +311,34 @@ def test_health_metrics_and_openapi(client):
         assert path in schema["paths"], path
     assert "HTTPValidationError" not in json.dumps(schema)
     assert client.get("/").status_code == 200
+
+
+def test_body_size_limit(client):
+    big = {"kind": "text", "prompt": "x" * (2 << 20)}
+    _error(client.post("/api/jobs", json=big), 413, "body_too_large")
+
+
+def test_cancelled_running_job_writes_nothing(tmp_path):
+    from aigc.studio.store import ItemOut, Store
+
+    store = Store(tmp_path / "data")
+    job = store.add_job("image", "m", {"n": 1, "seed": 0}, 0.0)
+    assert store.claim_many([job["id"], job["id"]]) == [job["id"]]  # claimed once only
+    assert store.cancel(job["id"]) == "running"
+    out = ItemOut(b"png", "png", {"seed": 0}, seed=0)
+    assert store.finish_jobs([(job, [out], None)]) == []
+    assert store.get_job(job["id"])["status"] == "cancelled" and store.count_items() == 0
+    assert store.recover() == 0  # a cancelled job is not re-queued at start-up
+
+
+def test_create_key_cli_prints_once_and_stores_hash(tmp_path, capsys):
+    from aigc.cli import main
+    from aigc.studio.auth import hash_key
+    from aigc.studio.store import Store
+
+    data = str(tmp_path / "d")
+    assert main(["studio", "--create-key", "ci", "--data", data]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert key.startswith("aigc-") and len(key) > 40
+    assert Store(data).api_key_hashes() == [hash_key(key)]
+    assert main(["studio", "--create-key", "ci", "--data", data]) == 2  # name taken

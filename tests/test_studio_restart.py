@@ -42,7 +42,7 @@ def test_sigkill_with_jobs_queued_and_running_loses_none(tmp_path):
     proc = _start(tmp_path, port)
     try:
         # Large upscaled PNGs make each job take a noticeable time, one at a time.
-        ids = [httpx.post(f"{base}/api/jobs", json={"kind": "image", "n": 16, "size": 512,
+        ids = [httpx.post(f"{base}/api/jobs", json={"kind": "image", "n": 16, "size": 1024,
                                                     "seed": 1000 * i}).json()["id"]
                for i in range(N_IMAGE_JOBS)]
         ids += [httpx.post(f"{base}/api/jobs", json={"kind": "text", "prompt": "User: hi",
@@ -51,9 +51,9 @@ def test_sigkill_with_jobs_queued_and_running_loses_none(tmp_path):
         deadline = time.time() + 60
         while time.time() < deadline:
             counts = httpx.get(f"{base}/health").json()["jobs"]
-            if counts["done"] >= 2 and counts["running"] >= 1:
+            if counts["done"] >= 1 and counts["running"] >= 1:
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         before = {j["id"]: j for j in httpx.get(f"{base}/api/jobs?limit=500").json()["jobs"]}
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -61,7 +61,8 @@ def test_sigkill_with_jobs_queued_and_running_loses_none(tmp_path):
         if proc.poll() is None:
             proc.kill()
     states = [before[i]["status"] for i in ids]
-    assert "queued" in states and states.count("done") >= 2, states
+    print("job states at SIGKILL:", {s: states.count(s) for s in set(states)})
+    assert "queued" in states and "done" in states, states
 
     proc = _start(tmp_path, port)
     try:

@@ -9,6 +9,7 @@
   When keys exist, every ``/api`` and ``/v1`` route requires ``Authorization: Bearer KEY``.
 * **Host** (DNS rebinding): on a loopback bind only ``Host: 127.0.0.1|localhost|[::1]`` is
   served, so a page on ``evil.example`` that resolves to 127.0.0.1 gets 403.
+* **Body size**: request bodies over 1 MiB are refused (413) before they are read.
 * **Origin** (cross-site requests): a state-changing request (POST/PUT/PATCH/DELETE) that
   carries an ``Origin`` other than the server's own, or ``Sec-Fetch-Site: cross-site``, is
   refused, so a random web page cannot queue jobs. Clients that send no Origin (curl, the
@@ -31,6 +32,7 @@ from aigc.errors import AigcError
 KEY_PREFIX = "aigc-"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+MAX_BODY_BYTES = 1 << 20  # the largest valid request (64 chat messages of 8000 chars) is ~0.5 MB
 
 
 def new_api_key() -> str:
@@ -108,7 +110,22 @@ class SecurityMiddleware:
                 await error_json(403, "cross-site request refused", "permission_error",
                                  "bad_origin")(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            await error_json(413, f"request body over {MAX_BODY_BYTES} bytes",
+                             "invalid_request_error", "body_too_large")(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded_receive():  # also bounds bodies sent without Content-Length
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise ValueError("request body too large")
+            return message
+
+        await self.app(scope, bounded_receive, send)
 
     def _same_origin(self, origin: str, host: str) -> bool:
         if origin in self.allowed_origins:
