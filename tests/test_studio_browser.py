@@ -101,7 +101,7 @@ def test_browser_generate_gallery_rate_chat(tmp_path):
         page.wait_for_selector("#detail #regen")
         detail = page.inner_text("#detail")
         assert item["model_sha256"] in detail and str(item["seed"]) in detail
-        page.screenshot(path=str(shots / "studio-gallery.png"))
+        page.screenshot(path=str(shots / "studio-gallery.png"), full_page=True)
 
         # 4. Regenerate with this seed: the image page runs a 1-image job with that seed.
         page.click("#regen")

@@ -215,8 +215,10 @@ function card(item, onclick) {
   c.append(meta);
   return c;
 }
+let GALLERY_SEQ = 0;  // only the newest of overlapping gallery loads may render
 async function loadGallery(ev) {
   if (ev) ev.preventDefault();
+  const seq = ++GALLERY_SEQ;
   const p = new URLSearchParams();
   if ($("f-kind").value) p.set("kind", $("f-kind").value);
   if ($("f-model").value) p.set("model", $("f-model").value);
@@ -224,6 +226,7 @@ async function loadGallery(ev) {
   if ($("f-q").value) p.set("q", $("f-q").value);
   p.set("limit", "60");
   const { items } = await api("/api/items?" + p);
+  if (seq !== GALLERY_SEQ) return;
   const g = $("gallery");
   g.replaceChildren(...items.map((it) => card(it, () => showDetail(it.id))));
   if (!items.length) g.append(el("p", { class: "muted", text: t("no_items", "Nothing generated yet.") }));
