@@ -97,6 +97,33 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def backend_gain(model: Path, batch: int = 8, repeats: int = 20) -> dict:
+    """The batching gain of the image backend alone (no HTTP, no database): ``batch`` images in
+    one call vs ``batch`` calls of one image, same seeds, same outputs."""
+    import torch
+
+    from aigc.studio.backends import ImageSettings, ImageSpec, load_image_backends
+
+    torch.set_num_threads(1)
+    backends, _ = load_image_backends([("m", model)])
+    b = backends["m"]
+    specs = [ImageSpec(seed=i) for i in range(batch)]
+    settings = ImageSettings()
+    b.generate(specs, settings)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        batched = b.generate(specs, settings)
+    t_batch = (time.perf_counter() - t0) / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        single = torch.cat([b.generate([s], settings) for s in specs])
+    t_single = (time.perf_counter() - t0) / repeats
+    assert torch.allclose(batched, single, atol=1e-5)
+    return {"batch": batch, "batched_ms": round(t_batch * 1000, 2),
+            "one_at_a_time_ms": round(t_single * 1000, 2),
+            "gain": round(t_single / t_batch, 2)}
+
+
 def run_phase(base: str, path: str, body: dict, clients: int, seconds: float) -> dict:
     """``clients`` threads post ``body`` to ``path`` in a loop for ``seconds``."""
     latencies: list[float] = []
@@ -169,6 +196,7 @@ def main() -> int:
                       "response_format": "url"}
         chat_body = {"model": "ngram-char-6", "max_tokens": args.chat_tokens,
                      "messages": [{"role": "user", "content": "hello there"}]}
+        results["backend_only"] = backend_gain(model, batch=args.clients)
         for batching in (True, False):
             data = tmp_path / ("batched" if batching else "single")
             data.mkdir()
@@ -203,6 +231,9 @@ def main() -> int:
               f"p95 {r['p95_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
               + (f"  mean batch {r['mean_batch']}" if "mean_batch" in r else ""))
     print(f"  batching gain (throughput, batching / one-at-a-time): {gain:.2f}x")
+    bo = results["backend_only"]
+    print(f"  backend alone, {bo['batch']} images: one call {bo['batched_ms']} ms vs "
+          f"{bo['batch']} calls {bo['one_at_a_time_ms']} ms -> {bo['gain']}x")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0

@@ -342,3 +342,18 @@ def test_create_key_cli_prints_once_and_stores_hash(tmp_path, capsys):
     assert key.startswith("aigc-") and len(key) > 40
     assert Store(data).api_key_hashes() == [hash_key(key)]
     assert main(["studio", "--create-key", "ci", "--data", data]) == 2  # name taken
+
+
+def test_extra_text_backend_plugs_in_first(tmp_path):
+    from aigc.studio.backends import NGramTextBackend
+
+    def extra(settings):
+        return {"other-lm": NGramTextBackend("the cat sat on the mat. " * 20, "cats", order=3,
+                                             name="other-lm")}
+
+    with TestClient(create_app(make_settings(tmp_path), text_backends=extra)) as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert ids == ["tiny-vae", "other-lm", "ngram-char-6"]
+        job = wait_job(client, client.post("/api/jobs", json={
+            "kind": "text", "prompt": "the ", "max_tokens": 20, "temperature": 0}).json()["id"])
+        assert job["model"] == "other-lm" and job["result"]["text"] == "mat. the mat. the ma"  # greedy; ties -> larger char

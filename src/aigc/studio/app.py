@@ -11,6 +11,7 @@ with it. Every error, including validation errors and unexpected ones, is answer
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aigc.studio.auth import LOOPBACK_NAMES, SecurityMiddleware, error_json, is_loopback
+from aigc.studio.backends import TextBackend
 from aigc.studio.service import ApiError, Studio, StudioSettings
 
 log = logging.getLogger("aigc.studio")
@@ -55,8 +57,17 @@ class RequestCounter:
         await self.app(scope, receive, counting_send)
 
 
-def build_studio(settings: StudioSettings) -> Studio:
-    """Open the store and load every model (called from the lifespan)."""
+TextBackendsFactory = Callable[[StudioSettings], dict[str, TextBackend]]
+
+
+def build_studio(settings: StudioSettings,
+                 text_backends: TextBackendsFactory | None = None) -> Studio:
+    """Open the store and load every model (called from the lifespan).
+
+    ``text_backends(settings)`` returns extra text backends by name (the GPT and SmolLM2
+    adapters plug in here); they are listed before the n-gram test backend, so the first of
+    them is the default text model.
+    """
     from aigc.checkpoints import library_versions
     from aigc.studio.backends import (
         NGramTextBackend,
@@ -71,7 +82,7 @@ def build_studio(settings: StudioSettings) -> Studio:
     paths = find_checkpoints(settings.models_dir) if settings.models_dir else []
     paths += list(settings.model_paths)
     images, skipped = load_image_backends(paths)
-    texts = {}
+    texts: dict[str, TextBackend] = dict(text_backends(settings)) if text_backends else {}
     if settings.ngram:
         corpus = None
         if settings.text_corpus is not None:
@@ -90,12 +101,15 @@ def build_studio(settings: StudioSettings) -> Studio:
                   skipped=skipped, key_hashes=store.api_key_hashes())
 
 
-def create_app(settings: StudioSettings | None = None) -> FastAPI:
+def create_app(settings: StudioSettings | None = None,
+               text_backends: TextBackendsFactory | None = None) -> FastAPI:
+    """The app; nothing is loaded until its lifespan starts. ``text_backends``: see
+    :func:`build_studio`."""
     settings = settings or StudioSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        studio = build_studio(settings)
+        studio = build_studio(settings, text_backends)
         app.state.studio = studio
         studio.runner.start()
         log.info("studio: %d image and %d text model(s); data in %s", len(studio.images),
