@@ -225,6 +225,20 @@ class JobRunner:
             for job in jobs:
                 self._fail(job, f"{type(exc).__name__}: {exc}")
             return
+        try:
+            self._store_image_batch(jobs, backend, settings, specs, images)
+        except Exception as exc:  # e.g. disk full: fail the jobs instead of leaving them running
+            log.error("storing an image batch failed:\n%s", traceback.format_exc())
+            for job in jobs:
+                self._fail(job, f"{type(exc).__name__}: {exc}")
+            return
+        dt = time.perf_counter() - t0
+        self.stats.job_seconds["image"] += dt
+        self.stats.ema_image_job_s = 0.8 * self.stats.ema_image_job_s + 0.2 * dt / len(jobs)
+
+    def _store_image_batch(self, jobs: list[dict[str, Any]], backend: ImageBackend,
+                           settings: ImageSettings, specs: list[ImageSpec], images) -> None:
+        model = backend.name
         self.stats.batches += 1
         self.stats.batched_images += len(specs)
         start, done = 0, []
@@ -252,9 +266,6 @@ class JobRunner:
         for job in self.store.finish_jobs(done, model_sha256=backend.sha256):
             self.stats.completed["image"] += 1
             self._push(job["id"], "done", job)
-        dt = time.perf_counter() - t0
-        self.stats.job_seconds["image"] += dt
-        self.stats.ema_image_job_s = 0.8 * self.stats.ema_image_job_s + 0.2 * dt / len(jobs)
 
     def _fail(self, job: dict[str, Any], message: str) -> None:
         self.store.fail_job(job["id"], message)

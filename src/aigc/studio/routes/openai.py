@@ -146,6 +146,13 @@ async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat
         return out
 
     async def body() -> AsyncIterator[bytes]:
+        try:
+            async for piece in _body():
+                yield piece
+        finally:  # the client may go away mid-stream: close the channel now (the job goes on)
+            await events.aclose()
+
+    async def _body() -> AsyncIterator[bytes]:
         if chat:
             yield _sse(chunk(job_id, "", None))
         while True:
