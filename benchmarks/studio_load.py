@@ -68,13 +68,15 @@ def _make_model(kind: str, folder: Path) -> Path:
 
 
 def _start(data: Path, model: Path, corpus: Path, batching: bool,
-           threads: int) -> tuple[subprocess.Popen, str]:
+           threads: int, batch_wait_ms: float) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "aigc.cli", "studio", "--port", str(port), "--data", str(data),
            "--models", str(data / "no-models"), "--model", f"bench={model}", "--text-corpus",
            str(corpus), "--log-level", "warning", "--max-queue", "1024"]
     if not batching:
         cmd.append("--no-batching")
+    else:
+        cmd += ["--batch-wait-ms", str(batch_wait_ms)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(cmd, cwd=data, env=env, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -174,6 +176,8 @@ def main() -> int:
     ap.add_argument("--chat-tokens", type=int, default=64)
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="OMP_NUM_THREADS of the server (default 1: one worker, shared CPU)")
+    ap.add_argument("--batch-wait-ms", type=float, default=0.0,
+                    help="the server's --batch-wait-ms in the batching run (default 0)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args()
     if not 1 <= args.clients <= 64:
@@ -185,7 +189,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     results: dict = {"model": kind, "clients": args.clients, "seconds": args.seconds,
                      "images_per_request": args.images_per_request, "cpu_count": os.cpu_count(),
-                     "torch_threads": args.torch_threads,
+                     "torch_threads": args.torch_threads, "batch_wait_ms": args.batch_wait_ms,
                      "load_average_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="aigc-load-") as tmp:
         tmp_path = Path(tmp)
@@ -200,7 +204,8 @@ def main() -> int:
         for batching in (True, False):
             data = tmp_path / ("batched" if batching else "single")
             data.mkdir()
-            proc, base = _start(data, model, corpus, batching, args.torch_threads)
+            proc, base = _start(data, model, corpus, batching, args.torch_threads,
+                                 args.batch_wait_ms)
             try:
                 run_phase(base, "/v1/images/generations", image_body, 2, 1.0)  # warm-up
                 name = "batching" if batching else "one_at_a_time"

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-batching", action="store_true",
                    help="run image jobs one at a time (for comparisons)")
     p.add_argument("--max-batch-images", type=int, default=64, help="images per batch (64)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="ms the image worker waits for more requests to batch, 0..100 (default 0)")
     p.add_argument("--max-queue", type=int, default=256, help="queued+running jobs (256)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="another web origin allowed to POST (repeatable)")
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise AigcError(f"--port must be in 1..65535, got {args.port}")
     if not 1 <= args.max_batch_images <= 1024:
         raise AigcError(f"--max-batch-images must be in 1..1024, got {args.max_batch_images}")
+    if not 0 <= args.batch_wait_ms <= 100:
+        raise AigcError(f"--batch-wait-ms must be in 0..100, got {args.batch_wait_ms}")
     if args.create_key:
         store = Store(args.data, args.db)
         key = new_api_key()
@@ -93,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         model_paths=_model_paths(models), text_corpus=text_corpus, ngram=not args.no_ngram,
         host=args.host, port=args.port, extra_hosts=tuple(args.allow_host),
         allowed_origins=tuple(args.allow_origin), max_queue=args.max_queue,
-        max_batch_images=args.max_batch_images, batching=not args.no_batching)
+        max_batch_images=args.max_batch_images, batching=not args.no_batching,
+        batch_wait_ms=args.batch_wait_ms)
     import uvicorn
 
     from aigc.studio.app import create_app

@@ -96,7 +96,8 @@ def build_studio(settings: StudioSettings,
         else:
             skipped["ngram"] = "no text corpus: pass --text-corpus FILE"
     runner = JobRunner(store, images, texts, max_batch_images=settings.max_batch_images,
-                       batching=settings.batching, versions=library_versions())
+                       batching=settings.batching, batch_wait_s=settings.batch_wait_ms / 1000,
+                       versions=library_versions())
     return Studio(settings=settings, store=store, images=images, texts=texts, runner=runner,
                   skipped=skipped, key_hashes=store.api_key_hashes())
 

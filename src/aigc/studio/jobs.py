@@ -88,12 +88,14 @@ class JobRunner:
 
     def __init__(self, store: Store, images: dict[str, ImageBackend],
                  texts: dict[str, TextBackend], *, max_batch_images: int = 64,
-                 batching: bool = True, versions: dict[str, str] | None = None):
+                 batching: bool = True, batch_wait_s: float = 0.0,
+                 versions: dict[str, str] | None = None):
         self.store = store
         self.images = images
         self.texts = texts
         self.max_batch_images = max_batch_images
         self.batching = batching
+        self.batch_wait_s = batch_wait_s
         self.versions = versions or {}
         self.stats = Stats()
         self._stop = threading.Event()
@@ -170,6 +172,12 @@ class JobRunner:
                 self._wake["image"].wait(1.0)
                 self._wake["image"].clear()
                 continue
+            if self.batching and self.batch_wait_s > 0 and \
+                    sum(int(j["params"]["n"]) for j in queued) < self.max_batch_images:
+                # Requests of concurrent clients arrive a few ms apart: wait a moment so that
+                # they join this batch instead of the next one.
+                self._stop.wait(self.batch_wait_s)
+                queued = self.store.queued_jobs("image", limit=256) or queued
             batch = self._pick_batch(queued)
             won = set(self.store.claim_many([j["id"] for j in batch]))
             claimed = [j for j in batch if j["id"] in won]

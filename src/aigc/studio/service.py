@@ -45,6 +45,7 @@ class StudioSettings:
     max_outstanding: float = 64.0
     max_batch_images: int = 64
     batching: bool = True
+    batch_wait_ms: float = 0.0  # how long the image worker waits for more requests to batch
     wait_timeout_s: float = 300.0  # /v1 requests wait this long for their job
 
 
