@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "aigc.cli.evaluate",
     "aigc.cli.info",
     "aigc.cli.demo",
+    "aigc.cli.studio",
 ]
 
 

@@ -1,0 +1,112 @@
+"""``aigc studio``: the web studio and HTTP API (see :mod:`aigc.studio`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from aigc.errors import AigcError
+
+DEMO_RUN = Path("out/demo/run")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "studio", help="serve the web studio and the HTTP API (native + OpenAI-compatible)",
+        description="Start the studio on 127.0.0.1: a web page to generate images and text, a "
+        "gallery with ratings, the native /api and the OpenAI-compatible /v1 API (docs at "
+        "/docs). Every checkpoint file or run folder in --models is served; the run of "
+        "`aigc demo` (out/demo/run) is added when it exists.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; others need API keys)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--data", default="studio-data",
+                   help="data folder: database and generated files (default studio-data)")
+    p.add_argument("--db", default=None, help="SQLAlchemy URL instead of SQLite in --data, "
+                   "e.g. postgresql+psycopg://user@host/aigc")
+    p.add_argument("--models", default="models",
+                   help="folder of models: checkpoint files and run folders (default models)")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                   help="serve one more checkpoint (repeatable)")
+    p.add_argument("--text-corpus", default=None, metavar="FILE",
+                   help="training text of the n-gram test backend (default: chatterbot-corpus)")
+    p.add_argument("--no-ngram", action="store_true", help="do not serve the n-gram backend")
+    p.add_argument("--no-batching", action="store_true",
+                   help="run image jobs one at a time (for comparisons)")
+    p.add_argument("--max-batch-images", type=int, default=64, help="images per batch (64)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0,
+                   help="ms the image worker waits for more requests to batch, 0..100 (default 0)")
+    p.add_argument("--max-queue", type=int, default=256, help="queued+running jobs (256)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="another web origin allowed to POST (repeatable)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                   help="another Host name served on a loopback bind (repeatable)")
+    p.add_argument("--create-key", metavar="NAME",
+                   help="create an API key, print it once, store its hash, and exit")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def _model_paths(specs: list[str]) -> tuple[tuple[str, Path], ...]:
+    out = []
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        path_ = Path(path)
+        if not path_.exists():
+            raise AigcError(f"--model {spec}: {path_} does not exist")
+        out.append((name or (path_.stem if path_.is_file() else path_.name), path_))
+    return tuple(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from aigc.studio.auth import check_bind, hash_key, new_api_key
+    from aigc.studio.service import StudioSettings
+    from aigc.studio.store import Store
+
+    if not 0 < args.port < 65536:
+        raise AigcError(f"--port must be in 1..65535, got {args.port}")
+    if not 1 <= args.max_batch_images <= 1024:
+        raise AigcError(f"--max-batch-images must be in 1..1024, got {args.max_batch_images}")
+    if not 0 <= args.batch_wait_ms <= 100:
+        raise AigcError(f"--batch-wait-ms must be in 0..100, got {args.batch_wait_ms}")
+    if args.create_key:
+        store = Store(args.data, args.db)
+        key = new_api_key()
+        try:
+            store.add_api_key(args.create_key, hash_key(key))
+        except Exception as exc:  # unique name
+            raise AigcError(f"could not store key {args.create_key!r}: "
+                            f"{type(exc).__name__} (does a key of that name exist?)") from None
+        print(f"API key {args.create_key!r} (shown once; only its hash is stored):\n{key}")
+        return 0
+    store = Store(args.data, args.db)
+    n_keys = len(store.api_key_hashes())
+    store.close()
+    check_bind(args.host, n_keys)
+    models = list(args.model)
+    if DEMO_RUN.is_dir() and not any(s.endswith(str(DEMO_RUN)) for s in models):
+        models.append(f"demo-vae={DEMO_RUN}")
+    text_corpus = Path(args.text_corpus) if args.text_corpus else None
+    if text_corpus is not None and not text_corpus.is_file():
+        raise AigcError(f"--text-corpus {text_corpus}: no such file")
+    settings = StudioSettings(
+        data_dir=Path(args.data), db_url=args.db, models_dir=Path(args.models),
+        model_paths=_model_paths(models), text_corpus=text_corpus, ngram=not args.no_ngram,
+        host=args.host, port=args.port, extra_hosts=tuple(args.allow_host),
+        allowed_origins=tuple(args.allow_origin), max_queue=args.max_queue,
+        max_batch_images=args.max_batch_images, batching=not args.no_batching,
+        batch_wait_ms=args.batch_wait_ms)
+    import uvicorn
+
+    from aigc.studio.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s")
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"aigc studio: http://{host}:{args.port}/  (API docs: /docs; keys: {n_keys})",
+          flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0

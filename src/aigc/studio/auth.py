@@ -1,0 +1,134 @@
+"""Security of the studio: API keys, loopback-only binding, Host and Origin checks.
+
+* **Binding**: the server binds 127.0.0.1 by default and refuses a non-loopback address unless
+  at least one API key exists (:func:`check_bind`).
+* **API keys**: ``aigc studio --create-key NAME`` prints a fresh random key once; only its
+  SHA-256 is stored. Keys are 256-bit random tokens, so an unsalted hash is as strong as the
+  key itself (the scheme of GitHub/Stripe tokens). Presented keys are hashed and compared
+  against every stored hash with :func:`hmac.compare_digest` (constant time, no early exit).
+  When keys exist, every ``/api`` and ``/v1`` route requires ``Authorization: Bearer KEY``.
+* **Host** (DNS rebinding): on a loopback bind only ``Host: 127.0.0.1|localhost|[::1]`` is
+  served, so a page on ``evil.example`` that resolves to 127.0.0.1 gets 403.
+* **Body size**: request bodies over 1 MiB are refused (413) before they are read.
+* **Origin** (cross-site requests): a state-changing request (POST/PUT/PATCH/DELETE) that
+  carries an ``Origin`` other than the server's own, or ``Sec-Fetch-Site: cross-site``, is
+  refused, so a random web page cannot queue jobs. Clients that send no Origin (curl, the
+  OpenAI client) are unaffected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from urllib.parse import urlsplit
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aigc.errors import AigcError
+
+KEY_PREFIX = "aigc-"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+MAX_BODY_BYTES = 1 << 20  # the largest valid request (64 chat messages of 8000 chars) is ~0.5 MB
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def key_matches(presented: str, stored_hashes: list[str]) -> bool:
+    """True when ``presented`` hashes to one of ``stored_hashes``; every hash is compared."""
+    digest = hash_key(presented)
+    found = False
+    for h in stored_hashes:
+        found |= hmac.compare_digest(digest, h)
+    return found
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, n_keys: int) -> None:
+    if not is_loopback(host) and n_keys == 0:
+        raise AigcError(
+            f"refusing to bind {host}: a non-loopback address needs API keys; create one with "
+            "`aigc studio --create-key NAME` (or bind 127.0.0.1)")
+
+
+def error_json(status: int, message: str, type_: str, code: str | None = None,
+               param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param,
+                                   "code": code}}, status_code=status, headers=headers)
+
+
+def _host_name(host_header: str) -> str:
+    if host_header.startswith("["):  # [::1]:8000
+        return host_header[: host_header.find("]") + 1]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+class SecurityMiddleware:
+    """Host and Origin checks, before any route runs (pure ASGI, so streaming is untouched)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: set[str] | None,
+                 allowed_origins: set[str] | None = None):
+        self.app = app
+        self.allowed_hosts = allowed_hosts  # None: any Host (non-loopback bind, keys required)
+        self.allowed_origins = allowed_origins or set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
+            await error_json(403, f"Host {host!r} is not served here (allowed: "
+                             f"{', '.join(sorted(self.allowed_hosts))})", "permission_error",
+                             "bad_host")(scope, receive, send)
+            return
+        if scope["method"] in UNSAFE_METHODS:
+            origin = headers.get("origin")
+            if origin is not None and not self._same_origin(origin, host):
+                await error_json(403, f"cross-origin request from {origin!r} refused",
+                                 "permission_error", "bad_origin")(scope, receive, send)
+                return
+            if origin is None and headers.get("sec-fetch-site") == "cross-site":
+                await error_json(403, "cross-site request refused", "permission_error",
+                                 "bad_origin")(scope, receive, send)
+                return
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            await error_json(413, f"request body over {MAX_BODY_BYTES} bytes",
+                             "invalid_request_error", "body_too_large")(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded_receive():  # also bounds bodies sent without Content-Length
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise ValueError("request body too large")
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+    def _same_origin(self, origin: str, host: str) -> bool:
+        if origin in self.allowed_origins:
+            return True
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and parts.netloc == host and bool(host)

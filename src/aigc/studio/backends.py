@@ -1,0 +1,445 @@
+"""Generator backends: the one small interface between the studio and the model families.
+
+The studio never calls a model directly; it calls a backend.
+
+**Image backends** (:class:`ImageBackend`) draw one image per :class:`ImageSpec` (its own seed,
+optional class label or prompt) under :class:`ImageSettings` shared by the whole batch
+(temperature, steps, guidance, sampler). Every image has its own seed, so any gallery item is
+reproduced by regenerating with its seed and ``n=1``, whatever batch it was drawn in.
+
+Today one backend serves every image checkpoint whose family exposes
+``sample(n, *, generator=..., temperature=...)`` (the VAE). Batching: when the model also has
+``decode(z)`` and ``cfg.latent_dim`` (the VAE), the prior draws are made per image with that
+image's generator — exactly the draws ``sample(1, generator=...)`` would make — concatenated,
+and decoded in ONE forward pass. Otherwise images are drawn one by one with ``sample(1, ...)``.
+
+The GAN and diffusion families will be served by the same class; it passes, only when the
+family's ``sample`` signature accepts them, these keyword arguments:
+
+=============  ================================================================================
+``labels``     ``LongTensor (n,)`` of class indices (class-conditional GAN/diffusion); names
+               come from ``checkpoint.meta["class_names"]``
+``prompt``     ``list[str]`` of n prompts (text-conditional diffusion)
+``steps``      ``int``, number of sampler steps (diffusion)
+``guidance``   ``float``, classifier-free guidance scale (diffusion)
+``sampler``    ``str``, e.g. ``"ddpm" | "ddim" | "dpm_solver"`` (diffusion)
+``progress``   ``callable(fraction: float)``, called between sampler steps; it may raise
+               :class:`JobCancelled` to stop the loop
+=============  ================================================================================
+
+A family batches across requests when it offers ``initial_noise(n, generator)`` (its x_T or z,
+drawn on CPU) and ``sample(..., noise=x)``: the backend then draws the noise per image and runs
+the network once for the batch. Families without it are served one image at a time.
+
+**Text backends** implement :class:`TextBackend`: ``stream(...)`` returns a :class:`TextStream`,
+an iterator of text pieces that also counts tokens and records why it stopped. The real GPT and
+SmolLM2 backends plug in here; until then (and in tests) :class:`NGramTextBackend` is a small but
+real model — a character-level n-gram (Markov chain) with back-off, trained at start-up on a
+dialogue corpus — and says so in ``/v1/models``. It produces text letter by letter from counts;
+nothing is canned.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import logging
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+log = logging.getLogger("aigc.studio")
+
+
+class JobCancelled(Exception):
+    """Raised from a progress callback to stop a generation whose job was cancelled."""
+
+
+# ------------------------------------------------------------------------------ images
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Settings shared by every image of a batch (requests batch only when these are equal)."""
+
+    temperature: float = 1.0
+    steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image to draw."""
+
+    seed: int
+    label: int | None = None
+    prompt: str | None = None
+
+
+def _metric_card(ckpt_path: Path, sha256: str) -> dict[str, Any] | None:
+    """The ``metrics.json`` written by ``aigc eval`` for this checkpoint, when one is found.
+
+    Looked for beside the file (``<stem>.metrics.json`` or ``metrics.json``), in its run folder
+    and the run folder's parent; a card that names another checkpoint's hash is ignored.
+    """
+    candidates = [ckpt_path.with_suffix(".metrics.json"), ckpt_path.parent / "metrics.json"]
+    if ckpt_path.parent.parent.name == "checkpoints":
+        run = ckpt_path.parent.parent.parent
+        candidates += [run / "metrics.json", run.parent / "metrics.json"]
+    for c in candidates:
+        if c.is_file():
+            try:
+                card = json.loads(c.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            named = (card.get("protocol") or {}).get("checkpoint_sha256")
+            if named in (None, sha256):
+                return card
+    return None
+
+
+class ImageBackend:
+    """Serves one image checkpoint. Thread-safety: called from the image worker thread only."""
+
+    kind = "image"
+
+    def __init__(self, name: str, model: torch.nn.Module, ckpt) -> None:
+        self.name = name
+        self.model = model
+        self.ckpt = ckpt
+        self.path = Path(ckpt.path)
+        self.sha256 = ckpt.sha256
+        self.family = ckpt.family
+        cfg = getattr(model, "cfg", None)
+        self.image_size = int(getattr(cfg, "image_size", 0) or 0)
+        self.channels = int(getattr(cfg, "image_channels", 1) or 1)
+        self.class_names: list[str] = list(ckpt.meta.get("class_names") or [])
+        params = inspect.signature(model.sample).parameters
+        self._accepts = {k for k in ("labels", "prompt", "steps", "guidance", "sampler",
+                                     "progress", "noise", "temperature") if k in params}
+        self.conditioning = ("text" if "prompt" in self._accepts
+                             else "class" if "labels" in self._accepts else "none")
+        self.has_steps = "steps" in self._accepts
+        self.samplers: list[str] = list(getattr(model, "samplers", []) or [])
+        self.card = _metric_card(self.path, self.sha256)
+        self._latent = (hasattr(model, "decode") and cfg is not None
+                        and hasattr(cfg, "latent_dim"))
+        self._noise = hasattr(model, "initial_noise") and "noise" in self._accepts
+
+    @property
+    def batches(self) -> bool:
+        return self._latent or self._noise
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.name, "kind": "image", "family": self.family, "sha256": self.sha256,
+            "step": self.ckpt.step, "data": self.ckpt.meta.get("data"),
+            "image_size": self.image_size, "channels": self.channels,
+            "conditioning": self.conditioning, "class_names": self.class_names,
+            "steps": self.has_steps, "samplers": self.samplers,
+            "guidance": "guidance" in self._accepts,
+            "temperature": "temperature" in self._accepts, "batching": self.batches,
+            "model_config": self.ckpt.model_config, "metric_card": self.card,
+            "description": f"{self.family} checkpoint {self.path.name} (step {self.ckpt.step})",
+        }
+
+    def check(self, settings: ImageSettings, spec: ImageSpec) -> None:
+        """Raise ``ValueError`` naming a setting this model cannot use."""
+        if spec.label is not None:
+            if self.conditioning != "class":
+                raise ValueError(f"model {self.name!r} is not class-conditional; drop 'label'")
+            if not 0 <= spec.label < max(1, len(self.class_names)):
+                raise ValueError(f"label must be in 0..{len(self.class_names) - 1}, "
+                                 f"got {spec.label}")
+        if settings.steps is not None and not self.has_steps:
+            raise ValueError(f"model {self.name!r} ({self.family}) has no sampler steps; "
+                             "drop 'steps'")
+        if settings.guidance is not None and "guidance" not in self._accepts:
+            raise ValueError(f"model {self.name!r} ({self.family}) has no guidance; "
+                             "drop 'guidance'")
+        if settings.sampler is not None and settings.sampler not in self.samplers:
+            allowed = ", ".join(self.samplers) or "none (this model has no samplers)"
+            raise ValueError(f"sampler {settings.sampler!r} is not offered by {self.name!r}; "
+                             f"allowed: {allowed}")
+
+    def _kwargs(self, settings: ImageSettings, specs: list[ImageSpec],
+                progress: Callable[[float], None] | None) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if "temperature" in self._accepts:
+            kw["temperature"] = settings.temperature
+        if "labels" in self._accepts and any(s.label is not None for s in specs):
+            kw["labels"] = torch.tensor([s.label or 0 for s in specs], dtype=torch.long)
+        if "prompt" in self._accepts:
+            kw["prompt"] = [s.prompt or "" for s in specs]
+        for k in ("steps", "guidance", "sampler"):
+            if k in self._accepts and getattr(settings, k) is not None:
+                kw[k] = getattr(settings, k)
+        if "progress" in self._accepts and progress is not None:
+            kw["progress"] = progress
+        return kw
+
+    @torch.no_grad()
+    def generate(self, specs: list[ImageSpec], settings: ImageSettings,
+                 progress: Callable[[float], None] | None = None) -> torch.Tensor:
+        """Draw one image per spec: ``(len(specs), C, H, W)`` floats in [0, 1]."""
+        gens = [torch.Generator().manual_seed(s.seed) for s in specs]
+        if self._latent:
+            # Same draws as model.sample(1, generator=g): z ~ N(0, I) of shape (1, latent_dim).
+            z = torch.cat([torch.randn(1, self.model.cfg.latent_dim, generator=g) for g in gens])
+            if progress:
+                progress(0.5)
+            return self.model.decode(z * settings.temperature)
+        kw = self._kwargs(settings, specs, progress)
+        if self._noise:
+            noise = torch.cat([self.model.initial_noise(1, g) for g in gens])
+            return self.model.sample(len(specs), generator=gens[0], noise=noise, **kw)
+        out = []
+        for i, (s, g) in enumerate(zip(specs, gens, strict=True)):
+            one = self._kwargs(settings, [s], None)
+            out.append(self.model.sample(1, generator=g, **one))
+            if progress:
+                progress((i + 1) / len(specs))
+        return torch.cat(out)
+
+
+def png_bytes(image: torch.Tensor, record: dict[str, Any], size: int | None = None) -> bytes:
+    """One ``(C, H, W)`` image in [0, 1] as PNG bytes with the provenance record embedded
+    (nearest-neighbour upscaled to ``size`` x ``size`` when asked)."""
+    from PIL import Image, PngImagePlugin
+
+    from aigc.media import RECORD_KEY, to_uint8
+
+    arr = to_uint8(image[None])[0].permute(1, 2, 0).numpy()  # (H, W, C) uint8
+    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    if size and size != img.width:
+        img = img.resize((size, size), Image.Resampling.NEAREST)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True, ensure_ascii=False))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+# -------------------------------------------------------------------------------- text
+
+
+@dataclass
+class TextStream:
+    """An iterator of text pieces; ``prompt_tokens``, ``completion_tokens`` and
+    ``finish_reason`` (``"stop"`` or ``"length"``) are final once it is exhausted."""
+
+    pieces: Iterator[str]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self.pieces
+
+
+class TextBackend(Protocol):
+    """What the studio needs from a text model (GPT, SmolLM2, the n-gram)."""
+
+    name: str
+    kind: str  # "text"
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None,
+               max_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+               seed: int = 0, stop: list[str] | None = None) -> TextStream: ...
+
+
+def chat_prompt(messages: list[dict[str, str]]) -> str:
+    """Plain-text rendering of a chat for models without a chat template."""
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    lines = [f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def read_chatterbot_corpus(folder: Path) -> str:
+    """Dialogues from chatterbot-corpus YAML files as ``User: ...\nAssistant: ...`` text.
+
+    The files are a two-level list (``- - question`` / ``  - answer``); read line by line so no
+    YAML library is needed. Multi-line answers (YAML block scalars ``|``/``>``, e.g. code) are
+    left out: the chat format has one line per turn.
+    """
+    out: list[str] = []
+
+    def flush(turn: list[str]) -> None:
+        if len(turn) >= 2 and not {turn[0], turn[1]} & {"|", ">", ""}:
+            out.append(f"User: {turn[0]}\nAssistant: {turn[1]}\n")
+
+    for file in sorted(folder.glob("*.yml")):
+        turn: list[str] = []
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if line.startswith("- - "):
+                flush(turn)
+                turn = [line[4:].strip().strip('"')]
+            elif line.startswith("  - ") and turn:
+                turn.append(line[4:].strip().strip('"'))
+        flush(turn)
+    return "\n".join(out)
+
+
+def default_text_corpus() -> tuple[str, str] | None:
+    """(name, text) of the English chatterbot-corpus when that package is installed."""
+    try:
+        import chatterbot_corpus
+    except ImportError:
+        return None
+    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    text = read_chatterbot_corpus(folder) if folder.is_dir() else ""
+    return ("chatterbot-corpus/english", text) if text else None
+
+
+@dataclass
+class NGramTextBackend:
+    """Character-level n-gram (Markov chain) text model with back-off, for tests and demos.
+
+    ``P(c | previous k chars)`` from counts in the training text; when the longest context was
+    never seen, the model backs off to shorter ones (down to the unigram distribution). Tokens are
+    characters, so ``max_tokens`` counts characters. Temperature reshapes the counts as
+    ``count ** (1 / T)``; ``top_p`` keeps the smallest set of characters holding that mass.
+    """
+
+    corpus: str
+    corpus_name: str = "custom"
+    order: int = 6
+    name: str = ""
+    kind: str = "text"
+    counts: list[dict[str, Counter]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.order < 1:
+            raise ValueError(f"order must be >= 1, got {self.order}")
+        if len(self.corpus) < 2 * self.order:
+            raise ValueError(f"corpus of {len(self.corpus)} characters is too short for an "
+                             f"order-{self.order} model")
+        self.name = self.name or f"ngram-char-{self.order}"
+        self.counts = [defaultdict(Counter) for _ in range(self.order + 1)]
+        text = self.corpus
+        for k in range(self.order + 1):  # k = context length
+            table = self.counts[k]
+            for i in range(k, len(text)):
+                table[text[i - k:i]][text[i]] += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.name, "kind": "text", "family": "ngram",
+            "description": (f"TEST BACKEND: character-level {self.order}-gram Markov model "
+                            f"trained at start-up on {self.corpus_name} "
+                            f"({len(self.corpus):,} characters); not a neural language model"),
+            "tokens": "characters", "order": self.order, "corpus": self.corpus_name,
+        }
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def _next_char(self, context: str, rng: random.Random, temperature: float,
+                   top_p: float) -> str:
+        for k in range(min(self.order, len(context)), -1, -1):
+            dist = self.counts[k].get(context[len(context) - k:] if k else "")
+            if dist:
+                break
+        chars = list(dist)
+        if temperature <= 0:  # greedy
+            return max(chars, key=lambda c: (dist[c], c))
+        w = np.array([dist[c] for c in chars], dtype=np.float64) ** (1.0 / temperature)
+        order = np.argsort(-w, kind="stable")
+        p = w[order] / w.sum()
+        keep = int(np.searchsorted(np.cumsum(p), top_p - 1e-12) + 1)
+        p = p[:keep] / p[:keep].sum()
+        return chars[order[rng.choices(range(keep), weights=p.tolist())[0]]]
+
+    def stream(self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None,
+               max_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+               seed: int = 0, stop: list[str] | None = None) -> TextStream:
+        if (prompt is None) == (messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        chat = messages is not None
+        context = chat_prompt(messages) + " " if chat else prompt
+        stops = list(stop or []) + (["\n"] if chat else [])
+        ts = TextStream(iter(()), prompt_tokens=self.count_tokens(context))
+        ts.pieces = self._pieces(ts, context, max_tokens, temperature, top_p, seed, stops)
+        return ts
+
+    def _pieces(self, ts: TextStream, context: str, max_tokens: int, temperature: float,
+                top_p: float, seed: int, stops: list[str]) -> Iterator[str]:
+        rng = random.Random(seed)
+        hold = max((len(s) for s in stops), default=1) - 1  # chars kept back: a stop may start
+        out, emitted = "", 0
+        for _ in range(max_tokens):
+            c = self._next_char(context + out, rng, temperature, top_p)
+            out += c
+            ts.completion_tokens = len(out)
+            cut = min((out.find(s) for s in stops if s in out), default=-1)
+            if cut >= 0:
+                out = out[:cut]
+                ts.completion_tokens = len(out)
+                if len(out) > emitted:
+                    yield out[emitted:]
+                ts.finish_reason = "stop"
+                return
+            ready = len(out) - hold
+            if c in " \n" and ready > emitted:  # one piece per word
+                yield out[emitted:ready]
+                emitted = ready
+        if len(out) > emitted:
+            yield out[emitted:]
+        ts.finish_reason = "length"
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def find_checkpoints(models_dir: Path) -> list[tuple[str, Path]]:
+    """(name, path) of each model in a folder: ``*.safetensors`` files and run/checkpoint
+    folders, named after the file stem or the folder."""
+    found: list[tuple[str, Path]] = []
+    if not models_dir.is_dir():
+        return found
+    for p in sorted(models_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix == ".safetensors":
+            found.append((p.stem if p.stem != "model" else models_dir.name, p))
+        elif p.is_dir() and ((p / "model.safetensors").is_file()
+                             or (p / "checkpoints" / "latest").is_file()):
+            found.append((p.name, p))
+    return found
+
+
+def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageBackend],
+                                                                  dict[str, str]]:
+    """Load every checkpoint that samples images. Returns (backends, {name: why skipped})."""
+    from aigc.errors import AigcError
+    from aigc.models import model_from_checkpoint
+
+    backends: dict[str, ImageBackend] = {}
+    skipped: dict[str, str] = {}
+    for name, path in paths:
+        try:
+            model, ckpt = model_from_checkpoint(path)
+        except (AigcError, OSError, KeyError) as exc:
+            skipped[name] = str(exc)
+            log.warning("studio: skipping model %s: %s", path, exc)
+            continue
+        if not hasattr(model, "sample"):
+            skipped[name] = f"a {ckpt.family!r} model does not sample images"
+            continue
+        if name in backends:
+            name = f"{name}-{ckpt.sha256[:8]}"
+        backends[name] = ImageBackend(name, model, ckpt)
+        log.info("studio: image model %s <- %s", name, ckpt.path)
+    return backends, skipped

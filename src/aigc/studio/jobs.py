@@ -1,0 +1,341 @@
+"""The job queue: persistent jobs run by worker threads, off the event loop.
+
+Every generation is a row of the ``jobs`` table (see :mod:`aigc.studio.store`)::
+
+    queued ──claim──► running ──► done | failed
+       │                 │
+       └──cancel──► cancelled ◄──cancel
+
+Two worker threads run jobs: one for images, one for text, so that a chat is not stuck behind a
+batch of images. The image worker takes the oldest queued job and every other queued job it can
+batch with (same model, same :class:`ImageSettings`), up to ``max_batch_images`` images, and
+draws them in one call of the backend. Results are committed per job, in one transaction with
+its ``done`` status, so a job killed half-way leaves nothing behind and simply runs again after a
+restart.
+
+Requests that wait for their job (``/v1/...``, streaming chat) register a :class:`Channel`
+*before* the job is inserted; the worker pushes progress, text pieces and the final state to it
+through ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aigc.studio.backends import (
+    ImageBackend,
+    ImageSettings,
+    ImageSpec,
+    JobCancelled,
+    TextBackend,
+    png_bytes,
+)
+from aigc.studio.store import ItemOut, Store
+
+log = logging.getLogger("aigc.studio")
+
+
+class Channel:
+    """Events of one job for an asyncio consumer: ``("progress", float)``, ``("piece", str)``,
+    then exactly one of ``("done", job)``, ``("failed", message)``, ``("cancelled", None)``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def push(self, event: str, value: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (event, value))
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            pass
+
+
+@dataclass
+class Stats:
+    """Counters exported on /metrics."""
+
+    completed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
+    failed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
+    job_seconds: dict[str, float] = field(default_factory=lambda: {"image": 0.0, "text": 0.0})
+    batches: int = 0
+    batched_images: int = 0
+    tokens: int = 0
+    recovered: int = 0
+    ema_image_job_s: float = 0.05
+
+
+def image_settings(params: dict[str, Any]) -> ImageSettings:
+    return ImageSettings(temperature=float(params.get("temperature", 1.0)),
+                         steps=params.get("steps"), guidance=params.get("guidance"),
+                         sampler=params.get("sampler"))
+
+
+def image_specs(params: dict[str, Any]) -> list[ImageSpec]:
+    """Image i of a job with seed s is drawn with seed s + i."""
+    return [ImageSpec(seed=int(params["seed"]) + i, label=params.get("label"),
+                      prompt=params.get("prompt")) for i in range(int(params["n"]))]
+
+
+class JobRunner:
+    """Owns the worker threads. ``start()`` in the app's lifespan, ``stop()`` at shutdown."""
+
+    def __init__(self, store: Store, images: dict[str, ImageBackend],
+                 texts: dict[str, TextBackend], *, max_batch_images: int = 64,
+                 batching: bool = True, batch_wait_s: float = 0.0,
+                 versions: dict[str, str] | None = None):
+        self.store = store
+        self.images = images
+        self.texts = texts
+        self.max_batch_images = max_batch_images
+        self.batching = batching
+        self.batch_wait_s = batch_wait_s
+        self.versions = versions or {}
+        self.stats = Stats()
+        self._stop = threading.Event()
+        self._wake = {"image": threading.Event(), "text": threading.Event()}
+        self._threads: list[threading.Thread] = []
+        self._channels: dict[str, Channel] = {}
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.stats.recovered = self.store.recover()
+        if self.stats.recovered:
+            log.warning("studio: %d job(s) were running when the server stopped; re-queued",
+                        self.stats.recovered)
+        for kind, target in (("image", self._image_loop), ("text", self._text_loop)):
+            t = threading.Thread(target=self._guard(target), name=f"aigc-{kind}-worker",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for ev in self._wake.values():
+            ev.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    def notify(self, kind: str) -> None:
+        self._wake[kind].set()
+
+    def _guard(self, loop_fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    loop_fn()
+                except Exception:  # a storage hiccup must not kill the worker
+                    log.error("studio worker error:\n%s", traceback.format_exc())
+                    self._stop.wait(0.5)
+        return run
+
+    # --------------------------------------------------------------------- channels
+    def open_channel(self, job_id: str, loop: asyncio.AbstractEventLoop) -> Channel:
+        ch = Channel(loop)
+        with self._lock:
+            self._channels[job_id] = ch
+        return ch
+
+    def close_channel(self, job_id: str) -> None:
+        with self._lock:
+            self._channels.pop(job_id, None)
+
+    def _push(self, job_id: str, event: str, value: Any) -> None:
+        with self._lock:
+            ch = self._channels.get(job_id)
+        if ch is not None:
+            ch.push(event, value)
+
+    def cancel(self, job_id: str) -> str | None:
+        before = self.store.cancel(job_id)
+        if before in ("queued", "running"):
+            self._push(job_id, "cancelled", None)
+        return before
+
+    def _is_cancelled(self, job_id: str) -> bool:
+        job = self.store.get_job(job_id)
+        return job is None or job["status"] == "cancelled"
+
+    # ----------------------------------------------------------------------- images
+    def _image_loop(self) -> None:
+        while not self._stop.is_set():
+            queued = self.store.queued_jobs("image", limit=256)
+            if not queued:
+                self._wake["image"].wait(1.0)
+                self._wake["image"].clear()
+                continue
+            if self.batching and self.batch_wait_s > 0 and \
+                    sum(int(j["params"]["n"]) for j in queued) < self.max_batch_images:
+                # Requests of concurrent clients arrive a few ms apart: wait a moment so that
+                # they join this batch instead of the next one.
+                self._stop.wait(self.batch_wait_s)
+                queued = self.store.queued_jobs("image", limit=256) or queued
+            batch = self._pick_batch(queued)
+            won = set(self.store.claim_many([j["id"] for j in batch]))
+            claimed = [j for j in batch if j["id"] in won]
+            if claimed:
+                self._run_image_batch(claimed)
+
+    def _pick_batch(self, queued: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        first = queued[0]
+        if not self.batching:
+            return [first]
+        key = (first["model"], image_settings(first["params"]))
+        batch, n = [first], int(first["params"]["n"])
+        for job in queued[1:]:
+            size = int(job["params"]["n"])
+            if (job["model"], image_settings(job["params"])) == key:
+                if n + size > self.max_batch_images:
+                    break
+                batch.append(job)
+                n += size
+        return batch
+
+    def _run_image_batch(self, jobs: list[dict[str, Any]]) -> None:
+        t0 = time.perf_counter()
+        model = jobs[0]["model"]
+        backend = self.images.get(model)
+        if backend is None:
+            for job in jobs:
+                self._fail(job, f"model {model!r} is not loaded on this server")
+            return
+        settings = image_settings(jobs[0]["params"])
+        specs: list[ImageSpec] = []
+        for job in jobs:
+            specs += image_specs(job["params"])
+
+        last = [t0]  # progress is written at most every 0.2 s: a fast batch writes none
+
+        def progress(fraction: float) -> None:
+            now = time.perf_counter()
+            if now - last[0] > 0.2 or fraction >= 1:
+                last[0] = now
+                for job in jobs:
+                    self.store.set_progress(job["id"], min(fraction, 0.99))
+                    self._push(job["id"], "progress", fraction)
+                if all(self._is_cancelled(j["id"]) for j in jobs):
+                    raise JobCancelled
+
+        try:
+            images = backend.generate(specs, settings, progress)
+        except JobCancelled:
+            return
+        except Exception as exc:  # the model failed: fail these jobs, keep serving
+            log.error("image batch failed:\n%s", traceback.format_exc())
+            for job in jobs:
+                self._fail(job, f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            self._store_image_batch(jobs, backend, settings, specs, images)
+        except Exception as exc:  # e.g. disk full: fail the jobs instead of leaving them running
+            log.error("storing an image batch failed:\n%s", traceback.format_exc())
+            for job in jobs:
+                self._fail(job, f"{type(exc).__name__}: {exc}")
+            return
+        dt = time.perf_counter() - t0
+        self.stats.job_seconds["image"] += dt
+        self.stats.ema_image_job_s = 0.8 * self.stats.ema_image_job_s + 0.2 * dt / len(jobs)
+
+    def _store_image_batch(self, jobs: list[dict[str, Any]], backend: ImageBackend,
+                           settings: ImageSettings, specs: list[ImageSpec], images) -> None:
+        model = backend.name
+        self.stats.batches += 1
+        self.stats.batched_images += len(specs)
+        start, done = 0, []
+        for job in jobs:
+            p = job["params"]
+            n = int(p["n"])
+            outs = []
+            for i in range(n):
+                spec = specs[start + i]
+                record = {
+                    "kind": "image", "job_id": job["id"], "index": i, "model": model,
+                    "model_sha256": backend.sha256, "family": backend.family,
+                    "step": backend.ckpt.step, "data": backend.ckpt.meta.get("data"),
+                    "seed": spec.seed, "label": spec.label, "prompt": spec.prompt,
+                    "conditioning": backend.conditioning, "temperature": settings.temperature,
+                    "steps": settings.steps, "guidance": settings.guidance,
+                    "sampler": settings.sampler, "native_size": backend.image_size,
+                    "size": p.get("size") or backend.image_size, "ema": True,
+                    "versions": self.versions,
+                }
+                outs.append(ItemOut(png_bytes(images[start + i], record, p.get("size")), "png",
+                                    record, prompt=spec.prompt, seed=spec.seed))
+            start += n
+            done.append((job, outs, None))
+        for job in self.store.finish_jobs(done, model_sha256=backend.sha256):
+            self.stats.completed["image"] += 1
+            self._push(job["id"], "done", job)
+
+    def _fail(self, job: dict[str, Any], message: str) -> None:
+        self.store.fail_job(job["id"], message)
+        self.stats.failed[job["kind"]] += 1
+        self._push(job["id"], "failed", message)
+
+    # ------------------------------------------------------------------------- text
+    def _text_loop(self) -> None:
+        while not self._stop.is_set():
+            queued = self.store.queued_jobs("text", limit=1)
+            if not queued:
+                self._wake["text"].wait(1.0)
+                self._wake["text"].clear()
+                continue
+            job = queued[0]
+            if self.store.claim(job["id"]):
+                self._run_text(job)
+
+    def _run_text(self, job: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        backend = self.texts.get(job["model"])
+        if backend is None:
+            self._fail(job, f"model {job['model']!r} is not loaded on this server")
+            return
+        p = job["params"]
+        try:
+            stream = backend.stream(
+                prompt=p.get("prompt"), messages=p.get("messages"),
+                max_tokens=int(p["max_tokens"]), temperature=float(p["temperature"]),
+                top_p=float(p["top_p"]), seed=int(p["seed"]), stop=p.get("stop"))
+            text, last = "", time.perf_counter()
+            for piece in stream:
+                text += piece
+                self._push(job["id"], "piece", piece)
+                now = time.perf_counter()
+                if now - last > 0.25:
+                    last = now
+                    if self._is_cancelled(job["id"]):
+                        return
+                    self.store.set_progress(job["id"], stream.completion_tokens / p["max_tokens"])
+        except Exception as exc:
+            log.error("text job failed:\n%s", traceback.format_exc())
+            self._fail(job, f"{type(exc).__name__}: {exc}")
+            return
+        usage = {"prompt_tokens": stream.prompt_tokens,
+                 "completion_tokens": stream.completion_tokens,
+                 "total_tokens": stream.prompt_tokens + stream.completion_tokens}
+        prompt = p.get("prompt")
+        if prompt is None:
+            prompt = "\n".join(f"{m['role']}: {m['content']}" for m in p["messages"])
+        record = {"kind": "text", "job_id": job["id"], "model": job["model"],
+                  "description": backend.describe().get("description"), "prompt": prompt,
+                  "messages": p.get("messages"), "seed": p["seed"],
+                  "max_tokens": p["max_tokens"], "temperature": p["temperature"],
+                  "top_p": p["top_p"], "stop": p.get("stop"), "usage": usage,
+                  "finish_reason": stream.finish_reason, "versions": self.versions}
+        result = {"text": text, "usage": usage, "finish_reason": stream.finish_reason}
+        out = ItemOut(text.encode("utf-8"), "txt", record, prompt=prompt, seed=int(p["seed"]),
+                      text=text)
+        sha = str(backend.describe().get("sha256", ""))
+        for finished in self.store.finish_jobs([(job, [out], result)], model_sha256=sha):
+            self.stats.completed["text"] += 1
+            self.stats.tokens += usage["total_tokens"]
+            self._push(job["id"], "done", finished)
+        self.stats.job_seconds["text"] += time.perf_counter() - t0

@@ -1,0 +1,222 @@
+"""OpenAI-compatible endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``
+(``stream: true`` answers server-sent events ending with ``data: [DONE]``; the last chunk
+carries ``usage``) and ``/v1/images/generations`` (``prompt, n, size, response_format`` plus the
+extensions ``seed, steps, guidance, sampler, temperature``).
+
+Each request is a job of the persistent queue like any other: it shows in ``/api/jobs``, its
+output lands in the gallery, and the request waits for the job to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from aigc.studio.schemas import (
+    ImageJobRequest,
+    OAIChatRequest,
+    OAICompletionRequest,
+    OAIImageRequest,
+    TextJobRequest,
+)
+from aigc.studio.service import ApiError, Studio, get_studio, require_key
+from aigc.studio.store import new_id
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
+
+
+@router.get("/models")
+def list_models(studio: Studio = Depends(get_studio)) -> dict[str, Any]:
+    """Every loaded model; ``description`` says what it is (the n-gram says it is a test
+    backend)."""
+    data = [{"id": d["id"], "object": "model", "created": 0, "owned_by": "aigc",
+             "kind": d["kind"], "family": d["family"], "description": d.get("description", "")}
+            for d in studio.models()]
+    return {"object": "list", "data": data}
+
+
+async def _events(studio: Studio, enqueue: Callable[[str], dict]) -> AsyncIterator[tuple]:
+    """Enqueue a job and yield its events until it finishes (channel opened before insert)."""
+    job_id = new_id()
+    ch = studio.runner.open_channel(job_id, asyncio.get_running_loop())
+    try:
+        job = await run_in_threadpool(enqueue, job_id)
+        yield "queued", job
+        deadline = time.monotonic() + studio.settings.wait_timeout_s
+        while True:
+            try:
+                event, value = await asyncio.wait_for(ch.queue.get(),
+                                                      max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                yield "failed", f"job {job_id} did not finish in {studio.settings.wait_timeout_s}s"
+                return
+            yield event, value
+            if event in ("done", "failed", "cancelled"):
+                return
+    finally:
+        studio.runner.close_channel(job_id)
+
+
+async def _finish(studio: Studio, enqueue: Callable[[str], dict]) -> dict:
+    async for event, value in _events(studio, enqueue):
+        if event == "done":
+            return value
+        if event == "failed":
+            raise ApiError(500, f"generation failed: {value}", "server_error",
+                           code="generation_failed")
+        if event == "cancelled":
+            raise ApiError(409, "the job was cancelled", code="job_cancelled")
+    raise AssertionError("unreachable")
+
+
+def _internal(cls: type[BaseModel], **fields) -> Any:
+    """Build a native request from an OpenAI one; its bounds answer 400, never 500."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err.get("loc", ())) or None
+        raise ApiError(400, f"{param}: {err.get('msg')}", param=param,
+                       code="invalid_value") from None
+
+
+def _sse(obj: dict | str) -> bytes:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n" \
+        .encode()
+
+
+def _text_job(req: OAIChatRequest | OAICompletionRequest) -> TextJobRequest:
+    common = {"model": req.model, "temperature": req.temperature, "top_p": req.top_p,
+              "seed": req.seed, "stop": req.stop}
+    if isinstance(req, OAIChatRequest):
+        max_tokens = req.max_completion_tokens or req.max_tokens or 256
+        return _internal(TextJobRequest, messages=req.messages, max_tokens=max_tokens, **common)
+    return _internal(TextJobRequest, prompt=req.prompt, max_tokens=req.max_tokens, **common)
+
+
+async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat: bool):
+    job_req = _text_job(req)
+    studio.text_backend(req.model)  # 404 before anything is queued
+    created = int(time.time())
+    obj = "chat.completion" if chat else "text_completion"
+    prefix = "chatcmpl-" if chat else "cmpl-"
+
+    def enqueue(job_id: str) -> dict:
+        return studio.enqueue_text(job_req, job_id=job_id)
+
+    if not req.stream:
+        job = await _finish(studio, enqueue)
+        res = job["result"]
+        choice = ({"index": 0, "message": {"role": "assistant", "content": res["text"]},
+                   "logprobs": None, "finish_reason": res["finish_reason"]} if chat else
+                  {"index": 0, "text": res["text"], "logprobs": None,
+                   "finish_reason": res["finish_reason"]})
+        return {"id": prefix + job["id"], "object": obj, "created": created,
+                "model": req.model, "choices": [choice], "usage": res["usage"],
+                "system_fingerprint": None}
+
+    # Admission errors (429, 404) must be answered as errors, not inside a 200 stream: enqueue
+    # now, then stream the events of the queued job.
+    events = _events(studio, enqueue)
+    _, queued = await anext(events)  # raises ApiError from enqueue
+    job_id = queued["id"]
+    chunk_obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(job_id: str, piece: str | None, finish: str | None, usage=None) -> dict:
+        if chat:
+            delta = {} if piece is None else {"content": piece}
+            if piece == "" and finish is None:
+                delta = {"role": "assistant", "content": ""}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
+        out = {"id": prefix + job_id, "object": chunk_obj, "created": created,
+               "model": req.model, "choices": [choice]}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for piece in _body():
+                yield piece
+        finally:  # the client may go away mid-stream: close the channel now (the job goes on)
+            await events.aclose()
+
+    async def _body() -> AsyncIterator[bytes]:
+        if chat:
+            yield _sse(chunk(job_id, "", None))
+        while True:
+            event, value = await anext(events, ("end", None))
+            if event == "piece":
+                yield _sse(chunk(job_id, value, None))
+            elif event == "done":
+                res = value["result"]
+                yield _sse(chunk(job_id, None, res["finish_reason"], res["usage"]))
+                break
+            elif event in ("failed", "cancelled", "end"):
+                yield _sse({"error": {"message": f"generation {event}: {value}",
+                                      "type": "server_error", "param": None, "code": event}})
+                break
+        yield _sse("[DONE]")
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/completions")
+async def completions(req: OAICompletionRequest, studio: Studio = Depends(get_studio)):
+    """Text completion of ``prompt`` (OpenAI legacy completions API)."""
+    return await _text(studio, req, chat=False)
+
+
+@router.post("/chat/completions")
+async def chat_completions(req: OAIChatRequest, studio: Studio = Depends(get_studio)):
+    """Chat completion of ``messages``; ``stream: true`` for server-sent events."""
+    return await _text(studio, req, chat=True)
+
+
+@router.post("/images/generations")
+async def images_generations(req: OAIImageRequest, request: Request,
+                             studio: Studio = Depends(get_studio)) -> dict[str, Any]:
+    """Generate ``n`` images. ``size`` is square, ``SxS``, from the model's native size to 1024
+    (nearest-neighbour upscale). For a class-conditional model a prompt naming one of its
+    classes selects that class; for an unconditional model the prompt is stored as a caption
+    only (the item's record says ``conditioning: none``)."""
+    backend = studio.image_backend(req.model)
+    size = None
+    if req.size:
+        w, h = (int(x) for x in req.size.split("x"))
+        if w != h:
+            raise ApiError(400, f"size must be square (SxS), got {req.size}", param="size",
+                           code="bad_size")
+        size = w
+    label = None
+    if backend.conditioning == "class" and req.prompt.strip().lower() in \
+            [c.lower() for c in backend.class_names]:
+        label = [c.lower() for c in backend.class_names].index(req.prompt.strip().lower())
+    job_req = _internal(ImageJobRequest, model=backend.name, n=req.n, seed=req.seed, label=label,
+                        prompt=req.prompt, steps=req.steps, guidance=req.guidance,
+                        sampler=req.sampler, temperature=req.temperature, size=size)
+    job = await _finish(studio, lambda job_id: studio.enqueue_image(job_req, job_id=job_id))
+    base = str(request.base_url).rstrip("/")
+    data = []
+    seed0 = job["params"]["seed"]
+    for i, (item_id, name) in enumerate(zip(job["items"], job["files"], strict=True)):
+        entry: dict[str, Any] = {"revised_prompt": None, "seed": seed0 + i, "item_id": item_id}
+        if req.response_format == "b64_json":
+            path = studio.store.file_path(name)
+            entry["b64_json"] = base64.b64encode(path.read_bytes()).decode("ascii")
+        else:
+            entry["url"] = f"{base}/files/{name}"
+        data.append(entry)
+    return {"created": int(job["finished"] or time.time()), "data": data}

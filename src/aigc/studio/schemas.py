@@ -1,0 +1,231 @@
+"""Request and response bodies of the HTTP API (pydantic), with their bounds.
+
+Native ``/api`` bodies reject unknown fields; the OpenAI-compatible ``/v1`` bodies ignore the
+fields of OpenAI's API that we do not implement (``user``, ``logprobs``, ...) so that the
+official client works, but every field we read is bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT = 2000
+MAX_N = 16
+MAX_STEPS = 1000
+MAX_SIZE = 1024
+MAX_TOKENS = 2048
+MAX_MESSAGES = 64
+MAX_SEED = 2**31 - 1
+SIZE_PATTERN = r"^[1-9][0-9]{0,3}x[1-9][0-9]{0,3}$"
+
+
+def check_stops(v: str | list[str] | None) -> list[str] | None:
+    stops = [v] if isinstance(v, str) else v
+    if stops is not None and (len(stops) > 4 or any(not 0 < len(s) <= 64 for s in stops)):
+        raise ValueError("stop: at most 4 strings of 1..64 characters")
+    return stops
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------------- errors
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the API has this shape (the OpenAI one)."""
+
+    error: ErrorBody
+
+
+# ---------------------------------------------------------------------------------- models
+
+
+class ModelInfo(BaseModel):
+    id: str
+    kind: Literal["image", "text"]
+    family: str
+    description: str
+    details: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    skipped: dict[str, str] = Field(default_factory=dict,
+                                    description="models found but not loaded, and why")
+
+
+# ------------------------------------------------------------------------------------ jobs
+
+
+class ImageJobRequest(Strict):
+    kind: Literal["image"] = "image"
+    model: str | None = Field(None, max_length=200, description="default: the first image model")
+    n: int = Field(4, ge=1, le=MAX_N)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_N,
+                             description="image i uses seed + i; default: random")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    label: int | None = Field(None, ge=0, le=100_000, description="class index (class models)")
+    prompt: str | None = Field(None, max_length=MAX_PROMPT)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    guidance: float | None = Field(None, ge=0.0, le=50.0)
+    sampler: str | None = Field(None, max_length=32)
+    size: int | None = Field(None, ge=8, le=MAX_SIZE,
+                             description="output side in pixels (nearest upscale of the model's "
+                                         "native size); default: native")
+
+
+class ChatMessage(Lenient):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(..., max_length=8000)
+
+
+class TextJobRequest(Strict):
+    kind: Literal["text"] = "text"
+    model: str | None = Field(None, max_length=200, description="default: the first text model")
+    prompt: str | None = Field(None, max_length=MAX_PROMPT * 4)
+    messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: list[str] | None = Field(None, max_length=4)
+
+
+class Job(BaseModel):
+    id: str
+    kind: str
+    model: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float
+    params: dict[str, Any]
+    cost: float
+    attempts: int
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    retry_of: str | None = None
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    items: list[str] = Field(default_factory=list)
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+# ----------------------------------------------------------------------------------- items
+
+
+class Item(BaseModel):
+    id: str
+    job_id: str
+    index: int
+    kind: str
+    model: str
+    model_sha256: str
+    url: str
+    prompt: str | None = None
+    seed: int | None = None
+    text: str | None = None
+    record: dict[str, Any]
+    created: float
+    stars: float | None = Field(None, description="mean star rating")
+    n_ratings: int = 0
+    wins: int = 0
+    comparisons: int = 0
+    metric_card: dict[str, Any] | None = None
+
+
+class ItemList(BaseModel):
+    items: list[Item]
+
+
+class RatingRequest(Strict):
+    stars: int = Field(..., ge=1, le=5)
+
+
+class ComparisonRequest(Strict):
+    a: str = Field(..., min_length=1, max_length=32)
+    b: str = Field(..., min_length=1, max_length=32)
+    winner: Literal["a", "b", "tie"]
+
+
+class Comparison(BaseModel):
+    id: int
+    a: str
+    b: str
+    winner: str
+    created: float
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    models: int
+    jobs: dict[str, int]
+
+
+# ---------------------------------------------------------------------- OpenAI-compatible
+
+
+class OAICompletionRequest(Lenient):
+    model: str = Field(..., max_length=200)
+    prompt: str = Field(..., max_length=MAX_PROMPT * 4)
+    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
+    stream: bool = False
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        return check_stops(v)
+
+
+class OAIChatRequest(Lenient):
+    model: str = Field(..., max_length=200)
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
+    stream: bool = False
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        return check_stops(v)
+
+
+class OAIImageRequest(Lenient):
+    prompt: str = Field(..., max_length=MAX_PROMPT)
+    model: str | None = Field(None, max_length=200)
+    n: int = Field(1, ge=1, le=MAX_N)
+    size: str | None = Field(None, pattern=SIZE_PATTERN,
+                             description="'SxS', square, from the model's native size to 1024")
+    response_format: Literal["url", "b64_json"] = "url"
+    seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_N, description="extension")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="extension")
+    guidance: float | None = Field(None, ge=0.0, le=50.0, description="extension")
+    sampler: str | None = Field(None, max_length=32, description="extension")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="extension")

@@ -1,0 +1,190 @@
+"""The running studio: settings, the loaded backends, the store and the job runner, plus the
+admission rules (bounds, cost budget, queue size) every generation request passes through.
+
+Routes get the :class:`Studio` with ``Depends(get_studio)``; nothing here is created at import.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, Request
+
+from aigc.studio.auth import key_matches
+from aigc.studio.backends import ImageBackend, ImageSettings, ImageSpec, TextBackend
+from aigc.studio.jobs import JobRunner
+from aigc.studio.schemas import MAX_N, MAX_SIZE, ImageJobRequest, TextJobRequest
+from aigc.studio.store import Store
+
+
+@dataclass(frozen=True)
+class StudioSettings:
+    """How ``aigc studio`` runs (CLI flags map onto these fields)."""
+
+    data_dir: Path = Path("studio-data")
+    db_url: str | None = None  # default: sqlite:///DATA_DIR/studio.db (WAL)
+    models_dir: Path | None = Path("models")  # every checkpoint file / run folder is a model
+    model_paths: tuple[tuple[str, Path], ...] = ()  # extra (name, path) models
+    text_corpus: Path | None = None  # n-gram training text; None: chatterbot-corpus if present
+    ngram: bool = True  # serve the n-gram test backend for text
+    ngram_order: int = 6
+    host: str = "127.0.0.1"
+    port: int = 8000
+    extra_hosts: tuple[str, ...] = ()  # Host names served besides the loopback ones
+    allowed_origins: tuple[str, ...] = ()  # e.g. "http://localhost:5173"
+    max_queue: int = 256  # queued + running jobs
+    # A request's cost: image: steps x pixels x n (steps = 1 for one-shot models); text:
+    # prompt tokens + max_tokens. Costs are charged in "budget units": 1.0 = the largest
+    # request allowed. The queue holds at most max_outstanding units.
+    max_image_cost: float = 64 * 256 * 256 * 16.0
+    max_text_cost: float = 8192.0
+    max_outstanding: float = 64.0
+    max_batch_images: int = 64
+    batching: bool = True
+    batch_wait_ms: float = 0.0  # how long the image worker waits for more requests to batch
+    wait_timeout_s: float = 300.0  # /v1 requests wait this long for their job
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type_
+        self.code, self.param, self.headers = code, param, headers
+
+
+@dataclass
+class Studio:
+    settings: StudioSettings
+    store: Store
+    images: dict[str, ImageBackend]
+    texts: dict[str, TextBackend]
+    runner: JobRunner
+    skipped: dict[str, str] = field(default_factory=dict)
+    http_requests: dict[tuple[str, int], int] = field(default_factory=dict)
+    key_hashes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ models
+    def models(self) -> list[dict[str, Any]]:
+        return [b.describe() for b in self.images.values()] + \
+               [b.describe() for b in self.texts.values()]
+
+    def image_backend(self, name: str | None) -> ImageBackend:
+        if name is None:
+            if not self.images:
+                raise ApiError(404, "no image model is loaded on this server; start it with "
+                               "--models DIR holding checkpoints", code="model_not_found",
+                               param="model")
+            return next(iter(self.images.values()))
+        if name not in self.images:
+            raise ApiError(404, f"image model {name!r} not found; loaded: "
+                           f"{', '.join(self.images) or 'none'}", code="model_not_found",
+                           param="model")
+        return self.images[name]
+
+    def text_backend(self, name: str | None) -> TextBackend:
+        if name is None:
+            if not self.texts:
+                raise ApiError(404, "no text model is loaded on this server",
+                               code="model_not_found", param="model")
+            return next(iter(self.texts.values()))
+        if name not in self.texts:
+            raise ApiError(404, f"text model {name!r} not found; loaded: "
+                           f"{', '.join(self.texts) or 'none'}", code="model_not_found",
+                           param="model")
+        return self.texts[name]
+
+    # --------------------------------------------------------------- admission
+    def _admit(self, cost: float, kind: str) -> None:
+        s = self.settings
+        if cost > 1.0:
+            raise ApiError(429, f"request costs {cost:.2f} budget units; one request may cost at "
+                           f"most 1.0 (image: steps x pixels x n <= {s.max_image_cost:.0f}; "
+                           f"text: prompt tokens + max_tokens <= {s.max_text_cost:.0f})",
+                           "rate_limit_error", code="over_budget", headers={"Retry-After": "60"})
+        n, outstanding = self.store.outstanding()
+        if n >= s.max_queue or outstanding + cost > s.max_outstanding:
+            wait = max(1, min(60, math.ceil(n * self.runner.stats.ema_image_job_s)))
+            raise ApiError(429, f"the queue is full ({n} jobs, {outstanding:.1f} of "
+                           f"{s.max_outstanding:g} budget units); retry later",
+                           "rate_limit_error", code="queue_full",
+                           headers={"Retry-After": str(wait)})
+
+    def enqueue_image(self, req: ImageJobRequest, job_id: str | None = None) -> dict[str, Any]:
+        backend = self.image_backend(req.model)
+        size = req.size or backend.image_size
+        if not backend.image_size <= size <= MAX_SIZE:
+            raise ApiError(400, f"size must be between the model's native {backend.image_size} "
+                           f"and {MAX_SIZE}, got {size}", param="size", code="bad_size")
+        settings = ImageSettings(req.temperature, req.steps, req.guidance, req.sampler)
+        try:
+            backend.check(settings, ImageSpec(seed=0, label=req.label, prompt=req.prompt))
+        except ValueError as exc:
+            raise ApiError(400, str(exc), code="unsupported_parameter") from None
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1 - MAX_N)
+        cost = (req.steps or 1) * size * size * req.n / self.settings.max_image_cost
+        self._admit(cost, "image")
+        params = {"n": req.n, "seed": seed, "temperature": req.temperature, "label": req.label,
+                  "prompt": req.prompt, "steps": req.steps, "guidance": req.guidance,
+                  "sampler": req.sampler,
+                  "size": None if size == backend.image_size else size}
+        job = self.store.add_job("image", backend.name, params, cost, job_id=job_id)
+        self.runner.notify("image")
+        return job
+
+    def enqueue_text(self, req: TextJobRequest, job_id: str | None = None) -> dict[str, Any]:
+        backend = self.text_backend(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise ApiError(400, "give exactly one of 'prompt' (completion) or 'messages' (chat)",
+                           param="prompt")
+        text = req.prompt if req.prompt is not None else \
+            "".join(m.content for m in req.messages)
+        cost = (backend.count_tokens(text) + req.max_tokens) / self.settings.max_text_cost
+        self._admit(cost, "text")
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1)
+        params = {"prompt": req.prompt,
+                  "messages": [m.model_dump() for m in req.messages] if req.messages else None,
+                  "max_tokens": req.max_tokens, "temperature": req.temperature,
+                  "top_p": req.top_p, "seed": seed, "stop": req.stop}
+        job = self.store.add_job("text", backend.name, params, cost, job_id=job_id)
+        self.runner.notify("text")
+        return job
+
+    def retry(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A new job with the same parameters (same seed, so the same output for images)."""
+        if job["status"] not in ("failed", "cancelled", "done"):
+            raise ApiError(409, f"job {job['id']} is {job['status']}; only finished jobs can be "
+                           "retried", code="job_not_finished")
+        self._admit(job["cost"], job["kind"])
+        new = self.store.add_job(job["kind"], job["model"], job["params"], job["cost"],
+                                 retry_of=job["id"])
+        self.runner.notify(job["kind"])
+        return new
+
+    # ------------------------------------------------------------------- auth
+    def check_key(self, authorization: str | None) -> None:
+        if not self.key_hashes:
+            return
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise ApiError(401, "this server requires an API key: send "
+                           "'Authorization: Bearer KEY'", "authentication_error",
+                           code="missing_api_key")
+        if not key_matches(authorization[7:].strip(), self.key_hashes):
+            raise ApiError(401, "invalid API key", "authentication_error",
+                           code="invalid_api_key")
+
+
+def get_studio(request: Request) -> Studio:
+    return request.app.state.studio
+
+
+def require_key(request: Request, studio: Studio = Depends(get_studio)) -> None:
+    """Dependency of every /api and /v1 route: the API key, when keys are configured."""
+    studio.check_key(request.headers.get("authorization"))

@@ -1,0 +1,419 @@
+"""Storage of the studio: jobs, generated items, ratings and API keys, behind SQLAlchemy.
+
+SQLite in WAL mode in the data folder by default (``sqlite:///DATA/studio.db``); any SQLAlchemy
+URL (e.g. ``postgresql+psycopg://...``) otherwise. Generated files live beside it in a
+content-addressed folder (``DATA/files/<sha256>.<ext>``), so writing the same bytes twice is a
+no-op and a job re-run after a crash produces the same file name.
+
+Exactly-once job completion rests on three things here:
+
+* a job is claimed with ``UPDATE jobs SET status='running' WHERE id=? AND status='queued'`` —
+  only one claimer sees ``rowcount == 1``;
+* a job's items and its ``done`` status are written in ONE transaction (:meth:`Store.finish_job`),
+  and ``(job_id, index)`` is unique, so a job cannot produce its items twice;
+* at start-up :meth:`Store.recover` puts jobs left ``running`` by a killed server back to
+  ``queued``; nothing they wrote was committed, so they simply run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+FILE_NAME = re.compile(r"^[0-9a-f]{64}\.(png|txt|mid|wav)$")
+MIME = {"png": "image/png", "txt": "text/plain; charset=utf-8", "mid": "audio/midi",
+        "wav": "audio/wav"}
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),  # image | text
+    Column("model", String(200), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("cost", Float, nullable=False, default=0.0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("result", JSON),  # text jobs: {"text", "usage", "finish_reason"}
+    Column("retry_of", String(32)),
+    Column("created", Float, nullable=False, index=True),
+    Column("started", Float),
+    Column("finished", Float),
+)
+
+items = Table(
+    "items", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("job_id", String(32), ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("index", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("model", String(200), nullable=False, index=True),
+    Column("model_sha256", String(64), nullable=False),
+    Column("file", String(80), nullable=False),
+    Column("prompt", Text),
+    Column("seed", Integer),
+    Column("text", Text),
+    Column("record", JSON, nullable=False),
+    Column("created", Float, nullable=False, index=True),
+    UniqueConstraint("job_id", "index", name="uq_item_job_index"),
+)
+
+ratings = Table(
+    "ratings", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", String(32), ForeignKey("items.id"), nullable=False, index=True),
+    Column("stars", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+comparisons = Table(
+    "comparisons", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("a", String(32), ForeignKey("items.id"), nullable=False, index=True),
+    Column("b", String(32), ForeignKey("items.id"), nullable=False, index=True),
+    Column("winner", String(4), nullable=False),  # a | b | tie
+    Column("created", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("created", Float, nullable=False),
+)
+
+
+@dataclass
+class ItemOut:
+    """One generated item ready to be stored: its bytes and its provenance."""
+
+    data: bytes
+    ext: str
+    record: dict[str, Any]
+    prompt: str | None = None
+    seed: int | None = None
+    text: str | None = None
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _row(r) -> dict[str, Any]:
+    return dict(r._mapping)
+
+
+class Store:
+    """All database and file access of the studio. Thread-safe (one engine, short transactions)."""
+
+    def __init__(self, data_dir: str | Path, url: str | None = None):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.files_dir = self.data_dir / "files"
+        self.files_dir.mkdir(exist_ok=True)
+        self.url = url or f"sqlite:///{(self.data_dir / 'studio.db').resolve()}"
+        self.engine = self._make_engine(self.url)
+        metadata.create_all(self.engine)
+
+    @staticmethod
+    def _make_engine(url: str) -> Engine:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _record):  # WAL: readers never block the writer
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                # NORMAL is durable against a killed process (not against power loss) in WAL.
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+
+            return engine
+        return create_engine(url, pool_pre_ping=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------------- files
+    def put_file(self, data: bytes, ext: str) -> str:
+        """Store bytes under their SHA-256; returns the file name (``<sha256>.<ext>``)."""
+        name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
+        assert FILE_NAME.match(name), name
+        path = self.files_dir / name
+        if not path.exists():
+            tmp = path.with_name(f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            # No fsync: like the database (WAL, synchronous=NORMAL) the files are durable against
+            # a killed process, not against power loss; they are written before the commit
+            # that references them.
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        return name
+
+    def file_path(self, name: str) -> Path | None:
+        """The path of a stored file, or ``None`` when ``name`` is not a plain file of the folder.
+
+        Only names of the exact form ``<64 hex>.<ext>`` are accepted (no ``..``, no separators,
+        no absolute paths), and the resolved path must be a regular file inside the folder and
+        not a symlink.
+        """
+        if not FILE_NAME.match(name):
+            return None
+        path = self.files_dir / name
+        if path.is_symlink() or not path.is_file():
+            return None
+        root = self.files_dir.resolve()
+        if path.resolve().parent != root:
+            return None
+        return path
+
+    # -------------------------------------------------------------------------- jobs
+    def add_job(self, kind: str, model: str, params: dict[str, Any], cost: float,
+                retry_of: str | None = None, job_id: str | None = None) -> dict[str, Any]:
+        row = {"id": job_id or new_id(), "kind": kind, "model": model, "params": params, "status": "queued",
+               "progress": 0.0, "cost": cost, "attempts": 0, "retry_of": retry_of,
+               "created": time.time()}
+        with self.engine.begin() as conn:
+            conn.execute(insert(jobs).values(**row))
+        return {**row, "error": None, "result": None, "started": None, "finished": None,
+                "items": []}
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            if r is None:
+                return None
+            job = _row(r)
+            job["items"] = [x[0] for x in conn.execute(
+                select(items.c.id).where(items.c.job_id == job_id).order_by(items.c.index))]
+        return job
+
+    def list_jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        q = select(jobs).order_by(jobs.c.created.desc()).limit(limit)
+        if status:
+            q = q.where(jobs.c.status == status)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def queued_jobs(self, kind: str, limit: int) -> list[dict[str, Any]]:
+        q = (select(jobs).where(and_(jobs.c.kind == kind, jobs.c.status == "queued"))
+             .order_by(jobs.c.created, jobs.c.id).limit(limit))
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def outstanding(self) -> tuple[int, float]:
+        """(number of queued + running jobs, their total cost)."""
+        q = select(func.count(), func.coalesce(func.sum(jobs.c.cost), 0.0)).where(
+            jobs.c.status.in_(("queued", "running")))
+        with self.engine.connect() as conn:
+            n, cost = conn.execute(q).one()
+        return int(n), float(cost)
+
+    def claim(self, job_id: str) -> bool:
+        """queued -> running, atomically; False when someone else claimed or cancelled it."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "queued"))
+                .values(status="running", started=time.time(), attempts=jobs.c.attempts + 1,
+                        progress=0.0))
+        return res.rowcount == 1
+
+    def claim_many(self, job_ids: list[str]) -> list[str]:
+        """:meth:`claim` for several jobs in one transaction; returns the ids claimed."""
+        now, won = time.time(), []
+        with self.engine.begin() as conn:
+            for job_id in job_ids:
+                res = conn.execute(
+                    update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "queued"))
+                    .values(status="running", started=now, attempts=jobs.c.attempts + 1,
+                            progress=0.0))
+                if res.rowcount == 1:
+                    won.append(job_id)
+        return won
+
+    def set_progress(self, job_id: str, progress: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "running"))
+                         .values(progress=float(progress)))
+
+    def finish_job(self, job: dict[str, Any], outputs: list[ItemOut],
+                   result: dict[str, Any] | None = None, model_sha256: str = "") -> bool:
+        """Write the items and mark the job done in one transaction. False if it was no longer
+        running (e.g. cancelled meanwhile): then nothing is written."""
+        return bool(self.finish_jobs([(job, outputs, result)], model_sha256))
+
+    def finish_jobs(self, done: list[tuple[dict[str, Any], list[ItemOut], dict[str, Any] | None]],
+                    model_sha256: str = "") -> list[dict[str, Any]]:
+        """Finish several jobs in one transaction (a batch). A job no longer ``running`` (it was
+        cancelled meanwhile) is skipped and writes nothing. Returns the finished jobs, updated
+        in memory (status, finished, items)."""
+        now = time.time()
+        finished = []
+        named = [(job, outs, result, [self.put_file(o.data, o.ext) for o in outs])
+                 for job, outs, result in done]  # idempotent writes, before the commit
+        with self.engine.begin() as conn:
+            for job, outputs, result, names in named:
+                res = conn.execute(
+                    update(jobs).where(and_(jobs.c.id == job["id"], jobs.c.status == "running"))
+                    .values(status="done", progress=1.0, finished=now, result=result,
+                            error=None))
+                if res.rowcount != 1:
+                    continue
+                ids: list[str] = []
+                for i, (o, name) in enumerate(zip(outputs, names, strict=True)):
+                    ids.append(new_id())
+                    conn.execute(insert(items).values(
+                        id=ids[-1], job_id=job["id"], index=i, kind=job["kind"],
+                        model=job["model"], model_sha256=model_sha256, file=name,
+                        prompt=o.prompt, seed=o.seed, text=o.text, record=o.record,
+                        created=now))
+                finished.append({**job, "status": "done", "progress": 1.0, "finished": now,
+                                 "result": result, "error": None, "items": ids,
+                                 "files": names,
+                                 "attempts": job.get("attempts", 0) + 1})
+        return finished
+
+    def fail_job(self, job_id: str, error: str, status: str = "failed") -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "running"))
+                         .values(status=status, error=error[:2000], finished=time.time()))
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued or running job; returns the status it had (None if unknown)."""
+        with self.engine.begin() as conn:
+            r = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
+            if r is None:
+                return None
+            if r[0] in ("queued", "running"):
+                conn.execute(update(jobs).where(and_(jobs.c.id == job_id,
+                                                     jobs.c.status.in_(("queued", "running"))))
+                             .values(status="cancelled", finished=time.time()))
+            return r[0]
+
+    def recover(self) -> int:
+        """Jobs left ``running`` by a killed server go back to ``queued``; returns how many."""
+        with self.engine.begin() as conn:
+            res = conn.execute(update(jobs).where(jobs.c.status == "running")
+                               .values(status="queued", progress=0.0))
+        return res.rowcount
+
+    def job_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+            counts = {s: 0 for s in JOB_STATES}
+            counts.update({s: int(n) for s, n in rows})
+        return counts
+
+    # ------------------------------------------------------------------------- items
+    def _item_query(self):
+        stars = (select(ratings.c.item_id, func.avg(ratings.c.stars).label("stars"),
+                        func.count().label("n_ratings")).group_by(ratings.c.item_id).subquery())
+        q = (select(items, stars.c.stars, stars.c.n_ratings)
+             .select_from(items.outerjoin(stars, stars.c.item_id == items.c.id)))
+        return q, stars
+
+    def list_items(self, *, kind: str | None = None, model: str | None = None,
+                   min_stars: float | None = None, q: str | None = None, seed: int | None = None,
+                   limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        query, stars = self._item_query()
+        if kind:
+            query = query.where(items.c.kind == kind)
+        if model:
+            query = query.where(items.c.model == model)
+        if seed is not None:
+            query = query.where(items.c.seed == seed)
+        if min_stars is not None:
+            query = query.where(stars.c.stars >= min_stars)
+        if q:
+            like = f"%{q}%"
+            query = query.where(or_(items.c.prompt.like(like), items.c.text.like(like),
+                                    items.c.model.like(like)))
+        query = query.order_by(items.c.created.desc(), items.c.index).limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(query)]
+
+    def get_item(self, item_id: str) -> dict[str, Any] | None:
+        query, _ = self._item_query()
+        with self.engine.connect() as conn:
+            r = conn.execute(query.where(items.c.id == item_id)).first()
+        return _row(r) if r else None
+
+    def count_items(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(items)).scalar_one())
+
+    # ----------------------------------------------------------------------- ratings
+    def add_rating(self, item_id: str, stars: int) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            conn.execute(insert(ratings).values(item_id=item_id, stars=stars, created=time.time()))
+        return self.get_item(item_id)
+
+    def add_comparison(self, a: str, b: str, winner: str) -> dict[str, Any]:
+        now = time.time()
+        with self.engine.begin() as conn:
+            res = conn.execute(insert(comparisons).values(a=a, b=b, winner=winner, created=now))
+            cid = res.inserted_primary_key[0]
+        return {"id": int(cid), "a": a, "b": b, "winner": winner, "created": now}
+
+    def comparison_stats(self, item_id: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            wins = conn.execute(select(func.count()).select_from(comparisons).where(or_(
+                and_(comparisons.c.a == item_id, comparisons.c.winner == "a"),
+                and_(comparisons.c.b == item_id, comparisons.c.winner == "b")))).scalar_one()
+            total = conn.execute(select(func.count()).select_from(comparisons).where(
+                or_(comparisons.c.a == item_id, comparisons.c.b == item_id))).scalar_one()
+        return {"wins": int(wins), "comparisons": int(total)}
+
+    def rating_counts(self) -> tuple[int, int]:
+        with self.engine.connect() as conn:
+            n_r = conn.execute(select(func.count()).select_from(ratings)).scalar_one()
+            n_c = conn.execute(select(func.count()).select_from(comparisons)).scalar_one()
+        return int(n_r), int(n_c)
+
+    # ----------------------------------------------------------------------- API keys
+    def add_api_key(self, name: str, sha256: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(api_keys).values(name=name, sha256=sha256, created=time.time()))
+
+    def api_key_hashes(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(select(api_keys.c.sha256))]
+
+
+def record_json(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)

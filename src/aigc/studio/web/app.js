@@ -1,0 +1,303 @@
+// aigc studio web UI: plain JavaScript, no build step. Talks to /api and /v1 of this server.
+"use strict";
+
+const I18N = {
+  en: {},
+  zh: {
+    tab_image: "图像", tab_text: "文本", tab_gallery: "作品库", tab_compare: "比较",
+    api_docs: "API 文档", api_key: "API 密钥", save: "保存", model: "模型", class: "类别",
+    prompt: "提示词", prompt_caption: "该模型为无条件模型：提示词仅作为说明保存。", seed: "随机种子",
+    n: "数量", steps: "步数", sampler: "采样器", guidance: "引导强度", temperature: "温度",
+    generate: "生成", mode: "模式", chat: "对话", completion: "续写", max_tokens: "最大长度",
+    send: "发送", clear: "清空", all_kinds: "全部类型", images: "图像", texts: "文本",
+    all_models: "全部模型", any_rating: "任意评分", search: "搜索提示词或文本", filter: "筛选",
+    compare_help: "两者中哪个更好？", a_better: "A 更好", tie: "平手", b_better: "B 更好",
+    regenerate: "用此种子重新生成", queued: "排队中", running: "生成中", done: "完成",
+    failed: "失败", cancelled: "已取消", cancel: "取消", no_items: "还没有作品。",
+    record: "完整记录", metric_card: "模型指标卡", no_card: "该模型没有指标卡。",
+    model_hash: "模型哈希", rating: "评分", thanks: "已记录，谢谢！", need_two: "至少需要两个作品。",
+    batching: "批处理", native: "原生尺寸",
+  },
+};
+let lang = localStorage.getItem("aigc-lang") || ((navigator.language || "en").startsWith("zh") ? "zh" : "en");
+const EN_TEXT = {};
+function t(key, fallback) { return (I18N[lang] && I18N[lang][key]) || EN_TEXT[key] || fallback || key; }
+function applyLang() {
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  document.querySelectorAll("[data-i18n]").forEach((el) => {
+    const k = el.dataset.i18n;
+    if (!(k in EN_TEXT)) EN_TEXT[k] = el.textContent;
+    el.textContent = t(k);
+  });
+  document.querySelectorAll("[data-i18n-placeholder]").forEach((el) => {
+    el.placeholder = lang === "zh" ? t(el.dataset.i18nPlaceholder) : "search prompts or text";
+  });
+  document.getElementById("lang").value = lang;
+}
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+  }
+  kids.forEach((c) => c != null && e.append(c));
+  return e;
+};
+
+async function api(path, opts = {}) {
+  const headers = { "Content-Type": "application/json" };
+  const key = localStorage.getItem("aigc-key");
+  if (key) headers.Authorization = "Bearer " + key;
+  const res = await fetch(path, { ...opts, headers: { ...headers, ...(opts.headers || {}) } });
+  if (res.status === 401) $("keybar").hidden = false;
+  if (opts.raw) return res;
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error((body.error && body.error.message) || res.statusText);
+  return body;
+}
+
+// ------------------------------------------------------------------ tabs
+function showTab(name) {
+  document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
+  document.querySelectorAll(".page").forEach((p) => (p.hidden = p.id !== "page-" + name));
+  if (name === "gallery") loadGallery();
+  if (name === "compare") loadPair();
+  location.hash = name;
+}
+
+// ---------------------------------------------------------------- models
+let MODELS = [];
+async function loadModels() {
+  MODELS = (await api("/api/models")).models;
+  const imgs = MODELS.filter((m) => m.kind === "image"), txts = MODELS.filter((m) => m.kind === "text");
+  $("img-model").replaceChildren(...imgs.map((m) => el("option", { value: m.id, text: m.id })));
+  $("txt-model").replaceChildren(...txts.map((m) => el("option", { value: m.id, text: m.id })));
+  $("f-model").replaceChildren(el("option", { value: "", "data-i18n": "all_models", text: t("all_models", "All models") }),
+    ...MODELS.map((m) => el("option", { value: m.id, text: m.id })));
+  if (!imgs.length) $("img-model-info").textContent = "No image model loaded: start with --models DIR.";
+  onImageModel(); onTextModel();
+}
+function onImageModel() {
+  const m = MODELS.find((x) => x.id === $("img-model").value);
+  if (!m) return;
+  const d = m.details;
+  $("img-model-info").textContent = `${d.family} · ${d.image_size}×${d.image_size} · step ${d.step} · ${d.sha256.slice(0, 12)}` +
+    (d.batching ? ` · ${t("batching", "batching")}` : "");
+  $("row-class").hidden = d.conditioning !== "class";
+  $("img-class").replaceChildren(...(d.class_names || []).map((c, i) => el("option", { value: i, text: c })));
+  $("prompt-note").hidden = d.conditioning !== "none";
+  $("img-steps").disabled = !d.steps;
+  $("img-guidance").disabled = !d.guidance;
+  $("img-sampler").disabled = !(d.samplers || []).length;
+  $("img-sampler").replaceChildren(el("option", { value: "", text: "—" }), ...(d.samplers || []).map((s) => el("option", { value: s, text: s })));
+}
+function onTextModel() {
+  const m = MODELS.find((x) => x.id === $("txt-model").value);
+  $("txt-model-info").textContent = m ? m.description : "No text model loaded.";
+}
+
+// ----------------------------------------------------------------- image
+function num(id) { const v = $(id).value; return v === "" ? null : Number(v); }
+async function generateImages(ev) {
+  if (ev) ev.preventDefault();
+  const m = MODELS.find((x) => x.id === $("img-model").value);
+  const body = { kind: "image", model: $("img-model").value, n: num("img-n") || 1, seed: num("img-seed"),
+    temperature: num("img-temp") ?? 1, prompt: $("img-prompt").value || null };
+  if (m && m.details.conditioning === "class") body.label = Number($("img-class").value);
+  if (!$("img-steps").disabled && num("img-steps")) body.steps = num("img-steps");
+  if (!$("img-guidance").disabled && num("img-guidance") != null) body.guidance = num("img-guidance");
+  if (!$("img-sampler").disabled && $("img-sampler").value) body.sampler = $("img-sampler").value;
+  $("gen-button").disabled = true;
+  $("progress-bar").style.width = "0";
+  try {
+    const job = await api("/api/jobs", { method: "POST", body: JSON.stringify(body) });
+    const done = await followJob(job.id);
+    const items = await Promise.all(done.items.map((id) => api("/api/items/" + id)));
+    $("results").replaceChildren(...items.map((it) => card(it, () => { showTab("gallery"); showDetail(it.id); })));
+  } catch (e) {
+    $("job-status").textContent = "⚠ " + e.message;
+  } finally {
+    $("gen-button").disabled = false;
+  }
+}
+async function followJob(id) {
+  for (;;) {
+    const job = await api("/api/jobs/" + id);
+    $("progress-bar").style.width = Math.round(job.progress * 100) + "%";
+    $("job-status").textContent = `${t(job.status, job.status)} · job ${id.slice(0, 8)} · seed ${job.params.seed}`;
+    if (job.status === "done") return job;
+    if (job.status === "failed" || job.status === "cancelled") throw new Error(job.error || job.status);
+    await new Promise((r) => setTimeout(r, 150));
+  }
+}
+
+// ------------------------------------------------------------------ text
+async function sendText(ev) {
+  ev.preventDefault();
+  const input = $("chat-input").value.trim();
+  if (!input) return;
+  const mode = $("txt-mode").value;
+  const log = $("chat-log");
+  const common = { model: $("txt-model").value, max_tokens: num("txt-max") || 64, temperature: num("txt-temp") ?? 1,
+    stream: true, seed: num("txt-seed") };
+  let url, body;
+  if (mode === "chat") {
+    CHAT.push({ role: "user", content: input });
+    log.append(el("div", { class: "msg user", text: input }));
+    url = "/v1/chat/completions"; body = { ...common, messages: CHAT };
+  } else {
+    log.append(el("div", { class: "msg user", text: input }));
+    url = "/v1/completions"; body = { ...common, prompt: input };
+  }
+  $("chat-input").value = "";
+  const out = el("div", { class: "msg assistant" });
+  const span = el("span");
+  out.append(span);
+  log.append(out);
+  $("chat-send").disabled = true;
+  try {
+    const res = await api(url, { method: "POST", body: JSON.stringify(body), raw: true });
+    if (!res.ok) { const b = await res.json(); throw new Error(b.error.message); }
+    const reader = res.body.getReader(), dec = new TextDecoder();
+    let buf = "", text = "", usage = null;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const line = buf.slice(0, i).trim(); buf = buf.slice(i + 2);
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        const c = chunk.choices[0];
+        text += mode === "chat" ? (c.delta.content || "") : c.text;
+        span.textContent = text;
+        if (chunk.usage) usage = chunk.usage;
+        log.scrollTop = log.scrollHeight;
+      }
+    }
+    if (mode === "chat") CHAT.push({ role: "assistant", content: text });
+    if (usage) out.append(el("span", { class: "usage", text: `${usage.prompt_tokens} + ${usage.completion_tokens} tokens · ${$("txt-model").value}` }));
+  } catch (e) {
+    span.textContent = "⚠ " + e.message;
+  } finally {
+    $("chat-send").disabled = false;
+  }
+}
+let CHAT = [];
+
+// --------------------------------------------------------------- gallery
+function starsWidget(item, onRated) {
+  const w = el("span", { class: "stars", title: t("rating", "rating") });
+  const avg = item.stars || 0;
+  for (let s = 1; s <= 5; s++) {
+    w.append(el("span", { class: s <= Math.round(avg) ? "on" : "", "data-star": s, text: "★",
+      onclick: async (e) => {
+        e.stopPropagation();
+        const updated = await api(`/api/items/${item.id}/ratings`, { method: "POST", body: JSON.stringify({ stars: s }) });
+        onRated(updated);
+      } }));
+  }
+  return w;
+}
+function card(item, onclick) {
+  const c = el("div", { class: "card", "data-id": item.id, onclick });
+  if (item.kind === "image") c.append(el("img", { src: item.url, alt: `seed ${item.seed}`, loading: "lazy" }));
+  else c.append(el("div", { class: "txt", text: item.text }));
+  const meta = el("div", { class: "meta" }, el("span", { text: `seed ${item.seed}` }));
+  const refresh = (u) => { const n = starsWidget(u, refresh); meta.lastChild.replaceWith(n); if ($("detail").dataset.id === u.id) showDetail(u.id); };
+  meta.append(starsWidget(item, refresh));
+  c.append(meta);
+  return c;
+}
+let GALLERY_SEQ = 0;  // only the newest of overlapping gallery loads may render
+async function loadGallery(ev) {
+  if (ev) ev.preventDefault();
+  const seq = ++GALLERY_SEQ;
+  const p = new URLSearchParams();
+  if ($("f-kind").value) p.set("kind", $("f-kind").value);
+  if ($("f-model").value) p.set("model", $("f-model").value);
+  if ($("f-stars").value) p.set("min_stars", $("f-stars").value);
+  if ($("f-q").value) p.set("q", $("f-q").value);
+  p.set("limit", "60");
+  const { items } = await api("/api/items?" + p);
+  if (seq !== GALLERY_SEQ) return;
+  const g = $("gallery");
+  g.replaceChildren(...items.map((it) => card(it, () => showDetail(it.id))));
+  if (!items.length) g.append(el("p", { class: "muted", text: t("no_items", "Nothing generated yet.") }));
+}
+async function showDetail(id) {
+  const it = await api("/api/items/" + id);
+  document.querySelectorAll("#gallery .card").forEach((c) => c.classList.toggle("selected", c.dataset.id === id));
+  const r = it.record, d = $("detail");
+  d.hidden = false; d.dataset.id = id;
+  const row = (k, v) => [el("dt", { text: k }), el("dd", { text: v == null ? "—" : String(v) })];
+  const dl = el("dl", {}, ...row(t("model", "Model"), it.model), ...row(t("model_hash", "Model hash"), it.model_sha256),
+    ...row(t("seed", "Seed"), it.seed), ...row(t("prompt", "Prompt"), it.prompt),
+    ...row(t("sampler", "Sampler"), r.sampler), ...row(t("steps", "Steps"), r.steps),
+    ...row(t("guidance", "Guidance"), r.guidance), ...row(t("temperature", "Temperature"), r.temperature),
+    ...row(t("rating", "Rating"), it.stars ? `${it.stars.toFixed(1)} (${it.n_ratings})` : "—"),
+    ...row("A/B", `${it.wins}/${it.comparisons}`));
+  const card_ = it.metric_card ? el("pre", { class: "card-json", text: JSON.stringify(it.metric_card, null, 1) })
+    : el("p", { class: "muted", text: t("no_card", "This model has no metric card.") });
+  d.replaceChildren(
+    it.kind === "image" ? el("img", { src: it.url, alt: "" }) : el("pre", { text: it.text }),
+    starsWidget(it, () => { showDetail(id); loadGallery(); }), dl,
+    it.kind === "image" ? el("button", { id: "regen", class: "primary", text: t("regenerate", "Regenerate with this seed"), onclick: () => regenerate(it) }) : null,
+    el("h4", { text: t("metric_card", "Model metric card") }), card_,
+    el("details", {}, el("summary", { text: t("record", "Full record") }), el("pre", { text: JSON.stringify(r, null, 1) })));
+}
+function regenerate(it) {
+  const r = it.record;
+  showTab("image");
+  $("img-model").value = it.model; onImageModel();
+  $("img-seed").value = it.seed; $("img-n").value = 1;
+  $("img-prompt").value = it.prompt || "";
+  $("img-temp").value = r.temperature ?? 1;
+  if (r.steps) $("img-steps").value = r.steps;
+  if (r.guidance != null) $("img-guidance").value = r.guidance;
+  if (r.sampler) $("img-sampler").value = r.sampler;
+  if (r.label != null) $("img-class").value = r.label;
+  generateImages();
+}
+
+// --------------------------------------------------------------- compare
+let PAIR = [];
+async function loadPair() {
+  PAIR = (await api("/api/comparisons/pair?kind=image")).items;
+  const box = $("pair");
+  if (PAIR.length < 2) { box.replaceChildren(el("p", { class: "muted", text: t("need_two", "Generate at least two items first.") })); return; }
+  box.replaceChildren(...PAIR.map((it, i) => el("figure", {}, el("img", { src: it.url, alt: "" }), el("figcaption", { text: `${"AB"[i]} · seed ${it.seed}` }))));
+}
+async function pick(winner) {
+  if (PAIR.length < 2) return;
+  await api("/api/comparisons", { method: "POST", body: JSON.stringify({ a: PAIR[0].id, b: PAIR[1].id, winner }) });
+  $("compare-status").textContent = t("thanks", "Recorded, thank you!");
+  loadPair();
+}
+
+// ------------------------------------------------------------------ boot
+document.addEventListener("DOMContentLoaded", async () => {
+  applyLang();
+  document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
+  $("lang").addEventListener("change", () => { lang = $("lang").value; localStorage.setItem("aigc-lang", lang); applyLang(); onTextModel(); });
+  $("savekey").addEventListener("click", () => { localStorage.setItem("aigc-key", $("apikey").value); location.reload(); });
+  $("image-form").addEventListener("submit", generateImages);
+  $("img-model").addEventListener("change", onImageModel);
+  $("txt-model").addEventListener("change", onTextModel);
+  $("chat-form").addEventListener("submit", sendText);
+  $("chat-input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); } });
+  $("chat-clear").addEventListener("click", () => { CHAT = []; $("chat-log").replaceChildren(); });
+  $("filters").addEventListener("submit", loadGallery);
+  $("pick-a").addEventListener("click", () => pick("a"));
+  $("pick-b").addEventListener("click", () => pick("b"));
+  $("pick-tie").addEventListener("click", () => pick("tie"));
+  try { await loadModels(); } catch (e) { $("img-model-info").textContent = "⚠ " + e.message; }
+  const tab = location.hash.slice(1);
+  if (["image", "text", "gallery", "compare"].includes(tab)) showTab(tab);
+});
