@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "aigc.cli.data",
     "aigc.cli.train",
     "aigc.cli.sample",
+    "aigc.cli.generate",
     "aigc.cli.evaluate",
     "aigc.cli.info",
     "aigc.cli.demo",
