@@ -278,8 +278,8 @@ def _load_dialogues(name: str, languages: tuple[str, ...]) -> TextCorpus:
             for conv in yaml.safe_load(text).get("conversations") or []:
                 turns = [str(t).strip() for t in conv if t is not None]
                 # A conversation [a, b, c] gives the pairs (a, b) and (b, c).
-                pairs += [(q, a) for q, a in zip(turns, turns[1:]) if q and a]
-                report.empty += sum(1 for q, a in zip(turns, turns[1:]) if not (q and a))
+                pairs += [(q, a) for q, a in zip(turns, turns[1:], strict=False) if q and a]
+                report.empty += sum(1 for q, a in zip(turns, turns[1:], strict=False) if not (q and a))
     seen: set[tuple[str, str]] = set()
     split_pairs: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
     for q, a in pairs:
