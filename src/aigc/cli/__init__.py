@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "aigc.cli.sample",
     "aigc.cli.generate",
     "aigc.cli.chat",
+    "aigc.cli.finetune",
     "aigc.cli.evaluate",
     "aigc.cli.info",
     "aigc.cli.demo",
