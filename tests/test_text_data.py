@@ -147,3 +147,13 @@ def test_token_windows_shift_and_too_small_corpus():
     assert len(val) == 2 and val.get_batch(torch.tensor([1]))["tokens"].tolist() == [[0, 4, 5, 6]]
     with pytest.raises(DataError, match="too small for context_length=8"):
         TokenWindows(stream, 8, where="tiny")
+
+
+def test_data_show_prints_text_report(tmp_path, capsys):
+    from aigc.cli import main
+
+    path = tmp_path / "t.txt"
+    path.write_text("one\n\ntwo\n\none\n\n", encoding="utf-8")
+    assert main(["data", "show", f"text:{path}"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 2 documents" in out and "duplicates 1" in out and "split" in out
