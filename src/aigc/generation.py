@@ -228,7 +228,8 @@ def _pieces(lm: CachedLM, tokenizer, ids: list[int], params: SamplingParams,
     keep = max(1, lm.context_length * 3 // 4)  # tokens kept when the window slides
     longest_stop = max((len(s) for s in params.stop), default=0)
     for _ in range(params.max_tokens):
-        previous = torch.tensor([context], dtype=torch.long, device=logits.device)
+        previous = (torch.tensor([context], dtype=torch.long, device=logits.device)
+                    if params.repetition_penalty != 1.0 else None)
         token = int(next_token(logits[None], params, generator=generator, previous=previous)[0])
         if params.stop_at_end and token in lm.end_ids:
             stream.finish_reason = "end"
