@@ -31,6 +31,35 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"{name:<15} {status:<12} {about}")
         if not ok:
             print(f"{'':<15} {why}")
+    from aigc.data.text import CORPORA, corpus_available
+
+    for name, about in CORPORA.items():  # text corpora (aigc.data.text)
+        ok, why = corpus_available(name) if ":" not in name else (True, "")
+        print(f"{name:<15} {'available' if ok else 'UNAVAILABLE':<12} {about}")
+        if not ok:
+            print(f"{'':<15} {why}")
+    return 0
+
+
+def _is_text(name: str) -> bool:
+    from aigc.data.text import CORPORA
+
+    return name in CORPORA or name.startswith("text:")
+
+
+def _show_text(args: argparse.Namespace) -> int:
+    """Cleaning report, documents and characters per split, and the first training document."""
+    from aigc.data.text import SPLITS, load_corpus
+
+    corpus = load_corpus(args.name)
+    print("\n".join(corpus.report.lines()))
+    print(f"{args.name}: source {corpus.source}")
+    print(f"{'split':<6} {'documents':>10} {'characters':>12}" + (f" {'pairs':>7}" if corpus.pairs else ""))
+    for s in SPLITS:
+        pairs = f" {len(corpus.pairs[s]):>7}" if corpus.pairs else ""
+        print(f"{s:<6} {len(corpus.documents(s)):>10} {corpus.characters(s):>12}{pairs}")
+    first = corpus.documents("train")[0] if corpus.documents("train") else ""
+    print("first training document:\n" + (first[:400] + (" ..." if len(first) > 400 else "")))
     return 0
 
 
@@ -39,6 +68,8 @@ def run_show(args: argparse.Namespace) -> int:
     from aigc.errors import AigcError
     from aigc.media import save_grid
 
+    if _is_text(args.name):
+        return _show_text(args)
     if not 1 <= args.n <= 1024:
         raise AigcError(f"--n must be between 1 and 1024, got {args.n}")
     splits = {s: load_images(args.name, s) for s in SPLITS}

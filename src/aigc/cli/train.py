@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = config_from_dict(
         module.CONFIG_CLASS, {**model_defaults, **model_overrides}, where="model config"
     )
+    if hasattr(module, "bind_data"):  # data that depends on the model config (a tokenizer)
+        model_cfg, train_data, val_data, meta = module.bind_data(model_cfg, train_data, val_data, meta)
     train_cfg = config_from_dict(
         TrainConfig, {**getattr(module, "TRAIN_DEFAULTS", {}), **train_overrides},
         where="training config",

