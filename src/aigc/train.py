@@ -369,7 +369,7 @@ class Trainer:
                     if not torch.isfinite(loss):
                         where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
                         raise TrainingDiverged(
-                            f"loss became {float(loss)} at step {self.step} ({name}){where}. "
+                            f"loss became {float(loss.detach())} at step {self.step} ({name}){where}. "
                             "Try a lower --lr, a smaller --grad-clip, or turning --bf16 off"
                         )
                     loss.backward()

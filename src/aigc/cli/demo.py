@@ -80,12 +80,28 @@ def run(args: argparse.Namespace) -> int:
         code = aigc(argv)
         if code:
             return code
+    _interpolations(run_dir, out / "interpolations.png")
     metrics = json.loads((out / "metrics.json").read_text())["values"]
     print("\naigc demo finished. Look at:")
     print(f"  {out / 'samples.png'}          64 samples from the prior")
     print(f"  {out / 'reconstructions.png'}  test images (odd rows) and reconstructions")
+    print(f"  {out / 'interpolations.png'}   latent walks between pairs of test images")
     print(f"  {run_dir / 'samples'}/           sample grids during training")
     print(f"  {out / 'metrics.json'}         test -ELBO {metrics['negative_elbo_nats']:.1f} nats, "
           f"PSNR {metrics['psnr_db']:.1f} dB, SSIM {metrics['ssim']:.3f}")
     print(f"  tensorboard --logdir {run_dir / 'tb'}")
     return 0
+
+
+def _interpolations(run_dir: Path, path: Path) -> None:
+    """Eight rows, each a straight line in latent space between two test images."""
+    from aigc.cli.sample import provenance
+    from aigc.data.images import load_images
+    from aigc.media import save_grid
+    from aigc.models import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(run_dir)
+    test = load_images("mnist", "test")
+    x = test.get_batch(torch.arange(16))["image"]
+    rows = [model.interpolate(x[2 * i], x[2 * i + 1], steps=10) for i in range(8)]
+    save_grid(path, torch.cat(rows), nrow=10, record=provenance(ckpt, kind="interpolation"))

@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if file.get("family", args.family) != args.family:
         raise ConfigError(f"{args.config} is a config for {file['family']!r}, not {args.family!r}")
     data = args.data or file.get("data")
-    if not data:
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out, the run folder to continue")
+    if not data and not args.resume:
         raise ConfigError("--data is required (e.g. --data mnist); see `aigc data list`")
     out = Path(args.out or f"runs/{args.family}-{data.replace(':', '-').replace('/', '_')}")
     model_overrides = {**file.get("model", {}), **config_flags(args, module.CONFIG_CLASS)}
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
             )
         model_overrides = ckpt.model_config
         train_overrides = {**ckpt.train_config, **train_overrides}
-        data = ckpt.meta.get("data", data)
+        data = ckpt.meta.get("data") or data
+        if not data:
+            raise ConfigError(f"{folder} does not record its dataset; pass --data")
     train_data, val_data, meta, model_defaults = module.training_data(data)
     model_cfg = config_from_dict(
         module.CONFIG_CLASS, {**model_defaults, **model_overrides}, where="model config"

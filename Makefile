@@ -1,0 +1,42 @@
+# aigc — the two commands a newcomer needs:  `make demo`  and  `make test`.
+# Both run `setup` first: a .venv with the pinned CPU torch and aigc (editable, dev extras), plus
+# the Debian data packages when running as root with apt. Every step is idempotent.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.aigc-installed
+
+.PHONY: setup demo test test-slow lint clean help
+
+help:
+	@echo "make demo       set up, then run the main job (train a VAE on MNIST, sample, evaluate)"
+	@echo "make test       set up, then run the default (fast) test tier"
+	@echo "make test-slow  the slow tier too: real training and quality checks (AIGC_SLOW=1)"
+	@echo "make lint       ruff over src, tests and benchmarks"
+
+setup: $(STAMP)
+	@bash scripts/setup-debian.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build of torch first, pinned, so that no dependency can pull a CUDA build over it.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/aigc demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	AIGC_SLOW=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
+
+clean:
+	rm -rf $(VENV) out runs .pytest_cache
