@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "aigc.cli.train",
     "aigc.cli.sample",
     "aigc.cli.generate",
+    "aigc.cli.music",
     "aigc.cli.evaluate",
     "aigc.cli.info",
     "aigc.cli.demo",
