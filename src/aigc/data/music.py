@@ -10,6 +10,7 @@ Corpora (all inside the PyPI ``music21`` wheel, no network):
   (about 0.1 s a tune), which is why the default is a subset.
 * ``folk-tunes-all``: every Essen and O'Neill tune (about 10,000; the first parse takes long).
 * ``bach-and-folk``: both default corpora together (style tokens tell them apart).
+* ``midi:PATH``: your own MIDI files (a folder or one file), quantized to the tick grid.
 
 A piece that fails to parse or to fit the tokenization is skipped and reported by name and
 reason (:class:`MusicCorpusReport`); nothing is dropped silently. Parsed corpora are cached as
@@ -77,6 +78,7 @@ CORPORA = {
     "folk-tunes": "German folk songs (Essen subset) and 100 Irish tunes (O'Neill), 1 voice",
     "folk-tunes-all": "every Essen and O'Neill tune in music21 (slow first parse)",
     "bach-and-folk": "bach-chorales and folk-tunes together",
+    "midi:PATH": "your MIDI files (a folder of .mid, or one file)",
 }
 _ESSEN_SUBSET = ("altdeu10", "altdeu20", "kinder0", "erk5", "ballad10")
 _ONEILL_SUBSET = ("0001-0050", "0051-0100")
@@ -549,14 +551,21 @@ def piece_from_midi(path: str | Path, *, style: str | None = None, key: str | No
     channels = sorted({c for _, c, _, _ in m.notes})
     if len(channels) > MAX_VOICES:
         raise DataError(f"{path} uses {len(channels)} MIDI channels; at most {MAX_VOICES} voices")
-    notes = []
+    notes: dict[tuple[int, int, int], int] = {}  # (onset, voice, pitch) -> duration
     for onset, ch, pitch, dur in m.notes:
         t0, t1 = Fraction(onset) / grid, Fraction(onset + dur) / grid
         if not quantize and (t0.denominator != 1 or t1.denominator != 1):
             raise DataError(f"{path}: a note at MIDI tick {onset} is off the grid of "
                             f"{TICKS_PER_QUARTER} ticks per quarter; pass quantize=True")
         a, b = round(t0), round(t1)
-        notes.append(Note(a, channels.index(ch), pitch, min(max(b - a, 1), MAX_DURATION)))
+        if not quantize and b - a > MAX_DURATION:
+            raise DataError(f"{path}: a note of {b - a} ticks at MIDI tick {onset} is longer "
+                            f"than {MAX_DURATION}")
+        # Quantizing: at least one tick, at most MAX_DURATION; notes that land on the same
+        # onset and pitch in one voice merge into the longest.
+        key_ = (a, channels.index(ch), pitch)
+        notes[key_] = max(notes.get(key_, 0), min(max(b - a, 1), MAX_DURATION))
+    notes = [Note(a, v, p, d) for (a, v, p), d in notes.items()]
     tonic, mode = parse_key(key) if key else (m.key or (None, None))
     if tonic is None:
         tonic, mode = _estimate_key(notes)
@@ -795,6 +804,8 @@ def load_music_corpus(name: str, progress: bool = True) -> MusicCorpus:
     """
     if name in _LOADED:
         return _LOADED[name]
+    if name.startswith("midi:"):
+        return _load_midi_folder(name)  # not cached: a user's files may change
     if name == "bach-and-folk":
         a, b = load_music_corpus("bach-chorales", progress), load_music_corpus("folk-tunes", progress)
         report = MusicCorpusReport(f"{a.report.source} + {b.report.source}", a.report.kept + b.report.kept,
@@ -809,6 +820,31 @@ def load_music_corpus(name: str, progress: bool = True) -> MusicCorpus:
         corpus = MusicCorpus(name, splits, report)
     _LOADED[name] = corpus
     return corpus
+
+
+def _load_midi_folder(name: str) -> MusicCorpus:
+    """``midi:PATH``: every ``.mid``/``.midi`` file under a folder (or one file), quantized to
+    the tick grid; key, meter and style from the files' meta events where present."""
+    root = Path(name[5:]).expanduser()
+    if not root.exists():
+        raise DataError(f"{name}: no such file or folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".mid", ".midi")) \
+        if root.is_dir() else [root]
+    if not files:
+        raise DataError(f"{name}: the folder holds no .mid files")
+    report = MusicCorpusReport(str(root))
+    splits: dict[str, list[Piece]] = {s: [] for s in SPLITS}
+    for f in files:
+        try:
+            piece = piece_from_midi(f, quantize=True)
+            piece.name = str(f.relative_to(root)) if root.is_dir() else f.name
+            piece_to_tokens(piece)  # in range?
+        except (DataError, IndexError, struct.error) as exc:
+            report.skipped.append((str(f), str(exc) or type(exc).__name__))
+            continue
+        splits[hash_split(piece.name)].append(piece)
+        report.kept += 1
+    return MusicCorpus(name, splits, report)
 
 
 # ------------------------------------------------------------------------- training data
