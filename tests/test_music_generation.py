@@ -125,3 +125,25 @@ def _meta(run):
     from aigc.checkpoints import read_metadata, resolve_checkpoint
 
     return read_metadata(resolve_checkpoint(run))
+
+
+def test_fluidsynth_wav_when_installed(tmp_path):
+    from aigc.music import fluidsynth_available, write_wav
+
+    if fluidsynth_available() is None:
+        pytest.skip("Debian fluidsynth + fluid-soundfont-gm not installed")
+    path, how = write_wav(_song(bars=2), tmp_path / "f.wav", tempo_qpm=120)
+    with wave.open(str(path)) as w:
+        assert how == "fluidsynth" and w.getnframes() / w.getframerate() >= 2.0
+
+
+def test_lilypond_score_when_installed(tmp_path):
+    from PIL import Image
+
+    from aigc.music import lilypond_available, save_piece
+
+    if not lilypond_available():
+        pytest.skip("Debian lilypond not installed")
+    save_piece(_song(bars=2), tmp_path / "s.score.png")
+    with Image.open(tmp_path / "s.score.png") as img:
+        assert img.width > 100 and img.height < img.width  # cropped to one system of music

@@ -6,10 +6,11 @@
 * :func:`save_piano_roll`: one row per semitone, one column per tick, a colour per voice, bar
   lines, and the piece's conditions in the title; the PNG carries a provenance record.
 * :func:`write_musicxml`: through music21 (measures, ties and rests made by music21).
-* :func:`write_score_png`: a engraved score through Debian ``lilypond`` when it is installed.
+* :func:`write_score_png`: an engraved score through Debian ``lilypond`` when it is installed.
 
 :func:`save_piece` writes whichever of these a file name asks for (``.mid``, ``.wav``, ``.png``,
-``.musicxml``/``.xml``).
+``.musicxml``/``.xml``; ``NAME.score.png`` is the engraved score, any other ``.png`` the piano
+roll).
 """
 
 from __future__ import annotations
@@ -183,7 +184,14 @@ def write_score_png(piece: Piece, path: str | Path) -> Path:
         pngs = sorted(Path(tmp).glob("score*.png"))
         if not pngs:
             raise AigcError("lilypond ran but wrote no PNG")
-        shutil.copyfile(pngs[0], path)
+        from PIL import Image, ImageOps
+
+        with Image.open(pngs[0]) as page:  # a whole page: crop to the music plus a margin
+            page = page.convert("L")
+            box = ImageOps.invert(page).getbbox() or (0, 0, page.width, page.height)
+            pad = 12
+            page.crop((max(box[0] - pad, 0), max(box[1] - pad, 0), min(box[2] + pad, page.width),
+                       min(box[3] + pad, page.height))).save(path)
     return path
 
 
@@ -198,6 +206,9 @@ def save_piece(piece: Piece, path: str | Path, *, record: dict | None = None,
     if suffix == ".wav":
         _, how = write_wav(piece, path, tempo_qpm=tempo_qpm, synth=synth)
         return f"WAV {path} ({how} synthesiser)"
+    if suffix == ".png" and path.name.lower().endswith(".score.png"):
+        write_score_png(piece, path)
+        return f"score {path} (lilypond)"
     if suffix == ".png":
         save_piano_roll(piece, path, record=record)
         return f"piano roll {path}"

@@ -33,7 +33,8 @@ def add_music_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--opening-bars", type=int, default=None,
                    help="use only the first N bars of --opening")
     g.add_argument("--out", action="append", default=[], metavar="FILE",
-                   help="write the piece: .mid, .wav, .png (piano roll), .musicxml; repeatable")
+                   help="write the piece: .mid, .wav, .png (piano roll), .score.png (lilypond), "
+                   ".musicxml; repeatable")
     g.add_argument("--synth", default="auto", choices=["auto", "fluidsynth", "builtin"],
                    help="WAV synthesiser (auto: FluidSynth when installed)")
     g.add_argument("--tempo", type=float, default=90.0, help="quarter notes per minute (default 90)")

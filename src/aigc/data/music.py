@@ -72,6 +72,7 @@ METERS = ((2, 4), (3, 4), (4, 4), (5, 4), (6, 4), (2, 2), (3, 2), (4, 2),
           (2, 8), (3, 8), (4, 8), (5, 8), (6, 8), (9, 8), (12, 8))
 MAX_BAR = max(n * 4 * TICKS_PER_QUARTER // d for n, d in METERS)
 TOKENIZATION_VERSION = 1
+CACHE_VERSION = 2  # bump when what the cache holds changes (names, skipping rules)
 
 CORPORA = {
     "bach-chorales": "Bach chorales, 4 voices (music21 corpus, Riemenschneider list)",
@@ -746,7 +747,8 @@ def _parse_source(path: str, style: str, report: MusicCorpusReport) -> list[Piec
     pieces = []
     for i, score in enumerate(scores):
         number = getattr(score.metadata, "number", None) if score.metadata else None
-        name = path.rsplit(".", 1)[0] + (f"#{number or i + 1}" if len(scores) > 1 else "")
+        stem = path.rsplit(".", 1)[0] if path.endswith((".abc", ".mxl", ".xml", ".krn")) else path
+        name = stem + (f"#{number or i + 1}" if len(scores) > 1 else "")
         try:
             piece, graces = piece_from_score(score, name, style)
         except SkipPiece as exc:
@@ -763,7 +765,7 @@ def _parse_source(path: str, style: str, report: MusicCorpusReport) -> list[Piec
 def _load_collection(name: str, progress: bool = True) -> tuple[list[Piece], MusicCorpusReport]:
     import music21
 
-    path = cache_dir() / f"{name}-music21-{music21.__version__}-tok{TOKENIZATION_VERSION}.json"
+    path = cache_dir() / f"{name}-music21-{music21.__version__}-tok{TOKENIZATION_VERSION}-v{CACHE_VERSION}.json"
     if path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
         report = MusicCorpusReport(**{**data["report"],
