@@ -381,7 +381,7 @@ def evaluate_music_model(checkpoint, *, data: str | None = None, n: int = 20, ba
             nll = gpt_piece_nll(model, test_s, vocab) if lm is model else ngram_piece_nll(ngram, test_s, vocab)
             rows[name] = {**stats.compute(), **stats.distances(reference), "perplexity": perplexity(*nll)}
             if samples_dir:
-                for i, piece in enumerate(pieces[:4]):
+                for i, piece in enumerate(pieces[:2]):
                     stem = Path(samples_dir) / f"{style}-{name}-{i}"
                     write_midi(piece, stem.with_suffix(".mid"))
                     save_piano_roll(piece, stem.with_suffix(".png"),
