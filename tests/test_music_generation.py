@@ -147,3 +147,32 @@ def test_lilypond_score_when_installed(tmp_path):
     save_piece(_song(bars=2), tmp_path / "s.score.png")
     with Image.open(tmp_path / "s.score.png") as img:
         assert img.width > 100 and img.height < img.width  # cropped to one system of music
+
+
+def test_music_eval_protocol_on_a_tiny_model(tmp_path):
+    from aigc.config import TrainConfig, config_to_dict
+    from aigc.data.music import load_music_corpus
+    from aigc.metrics.music import evaluate_music_model
+    from aigc.models.music_gpt import bind_data, training_data
+    from aigc.train import Trainer
+
+    songs = tmp_path / "songs"
+    for i in range(40):  # G major scales moved into twelve keys
+        write_midi(_song(f"s{i}", bars=4).transposed(i % 12 - 6), songs / f"{i}.mid")
+    data = f"midi:{songs}"
+    assert load_music_corpus(data).split("test")  # the hash split gives a test piece or more
+    train, val, meta, defaults = training_data(data)
+    cfg = GPTConfig(**{**defaults, "context_length": 32, "layers": 1, "heads": 2, "width": 16})
+    cfg, train, val, meta = bind_data(cfg, train, val, meta)
+    Trainer(GPT(cfg), family="music-gpt", model_config=config_to_dict(cfg), train_data=train,
+            val_data=val, cfg=TrainConfig(steps=2, batch_size=4, eval_every=0, sample_every=0),
+            run_dir=tmp_path / "run", meta=meta, progress=False).fit()
+    report = evaluate_music_model(tmp_path / "run", n=2, bars=2, progress=False,
+                                  samples_dir=tmp_path / "samples")
+    rows = report["values"]["folk"]
+    assert set(rows) >= {"music-gpt", "test corpus (ref)"} and any(r.startswith("ngram-") for r in rows)
+    for row in (rows["music-gpt"],):
+        assert 0 <= row["pitch_class_js"] <= 1 and 0 <= row["in_key_rate"] <= 1
+        assert row["perplexity"] > 1
+    assert rows["test corpus (ref)"]["in_key_rate"] == 1.0  # the songs are scales in their key
+    assert (tmp_path / "samples" / "folk-music-gpt-0.mid").is_file()

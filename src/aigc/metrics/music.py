@@ -266,6 +266,8 @@ def fit_ngram(train_stream, val_stream, *, orders=range(1, NGramModel.MAX_ORDER 
     orders = list(orders)
     model = NGramModel(max(orders), vocab_size).fit(train_stream)
     val = np.asarray(val_stream, dtype=np.int64)
+    if len(val) < 2:  # nothing to choose on: keep the largest order
+        return model, {}
     ppl = {k: float(np.exp(-model.log_probs(val, order=k)[1:].mean())) for k in orders}
     best = min(ppl, key=ppl.get)
     model.order = best
