@@ -140,13 +140,18 @@ def save_piano_roll(piece: Piece, path: str | Path, record: dict | None = None) 
 
 def to_music21(piece: Piece):
     """A music21 ``Score``: one part per voice, with the key and time signature."""
-    from music21 import key, meter, note, stream
+    from music21 import clef, key, meter, note, stream
 
     score = stream.Score()
     names = ("Soprano", "Alto", "Tenor", "Bass") if piece.voices == 4 else None
+    end = max(piece.bars, 1) * piece.bar_ticks / TICKS_PER_QUARTER
     for v in range(max(piece.voices, 1)):
         part = stream.Part()
         part.partName = names[v] if names else f"Voice {v + 1}"
+        mine = [n.pitch for n in piece.notes if n.voice == v] or [60]
+        middle = sorted(mine)[len(mine) // 2]  # a clef for the voice's middle pitch
+        part.insert(0, clef.TrebleClef() if middle >= 60 else clef.Treble8vbClef()
+                    if middle >= 53 else clef.BassClef())
         part.insert(0, meter.TimeSignature(f"{piece.meter[0]}/{piece.meter[1]}"))
         part.insert(0, key.Key(piece.key_name.split()[0].replace("b", "-"), piece.key_name.split()[1]))
         for n in piece.notes:
@@ -154,6 +159,8 @@ def to_music21(piece: Piece):
                 m = note.Note(n.pitch)
                 m.quarterLength = n.duration / TICKS_PER_QUARTER
                 part.insert(n.onset / TICKS_PER_QUARTER, m)
+        # explicit rests from 0 (a pickup bar starts with rests) through every gap
+        part.makeRests(refStreamOrTimeRange=[0.0, end], fillGaps=True, inPlace=True)
         score.insert(0, part)
     return score
 
@@ -181,17 +188,28 @@ def write_score_png(piece: Piece, path: str | Path) -> Path:
         to_music21(piece).write("lily", fp=str(ly))
         subprocess.run(["lilypond", "--png", "-dresolution=110", "-dno-point-and-click",
                         "-o", str(Path(tmp) / "score"), str(ly)], check=True, capture_output=True)
-        pngs = sorted(Path(tmp).glob("score*.png"))
+        pngs = sorted(Path(tmp).glob("score*.png"),
+                      key=lambda f: int("".join(ch for ch in f.stem if ch.isdigit()) or 0))
         if not pngs:
             raise AigcError("lilypond ran but wrote no PNG")
         from PIL import Image, ImageOps
 
-        with Image.open(pngs[0]) as page:  # a whole page: crop to the music plus a margin
-            page = page.convert("L")
-            box = ImageOps.invert(page).getbbox() or (0, 0, page.width, page.height)
-            pad = 12
-            page.crop((max(box[0] - pad, 0), max(box[1] - pad, 0), min(box[2] + pad, page.width),
-                       min(box[3] + pad, page.height))).save(path)
+        crops = []
+        for page_file in pngs:  # whole pages: crop each to its music, then stack them
+            with Image.open(page_file) as page:
+                page = page.convert("L")
+                box = ImageOps.invert(page).getbbox()
+                if box:
+                    crops.append(page.crop((max(box[0] - 12, 0), max(box[1] - 12, 0),
+                                            min(box[2] + 12, page.width), min(box[3] + 12, page.height))))
+        if not crops:
+            raise AigcError("lilypond wrote only empty pages")
+        sheet = Image.new("L", (max(c.width for c in crops), sum(c.height for c in crops)), 255)
+        y = 0
+        for c in crops:
+            sheet.paste(c, (0, y))
+            y += c.height
+        sheet.save(path)
     return path
 
 
