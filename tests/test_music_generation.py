@@ -176,3 +176,51 @@ def test_music_eval_protocol_on_a_tiny_model(tmp_path):
         assert row["perplexity"] > 1
     assert rows["test corpus (ref)"]["in_key_rate"] == 1.0  # the songs are scales in their key
     assert (tmp_path / "samples" / "folk-music-gpt-0.mid").is_file()
+
+
+
+
+def _starter():
+    from pathlib import Path
+
+    import aigc
+
+    return Path(aigc.__file__).parent / "assets" / "starters" / "music-gpt-bach-and-folk.safetensors"
+
+
+def test_starter_model_composes_both_styles():
+    from aigc.models.music_gpt import load_music_model
+
+    model, vocab, ckpt = load_music_model(_starter())
+    assert ckpt.family == "music-gpt" and vocab.tokens == VOCAB.tokens
+    chorale = compose(model, ComposeParams(bars=2, style="chorale", key="F major", seed=0)).piece
+    folk = compose(model, ComposeParams(bars=2, style="folk", key="A minor", meter="6/8", seed=0)).piece
+    assert chorale.voices >= 3 and folk.voices == 1  # the style token is obeyed
+    assert (folk.tonic, folk.mode, folk.meter) == (9, "minor", (6, 8))
+
+
+def test_abc_opening_is_continued(tmp_path):
+    from aigc.cli.music import load_opening
+    from aigc.models.music_gpt import load_music_model
+
+    abc = tmp_path / "tune.abc"
+    abc.write_text("X:1\nT:Test\nM:3/4\nL:1/4\nK:G\nG A B | c d e | d2 B | G3 |\n", encoding="utf-8")
+    opening = load_opening(str(abc), "folk", 2)
+    assert opening.meter == (3, 4) and (opening.tonic, opening.mode) == (7, "major")
+    assert [n.pitch for n in opening.notes] == [67, 69, 71, 72, 74, 76]
+    model, vocab, _ = load_music_model(_starter())
+    comp = compose(model, ComposeParams(bars=2, style="folk", seed=1), opening=opening)
+    assert comp.piece.notes[:6] == opening.notes and _bar_count(comp.tokens) == 4
+
+
+@pytest.mark.slow
+def test_starter_beats_ngram_on_pitch_class_and_in_key():
+    from aigc.metrics.music import evaluate_music_model
+
+    report = evaluate_music_model(_starter(), data="bach-and-folk", n=20, bars=8, progress=False)
+    for style, rows in report["values"].items():
+        gpt = rows["music-gpt"]
+        ngram = next(v for k, v in rows.items() if k.startswith("ngram-"))
+        assert gpt["pitch_class_js"] < ngram["pitch_class_js"], style
+        assert gpt["in_key_rate"] > ngram["in_key_rate"], style
+        assert gpt["perplexity"] < ngram["perplexity"], style
