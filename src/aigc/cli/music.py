@@ -27,7 +27,8 @@ def add_music_flags(p: argparse.ArgumentParser) -> None:
                    "or the opening's key)")
     g.add_argument("--meter", default=None, help="time signature, e.g. 3/4 (default 4/4)")
     g.add_argument("--style", default=None, choices=["chorale", "folk"],
-                   help="chorale (4 voices) or folk (1 voice) (default chorale)")
+                   help="chorale (4 voices) or folk (1 voice) (default: chorale; with --opening "
+                   "the style its MIDI file records, else folk)")
     g.add_argument("--opening", default=None, metavar="FILE",
                    help="continue these bars: a .mid, .abc or .musicxml/.xml/.mxl file")
     g.add_argument("--opening-bars", type=int, default=None,
@@ -142,7 +143,8 @@ def run_generate(args: argparse.Namespace) -> int:
     opening = load_opening(args.opening, args.style, args.opening_bars) if args.opening else None
     if opening is not None and (args.key or args.meter):
         print("aigc: note: --key/--meter are taken from --opening", file=sys.stderr)
-    params = ComposeParams(bars=args.bars, style=args.style or "chorale", key=args.key or "C major",
+    style = args.style or (opening.style if opening is not None else "chorale")
+    params = ComposeParams(bars=args.bars, style=style, key=args.key or "C major",
                            meter=args.meter or "4/4", temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     comp = compose(model, params, opening=opening, vocab=vocab)
