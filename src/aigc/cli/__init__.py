@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "aigc.cli.generate",
     "aigc.cli.chat",
     "aigc.cli.finetune",
+    "aigc.cli.music",
     "aigc.cli.evaluate",
     "aigc.cli.info",
     "aigc.cli.demo",

@@ -38,10 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default="", help="text to continue (default: start a document)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     add_sampling_flags(p)
+    from aigc.cli.music import add_music_flags  # music checkpoints: --bars, --key, --out, ...
+
+    add_music_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from aigc.models.music_gpt import is_music_checkpoint
+
+    if is_music_checkpoint(args.checkpoint):  # a music model composes instead (aigc.cli.music)
+        from aigc.cli.music import run_generate
+
+        return run_generate(args)
     from aigc.generation import stream_text
     from aigc.models.gpt import load_text_model
 

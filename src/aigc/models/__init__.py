@@ -21,6 +21,7 @@ from aigc.errors import CheckpointError, ConfigError
 FAMILIES: dict[str, str] = {
     "vae": "aigc.models.vae",
     "gpt": "aigc.models.gpt",
+    "music-gpt": "aigc.models.music_gpt",
 }
 
 
