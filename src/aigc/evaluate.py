@@ -113,9 +113,11 @@ def measure_features(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor
 
 def nearest_train_images(queries: torch.Tensor, train: torch.Tensor, k: int = 1,
                          chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-space L2 nearest neighbours: ``(distances (Q, k), indices (Q, k))``."""
-    q = queries.flatten(1).double()
-    t = train.flatten(1).double()
+    """Pixel-space L2 nearest neighbours of ``queries`` among ``train`` (both in [0, 1]):
+    ``(distances (Q, k), indices (Q, k))``. float32 matmuls: distances are for reading, not
+    for parity."""
+    q = queries.flatten(1).float()
+    t = train.flatten(1).float()
     t_sq = t.square().sum(1)
     dists, idx = [], []
     for start in range(0, q.shape[0], chunk):
@@ -190,16 +192,15 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
     nn_dist = torch.zeros(0)
     if memorisation:
         m = min(n, MEMORISATION_N)
-        d, _ = nearest_train_images(fake_images[:m], train_ds.images.float() / 255)
-        values["nearest_train_l2_mean"] = float(d.mean())
-        d_real, _ = nearest_train_images(real["image"][:m], train_ds.images.float() / 255)
-        base["nearest_train_l2_mean"] = float(d_real.mean())
+        train_images = train_ds.images.float().div_(255)  # (N_train, C, H, W)
+        d, idx = nearest_train_images(fake_images[:m], train_images, k=4)
+        values["nearest_train_l2_mean"] = float(d[:, 0].double().mean())
+        d_real, _ = nearest_train_images(real["image"][:m], train_images)
+        base["nearest_train_l2_mean"] = float(d_real.double().mean())
         rows = min(8, n)
-        d, idx = nearest_train_images(fake_images[:rows], train_ds.images.float() / 255, k=4)
-        train_imgs = train_ds.images[idx.flatten()].float().div(255).view(rows, 4,
-                                                                           *fake_images.shape[1:])
-        neighbours = torch.cat([fake_images[:rows, None], train_imgs], dim=1)
-        nn_dist = d
+        nearest = train_images[idx[:rows].flatten()].view(rows, 4, *fake_images.shape[1:])
+        neighbours = torch.cat([fake_images[:rows, None], nearest], dim=1)
+        nn_dist = d[:rows]
 
     protocol = {
         "data": data, "reference_split": reference_split, "baseline_split": "train" if baseline

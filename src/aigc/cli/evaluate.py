@@ -242,8 +242,8 @@ def _run_prepare(argv: list[str]) -> int:
     out = Path(args.out or f"features/{args.data.replace(':', '_').replace('/', '_')}"
                ".safetensors")
     summary = train_classifier(args.data, out, epochs=args.epochs, seed=args.seed)
-    print(f"{args.data}: val accuracy {summary['val_accuracy']:.4f}, test accuracy "
-          f"{summary['test_accuracy']:.4f}, {summary['train_seconds']:.0f} s")
+    print(f"{args.data}: val accuracy {summary['val_accuracy']}, test accuracy "
+          f"{summary['test_accuracy']}, {summary['train_seconds']:.0f} s")
     print(f"wrote {summary['file']} (sha256 {summary['sha256']})")
     if shipped:
         same = "identical to" if shipped["sha256"] == summary["sha256"] else "differs from"

@@ -453,7 +453,10 @@ def _load_inception(path: Path, device: str) -> FeatureExtractor:
 
 
 @torch.no_grad()
-def classifier_accuracy(net: nn.Module, dataset, batch_size: int = 1000) -> float:
+def classifier_accuracy(net: nn.Module, dataset, batch_size: int = 1000) -> float | None:
+    """Top-1 accuracy on a labelled split (``None`` for an empty split)."""
+    if len(dataset) == 0:
+        return None
     net.eval()
     correct = 0
     for start in range(0, len(dataset), batch_size):
@@ -482,7 +485,7 @@ def train_classifier(data: str, out: str | Path, *, epochs: int | None = None, s
     torch.manual_seed(seed)
     net = FeatureClassifier(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps_per_epoch = len(train) // batch_size
+    steps_per_epoch = max(1, len(train) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
@@ -502,7 +505,8 @@ def train_classifier(data: str, out: str | Path, *, epochs: int | None = None, s
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - t0
     val_acc, test_acc = classifier_accuracy(net, val), classifier_accuracy(net, test)
-    info = {"val_accuracy": round(val_acc, 4), "test_accuracy": round(test_acc, 4),
+    info = {"val_accuracy": val_acc and round(val_acc, 4),
+            "test_accuracy": test_acc and round(test_acc, 4),
             "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
             "torch": library_versions()["torch"], "threads": torch.get_num_threads()}
     cfg_json = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
