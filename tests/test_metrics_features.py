@@ -12,7 +12,11 @@ from safetensors.torch import save_file
 from aigc.errors import AigcError
 from aigc.metrics import features as F
 from aigc.metrics.features import (
-    InceptionV3FID, classifier_accuracy, convert_inception_pth, load_extractor, shipped_records,
+    InceptionV3FID,
+    classifier_accuracy,
+    convert_inception_pth,
+    load_extractor,
+    shipped_records,
     train_classifier,
 )
 

@@ -11,8 +11,15 @@ from torchmetrics.text import Perplexity as TMPerplexity
 
 from aigc.errors import AigcError
 from aigc.metrics.text import (
-    BLEU, CHRF, ROUGE, Perplexity, distinct_n, regulated_verse_form, self_bleu,
-    token_log_likelihoods, verse_form_rate,
+    BLEU,
+    CHRF,
+    ROUGE,
+    Perplexity,
+    distinct_n,
+    regulated_verse_form,
+    self_bleu,
+    token_log_likelihoods,
+    verse_form_rate,
 )
 
 HYPS = ["the cat sat on the mat", "a quick brown fox jumps", "hello there general kenobi",

@@ -61,6 +61,15 @@ def sampling_keywords(model) -> set[str]:
     return {k for k in params if k not in ("self", "n", "generator")}
 
 
+def is_class_conditional(model) -> bool:
+    """Whether ``model.sample`` takes ``labels=`` and the model was trained with classes
+    (``model.cfg.num_classes``, when the config has that field)."""
+    if "labels" not in sampling_keywords(model):
+        return False
+    cfg = getattr(model, "cfg", None)
+    return bool(getattr(cfg, "num_classes", True)) if cfg is not None else True
+
+
 @torch.no_grad()
 def generate_images(model, n: int, *, seed: int, batch_size: int = 500,
                     sample_kwargs: dict[str, Any] | None = None,
@@ -148,12 +157,15 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
     real = _first_images(ref_ds, n, f"{data} {reference_split} split")
     extractor.check_images(real["image"], f"{data} images")
 
-    conditional = "labels" in sampling_keywords(model)
+    conditional = is_class_conditional(model)
     num_classes = len(extractor.class_names) or None
     labels = None
     if conditional:
-        if not num_classes:
-            raise AigcError("a class-conditional model needs an extractor that knows the classes")
+        model_classes = getattr(getattr(model, "cfg", None), "num_classes", num_classes)
+        if not num_classes or model_classes != num_classes:
+            raise AigcError(f"the model has {model_classes} classes but extractor {extractor.name} "
+                            f"knows {num_classes or 'none'}; conditional accuracy needs both to "
+                            "name the same classes")
         labels = torch.arange(n) % num_classes
     fake_images = generate_images(model, n, seed=seed, batch_size=batch_size,
                                   sample_kwargs=sample_kwargs, labels=labels, progress=progress)

@@ -81,7 +81,7 @@ def _effective_sampling(model, given: dict) -> dict:
     params = inspect.signature(model.sample).parameters
     out = {}
     for name, prm in params.items():
-        if name in ("self", "n", "generator", "labels"):
+        if name in ("self", "n", "generator", "labels", "text", "progress"):
             continue
         if name in given:
             out[name] = given[name]

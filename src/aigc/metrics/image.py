@@ -30,6 +30,9 @@ class ReconstructionMetrics:
     def __init__(self) -> None:
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        # torchmetrics keeps float32 states by default; float64 makes the sums batch-independent.
+        self.psnr.set_dtype(torch.float64)
+        self.ssim.set_dtype(torch.float64)
 
     def reset(self) -> None:
         self.psnr.reset()
