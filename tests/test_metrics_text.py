@@ -38,6 +38,7 @@ def test_bleu_and_chrf_equal_sacrebleu_exactly_in_any_batching():
     assert bleu.compute()["bleu"] == want_bleu
     assert chrf.compute()["chrf"] == want_chrf
     assert want_bleu == pytest.approx(PINNED_BLEU, rel=1e-9)
+    assert want_chrf == pytest.approx(70.86967259840334, rel=1e-9)
     assert "tok:13a" in bleu.compute()["signature"]
 
 
@@ -58,6 +59,8 @@ def test_rouge_equals_rouge_score():
     metric.update(HYPS, REFS)
     assert metric.compute() == pytest.approx(want, abs=1e-12)
     assert 0 < want["rouge2"] < want["rouge1"] < 1
+    assert metric.compute() == pytest.approx({"rouge1": 0.7333333333333334, "rouge2": 0.55,
+                                              "rougeL": 0.7333333333333334}, abs=1e-12)
 
 
 def test_rouge_chinese_counts_characters():
