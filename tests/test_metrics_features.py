@@ -144,7 +144,9 @@ def test_extractor_refuses_what_it_cannot_measure():
         load_extractor("cifar10")
 
 
-def test_train_classifier_on_a_tiny_folder(tmp_path):
+def test_train_classifier_on_a_tiny_folder(tmp_path, capsys):
+    from aigc.cli import main
+
     rng = np.random.default_rng(0)
     for cls, level in (("dark", 40), ("light", 210)):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
@@ -159,3 +161,8 @@ def test_train_classifier_on_a_tiny_folder(tmp_path):
     assert ext.class_names == ["dark", "light"] and ext.image_size == 8
     x = torch.cat([torch.full((4, 1, 8, 8), 40 / 255), torch.full((4, 1, 8, 8), 210 / 255)])
     assert (ext.extract(x)["logits"].argmax(1) == torch.tensor([0] * 4 + [1] * 4)).all()
+    # The same through the CLI; same seed, same threads -> the same file, byte for byte.
+    again = tmp_path / "again.safetensors"
+    assert main(["eval", "prepare-features", "--data", data, "--out", str(again), "--epochs", "3",
+                 "--batch-size", "16", "--threads", str(torch.get_num_threads())]) == 0
+    assert summary["sha256"] in capsys.readouterr().out.replace(str(again), "")

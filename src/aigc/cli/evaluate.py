@@ -230,6 +230,7 @@ def _run_prepare(argv: list[str]) -> int:
     p.add_argument("--out", help="output .safetensors (default features/DATA.safetensors)")
     p.add_argument("--epochs", type=int, help="default 3 for mnist, 6 otherwise")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: what the shipped extractor used, else 1)")
     args = p.parse_args(argv)
@@ -241,7 +242,8 @@ def _run_prepare(argv: list[str]) -> int:
     torch.set_num_threads(args.threads or (shipped or {}).get("threads", 1))
     out = Path(args.out or f"features/{args.data.replace(':', '_').replace('/', '_')}"
                ".safetensors")
-    summary = train_classifier(args.data, out, epochs=args.epochs, seed=args.seed)
+    summary = train_classifier(args.data, out, epochs=args.epochs, seed=args.seed,
+                               batch_size=args.batch_size)
     print(f"{args.data}: val accuracy {summary['val_accuracy']}, test accuracy "
           f"{summary['test_accuracy']}, {summary['train_seconds']:.0f} s")
     print(f"wrote {summary['file']} (sha256 {summary['sha256']})")

@@ -17,6 +17,7 @@ extractor and the SHA-256 of its weights file.
 from __future__ import annotations
 
 import json
+import struct
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -282,9 +283,7 @@ def convert_inception_pth(src: str | Path, dst: str | Path) -> Path:
     if not isinstance(state, dict):
         raise AigcError(f"{src} does not hold a state dict")
     state = _inception_state_dict(state, src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dst),
-              metadata={"format": "aigc-inception-fid/1", "converted_from": src.name})
+    save_canonical(state, dst, {"format": "aigc-inception-fid/1", "converted_from": src.name})
     return dst
 
 
@@ -449,6 +448,27 @@ def _load_inception(path: Path, device: str) -> FeatureExtractor:
                             info={"file": path.name, "resize": "bilinear to 299x299"})
 
 
+def save_canonical(tensors: dict[str, torch.Tensor], path: str | Path,
+                   metadata: dict[str, str]) -> Path:
+    """Write safetensors whose bytes depend only on the tensors and the metadata.
+
+    ``safetensors`` writes header keys in hash-map order, which changes from call to call, so two
+    saves of the same weights get different SHA-256s. Here the JSON header is rewritten with sorted
+    keys (data offsets are relative to the end of the header, so the tensor bytes stay as they
+    are): the same weights give the same file hash, and a rebuilt extractor can be checked
+    against the shipped one byte for byte.
+    """
+    raw = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to a multiple of 8 bytes
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    return path
+
+
 # ------------------------------------------------------------------------ training
 
 
@@ -512,9 +532,7 @@ def train_classifier(data: str, out: str | Path, *, epochs: int | None = None, s
     cfg_json = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
     meta = {"format": FORMAT, "data": data, "config": json.dumps(cfg_json, sort_keys=True),
             "class_names": json.dumps(train.class_names), "info": json.dumps(info, sort_keys=True)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out), metadata=meta)
+    out = save_canonical(net.state_dict(), out, meta)
     return {**info, "data": data, "file": str(out), "sha256": file_sha256(out),
             "train_seconds": round(seconds, 1)}
 
