@@ -1,76 +1,293 @@
-"""``aigc eval CHECKPOINT --data NAME``: measure a model on a held-out split; JSON with protocol."""
+"""``aigc eval``: measure a model and write a metric card (JSON + Markdown), optionally an HTML
+report; ``aigc eval prepare-features``, ``aigc eval compare`` and ``aigc eval convert-inception``.
+
+The first word after ``eval`` picks the action: one of the action names, or else a checkpoint (a
+run folder, a checkpoint folder or a model.safetensors). Options follow it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import inspect
 from pathlib import Path
 
 from aigc.errors import AigcError
 
+ACTIONS = ("prepare-features", "compare", "convert-inception")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="measure a trained model on held-out data",
-                       description="Evaluate a checkpoint. For a VAE: test negative ELBO in nats "
-                       "(dynamically binarised, fixed seed) and reconstruction PSNR/SSIM "
-                       "(torchmetrics). Writes the values with their protocol as JSON.")
-    p.add_argument("checkpoint")
-    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--n", type=int, help="evaluate the first N images (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--out", help="JSON path (default: print only)")
+    p = sub.add_parser(
+        "eval", help="measure a model (metric card + HTML report); compare cards",
+        description="aigc eval CHECKPOINT [options]   measure a model\n"
+        "aigc eval prepare-features --data NAME   train a dataset's feature classifier\n"
+        "aigc eval compare A.json B.json   compare two metric cards (same protocol only)\n"
+        "aigc eval convert-inception SRC.pth DST.safetensors   one-time Inception conversion",
+        epilog=_measure_parser().format_help() + "\nRun `aigc eval ACTION --help` for an action.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", metavar="CHECKPOINT|ACTION")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
-def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test", n: int | None = None,
-                        seed: int = 0, use_ema: bool = True, progress: bool = True) -> dict:
-    from aigc.checkpoints import library_versions
-    from aigc.data.images import load_images
-    from aigc.metrics.image import reconstruction_quality
-    from aigc.metrics.likelihood import vae_negative_elbo
-    from aigc.models import model_from_checkpoint
-
-    if n is not None and n < 1:
-        raise AigcError(f"--n must be >= 1, got {n}")
-    model, ckpt = model_from_checkpoint(path, use_ema=use_ema)
-    data = data or ckpt.meta.get("data")
-    if not data:
-        raise AigcError(f"{ckpt.path} does not record its dataset; pass --data")
-    if ckpt.family != "vae":
-        raise AigcError(f"aigc eval does not yet know the {ckpt.family!r} family")
-    ds = load_images(data, split)
-    if (ds.channels, ds.image_size) != (model.cfg.image_channels, model.cfg.image_size):
-        raise AigcError(f"{data} images are {ds.channels}x{ds.image_size}x{ds.image_size}; the "
-                        f"model expects {model.cfg.image_channels}x{model.cfg.image_size}x"
-                        f"{model.cfg.image_size}")
-    values = {}
-    if model.cfg.likelihood == "bernoulli":
-        values.update(vae_negative_elbo(model, ds, seed=seed, n=n, progress=progress))
-    values.update({k: v for k, v in reconstruction_quality(model, ds, n=n, progress=progress)
-                   .items() if k != "n"})
-    return {
-        "values": values,
-        "protocol": {
-            "checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256, "family": ckpt.family,
-            "step": ckpt.step, "data": data, "split": split, "n": values.get("n", n or len(ds)),
-            "seed": seed, "ema": bool(use_ema and ckpt.ema_weights is not None),
-            "negative_elbo": "dynamic binarisation x~Bernoulli(pixel), 1 posterior sample, nats/image",
-            "psnr_ssim": "torchmetrics PSNR (per-image mean, data_range 1) and SSIM (11x11 gaussian)",
-            "versions": library_versions(),
-        },
-    }
+def _measure_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aigc eval CHECKPOINT", add_help=False,
+        description="Image models: sample --n images (seeded) and measure FID, KID, IS-style "
+        "score, precision/recall, density/coverage, conditional accuracy and memorisation against "
+        "the first --n images of the reference split, beside real-vs-real baselines (train split "
+        "vs the reference split at the same n). VAEs add test -ELBO and PSNR/SSIM. Text models: "
+        "perplexity on the held-out split, and distinct-n/self-BLEU when they can sample. Writes "
+        "a metric card (JSON + Markdown) with the full protocol.")
+    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="reference split (default test)")
+    p.add_argument("--n", type=int, default=10000,
+                   help="real and generated samples (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and subset seed (default 0)")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--features", help="extractor: a shipped dataset name, a .safetensors from "
+                   "prepare-features, or inception:PATH (default: the dataset's own)")
+    p.add_argument("--out", help="card path without suffix (default: RUN/eval/DATA-nN-seedS)")
+    p.add_argument("--report", help="also write a self-contained HTML report here")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--kid-subset-size", type=int, help="default min(1000, n)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the real-vs-real baseline")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--language", default="en", choices=["en", "zh"], help="text models")
+    g = p.add_argument_group("sampling options (passed to model.sample when given)")
+    g.add_argument("--sampler")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--guidance", type=float)
+    g.add_argument("--temperature", type=float)
+    p.add_argument("-h", "--help", action="help", help="show this help")
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, n=args.n,
-                                 seed=args.seed, use_ema=not args.raw)
-    for key, value in report["values"].items():
-        print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        print(f"metrics and protocol: {out}")
+    if args.target in ACTIONS:
+        return {"prepare-features": _run_prepare, "compare": _run_compare,
+                "convert-inception": _run_convert}[args.target](args.rest)
+    opts = _measure_parser().parse_args(args.rest)
+    return _run_measure(args.target, opts)
+
+
+# ------------------------------------------------------------------------ measure
+
+
+def _effective_sampling(model, given: dict) -> dict:
+    """The sampling keywords given, plus the defaults of ``model.sample`` for the rest."""
+    params = inspect.signature(model.sample).parameters
+    out = {}
+    for name, prm in params.items():
+        if name in ("self", "n", "generator", "labels", "text", "progress"):
+            continue
+        if name in given:
+            out[name] = given[name]
+        elif prm.default is not inspect.Parameter.empty:
+            out[name] = prm.default
+    return out
+
+
+def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test", n: int = 10000,
+                        seed: int = 0, use_ema: bool = True, features: str | None = None,
+                        sample_kwargs: dict | None = None, batch_size: int = 500,
+                        kid_subset_size: int | None = None, baseline: bool = True,
+                        device: str = "cpu", language: str = "en", progress: bool = True):
+    """Measure one checkpoint. Returns an :class:`ImageEvaluation` (images) or a
+    :class:`MetricCard` (text)."""
+    from aigc.models import family_module, model_from_checkpoint, pick_device
+
+    if n < 2:
+        raise AigcError(f"--n must be >= 2, got {n}")
+    dev = str(pick_device(device))
+    model, ckpt = model_from_checkpoint(path, use_ema=use_ema, map_location=dev)
+    data = data or ckpt.meta.get("data")
+    if not data:
+        raise AigcError(f"{ckpt.path} does not record its dataset; pass --data")
+    module = family_module(ckpt.family)
+    ema = bool(use_ema and ckpt.ema_weights is not None)
+    subject = {"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256,
+               "family": ckpt.family, "step": ckpt.step, "trained_on": ckpt.meta.get("data")}
+    kind = getattr(module, "DATA_KIND", "images")
+    if kind == "text":
+        from aigc.evaluate import evaluate_text_model
+
+        _, val, _, _ = module.training_data(data)
+        if val is None:
+            raise AigcError(f"{data} has no held-out split to measure perplexity on")
+        return evaluate_text_model(model, val, n=n, seed=seed, language=language,
+                                   subject=subject, progress=progress,
+                                   extra_protocol={"data": data, "split": "val", "ema": ema})
+    if kind != "images":
+        raise AigcError(f"aigc eval does not measure {kind!r} models yet")
+    return _evaluate_image_checkpoint(model, ckpt, data=data, split=split, n=n, seed=seed,
+                                      ema=ema, features=features, sample_kwargs=sample_kwargs,
+                                      batch_size=batch_size, kid_subset_size=kid_subset_size,
+                                      baseline=baseline, subject=subject, device=dev,
+                                      progress=progress)
+
+
+def _evaluate_image_checkpoint(model, ckpt, *, data, split, n, seed, ema, features, sample_kwargs,
+                               batch_size, kid_subset_size, baseline, subject, device, progress):
+    from aigc.data.images import load_images
+    from aigc.evaluate import evaluate_image_model
+    from aigc.metrics.features import load_extractor
+
+    cfg = model.cfg
+    ref = load_images(data, split)
+    if (ref.channels, ref.image_size) != (cfg.image_channels, cfg.image_size):
+        raise AigcError(f"{data} images are {ref.channels}x{ref.image_size}x{ref.image_size}; "
+                        f"the model makes {cfg.image_channels}x{cfg.image_size}x{cfg.image_size}")
+    extractor = load_extractor(features or data, device=device)
+    sampling = _effective_sampling(model, sample_kwargs or {})
+    extra = {"ema": ema, "sampler": sampling.get("sampler"), "steps": sampling.get("steps"),
+             "guidance": sampling.get("guidance")}
+    result = evaluate_image_model(
+        model, data=data, extractor=extractor, n=n, seed=seed, reference_split=split,
+        sample_kwargs=sample_kwargs, subject=subject, extra_protocol=extra,
+        batch_size=batch_size, kid_subset_size=kid_subset_size, baseline=baseline,
+        progress=progress)
+    result.card.protocol["sampling"] = sampling
+    if hasattr(model, "reconstruct"):
+        from aigc.metrics.image import reconstruction_quality
+
+        values = reconstruction_quality(model, ref, n=n, batch_size=batch_size, progress=progress)
+        result.card.values.update({k: v for k, v in values.items() if k != "n"})
+        result.card.protocol["psnr_ssim"] = ("torchmetrics PSNR (per-image mean, data_range 1) "
+                                             "and SSIM (11x11 gaussian) of reconstructions")
+    if getattr(cfg, "likelihood", None) == "bernoulli" and hasattr(model, "negative_elbo"):
+        from aigc.metrics.likelihood import vae_negative_elbo
+
+        values = vae_negative_elbo(model, ref, seed=seed, n=n, batch_size=batch_size,
+                                   progress=progress)
+        result.card.values.update({k: v for k, v in values.items() if k != "n"})
+        result.card.protocol["negative_elbo"] = ("dynamic binarisation x~Bernoulli(pixel), "
+                                                 "1 posterior sample, nats/image")
+    result.card.notes.append(
+        f"Extractor {extractor.name} (sha256 {extractor.sha256[:12]}...): numbers measured with "
+        "another extractor are not comparable.")
+    return result
+
+
+def _default_out(ckpt_path: str, data: str, n: int, seed: int) -> Path:
+    from aigc.checkpoints import resolve_checkpoint
+
+    file = resolve_checkpoint(ckpt_path)
+    run_dir = file.parent
+    if file.parent.parent.name == "checkpoints":
+        run_dir = file.parent.parent.parent
+    return run_dir / "eval" / f"{data.replace(':', '_').replace('/', '_')}-n{n}-seed{seed}"
+
+
+def _run_measure(checkpoint: str, opts: argparse.Namespace) -> int:
+    from aigc.evaluate import ImageEvaluation
+    from aigc.metrics.card import format_value
+
+    given = {k: getattr(opts, k) for k in ("sampler", "steps", "guidance", "temperature")
+             if getattr(opts, k) is not None}
+    result = evaluate_checkpoint(
+        checkpoint, data=opts.data, split=opts.split, n=opts.n, seed=opts.seed,
+        use_ema=not opts.raw, features=opts.features, sample_kwargs=given,
+        batch_size=opts.batch_size, kid_subset_size=opts.kid_subset_size,
+        baseline=not opts.no_baseline, device=opts.device, language=opts.language)
+    card = result.card if isinstance(result, ImageEvaluation) else result
+    print(f"{'metric':>24}  {'model':>12}  {'real vs real':>12}")
+    for key, value in card.values.items():
+        if not isinstance(value, (list, dict)):
+            print(f"{key:>24}  {format_value(value):>12}  "
+                  f"{format_value(card.baseline.get(key, '')):>12}")
+    out = Path(opts.out) if opts.out else _default_out(
+        checkpoint, card.protocol.get("data", "data"), opts.n, opts.seed)
+    js, md = card.write(out)
+    print(f"metric card: {js} and {md}")
+    if opts.report:
+        from aigc.metrics.report import find_log, read_curves, write_report
+
+        pictures = {}
+        if isinstance(result, ImageEvaluation):
+            pictures = {"samples": result.samples, "real": result.real,
+                        "neighbours": result.neighbours,
+                        "neighbour_distances": result.neighbour_distances}
+        log = find_log(Path(card.subject["checkpoint"]))
+        curves = read_curves(log) if log else None
+        print(f"report: {write_report(opts.report, card, curves=curves, **pictures)}")
+    return 0
+
+
+# ------------------------------------------------------------------------ actions
+
+
+def _run_prepare(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="aigc eval prepare-features",
+        description="Train the feature classifier of a labelled image dataset (the extractor "
+        "for FID/KID/IS/precision-recall) and write it as safetensors. Deterministic for a "
+        "given seed, torch version and thread count. The shipped mnist / fashion-mnist "
+        "extractors were built with this command and its defaults.")
+    p.add_argument("--data", required=True, help="mnist, fashion-mnist or folder:PATH (labelled)")
+    p.add_argument("--out", help="output .safetensors (default features/DATA.safetensors)")
+    p.add_argument("--epochs", type=int, help="default 3 for mnist, 6 otherwise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: what the shipped extractor used, else 1)")
+    args = p.parse_args(argv)
+    import torch
+
+    from aigc.metrics.features import shipped_records, train_classifier
+
+    shipped = shipped_records().get(args.data)
+    torch.set_num_threads(args.threads or (shipped or {}).get("threads", 1))
+    out = Path(args.out or f"features/{args.data.replace(':', '_').replace('/', '_')}"
+               ".safetensors")
+    summary = train_classifier(args.data, out, epochs=args.epochs, seed=args.seed,
+                               batch_size=args.batch_size)
+    print(f"{args.data}: val accuracy {summary['val_accuracy']}, test accuracy "
+          f"{summary['test_accuracy']}, {summary['train_seconds']:.0f} s")
+    print(f"wrote {summary['file']} (sha256 {summary['sha256']})")
+    if shipped:
+        same = "identical to" if shipped["sha256"] == summary["sha256"] else "differs from"
+        print(f"{same} the shipped extractor (sha256 {shipped['sha256']})")
+    print(f"use it with: aigc eval CHECKPOINT --data {args.data} --features {out}")
+    return 0
+
+
+def _run_compare(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="aigc eval compare", description="Compare two metric cards side by side. Refuses "
+        "(exit 2) when their protocols differ, naming the differing fields.")
+    p.add_argument("a", help="first card (.json)")
+    p.add_argument("b", help="second card (.json)")
+    args = p.parse_args(argv)
+    from aigc.metrics.card import MetricCard, compare_cards, format_value
+
+    a, b = MetricCard.read(args.a), MetricCard.read(args.b)
+    result = compare_cards(a, b)
+    print(f"A: {a.subject.get('checkpoint', args.a)}\nB: {b.subject.get('checkpoint', args.b)}")
+    print(f"{'metric':>24}  {'A':>10}  {'B':>10}  {'B-A':>10}  better  {'real vs real':>12}")
+    for r in result["rows"]:
+        print(f"{r['metric']:>24}  {format_value(r['a']):>10}  {format_value(r['b']):>10}  "
+              f"{format_value(r['b_minus_a']):>10}  {r['better']:>6}  "
+              f"{format_value(r['baseline'] if r['baseline'] is not None else ''):>12}")
+    if result["version_differences"]:
+        print("note: library versions differ: " + ", ".join(result["version_differences"]))
+    return 0
+
+
+def _run_convert(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="aigc eval convert-inception",
+        description="Convert the standard FID Inception weights (pt_inception-2015-12-05-*.pth, "
+        "a torch pickle) to safetensors once, with torch.load(weights_only=True), the restricted "
+        "loader that refuses to run code. Then: aigc eval CKPT --features inception:DST")
+    p.add_argument("src")
+    p.add_argument("dst")
+    args = p.parse_args(argv)
+    from aigc.checkpoints import file_sha256
+    from aigc.metrics.features import convert_inception_pth
+
+    dst = convert_inception_pth(args.src, args.dst)
+    print(f"wrote {dst} (sha256 {file_sha256(dst)})")
     return 0

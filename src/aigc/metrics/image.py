@@ -1,4 +1,8 @@
-"""Image metrics. Reconstruction quality (PSNR, SSIM) comes from torchmetrics, not re-derived."""
+"""Image metrics that need no feature statistics: reconstruction quality (PSNR, SSIM, from
+torchmetrics, not re-derived) and conditional accuracy (does asking for a "7" give a 7).
+
+FID, KID, IS and precision/recall live in ``fid.py``, ``kid.py``, ``inception_score.py`` and
+``manifold.py``; the feature networks they share in ``features.py``."""
 
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ class ReconstructionMetrics:
     def __init__(self) -> None:
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        # torchmetrics keeps float32 states by default; float64 makes the sums batch-independent.
+        self.psnr.set_dtype(torch.float64)
+        self.ssim.set_dtype(torch.float64)
 
     def reset(self) -> None:
         self.psnr.reset()
@@ -53,3 +60,38 @@ def reconstruction_quality(model, dataset, *, batch_size: int = 500, n: int | No
         x = dataset.get_batch(torch.arange(start, min(start + batch_size, total)))["image"]
         metric.update(model.reconstruct(x.to(device)).cpu(), x)
     return {**metric.compute(), "n": total}
+
+
+class ConditionalAccuracy:
+    """Share of class-conditional samples that the dataset's classifier assigns to the class
+    they were asked for. ``update(logits (N, K), requested (N,))``; per-class accuracy too."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct = torch.zeros(self.num_classes, dtype=torch.float64)
+        self.total = torch.zeros(self.num_classes, dtype=torch.float64)
+
+    def update(self, logits: torch.Tensor, requested: torch.Tensor) -> None:
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise AigcError(f"logits must be (N, {self.num_classes}), got {tuple(logits.shape)}")
+        if requested.shape != logits.shape[:1]:
+            raise AigcError(f"{logits.shape[0]} logits but {tuple(requested.shape)} labels")
+        if not torch.isfinite(logits).all():
+            raise AigcError("logits contain NaN or infinite values")
+        if requested.numel() and not (0 <= int(requested.min()) and
+                                      int(requested.max()) < self.num_classes):
+            raise AigcError(f"requested labels must lie in [0, {self.num_classes - 1}]")
+        hit = (logits.argmax(1).cpu() == requested.cpu()).double()
+        self.correct += torch.zeros_like(self.correct).index_add_(0, requested.cpu(), hit)
+        self.total += torch.bincount(requested.cpu(), minlength=self.num_classes).double()
+
+    def compute(self) -> dict[str, float | list[float]]:
+        if self.total.sum() == 0:
+            raise AigcError("conditional accuracy computed before any update")
+        per_class = torch.where(self.total > 0, self.correct / self.total.clamp(min=1),
+                                torch.full_like(self.total, float("nan")))
+        return {"accuracy": float(self.correct.sum() / self.total.sum()),
+                "per_class": [round(float(v), 4) for v in per_class]}
