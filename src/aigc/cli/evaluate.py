@@ -140,7 +140,24 @@ def _evaluate_image_checkpoint(model, ckpt, *, data, split, n, seed, ema, featur
     if (ref.channels, ref.image_size) != (cfg.image_channels, cfg.image_size):
         raise AigcError(f"{data} images are {ref.channels}x{ref.image_size}x{ref.image_size}; "
                         f"the model makes {cfg.image_channels}x{cfg.image_size}x{cfg.image_size}")
-    extractor = load_extractor(features or data, device=device)
+    try:
+        extractor = load_extractor(features or data, device=device)
+    except AigcError:
+        if features is not None:
+            raise
+        extractor = None  # e.g. a user's folder: no shipped extractor, measure what needs none
+    if extractor is None:
+        from aigc.metrics.card import MetricCard
+
+        card = MetricCard(kind="image", subject=subject, values={}, protocol={
+            "data": data, "split": split, "n": min(n, len(ref)), "seed": seed, "ema": ema})
+        _likelihood_and_reconstruction(model, ref, card, n=n, seed=seed, batch_size=batch_size,
+                                       progress=progress)
+        card.notes.append(
+            f"No feature extractor for {data}: FID, KID, IS and precision/recall were not measured. "
+            f"For labelled data, `aigc eval prepare-features --data {data}` trains one; pass it "
+            "with --features.")
+        return card
     sampling = _effective_sampling(model, sample_kwargs or {})
     extra = {"ema": ema, "sampler": sampling.get("sampler"), "steps": sampling.get("steps"),
              "guidance": sampling.get("guidance")}
@@ -150,25 +167,31 @@ def _evaluate_image_checkpoint(model, ckpt, *, data, split, n, seed, ema, featur
         batch_size=batch_size, kid_subset_size=kid_subset_size, baseline=baseline,
         progress=progress)
     result.card.protocol["sampling"] = sampling
-    if hasattr(model, "reconstruct"):
-        from aigc.metrics.image import reconstruction_quality
-
-        values = reconstruction_quality(model, ref, n=n, batch_size=batch_size, progress=progress)
-        result.card.values.update({k: v for k, v in values.items() if k != "n"})
-        result.card.protocol["psnr_ssim"] = ("torchmetrics PSNR (per-image mean, data_range 1) "
-                                             "and SSIM (11x11 gaussian) of reconstructions")
-    if getattr(cfg, "likelihood", None) == "bernoulli" and hasattr(model, "negative_elbo"):
-        from aigc.metrics.likelihood import vae_negative_elbo
-
-        values = vae_negative_elbo(model, ref, seed=seed, n=n, batch_size=batch_size,
-                                   progress=progress)
-        result.card.values.update({k: v for k, v in values.items() if k != "n"})
-        result.card.protocol["negative_elbo"] = ("dynamic binarisation x~Bernoulli(pixel), "
-                                                 "1 posterior sample, nats/image")
+    _likelihood_and_reconstruction(model, ref, result.card, n=n, seed=seed,
+                                   batch_size=batch_size, progress=progress)
     result.card.notes.append(
         f"Extractor {extractor.name} (sha256 {extractor.sha256[:12]}...): numbers measured with "
         "another extractor are not comparable.")
     return result
+
+
+def _likelihood_and_reconstruction(model, ref, card, *, n, seed, batch_size, progress) -> None:
+    """Add PSNR/SSIM of reconstructions and the VAE's test -ELBO to ``card`` when they apply."""
+    if hasattr(model, "reconstruct"):
+        from aigc.metrics.image import reconstruction_quality
+
+        values = reconstruction_quality(model, ref, n=n, batch_size=batch_size, progress=progress)
+        card.values.update({k: v for k, v in values.items() if k != "n"})
+        card.protocol["psnr_ssim"] = ("torchmetrics PSNR (per-image mean, data_range 1) "
+                                      "and SSIM (11x11 gaussian) of reconstructions")
+    if getattr(model.cfg, "likelihood", None) == "bernoulli" and hasattr(model, "negative_elbo"):
+        from aigc.metrics.likelihood import vae_negative_elbo
+
+        values = vae_negative_elbo(model, ref, seed=seed, n=n, batch_size=batch_size,
+                                   progress=progress)
+        card.values.update({k: v for k, v in values.items() if k != "n"})
+        card.protocol["negative_elbo"] = ("dynamic binarisation x~Bernoulli(pixel), "
+                                          "1 posterior sample, nats/image")
 
 
 def _default_out(ckpt_path: str, data: str, n: int, seed: int) -> Path:
