@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve one more checkpoint (repeatable)")
     p.add_argument("--text-corpus", default=None, metavar="FILE",
                    help="training text of the n-gram test backend (default: chatterbot-corpus)")
+    p.add_argument("--smollm2", action="store_true",
+                   help="serve the SmolLM2-135M-Instruct chat model (loads for tens of seconds)")
     p.add_argument("--no-ngram", action="store_true", help="do not serve the n-gram backend")
     p.add_argument("--no-batching", action="store_true",
                    help="run image jobs one at a time (for comparisons)")
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     settings = StudioSettings(
         data_dir=Path(args.data), db_url=args.db, models_dir=Path(args.models),
         model_paths=_model_paths(models), text_corpus=text_corpus, ngram=not args.no_ngram,
+        smollm2=args.smollm2,
         host=args.host, port=args.port, extra_hosts=tuple(args.allow_host),
         allowed_origins=tuple(args.allow_origin), max_queue=args.max_queue,
         max_batch_images=args.max_batch_images, batching=not args.no_batching,

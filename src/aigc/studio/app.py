@@ -74,6 +74,7 @@ def build_studio(settings: StudioSettings,
         default_text_corpus,
         find_checkpoints,
         load_image_backends,
+        load_text_backends,
     )
     from aigc.studio.jobs import JobRunner
     from aigc.studio.store import Store
@@ -83,6 +84,9 @@ def build_studio(settings: StudioSettings,
     paths += list(settings.model_paths)
     images, skipped = load_image_backends(paths)
     texts: dict[str, TextBackend] = dict(text_backends(settings)) if text_backends else {}
+    found, why = load_text_backends(paths, smollm2=settings.smollm2)
+    texts.update(found)
+    skipped.update(why)
     if settings.ngram:
         corpus = None
         if settings.text_corpus is not None:

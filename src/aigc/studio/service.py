@@ -31,6 +31,7 @@ class StudioSettings:
     model_paths: tuple[tuple[str, Path], ...] = ()  # extra (name, path) models
     text_corpus: Path | None = None  # n-gram training text; None: chatterbot-corpus if present
     ngram: bool = True  # serve the n-gram test backend for text
+    smollm2: bool = False  # serve SmolLM2-135M-Instruct (loads for tens of seconds)
     ngram_order: int = 6
     host: str = "127.0.0.1"
     port: int = 8000
