@@ -25,6 +25,11 @@ def main() -> None:
     p.add_argument("--checkpoint", help="a GPT trained on tang-poems (skips training)")
     p.add_argument("--out", help="run folder for training (default: a temporary folder)")
     p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--context", type=int, default=96)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
@@ -49,18 +54,20 @@ def main() -> None:
         model, tok, _ = gpt.load_text_model(args.checkpoint)
     else:
         out = Path(args.out or tempfile.mkdtemp(prefix="aigc-tang-"))
-        cfg = gpt.GPTConfig(context_length=128, layers=4, heads=4, width=192, dropout=0.1)
+        cfg = gpt.GPTConfig(context_length=args.context, layers=args.layers, heads=4,
+                            width=args.width, dropout=0.1)
         cfg, train, val, meta = gpt.bind_data(cfg, *gpt.training_data("tang-poems")[:3])
-        tcfg = TrainConfig(**{**gpt.TRAIN_DEFAULTS, "steps": 100_000, "batch_size": 32,
-                              "lr": 2e-3, "eval_every": 200, "sample_every": 0,
+        tcfg = TrainConfig(**{**gpt.TRAIN_DEFAULTS, "steps": 100_000, "batch_size": args.batch,
+                              "lr": args.lr, "warmup_steps": 50, "eval_every": 200, "sample_every": 0,
                               "ckpt_every": 0, "time_limit_s": args.minutes * 60})
         model = gpt.GPT(cfg)
         t0 = time.perf_counter()
         result = Trainer(model, family="gpt", model_config=config_to_dict(cfg), train_data=train,
                          val_data=val, cfg=tcfg, run_dir=out, meta={**meta, "data": "tang-poems"},
                          progress=False).fit()
-        print(f"trained {result.step} steps in {time.perf_counter() - t0:.0f}s, best val loss "
-              f"{result.best_val_loss:.3f}; checkpoint {result.checkpoint}")
+        val = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.3f}"
+        print(f"trained {result.step} steps in {time.perf_counter() - t0:.0f}s ({result.stopped}), "
+              f"best val loss {val}; checkpoint {result.checkpoint}")
         model, tok, _ = gpt.load_text_model(result.checkpoint)
     ok, shown = 0, 0
     for i in range(args.n):

@@ -32,10 +32,8 @@ def test_kv_cache_matches_full_forward(positions):
     assert cache.length == 12
 
 
-def test_rotary_is_relative():
-    """With rotary positions, attention scores depend only on relative positions: the logits of
-    a sequence do not change when the model is shifted by a cached, irrelevant prefix? Not
-    quite (the prefix is attended) — but the first token's logits never depend on later ones."""
+def test_rotary_attention_is_causal():
+    """Logits at a position never depend on later tokens."""
     model = tiny(positions="rotary")
     a = model(torch.tensor([[3, 4, 5, 6]]))
     b = model(torch.tensor([[3, 4, 9, 1]]))
