@@ -20,6 +20,8 @@ from aigc.errors import CheckpointError, ConfigError
 
 FAMILIES: dict[str, str] = {
     "vae": "aigc.models.vae",
+    "diffusion": "aigc.models.diffusion",
+    "gan": "aigc.models.gan",
 }
 
 
