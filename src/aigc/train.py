@@ -217,6 +217,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def save(self) -> Path:
+        if getattr(self, "_csv_file", None) is not None and not self._csv_file.closed:
+            self._csv_file.flush()  # the log reaches disk with every checkpoint
         tensors: dict[str, torch.Tensor] = {}
         info: dict[str, Any] = {
             "step": self.step,
@@ -277,10 +279,11 @@ class Trainer:
             # Rows written after the checkpoint we resume from belong to a run that was lost.
             with open(log_path, newline="", encoding="utf-8") as fh:
                 rows = [r for r in csv.reader(fh)]
-            keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= self.step]
+            # A run killed before its first flush leaves an empty log: start a fresh one.
+            keep = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.step]
             with open(log_path, "w", newline="", encoding="utf-8") as fh:
                 csv.writer(fh).writerows(keep)
-        new = not log_path.exists()
+        new = not log_path.exists() or log_path.stat().st_size == 0
         self._csv_file = open(log_path, "a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
         if new:
