@@ -69,14 +69,15 @@ def test_gradient_penalty_is_zero_for_a_unit_gradient_critic():
 
 
 def test_spectral_norm_bounds_the_discriminator_layers():
-    model = tiny(num_classes=3)
+    model = tiny(num_classes=3, spectral_norm=True)
     for _ in range(30):  # power iterations converge in training mode
         model.discriminator(torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
     for conv in model.discriminator.convs:
         w = conv.weight.flatten(1)
         assert torch.linalg.matrix_norm(w, ord=2) < 1.05
-    plain = tiny(spectral_norm=False)
+    plain = tiny()
     assert not hasattr(plain.discriminator.convs[0], "parametrizations")
+    assert 0.015 < float(plain.discriminator.convs[1].weight.std()) < 0.025  # DCGAN init
 
 
 def test_class_conditioning_changes_samples_and_truncation_bounds_the_latent():
