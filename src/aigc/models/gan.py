@@ -7,7 +7,9 @@
 * Class conditioning: the generator's batch norms take their scale and shift from the class
   (conditional batch norm, de Vries et al., 2017); the discriminator adds the inner product of a
   class embedding with its features (projection, Miyato & Koyama, 2018).
-* Spectral normalisation of every discriminator layer (Miyato et al., 2018).
+* Discriminator regularisation: DCGAN's batch norm on the inner layers (default; it is what kept
+  our short MNIST runs from collapsing) and/or spectral normalisation of every layer (Miyato et
+  al., 2018). Turn batch norm off with wgan-gp: the gradient penalty assumes per-example critics.
 * Losses, with real x, fake G(z) and D's raw score:
     non-saturating  L_D = softplus(-D(x)) + softplus(D(G(z)))   L_G = softplus(-D(G(z)))
                     (Goodfellow et al., 2014, section 3)
@@ -44,6 +46,7 @@ class GANConfig:
     num_classes: int = 0  # 0: unconditional
     loss: Literal["non-saturating", "hinge", "wgan-gp"] = "non-saturating"
     spectral_norm: bool = False  # on every discriminator layer (see the note in TRAIN_DEFAULTS)
+    discriminator_batchnorm: bool = True  # DCGAN's batch norm after the discriminator's inner convs
     gp_weight: float = 10.0  # lambda of the WGAN-GP gradient penalty
     n_critic: int = 1  # discriminator steps per generator step (5 is usual for wgan-gp)
     d_lr_scale: float = 1.0  # discriminator lr = lr * d_lr_scale (two time-scale update rule)
@@ -111,13 +114,19 @@ class Discriminator(nn.Module):
             sn(nn.Conv2d(c // 2 or 1, c, 4, stride=2, padding=1)),  # H -> H/2
             sn(nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)),  # H/2 -> H/4
         ])
+        bn = cfg.discriminator_batchnorm
+        self.norms = nn.ModuleList([
+            nn.Identity(),  # no norm on the first layer (DCGAN)
+            nn.BatchNorm2d(c) if bn else nn.Identity(),
+            nn.BatchNorm2d(2 * c) if bn else nn.Identity(),
+        ])
         self.linear = sn(nn.Linear(2 * c, 1))
         self.embed = sn(nn.Embedding(cfg.num_classes, 2 * c)) if cfg.num_classes else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         h = x
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), 0.2)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = F.leaky_relu(norm(conv(h)), 0.2)
         phi = h.sum(dim=(2, 3))  # (B, 2C): sum pooling, as in the projection discriminator
         score = self.linear(phi).squeeze(1)  # (B,)
         if self.embed is not None:
