@@ -114,6 +114,7 @@ class Discriminator(nn.Module):
             sn(nn.Conv2d(c // 2 or 1, c, 4, stride=2, padding=1)),  # H -> H/2
             sn(nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)),  # H/2 -> H/4
         ])
+        self.sum_pool = cfg.spectral_norm
         bn = cfg.discriminator_batchnorm
         self.norms = nn.ModuleList([
             nn.Identity(),  # no norm on the first layer (DCGAN)
@@ -127,7 +128,10 @@ class Discriminator(nn.Module):
         h = x
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = F.leaky_relu(norm(conv(h)), 0.2)
-        phi = h.sum(dim=(2, 3))  # (B, 2C): sum pooling, as in the projection discriminator
+        # (B, 2C): sum pooling as in the projection discriminator, whose scale spectral norm holds;
+        # without it we average, which keeps the scores O(1) (summed, they reached ~30 and the
+        # non-saturating losses blew up within 150 steps).
+        phi = h.sum(dim=(2, 3)) if self.sum_pool else h.mean(dim=(2, 3))
         score = self.linear(phi).squeeze(1)  # (B,)
         if self.embed is not None:
             score = score + (self.embed(labels) * phi).sum(1)  # projection term <e_y, phi(x)>
