@@ -57,8 +57,8 @@ def _prompt_sets(data: str, class_names: list[str]) -> dict[str, list[list[str]]
 
     bank = caption_bank(data, class_names)
     seen = {c for c, _ in bank}
-    en_train = [[c for c, lab in bank if lab == k and c.isascii()][:3] for k in range(len(class_names))]
-    zh_train = [[c for c, lab in bank if lab == k and not c.isascii()][:3] for k in range(len(class_names))]
+    en_train = [[c for c, lab in bank if lab == k and c.isascii()][:2] for k in range(len(class_names))]
+    zh_train = [[c for c, lab in bank if lab == k and not c.isascii()][:2] for k in range(len(class_names))]
     for group in (PARAPHRASES[data], ZH_PARAPHRASES[data]):
         for prompts in group:
             for p in prompts:
