@@ -12,7 +12,10 @@ uninterrupted one (``tests/test_train.py`` shows it).
 
 Models with several optimizers (a GAN's generator and discriminator) define
 ``optimizer_groups() -> dict[str, list[Parameter]]`` and ``loss(batch, group=name)``; each group is
-stepped in order with its own AdamW.
+stepped in order with its own AdamW. They may also define ``optimizer_settings() -> {name:
+{"lr_scale": float, "repeats": int}}``: a group's learning rate is ``lr * lr_scale`` (two time-scale
+updates) and it takes ``repeats`` optimizer steps per training step on the same batch (a WGAN's
+``n_critic``).
 """
 
 from __future__ import annotations
@@ -200,6 +203,10 @@ class Trainer:
             )
             for name, params in groups.items()
         }
+        settings = model.optimizer_settings() if hasattr(model, "optimizer_settings") else {}
+        self.group_settings = {
+            name: {"lr_scale": 1.0, "repeats": 1, **settings.get(name, {})} for name in groups
+        }
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step = 0
         self.best_val: float | None = None
@@ -210,6 +217,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def save(self) -> Path:
+        if getattr(self, "_csv_file", None) is not None and not self._csv_file.closed:
+            self._csv_file.flush()  # the log reaches disk with every checkpoint
         tensors: dict[str, torch.Tensor] = {}
         info: dict[str, Any] = {
             "step": self.step,
@@ -270,10 +279,11 @@ class Trainer:
             # Rows written after the checkpoint we resume from belong to a run that was lost.
             with open(log_path, newline="", encoding="utf-8") as fh:
                 rows = [r for r in csv.reader(fh)]
-            keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= self.step]
+            # A run killed before its first flush leaves an empty log: start a fresh one.
+            keep = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.step]
             with open(log_path, "w", newline="", encoding="utf-8") as fh:
                 csv.writer(fh).writerows(keep)
-        new = not log_path.exists()
+        new = not log_path.exists() or log_path.stat().st_size == 0
         self._csv_file = open(log_path, "a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._csv_file)
         if new:
@@ -361,22 +371,24 @@ class Trainer:
                 lr = lr_at(self.step, cfg)
                 losses = {}
                 for name, opt in self.optimizers.items():
+                    settings = self.group_settings[name]
                     for group in opt.param_groups:
-                        group["lr"] = lr
-                    opt.zero_grad(set_to_none=True)
-                    with self._autocast():
-                        loss = self._loss(self.model, batch, group=name)
-                    if not torch.isfinite(loss):
-                        where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
-                        raise TrainingDiverged(
-                            f"loss became {float(loss.detach())} at step {self.step} ({name}){where}. "
-                            "Try a lower --lr, a smaller --grad-clip, or turning --bf16 off"
-                        )
-                    loss.backward()
-                    if cfg.grad_clip > 0:
-                        params = [p for g in opt.param_groups for p in g["params"]]
-                        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    opt.step()
+                        group["lr"] = lr * settings["lr_scale"]
+                    for _ in range(settings["repeats"]):
+                        opt.zero_grad(set_to_none=True)
+                        with self._autocast():
+                            loss = self._loss(self.model, batch, group=name)
+                        if not torch.isfinite(loss):
+                            where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
+                            raise TrainingDiverged(
+                                f"loss became {float(loss.detach())} at step {self.step} ({name}){where}. "
+                                "Try a lower --lr, a smaller --grad-clip, or turning --bf16 off"
+                            )
+                        loss.backward()
+                        if cfg.grad_clip > 0:
+                            params = [p for g in opt.param_groups for p in g["params"]]
+                            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                        opt.step()
                     losses[name] = float(loss.detach())
                 if self.ema is not None:
                     self.ema.update(self.model)

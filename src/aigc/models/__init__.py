@@ -22,6 +22,8 @@ FAMILIES: dict[str, str] = {
     "vae": "aigc.models.vae",
     "gpt": "aigc.models.gpt",
     "music-gpt": "aigc.models.music_gpt",
+    "diffusion": "aigc.models.diffusion",
+    "gan": "aigc.models.gan",
 }
 
 

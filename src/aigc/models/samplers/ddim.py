@@ -1,0 +1,51 @@
+"""DDIM (Song, Meng & Ermon, 2021, "Denoising Diffusion Implicit Models").
+
+One step from x_t to x_{t'} (eq. 12), with a = alpha_bar:
+
+    x_0     = predicted clean image                     ("predicted x_0")
+    sigma   = eta * sqrt((1 - a_{t'}) / (1 - a_t)) * sqrt(1 - a_t / a_{t'})          (eq. 16)
+    x_{t'}  = sqrt(a_{t'}) x_0 + sqrt(1 - a_{t'} - sigma^2) * eps + sigma * z         (eq. 12)
+
+``eta = 0`` is the deterministic DDIM sampler; ``eta = 1`` matches DDPM's variance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aigc.errors import ConfigError
+from aigc.models.samplers._common import noise_like, trailing_timesteps, x0_and_eps
+
+
+class DDIMSampler:
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction: str, *, eta: float = 0.0,
+                 clip_x0: bool = True):
+        if not 0.0 <= eta <= 1.0:
+            raise ConfigError(f"eta must be between 0 and 1, got {eta}")
+        self.alphas_cumprod = alphas_cumprod.double().cpu()
+        self.prediction, self.eta, self.clip_x0 = prediction, eta, clip_x0
+        self.num_train_timesteps = len(alphas_cumprod)
+        self.set_timesteps(50 if self.num_train_timesteps >= 50 else self.num_train_timesteps)
+
+    def set_timesteps(self, n: int) -> None:
+        self.timesteps = trailing_timesteps(self.num_train_timesteps, n)
+        self._prev = dict(zip(self.timesteps, self.timesteps[1:] + [-1], strict=True))
+
+    def step(self, model_output: torch.Tensor, t: int, x: torch.Tensor, *,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        # 1. previous timestep and cumulative alphas (a_{-1} = 1: the last step lands on x_0)
+        t_prev = self._prev[t]
+        a_t = float(self.alphas_cumprod[t])
+        a_prev = float(self.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
+        # 2. predicted x_0 and the epsilon consistent with it
+        x0, eps = x0_and_eps(model_output, x, a_t, self.prediction)
+        if self.clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5
+        # 3. sigma_t (eq. 16)
+        sigma = self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+        # 4. x_{t'} = sqrt(a') x_0 + "direction pointing to x_t" + random noise (eq. 12)
+        x_prev = a_prev ** 0.5 * x0 + max(0.0, 1 - a_prev - sigma ** 2) ** 0.5 * eps
+        if sigma > 0:
+            x_prev = x_prev + sigma * noise_like(x, generator)
+        return x_prev

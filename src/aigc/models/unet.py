@@ -1,0 +1,181 @@
+"""The denoising network of :mod:`aigc.models.diffusion`: a UNet (Ronneberger et al., 2015) in the
+shape of DDPM / ADM (Ho et al., 2020; Dhariwal & Nichol, 2021), readable top to bottom.
+
+    x_t (B, C, H, W) ──conv──► [ResBlock (+Attention)] x N ──down──► ... ──► middle (Res, Attn, Res)
+                                                                        │
+    output (B, C, H, W) ◄──conv── [ResBlock(concat skip) (+Attention)] x (N+1) ──up──◄ ...
+
+Every ResBlock receives one embedding vector per image: ``emb = MLP(sinusoid(t)) + c`` where the
+condition ``c`` is a learned class embedding, a projection of a 384-d MiniLM sentence embedding,
+or the learned "null" embedding used for classifier-free guidance. The embedding scales and shifts
+the block's second GroupNorm (ADM's "scale-shift norm"). Self-attention runs only at the levels
+listed in ``attention_levels`` (the low resolutions) and in the middle.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Vaswani et al., 2017, section 3.5): ``(B, dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(channels, 8)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, then norm modulated by the embedding (scale-shift), SiLU-dropout-conv."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (ADM)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions, with a residual connection."""
+
+    def __init__(self, channels: int, head_dim: int = 32):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, d) each
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Block(nn.Module):
+    """A ResBlock, optionally followed by self-attention."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, attention: bool):
+        super().__init__()
+        self.res = ResBlock(c_in, c_out, emb_dim, dropout)
+        self.attn = Attention(c_out) if attention else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.res(x, emb))
+
+
+class UNet(nn.Module):
+    """Noise-prediction UNet conditioned on a timestep and a class or sentence embedding.
+
+    Args:
+        image_channels: channels of the images (1 grey, 3 RGB).
+        channels: widths per resolution level; each level after the first halves H and W.
+        num_res_blocks: ResBlocks per level on the way down (``+1`` on the way up).
+        attention_levels: indices into ``channels`` whose blocks add self-attention.
+        dropout: dropout inside ResBlocks.
+        num_classes: class labels ``0..num_classes-1``; label ``num_classes`` is "no condition".
+        text_dim: width of sentence embeddings (0: no text conditioning).
+    """
+
+    def __init__(self, *, image_channels: int, channels: tuple[int, ...], num_res_blocks: int,
+                 attention_levels: tuple[int, ...], dropout: float, num_classes: int,
+                 text_dim: int):
+        super().__init__()
+        c0 = channels[0]
+        emb_dim = 4 * c0
+        self.num_classes = num_classes
+        self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # Row ``num_classes`` is the learned null condition used by classifier-free guidance.
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim)
+        self.text_proj = (
+            nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if text_dim else None
+        )
+        self.conv_in = nn.Conv2d(image_channels, c0, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_widths, ch = [c0], c0
+        for level, width in enumerate(channels):
+            for _ in range(num_res_blocks):
+                self.down.append(Block(ch, width, emb_dim, dropout, level in attention_levels))
+                ch = width
+                skip_widths.append(ch)
+            if level < len(channels) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))  # halves H, W
+                skip_widths.append(ch)
+        self.mid = nn.ModuleList([
+            Block(ch, ch, emb_dim, dropout, attention=True), Block(ch, ch, emb_dim, dropout, False),
+        ])
+        self.up = nn.ModuleList()
+        for level, width in reversed(list(enumerate(channels))):
+            for i in range(num_res_blocks + 1):
+                attention = level in attention_levels
+                self.up.append(Block(ch + skip_widths.pop(), width, emb_dim, dropout, attention))
+                ch = width
+                if level > 0 and i == num_res_blocks:
+                    self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                                 nn.Conv2d(ch, ch, 3, padding=1)))
+        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.conv_out = nn.Conv2d(ch, image_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+        self.downsamplings = len(channels) - 1
+
+    def condition(self, labels: torch.Tensor, text: torch.Tensor | None = None,
+                  text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The condition vector ``c``: ``(B, emb_dim)``.
+
+        Args:
+            labels: ``(B,)`` class labels; ``num_classes`` means none (the null embedding).
+            text: ``(B, text_dim)`` sentence embeddings, or ``None``.
+            text_mask: ``(B,)`` bool, rows whose condition is the text instead of the label.
+        """
+        c = self.class_emb(labels)
+        if text is not None and text_mask is not None:
+            if self.text_proj is None:
+                raise ValueError("this UNet was built without text conditioning (text_dim=0)")
+            c = torch.where(text_mask[:, None], self.text_proj(text.to(c.dtype)), c)
+        return c
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, C, H, W) noisy images, ``t`` (B,) timesteps, ``c`` (B, E) from
+        :meth:`condition`; returns the prediction (epsilon or v), ``(B, C, H, W)``."""
+        emb = self.time_mlp(timestep_embedding(t, self.conv_in.out_channels).to(c.dtype)) + c
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            h = layer(h, emb) if isinstance(layer, Block) else layer(h)
+            skips.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for layer in self.up:
+            if isinstance(layer, Block):
+                h = layer(torch.cat([h, skips.pop()], dim=1), emb)
+            else:
+                h = layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

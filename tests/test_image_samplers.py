@@ -1,0 +1,102 @@
+"""Noise schedules and samplers against diffusers' schedulers (the reference implementation)."""
+
+import pytest
+import torch
+
+from aigc.errors import ConfigError
+from aigc.models.diffusion import noise_schedule
+from aigc.models.samplers import make_sampler
+from aigc.models.samplers._common import trailing_timesteps
+
+diffusers = pytest.importorskip("diffusers")
+T = 1000
+
+
+def test_linear_and_cosine_schedules_match_diffusers():
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="linear")
+    assert torch.allclose(noise_schedule("linear", T).float(), ref.alphas_cumprod, atol=1e-6)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
+    assert torch.allclose(noise_schedule("cosine", T).float(), ref.alphas_cumprod, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 10, 20, 50, 1000])
+def test_trailing_timesteps(n):
+    ts = trailing_timesteps(T, n)
+    assert len(ts) == n and ts[0] == T - 1 and ts == sorted(ts, reverse=True)
+    ref = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+    ref.set_timesteps(n)
+    assert ts == ref.timesteps.tolist()
+
+
+@pytest.mark.parametrize("bad", [0, T + 1])
+def test_steps_out_of_range_are_refused(bad):
+    with pytest.raises(ConfigError, match="between 1 and 1000"):
+        trailing_timesteps(T, bad)
+
+
+def _fake_network(x, t):
+    """A smooth deterministic stand-in for a trained network's output."""
+    return torch.tanh(x * 0.7 + 0.001 * t) * 0.9
+
+
+def _run(ours, ref, n, prediction, seed=0, ref_kwargs=None):
+    ours.set_timesteps(n)
+    ref.set_timesteps(n)
+    assert ours.timesteps == ref.timesteps.tolist()
+    x0 = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    x_ours, x_ref = x0.clone(), x0.clone()
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for t in ours.timesteps:
+        x_ours = ours.step(_fake_network(x_ours, t), t, x_ours, generator=g1)
+        x_ref = ref.step(_fake_network(x_ref, t), t, x_ref, generator=g2,
+                         **(ref_kwargs or {})).prev_sample
+    return x_ours, x_ref
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("n", [10, 50])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_matches_diffusers(prediction, n, eta):
+    ab = noise_schedule("cosine", T)
+    pred = "v" if prediction == "v_prediction" else "epsilon"
+    ours = make_sampler("ddim", ab, pred, eta=eta)
+    ref = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
+                                  timestep_spacing="trailing", prediction_type=prediction,
+                                  clip_sample=True, set_alpha_to_one=True)
+    a, b = _run(ours, ref, n, pred, ref_kwargs={"eta": eta, "use_clipped_model_output": True})
+    assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("n", [10, 20])
+def test_dpm_solver_pp_2m_matches_diffusers(prediction, n):
+    ab = noise_schedule("linear", T)
+    pred = "v" if prediction == "v_prediction" else "epsilon"
+    ours = make_sampler("dpm-solver++", ab, pred, clip_x0=False)
+    ref = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, beta_schedule="linear", algorithm_type="dpmsolver++",
+        solver_order=2, timestep_spacing="trailing", prediction_type=prediction,
+        final_sigmas_type="zero", lower_order_final=True, thresholding=False)
+    a, b = _run(ours, ref, n, pred)
+    assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("n", [10, 1000])
+def test_ddpm_ancestral_matches_diffusers(n):
+    ab = noise_schedule("linear", T)
+    ours = make_sampler("ddpm", ab, "epsilon")
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="linear",
+                                  timestep_spacing="trailing", clip_sample=True,
+                                  variance_type="fixed_small")
+    a, b = _run(ours, ref, n, "epsilon")
+    assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+
+
+def test_unknown_sampler_and_bad_eta_are_refused():
+    ab = noise_schedule("linear", T)
+    with pytest.raises(ConfigError, match="known: ddpm, ddim, dpm-solver"):
+        make_sampler("euler", ab, "epsilon")
+    with pytest.raises(ConfigError, match="eta must be between 0 and 1"):
+        make_sampler("ddim", ab, "epsilon", eta=2.0)
+    with pytest.raises(ConfigError, match="ddim sampler only"):
+        make_sampler("ddpm", ab, "epsilon", eta=0.5)
