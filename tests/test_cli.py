@@ -81,7 +81,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
     _one_error_line(capsys, ["sample", str(bad)], "not a safetensors file")
     _one_error_line(capsys, ["sample", str(tmp_path / "nope")], "checkpoint not found")
-    _one_error_line(capsys, ["sample", str(bad), "--n", "0"], "--n must be between 1 and 1024")
+    from aigc.checkpoints import save_model_file
+    from aigc.config import config_to_dict
+    from aigc.models.vae import VAE, VAEConfig
+
+    cfg = VAEConfig(image_size=8, channels=(4,), hidden=8, latent_dim=2)
+    good = save_model_file(tmp_path / "vae.safetensors", family="vae",
+                           model_config=config_to_dict(cfg), weights=VAE(cfg).state_dict())
+    _one_error_line(capsys, ["sample", str(good), "--n", "0"], "--n must be")
 
 
 def test_debug_shows_the_traceback():
