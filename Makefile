@@ -7,10 +7,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aigc-installed
 
-.PHONY: setup demo test test-slow lint clean help
+.PHONY: setup demo studio pipeline test test-slow lint clean help
 
 help:
-	@echo "make demo       set up, then run the main job (train a VAE on MNIST, sample, evaluate)"
+	@echo "make demo       set up, run the pipeline (VAE on MNIST: train, sample, evaluate; reused"
+	@echo "                once done), then serve the studio on http://127.0.0.1:8000/"
+	@echo "make studio     serve the studio at once (starter models, SmolLM2 chat)"
+	@echo "make pipeline   only the pipeline: out/demo/"
 	@echo "make test       set up, then run the default (fast) test tier"
 	@echo "make test-slow  the slow tier too: real training and quality checks (AIGC_SLOW=1)"
 	@echo "make lint       ruff over src, tests and benchmarks"
@@ -29,6 +32,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
+	$(BIN)/aigc demo
+	$(BIN)/aigc studio --smollm2
+
+studio: setup
+	$(BIN)/aigc studio --smollm2
+
+pipeline: setup
 	$(BIN)/aigc demo
 
 test: setup

@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "studio", help="serve the web studio and the HTTP API (native + OpenAI-compatible)",
         description="Start the studio on 127.0.0.1: a web page to generate images and text, a "
         "gallery with ratings, the native /api and the OpenAI-compatible /v1 API (docs at "
-        "/docs). Every checkpoint file or run folder in --models is served; the run of "
-        "`aigc demo` (out/demo/run) is added when it exists.")
+        "/docs). The starter models shipped with aigc, every checkpoint file or run folder in "
+        "--models, and the run of `aigc demo` (out/demo/run, when it exists) are served.")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; others need API keys)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve one more checkpoint (repeatable)")
     p.add_argument("--text-corpus", default=None, metavar="FILE",
                    help="training text of the n-gram test backend (default: chatterbot-corpus)")
+    p.add_argument("--no-starters", action="store_true",
+                   help="do not serve the starter models shipped with aigc")
     p.add_argument("--smollm2", action="store_true",
                    help="serve the SmolLM2-135M-Instruct chat model (loads for tens of seconds)")
     p.add_argument("--no-ngram", action="store_true", help="do not serve the n-gram backend")
@@ -89,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     store.close()
     check_bind(args.host, n_keys)
     models = list(args.model)
+    if not args.no_starters:  # the small models shipped in the package: usable at once
+        from aigc.cli.sample import STARTERS_DIR
+        from aigc.studio.backends import find_checkpoints
+
+        models += [f"{name}={path}" for name, path in find_checkpoints(STARTERS_DIR)]
     if DEMO_RUN.is_dir() and not any(s.endswith(str(DEMO_RUN)) for s in models):
         models.append(f"demo-vae={DEMO_RUN}")
     text_corpus = Path(args.text_corpus) if args.text_corpus else None
