@@ -39,9 +39,12 @@ def main() -> None:
     ap.add_argument("--out", default="docs/images")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--only", nargs="*", help="starter names (default: all)")
     args = ap.parse_args()
     out = Path(args.out)
     for path in sorted(STARTERS_DIR.glob("*.safetensors")):
+        if args.only and path.stem not in args.only:
+            continue
         model, ckpt = model_from_checkpoint(path)
         data, k = ckpt.meta["data"], model.cfg.num_classes
         base = {"model_sha256": ckpt.sha256, "checkpoint": f"starter:{path.stem}",
