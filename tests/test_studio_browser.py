@@ -89,15 +89,16 @@ def test_browser_generate_gallery_rate_chat(tmp_path):
         page.select_option("#f-kind", "image")
         page.click("#filters button[type=submit]")
         page.wait_for_function("document.querySelectorAll('#gallery .card img').length == 8")
-        cards = page.query_selector_all("#gallery .card")
+        # Locators re-resolve on every action: a late gallery render replaces the cards.
+        cards = page.locator("#gallery .card")
         for i, stars in enumerate([5, 4, 2]):
-            cards[i].query_selector(f".stars [data-star='{stars}']").click()
+            cards.nth(i).locator(f".stars [data-star='{stars}']").click()
             page.wait_for_function(
                 f"document.querySelectorAll('#gallery .card')[{i}].querySelectorAll('.stars .on').length == {stars}")
-        item_id = cards[0].get_attribute("data-id")
+        item_id = cards.nth(0).get_attribute("data-id")
         item = httpx.get(f"{base}/api/items/{item_id}").json()
         assert item["stars"] == 5.0 and item["n_ratings"] == 1
-        cards[0].click()
+        cards.nth(0).click()
         page.wait_for_selector("#detail #regen")
         detail = page.inner_text("#detail")
         assert item["model_sha256"] in detail and str(item["seed"]) in detail
