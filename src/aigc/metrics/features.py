@@ -546,3 +546,27 @@ def check_features(features: torch.Tensor, what: str = "features") -> torch.Tens
         bad = int((~torch.isfinite(features)).any(1).sum())
         raise AigcError(f"{what} contain NaN or infinite values in {bad} of {len(features)} rows")
     return features.detach().to("cpu", torch.float64)
+
+
+class FeatureBank:
+    """One set of feature rows (real or generated), checked on entry and kept until ``reset``.
+
+    The sample-based metrics (KID, precision/recall) hold one bank per set, the way FID holds one
+    :class:`aigc.metrics.fid.GaussianStatistics` per set.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._rows: list[torch.Tensor] = []
+
+    def update(self, features: torch.Tensor) -> None:
+        self._rows.append(check_features(features))
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self._rows)
+
+    def tensor(self) -> torch.Tensor:
+        """All rows as float64 ``(N, D)`` (``(0, 0)`` when empty)."""
+        return torch.cat(self._rows) if self._rows else torch.zeros(0, 0, dtype=torch.float64)

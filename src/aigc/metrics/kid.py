@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from aigc.errors import AigcError
-from aigc.metrics.features import check_features
+from aigc.metrics.features import FeatureBank
 
 
 def polynomial_kernel(x: torch.Tensor, y: torch.Tensor, degree: int = 3, coef: float = 1.0
@@ -53,19 +53,19 @@ class KernelDistance:
                             f"{subset_size}")
         self.subsets, self.subset_size, self.degree, self.coef = subsets, subset_size, degree, coef
         self.seed = seed
-        self.reset()
+        self.real, self.fake = FeatureBank(), FeatureBank()
 
     def reset(self, *, keep_real: bool = False) -> None:
-        self.fake: list[torch.Tensor] = []
+        """Forget the generated set (and the real set unless ``keep_real``)."""
+        self.fake.reset()
         if not keep_real:
-            self.real: list[torch.Tensor] = []
+            self.real.reset()
 
     def update(self, features: torch.Tensor, *, real: bool) -> None:
-        (self.real if real else self.fake).append(check_features(features))
+        (self.real if real else self.fake).update(features)
 
     def compute(self) -> tuple[float, float]:
-        real = torch.cat(self.real) if self.real else torch.zeros(0, 0, dtype=torch.float64)
-        fake = torch.cat(self.fake) if self.fake else torch.zeros(0, 0, dtype=torch.float64)
+        real, fake = self.real.tensor(), self.fake.tensor()
         for name, feats in (("real", real), ("generated", fake)):
             if feats.shape[0] < self.subset_size:
                 raise AigcError(f"KID with subset_size={self.subset_size} needs at least that "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from aigc.errors import AigcError
-from aigc.metrics.features import check_features
+from aigc.metrics.features import FeatureBank, check_features
 
 _CHUNK = 2048
 
@@ -82,17 +82,18 @@ class PrecisionRecall:
         if k < 1:
             raise AigcError(f"k must be >= 1, got {k}")
         self.k = k
-        self.reset()
+        self.real, self.fake = FeatureBank(), FeatureBank()
 
     def reset(self, *, keep_real: bool = False) -> None:
-        self.fake: list[torch.Tensor] = []
+        """Forget the generated set (and the real set unless ``keep_real``)."""
+        self.fake.reset()
         if not keep_real:
-            self.real: list[torch.Tensor] = []
+            self.real.reset()
 
     def update(self, features: torch.Tensor, *, real: bool) -> None:
-        (self.real if real else self.fake).append(check_features(features))
+        (self.real if real else self.fake).update(features)
 
     def compute(self) -> dict[str, float]:
-        if not self.real or not self.fake:
+        if not len(self.real) or not len(self.fake):
             raise AigcError("precision/recall need both real and generated features")
-        return precision_recall_density_coverage(torch.cat(self.real), torch.cat(self.fake), self.k)
+        return precision_recall_density_coverage(self.real.tensor(), self.fake.tensor(), self.k)
