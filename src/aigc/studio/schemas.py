@@ -182,10 +182,10 @@ class Health(BaseModel):
 # ---------------------------------------------------------------------- OpenAI-compatible
 
 
-class OAICompletionRequest(Lenient):
+class _OAISampling(Lenient):
+    """The sampling fields completions and chat completions share."""
+
     model: str = Field(..., max_length=200)
-    prompt: str = Field(..., max_length=MAX_PROMPT * 4)
-    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
@@ -199,22 +199,15 @@ class OAICompletionRequest(Lenient):
         return check_stops(v)
 
 
-class OAIChatRequest(Lenient):
-    model: str = Field(..., max_length=200)
+class OAICompletionRequest(_OAISampling):
+    prompt: str = Field(..., max_length=MAX_PROMPT * 4)
+    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
+
+
+class OAIChatRequest(_OAISampling):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
-    stream: bool = False
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    stop: str | list[str] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v):
-        return check_stops(v)
 
 
 class OAIImageRequest(Lenient):
