@@ -15,6 +15,7 @@ roll).
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from aigc.errors import AigcError
 
 SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/default-GM.sf2"))
 VOICE_COLOURS = ((200, 40, 40), (230, 140, 20), (40, 150, 60), (40, 80, 200))
+ROLL_LEFT_PX = 4  # piano roll: x of tick 0 (a player draws its playhead from here)
 
 
 # --------------------------------------------------------------------------------- audio
@@ -84,14 +86,22 @@ def write_wav(piece: Piece, path: str | Path, *, tempo_qpm: float = 90.0,
             subprocess.run(["fluidsynth", "-ni", "-q", "-F", str(path), "-r", str(sample_rate),
                             str(soundfont), str(mid)], check=True, capture_output=True)
         return path, "fluidsynth"
+    path.write_bytes(wav_bytes(piece, tempo_qpm=tempo_qpm, sample_rate=sample_rate))
+    return path, "built-in"
+
+
+def wav_bytes(piece: Piece, *, tempo_qpm: float = 90.0, sample_rate: int = 22050) -> bytes:
+    """16-bit mono PCM WAV from the built-in synthesiser, as bytes (the same for the same
+    piece: the studio stores it under its content hash)."""
     audio = synthesize(piece, tempo_qpm=tempo_qpm, sample_rate=sample_rate)
     pcm = (audio * 32767).round().astype("<i2")
-    with wave.open(str(path), "wb") as w:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
         w.writeframes(pcm.tobytes())
-    return path, "built-in"
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------- pictures
@@ -104,7 +114,7 @@ def piano_roll(piece: Piece, *, px_per_tick: int = 3, px_per_pitch: int = 6) -> 
     pitches = [n.pitch for n in piece.notes] or [60]
     lo, hi = min(pitches) - 2, max(pitches) + 2
     bars = max(piece.bars, 1)
-    top, left = 18, 4
+    top, left = 18, ROLL_LEFT_PX
     width = left * 2 + bars * piece.bar_ticks * px_per_tick
     height = top + (hi - lo + 1) * px_per_pitch + 4
     img = Image.new("RGB", (width, height), (255, 255, 255))

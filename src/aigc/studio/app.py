@@ -74,6 +74,7 @@ def build_studio(settings: StudioSettings,
         default_text_corpus,
         find_checkpoints,
         load_image_backends,
+        load_music_backends,
         load_text_backends,
     )
     from aigc.studio.jobs import JobRunner
@@ -86,6 +87,8 @@ def build_studio(settings: StudioSettings,
     texts: dict[str, TextBackend] = dict(text_backends(settings)) if text_backends else {}
     found, why = load_text_backends(paths, smollm2=settings.smollm2)
     texts.update(found)
+    skipped.update(why)
+    musics, why = load_music_backends(paths)
     skipped.update(why)
     if settings.ngram:
         corpus = None
@@ -101,9 +104,9 @@ def build_studio(settings: StudioSettings,
             skipped["ngram"] = "no text corpus: pass --text-corpus FILE"
     runner = JobRunner(store, images, texts, max_batch_images=settings.max_batch_images,
                        batching=settings.batching, batch_wait_s=settings.batch_wait_ms / 1000,
-                       versions=library_versions())
+                       versions=library_versions(), musics=musics)
     return Studio(settings=settings, store=store, images=images, texts=texts, runner=runner,
-                  skipped=skipped, key_hashes=store.api_key_hashes())
+                  skipped=skipped, key_hashes=store.api_key_hashes(), musics=musics)
 
 
 def create_app(settings: StudioSettings | None = None,
@@ -117,8 +120,8 @@ def create_app(settings: StudioSettings | None = None,
         studio = build_studio(settings, text_backends)
         app.state.studio = studio
         studio.runner.start()
-        log.info("studio: %d image and %d text model(s); data in %s", len(studio.images),
-                 len(studio.texts), settings.data_dir)
+        log.info("studio: %d image, %d text and %d music model(s); data in %s",
+                 len(studio.images), len(studio.texts), len(studio.musics), settings.data_dir)
         try:
             yield
         finally:
@@ -127,7 +130,7 @@ def create_app(settings: StudioSettings | None = None,
 
     app = FastAPI(
         title="aigc studio", version="0.1.0", lifespan=lifespan,
-        description="Generate images and text with your own models, browse and rate what they "
+        description="Generate images, text and music with your own models, browse and rate what they "
         "made. Native API under /api, OpenAI-compatible API under /v1. Every error has the shape "
         '`{"error": {"message", "type", "param", "code"}}`.',
     )

@@ -6,8 +6,8 @@ Every generation is a row of the ``jobs`` table (see :mod:`aigc.studio.store`)::
        │                 │
        └──cancel──► cancelled ◄──cancel
 
-Two worker threads run jobs: one for images, one for text, so that a chat is not stuck behind a
-batch of images. The image worker takes the oldest queued job and every other queued job it can
+Three worker threads run jobs: one for images, one for text and one for music, so that a chat
+is not stuck behind a batch of images (nor a batch of images behind a piece of music). The image worker takes the oldest queued job and every other queued job it can
 batch with (same model, same :class:`ImageSettings`), up to ``max_batch_images`` images, and
 draws them in one call of the backend. Results are committed per job, in one transaction with
 its ``done`` status, so a job killed half-way leaves nothing behind and simply runs again after a
@@ -21,6 +21,7 @@ through ``loop.call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -34,8 +35,11 @@ from aigc.studio.backends import (
     ImageSettings,
     ImageSpec,
     JobCancelled,
+    MusicBackend,
+    MusicSpec,
     TextBackend,
     png_bytes,
+    roll_png_bytes,
 )
 from aigc.studio.store import ItemOut, Store
 
@@ -61,9 +65,10 @@ class Channel:
 class Stats:
     """Counters exported on /metrics."""
 
-    completed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
-    failed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0})
-    job_seconds: dict[str, float] = field(default_factory=lambda: {"image": 0.0, "text": 0.0})
+    completed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0, "music": 0})
+    failed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0, "music": 0})
+    job_seconds: dict[str, float] = field(
+        default_factory=lambda: {"image": 0.0, "text": 0.0, "music": 0.0})
     batches: int = 0
     batched_images: int = 0
     tokens: int = 0
@@ -89,17 +94,20 @@ class JobRunner:
     def __init__(self, store: Store, images: dict[str, ImageBackend],
                  texts: dict[str, TextBackend], *, max_batch_images: int = 64,
                  batching: bool = True, batch_wait_s: float = 0.0,
-                 versions: dict[str, str] | None = None):
+                 versions: dict[str, str] | None = None,
+                 musics: dict[str, MusicBackend] | None = None):
         self.store = store
         self.images = images
         self.texts = texts
+        self.musics = musics or {}
         self.max_batch_images = max_batch_images
         self.batching = batching
         self.batch_wait_s = batch_wait_s
         self.versions = versions or {}
         self.stats = Stats()
         self._stop = threading.Event()
-        self._wake = {"image": threading.Event(), "text": threading.Event()}
+        self._wake = {"image": threading.Event(), "text": threading.Event(),
+                      "music": threading.Event()}
         self._threads: list[threading.Thread] = []
         self._channels: dict[str, Channel] = {}
         self._lock = threading.Lock()
@@ -110,7 +118,8 @@ class JobRunner:
         if self.stats.recovered:
             log.warning("studio: %d job(s) were running when the server stopped; re-queued",
                         self.stats.recovered)
-        for kind, target in (("image", self._image_loop), ("text", self._text_loop)):
+        for kind, target in (("image", self._image_loop), ("text", self._text_loop),
+                             ("music", self._music_loop)):
             t = threading.Thread(target=self._guard(target), name=f"aigc-{kind}-worker",
                                  daemon=True)
             t.start()
@@ -339,3 +348,67 @@ class JobRunner:
             self.stats.tokens += usage["total_tokens"]
             self._push(job["id"], "done", finished)
         self.stats.job_seconds["text"] += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------------ music
+    def _music_loop(self) -> None:
+        while not self._stop.is_set():
+            queued = self.store.queued_jobs("music", limit=1)
+            if not queued:
+                self._wake["music"].wait(1.0)
+                self._wake["music"].clear()
+                continue
+            job = queued[0]
+            if self.store.claim(job["id"]):
+                self._run_music(job)
+
+    def _run_music(self, job: dict[str, Any]) -> None:
+        """Compose the job's ``n`` pieces (piece i with seed + i); each is one item whose file
+        is the WAV, with the MIDI file and the piano-roll PNG stored beside it (content
+        addressed) and named in its record."""
+        t0 = time.perf_counter()
+        backend = self.musics.get(job["model"])
+        if backend is None:
+            self._fail(job, f"model {job['model']!r} is not loaded on this server")
+            return
+        p = job["params"]
+        n = int(p["n"])
+        outs: list[ItemOut] = []
+        try:
+            for i in range(n):
+                spec = MusicSpec(style=p["style"], key=p["key"], meter=p["meter"],
+                                 bars=int(p["bars"]), seed=int(p["seed"]) + i,
+                                 temperature=float(p["temperature"]), tempo=float(p["tempo"]))
+                piece = backend.compose(spec)
+                record = {
+                    "kind": "music", "job_id": job["id"], "index": i, "model": backend.name,
+                    "model_sha256": backend.sha256, "family": backend.family,
+                    "step": backend.ckpt.step, "data": backend.ckpt.meta.get("data"),
+                    "seed": spec.seed, "style": spec.style, "key": spec.key,
+                    "meter": spec.meter, "bars": spec.bars, "temperature": spec.temperature,
+                    "tempo": spec.tempo, "synth": "built-in", "sample_rate": backend.sample_rate,
+                    "ema": True, **piece.facts, "versions": self.versions,
+                }
+                png = roll_png_bytes(piece.roll, record)  # the picture carries its provenance
+                record["files"] = {"mid": self.store.put_file(piece.midi, "mid"),
+                                   "png": self.store.put_file(png, "png"),
+                                   "wav": f"{hashlib.sha256(piece.wav).hexdigest()}.wav"}
+                outs.append(ItemOut(piece.wav, "wav", record, seed=spec.seed))
+                self.store.set_progress(job["id"], (i + 1) / n * 0.99)
+                self._push(job["id"], "progress", (i + 1) / n)
+                if self._is_cancelled(job["id"]):
+                    return
+        except Exception as exc:  # the model failed: fail this job, keep serving
+            log.error("music job failed:\n%s", traceback.format_exc())
+            self._fail(job, f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            finished_jobs = self.store.finish_jobs([(job, outs, None)],
+                                                   model_sha256=backend.sha256)
+        except Exception as exc:  # e.g. disk full: fail the job instead of leaving it running
+            log.error("storing a music job failed:\n%s", traceback.format_exc())
+            self._fail(job, f"{type(exc).__name__}: {exc}")
+            return
+        for finished in finished_jobs:
+            self.stats.completed["music"] += 1
+            self._push(job["id"], "done", finished)
+        self.stats.job_seconds["music"] += time.perf_counter() - t0

@@ -18,6 +18,8 @@ MAX_SIZE = 1024
 MAX_TOKENS = 2048
 MAX_MESSAGES = 64
 MAX_SEED = 2**31 - 1
+MAX_BARS = 64
+MAX_PIECES = 4
 SIZE_PATTERN = r"^[1-9][0-9]{0,3}x[1-9][0-9]{0,3}$"
 
 
@@ -57,7 +59,7 @@ class ErrorResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     id: str
-    kind: Literal["image", "text"]
+    kind: Literal["image", "text", "music"]
     family: str
     description: str
     details: dict[str, Any]
@@ -106,6 +108,22 @@ class TextJobRequest(Strict):
     stop: list[str] | None = Field(None, max_length=4)
 
 
+class MusicJobRequest(Strict):
+    kind: Literal["music"] = "music"
+    model: str | None = Field(None, max_length=200, description="default: the first music model")
+    style: Literal["chorale", "folk"] = Field("chorale", description="chorale: 4 voices (Bach); "
+                                             "folk: 1 voice (Essen, O'Neill)")
+    key: str = Field("C major", max_length=16, description="tonic and mode, e.g. 'D major', "
+                                                             "'F# minor', 'Bb major'")
+    meter: str = Field("4/4", max_length=8, description="time signature, e.g. 3/4, 6/8")
+    bars: int = Field(8, ge=1, le=MAX_BARS, description="bars to compose (the cost budget "
+                                                         "bounds bars x bar length / tempo)")
+    n: int = Field(1, ge=1, le=MAX_PIECES, description="pieces; piece i uses seed + i")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_PIECES, description="default: random")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy")
+    tempo: float = Field(90.0, ge=40.0, le=240.0, description="quarter notes per minute")
+
+
 class Job(BaseModel):
     id: str
     kind: str
@@ -149,6 +167,8 @@ class Item(BaseModel):
     wins: int = 0
     comparisons: int = 0
     metric_card: dict[str, Any] | None = None
+    files: dict[str, str] | None = Field(None, description="music: URLs of the piece as 'mid', "
+                                         "'wav' and 'png' (piano roll); ``url`` is the WAV")
 
 
 class ItemList(BaseModel):

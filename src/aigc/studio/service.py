@@ -15,9 +15,24 @@ from typing import Any
 from fastapi import Depends, Request
 
 from aigc.studio.auth import key_matches
-from aigc.studio.backends import ImageBackend, ImageSettings, ImageSpec, TextBackend
+from aigc.studio.backends import (
+    ImageBackend,
+    ImageSettings,
+    ImageSpec,
+    MusicBackend,
+    MusicSpec,
+    TextBackend,
+    quarters_per_bar,
+)
 from aigc.studio.jobs import JobRunner
-from aigc.studio.schemas import MAX_N, MAX_SIZE, ImageJobRequest, TextJobRequest
+from aigc.studio.schemas import (
+    MAX_N,
+    MAX_PIECES,
+    MAX_SIZE,
+    ImageJobRequest,
+    MusicJobRequest,
+    TextJobRequest,
+)
 from aigc.studio.store import Store
 
 
@@ -43,6 +58,9 @@ class StudioSettings:
     # request allowed. The queue holds at most max_outstanding units.
     max_image_cost: float = 64 * 256 * 256 * 16.0
     max_text_cost: float = 8192.0
+    # music: seconds of audio (bars x quarter notes per bar x 60 / tempo) x pieces; 120 s of
+    # WAV (16-bit mono, 22.05 kHz) is about 5 MB
+    max_music_cost: float = 120.0
     max_outstanding: float = 64.0
     max_batch_images: int = 64
     batching: bool = True
@@ -71,11 +89,13 @@ class Studio:
     skipped: dict[str, str] = field(default_factory=dict)
     http_requests: dict[tuple[str, int], int] = field(default_factory=dict)
     key_hashes: list[str] = field(default_factory=list)
+    musics: dict[str, MusicBackend] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ models
     def models(self) -> list[dict[str, Any]]:
         return [b.describe() for b in self.images.values()] + \
-               [b.describe() for b in self.texts.values()]
+               [b.describe() for b in self.texts.values()] + \
+               [b.describe() for b in self.musics.values()]
 
     def image_backend(self, name: str | None) -> ImageBackend:
         if name is None:
@@ -102,13 +122,27 @@ class Studio:
                            param="model")
         return self.texts[name]
 
+    def music_backend(self, name: str | None) -> MusicBackend:
+        if name is None:
+            if not self.musics:
+                raise ApiError(404, "no music model is loaded on this server; serve a music GPT "
+                               "checkpoint (the starter music-gpt-bach-and-folk is served unless "
+                               "--no-starters)", code="model_not_found", param="model")
+            return next(iter(self.musics.values()))
+        if name not in self.musics:
+            raise ApiError(404, f"music model {name!r} not found; loaded: "
+                           f"{', '.join(self.musics) or 'none'}", code="model_not_found",
+                           param="model")
+        return self.musics[name]
+
     # --------------------------------------------------------------- admission
     def _admit(self, cost: float, kind: str) -> None:
         s = self.settings
         if cost > 1.0:
             raise ApiError(429, f"request costs {cost:.2f} budget units; one request may cost at "
                            f"most 1.0 (image: steps x pixels x n <= {s.max_image_cost:.0f}; "
-                           f"text: prompt tokens + max_tokens <= {s.max_text_cost:.0f})",
+                           f"text: prompt tokens + max_tokens <= {s.max_text_cost:.0f}; "
+                           f"music: seconds of audio x n <= {s.max_music_cost:.0f})",
                            "rate_limit_error", code="over_budget", headers={"Retry-After": "60"})
         n, outstanding = self.store.outstanding()
         if n >= s.max_queue or outstanding + cost > s.max_outstanding:
@@ -156,6 +190,25 @@ class Studio:
                   "top_p": req.top_p, "seed": seed, "stop": req.stop}
         job = self.store.add_job("text", backend.name, params, cost, job_id=job_id)
         self.runner.notify("text")
+        return job
+
+    def enqueue_music(self, req: MusicJobRequest, job_id: str | None = None) -> dict[str, Any]:
+        backend = self.music_backend(req.model)
+        spec = MusicSpec(style=req.style, key=req.key, meter=req.meter, bars=req.bars,
+                         temperature=req.temperature, tempo=req.tempo)
+        try:
+            backend.check(spec)
+        except ValueError as exc:
+            param = "key" if "key" in str(exc) else "meter" if "meter" in str(exc) else "style"
+            raise ApiError(400, str(exc), code="unsupported_parameter", param=param) from None
+        seconds = req.bars * quarters_per_bar(req.meter) * 60.0 / req.tempo
+        cost = seconds * req.n / self.settings.max_music_cost
+        self._admit(cost, "music")
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1 - MAX_PIECES)
+        params = {"style": req.style, "key": req.key, "meter": req.meter, "bars": req.bars,
+                  "n": req.n, "seed": seed, "temperature": req.temperature, "tempo": req.tempo}
+        job = self.store.add_job("music", backend.name, params, cost, job_id=job_id)
+        self.runner.notify("music")
         return job
 
     def retry(self, job: dict[str, Any]) -> dict[str, Any]:

@@ -27,18 +27,20 @@ files_router = APIRouter(tags=["items"])
 
 
 def render_item(studio: Studio, row: dict, *, full: bool = False) -> Item:
-    backend = studio.images.get(row["model"])
+    backend = studio.images.get(row["model"]) or studio.musics.get(row["model"])
     extra = studio.store.comparison_stats(row["id"]) if full else {}
+    files = (row["record"] or {}).get("files") if row["kind"] == "music" else None
     return Item(
         id=row["id"], job_id=row["job_id"], index=row["index"], kind=row["kind"],
         model=row["model"], model_sha256=row["model_sha256"], url=f"/files/{row['file']}",
         prompt=row["prompt"], seed=row["seed"], text=row["text"], record=row["record"],
         created=row["created"], stars=row.get("stars"), n_ratings=row.get("n_ratings") or 0,
-        metric_card=backend.card if (backend is not None and full) else None, **extra)
+        metric_card=backend.card if (backend is not None and full) else None,
+        files={k: f"/files/{v}" for k, v in files.items()} if files else None, **extra)
 
 
 @router.get("/api/items", response_model=ItemList)
-def list_items(kind: Literal["image", "text"] | None = None,
+def list_items(kind: Literal["image", "text", "music"] | None = None,
                model: str | None = Query(None, max_length=200),
                min_stars: float | None = Query(None, ge=1, le=5),
                q: str | None = Query(None, max_length=200, description="substring of prompt/text"),
@@ -82,7 +84,7 @@ def rate_item(item_id: str, body: RatingRequest, studio: Studio = Depends(get_st
 
 
 @router.get("/api/comparisons/pair", response_model=ItemList)
-def comparison_pair(kind: Literal["image", "text"] = "image",
+def comparison_pair(kind: Literal["image", "text", "music"] = "image",
                     studio: Studio = Depends(get_studio)) -> ItemList:
     """Two distinct recent items of one kind to compare (empty when fewer than two exist)."""
     rows = studio.store.list_items(kind=kind, limit=100)
@@ -105,7 +107,8 @@ def compare(body: ComparisonRequest, studio: Studio = Depends(get_studio)) -> Co
 
 
 @files_router.get("/files/{name}", response_class=FileResponse,
-            responses={200: {"content": {"image/png": {}, "text/plain": {}}}})
+            responses={200: {"content": {"image/png": {}, "text/plain": {}, "audio/wav": {},
+                                         "audio/midi": {}}}})
 def get_file(name: str, studio: Studio = Depends(get_studio)) -> FileResponse:
     """A generated file by its content hash. Only ``<sha256>.<ext>`` names of regular files
     inside the files folder are served: no ``..``, no absolute paths, no symlinks."""

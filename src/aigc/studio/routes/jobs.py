@@ -6,18 +6,21 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query
 
-from aigc.studio.schemas import ImageJobRequest, Job, JobList, TextJobRequest
+from aigc.studio.schemas import ImageJobRequest, Job, JobList, MusicJobRequest, TextJobRequest
 from aigc.studio.service import ApiError, Studio, get_studio, require_key
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], dependencies=[Depends(require_key)])
 
-JobRequest = Annotated[ImageJobRequest | TextJobRequest, Body(discriminator="kind")]
+JobRequest = Annotated[ImageJobRequest | TextJobRequest | MusicJobRequest,
+                       Body(discriminator="kind")]
 
 
 @router.post("", response_model=Job, status_code=202)
 def create_job(req: JobRequest, studio: Studio = Depends(get_studio)) -> Job:
-    """Queue an image job (``kind: "image"``) or a text job (``kind: "text"``); poll
-    ``GET /api/jobs/{id}`` for its progress and items."""
+    """Queue an image job (``kind: "image"``), a text job (``kind: "text"``) or a music job
+    (``kind: "music"``); poll ``GET /api/jobs/{id}`` for its progress and items."""
+    if req.kind == "music":
+        return Job(**studio.enqueue_music(req))
     job = studio.enqueue_image(req) if req.kind == "image" else studio.enqueue_text(req)
     return Job(**job)
 

@@ -13,7 +13,7 @@ router = APIRouter(tags=["system"])
 
 @router.get("/health", response_model=Health)
 def health(studio: Studio = Depends(get_studio)) -> Health:
-    return Health(status="ok", models=len(studio.images) + len(studio.texts),
+    return Health(status="ok", models=len(studio.images) + len(studio.texts) + len(studio.musics),
                   jobs=studio.store.job_counts())
 
 
