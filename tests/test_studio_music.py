@@ -179,6 +179,9 @@ def test_browser_music_page_plays_and_shows_piano_roll(tmp_path):
         page.wait_for_function("parseFloat(document.querySelector('#mus-results .playhead')"
                                ".style.left) > 0.5")
         page.evaluate("document.querySelector('#mus-results audio').pause()")
+        page.evaluate("document.querySelector('#mus-results audio').currentTime = 7")
+        page.wait_for_function("parseFloat(document.querySelector('#mus-results .playhead')"
+                               ".style.left) > 40")
         page.screenshot(path=str(shots / "studio-music.png"))
 
         # 2. Rate it on the music page; it is in the gallery under "Music" with its player.
@@ -192,10 +195,13 @@ def test_browser_music_page_plays_and_shows_piano_roll(tmp_path):
         page.wait_for_selector("#detail audio")
         page.wait_for_selector("#detail #regen")
         detail = page.inner_text("#detail")
-        assert "D major" in detail and "3/4" in detail
+        assert "D major" in detail and "3/4" in detail and "null" not in detail
         item_id = page.get_attribute("#gallery .card", "data-id")
         item = httpx_get(base, f"/api/items/{item_id}")
         assert item["stars"] == 4.0 and item["model_sha256"] in detail
+        page.wait_for_function("[...document.querySelectorAll('#gallery img, #detail img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(shots / "studio-music-gallery.png"))
 
         # 3. Regenerate with this seed: the music page composes the same piece again.
         page.click("#regen")
@@ -210,7 +216,8 @@ def test_browser_music_page_plays_and_shows_piano_roll(tmp_path):
         assert page.inner_text("#tab-music") == "音乐"
         assert not errors, errors
         browser.close()
-    assert (shots / "studio-music.png").stat().st_size > 5000
+    for name in ("studio-music.png", "studio-music-gallery.png"):
+        assert (shots / name).stat().st_size > 5000
 
 
 def httpx_get(base: str, path: str) -> dict:

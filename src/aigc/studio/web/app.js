@@ -78,6 +78,7 @@ async function loadModels() {
     ...MODELS.map((m) => el("option", { value: m.id, text: m.id })));
   if (!imgs.length) $("img-model-info").textContent = "No image model loaded: start with --models DIR.";
   onImageModel(); onTextModel();
+  musicModels();  // music.js
 }
 function onImageModel() {
   const m = MODELS.find((x) => x.id === $("img-model").value);
@@ -208,6 +209,7 @@ function starsWidget(item, onRated) {
 function card(item, onclick) {
   const c = el("div", { class: "card", "data-id": item.id, onclick });
   if (item.kind === "image") c.append(el("img", { src: item.url, alt: `seed ${item.seed}`, loading: "lazy" }));
+  else if (item.kind === "music") { c.classList.add("music"); c.append(musicPlayer(item)); }  // music.js
   else c.append(el("div", { class: "txt", text: item.text }));
   const meta = el("div", { class: "meta" }, el("span", { text: `seed ${item.seed}` }));
   const refresh = (u) => { const n = starsWidget(u, refresh); meta.lastChild.replaceWith(n); if ($("detail").dataset.id === u.id) showDetail(u.id); };
@@ -245,12 +247,14 @@ async function showDetail(id) {
     ...row("A/B", `${it.wins}/${it.comparisons}`));
   const card_ = it.metric_card ? el("pre", { class: "card-json", text: JSON.stringify(it.metric_card, null, 1) })
     : el("p", { class: "muted", text: t("no_card", "This model has no metric card.") });
-  d.replaceChildren(
-    it.kind === "image" ? el("img", { src: it.url, alt: "" }) : el("pre", { text: it.text }),
-    starsWidget(it, () => { showDetail(id); loadGallery(); }), dl,
+  const music = it.kind === "music";  // music.js draws its player, facts and regenerate
+  d.replaceChildren(...[  // (nulls filtered: replaceChildren would print them as "null")
+    it.kind === "image" ? el("img", { src: it.url, alt: "" }) : music ? musicPlayer(it) : el("pre", { text: it.text }),
+    starsWidget(it, () => { showDetail(id); loadGallery(); }), music ? musicFacts(it) : null, dl,
     it.kind === "image" ? el("button", { id: "regen", class: "primary", text: t("regenerate", "Regenerate with this seed"), onclick: () => regenerate(it) }) : null,
+    music ? el("button", { id: "regen", class: "primary", text: t("regenerate", "Regenerate with this seed"), onclick: () => regenerateMusic(it) }) : null,
     el("h4", { text: t("metric_card", "Model metric card") }), card_,
-    el("details", {}, el("summary", { text: t("record", "Full record") }), el("pre", { text: JSON.stringify(r, null, 1) })));
+    el("details", {}, el("summary", { text: t("record", "Full record") }), el("pre", { text: JSON.stringify(r, null, 1) }))].filter((x) => x != null));
 }
 function regenerate(it) {
   const r = it.record;
@@ -299,5 +303,5 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("pick-tie").addEventListener("click", () => pick("tie"));
   try { await loadModels(); } catch (e) { $("img-model-info").textContent = "⚠ " + e.message; }
   const tab = location.hash.slice(1);
-  if (["image", "text", "gallery", "compare"].includes(tab)) showTab(tab);
+  if (["image", "text", "music", "gallery", "compare"].includes(tab)) showTab(tab);
 });
