@@ -16,9 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = dsub.add_parser(
         "show", help="counts per split and class, cleaning report, and a PNG grid of examples",
     )
-    sp.add_argument("name", help="mnist, fashion-mnist or folder:PATH")
-    sp.add_argument("--out", help="grid PNG path (default: out/data-NAME.png)")
-    sp.add_argument("--n", type=int, default=64, help="examples in the grid (default 64)")
+    sp.add_argument("name", help="mnist, fashion-mnist, folder:PATH, a text corpus or a music "
+                    "corpus (bach-chorales, folk-tunes, bach-and-folk, midi:PATH); see "
+                    "`aigc data list`")
+    sp.add_argument("--out", help="grid PNG path (default: out/data-NAME.png); music: the "
+                    "piano rolls of a few pieces")
+    sp.add_argument("--n", type=int, default=None,
+                    help="examples in the grid (default 64; music: pieces drawn, default 4)")
     sp.set_defaults(func=run_show)
 
 
@@ -38,7 +42,30 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"{name:<15} {'available' if ok else 'UNAVAILABLE':<12} {about}")
         if not ok:
             print(f"{'':<15} {why}")
+    _list_music()
     return 0
+
+
+def _list_music() -> None:
+    """Music corpora (aigc.data.music): pieces per split when the parse cache has them; the
+    list never parses (the first parse of a corpus takes minutes)."""
+    from importlib.util import find_spec
+
+    from aigc.data.music import CORPORA, SPLITS, cached_split_counts
+
+    ok = find_spec("music21") is not None
+    for name, about in CORPORA.items():
+        print(f"{name:<15} {'available' if ok else 'UNAVAILABLE':<12} {about}")
+        if not ok:
+            print(f"{'':<15} needs the PyPI package music21 (its corpus ships in the wheel)")
+            continue
+        if name.startswith("midi:"):
+            continue
+        counts = cached_split_counts(name)
+        if counts is None:
+            print(f"{'':<15} not parsed yet (`aigc data show {name}` parses and caches it)")
+        else:
+            print(f"{'':<15} pieces: " + ", ".join(f"{s} {counts[s]}" for s in SPLITS))
 
 
 def _is_text(name: str) -> bool:
@@ -63,6 +90,62 @@ def _show_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_music(name: str) -> bool:
+    from aigc.data.music import CORPORA
+
+    return name in CORPORA or name.startswith("midi:")
+
+
+def _show_music(args: argparse.Namespace) -> int:
+    """Parse report, pieces/bars/notes/tokens per split, styles, keys and meters, and the
+    piano rolls of a few training pieces (first 4 bars each) stacked in one PNG."""
+    from collections import Counter
+
+    import numpy as np
+
+    from aigc.data.music import SPLITS, load_music_corpus, piece_to_tokens
+    from aigc.errors import AigcError
+    from aigc.media import save_png
+    from aigc.music import piano_roll
+
+    n = 4 if args.n is None else args.n
+    if not 1 <= n <= 32:
+        raise AigcError(f"--n must be between 1 and 32 pieces for music, got {n}")
+    corpus = load_music_corpus(args.name)
+    print("\n".join(corpus.report.lines()))
+    print(f"{'split':<6} {'pieces':>7} {'bars':>7} {'notes':>8} {'tokens':>9}")
+    for s in SPLITS:
+        pieces = corpus.split(s)
+        print(f"{s:<6} {len(pieces):>7} {sum(p.bars for p in pieces):>7} "
+              f"{sum(len(p.notes) for p in pieces):>8} "
+              f"{sum(len(piece_to_tokens(p)) for p in pieces):>9}")
+    every = [p for s in SPLITS for p in corpus.split(s)]
+    for label, counter in (("styles", Counter(p.style for p in every)),
+                           ("keys", Counter(p.key_name for p in every)),
+                           ("meters", Counter(f"{p.meter[0]}/{p.meter[1]}" for p in every))):
+        top = ", ".join(f"{k} {v}" for k, v in counter.most_common(6))
+        more = f" (+{len(counter) - 6} more)" if len(counter) > 6 else ""
+        print(f"{label}: {top}{more}")
+    train = corpus.split("train") or every
+    if not train:
+        raise AigcError(f"{args.name}: no pieces to draw")
+    n = min(n, len(train))
+    # evenly spread over the split, so a mixed corpus shows each of its styles
+    picks = [train[round(i * (len(train) - 1) / max(n - 1, 1))] for i in range(n)]
+    rolls = [piano_roll(p.first_bars(4)) for p in picks]  # (H, W, 3) uint8 each
+    width, gap = max(r.shape[1] for r in rolls), 6
+    sheet = np.full((sum(r.shape[0] + gap for r in rolls), width, 3), 255, dtype=np.uint8)
+    y = 0
+    for r in rolls:
+        sheet[y : y + r.shape[0], : r.shape[1]] = r
+        y += r.shape[0] + gap
+    out = Path(args.out or f"out/data-{args.name.replace(':', '-').replace('/', '_')}.png")
+    save_png(out, sheet, record={"kind": "dataset-examples", "data": args.name,
+                                 "pieces": [p.name for p in picks], "bars": 4})
+    print(f"piano rolls of {', '.join(p.name for p in picks)} (first 4 bars): {out}")
+    return 0
+
+
 def run_show(args: argparse.Namespace) -> int:
     from aigc.data.images import SPLITS, load_images
     from aigc.errors import AigcError
@@ -70,6 +153,10 @@ def run_show(args: argparse.Namespace) -> int:
 
     if _is_text(args.name):
         return _show_text(args)
+    if _is_music(args.name):
+        return _show_music(args)
+    if args.n is None:
+        args.n = 64
     if not 1 <= args.n <= 1024:
         raise AigcError(f"--n must be between 1 and 1024, got {args.n}")
     splits = {s: load_images(args.name, s) for s in SPLITS}

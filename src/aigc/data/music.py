@@ -47,6 +47,7 @@ event, at 480 MIDI ticks per quarter; so ``tokens -> MIDI -> tokens`` is the ide
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -718,6 +719,48 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AIGC_CACHE_DIR") or Path.home() / ".cache" / "aigc") / "music"
 
 
+def cache_path(name: str) -> Path:
+    """The parse cache of a music21 corpus (keyed by music21's version and the tokenization)."""
+    from importlib.metadata import version
+
+    return cache_dir() / (f"{name}-music21-{version('music21')}-tok{TOKENIZATION_VERSION}"
+                          f"-v{CACHE_VERSION}.json")
+
+
+def cached_split_counts(name: str) -> dict[str, int] | None:
+    """Pieces per split of a named corpus read from its parse cache, without parsing anything;
+    ``None`` when it has not been parsed yet (or is not a cached corpus, e.g. ``midi:PATH``).
+
+    Example:
+        >>> cached_split_counts("bach-chorales")   # doctest: +SKIP
+        {'train': 310, 'val': 17, 'test': 17}
+    """
+    if name == "bach-and-folk":
+        parts = [cached_split_counts(n) for n in ("bach-chorales", "folk-tunes")]
+        if any(p is None for p in parts):
+            return None
+        return {s: sum(p[s] for p in parts) for s in SPLITS}
+    if name not in CORPORA or name.startswith("midi:"):
+        return None
+    path = cache_path(name)
+    if not path.is_file():
+        return None
+    counts = _cache_counts(str(path), path.stat().st_mtime_ns)
+    return dict(counts) if counts is not None else None
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_counts(path: str, mtime_ns: int) -> tuple[tuple[str, int], ...] | None:
+    try:
+        names = [p["name"] for p in json.loads(Path(path).read_text(encoding="utf-8"))["pieces"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged cache is re-made by the next parse
+    counts = {s: 0 for s in SPLITS}
+    for n in names:
+        counts[hash_split(n)] += 1
+    return tuple(counts.items())
+
+
 def _sources(name: str) -> list[tuple[str, str]]:
     """``(music21 corpus path, style)`` of each source file of a corpus."""
     from music21 import corpus
@@ -765,7 +808,7 @@ def _parse_source(path: str, style: str, report: MusicCorpusReport) -> list[Piec
 def _load_collection(name: str, progress: bool = True) -> tuple[list[Piece], MusicCorpusReport]:
     import music21
 
-    path = cache_dir() / f"{name}-music21-{music21.__version__}-tok{TOKENIZATION_VERSION}-v{CACHE_VERSION}.json"
+    path = cache_path(name)
     if path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
         report = MusicCorpusReport(**{**data["report"],
