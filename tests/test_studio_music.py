@@ -99,6 +99,14 @@ def test_music_job_stores_wav_midi_piano_roll_and_record(client):
     assert client.get(f"/api/items/{again['items'][0]}").json()["url"] == items[1]["url"]
     rated = client.post(f"/api/items/{it['id']}/ratings", json={"stars": 4})
     assert rated.status_code == 201 and rated.json()["stars"] == 4.0
+    # Retry runs the same parameters and seeds again: the same two pieces.
+    retry = client.post(f"/api/jobs/{job['id']}/retry")
+    assert retry.status_code == 202 and retry.json()["kind"] == "music"
+    redone = wait_job(client, retry.json()["id"], timeout=60)
+    urls = [client.get(f"/api/items/{i}").json()["url"] for i in redone["items"]]
+    assert urls == [x["url"] for x in items]
+    metrics = client.get("/metrics").text
+    assert 'aigc_jobs_completed_total{kind="music"} 3' in metrics
 
 
 @pytest.mark.parametrize("body,status,param", [

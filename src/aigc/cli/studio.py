@@ -13,7 +13,7 @@ DEMO_RUN = Path("out/demo/run")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "studio", help="serve the web studio and the HTTP API (native + OpenAI-compatible)",
-        description="Start the studio on 127.0.0.1: a web page to generate images and text, a "
+        description="Start the studio on 127.0.0.1: a web page to generate images, text and music, a "
         "gallery with ratings, the native /api and the OpenAI-compatible /v1 API (docs at "
         "/docs). The starter models shipped with aigc, every checkpoint file or run folder in "
         "--models, and the run of `aigc demo` (out/demo/run, when it exists) are served.")

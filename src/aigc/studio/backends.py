@@ -37,6 +37,12 @@ SmolLM2 backends plug in here; until then (and in tests) :class:`NGramTextBacken
 real model — a character-level n-gram (Markov chain) with back-off, trained at start-up on a
 dialogue corpus — and says so in ``/v1/models``. It produces text letter by letter from counts;
 nothing is canned.
+
+**Music backends** (:class:`MusicBackend`) serve music GPT checkpoints: one piece per
+:class:`MusicSpec` (style, key, meter, bars, seed, temperature, tempo), composed with the
+grammar-constrained sampler of :mod:`aigc.models.music_gpt` and rendered as MIDI, a WAV from the
+built-in synthesiser (16-bit mono, 22.05 kHz: small, and the same bytes for the same seed) and a
+piano-roll picture (:mod:`aigc.music`).
 """
 
 from __future__ import annotations
