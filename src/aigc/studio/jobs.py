@@ -359,6 +359,7 @@ class JobRunner:
                 continue
             job = queued[0]
             if self.store.claim(job["id"]):
+                self._push(job["id"], "running", None)  # for followers that show the start
                 self._run_music(job)
 
     def _run_music(self, job: dict[str, Any]) -> None:
