@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aigc-installed
 
-.PHONY: setup demo studio pipeline test test-slow lint clean help
+.PHONY: setup demo studio pipeline test test-slow lint clean help data-extra
 
 help:
 	@echo "make demo       set up, run the pipeline (VAE on MNIST: train, sample, evaluate; reused"
@@ -17,6 +17,7 @@ help:
 	@echo "make test       set up, then run the default (fast) test tier"
 	@echo "make test-slow  the slow tier too: real training and quality checks (AIGC_SLOW=1)"
 	@echo "make lint       ruff over src, tests and benchmarks"
+	@echo "make data-extra optional larger corpora from npm (chinese-poetry: tang-poems-full)"
 
 setup: $(STAMP)
 	@bash scripts/setup-debian.sh
@@ -49,6 +50,15 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
+
+# Optional: the Complete Tang Poems (npm chinese-poetry, MIT, 85 MB) for `tang-poems-full`.
+# Not needed by demo or test; installed under ~/.cache/aigc/npm, where aigc looks for it.
+data-extra:
+	@if [ -d $(HOME)/.cache/aigc/npm/node_modules/chinese-poetry/dist/quantangshi ]; then \
+	  echo "chinese-poetry already installed"; \
+	elif command -v npm >/dev/null; then \
+	  npm install --prefix $(HOME)/.cache/aigc/npm --no-audit --no-fund chinese-poetry@2.0.1; \
+	else echo "npm not found: apt-get install npm, or set AIGC_CHINESE_POETRY_DIR"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache

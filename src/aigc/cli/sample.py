@@ -211,9 +211,7 @@ def _condition(o: dict[str, Any], model, ckpt) -> tuple[torch.Tensor | None, tor
         prompt = o["prompt"].strip()
         if not prompt or len(prompt) > 500:
             raise AigcError(f"--prompt must be 1..500 characters, got {len(prompt)}")
-        from aigc.models.pretrained import embed_sentences
-
-        return None, embed_sentences([prompt]).repeat(n, 1), f"prompt: {prompt}"
+        return None, model.embed_prompts([prompt]).repeat(n, 1), f"prompt: {prompt}"
     if not model.cfg.num_classes:
         if o.get("class") is not None:
             raise AigcError("this model was trained without class labels; --class is not available")

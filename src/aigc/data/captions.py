@@ -100,6 +100,43 @@ def caption_bank(dataset: str, class_names: list[str]) -> list[tuple[str, int]]:
     return unique
 
 
+_ZH_NUMERALS = dict(zip(_DIGITS_ZH, _DIGITS_EN, strict=True))
+
+
+def _glossary() -> list[tuple[str, str]]:
+    """(Chinese word, English word) for every Chinese class word and numeral that MiniLM cannot
+    fully read, longest first (so 踝靴 is glossed before 靴)."""
+    from aigc.models.pretrained import minilm_unknown_characters
+
+    pairs: dict[str, str] = {}
+    for classes in CLASS_WORDS.values():
+        for en, zh in classes:
+            for z in zh:
+                if not z.isascii():
+                    pairs.setdefault(z, en[0])
+    pairs.update({z: e for z, e in _ZH_NUMERALS.items() if z not in pairs})
+    unknown = [(z, e) for z, e in pairs.items() if minilm_unknown_characters(z)]
+    return sorted(unknown, key=lambda p: -len(p[0]))
+
+
+_GLOSSARY: list[tuple[str, str]] | None = None
+
+
+def gloss_for_minilm(text: str) -> str:
+    """Replace the Chinese class words and numerals that MiniLM reads as ``[UNK]`` with their
+    English words from :data:`CLASS_WORDS` ("一双短靴" -> "一双 ankle boot ", "手写数字七" ->
+    "手写数字 seven "). MiniLM is an English model whose vocabulary lacks most Chinese characters,
+    so without this "短靴" and "凉鞋" embed identically. Only words in aigc's own bilingual class
+    dictionary are glossed; other Chinese text is left as it is."""
+    global _GLOSSARY
+    if _GLOSSARY is None:
+        _GLOSSARY = _glossary()
+    for zh, en in _GLOSSARY:
+        if zh in text:
+            text = text.replace(zh, f" {en} ")
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def _norm(text: str) -> str:
     return re.sub(r"[\s_\-/]+", " ", text.strip().lower())
 

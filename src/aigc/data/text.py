@@ -1,5 +1,6 @@
-"""Text corpora with fixed splits and a cleaning report: ``austen``, ``tang-poems``, ``fortunes``,
-``dialogues`` (also ``dialogues-en``, ``dialogues-zh``) and ``text:PATH``.
+"""Text corpora with fixed splits and a cleaning report: ``austen``, ``tang-poems``,
+``tang-poems-full``, ``fortunes``, ``dialogues`` (also ``dialogues-en``, ``dialogues-zh``) and
+``text:PATH``.
 
 A corpus is a list of documents (strings) per split. Splits are fixed so that numbers are
 comparable between runs:
@@ -14,7 +15,7 @@ Cleaning (reported line by line, nothing dropped silently): documents that are n
 are dropped ("encoding errors"), empty documents are dropped, exact duplicates keep their first
 occurrence. Sources (no network): Debian ``r-cran-janeaustenr`` (read with PyPI ``rdata``),
 Debian ``fortunes`` and ``fortunes-zh`` (colour escape codes stripped), PyPI
-``chatterbot-corpus``.
+``chatterbot-corpus``, and (optional, ``make data-extra``) the npm package ``chinese-poetry``.
 
 ``text:PATH`` reads a UTF-8 ``.txt`` file (documents separated by blank lines), a ``.jsonl`` file
 (one JSON object per line with a ``"text"`` string, or ``"question"``/``"answer"``), or a folder
@@ -50,6 +51,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CORPORA = {
     "austen": "six Jane Austen novels, one document per chapter (Debian r-cran-janeaustenr)",
     "tang-poems": "313 Tang poems with title and author (Debian fortunes-zh, tang300)",
+    "tang-poems-full": "57,600 poems of the Complete Tang Poems, traditional characters, each "
+                       "headed by its form (npm chinese-poetry; `make data-extra`)",
     "fortunes": "English fortune-cookie quotes (Debian fortunes)",
     "dialogues": "question/answer pairs, English and Chinese (PyPI chatterbot-corpus)",
     "dialogues-en": "the English part of `dialogues`",
@@ -237,6 +240,58 @@ def _load_tang() -> TextCorpus:
     return _by_hash("tang-poems", report.source, poems, report)
 
 
+CHINESE_POETRY_VERSION = "2.0.1"
+
+
+def chinese_poetry_dir() -> Path:
+    """Where the npm package ``chinese-poetry`` is: ``$AIGC_CHINESE_POETRY_DIR``, else the folder
+    ``make data-extra`` installs it to (``~/.cache/aigc/npm``), else a global npm install."""
+    import os
+
+    candidates = [Path(os.environ["AIGC_CHINESE_POETRY_DIR"])] \
+        if os.environ.get("AIGC_CHINESE_POETRY_DIR") else []
+    candidates += [Path.home() / ".cache/aigc/npm/node_modules/chinese-poetry",
+                   Path("/usr/local/lib/node_modules/chinese-poetry"),
+                   Path("/usr/lib/node_modules/chinese-poetry")]
+    for path in candidates:
+        if (path / "dist" / "quantangshi").is_dir():
+            return path
+    raise DataError(
+        "tang-poems-full needs the npm package chinese-poetry: run `make data-extra` (npm install "
+        f"--prefix ~/.cache/aigc/npm chinese-poetry@{CHINESE_POETRY_VERSION}) or set "
+        "AIGC_CHINESE_POETRY_DIR to its folder; looked in " + ", ".join(str(c) for c in candidates)
+    )
+
+
+def _load_tang_full() -> TextCorpus:
+    root = chinese_poetry_dir()
+    report = TextCleaningReport(f"npm chinese-poetry ({root}/dist/quantangshi)")
+    files = sorted((root / "dist" / "quantangshi").glob("poet.tang.*.json"),
+                   key=lambda f: int(f.name.split(".")[2]))
+    if not files:
+        raise DataError(f"{root}/dist/quantangshi holds no poet.tang.*.json files")
+    poems = []
+    for file in files:
+        text = _decode(file.read_bytes(), str(file), report)
+        if text is None:
+            continue
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file} is not valid JSON: {exc}") from None
+        for entry in entries:
+            lines = [str(x).strip().replace(" ", "") for x in entry.get("paragraphs") or []]
+            body = "\n".join(line for line in lines if line)
+            if not body:
+                report.empty += 1
+                continue
+            title = str(entry.get("title") or "").strip()
+            author = str(entry.get("author") or "").strip()
+            # The form line first, so that a prompt can ask for a form (controlled generation).
+            poems.append(f"{verse_form(body)}\n《{title}》\n作者：{author}\n{body}")
+    return _by_hash("tang-poems-full", report.source, poems, report)
+
+
 def _load_fortunes() -> TextCorpus:
     report = TextCleaningReport("Debian fortunes")
     entries = []
@@ -358,6 +413,8 @@ def load_corpus(name: str) -> TextCorpus:
         return _load_austen()
     if name == "tang-poems":
         return _load_tang()
+    if name == "tang-poems-full":
+        return _load_tang_full()
     if name == "fortunes":
         return _load_fortunes()
     if name == "dialogues":
@@ -384,10 +441,24 @@ def corpus_available(name: str) -> tuple[bool, str]:
 _VERSE_BREAK = re.compile(r"[，。？！；、,.?!;：:\s]+")
 
 
+# The form line that heads each ``tang-poems-full`` document: 5- or 7-character quatrains (绝句)
+# and octaves (律诗) by :func:`is_regulated_verse`, every other poem 古诗.
+VERSE_FORMS = ("五言绝句", "七言绝句", "五言律诗", "七言律诗", "古诗")
+
+
+def verse_form(body: str) -> str:
+    """The :data:`VERSE_FORMS` name of a poem body (by line count and length only)."""
+    verses = [v for v in _VERSE_BREAK.split(body) if v]
+    if not is_regulated_verse(body):
+        return "古诗"
+    return ("五言" if len(verses[0]) == 5 else "七言") + ("绝句" if len(verses) == 4 else "律诗")
+
+
 def poem_body(poem: str) -> str:
-    """The verse lines of a ``tang-poems`` document (drops the 《title》 and 作者 lines)."""
+    """The verse lines of a ``tang-poems`` document (drops the form, 《title》 and 作者 lines)."""
     lines = [line.strip() for line in poem.strip().splitlines() if line.strip()]
-    return "\n".join(line for line in lines if not (line.startswith("《") or line.startswith("作者")))
+    return "\n".join(line for line in lines if not (
+        line.startswith("《") or line.startswith("作者") or line in VERSE_FORMS))
 
 
 def is_regulated_verse(body: str) -> bool:

@@ -32,7 +32,7 @@ from torch import nn
 
 from aigc.config import check_positive
 from aigc.errors import ConfigError
-from aigc.models.pretrained import MINILM_DIM
+from aigc.models.pretrained import MINILM_DIM, embed_sentences
 from aigc.models.unet import UNet
 
 
@@ -48,6 +48,13 @@ class DiffusionConfig:
     text_conditioning: bool = False  # condition on MiniLM sentence embeddings of captions
     cond_drop_prob: float = 0.1  # training examples with the null condition (for guidance)
     text_prob: float = 0.5  # of the conditioned examples, the share conditioned on a caption
+    # Weight of the alignment loss ||text_proj(caption) - class_emb(label)||^2 (see
+    # `text_alignment_loss`); 0 leaves the text path to the denoising loss alone.
+    text_align_weight: float = 0.0
+    text_noise: float = 0.0  # std of Gaussian noise on unit-norm caption embeddings in training
+    # How prompts become embeddings: "minilm" (as typed) or "minilm-zh-gloss" (Chinese class
+    # words MiniLM cannot read are glossed into English first; see captions.gloss_for_minilm).
+    text_encoder: Literal["minilm", "minilm-zh-gloss"] = "minilm"
     schedule: Literal["linear", "cosine"] = "cosine"
     prediction: Literal["epsilon", "v"] = "epsilon"
     num_train_timesteps: int = 1000
@@ -67,6 +74,9 @@ class DiffusionConfig:
                               f"2**(len(channels)-1)={factor}")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.text_align_weight < 0 or self.text_noise < 0:
+            raise ConfigError("text_align_weight and text_noise must be >= 0, got "
+                              f"{self.text_align_weight} and {self.text_noise}")
         for name in ("dropout", "cond_drop_prob", "text_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -127,7 +137,7 @@ class Diffusion(nn.Module):
             if "text" not in batch:
                 raise ConfigError("text_conditioning=True needs batches with caption embeddings "
                                   "('text'); train on a labelled dataset")
-            text = batch["text"]
+            text = noisy_embeddings(batch["text"], self.cfg.text_noise)
             share = self.cfg.text_prob if self.cfg.num_classes else 1.0
             text_mask = torch.rand(b, device=device) < share
         drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
@@ -135,7 +145,11 @@ class Diffusion(nn.Module):
         if text_mask is not None:
             text_mask = text_mask & ~drop
         pred = self.unet(x_t, t, self.unet.condition(labels, text, text_mask))
-        return F.mse_loss(pred.float(), target)
+        loss = F.mse_loss(pred.float(), target)
+        if text is not None and self.cfg.text_align_weight > 0 and "label" in batch:
+            loss = loss + self.cfg.text_align_weight * text_alignment_loss(
+                self.unet, text, batch["label"])
+        return loss
 
     # ------------------------------------------------------------------ sampling
     def _guided(self, x: torch.Tensor, t: int, cond: torch.Tensor | None, null: torch.Tensor,
@@ -150,9 +164,17 @@ class Diffusion(nn.Module):
                                          torch.cat([cond, null])).chunk(2)
         return out_uncond + guidance * (out_cond - out_uncond)
 
+    def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """``(len(prompts), 384)`` embeddings of prompts, read the way this model was trained."""
+        if not self.cfg.text_conditioning:
+            raise ConfigError("this model was trained without text conditioning; a prompt cannot "
+                              "be used (use a class instead, if it has classes)")
+        return embed_sentences(prompt_texts(prompts, self.cfg.text_encoder))
+
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                labels: torch.Tensor | None = None, text: torch.Tensor | None = None,
+               prompt: list[str] | None = None,
                sampler: str = "dpm-solver++", steps: int = 20, guidance: float = 3.0,
                eta: float = 0.0, size: int | None = None, progress: bool = False) -> torch.Tensor:
         """Draw ``n`` images, ``(n, C, H, W)`` in [0, 1].
@@ -161,6 +183,7 @@ class Diffusion(nn.Module):
             generator: the CPU generator for the initial noise and any sampler noise.
             labels: ``(n,)`` class labels, or ``None``.
             text: ``(n, 384)`` MiniLM embeddings of prompts, or ``None`` (not with ``labels``).
+            prompt: ``n`` prompts (embedded with :meth:`embed_prompts`), instead of ``text``.
             sampler: ``ddpm``, ``ddim`` or ``dpm-solver++``.
             steps: network evaluations (``2 x`` with guidance), 1..num_train_timesteps.
             guidance: classifier-free guidance scale w (1: plain conditional, 0: unconditional).
@@ -171,6 +194,14 @@ class Diffusion(nn.Module):
 
         device = self.alphas_cumprod.device
         dtype = next(self.parameters()).dtype
+        if prompt is not None:
+            if text is not None:
+                raise ConfigError("give prompt strings or their embeddings, not both")
+            if isinstance(prompt, str):
+                prompt = [prompt] * n
+            if len(prompt) != n:
+                raise ConfigError(f"{len(prompt)} prompts for {n} images")
+            text = self.embed_prompts(list(prompt))
         if labels is not None and text is not None:
             raise ConfigError("condition on a class or on a prompt, not both")
         if text is not None and not self.cfg.text_conditioning:
@@ -200,6 +231,78 @@ class Diffusion(nn.Module):
             out = self._guided(x, t, cond, null, guidance)
             x = schedule.step(out, t, x, generator=generator)
         return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def noisy_embeddings(text: torch.Tensor, std: float) -> torch.Tensor:
+    """Unit-norm sentence embeddings moved by Gaussian noise of per-dimension std
+    ``std / sqrt(dim)`` and renormalised: the text map sees a neighbourhood of each caption, not
+    one point, so an unseen paraphrase nearby lands where its class is."""
+    if std <= 0:
+        return text
+    noise = torch.randn_like(text) * (std / math.sqrt(text.shape[-1]))
+    return F.normalize(text + noise, dim=-1)
+
+
+def text_alignment_loss(unet: UNet, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between each caption's condition vector and its class's, the class
+    embedding held fixed. The denoising loss alone teaches the text path slowly (it shares the
+    condition slot with the labels and only sees ~25 distinct captions per class); this term
+    ties each caption to the condition the network already renders as its class."""
+    if unet.text_proj is None:
+        raise ConfigError("this model was built without text conditioning")
+    target = unet.class_emb(labels).detach()
+    return F.mse_loss(unet.text_proj(text.to(target.dtype)).float(), target.float())
+
+
+def align_text(model: Diffusion, embeddings: torch.Tensor, labels: torch.Tensor, *,
+               steps: int = 2000, batch_size: int = 256, lr: float = 1e-3, noise: float = 0.5,
+               seed: int = 0, progress: bool = True) -> dict:
+    """Fit only the text projection of a trained class- and text-conditional model so that every
+    caption embedding (with ``noise``, see :func:`noisy_embeddings`) maps to the condition vector
+    of its class; the rest of the network is untouched. Returns a record of what was done,
+    including the nearest-class accuracy of the mapped captions before and after (the condition
+    vector of a caption compared with the ten class vectors)."""
+    if not model.cfg.text_conditioning or not model.cfg.num_classes:
+        raise ConfigError("text alignment needs a model trained with classes and text "
+                          "conditioning (num_classes > 0, text_conditioning=true)")
+    if steps < 1 or batch_size < 1 or lr <= 0 or noise < 0:
+        raise ConfigError(f"steps and batch_size must be >= 1, lr > 0 and noise >= 0; got "
+                          f"steps={steps}, batch_size={batch_size}, lr={lr}, noise={noise}")
+    unet = model.unet
+    classes = torch.arange(model.cfg.num_classes)
+
+    @torch.no_grad()
+    def nearest_class_accuracy() -> float:
+        mapped = unet.text_proj(embeddings)
+        dist = torch.cdist(mapped, unet.class_emb(classes))
+        return float((dist.argmin(1) == labels).float().mean())
+
+    before = nearest_class_accuracy()
+    gen = torch.Generator().manual_seed(seed)
+    params = list(unet.text_proj.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    was_training = model.training
+    model.train()
+    iterator = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="text alignment", leave=False)
+    loss = torch.zeros(())
+    for _ in iterator:
+        idx = torch.randint(0, len(embeddings), (batch_size,), generator=gen)
+        noise_draw = torch.randn((batch_size, embeddings.shape[1]), generator=gen)
+        text = F.normalize(embeddings[idx] + noise_draw * (noise / math.sqrt(embeddings.shape[1])),
+                           dim=-1)
+        loss = text_alignment_loss(unet, text, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.train(was_training)
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "noise": noise, "seed": seed,
+            "captions": len(embeddings), "final_loss": round(loss.item(), 6),
+            "nearest_class_accuracy_before": round(before, 4),
+            "nearest_class_accuracy_after": round(nearest_class_accuracy(), 4)}
 
 
 CONFIG_CLASS = DiffusionConfig
@@ -236,22 +339,39 @@ class CaptionedImages:
         return batch
 
 
+def prompt_texts(prompts: list[str], text_encoder: str) -> list[str]:
+    """The strings MiniLM embeds for ``prompts`` under a model's ``text_encoder``."""
+    if text_encoder == "minilm-zh-gloss":
+        from aigc.data.captions import gloss_for_minilm
+
+        return [gloss_for_minilm(p) for p in prompts]
+    return list(prompts)
+
+
+def caption_embeddings(name: str, class_names: list[str], text_encoder: str = "minilm-zh-gloss",
+                       ) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """MiniLM embeddings of the caption bank of a dataset, grouped by class:
+    ``(embeddings (M, 384), labels (M,), bank)``."""
+    from aigc.data.captions import caption_bank
+
+    bank = caption_bank(name, class_names)
+    embeddings = embed_sentences(prompt_texts([caption for caption, _ in bank], text_encoder))
+    labels = torch.tensor([label for _, label in bank])
+    order = torch.argsort(labels, stable=True)
+    return embeddings[order], labels[order], bank
+
+
 def training_data(name: str):
     """Images plus caption embeddings; class and text conditioning on when the data is labelled."""
-    from aigc.data.captions import caption_bank
     from aigc.data.images import image_training_data
-    from aigc.models.pretrained import embed_sentences
 
     train, val, meta, defaults = image_training_data(name)
     if train.labels is None:
         return train, val, meta, defaults
-    bank = caption_bank(name, train.class_names)
-    embeddings = embed_sentences([caption for caption, _ in bank])
-    labels = torch.tensor([label for _, label in bank])
-    order = torch.argsort(labels, stable=True)
-    embeddings, labels = embeddings[order], labels[order]
+    embeddings, labels, bank = caption_embeddings(name, train.class_names)
     meta = {**meta, "captions": len(bank), "caption_example": bank[0][0]}
-    defaults = {**defaults, "num_classes": len(train.class_names), "text_conditioning": True}
+    defaults = {**defaults, "num_classes": len(train.class_names), "text_conditioning": True,
+                "text_encoder": "minilm-zh-gloss"}
     val = CaptionedImages(val, embeddings, labels) if val is not None else None
     return CaptionedImages(train, embeddings, labels), val, meta, defaults
 

@@ -73,6 +73,15 @@ def embed_sentences(texts: list[str], *, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(out) if out else torch.empty(0, MINILM_DIM)
 
 
+def minilm_unknown_characters(text: str) -> set[str]:
+    """Characters of ``text`` that MiniLM's WordPiece vocabulary cannot read (they become
+    ``[UNK]``): most Chinese characters, since all-MiniLM-L6-v2 is an English model."""
+    tokenizer, _ = _minilm()
+    vocab = tokenizer.get_vocab()
+    return {c for c in text if not c.isspace() and c.lower() not in vocab
+            and f"##{c.lower()}" not in vocab}
+
+
 # ------------------------------------------------------------------------------ SmolLM2 chat
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
