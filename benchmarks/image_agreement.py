@@ -70,7 +70,6 @@ def _prompt_sets(data: str, class_names: list[str]) -> dict[str, list[list[str]]
 def main() -> None:
     from aigc.cli.sample import resolve_model
     from aigc.models import model_from_checkpoint
-    from aigc.models.pretrained import embed_sentences
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -110,7 +109,7 @@ def main() -> None:
             hits = total = 0
             for k, group in enumerate(prompts):
                 for j, prompt in enumerate(group):
-                    text = embed_sentences([prompt]).repeat(args.n_per_prompt, 1)
+                    text = model.embed_prompts([prompt]).repeat(args.n_per_prompt, 1)
                     images = draw(args.n_per_prompt, args.seed + 100 * k + j, text=text)
                     hits += int((predict(classifier, images) == k).sum())
                     total += args.n_per_prompt

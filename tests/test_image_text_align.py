@@ -10,8 +10,13 @@ from aigc.config import config_to_dict
 from aigc.data.captions import gloss_for_minilm
 from aigc.errors import ConfigError
 from aigc.models import model_from_checkpoint
-from aigc.models.diffusion import (Diffusion, DiffusionConfig, align_text, noisy_embeddings,
-                                   text_alignment_loss)
+from aigc.models.diffusion import (
+    Diffusion,
+    DiffusionConfig,
+    align_text,
+    noisy_embeddings,
+    text_alignment_loss,
+)
 
 TINY = dict(image_size=8, channels=(4, 8), attention_levels=(1,), num_train_timesteps=20,
             num_classes=3, text_conditioning=True)

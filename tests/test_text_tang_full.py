@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from aigc.data.text import (VERSE_FORMS, chinese_poetry_dir, is_regulated_verse, load_corpus,
-                            poem_body, verse_form)
+from aigc.data.text import (
+    VERSE_FORMS,
+    chinese_poetry_dir,
+    is_regulated_verse,
+    load_corpus,
+    poem_body,
+    verse_form,
+)
 from aigc.errors import DataError
 
 QUATRAIN = "白日依山盡，黃河入海流。\n欲窮千里目，更上一層樓。"
