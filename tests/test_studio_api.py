@@ -313,9 +313,51 @@ def test_health_metrics_and_openapi(client):
     assert client.get("/").status_code == 200
 
 
+def _chunks(body: bytes, size: int = 65536):
+    """A body httpx sends with ``Transfer-Encoding: chunked`` (a generator has no length)."""
+    for i in range(0, len(body), size):
+        yield body[i : i + size]
+
+
 def test_body_size_limit(client):
     big = {"kind": "text", "prompt": "x" * (2 << 20)}
     _error(client.post("/api/jobs", json=big), 413, "body_too_large")
+
+
+@pytest.mark.parametrize("path", ["/api/jobs", "/v1/chat/completions",
+                                  "/v1/images/generations"])
+def test_body_size_limit_counts_chunked_bodies(client, path):
+    from aigc.studio.auth import MAX_BODY_BYTES
+
+    big = json.dumps({"prompt": "x" * (MAX_BODY_BYTES + 10)}).encode()
+    _error(client.post(path, content=_chunks(big), headers={"Content-Type": "application/json"}),
+           413, "body_too_large")
+    # A small chunked body is read whole and served as usual.
+    small = {"/api/jobs": {"kind": "image", "n": 1, "seed": 1},
+             "/v1/chat/completions": {"model": "ngram-char-6", "max_tokens": 4,
+                                      "messages": [{"role": "user", "content": "hi"}]},
+             "/v1/images/generations": {"prompt": "x", "n": 1}}[path]
+    r = client.post(path, content=_chunks(json.dumps(small).encode(), 7),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code in (200, 202), r.text
+
+
+def test_body_size_limit_chunked_over_real_http(tmp_path):
+    """Through uvicorn's HTTP parser: a chunked body over the limit is 413, not 500."""
+    import httpx
+    from studio_fixtures import live_server
+
+    from aigc.studio.auth import MAX_BODY_BYTES
+
+    big = json.dumps({"kind": "text", "prompt": "x" * (MAX_BODY_BYTES + 10)}).encode()
+    with live_server(make_settings(tmp_path)) as base:
+        for path in ("/api/jobs", "/v1/completions"):
+            try:
+                r = httpx.post(base + path, content=_chunks(big),
+                               headers={"Content-Type": "application/json"}, timeout=30)
+            except httpx.HTTPError as exc:  # the server may close before the upload ends
+                raise AssertionError(f"{path}: no answer ({exc!r})") from None
+            _error(r, 413, "body_too_large")
 
 
 def test_cancelled_running_job_writes_nothing(tmp_path):
