@@ -129,9 +129,10 @@ def test_cancel_and_retry(tmp_path):
     ({"n": 0}, 422, "image.n"),
     ({"n": 17}, 422, "image.n"),
     ({"prompt": "x" * 2001}, 422, "image.prompt"),
-    ({"steps": 10}, 400, None),  # the VAE has no sampler steps
-    ({"sampler": "ddim"}, 400, None),
-    ({"label": 3}, 400, None),  # the VAE is unconditional
+    ({"steps": 10}, 400, "steps"),  # the VAE has no sampler steps
+    ({"sampler": "ddim"}, 400, "sampler"),
+    ({"label": 3}, 400, "label"),  # the VAE is unconditional
+    ({"prompt": "a cat"}, 400, "prompt"),  # ... and takes no prompt
     ({"size": 4}, 422, "image.size"),
     ({"size": 2048}, 422, "image.size"),
     ({"bogus": 1}, 422, "image.bogus"),
@@ -210,7 +211,7 @@ def test_non_loopback_bind_refused_without_keys(tmp_path):
 
 
 def test_ratings_comparisons_filters_and_search(client):
-    job = _image_job(client, n=2, seed=100, prompt="a small cat")
+    job = _image_job(client, n=2, seed=100)
     a, b = job["items"]
     _error(client.post(f"/api/items/{a}/ratings", json={"stars": 6}), 422)
     _error(client.post(f"/api/items/{a}/ratings", json={"stars": 0}), 422)
@@ -228,7 +229,11 @@ def test_ratings_comparisons_filters_and_search(client):
     _error(client.post("/api/comparisons", json={"a": a, "b": "zz", "winner": "a"}), 404)
     pair = client.get("/api/comparisons/pair").json()["items"]
     assert {p["id"] for p in pair} == {a, b}
-    assert {i["id"] for i in client.get("/api/search?q=small cat").json()["items"]} == {a, b}
+    text = wait_job(client, client.post("/api/jobs", json={
+        "kind": "text", "prompt": "a small cat", "max_tokens": 5, "seed": 1}).json()["id"])
+    assert [i["id"] for i in client.get("/api/search?q=small cat").json()["items"]] == \
+        text["items"]
+    assert {i["id"] for i in client.get("/api/search?q=tiny-vae").json()["items"]} == {a, b}
     assert client.get("/api/search?q=dog").json()["items"] == []
     assert {i["id"] for i in client.get("/api/items?seed=101").json()["items"]} == {b}
 
@@ -399,3 +404,23 @@ def test_extra_text_backend_plugs_in_first(tmp_path):
         job = wait_job(client, client.post("/api/jobs", json={
             "kind": "text", "prompt": "the ", "max_tokens": 20, "temperature": 0}).json()["id"])
         assert job["model"] == "other-lm" and job["result"]["text"] == "mat. the mat. the ma"  # greedy; ties -> larger char
+
+
+def test_models_without_text_conditioning_record_no_prompt(client):
+    """/api refuses a prompt (above); /v1 needs one by protocol, so it is neither used nor
+    recorded, and revised_prompt says nothing conditioned the images."""
+    details = {m["id"]: m["details"] for m in client.get("/api/models").json()["models"]}
+    assert details["tiny-vae"]["conditioning"] == "none"
+    err = _error(client.post("/api/jobs", json={"kind": "image", "prompt": "a cat"}), 400,
+                 "unsupported_parameter")
+    assert err["param"] == "prompt" and "takes no prompt" in err["message"]
+    r = client.post("/v1/images/generations", json={"prompt": "a cat", "n": 2, "seed": 5})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["revised_prompt"] for d in data] == ["", ""]
+    for d in data:
+        item = client.get(f"/api/items/{d['item_id']}").json()
+        assert item["prompt"] is None and item["record"]["prompt"] is None
+        png = Image.open(io.BytesIO(client.get(item["url"]).content))
+        assert json.loads(png.text["aigc"])["prompt"] is None
+    assert client.get("/api/search?q=a cat").json()["items"] == []

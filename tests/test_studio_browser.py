@@ -60,7 +60,8 @@ def test_browser_generate_gallery_rate_chat(tmp_path):
         page.select_option("#img-model", model)
         page.fill("#img-seed", "42")
         page.fill("#img-n", "8")
-        page.fill("#img-prompt", "a handwritten digit")
+        # The VAE takes no prompt: the prompt box is hidden and a note says why.
+        assert not page.is_visible("#img-prompt") and page.is_visible("#prompt-note")
         page.click("#gen-button")
         page.wait_for_function("document.querySelectorAll('#results .card img').length == 8")
         page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")

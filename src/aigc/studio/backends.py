@@ -62,6 +62,14 @@ class JobCancelled(Exception):
     """Raised from a progress callback to stop a generation whose job was cancelled."""
 
 
+class UnsupportedParameter(ValueError):
+    """A request parameter the model cannot use; ``param`` names it."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
 # ------------------------------------------------------------------------------ images
 
 
@@ -152,23 +160,36 @@ class ImageBackend:
         }
 
     def check(self, settings: ImageSettings, spec: ImageSpec) -> None:
-        """Raise ``ValueError`` naming a setting this model cannot use."""
+        """Raise :class:`UnsupportedParameter` naming a setting this model cannot use.
+
+        What is refused follows what :meth:`describe` reports: a ``prompt`` unless
+        ``conditioning`` is ``"text"``, a ``label`` unless it is ``"class"``, ``steps`` /
+        ``guidance`` unless those are true, a ``sampler`` not in ``samplers``.
+        """
+        if spec.prompt is not None and self.conditioning != "text":
+            hint = ("; pick a class with 'label'" if self.conditioning == "class" else
+                    "; it draws unconditional samples: drop 'prompt'")
+            raise UnsupportedParameter(
+                "prompt", f"model {self.name!r} ({self.family}) takes no prompt (conditioning: "
+                f"{self.conditioning}){hint}")
         if spec.label is not None:
             if self.conditioning != "class":
-                raise ValueError(f"model {self.name!r} is not class-conditional; drop 'label'")
+                raise UnsupportedParameter(
+                    "label", f"model {self.name!r} is not class-conditional; drop 'label'")
             if not 0 <= spec.label < max(1, len(self.class_names)):
-                raise ValueError(f"label must be in 0..{len(self.class_names) - 1}, "
-                                 f"got {spec.label}")
+                raise UnsupportedParameter("label", f"label must be in 0..{len(self.class_names) - 1}, "
+                                           f"got {spec.label}")
         if settings.steps is not None and not self.has_steps:
-            raise ValueError(f"model {self.name!r} ({self.family}) has no sampler steps; "
-                             "drop 'steps'")
+            raise UnsupportedParameter("steps", f"model {self.name!r} ({self.family}) has no "
+                                       "sampler steps; drop 'steps'")
         if settings.guidance is not None and "guidance" not in self._accepts:
-            raise ValueError(f"model {self.name!r} ({self.family}) has no guidance; "
-                             "drop 'guidance'")
+            raise UnsupportedParameter("guidance", f"model {self.name!r} ({self.family}) has no "
+                                       "guidance; drop 'guidance'")
         if settings.sampler is not None and settings.sampler not in self.samplers:
             allowed = ", ".join(self.samplers) or "none (this model has no samplers)"
-            raise ValueError(f"sampler {settings.sampler!r} is not offered by {self.name!r}; "
-                             f"allowed: {allowed}")
+            raise UnsupportedParameter(
+                "sampler", f"sampler {settings.sampler!r} is not offered by {self.name!r}; "
+                f"allowed: {allowed}")
 
     def _kwargs(self, settings: ImageSettings, specs: list[ImageSpec],
                 progress: Callable[[float], None] | None) -> dict[str, Any]:

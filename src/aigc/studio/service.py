@@ -15,7 +15,13 @@ from typing import Any
 from fastapi import Depends, Request
 
 from aigc.studio.auth import key_matches
-from aigc.studio.backends import ImageBackend, ImageSettings, ImageSpec, TextBackend
+from aigc.studio.backends import (
+    ImageBackend,
+    ImageSettings,
+    ImageSpec,
+    TextBackend,
+    UnsupportedParameter,
+)
 from aigc.studio.jobs import JobRunner
 from aigc.studio.schemas import MAX_N, MAX_SIZE, ImageJobRequest, TextJobRequest
 from aigc.studio.store import Store
@@ -127,8 +133,9 @@ class Studio:
         settings = ImageSettings(req.temperature, req.steps, req.guidance, req.sampler)
         try:
             backend.check(settings, ImageSpec(seed=0, label=req.label, prompt=req.prompt))
-        except ValueError as exc:
-            raise ApiError(400, str(exc), code="unsupported_parameter") from None
+        except UnsupportedParameter as exc:
+            raise ApiError(400, str(exc), code="unsupported_parameter",
+                           param=exc.param) from None
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1 - MAX_N)
         cost = (req.steps or 1) * size * size * req.n / self.settings.max_image_cost
         self._admit(cost, "image")

@@ -6,7 +6,7 @@ const I18N = {
   zh: {
     tab_image: "图像", tab_text: "文本", tab_gallery: "作品库", tab_compare: "比较",
     api_docs: "API 文档", api_key: "API 密钥", save: "保存", model: "模型", class: "类别",
-    prompt: "提示词", prompt_caption: "该模型为无条件模型：提示词仅作为说明保存。", seed: "随机种子",
+    prompt: "提示词", prompt_caption: "该模型不接受提示词（训练时没有文本条件）。", seed: "随机种子",
     n: "数量", steps: "步数", sampler: "采样器", guidance: "引导强度", temperature: "温度",
     generate: "生成", mode: "模式", chat: "对话", completion: "续写", max_tokens: "最大长度",
     send: "发送", clear: "清空", all_kinds: "全部类型", images: "图像", texts: "文本",
@@ -87,7 +87,9 @@ function onImageModel() {
     (d.batching ? ` · ${t("batching", "batching")}` : "");
   $("row-class").hidden = d.conditioning !== "class";
   $("img-class").replaceChildren(...(d.class_names || []).map((c, i) => el("option", { value: i, text: c })));
-  $("prompt-note").hidden = d.conditioning !== "none";
+  // Only a text-conditional model reads a prompt (the server refuses one for the others).
+  $("row-prompt").hidden = d.conditioning !== "text";
+  $("prompt-note").hidden = d.conditioning === "text";
   $("img-steps").disabled = !d.steps;
   $("img-guidance").disabled = !d.guidance;
   $("img-sampler").disabled = !(d.samplers || []).length;
@@ -104,7 +106,8 @@ async function generateImages(ev) {
   if (ev) ev.preventDefault();
   const m = MODELS.find((x) => x.id === $("img-model").value);
   const body = { kind: "image", model: $("img-model").value, n: num("img-n") || 1, seed: num("img-seed"),
-    temperature: num("img-temp") ?? 1, prompt: $("img-prompt").value || null };
+    temperature: num("img-temp") ?? 1 };
+  if (m && m.details.conditioning === "text") body.prompt = $("img-prompt").value || null;
   if (m && m.details.conditioning === "class") body.label = Number($("img-class").value);
   if (!$("img-steps").disabled && num("img-steps")) body.steps = num("img-steps");
   if (!$("img-guidance").disabled && num("img-guidance") != null) body.guidance = num("img-guidance");
