@@ -13,9 +13,10 @@ draws them in one call of the backend. Results are committed per job, in one tra
 its ``done`` status, so a job killed half-way leaves nothing behind and simply runs again after a
 restart.
 
-Requests that wait for their job (``/v1/...``, streaming chat) register a :class:`Channel`
-*before* the job is inserted; the worker pushes progress, text pieces and the final state to it
-through ``loop.call_soon_threadsafe``.
+Requests that follow a job (``/v1/...``, streaming chat, ``GET /api/jobs/{id}/events``) register
+a :class:`Channel` *before* the job is inserted or read; the worker pushes the start, progress,
+text pieces and the final state to every channel of the job through
+``loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ log = logging.getLogger("aigc.studio")
 
 
 class Channel:
-    """Events of one job for an asyncio consumer: ``("progress", float)``, ``("piece", str)``,
-    then exactly one of ``("done", job)``, ``("failed", message)``, ``("cancelled", None)``."""
+    """Events of one job for an asyncio consumer: ``("running", None)`` when a worker claims
+    it, ``("progress", float)``, ``("piece", str)``, then exactly one of ``("done", job)``,
+    ``("failed", message)``, ``("cancelled", None)``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -101,11 +103,12 @@ class JobRunner:
         self._stop = threading.Event()
         self._wake = {"image": threading.Event(), "text": threading.Event()}
         self._threads: list[threading.Thread] = []
-        self._channels: dict[str, Channel] = {}
+        self._channels: dict[str, list[Channel]] = {}  # job id -> its followers
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        self._stop.clear()
         self.stats.recovered = self.store.recover()
         if self.stats.recovered:
             log.warning("studio: %d job(s) were running when the server stopped; re-queued",
@@ -139,19 +142,24 @@ class JobRunner:
 
     # --------------------------------------------------------------------- channels
     def open_channel(self, job_id: str, loop: asyncio.AbstractEventLoop) -> Channel:
+        """A new channel for the events of ``job_id`` (a job may have several followers)."""
         ch = Channel(loop)
         with self._lock:
-            self._channels[job_id] = ch
+            self._channels.setdefault(job_id, []).append(ch)
         return ch
 
-    def close_channel(self, job_id: str) -> None:
+    def close_channel(self, job_id: str, channel: Channel) -> None:
         with self._lock:
-            self._channels.pop(job_id, None)
+            followers = self._channels.get(job_id, [])
+            if channel in followers:
+                followers.remove(channel)
+            if not followers:
+                self._channels.pop(job_id, None)
 
     def _push(self, job_id: str, event: str, value: Any) -> None:
         with self._lock:
-            ch = self._channels.get(job_id)
-        if ch is not None:
+            followers = list(self._channels.get(job_id, ()))
+        for ch in followers:
             ch.push(event, value)
 
     def cancel(self, job_id: str) -> str | None:
@@ -181,6 +189,8 @@ class JobRunner:
             batch = self._pick_batch(queued)
             won = set(self.store.claim_many([j["id"] for j in batch]))
             claimed = [j for j in batch if j["id"] in won]
+            for job in claimed:
+                self._push(job["id"], "running", None)
             if claimed:
                 self._run_image_batch(claimed)
 
@@ -290,6 +300,7 @@ class JobRunner:
                 continue
             job = queued[0]
             if self.store.claim(job["id"]):
+                self._push(job["id"], "running", None)
                 self._run_text(job)
 
     def _run_text(self, job: dict[str, Any]) -> None:
@@ -313,7 +324,9 @@ class JobRunner:
                     last = now
                     if self._is_cancelled(job["id"]):
                         return
-                    self.store.set_progress(job["id"], stream.completion_tokens / p["max_tokens"])
+                    fraction = stream.completion_tokens / p["max_tokens"]
+                    self.store.set_progress(job["id"], fraction)
+                    self._push(job["id"], "progress", fraction)
         except Exception as exc:
             log.error("text job failed:\n%s", traceback.format_exc())
             self._fail(job, f"{type(exc).__name__}: {exc}")

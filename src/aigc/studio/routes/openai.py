@@ -63,7 +63,7 @@ async def _events(studio: Studio, enqueue: Callable[[str], dict]) -> AsyncIterat
             if event in ("done", "failed", "cancelled"):
                 return
     finally:
-        studio.runner.close_channel(job_id)
+        studio.runner.close_channel(job_id, ch)
 
 
 async def _finish(studio: Studio, enqueue: Callable[[str], dict]) -> dict:

@@ -116,7 +116,7 @@ async function generateImages(ev) {
   $("progress-bar").style.width = "0";
   try {
     const job = await api("/api/jobs", { method: "POST", body: JSON.stringify(body) });
-    const done = await followJob(job.id);
+    const done = await followJob(job);
     const items = await Promise.all(done.items.map((id) => api("/api/items/" + id)));
     $("results").replaceChildren(...items.map((it) => card(it, () => { showTab("gallery"); showDetail(it.id); })));
   } catch (e) {
@@ -125,11 +125,38 @@ async function generateImages(ev) {
     $("gen-button").disabled = false;
   }
 }
-async function followJob(id) {
+function showJob(job) {
+  $("progress-bar").style.width = Math.round(job.progress * 100) + "%";
+  $("job-status").textContent = `${t(job.status, job.status)} · job ${job.id.slice(0, 8)}` +
+    (job.params ? ` · seed ${job.params.seed}` : "");
+}
+// Live progress from the server's event stream (GET /api/jobs/{id}/events); polling when
+// EventSource is missing or fails (e.g. the server needs an API key, which EventSource
+// cannot send).
+function followJob(job) {
+  const settle = (j, resolve, reject) => {
+    if (j.status === "done") resolve(j);
+    else reject(new Error(j.error || t(j.status, j.status)));
+  };
+  if (!window.EventSource || localStorage.getItem("aigc-key")) return pollJob(job.id);
+  return new Promise((resolve, reject) => {
+    const es = new EventSource(`/api/jobs/${job.id}/events`);
+    let last = null;
+    es.onmessage = (m) => {
+      last = JSON.parse(m.data);
+      showJob({ ...last, params: job.params });
+      if (["done", "failed", "cancelled"].includes(last.status)) { es.close(); settle(last, resolve, reject); }
+    };
+    es.onerror = () => {  // also fired when the stream drops before a terminal state
+      es.close();
+      pollJob(job.id).then(resolve, reject);
+    };
+  });
+}
+async function pollJob(id) {
   for (;;) {
     const job = await api("/api/jobs/" + id);
-    $("progress-bar").style.width = Math.round(job.progress * 100) + "%";
-    $("job-status").textContent = `${t(job.status, job.status)} · job ${id.slice(0, 8)} · seed ${job.params.seed}`;
+    showJob(job);
     if (job.status === "done") return job;
     if (job.status === "failed" || job.status === "cancelled") throw new Error(job.error || job.status);
     await new Promise((r) => setTimeout(r, 150));
