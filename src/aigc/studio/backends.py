@@ -27,9 +27,12 @@ family's ``sample`` signature accepts them, these keyword arguments:
                :class:`JobCancelled` to stop the loop
 =============  ================================================================================
 
-A family batches across requests when it offers ``initial_noise(n, generator)`` (its x_T or z,
-drawn on CPU) and ``sample(..., noise=x)``: the backend then draws the noise per image and runs
-the network once for the batch. Families without it are served one image at a time.
+A family batches across requests when ``sample(n, generator=[g_1, ..., g_n])`` draws image i
+from generator i alone (it says so with ``per_image_generators = True``; the diffusion family
+does, for its x_T and any sampler noise), or when it offers ``initial_noise(n, generator)`` (its
+x_T or z, drawn on CPU) and ``sample(..., noise=x)``: the backend then runs the network once for
+the batch. Families without either are served one image at a time. ``progress``, when a family
+accepts it, is the callable described above.
 
 **Text backends** implement :class:`TextBackend`: ``stream(...)`` returns a :class:`TextStream`,
 an iterator of text pieces that also counts tokens and records why it stopped. The real GPT and
@@ -141,10 +144,11 @@ class ImageBackend:
         self._latent = (hasattr(model, "decode") and cfg is not None
                         and hasattr(cfg, "latent_dim"))
         self._noise = hasattr(model, "initial_noise") and "noise" in self._accepts
+        self._per_image = bool(getattr(model, "per_image_generators", False))
 
     @property
     def batches(self) -> bool:
-        return self._latent or self._noise
+        return self._latent or self._noise or self._per_image
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -219,6 +223,8 @@ class ImageBackend:
                 progress(0.5)
             return self.model.decode(z * settings.temperature)
         kw = self._kwargs(settings, specs, progress)
+        if self._per_image:
+            return self.model.sample(len(specs), generator=gens, **kw)
         if self._noise:
             noise = torch.cat([self.model.initial_noise(1, g) for g in gens])
             return self.model.sample(len(specs), generator=gens[0], noise=noise, **kw)

@@ -85,6 +85,12 @@ def image_specs(params: dict[str, Any]) -> list[ImageSpec]:
                       prompt=params.get("prompt")) for i in range(int(params["n"]))]
 
 
+def _batch_key(job: dict[str, Any]) -> tuple:
+    """Jobs with equal keys are drawn in one batch: same model and settings, and either all
+    with a class label or all without (a batch passes labels for every image or for none)."""
+    return (job["model"], image_settings(job["params"]), job["params"].get("label") is None)
+
+
 class JobRunner:
     """Owns the worker threads. ``start()`` in the app's lifespan, ``stop()`` at shutdown."""
 
@@ -182,10 +188,10 @@ class JobRunner:
                 continue
             if self.batching and self.batch_wait_s > 0 and \
                     sum(int(j["params"]["n"]) for j in queued) < self.max_batch_images:
-                # Requests of concurrent clients arrive a few ms apart: wait a moment so that
-                # they join this batch instead of the next one.
-                self._stop.wait(self.batch_wait_s)
-                queued = self.store.queued_jobs("image", limit=256) or queued
+                # Requests of concurrent clients arrive a few ms apart: wait while they keep
+                # coming, so that they join this batch instead of the next one.
+                if self._gather():
+                    queued = self.store.queued_jobs("image", limit=256) or queued
             batch = self._pick_batch(queued)
             won = set(self.store.claim_many([j["id"] for j in batch]))
             claimed = [j for j in batch if j["id"] in won]
@@ -194,15 +200,32 @@ class JobRunner:
             if claimed:
                 self._run_image_batch(claimed)
 
+    def _gather(self) -> bool:
+        """Wait while new image jobs keep arriving: until none came for ``quiet`` seconds (a
+        quarter of ``batch_wait_s``) or ``batch_wait_s`` has passed. No database reads: every
+        enqueue sets the wake event. True when at least one job arrived meanwhile."""
+        quiet = self.batch_wait_s / 4
+        deadline = time.perf_counter() + self.batch_wait_s
+        arrived = False
+        while not self._stop.is_set():
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            self._wake["image"].clear()
+            if not self._wake["image"].wait(min(quiet, left)):
+                break
+            arrived = True
+        return arrived
+
     def _pick_batch(self, queued: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = queued[0]
         if not self.batching:
             return [first]
-        key = (first["model"], image_settings(first["params"]))
         batch, n = [first], int(first["params"]["n"])
+        key = _batch_key(first)
         for job in queued[1:]:
             size = int(job["params"]["n"])
-            if (job["model"], image_settings(job["params"])) == key:
+            if _batch_key(job) == key:
                 if n + size > self.max_batch_images:
                     break
                 batch.append(job)
@@ -224,14 +247,17 @@ class JobRunner:
 
         last = [t0]  # progress is written at most every 0.2 s: a fast batch writes none
 
+        ids = [job["id"] for job in jobs]
+
         def progress(fraction: float) -> None:
             now = time.perf_counter()
             if now - last[0] > 0.2 or fraction >= 1:
                 last[0] = now
-                for job in jobs:
-                    self.store.set_progress(job["id"], min(fraction, 0.99))
-                    self._push(job["id"], "progress", fraction)
-                if all(self._is_cancelled(j["id"]) for j in jobs):
+                self.store.set_progress_many(ids, min(fraction, 0.99))  # one statement a batch
+                for job_id in ids:
+                    self._push(job_id, "progress", fraction)
+                statuses = self.store.statuses(ids)
+                if all(statuses.get(i, "cancelled") == "cancelled" for i in ids):
                     raise JobCancelled
 
         try:
