@@ -190,8 +190,8 @@ class JobRunner:
                     sum(int(j["params"]["n"]) for j in queued) < self.max_batch_images:
                 # Requests of concurrent clients arrive a few ms apart: wait while they keep
                 # coming, so that they join this batch instead of the next one.
-                if self._gather():
-                    queued = self.store.queued_jobs("image", limit=256) or queued
+                self._gather()
+                queued = self.store.queued_jobs("image", limit=256) or queued
             batch = self._pick_batch(queued)
             won = set(self.store.claim_many([j["id"] for j in batch]))
             claimed = [j for j in batch if j["id"] in won]
@@ -200,13 +200,12 @@ class JobRunner:
             if claimed:
                 self._run_image_batch(claimed)
 
-    def _gather(self) -> bool:
+    def _gather(self) -> None:
         """Wait while new image jobs keep arriving: until none came for ``quiet`` seconds (a
         quarter of ``batch_wait_s``) or ``batch_wait_s`` has passed. No database reads: every
-        enqueue sets the wake event. True when at least one job arrived meanwhile."""
+        enqueue sets the wake event."""
         quiet = self.batch_wait_s / 4
         deadline = time.perf_counter() + self.batch_wait_s
-        arrived = False
         while not self._stop.is_set():
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -214,8 +213,6 @@ class JobRunner:
             self._wake["image"].clear()
             if not self._wake["image"].wait(min(quiet, left)):
                 break
-            arrived = True
-        return arrived
 
     def _pick_batch(self, queued: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = queued[0]
