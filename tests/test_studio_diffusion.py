@@ -90,7 +90,7 @@ def test_studio_batches_diffusion_requests_and_each_matches_its_seed_alone(tmp_p
         details = {m["id"]: m["details"] for m in client.get("/api/models").json()["models"]}
         d = details["tiny-diffusion"]
         assert d["batching"] and d["steps"] and d["conditioning"] == "class"
-        assert d["samplers"] == ["ddpm", "ddim", "dpm-solver++"]
+        assert d["samplers"] == ["ddpm", "ddim", "dpm-solver++"] and d["default_steps"] == 20
         runner = client.app.state.studio.runner
         runner.stop()  # queue everything first, so that the batches are known
         common = {"kind": "image", "model": "tiny-diffusion", "steps": 3, "sampler": "ddpm",
@@ -107,6 +107,10 @@ def test_studio_batches_diffusion_requests_and_each_matches_its_seed_alone(tmp_p
             **common, "seed": 11, "label": 1}).json()["id"])
         alone = _pixels(client, again["items"][0]).astype(int)
         assert np.abs(alone - _pixels(client, done[1]["items"][0])).max() <= 1  # 8-bit rounding
+        # A request without steps is charged the model's default steps (20), not one.
+        cheap = client.post("/api/jobs", json={**common, "seed": 1}).json()
+        default = client.post("/api/jobs", json={**common, "steps": None, "seed": 1}).json()
+        assert default["cost"] == pytest.approx(cheap["cost"] * 20 / 3)
         err = client.post("/api/jobs", json={**common, "prompt": "a one"}).json()["error"]
         assert err["param"] == "prompt" and "label" in err["message"]
 

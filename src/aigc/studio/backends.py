@@ -139,6 +139,9 @@ class ImageBackend:
         self.conditioning = ("text" if "prompt" in self._accepts
                              else "class" if "labels" in self._accepts else "none")
         self.has_steps = "steps" in self._accepts
+        # Sampler steps when a request names none (the family's default), for the cost budget.
+        default = params["steps"].default if self.has_steps else 1
+        self.default_steps = default if isinstance(default, int) else 1
         self.samplers: list[str] = list(getattr(model, "samplers", []) or [])
         self.card = _metric_card(self.path, self.sha256)
         self._latent = (hasattr(model, "decode") and cfg is not None
@@ -156,7 +159,8 @@ class ImageBackend:
             "step": self.ckpt.step, "data": self.ckpt.meta.get("data"),
             "image_size": self.image_size, "channels": self.channels,
             "conditioning": self.conditioning, "class_names": self.class_names,
-            "steps": self.has_steps, "samplers": self.samplers,
+            "steps": self.has_steps, "default_steps": self.default_steps,
+            "samplers": self.samplers,
             "guidance": "guidance" in self._accepts,
             "temperature": "temperature" in self._accepts, "batching": self.batches,
             "model_config": self.ckpt.model_config, "metric_card": self.card,

@@ -139,7 +139,8 @@ class Studio:
             raise ApiError(400, str(exc), code="unsupported_parameter",
                            param=exc.param) from None
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1 - MAX_N)
-        cost = (req.steps or 1) * size * size * req.n / self.settings.max_image_cost
+        steps = req.steps or backend.default_steps
+        cost = steps * size * size * req.n / self.settings.max_image_cost
         self._admit(cost, "image")
         params = {"n": req.n, "seed": seed, "temperature": req.temperature, "label": req.label,
                   "prompt": req.prompt, "steps": req.steps, "guidance": req.guidance,

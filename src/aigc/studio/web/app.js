@@ -6,7 +6,7 @@ const I18N = {
   zh: {
     tab_image: "图像", tab_text: "文本", tab_gallery: "作品库", tab_compare: "比较",
     api_docs: "API 文档", api_key: "API 密钥", save: "保存", model: "模型", class: "类别",
-    prompt: "提示词", prompt_caption: "该模型不接受提示词（训练时没有文本条件）。", seed: "随机种子",
+    prompt: "提示词", prompt_caption: "该模型不接受提示词。", seed: "随机种子",
     n: "数量", steps: "步数", sampler: "采样器", guidance: "引导强度", temperature: "温度",
     generate: "生成", mode: "模式", chat: "对话", completion: "续写", max_tokens: "最大长度",
     send: "发送", clear: "清空", all_kinds: "全部类型", images: "图像", texts: "文本",
