@@ -47,15 +47,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(settings):
-    """Run the app with uvicorn in a thread on a free loopback port; yields the base URL."""
+def live_server(settings, app=None):
+    """Run the app (default: ``create_app(settings)``) with uvicorn in a thread on a free
+    loopback port; yields the base URL."""
     import uvicorn
 
     from aigc.studio.app import create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app or create_app(settings), host="127.0.0.1",
+                                           port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

@@ -129,9 +129,10 @@ def test_cancel_and_retry(tmp_path):
     ({"n": 0}, 422, "image.n"),
     ({"n": 17}, 422, "image.n"),
     ({"prompt": "x" * 2001}, 422, "image.prompt"),
-    ({"steps": 10}, 400, None),  # the VAE has no sampler steps
-    ({"sampler": "ddim"}, 400, None),
-    ({"label": 3}, 400, None),  # the VAE is unconditional
+    ({"steps": 10}, 400, "steps"),  # the VAE has no sampler steps
+    ({"sampler": "ddim"}, 400, "sampler"),
+    ({"label": 3}, 400, "label"),  # the VAE is unconditional
+    ({"prompt": "a cat"}, 400, "prompt"),  # ... and takes no prompt
     ({"size": 4}, 422, "image.size"),
     ({"size": 2048}, 422, "image.size"),
     ({"bogus": 1}, 422, "image.bogus"),
@@ -210,7 +211,7 @@ def test_non_loopback_bind_refused_without_keys(tmp_path):
 
 
 def test_ratings_comparisons_filters_and_search(client):
-    job = _image_job(client, n=2, seed=100, prompt="a small cat")
+    job = _image_job(client, n=2, seed=100)
     a, b = job["items"]
     _error(client.post(f"/api/items/{a}/ratings", json={"stars": 6}), 422)
     _error(client.post(f"/api/items/{a}/ratings", json={"stars": 0}), 422)
@@ -228,7 +229,11 @@ def test_ratings_comparisons_filters_and_search(client):
     _error(client.post("/api/comparisons", json={"a": a, "b": "zz", "winner": "a"}), 404)
     pair = client.get("/api/comparisons/pair").json()["items"]
     assert {p["id"] for p in pair} == {a, b}
-    assert {i["id"] for i in client.get("/api/search?q=small cat").json()["items"]} == {a, b}
+    text = wait_job(client, client.post("/api/jobs", json={
+        "kind": "text", "prompt": "a small cat", "max_tokens": 5, "seed": 1}).json()["id"])
+    assert [i["id"] for i in client.get("/api/search?q=small cat").json()["items"]] == \
+        text["items"]
+    assert {i["id"] for i in client.get("/api/search?q=tiny-vae").json()["items"]} == {a, b}
     assert client.get("/api/search?q=dog").json()["items"] == []
     assert {i["id"] for i in client.get("/api/items?seed=101").json()["items"]} == {b}
 
@@ -313,9 +318,51 @@ def test_health_metrics_and_openapi(client):
     assert client.get("/").status_code == 200
 
 
+def _chunks(body: bytes, size: int = 65536):
+    """A body httpx sends with ``Transfer-Encoding: chunked`` (a generator has no length)."""
+    for i in range(0, len(body), size):
+        yield body[i : i + size]
+
+
 def test_body_size_limit(client):
     big = {"kind": "text", "prompt": "x" * (2 << 20)}
     _error(client.post("/api/jobs", json=big), 413, "body_too_large")
+
+
+@pytest.mark.parametrize("path", ["/api/jobs", "/v1/chat/completions",
+                                  "/v1/images/generations"])
+def test_body_size_limit_counts_chunked_bodies(client, path):
+    from aigc.studio.auth import MAX_BODY_BYTES
+
+    big = json.dumps({"prompt": "x" * (MAX_BODY_BYTES + 10)}).encode()
+    _error(client.post(path, content=_chunks(big), headers={"Content-Type": "application/json"}),
+           413, "body_too_large")
+    # A small chunked body is read whole and served as usual.
+    small = {"/api/jobs": {"kind": "image", "n": 1, "seed": 1},
+             "/v1/chat/completions": {"model": "ngram-char-6", "max_tokens": 4,
+                                      "messages": [{"role": "user", "content": "hi"}]},
+             "/v1/images/generations": {"prompt": "x", "n": 1}}[path]
+    r = client.post(path, content=_chunks(json.dumps(small).encode(), 7),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code in (200, 202), r.text
+
+
+def test_body_size_limit_chunked_over_real_http(tmp_path):
+    """Through uvicorn's HTTP parser: a chunked body over the limit is 413, not 500."""
+    import httpx
+    from studio_fixtures import live_server
+
+    from aigc.studio.auth import MAX_BODY_BYTES
+
+    big = json.dumps({"kind": "text", "prompt": "x" * (MAX_BODY_BYTES + 10)}).encode()
+    with live_server(make_settings(tmp_path)) as base:
+        for path in ("/api/jobs", "/v1/completions"):
+            try:
+                r = httpx.post(base + path, content=_chunks(big),
+                               headers={"Content-Type": "application/json"}, timeout=30)
+            except httpx.HTTPError as exc:  # the server may close before the upload ends
+                raise AssertionError(f"{path}: no answer ({exc!r})") from None
+            _error(r, 413, "body_too_large")
 
 
 def test_cancelled_running_job_writes_nothing(tmp_path):
@@ -357,3 +404,23 @@ def test_extra_text_backend_plugs_in_first(tmp_path):
         job = wait_job(client, client.post("/api/jobs", json={
             "kind": "text", "prompt": "the ", "max_tokens": 20, "temperature": 0}).json()["id"])
         assert job["model"] == "other-lm" and job["result"]["text"] == "mat. the mat. the ma"  # greedy; ties -> larger char
+
+
+def test_models_without_text_conditioning_record_no_prompt(client):
+    """/api refuses a prompt (above); /v1 needs one by protocol, so it is neither used nor
+    recorded, and revised_prompt says nothing conditioned the images."""
+    details = {m["id"]: m["details"] for m in client.get("/api/models").json()["models"]}
+    assert details["tiny-vae"]["conditioning"] == "none"
+    err = _error(client.post("/api/jobs", json={"kind": "image", "prompt": "a cat"}), 400,
+                 "unsupported_parameter")
+    assert err["param"] == "prompt" and "takes no prompt" in err["message"]
+    r = client.post("/v1/images/generations", json={"prompt": "a cat", "n": 2, "seed": 5})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["revised_prompt"] for d in data] == ["", ""]
+    for d in data:
+        item = client.get(f"/api/items/{d['item_id']}").json()
+        assert item["prompt"] is None and item["record"]["prompt"] is None
+        png = Image.open(io.BytesIO(client.get(item["url"]).content))
+        assert json.loads(png.text["aigc"])["prompt"] is None
+    assert client.get("/api/search?q=a cat").json()["items"] == []

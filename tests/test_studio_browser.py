@@ -10,6 +10,7 @@ served too and used for the pictures.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def test_browser_generate_gallery_rate_chat(tmp_path):
         page = browser.new_page(viewport={"width": 1200, "height": 820}, locale="en-US")
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
         page.goto(base + "/")
         page.wait_for_selector(f"#img-model option[value='{model}']", state="attached")
 
@@ -60,11 +63,15 @@ def test_browser_generate_gallery_rate_chat(tmp_path):
         page.select_option("#img-model", model)
         page.fill("#img-seed", "42")
         page.fill("#img-n", "8")
-        page.fill("#img-prompt", "a handwritten digit")
+        # The VAE takes no prompt: the prompt box is hidden and a note says why.
+        assert not page.is_visible("#img-prompt") and page.is_visible("#prompt-note")
         page.click("#gen-button")
         page.wait_for_function("document.querySelectorAll('#results .card img').length == 8")
         page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
         assert "done" in page.inner_text("#job-status")
+        # Live progress came from the job's event stream, not from polling the job.
+        assert any(re.search(r"/api/jobs/[0-9a-f]{32}/events$", u) for u in requests), requests
+        assert not any(re.search(r"/api/jobs/[0-9a-f]{32}$", u) for u in requests), requests
         page.screenshot(path=str(shots / "studio-image.png"))
 
         # 2. Text page: a streamed chat answer, identical to the non-streamed one (same seed).

@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-batching", action="store_true",
                    help="run image jobs one at a time (for comparisons)")
     p.add_argument("--max-batch-images", type=int, default=64, help="images per batch (64)")
-    p.add_argument("--batch-wait-ms", type=float, default=0.0,
-                   help="ms the image worker waits for more requests to batch, 0..100 (default 0)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="at most this many ms the image worker waits for more requests to join "
+                        "a batch, while they keep arriving, 0..100 (default 5)")
     p.add_argument("--max-queue", type=int, default=256, help="queued+running jobs (256)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="another web origin allowed to POST (repeatable)")

@@ -23,6 +23,7 @@ Images are scaled to [-1, 1] inside the model; batches and samples are in [0, 1]
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +34,7 @@ from torch import nn
 from aigc.config import check_positive
 from aigc.errors import ConfigError
 from aigc.models.pretrained import MINILM_DIM, embed_sentences
+from aigc.models.samplers._common import noise_like
 from aigc.models.unet import UNet
 
 
@@ -171,16 +173,31 @@ class Diffusion(nn.Module):
                               "be used (use a class instead, if it has classes)")
         return embed_sentences(prompt_texts(prompts, self.cfg.text_encoder))
 
+    # sample(n, generator=[g_1, ..., g_n]) draws image i from g_i alone, so requests with
+    # different seeds share one batch and still give the images each seed gives alone.
+    per_image_generators = True
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The names ``sample(sampler=...)`` accepts."""
+        from aigc.models.samplers import SAMPLERS
+
+        return tuple(SAMPLERS)
+
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None,
+    def sample(self, n: int, *, generator: torch.Generator | list[torch.Generator] | None = None,
                labels: torch.Tensor | None = None, text: torch.Tensor | None = None,
                prompt: list[str] | None = None,
                sampler: str = "dpm-solver++", steps: int = 20, guidance: float = 3.0,
-               eta: float = 0.0, size: int | None = None, progress: bool = False) -> torch.Tensor:
+               eta: float = 0.0, size: int | None = None,
+               progress: bool | Callable[[float], None] = False) -> torch.Tensor:
         """Draw ``n`` images, ``(n, C, H, W)`` in [0, 1].
 
         Args:
-            generator: the CPU generator for the initial noise and any sampler noise.
+            generator: the CPU generator for the initial noise and any sampler noise; or a list
+                of ``n`` generators, one per image, which makes image i exactly the image
+                ``sample(1, generator=generator[i])`` draws, whatever the batch (the studio
+                batches requests this way).
             labels: ``(n,)`` class labels, or ``None``.
             text: ``(n, 384)`` MiniLM embeddings of prompts, or ``None`` (not with ``labels``).
             prompt: ``n`` prompts (embedded with :meth:`embed_prompts`), instead of ``text``.
@@ -189,6 +206,8 @@ class Diffusion(nn.Module):
             guidance: classifier-free guidance scale w (1: plain conditional, 0: unconditional).
             eta: DDIM's noise level (0 deterministic).
             size: image side (default the trained size; the UNet is fully convolutional).
+            progress: ``True`` for a progress bar; a callable gets the fraction done after
+                each step (it may raise to stop sampling).
         """
         from aigc.models.samplers import make_sampler
 
@@ -220,16 +239,22 @@ class Diffusion(nn.Module):
                                                                           device=device))
         schedule = make_sampler(sampler, self.alphas_cumprod, self.cfg.prediction, eta=eta)
         schedule.set_timesteps(steps)
-        x = torch.randn((n, self.cfg.image_channels, size, size), generator=generator,
-                        dtype=torch.float32).to(device, dtype)  # x_T ~ N(0, I)
+        if isinstance(generator, list) and len(generator) != n:
+            raise ConfigError(f"generator: a list needs one generator per image ({n}), "
+                              f"got {len(generator)}")
+        shape = (n, self.cfg.image_channels, size, size)
+        x = noise_like(torch.empty(shape, device=device, dtype=dtype), generator)  # x_T ~ N(0, I)
         timesteps = schedule.timesteps
-        if progress:
+        report = progress if callable(progress) else None
+        if progress is True:
             from tqdm.auto import tqdm
 
             timesteps = tqdm(timesteps, desc=f"{sampler} {steps} steps", leave=False)
-        for t in timesteps:  # the whole sampling loop: network output -> sampler step
+        for i, t in enumerate(timesteps):  # the whole sampling loop: network output -> step
             out = self._guided(x, t, cond, null, guidance)
             x = schedule.step(out, t, x, generator=generator)
+            if report is not None:
+                report((i + 1) / len(schedule.timesteps))
         return ((x.float() + 1) / 2).clamp(0, 1)
 
 

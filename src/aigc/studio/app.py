@@ -192,7 +192,7 @@ def _openapi(app: FastAPI) -> dict:
     other error statuses each route can answer documented."""
     if app.openapi_schema:
         return app.openapi_schema
-    from aigc.studio.schemas import ErrorResponse
+    from aigc.studio.schemas import ErrorResponse, JobEvent
 
     schema = get_openapi(title=app.title, version=app.version, description=app.description,
                          routes=app.routes)
@@ -201,6 +201,7 @@ def _openapi(app: FastAPI) -> dict:
     for name, sub in err.pop("$defs", {}).items():
         comps[name] = sub
     comps["ErrorResponse"] = err
+    comps["JobEvent"] = JobEvent.model_json_schema()  # the data of /api/jobs/{id}/events
     comps.pop("HTTPValidationError", None)
     comps.pop("ValidationError", None)
     ref = {"content": {"application/json": {"schema": {"$ref":

@@ -9,7 +9,9 @@
   When keys exist, every ``/api`` and ``/v1`` route requires ``Authorization: Bearer KEY``.
 * **Host** (DNS rebinding): on a loopback bind only ``Host: 127.0.0.1|localhost|[::1]`` is
   served, so a page on ``evil.example`` that resolves to 127.0.0.1 gets 403.
-* **Body size**: request bodies over 1 MiB are refused (413) before they are read.
+* **Body size**: request bodies over 1 MiB are refused (413): by their ``Content-Length``
+  before they are read, and, when sent chunked (no length), by counting the bytes as they
+  arrive — reading stops at the first byte over the limit.
 * **Origin** (cross-site requests): a state-changing request (POST/PUT/PATCH/DELETE) that
   carries an ``Origin`` other than the server's own, or ``Sec-Fetch-Site: cross-site``, is
   refused, so a random web page cannot queue jobs. Clients that send no Origin (curl, the
@@ -74,6 +76,11 @@ def error_json(status: int, message: str, type_: str, code: str | None = None,
                                    "code": code}}, status_code=status, headers=headers)
 
 
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    await error_json(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error",
+                     "body_too_large")(scope, receive, send)
+
+
 def _host_name(host_header: str) -> str:
     if host_header.startswith("["):  # [::1]:8000
         return host_header[: host_header.find("]") + 1]
@@ -110,22 +117,39 @@ class SecurityMiddleware:
                 await error_json(403, "cross-site request refused", "permission_error",
                                  "bad_origin")(scope, receive, send)
                 return
-        length = headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            await error_json(413, f"request body over {MAX_BODY_BYTES} bytes",
-                             "invalid_request_error", "body_too_large")(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                await _too_large(scope, receive, send)
+                return
+            await self.app(scope, receive, send)  # the server stops at Content-Length bytes
             return
-        seen = 0
-
-        async def bounded_receive():  # also bounds bodies sent without Content-Length
-            nonlocal seen
+        # No Content-Length (``Transfer-Encoding: chunked``, or no body at all): count the bytes
+        # as they stream in, before any route runs, and answer 413 at the first byte over the
+        # limit; the body read so far (at most MAX_BODY_BYTES) is then replayed to the app.
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
             if seen > MAX_BODY_BYTES:
-                raise ValueError("request body too large")
-            return message
+                await _too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        await self.app(scope, bounded_receive, send)
+        async def replay_receive():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later calls wait for http.disconnect, as usual
+
+        await self.app(scope, replay_receive, send)
 
     def _same_origin(self, origin: str, host: str) -> bool:
         if origin in self.allowed_origins:

@@ -27,9 +27,12 @@ family's ``sample`` signature accepts them, these keyword arguments:
                :class:`JobCancelled` to stop the loop
 =============  ================================================================================
 
-A family batches across requests when it offers ``initial_noise(n, generator)`` (its x_T or z,
-drawn on CPU) and ``sample(..., noise=x)``: the backend then draws the noise per image and runs
-the network once for the batch. Families without it are served one image at a time.
+A family batches across requests when ``sample(n, generator=[g_1, ..., g_n])`` draws image i
+from generator i alone (it says so with ``per_image_generators = True``; the diffusion family
+does, for its x_T and any sampler noise), or when it offers ``initial_noise(n, generator)`` (its
+x_T or z, drawn on CPU) and ``sample(..., noise=x)``: the backend then runs the network once for
+the batch. Families without either are served one image at a time. ``progress``, when a family
+accepts it, is the callable described above.
 
 **Text backends** implement :class:`TextBackend`: ``stream(...)`` returns a :class:`TextStream`,
 an iterator of text pieces that also counts tokens and records why it stopped. The real GPT and
@@ -66,6 +69,14 @@ log = logging.getLogger("aigc.studio")
 
 class JobCancelled(Exception):
     """Raised from a progress callback to stop a generation whose job was cancelled."""
+
+
+class UnsupportedParameter(ValueError):
+    """A request parameter the model cannot use; ``param`` names it."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
 
 
 # ------------------------------------------------------------------------------ images
@@ -131,18 +142,28 @@ class ImageBackend:
         params = inspect.signature(model.sample).parameters
         self._accepts = {k for k in ("labels", "prompt", "steps", "guidance", "sampler",
                                      "progress", "noise", "temperature") if k in params}
-        self.conditioning = ("text" if "prompt" in self._accepts
-                             else "class" if "labels" in self._accepts else "none")
+        # A diffusion model may take a class, a prompt, both (either per request) or neither.
+        self.takes_prompt = "prompt" in self._accepts and bool(
+            getattr(cfg, "text_conditioning", True))
+        self.takes_label = "labels" in self._accepts and bool(
+            self.class_names or getattr(cfg, "num_classes", 0))
+        self.conditioning = ("class+text" if self.takes_prompt and self.takes_label
+                             else "text" if self.takes_prompt
+                             else "class" if self.takes_label else "none")
         self.has_steps = "steps" in self._accepts
+        # Sampler steps when a request names none (the family's default), for the cost budget.
+        default = params["steps"].default if self.has_steps else 1
+        self.default_steps = default if isinstance(default, int) else 1
         self.samplers: list[str] = list(getattr(model, "samplers", []) or [])
         self.card = _metric_card(self.path, self.sha256)
         self._latent = (hasattr(model, "decode") and cfg is not None
                         and hasattr(cfg, "latent_dim"))
         self._noise = hasattr(model, "initial_noise") and "noise" in self._accepts
+        self._per_image = bool(getattr(model, "per_image_generators", False))
 
     @property
     def batches(self) -> bool:
-        return self._latent or self._noise
+        return self._latent or self._noise or self._per_image
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -150,7 +171,8 @@ class ImageBackend:
             "step": self.ckpt.step, "data": self.ckpt.meta.get("data"),
             "image_size": self.image_size, "channels": self.channels,
             "conditioning": self.conditioning, "class_names": self.class_names,
-            "steps": self.has_steps, "samplers": self.samplers,
+            "steps": self.has_steps, "default_steps": self.default_steps,
+            "samplers": self.samplers,
             "guidance": "guidance" in self._accepts,
             "temperature": "temperature" in self._accepts, "batching": self.batches,
             "model_config": self.ckpt.model_config, "metric_card": self.card,
@@ -158,23 +180,38 @@ class ImageBackend:
         }
 
     def check(self, settings: ImageSettings, spec: ImageSpec) -> None:
-        """Raise ``ValueError`` naming a setting this model cannot use."""
+        """Raise :class:`UnsupportedParameter` naming a setting this model cannot use.
+
+        What is refused follows what :meth:`describe` reports: a ``prompt`` unless
+        ``conditioning`` has ``text``, a ``label`` unless it has ``class``, both at once,
+        ``steps`` / ``guidance`` unless those are true, a ``sampler`` not in ``samplers``.
+        """
+        if spec.prompt is not None and not self.takes_prompt:
+            hint = ("; pick a class with 'label'" if self.conditioning == "class" else
+                    "; it draws unconditional samples: drop 'prompt'")
+            raise UnsupportedParameter(
+                "prompt", f"model {self.name!r} ({self.family}) takes no prompt (conditioning: "
+                f"{self.conditioning}){hint}")
+        if spec.prompt is not None and spec.label is not None:
+            raise UnsupportedParameter("prompt", "give a class 'label' or a 'prompt', not both")
         if spec.label is not None:
-            if self.conditioning != "class":
-                raise ValueError(f"model {self.name!r} is not class-conditional; drop 'label'")
+            if not self.takes_label:
+                raise UnsupportedParameter(
+                    "label", f"model {self.name!r} is not class-conditional; drop 'label'")
             if not 0 <= spec.label < max(1, len(self.class_names)):
-                raise ValueError(f"label must be in 0..{len(self.class_names) - 1}, "
-                                 f"got {spec.label}")
+                raise UnsupportedParameter("label", f"label must be in 0..{len(self.class_names) - 1}, "
+                                           f"got {spec.label}")
         if settings.steps is not None and not self.has_steps:
-            raise ValueError(f"model {self.name!r} ({self.family}) has no sampler steps; "
-                             "drop 'steps'")
+            raise UnsupportedParameter("steps", f"model {self.name!r} ({self.family}) has no "
+                                       "sampler steps; drop 'steps'")
         if settings.guidance is not None and "guidance" not in self._accepts:
-            raise ValueError(f"model {self.name!r} ({self.family}) has no guidance; "
-                             "drop 'guidance'")
+            raise UnsupportedParameter("guidance", f"model {self.name!r} ({self.family}) has no "
+                                       "guidance; drop 'guidance'")
         if settings.sampler is not None and settings.sampler not in self.samplers:
             allowed = ", ".join(self.samplers) or "none (this model has no samplers)"
-            raise ValueError(f"sampler {settings.sampler!r} is not offered by {self.name!r}; "
-                             f"allowed: {allowed}")
+            raise UnsupportedParameter(
+                "sampler", f"sampler {settings.sampler!r} is not offered by {self.name!r}; "
+                f"allowed: {allowed}")
 
     def _kwargs(self, settings: ImageSettings, specs: list[ImageSpec],
                 progress: Callable[[float], None] | None) -> dict[str, Any]:
@@ -183,7 +220,7 @@ class ImageBackend:
             kw["temperature"] = settings.temperature
         if "labels" in self._accepts and any(s.label is not None for s in specs):
             kw["labels"] = torch.tensor([s.label or 0 for s in specs], dtype=torch.long)
-        if "prompt" in self._accepts:
+        if self.takes_prompt and any(s.prompt is not None for s in specs):
             kw["prompt"] = [s.prompt or "" for s in specs]
         for k in ("steps", "guidance", "sampler"):
             if k in self._accepts and getattr(settings, k) is not None:
@@ -204,6 +241,8 @@ class ImageBackend:
                 progress(0.5)
             return self.model.decode(z * settings.temperature)
         kw = self._kwargs(settings, specs, progress)
+        if self._per_image:
+            return self.model.sample(len(specs), generator=gens, **kw)
         if self._noise:
             noise = torch.cat([self.model.initial_noise(1, g) for g in gens])
             return self.model.sample(len(specs), generator=gens[0], noise=noise, **kw)

@@ -13,9 +13,10 @@ draws them in one call of the backend. Results are committed per job, in one tra
 its ``done`` status, so a job killed half-way leaves nothing behind and simply runs again after a
 restart.
 
-Requests that wait for their job (``/v1/...``, streaming chat) register a :class:`Channel`
-*before* the job is inserted; the worker pushes progress, text pieces and the final state to it
-through ``loop.call_soon_threadsafe``.
+Requests that follow a job (``/v1/...``, streaming chat, ``GET /api/jobs/{id}/events``) register
+a :class:`Channel` *before* the job is inserted or read; the worker pushes the start, progress,
+text pieces and the final state to every channel of the job through
+``loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ log = logging.getLogger("aigc.studio")
 
 
 class Channel:
-    """Events of one job for an asyncio consumer: ``("progress", float)``, ``("piece", str)``,
-    then exactly one of ``("done", job)``, ``("failed", message)``, ``("cancelled", None)``."""
+    """Events of one job for an asyncio consumer: ``("running", None)`` when a worker claims
+    it, ``("progress", float)``, ``("piece", str)``, then exactly one of ``("done", job)``,
+    ``("failed", message)``, ``("cancelled", None)``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -88,6 +90,14 @@ def image_specs(params: dict[str, Any]) -> list[ImageSpec]:
                       prompt=params.get("prompt")) for i in range(int(params["n"]))]
 
 
+def _batch_key(job: dict[str, Any]) -> tuple:
+    """Jobs with equal keys are drawn in one batch: same model and settings, and either all
+    with a class label or all without, all with a prompt or all without (a batch passes labels,
+    or prompts, for every image or for none)."""
+    return (job["model"], image_settings(job["params"]), job["params"].get("label") is None,
+            job["params"].get("prompt") is None)
+
+
 class JobRunner:
     """Owns the worker threads. ``start()`` in the app's lifespan, ``stop()`` at shutdown."""
 
@@ -109,11 +119,12 @@ class JobRunner:
         self._wake = {"image": threading.Event(), "text": threading.Event(),
                       "music": threading.Event()}
         self._threads: list[threading.Thread] = []
-        self._channels: dict[str, Channel] = {}
+        self._channels: dict[str, list[Channel]] = {}  # job id -> its followers
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        self._stop.clear()
         self.stats.recovered = self.store.recover()
         if self.stats.recovered:
             log.warning("studio: %d job(s) were running when the server stopped; re-queued",
@@ -148,19 +159,24 @@ class JobRunner:
 
     # --------------------------------------------------------------------- channels
     def open_channel(self, job_id: str, loop: asyncio.AbstractEventLoop) -> Channel:
+        """A new channel for the events of ``job_id`` (a job may have several followers)."""
         ch = Channel(loop)
         with self._lock:
-            self._channels[job_id] = ch
+            self._channels.setdefault(job_id, []).append(ch)
         return ch
 
-    def close_channel(self, job_id: str) -> None:
+    def close_channel(self, job_id: str, channel: Channel) -> None:
         with self._lock:
-            self._channels.pop(job_id, None)
+            followers = self._channels.get(job_id, [])
+            if channel in followers:
+                followers.remove(channel)
+            if not followers:
+                self._channels.pop(job_id, None)
 
     def _push(self, job_id: str, event: str, value: Any) -> None:
         with self._lock:
-            ch = self._channels.get(job_id)
-        if ch is not None:
+            followers = list(self._channels.get(job_id, ()))
+        for ch in followers:
             ch.push(event, value)
 
     def cancel(self, job_id: str) -> str | None:
@@ -183,25 +199,41 @@ class JobRunner:
                 continue
             if self.batching and self.batch_wait_s > 0 and \
                     sum(int(j["params"]["n"]) for j in queued) < self.max_batch_images:
-                # Requests of concurrent clients arrive a few ms apart: wait a moment so that
-                # they join this batch instead of the next one.
-                self._stop.wait(self.batch_wait_s)
+                # Requests of concurrent clients arrive a few ms apart: wait while they keep
+                # coming, so that they join this batch instead of the next one.
+                self._gather()
                 queued = self.store.queued_jobs("image", limit=256) or queued
             batch = self._pick_batch(queued)
             won = set(self.store.claim_many([j["id"] for j in batch]))
             claimed = [j for j in batch if j["id"] in won]
+            for job in claimed:
+                self._push(job["id"], "running", None)
             if claimed:
                 self._run_image_batch(claimed)
+
+    def _gather(self) -> None:
+        """Wait while new image jobs keep arriving: until none came for ``quiet`` seconds (a
+        quarter of ``batch_wait_s``) or ``batch_wait_s`` has passed. No database reads: every
+        enqueue sets the wake event."""
+        quiet = self.batch_wait_s / 4
+        deadline = time.perf_counter() + self.batch_wait_s
+        while not self._stop.is_set():
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            self._wake["image"].clear()
+            if not self._wake["image"].wait(min(quiet, left)):
+                break
 
     def _pick_batch(self, queued: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = queued[0]
         if not self.batching:
             return [first]
-        key = (first["model"], image_settings(first["params"]))
         batch, n = [first], int(first["params"]["n"])
+        key = _batch_key(first)
         for job in queued[1:]:
             size = int(job["params"]["n"])
-            if (job["model"], image_settings(job["params"])) == key:
+            if _batch_key(job) == key:
                 if n + size > self.max_batch_images:
                     break
                 batch.append(job)
@@ -223,14 +255,17 @@ class JobRunner:
 
         last = [t0]  # progress is written at most every 0.2 s: a fast batch writes none
 
+        ids = [job["id"] for job in jobs]
+
         def progress(fraction: float) -> None:
             now = time.perf_counter()
             if now - last[0] > 0.2 or fraction >= 1:
                 last[0] = now
-                for job in jobs:
-                    self.store.set_progress(job["id"], min(fraction, 0.99))
-                    self._push(job["id"], "progress", fraction)
-                if all(self._is_cancelled(j["id"]) for j in jobs):
+                self.store.set_progress_many(ids, min(fraction, 0.99))  # one statement a batch
+                for job_id in ids:
+                    self._push(job_id, "progress", fraction)
+                statuses = self.store.statuses(ids)
+                if all(statuses.get(i, "cancelled") == "cancelled" for i in ids):
                     raise JobCancelled
 
         try:
@@ -299,6 +334,7 @@ class JobRunner:
                 continue
             job = queued[0]
             if self.store.claim(job["id"]):
+                self._push(job["id"], "running", None)
                 self._run_text(job)
 
     def _run_text(self, job: dict[str, Any]) -> None:
@@ -322,7 +358,9 @@ class JobRunner:
                     last = now
                     if self._is_cancelled(job["id"]):
                         return
-                    self.store.set_progress(job["id"], stream.completion_tokens / p["max_tokens"])
+                    fraction = stream.completion_tokens / p["max_tokens"]
+                    self.store.set_progress(job["id"], fraction)
+                    self._push(job["id"], "progress", fraction)
         except Exception as exc:
             log.error("text job failed:\n%s", traceback.format_exc())
             self._fail(job, f"{type(exc).__name__}: {exc}")

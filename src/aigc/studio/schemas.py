@@ -146,6 +146,16 @@ class JobList(BaseModel):
     jobs: list[Job]
 
 
+class JobEvent(BaseModel):
+    """One server-sent event of ``GET /api/jobs/{id}/events`` (the ``data:`` line, JSON)."""
+
+    id: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float = Field(..., ge=0.0, le=1.0)
+    error: str | None = None
+    items: list[str] = Field(default_factory=list, description="item ids, once done")
+
+
 # ----------------------------------------------------------------------------------- items
 
 

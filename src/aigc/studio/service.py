@@ -22,6 +22,7 @@ from aigc.studio.backends import (
     MusicBackend,
     MusicSpec,
     TextBackend,
+    UnsupportedParameter,
     quarters_per_bar,
 )
 from aigc.studio.jobs import JobRunner
@@ -64,7 +65,9 @@ class StudioSettings:
     max_outstanding: float = 64.0
     max_batch_images: int = 64
     batching: bool = True
-    batch_wait_ms: float = 0.0  # how long the image worker waits for more requests to batch
+    # The image worker waits up to this long for more requests to join a batch, and only while
+    # they keep arriving (it stops after a quarter of it without a new one).
+    batch_wait_ms: float = 5.0
     wait_timeout_s: float = 300.0  # /v1 requests wait this long for their job
 
 
@@ -161,10 +164,12 @@ class Studio:
         settings = ImageSettings(req.temperature, req.steps, req.guidance, req.sampler)
         try:
             backend.check(settings, ImageSpec(seed=0, label=req.label, prompt=req.prompt))
-        except ValueError as exc:
-            raise ApiError(400, str(exc), code="unsupported_parameter") from None
+        except UnsupportedParameter as exc:
+            raise ApiError(400, str(exc), code="unsupported_parameter",
+                           param=exc.param) from None
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1 - MAX_N)
-        cost = (req.steps or 1) * size * size * req.n / self.settings.max_image_cost
+        steps = req.steps or backend.default_steps
+        cost = steps * size * size * req.n / self.settings.max_image_cost
         self._admit(cost, "image")
         params = {"n": req.n, "seed": seed, "temperature": req.temperature, "label": req.label,
                   "prompt": req.prompt, "steps": req.steps, "guidance": req.guidance,
@@ -235,10 +240,13 @@ class Studio:
                            code="invalid_api_key")
 
 
-def get_studio(request: Request) -> Studio:
+# Both dependencies are ``async`` although they do not wait on anything: FastAPI runs a plain
+# ``def`` dependency in its thread pool, a thread hop per dependency on every request.
+async def get_studio(request: Request) -> Studio:
     return request.app.state.studio
 
 
-def require_key(request: Request, studio: Studio = Depends(get_studio)) -> None:
-    """Dependency of every /api and /v1 route: the API key, when keys are configured."""
+async def require_key(request: Request, studio: Studio = Depends(get_studio)) -> None:
+    """Dependency of every /api and /v1 route: the API key, when keys are configured (a few
+    SHA-256 and constant-time compares: fine on the event loop)."""
     studio.check_key(request.headers.get("authorization"))

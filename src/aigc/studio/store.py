@@ -147,6 +147,11 @@ class Store:
         self.files_dir.mkdir(exist_ok=True)
         self.url = url or f"sqlite:///{(self.data_dir / 'studio.db').resolve()}"
         self.engine = self._make_engine(self.url)
+        if not self.engine.dialect.update_returning:
+            from aigc.errors import AigcError
+
+            raise AigcError(f"the studio's database must support UPDATE ... RETURNING (SQLite "
+                            f">= 3.35, PostgreSQL); {self.engine.dialect.name} here does not")
         metadata.create_all(self.engine)
 
     @staticmethod
@@ -254,22 +259,31 @@ class Store:
         return res.rowcount == 1
 
     def claim_many(self, job_ids: list[str]) -> list[str]:
-        """:meth:`claim` for several jobs in one transaction; returns the ids claimed."""
-        now, won = time.time(), []
+        """:meth:`claim` for several jobs in one statement; returns the ids claimed, in order."""
+        if not job_ids:
+            return []
+        stmt = (update(jobs).where(and_(jobs.c.id.in_(job_ids), jobs.c.status == "queued"))
+                .values(status="running", started=time.time(), attempts=jobs.c.attempts + 1,
+                        progress=0.0))
         with self.engine.begin() as conn:
-            for job_id in job_ids:
-                res = conn.execute(
-                    update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "queued"))
-                    .values(status="running", started=now, attempts=jobs.c.attempts + 1,
-                            progress=0.0))
-                if res.rowcount == 1:
-                    won.append(job_id)
-        return won
+            won = _changed_ids(conn, stmt)
+        return [j for j in dict.fromkeys(job_ids) if j in won]  # each id once
 
     def set_progress(self, job_id: str, progress: float) -> None:
+        self.set_progress_many([job_id], progress)
+
+    def set_progress_many(self, job_ids: list[str], progress: float) -> None:
+        """The progress of several running jobs (a batch), in one statement."""
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "running"))
+            conn.execute(update(jobs).where(and_(jobs.c.id.in_(job_ids),
+                                                 jobs.c.status == "running"))
                          .values(progress=float(progress)))
+
+    def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """``{id: status}`` of the jobs that exist among ``job_ids``, in one query."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(jobs.c.id, jobs.c.status)
+                                     .where(jobs.c.id.in_(job_ids))).all())
 
     def finish_job(self, job: dict[str, Any], outputs: list[ItemOut],
                    result: dict[str, Any] | None = None, model_sha256: str = "") -> bool:
@@ -287,25 +301,37 @@ class Store:
         named = [(job, outs, result, [self.put_file(o.data, o.ext) for o in outs])
                  for job, outs, result in done]  # idempotent writes, before the commit
         with self.engine.begin() as conn:
+            # One guarded UPDATE for the jobs without a result (an image batch), one per job with
+            # a result (text); then one multi-row INSERT of the items of the jobs it finished.
+            done_values = {"status": "done", "progress": 1.0, "finished": now, "error": None}
+            plain = [job["id"] for job, _, result, _ in named if result is None]
+            won = set()
+            if plain:
+                won |= _changed_ids(conn, update(jobs).where(
+                    and_(jobs.c.id.in_(plain), jobs.c.status == "running"))
+                    .values(**done_values, result=None))
+            for job, _, result, _ in named:
+                if result is not None:
+                    won |= _changed_ids(conn, update(jobs).where(
+                        and_(jobs.c.id == job["id"], jobs.c.status == "running"))
+                        .values(**done_values, result=result))
+            rows: list[dict[str, Any]] = []
             for job, outputs, result, names in named:
-                res = conn.execute(
-                    update(jobs).where(and_(jobs.c.id == job["id"], jobs.c.status == "running"))
-                    .values(status="done", progress=1.0, finished=now, result=result,
-                            error=None))
-                if res.rowcount != 1:
+                if job["id"] not in won:
                     continue
-                ids: list[str] = []
-                for i, (o, name) in enumerate(zip(outputs, names, strict=True)):
-                    ids.append(new_id())
-                    conn.execute(insert(items).values(
-                        id=ids[-1], job_id=job["id"], index=i, kind=job["kind"],
-                        model=job["model"], model_sha256=model_sha256, file=name,
-                        prompt=o.prompt, seed=o.seed, text=o.text, record=o.record,
-                        created=now))
+                ids = [new_id() for _ in outputs]
+                rows += [{"id": item_id, "job_id": job["id"], "index": i, "kind": job["kind"],
+                          "model": job["model"], "model_sha256": model_sha256, "file": name,
+                          "prompt": o.prompt, "seed": o.seed, "text": o.text,
+                          "record": o.record, "created": now}
+                         for i, (item_id, o, name) in enumerate(zip(ids, outputs, names,
+                                                                    strict=True))]
                 finished.append({**job, "status": "done", "progress": 1.0, "finished": now,
                                  "result": result, "error": None, "items": ids,
                                  "files": names,
                                  "attempts": job.get("attempts", 0) + 1})
+            if rows:
+                conn.execute(insert(items), rows)
         return finished
 
     def fail_job(self, job_id: str, error: str, status: str = "failed") -> None:
@@ -413,6 +439,15 @@ class Store:
     def api_key_hashes(self) -> list[str]:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(select(api_keys.c.sha256))]
+
+
+def _changed_ids(conn, stmt) -> set[str]:
+    """Run a guarded ``UPDATE jobs ... WHERE ... AND status = ...``; the ids it changed.
+
+    ``RETURNING`` tells exactly which rows the guard let through, in the same statement
+    (SQLite >= 3.35 and PostgreSQL have it; checked when the store opens).
+    """
+    return {row[0] for row in conn.execute(stmt.returning(jobs.c.id))}
 
 
 def record_json(record: dict[str, Any]) -> str:

@@ -36,6 +36,15 @@ def x0_and_eps(model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar: float,
     return x0, eps
 
 
-def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise drawn on the CPU (so a seed gives the same images on any device)."""
+def noise_like(x: torch.Tensor,
+               generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU (so a seed gives the same images on any device).
+
+    With a list of generators, one per image, row i is drawn from generator i alone, so an
+    image's noise does not depend on the batch it is drawn in.
+    """
+    if isinstance(generator, list):
+        rows = [torch.randn((1, *x.shape[1:]), generator=g, dtype=torch.float32)
+                for g in generator]
+        return torch.cat(rows).to(x.device, x.dtype)
     return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)

@@ -63,7 +63,7 @@ async def _events(studio: Studio, enqueue: Callable[[str], dict]) -> AsyncIterat
             if event in ("done", "failed", "cancelled"):
                 return
     finally:
-        studio.runner.close_channel(job_id)
+        studio.runner.close_channel(job_id, ch)
 
 
 async def _finish(studio: Studio, enqueue: Callable[[str], dict]) -> dict:
@@ -189,9 +189,10 @@ async def chat_completions(req: OAIChatRequest, studio: Studio = Depends(get_stu
 async def images_generations(req: OAIImageRequest, request: Request,
                              studio: Studio = Depends(get_studio)) -> dict[str, Any]:
     """Generate ``n`` images. ``size`` is square, ``SxS``, from the model's native size to 1024
-    (nearest-neighbour upscale). For a class-conditional model a prompt naming one of its
-    classes selects that class; for an unconditional model the prompt is stored as a caption
-    only (the item's record says ``conditioning: none``)."""
+    (nearest-neighbour upscale). ``prompt`` is required by this API, but only a model whose
+    ``conditioning`` has ``text`` (see ``/api/models``) reads it; for a class-only model
+    a prompt naming one of its classes selects that class; otherwise the prompt is not used and
+    not recorded (the items have ``prompt: null``; ``revised_prompt`` says what was used)."""
     backend = studio.image_backend(req.model)
     size = None
     if req.size:
@@ -201,18 +202,22 @@ async def images_generations(req: OAIImageRequest, request: Request,
                            code="bad_size")
         size = w
     label = None
-    if backend.conditioning == "class" and req.prompt.strip().lower() in \
+    if not backend.takes_prompt and backend.takes_label and req.prompt.strip().lower() in \
             [c.lower() for c in backend.class_names]:
         label = [c.lower() for c in backend.class_names].index(req.prompt.strip().lower())
+    prompt = req.prompt if backend.takes_prompt else None
     job_req = _internal(ImageJobRequest, model=backend.name, n=req.n, seed=req.seed, label=label,
-                        prompt=req.prompt, steps=req.steps, guidance=req.guidance,
+                        prompt=prompt, steps=req.steps, guidance=req.guidance,
                         sampler=req.sampler, temperature=req.temperature, size=size)
     job = await _finish(studio, lambda job_id: studio.enqueue_image(job_req, job_id=job_id))
     base = str(request.base_url).rstrip("/")
     data = []
     seed0 = job["params"]["seed"]
+    # What the model was conditioned on: the prompt, the class it named, or nothing.
+    revised = prompt if prompt is not None else \
+        (backend.class_names[label] if label is not None else "")
     for i, (item_id, name) in enumerate(zip(job["items"], job["files"], strict=True)):
-        entry: dict[str, Any] = {"revised_prompt": None, "seed": seed0 + i, "item_id": item_id}
+        entry: dict[str, Any] = {"revised_prompt": revised, "seed": seed0 + i, "item_id": item_id}
         if req.response_format == "b64_json":
             path = studio.store.file_path(name)
             entry["b64_json"] = base64.b64encode(path.read_bytes()).decode("ascii")

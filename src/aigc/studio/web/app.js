@@ -6,7 +6,7 @@ const I18N = {
   zh: {
     tab_image: "图像", tab_text: "文本", tab_gallery: "作品库", tab_compare: "比较",
     api_docs: "API 文档", api_key: "API 密钥", save: "保存", model: "模型", class: "类别",
-    prompt: "提示词", prompt_caption: "该模型为无条件模型：提示词仅作为说明保存。", seed: "随机种子",
+    prompt: "提示词", prompt_caption: "该模型不接受提示词。", seed: "随机种子",
     n: "数量", steps: "步数", sampler: "采样器", guidance: "引导强度", temperature: "温度",
     generate: "生成", mode: "模式", chat: "对话", completion: "续写", max_tokens: "最大长度",
     send: "发送", clear: "清空", all_kinds: "全部类型", images: "图像", texts: "文本",
@@ -86,9 +86,12 @@ function onImageModel() {
   const d = m.details;
   $("img-model-info").textContent = `${d.family} · ${d.image_size}×${d.image_size} · step ${d.step} · ${d.sha256.slice(0, 12)}` +
     (d.batching ? ` · ${t("batching", "batching")}` : "");
-  $("row-class").hidden = d.conditioning !== "class";
+  const hasClass = (d.conditioning || "").includes("class"), hasText = (d.conditioning || "").includes("text");
+  $("row-class").hidden = !hasClass;
   $("img-class").replaceChildren(...(d.class_names || []).map((c, i) => el("option", { value: i, text: c })));
-  $("prompt-note").hidden = d.conditioning !== "none";
+  // Only a text-conditional model reads a prompt (the server refuses one for the others).
+  $("row-prompt").hidden = !hasText;
+  $("prompt-note").hidden = hasText;
   $("img-steps").disabled = !d.steps;
   $("img-guidance").disabled = !d.guidance;
   $("img-sampler").disabled = !(d.samplers || []).length;
@@ -105,8 +108,12 @@ async function generateImages(ev) {
   if (ev) ev.preventDefault();
   const m = MODELS.find((x) => x.id === $("img-model").value);
   const body = { kind: "image", model: $("img-model").value, n: num("img-n") || 1, seed: num("img-seed"),
-    temperature: num("img-temp") ?? 1, prompt: $("img-prompt").value || null };
-  if (m && m.details.conditioning === "class") body.label = Number($("img-class").value);
+    temperature: num("img-temp") ?? 1 };
+  // A model that takes both reads the prompt when one is typed, else the class.
+  const cond = (m && m.details.conditioning) || "";
+  const prompt = cond.includes("text") ? ($("img-prompt").value.trim() || null) : null;
+  if (prompt) body.prompt = prompt;
+  else if (cond.includes("class")) body.label = Number($("img-class").value);
   if (!$("img-steps").disabled && num("img-steps")) body.steps = num("img-steps");
   if (!$("img-guidance").disabled && num("img-guidance") != null) body.guidance = num("img-guidance");
   if (!$("img-sampler").disabled && $("img-sampler").value) body.sampler = $("img-sampler").value;
@@ -114,7 +121,7 @@ async function generateImages(ev) {
   $("progress-bar").style.width = "0";
   try {
     const job = await api("/api/jobs", { method: "POST", body: JSON.stringify(body) });
-    const done = await followJob(job.id);
+    const done = await followJob(job);
     const items = await Promise.all(done.items.map((id) => api("/api/items/" + id)));
     $("results").replaceChildren(...items.map((it) => card(it, () => { showTab("gallery"); showDetail(it.id); })));
   } catch (e) {
@@ -123,11 +130,38 @@ async function generateImages(ev) {
     $("gen-button").disabled = false;
   }
 }
-async function followJob(id) {
+function showJob(job) {
+  $("progress-bar").style.width = Math.round(job.progress * 100) + "%";
+  $("job-status").textContent = `${t(job.status, job.status)} · job ${job.id.slice(0, 8)}` +
+    (job.params ? ` · seed ${job.params.seed}` : "");
+}
+// Live progress from the server's event stream (GET /api/jobs/{id}/events); polling when
+// EventSource is missing or fails (e.g. the server needs an API key, which EventSource
+// cannot send).
+function followJob(job) {
+  const settle = (j, resolve, reject) => {
+    if (j.status === "done") resolve(j);
+    else reject(new Error(j.error || t(j.status, j.status)));
+  };
+  if (!window.EventSource || localStorage.getItem("aigc-key")) return pollJob(job.id);
+  return new Promise((resolve, reject) => {
+    const es = new EventSource(`/api/jobs/${job.id}/events`);
+    let last = null;
+    es.onmessage = (m) => {
+      last = JSON.parse(m.data);
+      showJob({ ...last, params: job.params });
+      if (["done", "failed", "cancelled"].includes(last.status)) { es.close(); settle(last, resolve, reject); }
+    };
+    es.onerror = () => {  // also fired when the stream drops before a terminal state
+      es.close();
+      pollJob(job.id).then(resolve, reject);
+    };
+  });
+}
+async function pollJob(id) {
   for (;;) {
     const job = await api("/api/jobs/" + id);
-    $("progress-bar").style.width = Math.round(job.progress * 100) + "%";
-    $("job-status").textContent = `${t(job.status, job.status)} · job ${id.slice(0, 8)} · seed ${job.params.seed}`;
+    showJob(job);
     if (job.status === "done") return job;
     if (job.status === "failed" || job.status === "cancelled") throw new Error(job.error || job.status);
     await new Promise((r) => setTimeout(r, 150));
