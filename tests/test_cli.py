@@ -59,6 +59,9 @@ def test_train_sample_reconstruct_eval_info_on_a_folder(folder, tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["seed"] == 3
     # Resume extends the same run; changing the model on resume is refused.
     assert main(["train", "vae", "--out", str(run), "--resume", "--steps", "6", "--no-progress"]) == 0
+    # the same flags (a recipe) given again with --resume are accepted: nothing changes
+    assert main(["train", "vae", "--out", str(run), "--resume", *TINY, "--steps", "7",
+                 "--no-progress"]) == 0
     capsys.readouterr()
     _one_error_line(capsys, ["train", "vae", "--out", str(run), "--resume", "--hidden", "9"],
                     "only --steps and --time-limit-s may change, not hidden")

@@ -57,7 +57,14 @@ def run(args: argparse.Namespace) -> int:
         if folder is None:
             raise ConfigError(f"--resume: {out} has no checkpoint to resume from")
         ckpt = load_checkpoint(folder)
-        extra = set(model_overrides) | (set(train_overrides) - {"steps", "time_limit_s"})
+        def differs(given: dict[str, Any], stored: dict[str, Any] | None) -> set[str]:
+            # A recipe file passed again with --resume is fine: only changed values count.
+            stored = stored or {}
+            return {k for k, v in given.items()
+                    if json.dumps(v, sort_keys=True) != json.dumps(stored.get(k), sort_keys=True)}
+
+        extra = differs(model_overrides, ckpt.model_config) | (
+            differs(train_overrides, ckpt.train_config) - {"steps", "time_limit_s"})
         if extra:
             raise ConfigError(
                 f"--resume takes the configs stored in {folder}; only --steps and --time-limit-s "
