@@ -52,7 +52,8 @@ def _measure_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="card path without suffix (default: RUN/eval/DATA-nN-seedS)")
     p.add_argument("--report", help="also write a self-contained HTML report here")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--kid-subset-size", type=int, help="default min(1000, n)")
+    p.add_argument("--kid-subset-size", type=int, help="KID subset size (default min(1000, n // 2): "
+                   "subsets of all n samples would be identical, std 0)")
     p.add_argument("--no-baseline", action="store_true", help="skip the real-vs-real baseline")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--language", default="en", choices=["en", "zh"], help="text models")
