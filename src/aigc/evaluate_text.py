@@ -302,7 +302,9 @@ def evaluate_language_model(model, tokenizer, corpus, *, n: int = 200, seed: int
             f"{prompt_chars} characters of a held-out piece",
             "reference": "the poem body" if kind == "poem" else
             f"the next {continuation_chars} characters",
-            "max_chars": continuation_chars, "selection": "evenly spaced over the split's "
+            "max_chars": continuation_chars, "prompt_tokens": "<eot> + prompt, its first "
+            "tokens dropped when longer than context_length - 1",
+            "selection": "evenly spaced over the split's "
             "pieces, repeated in order when fewer than n",
             "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                          "repetition_penalty": 1.0, "stop": "end-of-text token"},
@@ -330,6 +332,9 @@ def evaluate_language_model(model, tokenizer, corpus, *, n: int = 200, seed: int
         "BLEU/chrF/ROUGE of sampled continuations against the one true continuation are low "
         "even for genuine text: read them beside the baseline column (real text of the corpus "
         "that ignores the prompt).")
+    card.notes.append(
+        "distinct-n counts invented words as new n-grams: a model that misspells scores above "
+        "real text. Read it together with self-BLEU, chrF and the baseline.")
     card.environment["wall_seconds"] = round(time.perf_counter() - t0, 1)
     samples = [{"i": i, "seed": seed + i, "prompt": p, "reference": r, "text": t}
                for i, (p, r, t) in enumerate(zip(prompts, references, texts, strict=True))]
