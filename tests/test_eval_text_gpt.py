@@ -3,6 +3,7 @@ writes, perplexity windows, parity of perplexity with transformers' GPT-2, poems
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,3 +214,7 @@ def test_text_eval_bad_input(prose_run, tmp_path, capsys):
     assert "stride must be in 1..context_length=32" in capsys.readouterr().err
     assert main(["eval", str(run), "--n", "1"]) == 2
     assert "--n must be >= 2" in capsys.readouterr().err
+    music = Path(__file__).parents[1] / "src/aigc/assets/starters/music-gpt-bach-and-folk.safetensors"
+    if music.is_file():  # music GPTs have their own evaluation
+        assert main(["eval", str(music), "--n", "4"]) == 2
+        assert "aigc music eval" in capsys.readouterr().err

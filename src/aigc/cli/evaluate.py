@@ -137,6 +137,10 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
                                          baseline=baseline, subject=subject, progress=progress)
     n = n or 10000
     if kind != "images":
+        if kind == "music":
+            raise AigcError(f"{ckpt.path} is a music model: measure it with `aigc music eval "
+                            f"{path}` (held-out perplexity and pitch/rhythm statistics beside an "
+                            "n-gram baseline and the held-out corpus)")
         raise AigcError(f"aigc eval does not measure {kind!r} models yet")
     return _evaluate_image_checkpoint(model, ckpt, data=data, split=split, n=n, seed=seed,
                                       ema=ema, features=features, sample_kwargs=sample_kwargs,
