@@ -1,4 +1,5 @@
 """Evaluation runs: sample a model, measure it, measure real data the same way, write a card.
+(Language models with a tokenizer: :mod:`aigc.evaluate_text`.)
 
 Works for any image model with ``sample(n, generator=..., **kw) -> (n, C, H, W)`` in [0, 1]
 (optionally ``labels=`` for class-conditional sampling) and for text models with
@@ -10,7 +11,8 @@ optionally ``sample_texts(n, generator=...) -> list[str]``). The protocol, writt
   class-conditional models get balanced labels ``i mod K``;
 * baseline (real vs real): the first ``n`` images of the ``train`` split measured against the
   same reference exactly like generated images are, so "good" has a number beside it;
-* FID (float64 running statistics), KID (``subsets`` x ``subset_size``, seed), IS-style score on
+* FID (float64 running statistics), KID (``subsets`` x ``subset_size``, default
+  ``min(1000, n // 2)`` so subsets differ, seed), IS-style score on
   the classifier's logits (10 splits), precision/recall/density/coverage (k=5), conditional
   accuracy, memorisation (mean pixel L2 from samples to their nearest train image, beside the same
   for test images); VAEs also get test -ELBO and reconstruction PSNR/SSIM.
