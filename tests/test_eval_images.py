@@ -45,6 +45,10 @@ def test_cli_eval_writes_card_and_report(tiny_vae, tmp_path, capsys):
     assert p["n_real"] == p["n_generated"] == 100 and p["ema"] is False
     assert p["extractor"]["name"] == "aigc-classifier-mnist" and len(p["extractor"]["sha256"]) == 64
     assert p["sampling"] == {"temperature": 1.0} and p["reference_split"] == "test"
+    # KID's default subsets at small n: half of n, so subsets differ and the std is real.
+    assert p["kid"]["subset_size"] == 50 and p["kid"]["subsets"] == 100
+    assert p["kid"]["subset_size_rule"] == "min(1000, n // 2)"
+    assert v["kid_std"] > 0.01 * abs(v["kid_mean"]) and b["kid_std"] > 0
     assert card["subject"]["step"] == 7 and len(card["subject"]["checkpoint_sha256"]) == 64
     assert "torchmetrics" in card["environment"]["versions"]
     assert (tmp_path / "card.md").read_text().startswith("# Metric card: vae on mnist")

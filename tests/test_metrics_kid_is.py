@@ -8,7 +8,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from aigc.errors import AigcError
 from aigc.metrics.inception_score import InceptionScore, inception_score
-from aigc.metrics.kid import KernelDistance, mmd2_unbiased
+from aigc.metrics.kid import KernelDistance, default_subset_size, mmd2_unbiased
 
 
 class Proj(nn.Module):
@@ -47,6 +47,32 @@ def test_kid_equals_torchmetrics():
 
 
 PINNED_KID = (236.68648080994737, 58.09440882655058)
+
+
+def test_default_subset_size_gives_a_real_std_and_matches_torchmetrics():
+    """With n samples and subsets of all n, every subset is the whole set: std ~0. The default
+    (n // 2 below 2000) draws distinct subsets; torchmetrics agrees given the same settings."""
+    net = Proj(16)
+    real, fake = _images(0, 80), _images(1, 80, shift=0.1)
+    real_f, fake_f = net(real), net(fake)
+    assert default_subset_size(80) == 40 and default_subset_size(50000) == 1000
+    everything = KernelDistance(subsets=10, subset_size=80, seed=0)
+    default = KernelDistance(subsets=10, subset_size=default_subset_size(80), seed=0)
+    for kid in (everything, default):
+        kid.update(real_f, real=True)
+        kid.update(fake_f, real=False)
+    mean_all, std_all = everything.compute()
+    mean, std = default.compute()
+    assert std_all < 1e-9 * mean_all  # the degenerate case the default avoids
+    assert std > 0.01 * mean > 0
+    ref = KernelInceptionDistance(feature=net, subsets=10, subset_size=40, normalize=True)
+    ref.update(real, real=True)
+    ref.update(fake, real=False)
+    torch.manual_seed(0)
+    want_mean, want_std = (float(v) for v in ref.compute())
+    assert (mean, std) == pytest.approx((want_mean, want_std), rel=1e-6)
+    with pytest.raises(AigcError, match="at least 4 samples"):
+        default_subset_size(3)
 
 
 def test_mmd_is_unbiased_near_zero_for_same_distribution():

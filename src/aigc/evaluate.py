@@ -1,4 +1,5 @@
 """Evaluation runs: sample a model, measure it, measure real data the same way, write a card.
+(Language models with a tokenizer: :mod:`aigc.evaluate_text`.)
 
 Works for any image model with ``sample(n, generator=..., **kw) -> (n, C, H, W)`` in [0, 1]
 (optionally ``labels=`` for class-conditional sampling) and for text models with
@@ -10,7 +11,8 @@ optionally ``sample_texts(n, generator=...) -> list[str]``). The protocol, writt
   class-conditional models get balanced labels ``i mod K``;
 * baseline (real vs real): the first ``n`` images of the ``train`` split measured against the
   same reference exactly like generated images are, so "good" has a number beside it;
-* FID (float64 running statistics), KID (``subsets`` x ``subset_size``, seed), IS-style score on
+* FID (float64 running statistics), KID (``subsets`` x ``subset_size``, default
+  ``min(1000, n // 2)`` so subsets differ, seed), IS-style score on
   the classifier's logits (10 splits), precision/recall/density/coverage (k=5), conditional
   accuracy, memorisation (mean pixel L2 from samples to their nearest train image, beside the same
   for test images); VAEs also get test -ELBO and reconstruction PSNR/SSIM.
@@ -32,7 +34,7 @@ from aigc.metrics.features import FeatureExtractor
 from aigc.metrics.fid import FrechetDistance
 from aigc.metrics.image import ConditionalAccuracy
 from aigc.metrics.inception_score import inception_score
-from aigc.metrics.kid import KernelDistance
+from aigc.metrics.kid import KernelDistance, default_subset_size
 from aigc.metrics.manifold import precision_recall_density_coverage
 
 MEMORISATION_N = 1000  # samples (and test images) whose nearest train image is searched
@@ -150,7 +152,8 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
     t0 = time.perf_counter()
     if n < 2:
         raise AigcError(f"n must be >= 2 for distribution metrics, got {n}")
-    kid_subset_size = kid_subset_size or min(1000, n)
+    kid_rule = "given" if kid_subset_size else "min(1000, n // 2)"
+    kid_subset_size = kid_subset_size or default_subset_size(n)
     extractor.check_dataset(data)
     ref_ds = load_images(data, reference_split)
     train_ds = load_images(data, "train")
@@ -221,7 +224,9 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
         "sampling": {k2: sample_kwargs[k2] for k2 in sorted(sample_kwargs or {})},
         "conditional": "balanced labels i mod K" if conditional else None,
         "fid": "float64 mean/cov, Tr sqrt via eigvalsh", "kid": {"subsets": kid_subsets,
-        "subset_size": kid_subset_size, "kernel": "(x.y/d+1)^3", "std": "population"},
+        "subset_size": kid_subset_size, "subset_size_rule": kid_rule,
+        "draw": "each subset without replacement, real then generated, one generator seeded "
+        "with seed", "kernel": "(x.y/d+1)^3", "std": "population"},
         "is_splits": 10, "knn_k": k, "memorisation": f"pixel L2 to nearest of {len(train_ds)} "
         f"train images, first {min(n, MEMORISATION_N)} samples" if memorisation else None,
         "real_images": f"first {n} of the split, in dataset order",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 from pathlib import Path
 
 from aigc.errors import AigcError
@@ -37,14 +38,17 @@ def _measure_parser() -> argparse.ArgumentParser:
         description="Image models: sample --n images (seeded) and measure FID, KID, IS-style "
         "score, precision/recall, density/coverage, conditional accuracy and memorisation against "
         "the first --n images of the reference split, beside real-vs-real baselines (train split "
-        "vs the reference split at the same n). VAEs add test -ELBO and PSNR/SSIM. Text models: "
-        "perplexity on the held-out split, and distinct-n/self-BLEU when they can sample. Writes "
-        "a metric card (JSON + Markdown) with the full protocol.")
+        "vs the reference split at the same n). VAEs add test -ELBO and PSNR/SSIM. Text models "
+        "(GPT, with the tokenizer saved in the checkpoint): perplexity on the reference split "
+        "(sliding windows), --n continuations of held-out prompts scored against the true "
+        "continuations (BLEU, chrF, ROUGE), distinct-n, self-BLEU, regulated-verse form rate for "
+        "poems, beside the same for real train-split text. Writes a metric card (JSON + "
+        "Markdown) with the full protocol.")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="reference split (default test)")
-    p.add_argument("--n", type=int, default=10000,
-                   help="real and generated samples (default 10000)")
+    p.add_argument("--n", type=int, help="real and generated samples (default 10000 for "
+                   "images, 200 continuations for text)")
     p.add_argument("--seed", type=int, default=0, help="sampling and subset seed (default 0)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--features", help="extractor: a shipped dataset name, a .safetensors from "
@@ -52,10 +56,20 @@ def _measure_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="card path without suffix (default: RUN/eval/DATA-nN-seedS)")
     p.add_argument("--report", help="also write a self-contained HTML report here")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--kid-subset-size", type=int, help="default min(1000, n)")
+    p.add_argument("--kid-subset-size", type=int, help="KID subset size (default min(1000, n // 2): "
+                   "subsets of all n samples would be identical, std 0)")
     p.add_argument("--no-baseline", action="store_true", help="skip the real-vs-real baseline")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--language", default="en", choices=["en", "zh"], help="text models")
+    t = p.add_argument_group("text models")
+    t.add_argument("--language", choices=["en", "zh"],
+                   help="tokenisation of BLEU/ROUGE/distinct-n (default: detected from the text)")
+    t.add_argument("--stride", type=int, help="perplexity window step (default context // 2)")
+    t.add_argument("--prompt-chars", type=int, default=200,
+                   help="prompt length of prose pieces (default 200)")
+    t.add_argument("--continuation-chars", type=int, default=200,
+                   help="reference length of prose pieces and cap on continuations (default 200)")
+    t.add_argument("--top-k", type=int, help="text sampling top-k (default 0: off)")
+    t.add_argument("--top-p", type=float, help="text sampling top-p (default 1: off)")
     g = p.add_argument_group("sampling options (passed to model.sample when given)")
     g.add_argument("--sampler")
     g.add_argument("--steps", type=int)
@@ -90,16 +104,21 @@ def _effective_sampling(model, given: dict) -> dict:
     return out
 
 
-def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test", n: int = 10000,
-                        seed: int = 0, use_ema: bool = True, features: str | None = None,
-                        sample_kwargs: dict | None = None, batch_size: int = 500,
-                        kid_subset_size: int | None = None, baseline: bool = True,
-                        device: str = "cpu", language: str = "en", progress: bool = True):
-    """Measure one checkpoint. Returns an :class:`ImageEvaluation` (images) or a
-    :class:`MetricCard` (text)."""
+def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
+                        n: int | None = None, seed: int = 0, use_ema: bool = True,
+                        features: str | None = None, sample_kwargs: dict | None = None,
+                        batch_size: int = 500, kid_subset_size: int | None = None,
+                        baseline: bool = True, device: str = "cpu", language: str | None = None,
+                        text_options: dict | None = None, progress: bool = True):
+    """Measure one checkpoint. Returns an :class:`ImageEvaluation` (images), a
+    :class:`TextEvaluation` (text) or a :class:`MetricCard` (images without an extractor).
+
+    ``n`` defaults to 10000 images or 200 text continuations; ``text_options`` holds
+    :func:`aigc.evaluate_text.evaluate_language_model`'s ``stride``, ``prompt_chars``,
+    ``continuation_chars``, ``top_k`` and ``top_p``."""
     from aigc.models import family_module, model_from_checkpoint, pick_device
 
-    if n < 2:
+    if n is not None and n < 2:
         raise AigcError(f"--n must be >= 2, got {n}")
     dev = str(pick_device(device))
     model, ckpt = model_from_checkpoint(path, use_ema=use_ema, map_location=dev)
@@ -112,21 +131,49 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test", n
                "family": ckpt.family, "step": ckpt.step, "trained_on": ckpt.meta.get("data")}
     kind = getattr(module, "DATA_KIND", "images")
     if kind == "text":
-        from aigc.evaluate import evaluate_text_model
-
-        _, val, _, _ = module.training_data(data)
-        if val is None:
-            raise AigcError(f"{data} has no held-out split to measure perplexity on")
-        return evaluate_text_model(model, val, n=n, seed=seed, language=language,
-                                   subject=subject, progress=progress,
-                                   extra_protocol={"data": data, "split": "val", "ema": ema})
+        return _evaluate_text_checkpoint(model, ckpt, data=data, split=split, n=n or 200,
+                                         seed=seed, ema=ema, sample_kwargs=sample_kwargs or {},
+                                         text_options=text_options or {}, language=language,
+                                         baseline=baseline, subject=subject, progress=progress)
+    n = n or 10000
     if kind != "images":
+        if kind == "music":
+            raise AigcError(f"{ckpt.path} is a music model: measure it with `aigc music eval "
+                            f"{path}` (held-out perplexity and pitch/rhythm statistics beside an "
+                            "n-gram baseline and the held-out corpus)")
         raise AigcError(f"aigc eval does not measure {kind!r} models yet")
     return _evaluate_image_checkpoint(model, ckpt, data=data, split=split, n=n, seed=seed,
                                       ema=ema, features=features, sample_kwargs=sample_kwargs,
                                       batch_size=batch_size, kid_subset_size=kid_subset_size,
                                       baseline=baseline, subject=subject, device=dev,
                                       progress=progress)
+
+
+def _evaluate_text_checkpoint(model, ckpt, *, data, split, n, seed, ema, sample_kwargs,
+                              text_options, language, baseline, subject, progress):
+    """A GPT with its own tokenizer (from the checkpoint) on a text corpus."""
+    from aigc.data.text import load_corpus
+    from aigc.evaluate_text import evaluate_language_model, tokenizer_sha256
+    from aigc.tokenizers import tokenizer_from_dict
+
+    if "tokenizer" not in ckpt.meta:
+        raise AigcError(f"{ckpt.path} has no tokenizer in its metadata: it was not trained on "
+                        "a text corpus, so there is no text to measure it on")
+    unknown = set(sample_kwargs) - {"temperature"}
+    if unknown:
+        raise AigcError(f"text models take --temperature, --top-k and --top-p, not "
+                        f"{sorted('--' + k for k in unknown)}")
+    tokenizer = tokenizer_from_dict(ckpt.meta["tokenizer"])
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise AigcError(f"{ckpt.path}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+                        f"model only {model.cfg.vocab_size}")
+    subject = {**subject, "tokenizer_sha256": tokenizer_sha256(tokenizer)}
+    options = {k: v for k, v in text_options.items() if v is not None}
+    return evaluate_language_model(
+        model, tokenizer, load_corpus(data), n=n, seed=seed, split=split,
+        temperature=sample_kwargs.get("temperature", 1.0), language=language,
+        baseline=baseline, subject=subject, extra_protocol={"ema": ema}, progress=progress,
+        **options)
 
 
 def _evaluate_image_checkpoint(model, ckpt, *, data, split, n, seed, ema, features, sample_kwargs,
@@ -206,25 +253,37 @@ def _default_out(ckpt_path: str, data: str, n: int, seed: int) -> Path:
 
 def _run_measure(checkpoint: str, opts: argparse.Namespace) -> int:
     from aigc.evaluate import ImageEvaluation
-    from aigc.metrics.card import format_value
+    from aigc.evaluate_text import TextEvaluation
+    from aigc.metrics.card import MetricCard, format_value
 
     given = {k: getattr(opts, k) for k in ("sampler", "steps", "guidance", "temperature")
              if getattr(opts, k) is not None}
+    text_options = {"stride": opts.stride, "prompt_chars": opts.prompt_chars,
+                    "continuation_chars": opts.continuation_chars, "top_k": opts.top_k,
+                    "top_p": opts.top_p}
     result = evaluate_checkpoint(
         checkpoint, data=opts.data, split=opts.split, n=opts.n, seed=opts.seed,
         use_ema=not opts.raw, features=opts.features, sample_kwargs=given,
         batch_size=opts.batch_size, kid_subset_size=opts.kid_subset_size,
-        baseline=not opts.no_baseline, device=opts.device, language=opts.language)
-    card = result.card if isinstance(result, ImageEvaluation) else result
+        baseline=not opts.no_baseline, device=opts.device, language=opts.language,
+        text_options=text_options)
+    card = result if isinstance(result, MetricCard) else result.card
     print(f"{'metric':>24}  {'model':>12}  {'real vs real':>12}")
     for key, value in card.values.items():
         if not isinstance(value, (list, dict)):
             print(f"{key:>24}  {format_value(value):>12}  "
                   f"{format_value(card.baseline.get(key, '')):>12}")
+    n = card.protocol.get("n_generated") or card.protocol.get("continuations", {}).get("n") \
+        or opts.n
     out = Path(opts.out) if opts.out else _default_out(
-        checkpoint, card.protocol.get("data", "data"), opts.n, opts.seed)
+        checkpoint, card.protocol.get("data", "data"), n, opts.seed)
     js, md = card.write(out)
     print(f"metric card: {js} and {md}")
+    if isinstance(result, TextEvaluation):
+        texts = js.with_name(js.name[:-len(".json")] + ".samples.jsonl")
+        texts.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n"
+                                 for s in result.samples), encoding="utf-8")
+        print(f"continuations: {texts}")
     if opts.report:
         from aigc.metrics.report import find_log, read_curves, write_report
 
@@ -233,6 +292,8 @@ def _run_measure(checkpoint: str, opts: argparse.Namespace) -> int:
             pictures = {"samples": result.samples, "real": result.real,
                         "neighbours": result.neighbours,
                         "neighbour_distances": result.neighbour_distances}
+        elif isinstance(result, TextEvaluation):
+            pictures = {"texts": result.samples}
         log = find_log(Path(card.subject["checkpoint"]))
         curves = read_curves(log) if log else None
         print(f"report: {write_report(opts.report, card, curves=curves, **pictures)}")

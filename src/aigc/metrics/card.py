@@ -35,7 +35,7 @@ DIRECTION = {
     "ssim": +1, "negative_elbo_nats": -1, "reconstruction_nats": -1, "kl_nats": 0,
     "perplexity": -1, "nll_per_token": -1, "bleu": +1, "chrf": +1, "rouge1": +1, "rouge2": +1,
     "rougeL": +1, "distinct_1": +1, "distinct_2": +1, "self_bleu": -1, "verse_form_rate": +1,
-    "nearest_train_l2_mean": 0,
+    "nearest_train_l2_mean": 0, "bits_per_character": -1, "tokens": 0, "mean_chars": 0,
 }
 
 

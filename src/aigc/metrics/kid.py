@@ -8,6 +8,12 @@ For each of ``subsets`` rounds, ``subset_size`` real and generated features are 
 replacement (real first, then generated, from one seeded generator: the same draws as
 torchmetrics' KernelInceptionDistance under ``torch.manual_seed(seed)``). Reported: the mean and
 the population standard deviation (``1/S``) over subsets, as torchmetrics does.
+
+Subset size. The std describes how much the estimate moves between subsets; with ``subset_size``
+equal to the number of samples every subset is the whole set (only permuted), so the std is 0 up
+to rounding and says nothing. torchmetrics' default is 1000 and it refuses fewer samples; aigc's
+evaluations default to :func:`default_subset_size` = ``min(1000, n // 2)``, so small-n runs still
+draw distinct subsets. Cards record the size and count used.
 """
 
 from __future__ import annotations
@@ -16,6 +22,14 @@ import torch
 
 from aigc.errors import AigcError
 from aigc.metrics.features import FeatureBank
+
+
+def default_subset_size(n: int) -> int:
+    """``min(1000, n // 2)`` (at least 2): torchmetrics' 1000 when there is room, else half the
+    samples, so that subsets drawn without replacement differ and the std means something."""
+    if n < 4:
+        raise AigcError(f"KID needs at least 4 samples per set for subsets of 2, got {n}")
+    return max(2, min(1000, n // 2))
 
 
 def polynomial_kernel(x: torch.Tensor, y: torch.Tensor, degree: int = 3, coef: float = 1.0

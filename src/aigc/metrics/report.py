@@ -100,8 +100,10 @@ code{font-size:90%}.note{color:#555;font-size:92%}"""
 def render_report(card: MetricCard, *, samples: torch.Tensor | None = None,
                   real: torch.Tensor | None = None, neighbours: torch.Tensor | None = None,
                   neighbour_distances: torch.Tensor | None = None,
-                  curves: dict[str, list[tuple[int, float]]] | None = None) -> str:
-    """The report page as a string (see the module docstring)."""
+                  curves: dict[str, list[tuple[int, float]]] | None = None,
+                  texts: list[dict[str, Any]] | None = None, max_texts: int = 12) -> str:
+    """The report page as a string (see the module docstring). Text evaluations pass ``texts``
+    (dicts with ``prompt``, ``text``, ``reference``, ``seed``); the first ``max_texts`` are shown."""
     s, p = card.subject, card.protocol
     title = f"{s.get('family', 'model')} on {p.get('data', '?')}"
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>aigc eval: "
@@ -110,10 +112,14 @@ def render_report(card: MetricCard, *, samples: torch.Tensor | None = None,
            "<p>" + " &middot; ".join(f"{html.escape(k)}: <code>{html.escape(str(v))}</code>"
                                     for k, v in s.items()) + "</p>",
            "<h2>Metrics</h2>",
-           "<p class='note'>The baseline column measures real training images against the same "
-           "reference images, at the same n and with the same extractor: the score a perfect "
-           "generator would get. Numbers from other extractors or protocols are not comparable."
-           "</p>",
+           "<p class='note'>" + (
+               "The baseline column measures real text of the train split in place of the "
+               "model's continuations, against the same references and at the same n: what "
+               "genuine text of the corpus scores. Perplexity depends on the tokenizer."
+               if card.kind == "text" else
+               "The baseline column measures real training images against the same reference "
+               "images, at the same n and with the same extractor: the score a perfect generator "
+               "would get.") + " Numbers from other protocols are not comparable.</p>",
            "<table><tr><th>metric</th><th>model</th><th>real vs real</th><th>better</th></tr>"]
     for key, value in card.values.items():
         if isinstance(value, (list, dict)):
@@ -132,6 +138,15 @@ def render_report(card: MetricCard, *, samples: torch.Tensor | None = None,
                        f"<figcaption>{len(real)} real images ({html.escape(str(p.get('data')))} "
                        f"{html.escape(str(p.get('reference_split')))})</figcaption></figure>")
         out.append("</div>")
+    if texts:
+        out.append(f"<h2>Continuations</h2><p class='note'>The first {min(len(texts), max_texts)}"
+                   f" of {len(texts)}; each sampled with its own seed.</p><table><tr><th>seed</th>"
+                   "<th>prompt</th><th>model</th><th>true continuation</th></tr>")
+        for t in texts[:max_texts]:
+            cells = "".join(f"<td style='white-space:pre-wrap'>{html.escape(str(t[k]))}</td>"
+                            for k in ("prompt", "text", "reference"))
+            out.append(f"<tr><td>{t.get('seed', '')}</td>{cells}</tr>")
+        out.append("</table>")
     if neighbours is not None and neighbours.numel():
         rows, cols = neighbours.shape[:2]
         flat = neighbours.reshape(rows * cols, *neighbours.shape[2:])

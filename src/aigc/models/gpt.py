@@ -241,6 +241,20 @@ class GPT(nn.Module):
             return (nll * mask).sum() / mask.sum().clamp(min=1)
         return nll.mean()
 
+    @torch.no_grad()
+    def log_likelihood(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum of log p(target) per sequence (B,) float64, targets counted per sequence (B,))``.
+
+        Natural logs of the softmax over float64 logits; with a ``"loss_mask": (B, T)`` only the
+        marked targets count (the evaluation's sliding windows score each token once).
+        """
+        tokens = batch["tokens"]
+        logp = self(tokens[:, :-1]).double().log_softmax(dim=-1)  # (B, T, V)
+        picked = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, T)
+        mask = batch.get("loss_mask")
+        mask = torch.ones_like(picked, dtype=torch.bool) if mask is None else mask.bool()
+        return (picked * mask).sum(1), mask.sum(1)
+
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         p = self.wte.weight
         return KVCache(self.cfg, batch, max_len or self.cfg.context_length, p.device, p.dtype)
