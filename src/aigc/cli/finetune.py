@@ -119,7 +119,10 @@ def run_text_align(args: argparse.Namespace) -> int:
                         lr=args.lr, noise=args.noise, seed=args.seed)
     record["from_sha256"] = ckpt.sha256
     meta = {**ckpt.meta, "text_align": record}
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # Keep each tensor's stored dtype (the starters are stored in float16).
+    stored = ckpt.ema_weights or ckpt.weights
+    weights = {k: v.detach().to(stored[k].dtype if k in stored else v.dtype).clone()
+               for k, v in model.state_dict().items()}
     out = save_model_file(Path(args.out), family="diffusion", model_config=model_config,
                           weights=weights, step=ckpt.step, train_config=ckpt.train_config,
                           meta=meta)
