@@ -18,7 +18,6 @@ from aigc.checkpoints import library_versions
 from aigc.cli.sample import STARTERS_DIR
 from aigc.media import save_grid
 from aigc.models import model_from_checkpoint
-from aigc.models.pretrained import embed_sentences
 
 PROMPTS = {
     "mnist": {
@@ -40,6 +39,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--only", nargs="*", help="starter names (default: all)")
+    ap.add_argument("--prompts-only", action="store_true", help="only the prompt grids")
     args = ap.parse_args()
     out = Path(args.out)
     for path in sorted(STARTERS_DIR.glob("*.safetensors")):
@@ -52,22 +52,26 @@ def main() -> None:
         diff = {"sampler": "dpm-solver++", "steps": args.steps, "guidance": args.guidance}
         gen = torch.Generator().manual_seed(0)
         labels = torch.arange(k).repeat(8)  # row-major: 8 rows, one column per class
-        if ckpt.family == "gan":
+        if args.prompts_only:
+            images = None
+        elif ckpt.family == "gan":
             images = model.sample(len(labels), generator=gen, labels=labels)
             extra = {}
         else:
             images = model.sample(len(labels), generator=gen, labels=labels, **diff)
             extra = diff
-        file = save_grid(out / f"{path.stem}-classes.png", images, nrow=k,
-                         record={**base, **extra, "kind": "grid", "columns": ckpt.meta["class_names"]})
-        print(file)
+        if not args.prompts_only:
+            file = save_grid(out / f"{path.stem}-classes.png", images, nrow=k,
+                             record={**base, **extra, "kind": "grid",
+                                     "columns": ckpt.meta["class_names"]})
+            print(file)
         if ckpt.family != "diffusion" or not model.cfg.text_conditioning:
             continue
         for lang, prompts in PROMPTS[data].items():
             gen = torch.Generator().manual_seed(0)
             rows = []
             for prompt in prompts:
-                text = embed_sentences([prompt]).repeat(8, 1)
+                text = model.embed_prompts([prompt]).repeat(8, 1)
                 rows.append(model.sample(8, generator=gen, text=text, **diff))
             file = save_grid(out / f"{path.stem}-prompts-{lang}.png", torch.cat(rows), nrow=8,
                              record={**base, **diff, "kind": "grid", "rows": prompts})

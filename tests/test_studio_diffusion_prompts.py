@@ -62,3 +62,17 @@ def test_v1_images_reads_the_prompt_of_a_text_model(client):
                                                      "n": 1, "steps": 2, "seed": 1})
     assert r.status_code == 200, r.text
     assert r.json()["data"][0]["revised_prompt"] == "a seven"
+
+
+def test_a_starter_card_beside_the_model_is_served_when_its_hash_matches(tmp_path):
+    import json
+
+    from aigc.checkpoints import file_sha256
+    from aigc.studio.backends import _metric_card
+
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"weights")
+    card = tmp_path / "m.card.json"
+    card.write_text(json.dumps({"sha256": file_sha256(model), "agreement": {"class": 0.9}}))
+    assert _metric_card(model, file_sha256(model))["agreement"] == {"class": 0.9}
+    assert _metric_card(model, "0" * 64) is None  # a card about other weights is ignored

@@ -104,10 +104,12 @@ class ImageSpec:
 def _metric_card(ckpt_path: Path, sha256: str) -> dict[str, Any] | None:
     """The ``metrics.json`` written by ``aigc eval`` for this checkpoint, when one is found.
 
-    Looked for beside the file (``<stem>.metrics.json`` or ``metrics.json``), in its run folder
+    Looked for beside the file (``<stem>.metrics.json``, a starter's ``<stem>.card.json``, or
+    ``metrics.json``), in its run folder
     and the run folder's parent; a card that names another checkpoint's hash is ignored.
     """
-    candidates = [ckpt_path.with_suffix(".metrics.json"), ckpt_path.parent / "metrics.json"]
+    candidates = [ckpt_path.with_suffix(".metrics.json"), ckpt_path.with_suffix(".card.json"),
+                  ckpt_path.parent / "metrics.json"]
     if ckpt_path.parent.parent.name == "checkpoints":
         run = ckpt_path.parent.parent.parent
         candidates += [run / "metrics.json", run.parent / "metrics.json"]
@@ -117,7 +119,8 @@ def _metric_card(ckpt_path: Path, sha256: str) -> dict[str, Any] | None:
                 card = json.loads(c.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 continue
-            named = (card.get("protocol") or {}).get("checkpoint_sha256")
+            # an `aigc eval` card names its checkpoint in the protocol; a starter card at the top
+            named = (card.get("protocol") or {}).get("checkpoint_sha256") or card.get("sha256")
             if named in (None, sha256):
                 return card
     return None
