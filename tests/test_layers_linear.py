@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from aigc.models import layers
 
 
-@pytest.mark.parametrize("shape, bias", [((5, 8), True), ((2, 3, 8), False), ((2, 3, 8), True)])
+@pytest.mark.parametrize("shape, bias", [((40, 8), True), ((2, 20, 8), False), ((2, 20, 8), True),
+                                         ((1, 8), True)])
 def test_linear_matches_f_linear_forward_and_backward(shape, bias):
     torch.manual_seed(0)
     x = torch.randn(*shape, requires_grad=True)
@@ -32,8 +33,9 @@ def test_linear_takes_the_onednn_route_only_where_it_applies():
     if not layers.onednn_linear_active():
         pytest.skip("this PyTorch has no oneDNN linear")
     w = torch.randn(4, 8, requires_grad=True)
-    x = torch.randn(3, 8)
+    x = torch.randn(32, 8)
     assert "OneDNNLinear" in type(layers.linear(x, w).grad_fn).__name__
+    assert "OneDNNLinear" not in type(layers.linear(x[:4], w).grad_fn).__name__  # too few rows
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps PyTorch's own bf16 path
         y = layers.linear(x, w)
     assert y.dtype == torch.bfloat16
