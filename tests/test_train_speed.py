@@ -140,3 +140,20 @@ def test_channels_last_with_fused_adamw_resumes_exactly(tmp_path):
     plain = load_checkpoint(_vae_trainer(tmp_path / "plain").fit().checkpoint)
     for key in a.weights:  # channels-last computes the same model as the default layout
         torch.testing.assert_close(a.weights[key], plain.weights[key], rtol=1e-4, atol=1e-5)
+
+
+def test_unet_gives_the_same_output_in_channels_last():
+    from aigc.models.diffusion import Diffusion, DiffusionConfig
+
+    torch.manual_seed(0)
+    model = Diffusion(DiffusionConfig(image_size=8, channels=(8, 8), attention_levels=(1,),
+                                      num_classes=3))
+    for p in model.parameters():  # zero-initialised output layers would hide differences
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    c = model.unet.condition(torch.tensor([0, 3]))
+    ref = model.unet(x, t, c)
+    model = model.to(memory_format=torch.channels_last)
+    out = model.unet(x.contiguous(memory_format=torch.channels_last), t, c)
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

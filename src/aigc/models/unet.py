@@ -50,8 +50,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, C_in, H, W); ``emb`` (B, E) already through SiLU (done once per UNet call)."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
@@ -71,10 +72,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, d) each
+        d = c // self.heads
+        # Channels of qkv are (3, heads, d). Going through (B, HW, 3C) costs nothing for a
+        # channels-last tensor (its memory order), and hands SDPA the (B, heads, HW, d) views.
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, 3, self.heads, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, HW, d) each
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        out = out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W), NHWC order
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous()
+        return x + self.proj(out)
 
 
 class Block(nn.Module):
@@ -166,6 +173,7 @@ class UNet(nn.Module):
         """``x`` (B, C, H, W) noisy images, ``t`` (B,) timesteps, ``c`` (B, E) from
         :meth:`condition`; returns the prediction (epsilon or v), ``(B, C, H, W)``."""
         emb = self.time_mlp(timestep_embedding(t, self.conv_in.out_channels).to(c.dtype)) + c
+        emb = F.silu(emb)  # every ResBlock's embedding projection starts with SiLU: apply it once
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:
