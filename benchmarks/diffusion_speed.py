@@ -162,6 +162,31 @@ def sample_diffusers(model: Diffusion, n: int, sampler: str, steps: int):
     return run
 
 
+def profile_steps(batch: dict, steps: int = 4) -> None:
+    """Self CPU time by operator for one training step of each side, fp32 and bf16, eager."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, make in [("diffusers fp32", lambda: train_diffusers(batch, False)),
+                       ("ours fp32", lambda: train_ours(batch, False, False, False, False)),
+                       ("diffusers bf16", lambda: train_diffusers(batch, True)),
+                       ("ours bf16", lambda: train_ours(batch, True, False, False, False)),
+                       ("ours bf16 channels-last", lambda: train_ours(batch, True, True, False, False))]:
+        step = make()[1]
+        for _ in range(2):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"\n{name}: {total / steps / 1e3:.0f} ms CPU per step (profiled); top operators by self time")
+        for e in events[:8]:
+            print(f"  {e.key[:48]:<48} {e.self_cpu_time_total / steps / 1e3:8.1f} ms "
+                  f"{100 * e.self_cpu_time_total / total:5.1f}%")
+        conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
+        print(f"  {'all convolution operators':<48} {conv / steps / 1e3:8.1f} ms {100 * conv / total:5.1f}%")
+
+
 def main() -> None:
     from _timing import interleaved, load_average, warm_up
 
@@ -176,6 +201,8 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true", help="leave out the compile rows")
     ap.add_argument("--no-sampling", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="only print torch.profiler tables (where a training step's time goes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -185,6 +212,9 @@ def main() -> None:
           f"parameters: ours {_params(ours_model()) / 1e6:.3f}M, diffusers "
           f"{_params(diffusers_model()) / 1e6:.3f}M; AdamW lr 1e-4 both sides")
     print(load_average() + " (before)")
+    if args.profile:
+        profile_steps(batch)
+        return
     stages = [("eager", False, False, False), ("+fused", True, False, False),
               ("+fused+channels-last", True, True, False)]
     if not args.no_compile:
