@@ -35,11 +35,14 @@ def _groups(channels: int) -> int:
 
 
 def _norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """GroupNorm computed in float32. Under bf16 autocast a bf16 channels-last input would take
-    PyTorch's mixed-dtype NHWC kernel, which made GroupNorm a third of a training step (profiled
-    with ``benchmarks/diffusion_speed.py --profile``); the float32 kernel is ~2x faster and the
-    statistics are more precise. A float32 input is unchanged."""
-    return norm(x.float())
+    """GroupNorm; a channels-last input is normalised in float32. Under bf16 autocast a bf16 NHWC
+    tensor takes PyTorch's mixed-dtype NHWC kernel, which made GroupNorm a third of a training
+    step (``benchmarks/diffusion_speed.py --profile``); the float32 NHWC kernel is ~2x faster. For
+    NCHW inputs the bf16 kernel is the faster one and is kept (float32 inputs: no change)."""
+    if x.dtype != torch.float32 and x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        return norm(x.float())
+    return norm(x)
 
 
 class ResBlock(nn.Module):
