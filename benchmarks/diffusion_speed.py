@@ -1,21 +1,35 @@
 """Our UNet + DDPM training and our samplers against diffusers, measured in one run, printed as ratios.
 
 1. Training images/s: aigc's Diffusion (UNet, epsilon loss) against diffusers' UNet2DModel +
-   DDPMScheduler.add_noise at a matched parameter count and the same batch, fp32 and bf16
-   autocast; ours also with channels-last, the fused AdamW and torch.compile, each measured.
+   DDPMScheduler.add_noise at a matched parameter count (both printed) and the same batch, with
+   the same objective on both sides: cosine schedule (diffusers' squaredcos_cap_v2 is the same
+   alpha-bar), uniform t, MSE on epsilon, 10% of class labels replaced by the null class. Both
+   sides get the same AdamW (lr 1e-4, torch defaults otherwise) in the same implementation per
+   row. Variants, cumulative, each for fp32 and bf16 autocast, on both sides:
+     eager            AdamW as torch picks it (for-loop on CPU)
+     +fused           AdamW(fused=True)           (ours: TrainConfig(adamw_impl="fused"))
+     +channels-last   model and batch in NHWC     (ours: TrainConfig(channels_last=True))
+     +compile         torch.compile of forward + loss (ours: TrainConfig(compile=True), i.e.
+                      aigc.train.CompiledLoss; diffusers: torch.compile of its loss function)
+   Timing: interleaved rounds, CPU-time medians (benchmarks/_timing.py); warm-up steps, where
+   compilation happens, are reported and excluded.
 2. Sampling images/s: our DDIM and DPM-Solver++(2M) loops against diffusers' DDIMScheduler and
    DPMSolverMultistepScheduler driving the same (our) network, same steps, classifier-free guidance.
 
-    python benchmarks/diffusion_speed.py --batch 64 --seconds 20
+    python benchmarks/diffusion_speed.py --batch 32 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from aigc.models.diffusion import Diffusion, DiffusionConfig
 
@@ -42,28 +56,34 @@ def diffusers_model():
 
 
 def _time_steps(step_fn, seconds: float, warmup: int = 2) -> float:
-    """Seconds per call of ``step_fn``: median of calls made within ``seconds`` after warm-up."""
+    """CPU seconds per call of ``step_fn``: median of calls made within ``seconds`` after warm-up."""
     for _ in range(warmup):
         step_fn()
     times = []
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(times) < 3:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         step_fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     times.sort()
     return times[len(times) // 2]
 
 
+def _adamw(model, fused: bool):
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
+
+
 def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compile_: bool):
+    from aigc.train import CompiledLoss
+
     torch.manual_seed(0)
     model = ours_model()
     x = batch["image"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
-    loss_fn = torch.compile(model.loss) if compile_ else model.loss
+    opt = _adamw(model, fused)
+    loss_fn = CompiledLoss(model) if compile_ else model.loss
     b = {"image": x, "label": batch["label"]}
 
     def step():
@@ -72,29 +92,40 @@ def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compil
             loss = loss_fn(b)
         loss.backward()
         opt.step()
+        return loss
     return model, step
 
 
-def train_diffusers(batch: dict, bf16: bool):
+def train_diffusers(batch: dict, bf16: bool, channels_last: bool = False, fused: bool = False,
+                    compile_: bool = False):
     from diffusers import DDPMScheduler
 
     torch.manual_seed(0)
     model = diffusers_model()
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x0, labels = batch["image"] * 2 - 1, batch["label"]
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    opt = _adamw(model, fused)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
+    def loss_fn(x0, labels):
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (x0.shape[0],))
         drop = torch.rand(x0.shape[0]) < 0.1
+        pred = model(sched.add_noise(x0, noise, t), t, class_labels=labels.masked_fill(drop, 10)).sample
+        return F.mse_loss(pred.float(), noise)
+
+    if compile_:
+        loss_fn = torch.compile(loss_fn)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            pred = model(sched.add_noise(x0, noise, t), t,
-                         class_labels=labels.masked_fill(drop, 10)).sample
-            loss = F.mse_loss(pred.float(), noise)
+            loss = loss_fn(x0, labels)
         loss.backward()
         opt.step()
+        return loss
     return model, step
 
 
@@ -131,14 +162,47 @@ def sample_diffusers(model: Diffusion, n: int, sampler: str, steps: int):
     return run
 
 
+def profile_steps(batch: dict, steps: int = 4) -> None:
+    """Self CPU time by operator for one training step of each side, fp32 and bf16, eager."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, make in [("diffusers fp32", lambda: train_diffusers(batch, False)),
+                       ("ours fp32", lambda: train_ours(batch, False, False, False, False)),
+                       ("diffusers bf16", lambda: train_diffusers(batch, True)),
+                       ("ours bf16", lambda: train_ours(batch, True, False, False, False)),
+                       ("ours bf16 channels-last", lambda: train_ours(batch, True, True, False, False))]:
+        step = make()[1]
+        for _ in range(2):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"\n{name}: {total / steps / 1e3:.0f} ms CPU per step (profiled); top operators by self time")
+        for e in events[:8]:
+            print(f"  {e.key[:48]:<48} {e.self_cpu_time_total / steps / 1e3:8.1f} ms "
+                  f"{100 * e.self_cpu_time_total / total:5.1f}%")
+        conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
+        print(f"  {'all convolution operators':<48} {conv / steps / 1e3:8.1f} ms {100 * conv / total:5.1f}%")
+
+
 def main() -> None:
+    from _timing import interleaved, load_average, warm_up
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--seconds", type=float, default=15.0, help="timing window per variant")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compile here)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="sampling timing window")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sample-n", type=int, default=32)
     ap.add_argument("--sample-steps", type=int, default=20)
-    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compile rows")
+    ap.add_argument("--no-sampling", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="only print torch.profiler tables (where a training step's time goes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -146,33 +210,48 @@ def main() -> None:
              "label": torch.randint(0, 10, (args.batch,), generator=g)}
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
           f"parameters: ours {_params(ours_model()) / 1e6:.3f}M, diffusers "
-          f"{_params(diffusers_model()) / 1e6:.3f}M")
-    rows = {}
-    for name, bf16 in [("diffusers fp32", False), ("diffusers bf16", True)]:
-        _, step = train_diffusers(batch, bf16)
-        rows[name] = args.batch / _time_steps(step, args.seconds)
-    variants = [("ours fp32", False, False, False, False), ("ours bf16", True, False, False, False),
-                ("ours fp32 channels-last", False, True, False, False),
-                ("ours bf16 channels-last", True, True, False, False),
-                ("ours fp32 fused-adamw", False, False, True, False),
-                ("ours bf16 fused-adamw", True, False, True, False)]
+          f"{_params(diffusers_model()) / 1e6:.3f}M; AdamW lr 1e-4 both sides")
+    print(load_average() + " (before)")
+    if args.profile:
+        profile_steps(batch)
+        return
+    stages = [("eager", False, False, False), ("+fused", True, False, False),
+              ("+fused+channels-last", True, True, False)]
     if not args.no_compile:
-        variants += [("ours fp32 compile", False, False, False, True),
-                     ("ours bf16 compile", True, False, False, True)]
-    for name, bf16, cl, fused, comp in variants:
-        try:
-            _, step = train_ours(batch, bf16, cl, fused, comp)
-            rows[name] = args.batch / _time_steps(step, args.seconds, warmup=3 if comp else 2)
-        except Exception as exc:  # e.g. torch.compile without a C++ compiler
-            print(f"{name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})")
-    print("\ntraining images/s")
-    for name, value in rows.items():
-        base = rows["diffusers fp32" if "fp32" in name else "diffusers bf16"]
-        print(f"  {name:<28} {value:8.1f}   x{value / base:.2f} vs diffusers "
-              f"{'fp32' if 'fp32' in name else 'bf16'}")
-    best = max((v, k) for k, v in rows.items() if k.startswith("ours"))
-    print(f"  best ours ({best[1]}) vs best diffusers: "
-          f"x{best[0] / max(rows['diffusers fp32'], rows['diffusers bf16']):.2f}")
+        stages.append(("+fused+channels-last+compile", True, True, True))
+    variants = {}
+    for precision in ("fp32", "bf16"):
+        for stage, fused, cl, comp in stages:
+            bf16 = precision == "bf16"
+            variants[f"diffusers {precision} {stage}"] = train_diffusers(batch, bf16, cl, fused, comp)[1]
+            variants[f"ours {precision} {stage}"] = train_ours(batch, bf16, cl, fused, comp)[1]
+    print(f"warm-up: {args.warmup} steps each, excluded from the figures (compile happens here)")
+    warm_up(variants, args.warmup)
+    timing = interleaved(variants, args.rounds, args.steps)
+    print(f"\ntraining images/s ({args.rounds} interleaved rounds x {args.steps} steps; median; "
+          "ratios from CPU time)")
+    print(f"  {'precision / stage':<34} {'diffusers':>10} {'ours':>10} {'ours/diffusers':>15} "
+          f"{'ours/diffusers eager':>21}   (wall: diffusers, ours)")
+    ips = {n: args.batch / t["cpu"] for n, t in timing.items()}
+    for precision in ("fp32", "bf16"):
+        base = ips[f"diffusers {precision} eager"]
+        for stage, *_ in stages:
+            d, o = ips[f"diffusers {precision} {stage}"], ips[f"ours {precision} {stage}"]
+            dw = args.batch / timing[f"diffusers {precision} {stage}"]["wall"]
+            ow = args.batch / timing[f"ours {precision} {stage}"]["wall"]
+            print(f"  {precision + ' ' + stage:<34} {d:10.1f} {o:10.1f} {'x%.2f' % (o / d):>15} "
+                  f"{'x%.2f' % (o / base):>21}   ({dw:.1f}, {ow:.1f})")
+    best_o = max((v, k) for k, v in ips.items() if k.startswith("ours"))
+    best_d = max((v, k) for k, v in ips.items() if k.startswith("diffusers"))
+    for precision in ("fp32", "bf16"):
+        bo = max((v, k) for k, v in ips.items() if k.startswith(f"ours {precision}"))
+        print(f"  best ours {precision} ({bo[1]}) vs diffusers {precision} eager: "
+              f"x{bo[0] / ips[f'diffusers {precision} eager']:.2f}")
+    print(f"  best ours ({best_o[1]}) vs best diffusers ({best_d[1]}): x{best_o[0] / best_d[0]:.2f}"
+          " (target >= 1.5x)")
+    print(load_average() + " (after)")
+    if args.no_sampling:
+        return
 
     model = ours_model().eval()
     print(f"\nsampling images/s ({args.sample_n} images, {args.sample_steps} steps, guidance 3, "

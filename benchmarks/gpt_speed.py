@@ -1,14 +1,25 @@
 """Training and generation speed of our GPT vs transformers' GPT2LMHeadModel, in one run.
 
 Same config (default: 4 layers, 4 heads, width 128, context 64, batch 12, the char-level
-vocabulary of `austen`), same weights, same optimizer (AdamW), same thread count. Rounds of the
-two models alternate (A B A B ...) so that load from other processes hits both alike; the
-reported number is the median round.
+vocabulary of `austen`), same initial weights, same loss (mean next-token cross-entropy), same
+AdamW settings (lr 1e-3, betas (0.9, 0.999), weight decay 0.01 on all tensors for both), same
+thread count (default 1: the machine is shared).
 
     python benchmarks/gpt_speed.py                      # defaults above
-    python benchmarks/gpt_speed.py --rounds 5 --threads 2
+    python benchmarks/gpt_speed.py --rounds 9 --threads 2 --no-compile
 
-Training: tokens/s of forward + backward + AdamW step (B*T target tokens per step).
+Training: tokens/s of forward + backward + AdamW step (B*T target tokens per step). Variants,
+timed in interleaved rounds (benchmarks/_timing.py: CPU-time medians, wall time beside):
+  transformers                 GPT2LMHeadModel, AdamW as torch picks it (for-loop on CPU)
+  transformers fused-adamw     the same with AdamW(fused=True)
+  transformers fused+compile   and torch.compile of its forward + loss (peer extra row)
+  ours F.linear                our GPT with aigc.models.layers' oneDNN route switched off (MKL)
+  ours                         our GPT as shipped (float32 linear products by oneDNN)
+  ours fused-adamw             + TrainConfig(adamw_impl="fused")
+  ours fused+compile           + TrainConfig(compile=True): aigc.train.CompiledLoss
+  ... bf16                     the same under bf16 autocast (--bf16 adds these rows)
+Compilation happens in the warm-up steps, which are reported and excluded from the figures.
+
 Generation: new tokens/s for one sequence with greedy decoding, prompt 16 tokens, 48 new tokens
 (fills the 64-token context), KV cache on both sides:
   ours-stream  aigc.generation.stream_text (the path `aigc generate` uses: text decoding, stop
@@ -22,9 +33,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
@@ -48,18 +61,6 @@ def build(args, vocab_size):
     return ours, hf
 
 
-def train_round(model, step_fn, batches, steps):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        loss = step_fn(model, batches[i % len(batches)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - t0
-
-
 def ours_loss(model, tokens):
     return model.loss({"tokens": tokens})
 
@@ -68,7 +69,29 @@ def hf_loss(model, tokens):
     # The same loss as ours on the same (B, T) inputs; GPT2LMHeadModel(labels=...) would shift
     # inside and compute the identical quantity.
     logits = model(input_ids=tokens[:, :-1]).logits
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+
+def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool = True):
+    """One training step per call on the next batch; AdamW with identical settings both sides."""
+    from aigc.models import layers
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
+    model.train()
+    i = 0
+
+    def step():
+        nonlocal i
+        layers.set_onednn_linear(onednn)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(batches[i % len(batches)])
+        loss.backward()
+        opt.step()
+        layers.set_onednn_linear(True)
+        i += 1
+        return loss
+    return step
 
 
 def main() -> None:
@@ -78,10 +101,13 @@ def main() -> None:
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--batch", type=int, default=12)
-    p.add_argument("--train-steps", type=int, default=40, help="steps per timed round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--train-steps", type=int, default=10, help="steps per variant per round")
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--gen-repeats", type=int, default=3, help="generations per timed round")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (compile here)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    p.add_argument("--bf16", action="store_true", help="add bf16-autocast rows")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -107,16 +133,56 @@ def main() -> None:
           f"transformers={transformers.__version__} attn={hf.config._attn_implementation}")
 
     # ---- training
-    train_round(ours, ours_loss, batches, 5)  # warm-up
-    train_round(hf, hf_loss, batches, 5)
-    t_ours, t_hf = [], []
-    for _ in range(args.rounds):
-        t_ours.append(train_round(ours, ours_loss, batches, args.train_steps))
-        t_hf.append(train_round(hf, hf_loss, batches, args.train_steps))
-    tokens = args.train_steps * args.batch * args.context
-    ours_tps, hf_tps = tokens / statistics.median(t_ours), tokens / statistics.median(t_hf)
-    print(f"train tokens/s: ours {ours_tps:,.0f}  transformers {hf_tps:,.0f}  "
-          f"ratio {ours_tps / hf_tps:.2f}x (target >= 1.3x)")
+    import copy
+
+    from _timing import interleaved, load_average, warm_up
+
+    from aigc.train import CompiledLoss
+
+    print(load_average() + " (before)")
+    specs = [  # name, side, fused AdamW, compile, bf16, oneDNN linear
+        ("transformers", "hf", False, False, False, True),
+        ("transformers fused-adamw", "hf", True, False, False, True),
+        ("ours F.linear (MKL)", "ours", False, False, False, False),
+        ("ours", "ours", False, False, False, True),
+        ("ours fused-adamw", "ours", True, False, False, True),
+    ]
+    if not args.no_compile:
+        specs += [("transformers fused+compile", "hf", True, True, False, True),
+                  ("ours fused+compile", "ours", True, True, False, True)]
+    if args.bf16:
+        specs += [("transformers fused bf16", "hf", True, False, True, True),
+                  ("ours fused bf16", "ours", True, False, True, True)]
+    variants = {}
+    for name, side, fused, compiled, bf16, onednn in specs:
+        model = copy.deepcopy(ours if side == "ours" else hf)
+        if side == "ours":
+            loss_fn = (lambda m: (lambda tokens: m.loss({"tokens": tokens})))(model)
+            if compiled:
+                compiled_loss = CompiledLoss(model)
+                loss_fn = (lambda c: (lambda tokens: c({"tokens": tokens})))(compiled_loss)
+        else:
+            loss_fn = (lambda m: (lambda tokens: hf_loss(m, tokens)))(model)
+            if compiled:
+                loss_fn = torch.compile(loss_fn)
+        variants[name] = make_step(model, loss_fn, batches, fused=fused, bf16=bf16, onednn=onednn)
+    print(f"warm-up: {args.warmup} steps each, excluded from the figures (compile happens here)")
+    warm_up(variants, args.warmup)
+    timing = interleaved(variants, args.rounds, args.train_steps)
+    tokens_per_step = args.batch * args.context
+    print(f"\ntraining tokens/s ({args.rounds} interleaved rounds x {args.train_steps} steps; "
+          f"median; ratios from CPU time)")
+    print(f"  {'variant':<30} {'tok/s (cpu)':>12} {'tok/s (wall)':>13}  vs transformers  vs transformers fused")
+    base = timing["transformers"]["cpu"]
+    base_fused = timing["transformers fused-adamw"]["cpu"]
+    for name, t in timing.items():
+        print(f"  {name:<30} {tokens_per_step / t['cpu']:12,.0f} {tokens_per_step / t['wall']:13,.0f}"
+              f"  x{base / t['cpu']:.2f}            x{base_fused / t['cpu']:.2f}")
+    best = min((t["cpu"], n) for n, t in timing.items() if n.startswith("ours") and "bf16" not in n)
+    same = "transformers fused+compile" if "compile" in best[1] else "transformers fused-adamw"
+    print(f"headline (float32): {best[1]} vs transformers (torch-default AdamW): "
+          f"x{base / best[0]:.2f}; vs {same}: x{timing[same]['cpu'] / best[0]:.2f} (target >= 1.3x)")
+    print(load_average() + " (after)")
 
     # ---- generation (same weights again: copy ours into hf after training diverged them)
     from aigc.models.gpt import gpt2_state_dict_to_hf
@@ -150,12 +216,12 @@ def main() -> None:
     fns = {"ours-stream": run_stream, "ours-model": run_model, "hf": run_hf}
     for _ in range(args.rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # CPU time, as for training (see _timing.py)
             for _ in range(args.gen_repeats):
                 fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(time.process_time() - t0)
     tps = {k: new * args.gen_repeats / statistics.median(v) for k, v in times.items()}
-    print(f"generation tokens/s: ours-stream {tps['ours-stream']:,.0f}  ours-model "
+    print(f"generation tokens/s (CPU time): ours-stream {tps['ours-stream']:,.0f}  ours-model "
           f"{tps['ours-model']:,.0f}  transformers generate() {tps['hf']:,.0f}")
     print(f"generation ratio: stream {tps['ours-stream'] / tps['hf']:.2f}x, bare model "
           f"{tps['ours-model'] / tps['hf']:.2f}x (target >= 1.5x)")

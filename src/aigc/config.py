@@ -51,6 +51,10 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     time_limit_s: float = 0.0  # stop (and checkpoint) after this much wall time (0: no limit)
+    # Speed options (see aigc.train and benchmarks/README.md); none changes the loss objective.
+    compile: bool = False  # torch.compile the training step's forward + loss (eager on failure)
+    adamw_impl: Literal["auto", "for-loop", "foreach", "fused"] = "auto"  # auto: torch's choice
+    channels_last: bool = False  # NHWC memory format for the model and 4-D batch tensors
 
     def __post_init__(self) -> None:
         _check_positive(self, "steps", "batch_size", "log_every", "eval_batches")

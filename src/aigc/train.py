@@ -4,6 +4,11 @@ The model gives ``loss(batch) -> Tensor``; the trainer owns everything else: Ada
 and cosine decay, gradient clipping, an EMA copy, bf16 autocast, validation with early stopping,
 a progress bar, CSV + TensorBoard logs, preview samples, atomic checkpoints and exact resume.
 
+Speed options, each measured in ``benchmarks/`` and none changing the loss objective:
+``compile`` (``torch.compile`` of ``model.loss`` - forward and loss, backward through
+AOTAutograd - with an eager fallback, see :class:`CompiledLoss`), ``adamw_impl`` (for-loop,
+foreach or fused AdamW) and ``channels_last`` (NHWC tensors for convolutional models).
+
 Data contract: a dataset has ``len(ds)`` and ``ds.get_batch(indices) -> dict[str, Tensor]``.
 Batches are drawn from a permutation that depends only on ``(seed, epoch)``, so a run resumed
 from step ``s`` sees exactly the batches an uninterrupted run sees after ``s``. Together with the
@@ -24,6 +29,7 @@ import copy
 import csv
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +147,11 @@ def _move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def _channels_last(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4
+            else v for k, v in batch.items()}
+
+
 def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices and kernels only; biases, norms and embeddings' 1-D tensors are not decayed."""
     decay = [p for p in params if p.requires_grad and p.ndim >= 2]
@@ -149,6 +160,69 @@ def _param_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+_ADAMW_IMPL = {"auto": {}, "for-loop": {"foreach": False}, "foreach": {"foreach": True},
+               "fused": {"fused": True}}
+
+
+def make_adamw(params: list[nn.Parameter], cfg: TrainConfig, lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW over ``params`` (decay on matrices only) with ``cfg``'s betas and implementation.
+
+    ``cfg.adamw_impl``: ``for-loop`` (one tensor at a time), ``foreach`` (batched over tensors),
+    ``fused`` (one C++ kernel per step), or ``auto`` (PyTorch's default for the device: for-loop on
+    CPU). All compute the same update up to float rounding.
+    """
+    return torch.optim.AdamW(_param_groups(params, cfg.weight_decay), lr=cfg.lr if lr is None else lr,
+                             betas=cfg.betas, **_ADAMW_IMPL[cfg.adamw_impl])
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The plain module inside a ``torch.compile``-d one (whose state dict keys carry an
+    ``_orig_mod.`` prefix); any other module unchanged."""
+    return getattr(model, "_orig_mod", model)
+
+
+class CompiledLoss:
+    """``model.loss`` under ``torch.compile``, falling back to eager ``model.loss`` if compiling fails.
+
+    Only the bound method is compiled; the module itself is untouched, so its state dict (and every
+    checkpoint) keeps plain parameter names. The first call (per batch shape and ``group``) pays
+    the compilation; when it raises (no C++ compiler, an operation inductor cannot handle) a
+    warning names the error once and training continues uncompiled with the same numbers.
+    """
+
+    def __init__(self, model: nn.Module, backend: str = "inductor"):
+        self.model = model
+        self.compiled: Callable[..., torch.Tensor] | None = torch.compile(model.loss, backend=backend)
+        self.error: str | None = None
+
+    def __call__(self, batch: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(batch, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means "run eagerly"
+                self.compiled = None
+                self.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+                warnings.warn(f"torch.compile of {type(self.model).__name__}.loss failed "
+                              f"({self.error}); training continues without compile",
+                              RuntimeWarning, stacklevel=2)
+        return self.model.loss(batch, **kwargs)
+
+
+def _after_optimizer_load(opt: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Make a reloaded AdamW use ``cfg.adamw_impl`` (``load_state_dict`` restores the saved one) and
+    give its state tensors their parameter's memory layout: checkpoints store contiguous tensors,
+    and the fused CPU kernel silently mixes up elements when a channels-last parameter meets
+    contiguous moments (seen with torch 2.13; the for-loop kernel copes)."""
+    flags = {"foreach": None, "fused": None, **_ADAMW_IMPL[cfg.adamw_impl]}
+    for group in opt.param_groups:
+        group.update(flags)
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 class Trainer:
@@ -184,7 +258,10 @@ class Trainer:
     ):
         self.cfg = cfg
         self.device = pick_device(cfg.device)
+        model = unwrap_compiled(model)  # cfg.compile is the way to compile; checkpoints stay plain
         self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.family, self.model_config = family, model_config
         self.train_data, self.val_data = train_data, val_data
         self.run_dir = Path(run_dir)
@@ -197,17 +274,13 @@ class Trainer:
             if hasattr(model, "optimizer_groups")
             else {"model": list(model.parameters())}
         )
-        self.optimizers = {
-            name: torch.optim.AdamW(
-                _param_groups(list(params), cfg.weight_decay), lr=cfg.lr, betas=cfg.betas
-            )
-            for name, params in groups.items()
-        }
+        self.optimizers = {name: make_adamw(list(params), cfg) for name, params in groups.items()}
         settings = model.optimizer_settings() if hasattr(model, "optimizer_settings") else {}
         self.group_settings = {
             name: {"lr_scale": 1.0, "repeats": 1, **settings.get(name, {})} for name in groups
         }
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.compiled_loss = CompiledLoss(self.model) if cfg.compile else None
         self.step = 0
         self.best_val: float | None = None
         self.evals_since_best = 0
@@ -264,6 +337,7 @@ class Trainer:
         tensors, info = ck.load_trainer_state(folder)
         for name, opt in self.optimizers.items():
             ck.optimizer_from_tensors(name, opt, tensors, info["optimizers"][name])
+            _after_optimizer_load(opt, self.cfg)
         ck.set_rng_state(tensors, info["rng"])
         self.step = info["step"]
         self.best_val = info["best_val"]
@@ -325,16 +399,17 @@ class Trainer:
                 idx = torch.arange(b * bs, min((b + 1) * bs, n))
                 batch = _move(self.val_data.get_batch(idx), self.device)
                 with self._autocast():
-                    loss = self._loss(model, batch, group=None)
+                    loss = self._loss(model.loss, batch, group=None)
                 total += float(loss) * len(idx)
                 count += len(idx)
         model.train(was_training)
         return total / max(1, count)
 
-    def _loss(self, model: nn.Module, batch: dict[str, Any], group: str | None) -> torch.Tensor:
+    def _loss(self, loss_fn: Callable[..., torch.Tensor], batch: dict[str, Any],
+              group: str | None) -> torch.Tensor:
         if group is None or len(self.optimizers) == 1:
-            return model.loss(batch)
-        return model.loss(batch, group=group)
+            return loss_fn(batch)
+        return loss_fn(batch, group=group)
 
     # ------------------------------------------------------------------ loop
     def fit(self, *, resume: bool = False) -> TrainResult:
@@ -368,6 +443,8 @@ class Trainer:
                     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step)
                     batch["image"] = augment_images(batch["image"], gen)
                 batch = _move(batch, self.device)
+                if cfg.channels_last:
+                    batch = _channels_last(batch)
                 lr = lr_at(self.step, cfg)
                 losses = {}
                 for name, opt in self.optimizers.items():
@@ -377,7 +454,7 @@ class Trainer:
                     for _ in range(settings["repeats"]):
                         opt.zero_grad(set_to_none=True)
                         with self._autocast():
-                            loss = self._loss(self.model, batch, group=name)
+                            loss = self._loss(self.compiled_loss or self.model.loss, batch, group=name)
                         if not torch.isfinite(loss):
                             where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
                             raise TrainingDiverged(

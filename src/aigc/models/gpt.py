@@ -4,8 +4,10 @@
     h_l = h_{l-1} + Attn(LN(h_{l-1}));  h_l += MLP(LN(h_l))        (pre-LayerNorm blocks)
     p(x_{t+1} | x_{<=t}) = softmax(LN(h_L) E^T)                    (tied input/output embeddings)
 
-Attention is ``F.scaled_dot_product_attention`` with a causal mask. Generation keeps a key/value
-cache (:class:`KVCache`) so each new token costs one position, not the whole prefix.
+Attention is ``F.scaled_dot_product_attention`` with a causal mask. Linear layers are plain
+``nn.Linear`` modules (so state dicts match GPT-2's layout) applied with
+:func:`aigc.models.layers.linear`, which sends float32 CPU products to oneDNN. Generation keeps
+a key/value cache (:class:`KVCache`) so each new token costs one position, not the whole prefix.
 
 The model knows nothing about text: it maps token ids ``0..vocab_size-1`` to next-token logits,
 so music (event tokens) reuses it unchanged. ``tokenizer`` and ``bpe_vocab_size`` in the config
@@ -35,6 +37,7 @@ from torch import nn
 
 from aigc.config import check_non_negative, check_positive
 from aigc.errors import CheckpointError, ConfigError
+from aigc.models.layers import linear
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = linear(x, self.qkv.weight, self.qkv.bias).split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
         if rope is not None:  # (T, d/2) tables for the positions of these T tokens
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
@@ -139,7 +142,7 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.proj(y)
+        return linear(y, self.proj.weight, self.proj.bias)
 
 
 class MLP(nn.Module):
@@ -149,7 +152,8 @@ class MLP(nn.Module):
         self.proj = nn.Linear(cfg.mlp_ratio * cfg.width, cfg.width, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
+        h = F.gelu(linear(x, self.fc.weight, self.fc.bias), approximate="tanh")  # GPT-2's "gelu_new"
+        return linear(h, self.proj.weight, self.proj.bias)
 
 
 class Block(nn.Module):
@@ -229,7 +233,7 @@ class GPT(nn.Module):
             x = block(x, rope, cache, layer)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.ln_f(x))
+        return linear(self.ln_f(x), self.lm_head.weight)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean next-token cross-entropy in nats (over ``loss_mask`` targets when given)."""
