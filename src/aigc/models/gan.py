@@ -1,12 +1,19 @@
 """Conditional DCGAN (Radford et al., 2016) done properly, readable top to bottom.
 
-    generator      z ~ N(0, I) --fc--> (2C, s, s) --[CBN, ReLU, up-conv]x2--> (C/2, 4s, 4s) --conv, tanh--> x
-    discriminator  x --[conv, LeakyReLU]x3--> h (B, 2C, s, s) --sum over positions--> phi(x) (B, 2C)
+    generator      z ~ N(0, I) --fc(z) + E[y]--> (2C, s, s) --[CBN, ReLU, up-conv]x2--> (C/2, 4s, 4s)
+                   --conv, tanh--> x
+    discriminator  x --[conv, LeakyReLU]x3--> h (B, 2C, s, s) --flatten--> phi(x) (B, 2C s s)
                    D(x, y) = w . phi(x) + <embed(y), phi(x)>           (projection discriminator)
 
-* Class conditioning: the generator's batch norms take their scale and shift from the class
+* Class conditioning: the class enters the generator's first layer (fc([z, onehot(y)]), as in
+  Mirza & Osindero, 2014) and its batch norms take their scale and shift from the class
   (conditional batch norm, de Vries et al., 2017); the discriminator adds the inner product of a
   class embedding with its features (projection, Miyato & Koyama, 2018).
+  Why both, and why a flattened phi: in this small network, conditional batch norm alone (it only
+  scales and shifts whole channels) and a phi averaged over positions (it forgets where strokes
+  are) gave 0.13-0.28 class agreement on MNIST after 800 steps; with both changes, 0.83 (the
+  four runs are in the commit message of this change). ``class_input=False`` and
+  ``discriminator_features="pooled"`` keep the weaker forms.
 * Discriminator regularisation: DCGAN's batch norm on the inner layers (default; it is what kept
   our short MNIST runs from collapsing) and/or spectral normalisation of every layer (Miyato et
   al., 2018). Turn batch norm off with wgan-gp: the gradient penalty assumes per-example critics.
@@ -50,6 +57,10 @@ class GANConfig:
     gp_weight: float = 10.0  # lambda of the WGAN-GP gradient penalty
     n_critic: int = 1  # discriminator steps per generator step (5 is usual for wgan-gp)
     d_lr_scale: float = 1.0  # discriminator lr = lr * d_lr_scale (two time-scale update rule)
+    class_input: bool = True  # the class also enters the generator's first layer (see Generator)
+    # phi(x) of the discriminator: "flat" keeps the (2C, s, s) map's layout (DCGAN's flatten);
+    # "pooled" sums (spectral norm) or averages it over positions (Miyato & Koyama's ResNet D)
+    discriminator_features: Literal["flat", "pooled"] = "flat"
 
     def __post_init__(self) -> None:
         check_positive(self, "image_size", "image_channels", "latent_dim", "channels",
@@ -89,6 +100,12 @@ class Generator(nn.Module):
         c, k = cfg.channels, cfg.num_classes
         self.side = cfg.image_size // 4
         self.fc = nn.Linear(cfg.latent_dim, 2 * c * self.side * self.side)
+        # fc([z, onehot(y)]) written as fc(z) + E[y]: a class-specific (2C, s, s) map. Conditional
+        # batch norm alone only scales and shifts whole channels, uniformly over positions, so it
+        # cannot place a class's strokes; with it alone our MNIST generator reached 0.33 class
+        # agreement in 4000 steps.
+        self.class_map = (nn.Embedding(k, 2 * c * self.side * self.side)
+                          if k and cfg.class_input else None)
         self.bn0 = ConditionalBatchNorm2d(2 * c, k)
         self.up1 = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1)  # s -> 2s
         self.bn1 = ConditionalBatchNorm2d(c, k)
@@ -97,7 +114,10 @@ class Generator(nn.Module):
         self.out = nn.Conv2d(c // 2 or 1, cfg.image_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        h = self.fc(z).view(z.shape[0], -1, self.side, self.side)  # (B, 2C, s, s)
+        h = self.fc(z)  # (B, 2C s s)
+        if self.class_map is not None:
+            h = h + self.class_map(labels)
+        h = h.view(z.shape[0], -1, self.side, self.side)  # (B, 2C, s, s)
         h = F.relu(self.bn0(h, labels))
         h = F.relu(self.bn1(self.up1(h), labels))  # (B, C, 2s, 2s)
         h = F.relu(self.bn2(self.up2(h), labels))  # (B, C/2, 4s, 4s)
@@ -115,14 +135,17 @@ class Discriminator(nn.Module):
             sn(nn.Conv2d(c, 2 * c, 4, stride=2, padding=1)),  # H/2 -> H/4
         ])
         self.sum_pool = cfg.spectral_norm
+        self.flat = cfg.discriminator_features == "flat"
+        side = cfg.image_size // 4
+        features = 2 * c * side * side if self.flat else 2 * c
         bn = cfg.discriminator_batchnorm
         self.norms = nn.ModuleList([
             nn.Identity(),  # no norm on the first layer (DCGAN)
             nn.BatchNorm2d(c) if bn else nn.Identity(),
             nn.BatchNorm2d(2 * c) if bn else nn.Identity(),
         ])
-        self.linear = sn(nn.Linear(2 * c, 1))
-        self.embed = sn(nn.Embedding(cfg.num_classes, 2 * c)) if cfg.num_classes else None
+        self.linear = sn(nn.Linear(features, 1))
+        self.embed = sn(nn.Embedding(cfg.num_classes, features)) if cfg.num_classes else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         h = x
@@ -131,7 +154,10 @@ class Discriminator(nn.Module):
         # (B, 2C): sum pooling as in the projection discriminator, whose scale spectral norm holds;
         # without it we average, which keeps the scores O(1) (summed, they reached ~30 and the
         # non-saturating losses blew up within 150 steps).
-        phi = h.sum(dim=(2, 3)) if self.sum_pool else h.mean(dim=(2, 3))
+        if self.flat:
+            phi = h.flatten(1)  # (B, 2C s s)
+        else:
+            phi = h.sum(dim=(2, 3)) if self.sum_pool else h.mean(dim=(2, 3))
         score = self.linear(phi).squeeze(1)  # (B,)
         if self.embed is not None:
             score = score + (self.embed(labels) * phi).sum(1)  # projection term <e_y, phi(x)>
@@ -153,6 +179,14 @@ class GAN(nn.Module):
                           if hasattr(module, "parametrizations") else module.weight)
                 nn.init.normal_(weight, 0.0, 0.02)
                 nn.init.zeros_(module.bias)
+        # The projection embedding and the generator's class map start at zero: the class terms
+        # grow from nothing, and D(x, y) starts at ~0 (L_D = 2 log 2). PyTorch's N(0, 1) embedding
+        # init made the projection term <e_y, phi> the whole of D's first scores (L_D ~3.3 at
+        # step 0, the generator's first 200 steps gave noise). Under spectral norm the embedding
+        # keeps its init: W / sigma(W) fixes its scale, and a zero W has no sigma.
+        for embed in (self.discriminator.embed, self.generator.class_map):
+            if embed is not None and not hasattr(embed, "parametrizations"):
+                nn.init.zeros_(embed.weight)
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         # Order matters: the trainer steps the discriminator first, then the generator.
