@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rows", default="dpm-solver++:10,dpm-solver++:20,ddim:10,ddim:20,"
                     "dpm-solver++:50,ddim:50,dpm-solver++:100,ddim:100,ddpm:100,ddpm:1000",
-                    help="sampler:steps, comma separated, in the order they run")
+                    help="sampler:steps, comma separated, in the order they run; "
+                    "ddim-eta1 is DDIM with eta=1 (stochastic)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", help="JSON file, rewritten after every row")
     args = ap.parse_args()
@@ -96,6 +97,9 @@ def main() -> None:
     labels = torch.arange(args.n) % max(1, model.cfg.num_classes)
     for spec in args.rows.split(","):
         sampler, steps = spec.split(":")
+        name, eta = sampler, 0.0
+        if sampler.startswith("ddim-eta"):
+            sampler, eta = "ddim", float(sampler[len("ddim-eta"):])
         t0 = time.perf_counter()
         images = []
         # One generator for the whole row: every row starts from the same noise.
@@ -104,12 +108,12 @@ def main() -> None:
             lab = labels[start:start + args.batch] if model.cfg.num_classes else None
             images.append(model.sample(len(labels[start:start + args.batch]), generator=gen,
                                        labels=lab, sampler=sampler, steps=int(steps),
-                                       guidance=args.guidance))
+                                       guidance=args.guidance, eta=eta))
         seconds = time.perf_counter() - t0
         fid = fid_of(torch.cat(images))
-        result["rows"].append({"sampler": sampler, "steps": int(steps), "fid": round(fid, 4),
+        result["rows"].append({"sampler": name, "steps": int(steps), "fid": round(fid, 4),
                                "seconds": round(seconds, 1)})
-        print(f"{sampler:>14} {steps:>5} {fid:9.3f} {seconds:8.1f}", flush=True)
+        print(f"{name:>14} {steps:>5} {fid:9.3f} {seconds:8.1f}", flush=True)
         write()
     ddpm = [r for r in result["rows"] if r["sampler"] == "ddpm" and r["steps"] == 1000]
     dpm = [r for r in result["rows"] if r["sampler"] == "dpm-solver++" and r["steps"] == 20]
