@@ -120,3 +120,18 @@ def test_cli_text_align_writes_a_model_with_its_record(tmp_path, capsys):
     assert aligned.cfg.text_encoder == "minilm-zh-gloss"
     assert ckpt.meta["text_align"]["steps"] == 50 and len(ckpt.meta["text_align"]["from_sha256"]) == 64
     assert main(["finetune", "text-align", str(src), "--out", str(tmp_path / "x.bin")]) == 2
+
+
+def test_cli_finetune_diffusion_continues_on_the_recorded_data_with_new_text_fields(tmp_path, capsys):
+    model = _tiny(num_classes=10, image_size=28)
+    src = save_model_file(tmp_path / "m.safetensors", family="diffusion",
+                          model_config=config_to_dict(model.cfg), weights=model.state_dict(),
+                          meta={"data": "mnist", "class_names": [str(i) for i in range(10)]})
+    out = tmp_path / "run"
+    rc = main(["finetune", "diffusion", str(src), "--out", str(out), "--text-align-weight", "1",
+               "--text-noise", "0.5", "--steps", "2", "--batch-size", "4", "--eval-every", "0",
+               "--sample-every", "0"])
+    assert rc == 0
+    tuned, ckpt = model_from_checkpoint(out)
+    assert ckpt.step == 2 and tuned.cfg.text_align_weight == 1.0 and tuned.cfg.text_noise == 0.5
+    assert ckpt.meta["finetuned_from_sha256"] and ckpt.meta["data"] == "mnist"

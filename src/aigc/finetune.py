@@ -213,3 +213,34 @@ def finetune_gpt(checkpoint: str | Path, data: str, out: str | Path, train_cfg) 
     after = gpt_perplexity(tuned, val)
     return FinetuneResult(before, after, result.step, time.perf_counter() - t0,
                           result.checkpoint, len(train), len(val))
+
+
+# ------------------------------------------------------------------------- diffusion (text path)
+
+
+def finetune_diffusion(checkpoint: str | Path, out: str | Path, train_cfg, *,
+                       model_overrides: dict | None = None):
+    """Continue training a diffusion checkpoint on the dataset it records (all weights), with
+    some model fields changed (e.g. ``text_prob``, ``text_align_weight``, ``text_noise``: teach
+    the UNet to render prompt conditions). Returns the trainer's result."""
+    from dataclasses import replace
+
+    from aigc.config import config_to_dict
+    from aigc.models import family_module, model_from_checkpoint
+    from aigc.models.diffusion import Diffusion
+    from aigc.train import Trainer
+
+    model, ckpt = model_from_checkpoint(checkpoint)
+    if ckpt.family != "diffusion":
+        raise AigcError(f"{ckpt.path} is a {ckpt.family} model, not diffusion")
+    data = ckpt.meta.get("data")
+    if not data:
+        raise AigcError(f"{ckpt.path} does not record its dataset")
+    cfg = replace(model.cfg, **(model_overrides or {}))
+    tuned = Diffusion(cfg)
+    tuned.load_state_dict(model.state_dict())
+    train, val, meta, _ = family_module("diffusion").training_data(data)
+    meta = {**ckpt.meta, **meta, "finetuned_from": str(ckpt.path),
+            "finetuned_from_sha256": ckpt.sha256}
+    return Trainer(tuned, family="diffusion", model_config=config_to_dict(cfg), train_data=train,
+                   val_data=val, cfg=train_cfg, run_dir=out, meta=meta).fit()

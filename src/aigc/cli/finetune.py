@@ -40,6 +40,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", required=True, help="run folder of the fine-tuned model")
     add_config_flags(g, TrainConfig, "training config")
     g.set_defaults(func=run_gpt)
+    d = fsub.add_parser(
+        "diffusion", help="continue training a diffusion checkpoint (e.g. on its prompt path)",
+        description="Continue training a diffusion checkpoint on the dataset it records, all "
+        "weights, with the text-path fields below changed: e.g. --text-prob 0.5 "
+        "--text-align-weight 1 --text-noise 0.5 teaches the UNet to render the conditions its "
+        "prompts map to. Writes a run folder like `aigc train`.")
+    d.add_argument("checkpoint", help="a diffusion checkpoint, run folder or starter:NAME")
+    d.add_argument("--out", required=True, help="run folder of the fine-tuned model")
+    d.add_argument("--text-prob", type=float, help="share of conditioned examples on a caption")
+    d.add_argument("--text-align-weight", type=float, help="weight of the alignment loss")
+    d.add_argument("--text-noise", type=float, help="noise on caption embeddings in training")
+    add_config_flags(d, TrainConfig, "training config")
+    d.set_defaults(func=run_diffusion)
     a = fsub.add_parser(
         "text-align", help="fit a diffusion model's prompt path to its class conditions",
         description="Train only the text projection of a class- and text-conditional diffusion "
@@ -129,4 +142,22 @@ def run_text_align(args: argparse.Namespace) -> int:
     print(f"captions mapped to their own class: {record['nearest_class_accuracy_before']:.1%} "
           f"-> {record['nearest_class_accuracy_after']:.1%} ({record['captions']} captions, "
           f"{args.steps} steps, noise {args.noise}); wrote {out}")
+    return 0
+
+
+def run_diffusion(args: argparse.Namespace) -> int:
+    from aigc.cli.sample import resolve_model
+    from aigc.config import TrainConfig, config_from_dict
+    from aigc.finetune import finetune_diffusion
+    from aigc.models.diffusion import TRAIN_DEFAULTS
+
+    defaults = {**TRAIN_DEFAULTS, "steps": 400, "lr": 2e-4, "warmup_steps": 20}
+    cfg = config_from_dict(TrainConfig, {**defaults, **config_flags(args, TrainConfig)},
+                           where="training config")
+    overrides = {k: v for k, v in (("text_prob", args.text_prob),
+                                   ("text_align_weight", args.text_align_weight),
+                                   ("text_noise", args.text_noise)) if v is not None}
+    result = finetune_diffusion(resolve_model(args.checkpoint), args.out, cfg,
+                                model_overrides=overrides)
+    print(f"{result.step} steps ({result.stopped}); checkpoint {result.checkpoint}")
     return 0
