@@ -55,6 +55,7 @@ def main() -> None:
         is_regulated_verse,
         load_corpus,
         poem_body,
+        split_verses,
         verse_form,
     )
     from aigc.generation import SamplingParams, generate_text
@@ -86,11 +87,8 @@ def main() -> None:
         print(f"trained {result.step} steps in {time.perf_counter() - t0:.0f}s ({result.stopped}), "
               f"best val loss {val}; checkpoint {result.checkpoint}")
         model, tok, _ = gpt.load_text_model(result.checkpoint)
-    import re
-
-    split_verses = re.compile(r"[，。？！；、,.?!;：:\s]+")
     train_bodies = {poem_body(d) for d in corpus.documents("train")}
-    train_verses = {v for b in train_bodies for v in split_verses.split(b) if v}
+    train_verses = {v for b in train_bodies for v in split_verses(b)}
     forms = [f for f in VERSE_FORMS if f != "古诗"]
     conditional = args.data == "tang-poems-full" and not args.unconditional
     ok = exact = copied = verses = verses_copied = shown = 0
@@ -109,7 +107,7 @@ def main() -> None:
             by_form[asked][0] += hit
             by_form[asked][1] += 1
         copied += body in train_bodies
-        vs = [v for v in split_verses.split(body) if v]
+        vs = split_verses(body)
         verses += len(vs)
         verses_copied += sum(v in train_verses for v in vs)
         if shown < args.show:

@@ -13,6 +13,7 @@ with MiniLM and draw a random caption of the right class per training example.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from aigc.errors import ConfigError
 
@@ -103,6 +104,7 @@ def caption_bank(dataset: str, class_names: list[str]) -> list[tuple[str, int]]:
 _ZH_NUMERALS = dict(zip(_DIGITS_ZH, _DIGITS_EN, strict=True))
 
 
+@lru_cache(maxsize=1)
 def _glossary() -> list[tuple[str, str]]:
     """(Chinese word, English word) for every Chinese class word and numeral that MiniLM cannot
     fully read, longest first (so 踝靴 is glossed before 靴)."""
@@ -119,19 +121,13 @@ def _glossary() -> list[tuple[str, str]]:
     return sorted(unknown, key=lambda p: -len(p[0]))
 
 
-_GLOSSARY: list[tuple[str, str]] | None = None
-
-
 def gloss_for_minilm(text: str) -> str:
     """Replace the Chinese class words and numerals that MiniLM reads as ``[UNK]`` with their
     English words from :data:`CLASS_WORDS` ("一双短靴" -> "一双 ankle boot ", "手写数字七" ->
     "手写数字 seven "). MiniLM is an English model whose vocabulary lacks most Chinese characters,
     so without this "短靴" and "凉鞋" embed identically. Only words in aigc's own bilingual class
     dictionary are glossed; other Chinese text is left as it is."""
-    global _GLOSSARY
-    if _GLOSSARY is None:
-        _GLOSSARY = _glossary()
-    for zh, en in _GLOSSARY:
+    for zh, en in _glossary():
         if zh in text:
             text = text.replace(zh, f" {en} ")
     return re.sub(r"\s+", " ", text).strip()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 import warnings
@@ -246,8 +247,6 @@ CHINESE_POETRY_VERSION = "2.0.1"
 def chinese_poetry_dir() -> Path:
     """Where the npm package ``chinese-poetry`` is: ``$AIGC_CHINESE_POETRY_DIR``, else the folder
     ``make data-extra`` installs it to (``~/.cache/aigc/npm``), else a global npm install."""
-    import os
-
     candidates = [Path(os.environ["AIGC_CHINESE_POETRY_DIR"])] \
         if os.environ.get("AIGC_CHINESE_POETRY_DIR") else []
     candidates += [Path.home() / ".cache/aigc/npm/node_modules/chinese-poetry",
@@ -446,10 +445,20 @@ _VERSE_BREAK = re.compile(r"[，。？！；、,.?!;：:\s]+")
 VERSE_FORMS = ("五言绝句", "七言绝句", "五言律诗", "七言律诗", "古诗")
 
 
+def split_verses(body: str) -> list[str]:
+    """The verses of a poem body: split at Chinese and Western punctuation and line breaks."""
+    return [v for v in _VERSE_BREAK.split(body) if v]
+
+
+def _regulated(verses: list[str]) -> bool:
+    lengths = {len(v) for v in verses}
+    return len(verses) in (4, 8) and (lengths == {5} or lengths == {7})
+
+
 def verse_form(body: str) -> str:
     """The :data:`VERSE_FORMS` name of a poem body (by line count and length only)."""
-    verses = [v for v in _VERSE_BREAK.split(body) if v]
-    if not is_regulated_verse(body):
+    verses = split_verses(body)
+    if not _regulated(verses):
         return "古诗"
     return ("五言" if len(verses[0]) == 5 else "七言") + ("绝句" if len(verses) == 4 else "律诗")
 
@@ -468,8 +477,4 @@ def is_regulated_verse(body: str) -> bool:
     poem usually holds a couplet: two verses). This is the form of 绝句 (4) and 律诗 (8); it does
     not check tones or rhyme.
     """
-    verses = [v for v in _VERSE_BREAK.split(body) if v]
-    if len(verses) not in (4, 8):
-        return False
-    lengths = {len(v) for v in verses}
-    return lengths == {5} or lengths == {7}
+    return _regulated(split_verses(body))

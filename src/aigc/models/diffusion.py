@@ -258,14 +258,15 @@ class Diffusion(nn.Module):
         return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def noisy_embeddings(text: torch.Tensor, std: float) -> torch.Tensor:
+def noisy_embeddings(text: torch.Tensor, std: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Unit-norm sentence embeddings moved by Gaussian noise of per-dimension std
     ``std / sqrt(dim)`` and renormalised: the text map sees a neighbourhood of each caption, not
     one point, so an unseen paraphrase nearby lands where its class is."""
     if std <= 0:
         return text
-    noise = torch.randn_like(text) * (std / math.sqrt(text.shape[-1]))
-    return F.normalize(text + noise, dim=-1)
+    noise = torch.randn(text.shape, generator=generator, dtype=text.dtype, device=text.device)
+    return F.normalize(text + noise * (std / math.sqrt(text.shape[-1])), dim=-1)
 
 
 def text_alignment_loss(unet: UNet, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -316,9 +317,7 @@ def align_text(model: Diffusion, embeddings: torch.Tensor, labels: torch.Tensor,
     loss = torch.zeros(())
     for _ in iterator:
         idx = torch.randint(0, len(embeddings), (batch_size,), generator=gen)
-        noise_draw = torch.randn((batch_size, embeddings.shape[1]), generator=gen)
-        text = F.normalize(embeddings[idx] + noise_draw * (noise / math.sqrt(embeddings.shape[1])),
-                           dim=-1)
+        text = noisy_embeddings(embeddings[idx], noise, gen)
         loss = text_alignment_loss(unet, text, labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
