@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from aigc.errors import AigcError
 from aigc.metrics.card import MetricCard
-from aigc.metrics.features import FeatureExtractor
+from aigc.metrics.features import FeatureExtractor, check_features
 from aigc.metrics.fid import FrechetDistance
 from aigc.metrics.image import ConditionalAccuracy
 from aigc.metrics.inception_score import inception_score
 from aigc.metrics.kid import KernelDistance, default_subset_size
-from aigc.metrics.manifold import precision_recall_density_coverage
+from aigc.metrics.manifold import knn_radii, precision_recall_density_coverage
 
 MEMORISATION_N = 1000  # samples (and test images) whose nearest train image is searched
 
@@ -107,8 +107,10 @@ def _first_images(dataset, n: int, what: str) -> dict[str, torch.Tensor]:
 
 def measure_features(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], *,
                      kid_subsets: int, kid_subset_size: int, k: int, seed: int,
-                     is_splits: int = 10) -> dict[str, float]:
-    """FID, KID, IS-style score and manifold metrics of ``fake`` against ``real`` features."""
+                     is_splits: int = 10, real_radii: torch.Tensor | None = None
+                     ) -> dict[str, float]:
+    """FID, KID, IS-style score and manifold metrics of ``fake`` against ``real`` features
+    (``real_radii``: the real set's k-NN radii, when already computed)."""
     fid = FrechetDistance()
     fid.update(real["features"], real=True)
     fid.update(fake["features"], real=False)
@@ -119,7 +121,8 @@ def measure_features(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor
     is_mean, is_std = inception_score(fake["logits"], splits=is_splits, seed=seed)
     return {"fid": fid.compute(), "kid_mean": kid_mean, "kid_std": kid_std, "is_mean": is_mean,
             "is_std": is_std,
-            **precision_recall_density_coverage(real["features"], fake["features"], k=k)}
+            **precision_recall_density_coverage(real["features"], fake["features"], k=k,
+                                                real_radii=real_radii)}
 
 
 def nearest_train_images(queries: torch.Tensor, train: torch.Tensor, k: int = 1,
@@ -183,6 +186,9 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
     fake_f = extractor.extract(fake_images, batch_size=batch_size)
     bar.update()
     settings = dict(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, k=k, seed=seed)
+    if baseline and len(real_f["features"]) > k:
+        # the real set's k-NN radii (an n x n distance pass) serve the model and the baseline
+        settings["real_radii"] = knn_radii(check_features(real_f["features"], "real features"), k)
     values = measure_features(real_f, fake_f, **settings)
     base: dict[str, Any] = {}
     if baseline:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +44,7 @@ from tqdm.auto import tqdm
 
 from aigc.errors import AigcError
 from aigc.metrics.card import MetricCard
-
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+from aigc.metrics.text import HAN
 
 
 @dataclass
@@ -66,7 +64,7 @@ def tokenizer_sha256(tokenizer) -> str:
 def detect_language(texts: list[str]) -> str:
     """``"zh"`` when most non-space characters are Han characters, else ``"en"``."""
     chars = [c for t in texts for c in t if not c.isspace()]
-    han = sum(1 for c in chars if _HAN.match(c))
+    han = sum(1 for c in chars if HAN.match(c))
     return "zh" if chars and han / len(chars) > 0.3 else "en"
 
 

@@ -48,7 +48,6 @@ event, at 480 MIDI ticks per quarter; so ``tokens -> MIDI -> tokens`` is the ide
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import struct
@@ -58,6 +57,7 @@ from pathlib import Path
 
 import torch
 
+from aigc.data.text import hash_split
 from aigc.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -708,11 +708,6 @@ class MusicCorpus:
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
         return self.pieces[split]
-
-
-def hash_split(name: str) -> str:
-    bucket = int(hashlib.sha256(name.encode("utf-8")).hexdigest()[:8], 16) % 20
-    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
 def cache_dir() -> Path:

@@ -55,9 +55,11 @@ def _covered(centres: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor) 
     return torch.cat(out)
 
 
-def precision_recall_density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5
-                                      ) -> dict[str, float]:
-    """All four manifold metrics for feature sets ``real (N, D)``, ``fake (M, D)``."""
+def precision_recall_density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5,
+                                      real_radii: torch.Tensor | None = None) -> dict[str, float]:
+    """All four manifold metrics for feature sets ``real (N, D)``, ``fake (M, D)``.
+    ``real_radii``: ``knn_radii(real, k)`` when the caller already has them (one real set
+    measured against several generated sets)."""
     real, fake = check_features(real, "real features"), check_features(fake, "generated features")
     for name, x in (("real", real), ("generated", fake)):
         if x.shape[0] <= k:
@@ -65,7 +67,8 @@ def precision_recall_density_coverage(real: torch.Tensor, fake: torch.Tensor, k:
                             f"got {x.shape[0]}")
     if real.shape[1] != fake.shape[1]:
         raise AigcError(f"real features have {real.shape[1]} dimensions, generated {fake.shape[1]}")
-    r_real, r_fake = knn_radii(real, k), knn_radii(fake, k)
+    r_real = knn_radii(real, k) if real_radii is None else real_radii
+    r_fake = knn_radii(fake, k)
     in_real = _ball_counts(fake, real, r_real)  # (M,) real balls around each generated sample
     return {
         "precision": float((in_real > 0).double().mean()),

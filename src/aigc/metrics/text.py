@@ -22,7 +22,7 @@ import torch
 from aigc.errors import AigcError
 
 Language = Literal["en", "zh"]
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def _check_language(language: str) -> None:
@@ -220,8 +220,8 @@ def regulated_verse_form(poem: str) -> dict[str, object]:
     and rhyme are not checked.
     """
     lines = verse_lines(poem)
-    lengths = [len(_HAN.findall(line)) for line in lines]
-    foreign = [line for line in lines if len(_HAN.findall(line)) != len(line.replace(" ", ""))]
+    lengths = [len(HAN.findall(line)) for line in lines]
+    foreign = [line for line in lines if len(HAN.findall(line)) != len(line.replace(" ", ""))]
     if len(lines) not in (4, 8):
         reason = f"{len(lines)} lines (need 4 or 8)"
     elif foreign:

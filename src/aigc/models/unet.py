@@ -126,7 +126,6 @@ class UNet(nn.Module):
         super().__init__()
         c0 = channels[0]
         emb_dim = 4 * c0
-        self.num_classes = num_classes
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # Row ``num_classes`` is the learned null condition used by classifier-free guidance.
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim)
@@ -162,7 +161,6 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, image_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
-        self.downsamplings = len(channels) - 1
 
     def condition(self, labels: torch.Tensor, text: torch.Tensor | None = None,
                   text_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -476,8 +476,14 @@ def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageB
 
     backends: dict[str, ImageBackend] = {}
     skipped: dict[str, str] = {}
+    from aigc.checkpoints import read_metadata, resolve_checkpoint
+
     for name, path in paths:
         try:
+            # text GPTs are served by load_text_backends, music GPTs by load_music_backends:
+            # read the header only, not their weights
+            if read_metadata(resolve_checkpoint(path)).get("family") in ("gpt", "music-gpt"):
+                continue
             model, ckpt = model_from_checkpoint(path)
         except (AigcError, OSError, KeyError) as exc:
             skipped[name] = str(exc)
@@ -485,9 +491,7 @@ def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageB
             continue
         if not hasattr(model, "sample") or getattr(model, "cfg", None) is None \
                 or not hasattr(model.cfg, "image_size"):
-            # text GPTs are served by load_text_backends, music GPTs by load_music_backends
-            if ckpt.family not in ("gpt", "music-gpt"):
-                skipped[name] = f"a {ckpt.family!r} model does not sample images"
+            skipped[name] = f"a {ckpt.family!r} model does not sample images"
             continue
         if name in backends:
             name = f"{name}-{ckpt.sha256[:8]}"

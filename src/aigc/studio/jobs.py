@@ -186,8 +186,7 @@ class JobRunner:
         return before
 
     def _is_cancelled(self, job_id: str) -> bool:
-        job = self.store.get_job(job_id)
-        return job is None or job["status"] == "cancelled"
+        return self.store.statuses([job_id]).get(job_id, "cancelled") == "cancelled"
 
     # ----------------------------------------------------------------------- images
     def _image_loop(self) -> None:

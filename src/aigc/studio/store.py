@@ -251,12 +251,7 @@ class Store:
 
     def claim(self, job_id: str) -> bool:
         """queued -> running, atomically; False when someone else claimed or cancelled it."""
-        with self.engine.begin() as conn:
-            res = conn.execute(
-                update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "queued"))
-                .values(status="running", started=time.time(), attempts=jobs.c.attempts + 1,
-                        progress=0.0))
-        return res.rowcount == 1
+        return bool(self.claim_many([job_id]))
 
     def claim_many(self, job_ids: list[str]) -> list[str]:
         """:meth:`claim` for several jobs in one statement; returns the ids claimed, in order."""
