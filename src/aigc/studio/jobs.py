@@ -324,17 +324,21 @@ class JobRunner:
         self._push(job["id"], "failed", message)
 
     # ------------------------------------------------------------------------- text
-    def _text_loop(self) -> None:
+    def _one_at_a_time(self, kind: str, run: Callable[[dict[str, Any]], None]) -> None:
+        """The loop of the text and music workers: claim the oldest queued job, run it."""
         while not self._stop.is_set():
-            queued = self.store.queued_jobs("text", limit=1)
+            queued = self.store.queued_jobs(kind, limit=1)
             if not queued:
-                self._wake["text"].wait(1.0)
-                self._wake["text"].clear()
+                self._wake[kind].wait(1.0)
+                self._wake[kind].clear()
                 continue
             job = queued[0]
             if self.store.claim(job["id"]):
-                self._push(job["id"], "running", None)
-                self._run_text(job)
+                self._push(job["id"], "running", None)  # for followers that show the start
+                run(job)
+
+    def _text_loop(self) -> None:
+        self._one_at_a_time("text", self._run_text)
 
     def _run_text(self, job: dict[str, Any]) -> None:
         t0 = time.perf_counter()
@@ -388,16 +392,7 @@ class JobRunner:
 
     # ------------------------------------------------------------------------ music
     def _music_loop(self) -> None:
-        while not self._stop.is_set():
-            queued = self.store.queued_jobs("music", limit=1)
-            if not queued:
-                self._wake["music"].wait(1.0)
-                self._wake["music"].clear()
-                continue
-            job = queued[0]
-            if self.store.claim(job["id"]):
-                self._push(job["id"], "running", None)  # for followers that show the start
-                self._run_music(job)
+        self._one_at_a_time("music", self._run_music)
 
     def _run_music(self, job: dict[str, Any]) -> None:
         """Compose the job's ``n`` pieces (piece i with seed + i); each is one item whose file

@@ -100,43 +100,30 @@ class Studio:
                [b.describe() for b in self.texts.values()] + \
                [b.describe() for b in self.musics.values()]
 
-    def image_backend(self, name: str | None) -> ImageBackend:
+    @staticmethod
+    def _backend(table: dict[str, Any], kind: str, name: str | None, none_hint: str) -> Any:
+        """The backend ``name`` of ``table`` (the first one when ``name`` is None), or a 404."""
         if name is None:
-            if not self.images:
-                raise ApiError(404, "no image model is loaded on this server; start it with "
-                               "--models DIR holding checkpoints", code="model_not_found",
-                               param="model")
-            return next(iter(self.images.values()))
-        if name not in self.images:
-            raise ApiError(404, f"image model {name!r} not found; loaded: "
-                           f"{', '.join(self.images) or 'none'}", code="model_not_found",
-                           param="model")
-        return self.images[name]
+            if not table:
+                raise ApiError(404, f"no {kind} model is loaded on this server{none_hint}",
+                               code="model_not_found", param="model")
+            return next(iter(table.values()))
+        if name not in table:
+            raise ApiError(404, f"{kind} model {name!r} not found; loaded: "
+                           f"{', '.join(table) or 'none'}", code="model_not_found", param="model")
+        return table[name]
+
+    def image_backend(self, name: str | None) -> ImageBackend:
+        return self._backend(self.images, "image", name,
+                             "; start it with --models DIR holding checkpoints")
 
     def text_backend(self, name: str | None) -> TextBackend:
-        if name is None:
-            if not self.texts:
-                raise ApiError(404, "no text model is loaded on this server",
-                               code="model_not_found", param="model")
-            return next(iter(self.texts.values()))
-        if name not in self.texts:
-            raise ApiError(404, f"text model {name!r} not found; loaded: "
-                           f"{', '.join(self.texts) or 'none'}", code="model_not_found",
-                           param="model")
-        return self.texts[name]
+        return self._backend(self.texts, "text", name, "")
 
     def music_backend(self, name: str | None) -> MusicBackend:
-        if name is None:
-            if not self.musics:
-                raise ApiError(404, "no music model is loaded on this server; serve a music GPT "
-                               "checkpoint (the starter music-gpt-bach-and-folk is served unless "
-                               "--no-starters)", code="model_not_found", param="model")
-            return next(iter(self.musics.values()))
-        if name not in self.musics:
-            raise ApiError(404, f"music model {name!r} not found; loaded: "
-                           f"{', '.join(self.musics) or 'none'}", code="model_not_found",
-                           param="model")
-        return self.musics[name]
+        return self._backend(self.musics, "music", name,
+                             "; serve a music GPT checkpoint (the starter music-gpt-bach-and-folk "
+                             "is served unless --no-starters)")
 
     # --------------------------------------------------------------- admission
     def _admit(self, cost: float, kind: str) -> None:
