@@ -48,6 +48,42 @@ def test_full_finetune_gpt_lowers_heldout_perplexity(tmp_path):
     assert ckpt.meta["finetuned_from_sha256"] and ckpt.meta["data"] == f"text:{new}"
 
 
+def test_grow_depth_keeps_the_function_and_refuses_odd_depths():
+    from aigc.errors import ConfigError
+    from aigc.models.gpt import GPT, GPTConfig, grow_depth
+
+    torch.manual_seed(0)
+    small = GPT(GPTConfig(vocab_size=40, context_length=12, layers=2, heads=2, width=16)).eval()
+    with torch.no_grad():  # non-zero projections everywhere, so a wrong copy would show
+        for p in small.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grown = grow_depth(small, 6).eval()
+    x = torch.randint(0, 40, (3, 12))
+    assert grown.cfg.layers == 6 and len(grown.blocks) == 6
+    torch.testing.assert_close(grown(x), small(x), rtol=0, atol=1e-6)
+    # the added blocks start as the identity but are trainable copies, not the same tensors
+    assert grown.blocks[1].attn.proj.weight.abs().sum() == 0
+    assert grown.blocks[1].attn.qkv.weight.data_ptr() != grown.blocks[0].attn.qkv.weight.data_ptr()
+    torch.testing.assert_close(grown.blocks[1].attn.qkv.weight, small.blocks[0].attn.qkv.weight)
+    for bad in (1, 3):
+        with pytest.raises(ConfigError, match="multiple of the model's 2 layers"):
+            grow_depth(small, bad)
+
+
+def test_finetune_gpt_can_grow_the_model_first(tmp_path):
+    from aigc.cli import main
+    from aigc.models.gpt import load_text_model
+
+    run = _tiny_run(tmp_path, "\n\n".join(f"the cat sat on mat {i}." for i in range(80)))
+    out = tmp_path / "deeper"
+    assert main(["finetune", "gpt", str(run), "--data", f"text:{tmp_path / 'base.txt'}", "--out",
+                 str(out), "--layers", "2", "--steps", "3", "--batch-size", "4",
+                 "--eval-every", "0", "--sample-every", "0", "--ckpt-every", "0",
+                 "--eval-batches", "2"]) == 0
+    model, _, ckpt = load_text_model(out)
+    assert model.cfg.layers == 2 and ckpt.meta["finetuned_from_layers"] == 1
+
+
 def test_finetune_gpt_refuses_unknown_characters(tmp_path):
     from aigc.finetune import finetune_gpt
 

@@ -187,15 +187,21 @@ def gpt_perplexity(model, windows, *, batch_size: int = 32, max_windows: int = 2
     return math.exp(total / max(count, 1))
 
 
-def finetune_gpt(checkpoint: str | Path, data: str, out: str | Path, train_cfg) -> FinetuneResult:
-    """Continue training a GPT checkpoint on corpus ``data`` (all weights), keeping its tokenizer."""
+def finetune_gpt(checkpoint: str | Path, data: str, out: str | Path, train_cfg, *,
+                 layers: int | None = None) -> FinetuneResult:
+    """Continue training a GPT checkpoint on corpus ``data`` (all weights), keeping its tokenizer.
+
+    ``layers``: first grow the model to this depth with :func:`aigc.models.gpt.grow_depth` (the
+    grown model starts as the same function, so "before" is the checkpoint's perplexity)."""
     from aigc.config import config_to_dict
     from aigc.data.text import load_corpus
     from aigc.data.tokens import TokenWindows, encode_documents
-    from aigc.models.gpt import load_text_model
+    from aigc.models.gpt import grow_depth, load_text_model
     from aigc.train import Trainer
 
     model, tokenizer, ckpt = load_text_model(checkpoint, use_ema=True)
+    if layers is not None and layers != model.cfg.layers:
+        model = grow_depth(model, layers)
     corpus = load_corpus(data)
     T = model.cfg.context_length
     train = TokenWindows(encode_documents(tokenizer, corpus.documents("train")), T,
@@ -205,7 +211,7 @@ def finetune_gpt(checkpoint: str | Path, data: str, out: str | Path, train_cfg) 
     before = gpt_perplexity(model, val)
     model.train()
     meta = {**ckpt.meta, "data": data, "finetuned_from": str(ckpt.path),
-            "finetuned_from_sha256": ckpt.sha256}
+            "finetuned_from_sha256": ckpt.sha256, "finetuned_from_layers": ckpt.model_config.get("layers")}
     t0 = time.perf_counter()
     result = Trainer(model, family="gpt", model_config=config_to_dict(model.cfg), train_data=train,
                      val_data=val, cfg=train_cfg, run_dir=out, meta=meta, progress=False).fit()

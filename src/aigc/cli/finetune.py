@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", required=True, help="text corpus (its characters must be known to "
                    "the checkpoint's tokenizer)")
     g.add_argument("--out", required=True, help="run folder of the fine-tuned model")
+    g.add_argument("--layers", type=int, help="grow the model to this many layers first (a "
+                   "multiple of its depth): each block is repeated, the copies starting as the "
+                   "identity, so training begins from the same model with more capacity")
     add_config_flags(g, TrainConfig, "training config")
     g.set_defaults(func=run_gpt)
     d = fsub.add_parser(
@@ -100,7 +103,7 @@ def run_gpt(args: argparse.Namespace) -> int:
     defaults = {**TRAIN_DEFAULTS, "steps": 500, "lr": 3e-4, "warmup_steps": 20}
     cfg = config_from_dict(TrainConfig, {**defaults, **config_flags(args, TrainConfig)},
                            where="training config")
-    result = finetune_gpt(args.checkpoint, args.data, args.out, cfg)
+    result = finetune_gpt(args.checkpoint, args.data, args.out, cfg, layers=args.layers)
     print(f"held-out perplexity on {args.data} val: {result.perplexity_before:.3f} -> "
           f"{result.perplexity_after:.3f} ({result.steps} steps in {result.seconds:.0f}s); "
           f"checkpoint {result.out}")

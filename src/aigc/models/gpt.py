@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -295,6 +295,31 @@ class GPT(nn.Module):
 
 CONFIG_CLASS = GPTConfig
 MODEL_CLASS = GPT
+
+
+def grow_depth(model: GPT, layers: int) -> GPT:
+    """A deeper copy of ``model`` that computes the same function (depth up-scaling).
+
+    Block i of the old model becomes blocks ``k*i .. k*i + k-1`` of the new one (``layers`` must
+    be a multiple ``k`` of the old depth); each added copy has its two output projections
+    (attention and MLP) zeroed, so with pre-LayerNorm residual blocks it starts as the identity
+    and the grown model's logits equal the old model's. Training then uses the new blocks, which
+    start from trained weights rather than noise (Net2Net-style growth, Chen et al., 2016).
+    """
+    old = model.cfg.layers
+    if layers < old or layers % old:
+        raise ConfigError(f"layers must be a multiple of the model's {old} layers, got {layers}")
+    grown = GPT(replace(model.cfg, layers=layers)).to(model.wte.weight.device,
+                                                      model.wte.weight.dtype)
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    k = layers // old
+    for i, block in enumerate(model.blocks):
+        for j in range(k):
+            for name, value in block.state_dict().items():
+                zero = j > 0 and name.startswith(("attn.proj.", "mlp.proj."))
+                sd[f"blocks.{k * i + j}.{name}"] = torch.zeros_like(value) if zero else value
+    grown.load_state_dict(sd)
+    return grown
 
 
 # ----------------------------------------------------------- Hugging Face GPT-2 interoperability
