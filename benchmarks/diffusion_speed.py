@@ -165,11 +165,15 @@ def sample_diffusers(model: Diffusion, n: int, sampler: str, steps: int):
     return run
 
 
-def quality_check(steps: int, batch_size: int, lr: float, seed: int = 1) -> dict[str, float]:
-    """Equal quality, measured: each recipe trains ``steps`` steps from the same initial weights
-    seed on the same real MNIST batches, then its epsilon-prediction MSE is measured in fp32 on
+def quality_check(steps: int, every: int, batch_size: int, lr: float,
+                  cpu_per_step: dict[str, float], seed: int = 1) -> None:
+    """Equal quality, measured: each recipe trains ``steps`` steps from the same seed on the same
+    real MNIST batches; every ``every`` steps its epsilon-prediction MSE is measured in fp32 on
     1,000 test images with one fixed draw of t, noise and labels (the quantity both sides
-    minimise). A recipe that trains faster but learns worse shows here."""
+    minimise). Printed: the curves, and the CPU time each recipe needs to reach the MSE that
+    diffusers as shipped (fp32 eager) has after ``steps`` steps (steps to reach it, linearly
+    interpolated between evaluations, times the recipe's CPU seconds per step from the timing
+    table). A recipe that steps faster but learns worse pays for it here."""
     from aigc.data.images import load_images
     from aigc.models.diffusion import noise_schedule
 
@@ -188,24 +192,43 @@ def quality_check(steps: int, batch_size: int, lr: float, seed: int = 1) -> dict
         "diffusers bf16 +fused": (train_diffusers, True, False, True),
         "ours bf16 +fused": (train_ours, True, False, True),
     }
-    result = {}
+
+    @torch.no_grad()
+    def test_mse(model, ours: bool) -> float:
+        model.eval()
+        preds = [model.unet(x, tt, model.unet.condition(lab)) if ours else
+                 model(x, tt, class_labels=lab).sample
+                 for x, tt, lab in zip(x_t.split(250), t.split(250), labels.split(250), strict=True)]
+        model.train()
+        return F.mse_loss(torch.cat(preds).float(), eps).item()
+
+    marks = list(range(every, steps + 1, every))
+    print(f"  {'test epsilon MSE after steps':<30}" + "".join(f"{m:>8}" for m in marks))
+    curves = {}
     for name, (side, bf16, cl, fused) in recipes.items():
         batch = {}
         model, step = side(batch, bf16, cl, fused, False, lr)
+        torch.manual_seed(seed)  # the training noise and timesteps: the same stream per recipe
+        curves[name] = []
         for i in range(steps):
             batch.update(train.get_batch(order[i]))
             step()
-        model.eval()
-        with torch.no_grad():
-            if side is train_ours:
-                pred = torch.cat([model.unet(x, tt, model.unet.condition(lab)) for x, tt, lab in
-                                  zip(x_t.split(250), t.split(250), labels.split(250), strict=True)])
-            else:
-                pred = torch.cat([model(x, tt, class_labels=lab).sample for x, tt, lab in
-                                  zip(x_t.split(250), t.split(250), labels.split(250), strict=True)])
-        result[name] = F.mse_loss(pred.float(), eps).item()
-        print(f"  {name:<24} test epsilon MSE {result[name]:.4f}", flush=True)
-    return result
+            if i + 1 in marks:
+                curves[name].append(test_mse(model, side is train_ours))
+        print(f"  {name:<30}" + "".join(f"{v:8.4f}" for v in curves[name]), flush=True)
+    target = curves["diffusers fp32 eager"][-1]
+    print(f"  CPU time to reach MSE {target:.4f} (diffusers fp32 eager after {steps} steps):")
+    base = steps * cpu_per_step["diffusers fp32 eager"]
+    for name, curve in curves.items():
+        reached = next((i for i, v in enumerate(curve) if v <= target), None)
+        if reached is None:
+            print(f"    {name:<28} not reached in {steps} steps")
+            continue
+        prev_step, prev_v = (0, float("inf")) if reached == 0 else (marks[reached - 1], curve[reached - 1])
+        frac = 1.0 if prev_v == float("inf") else (prev_v - target) / (prev_v - curve[reached])
+        at = prev_step + frac * (marks[reached] - prev_step)
+        seconds = at * cpu_per_step[name]
+        print(f"    {name:<28} ~{at:5.0f} steps, {seconds:6.1f} CPU s  x{base / seconds:.2f}")
 
 
 def profile_steps(batch: dict, steps: int = 4) -> None:
@@ -247,8 +270,10 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true", help="leave out the compile rows")
     ap.add_argument("--no-sampling", action="store_true")
-    ap.add_argument("--quality-steps", type=int, default=300,
+    ap.add_argument("--quality-steps", type=int, default=600,
                     help="steps of the equal-quality check on real MNIST (0: skip it)")
+    ap.add_argument("--quality-every", type=int, default=100, help="test MSE every N steps")
+    ap.add_argument("--quality-seed", type=int, default=1, help="seed of the batches and test draw")
     ap.add_argument("--quality-lr", type=float, default=5e-4)
     ap.add_argument("--profile", action="store_true",
                     help="only print torch.profiler tables (where a training step's time goes)")
@@ -303,7 +328,8 @@ def main() -> None:
     if args.quality_steps:
         print(f"\nequal quality: {args.quality_steps} steps, batch {args.batch}, AdamW lr "
               f"{args.quality_lr}, real MNIST; epsilon MSE on 1,000 test images (lower is better)")
-        quality_check(args.quality_steps, args.batch, args.quality_lr)
+        quality_check(args.quality_steps, args.quality_every, args.batch, args.quality_lr,
+                      {n: t["cpu"] for n, t in timing.items()}, seed=args.quality_seed)
     print(load_average() + " (after)")
     if args.no_sampling:
         return

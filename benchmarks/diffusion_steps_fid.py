@@ -8,8 +8,11 @@ row "real (train, n)" is the FID of ``--n`` real training images against the sam
 floor that sampling noise alone gives at this n. Rows are printed and written to ``--out`` as
 they finish, cheapest first, so an interrupted run keeps what it measured.
 
-    python benchmarks/diffusion_steps_fid.py starter:diffusion-mnist --n 256 \\
-        --out benchmarks/results/diffusion_steps_fid-mnist.json
+    python benchmarks/diffusion_steps_fid.py starter:diffusion-mnist --n 128 --guidance 2 \\
+        --out benchmarks/results/diffusion_steps_fid-mnist-n128-g2.json
+
+Compare samplers at the same guidance: the ODE samplers (DDIM eta 0, DPM-Solver++) need some
+guidance to match the stochastic ones on our starters (see the README's steps-against-FID tables).
 
 Cost: one network evaluation per image per step with ``--guidance 1`` (two with guidance), so
 the 1000-step DDPM row alone is ``1000 x n`` image evaluations.
@@ -36,7 +39,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rows", default="dpm-solver++:10,dpm-solver++:20,ddim:10,ddim:20,"
-                    "dpm-solver++:50,ddim:50,dpm-solver++:100,ddim:100,ddpm:100,ddpm:1000",
+                    "dpm-solver++:50,ddim:50,ddpm:20,dpm-solver++:100,ddim:100,ddpm:100,ddpm:1000",
                     help="sampler:steps, comma separated, in the order they run; "
                     "ddim-eta1 is DDIM with eta=1 (stochastic)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -42,6 +42,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1: off)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--show", type=int, default=4, help="poems to print")
@@ -96,7 +98,8 @@ def main() -> None:
     for i in range(args.n):
         asked = forms[i % len(forms)] if conditional else None
         prompt = f"{asked}\n" if asked else ""
-        params = SamplingParams(temperature=args.temperature, max_tokens=300, seed=args.seed + i)
+        params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                max_tokens=300, seed=args.seed + i)
         poem = prompt + generate_text(model, tok, prompt, params).text
         body = poem_body(poem)
         good = is_regulated_verse(body)
@@ -116,8 +119,10 @@ def main() -> None:
             print(poem)
             shown += 1
     how = "prompted with a regulated form, cycling" if conditional else "empty prompt"
+    truncation = "".join([f", top-p {args.top_p}" if args.top_p < 1 else "",
+                          f", top-k {args.top_k}" if args.top_k else ""])
     print(f"form check ({how}): {ok}/{args.n} = {100 * ok / args.n:.1f}% regulated verse at "
-          f"temperature {args.temperature} (target >= 90%)")
+          f"temperature {args.temperature}{truncation} (target >= 90%)")
     if conditional:
         print(f"exactly the form asked for: {exact}/{args.n} = {100 * exact / args.n:.1f}%  ("
               + ", ".join(f"{f} {h}/{t}" for f, (h, t) in by_form.items()) + ")")
