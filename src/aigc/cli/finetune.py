@@ -74,6 +74,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_text_align)
 
 
+def _train_config(args: argparse.Namespace, family_defaults: dict, *, steps: int, lr: float):
+    """The fine-tune's TrainConfig: the family's defaults with a fine-tune's shorter run, lower
+    learning rate and 20 warm-up steps, then whatever the command line sets."""
+    from aigc.config import TrainConfig, config_from_dict
+
+    defaults = {**family_defaults, "steps": steps, "lr": lr, "warmup_steps": 20}
+    return config_from_dict(TrainConfig, {**defaults, **config_flags(args, TrainConfig)},
+                            where="training config")
+
+
 def run_chat(args: argparse.Namespace) -> int:
     from aigc.data.text import load_corpus
     from aigc.finetune import finetune_chat_lora
@@ -96,13 +106,10 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_gpt(args: argparse.Namespace) -> int:
-    from aigc.config import TrainConfig, config_from_dict
     from aigc.finetune import finetune_gpt
     from aigc.models.gpt import TRAIN_DEFAULTS
 
-    defaults = {**TRAIN_DEFAULTS, "steps": 500, "lr": 3e-4, "warmup_steps": 20}
-    cfg = config_from_dict(TrainConfig, {**defaults, **config_flags(args, TrainConfig)},
-                           where="training config")
+    cfg = _train_config(args, TRAIN_DEFAULTS, steps=500, lr=3e-4)
     result = finetune_gpt(args.checkpoint, args.data, args.out, cfg, layers=args.layers)
     print(f"held-out perplexity on {args.data} val: {result.perplexity_before:.3f} -> "
           f"{result.perplexity_after:.3f} ({result.steps} steps in {result.seconds:.0f}s); "
@@ -150,13 +157,10 @@ def run_text_align(args: argparse.Namespace) -> int:
 
 def run_diffusion(args: argparse.Namespace) -> int:
     from aigc.cli.sample import resolve_model
-    from aigc.config import TrainConfig, config_from_dict
     from aigc.finetune import finetune_diffusion
     from aigc.models.diffusion import TRAIN_DEFAULTS
 
-    defaults = {**TRAIN_DEFAULTS, "steps": 400, "lr": 2e-4, "warmup_steps": 20}
-    cfg = config_from_dict(TrainConfig, {**defaults, **config_flags(args, TrainConfig)},
-                           where="training config")
+    cfg = _train_config(args, TRAIN_DEFAULTS, steps=400, lr=2e-4)
     overrides = {k: v for k, v in (("text_prob", args.text_prob),
                                    ("text_align_weight", args.text_align_weight),
                                    ("text_noise", args.text_noise)) if v is not None}

@@ -241,11 +241,8 @@ class JobRunner:
 
     def _run_image_batch(self, jobs: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
-        model = jobs[0]["model"]
-        backend = self.images.get(model)
+        backend = self._backend_for(jobs, self.images)
         if backend is None:
-            for job in jobs:
-                self._fail(job, f"model {model!r} is not loaded on this server")
             return
         settings = image_settings(jobs[0]["params"])
         specs: list[ImageSpec] = []
@@ -323,6 +320,15 @@ class JobRunner:
         self.stats.failed[job["kind"]] += 1
         self._push(job["id"], "failed", message)
 
+    def _backend_for(self, jobs: list[dict[str, Any]], table: dict[str, Any]) -> Any:
+        """The loaded backend of the jobs' model, or None after failing every job."""
+        model = jobs[0]["model"]
+        backend = table.get(model)
+        if backend is None:
+            for job in jobs:
+                self._fail(job, f"model {model!r} is not loaded on this server")
+        return backend
+
     # ------------------------------------------------------------------------- text
     def _one_at_a_time(self, kind: str, run: Callable[[dict[str, Any]], None]) -> None:
         """The loop of the text and music workers: claim the oldest queued job, run it."""
@@ -342,9 +348,8 @@ class JobRunner:
 
     def _run_text(self, job: dict[str, Any]) -> None:
         t0 = time.perf_counter()
-        backend = self.texts.get(job["model"])
+        backend = self._backend_for([job], self.texts)
         if backend is None:
-            self._fail(job, f"model {job['model']!r} is not loaded on this server")
             return
         p = job["params"]
         try:
@@ -399,9 +404,8 @@ class JobRunner:
         is the WAV, with the MIDI file and the piano-roll PNG stored beside it (content
         addressed) and named in its record."""
         t0 = time.perf_counter()
-        backend = self.musics.get(job["model"])
+        backend = self._backend_for([job], self.musics)
         if backend is None:
-            self._fail(job, f"model {job['model']!r} is not loaded on this server")
             return
         p = job["params"]
         n = int(p["n"])
