@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     check_bind(args.host, n_keys)
     models = list(args.model)
     if not args.no_starters:  # the small models shipped in the package: usable at once
-        from aigc.cli.sample import STARTERS_DIR
+        from aigc.registry import STARTERS_DIR
         from aigc.studio.backends import find_checkpoints
 
         models += [f"{name}={path}" for name, path in find_checkpoints(STARTERS_DIR)]

@@ -154,13 +154,16 @@ class Studio:
         except UnsupportedParameter as exc:
             raise ApiError(400, str(exc), code="unsupported_parameter",
                            param=exc.param) from None
+        # Every default is resolved now, at queue time: the job and its items record the
+        # values that ran, and a request that spells out the defaults batches with one that
+        # leaves them out.
+        settings = backend.resolve(settings)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1 - MAX_N)
-        steps = req.steps or backend.default_steps
-        cost = steps * size * size * req.n / self.settings.max_image_cost
+        cost = (settings.steps or 1) * size * size * req.n / self.settings.max_image_cost
         self._admit(cost, "image")
-        params = {"n": req.n, "seed": seed, "temperature": req.temperature, "label": req.label,
-                  "prompt": req.prompt, "steps": req.steps, "guidance": req.guidance,
-                  "sampler": req.sampler,
+        params = {"n": req.n, "seed": seed, "temperature": settings.temperature,
+                  "label": req.label, "prompt": req.prompt, "steps": settings.steps,
+                  "guidance": settings.guidance, "sampler": settings.sampler,
                   "size": None if size == backend.image_size else size}
         job = self.store.add_job("image", backend.name, params, cost, job_id=job_id)
         self.runner.notify("image")
