@@ -171,9 +171,9 @@ def create_app(settings: StudioSettings | None = None,
         return error_json(500, f"internal error: {type(exc).__name__}", "server_error")
 
     # ------------------------------------------------------------------ routes
-    from aigc.studio.routes import items, jobs, models, openai, system
+    from aigc.studio.routes import feedback, items, jobs, models, openai, system
 
-    for module in (models, jobs, items, openai, system):
+    for module in (models, jobs, items, feedback, openai, system):
         app.include_router(module.router)
     app.include_router(items.files_router)
 
