@@ -5,6 +5,7 @@ Published items collect stars, comparisons and flags; an export turns them into 
 from those pairs against a frozen copy of the current version, and the registry decides whether
 the candidate is promoted. Today it holds the improvement step: :mod:`aigc.loop.dpo` (Direct
 Preference Optimization for our GPT and for a LoRA adapter on a transformers causal LM, Rafailov
-et al., 2023) and :mod:`aigc.loop.diffusion_dpo` (Diffusion-DPO, Wallace et al., 2023); GAN and
-VAE are refused with the reason (:func:`aigc.loop.dpo.improve_unsupported`).
+et al., 2023), :mod:`aigc.loop.diffusion_dpo` (Diffusion-DPO, Wallace et al., 2023) and
+:mod:`aigc.loop.reward_weighted` (the VAE: a reward-weighted ELBO on liked images, not DPO); the
+GAN is refused with the reason (:func:`aigc.loop.dpo.improve_unsupported`).
 """

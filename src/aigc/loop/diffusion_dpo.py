@@ -133,10 +133,12 @@ def diffusion_dpo_loss(model: nn.Module, ref_model: nn.Module, x_w: torch.Tensor
 # -------------------------------------------------------------------------------- pairs
 
 
-def _check_image(pair: dict, i: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+def check_image(pair: dict, i: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """``pair[key]`` if it is a float ``shape`` image in [0, 1]; otherwise an error naming
+    the pair, the key and what was found."""
     x = pair.get(key)
     if isinstance(x, str):
-        raise AigcError(f"pair {i}: {key!r} is text; a diffusion model needs image pairs "
+        raise AigcError(f"pair {i}: {key!r} is text; an image model needs image pairs "
                         f"{_IMAGE_PAIR} (text pairs go to improve_gpt or improve_lora)")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise AigcError(f"pair {i}: {key!r} must be a float image tensor of shape {shape} in "
@@ -202,8 +204,8 @@ def _check_image_pairs(model: nn.Module, pairs: Any) -> tuple[torch.Tensor, torc
             hint = " (a text pair? use improve_gpt or improve_lora)" if "prompt" in pair else ""
             raise AigcError(f"pair {i} has no 'condition'; a diffusion pair is "
                             f"{_IMAGE_PAIR}{hint}")
-        w = _check_image(pair, i, "chosen", shape)
-        l_ = _check_image(pair, i, "rejected", shape)
+        w = check_image(pair, i, "chosen", shape)
+        l_ = check_image(pair, i, "rejected", shape)
         if torch.equal(w, l_):
             raise AigcError(f"pair {i}: chosen and rejected are the same image; a preference "
                             "needs two different images")

@@ -20,7 +20,9 @@ model in place with AdamW, and returns it with an :class:`ImprovementRecord`):
 * :func:`improve_lora`: a transformers causal LM wrapped in a ``peft`` LoRA adapter (SmolLM2);
   the reference is the same network with the adapter disabled, so it costs no memory.
 * :func:`aigc.loop.diffusion_dpo.improve_diffusion`: Diffusion-DPO for our diffusion model.
-* :func:`improve_unsupported`: GAN and VAE, refused with the reason.
+* :func:`aigc.loop.reward_weighted.improve_vae`: the VAE, by a reward-weighted ELBO on the
+  liked images (not DPO).
+* :func:`improve_unsupported`: the GAN, refused with the reason.
 
 Every driver is deterministic for a given seed (batch order from one ``torch.Generator``,
 dropout off in policy and reference, as TRL does by default) and keeps no global state.
@@ -137,12 +139,16 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
 # ------------------------------------------------------------ checks shared by the drivers
 
 
-def check_hyperparameters(steps: int, lr: float, beta: float, batch_size: int, seed: int) -> None:
-    """Refuse a non-positive step count, learning rate, beta or batch size, naming the value."""
+def check_hyperparameters(steps: int, lr: float, beta: float | None, batch_size: int,
+                          seed: int) -> None:
+    """Refuse a non-positive step count, learning rate, beta (unless ``None``: a method without
+    one) or batch size, or a negative seed, naming the value."""
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AigcError(f"{name} must be an integer >= 1, got {value!r}")
     for name, value in (("lr", lr), ("beta", beta)):
+        if value is None and name == "beta":
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value) or value <= 0:
             raise AigcError(f"{name} must be a finite number > 0, got {value!r}")
@@ -435,16 +441,21 @@ _UNSUPPORTED = {
     "gan": "a GAN has no likelihood of an image, so neither DPO (which needs log pi(y|x)) nor "
            "Diffusion-DPO (which needs a denoising error) applies; improving it from ratings "
            "would need a reward model to train the generator against, which aigc does not have",
-    "vae": "DPO needs log p(image), which a VAE only bounds (the ELBO) with a sampled latent; "
-           "aigc does not ship a preference method for it (a reward-weighted ELBO on liked "
-           "items is possible future work)",
 }
 
 
 def improve_unsupported(family: str):
-    """Refuse to improve a GAN or a VAE from preferences, with the reason; always raises."""
+    """Refuse to improve a GAN from preferences, with the reason; always raises.
+
+    A VAE is not refused but not improved by DPO either: see
+    :func:`aigc.loop.reward_weighted.improve_vae` (reward-weighted ELBO on liked images).
+    """
+    if family == "vae":
+        raise AigcError("a VAE is not improved by DPO (it has an ELBO, not a log-likelihood); "
+                        "use aigc.loop.reward_weighted.improve_vae, a reward-weighted ELBO "
+                        "fine-tune on the chosen images")
     reason = _UNSUPPORTED.get(family)
     if reason is None:
-        raise AigcError(f"improve_unsupported is for 'gan' and 'vae', got {family!r}; "
-                        "diffusion and GPT models can be improved from preferences")
+        raise AigcError(f"improve_unsupported is for 'gan', got {family!r}; diffusion, GPT, "
+                        "LoRA and VAE models can be improved from preferences")
     raise AigcError(f"improving a {family} model from feedback is not supported: {reason}")
