@@ -357,7 +357,7 @@ def test_bad_text_pairs_and_settings_are_refused_by_name():
         improve_gpt(model, tok, [PAIRS[0], {"prompt": "a", "chosen": 3, "rejected": "no"}])
     with pytest.raises(AigcError, match="pair 0: chosen and rejected are the same text"):
         improve_gpt(model, tok, [{"prompt": "a", "chosen": "yes", "rejected": "yes"}])
-    with pytest.raises(AigcError, match="more than the model's context of 17"):
+    with pytest.raises(AigcError, match="is 24 tokens, more than the 17 this model can score"):
         improve_gpt(model, tok, [{"prompt": "a" * 20, "chosen": "yes", "rejected": "no"}])
     with pytest.raises(AigcError, match="steps must be an integer >= 1, got 0"):
         improve_gpt(model, tok, PAIRS, steps=0)

@@ -245,8 +245,10 @@ def _encoder(tokenizer) -> Callable[[str], list[int]]:
 
 
 def _encode_pairs(pairs: list[dict], prompt_ids: Callable[[str], list[int]],
-                  reply_ids: Callable[[str], list[int]], max_len: int) -> list[tuple]:
-    """``[(prompt, chosen, rejected)]`` token id lists, each sequence within ``max_len``."""
+                  reply_ids: Callable[[str], list[int]], max_len: int,
+                  limit: str) -> list[tuple]:
+    """``[(prompt, chosen, rejected)]`` token id lists, each sequence within ``max_len`` tokens
+    (``limit`` says where that number comes from, for the error)."""
     examples = []
     for i, pair in enumerate(pairs):
         p = list(prompt_ids(pair["prompt"]))
@@ -257,7 +259,8 @@ def _encode_pairs(pairs: list[dict], prompt_ids: Callable[[str], list[int]],
         longest = len(p) + max(len(w), len(l_))
         if longest > max_len:
             raise AigcError(f"pair {i}: prompt + reply is {longest} tokens, more than the "
-                            f"model's context of {max_len}; shorten or drop the pair")
+                            f"{max_len} this model can score ({limit}); shorten or drop the "
+                            "pair")
         examples.append((p, w, l_))
     return examples
 
@@ -278,9 +281,10 @@ def _collate(examples: list[tuple], pad_id: int = 0):
     return ids, attention, ids[:, 1:], reply[:, 1:]
 
 
-def _pair_logps(forward: Callable, examples: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_logps(forward: Callable, examples: list[tuple],
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(chosen (B,), rejected (B,))`` summed reply log-probabilities in one forward pass."""
-    ids, attention, labels, mask = _collate(examples)
+    ids, attention, labels, mask = (x.to(device) for x in _collate(examples))
     logits = forward(ids, attention)  # (2B, L-1, V): logits of ids[:, :-1]
     return sequence_logps(logits, labels, mask).chunk(2)
 
@@ -288,13 +292,14 @@ def _pair_logps(forward: Callable, examples: list[tuple]) -> tuple[torch.Tensor,
 def _run_text_dpo(policy_forward: Callable, ref_forward: Callable, params: list[nn.Parameter],
                   examples: list[tuple], *, steps: int, lr: float, beta: float, batch_size: int,
                   seed: int, progress, family: str) -> ImprovementRecord:
+    device = params[0].device
     start = time.perf_counter()
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         batch = [examples[i] for i in idx.tolist()]
         with torch.no_grad():
-            ref_w, ref_l = _pair_logps(ref_forward, batch)
-        pi_w, pi_l = _pair_logps(policy_forward, batch)
+            ref_w, ref_l = _pair_logps(ref_forward, batch, device)
+        pi_w, pi_l = _pair_logps(policy_forward, batch, device)
         return dpo_loss(pi_w, pi_l, ref_w, ref_l, beta)[0]
 
     gen = torch.Generator().manual_seed(seed)
@@ -304,10 +309,10 @@ def _run_text_dpo(policy_forward: Callable, ref_forward: Callable, params: list[
     with torch.no_grad():  # every pair once, exact log-probabilities
         for s in range(0, len(examples), batch_size):
             chunk = examples[s : s + batch_size]
-            w, l_ = _pair_logps(policy_forward, chunk)
+            w, l_ = _pair_logps(policy_forward, chunk, device)
             pi_w.append(w)
             pi_l.append(l_)
-            w, l_ = _pair_logps(ref_forward, chunk)
+            w, l_ = _pair_logps(ref_forward, chunk, device)
             ref_w.append(w)
             ref_l.append(l_)
         loss, stats = dpo_loss(torch.cat(pi_w), torch.cat(pi_l), torch.cat(ref_w),
@@ -356,12 +361,16 @@ def improve_gpt(model: nn.Module, tokenizer, pairs: list[dict], *, steps: int = 
     eot = getattr(tokenizer, "eot_id", 0)  # aigc tokenizers put <|endoftext|> at id 0
     # A GPT sees context_length inputs; a sequence of n tokens has n - 1 inputs.
     examples = _encode_pairs(pairs, lambda p: [eot] + list(encode(p)), encode,
-                             model.cfg.context_length + 1)
+                             model.cfg.context_length + 1,
+                             f"<|endoftext|> + prompt + reply <= context_length + 1 = "
+                             f"{model.cfg.context_length + 1}")
     ref = reference if reference is not None else copy.deepcopy(model)
     was_training, ref_was_training = model.training, ref.training
     model.eval()  # dropout off in both: the margin is exactly 0 at step 0
     ref.eval()
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise AigcError("the GPT has no trainable parameters (every requires_grad is False)")
     try:
         record = _run_text_dpo(lambda ids, _: model(ids[:, :-1]), lambda ids, _: ref(ids[:, :-1]),
                                params, examples, steps=steps, lr=lr, beta=beta,
@@ -411,7 +420,8 @@ def improve_lora(model: nn.Module, tokenizer, pairs: list[dict], *, steps: int =
             return list(encode(reply)) + [end_id]
 
     examples = _encode_pairs(pairs, prompt_ids, reply_ids,
-                             model.config.max_position_embeddings)
+                             model.config.max_position_embeddings,
+                             f"max_position_embeddings={model.config.max_position_embeddings}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise AigcError("the peft model has no trainable parameters (is the adapter frozen?)")
