@@ -257,20 +257,15 @@ def improve_diffusion(model: nn.Module, pairs: list[dict], *, steps: int = 200,
     device = model.alphas_cumprod.device
     chosen, rejected = chosen.to(device), rejected.to(device)
     cond = {k: v.to(device) for k, v in cond.items()}
-    T = model.cfg.num_train_timesteps
-
-    def draw(idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.randint(0, T, (len(idx),), generator=gen)
-        noise = torch.randn((len(idx), *chosen.shape[1:]), generator=gen)
-        return t.to(device), noise.to(device)
-
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # pair order, timesteps and noise (on the CPU)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        t, noise = draw(idx, gen)
+        t = torch.randint(0, model.cfg.num_train_timesteps, (len(idx),), generator=gen)
+        noise = torch.randn((len(idx), *chosen.shape[1:]), generator=gen)  # shared by w and l
         i = idx.to(device)
         return diffusion_dpo_loss(model, ref, chosen[i], rejected[i],
-                                  {k: v[i] for k, v in cond.items()}, t, noise, beta)[0]
+                                  {k: v[i] for k, v in cond.items()}, t.to(device),
+                                  noise.to(device), beta)[0]
 
     was_training, ref_was_training = model.training, ref.training
     model.eval()  # dropout off in both: the margin is exactly 0 at step 0
