@@ -24,6 +24,7 @@ Both build their records with :func:`image_record`, so the same fields mean the 
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ def checkpoint_ref(name_or_path: str | Path) -> str:
     path = Path(text).resolve()
     if path.parent == STARTERS_DIR.resolve() and path.suffix == ".safetensors":
         return f"starter:{path.stem}"
+    if path.parent.parent.name == "versions" and re.fullmatch(r"v\d+", path.parent.name):
+        return f"{path.parent.parent.parent.name}@{path.parent.name}"  # a registry version
     return str(path)
 
 

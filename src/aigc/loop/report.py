@@ -249,7 +249,9 @@ def _bar_plot(rows: list[dict[str, Any]], key: str, lo: str, hi: str, xlabel: st
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 0.9))
     y = list(range(len(rows)))
     vals = [r[key] for r in rows]
-    err = [[v - r[lo] for v, r in zip(vals, rows)], [r[hi] - v for v, r in zip(vals, rows)]]
+    # (a bootstrap percentile interval need not contain the point estimate: clip at 0)
+    err = [[max(0.0, v - r[lo]) for v, r in zip(vals, rows)],
+           [max(0.0, r[hi] - v) for v, r in zip(vals, rows)]]
     ax.barh(y, vals, xerr=err, color="#4c78a8", ecolor="#333", capsize=3)
     ax.set_yticks(y, [r["value"] if "value" in r else r["name"] for r in rows])
     ax.invert_yaxis()

@@ -62,6 +62,8 @@ class StudioSettings:
     # music: seconds of audio (bars x quarter notes per bar x 60 / tempo) x pieces; 120 s of
     # WAV (16-bit mono, 22.05 kHz) is about 5 MB
     max_music_cost: float = 120.0
+    registry_dir: Path | None = None  # serve registered models' production versions from here
+    registry_names: tuple[str, ...] = ()  # the registered names to serve
     max_outstanding: float = 64.0
     max_batch_images: int = 64
     batching: bool = True
@@ -93,6 +95,9 @@ class Studio:
     http_requests: dict[tuple[str, int], int] = field(default_factory=dict)
     key_hashes: list[str] = field(default_factory=list)
     musics: dict[str, MusicBackend] = field(default_factory=dict)
+    # registry names served at their production version: name -> version number loaded
+    served_versions: dict[str, int] = field(default_factory=dict)
+    registry: Any = None  # aigc.registry.Registry when the studio serves registered models
 
     # ------------------------------------------------------------------ models
     def models(self) -> list[dict[str, Any]]:
