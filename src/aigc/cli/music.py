@@ -101,7 +101,7 @@ def run_corpus(args: argparse.Namespace) -> int:
 
 def load_opening(path: str, style: str | None, bars: int | None):
     """A user's opening bars as a :class:`~aigc.data.music.Piece` (MIDI, ABC or MusicXML)."""
-    from aigc.data.music import SkipPiece, piece_from_midi, piece_from_score
+    from aigc.data.music import SkipPiece, parse_score, piece_from_midi, piece_from_score
 
     file = Path(path)
     if not file.is_file():
@@ -109,10 +109,8 @@ def load_opening(path: str, style: str | None, bars: int | None):
     if file.suffix.lower() in (".mid", ".midi"):
         piece = piece_from_midi(file, style=style, quantize=True)
     elif file.suffix.lower() in (".abc", ".musicxml", ".xml", ".mxl"):
-        from music21 import converter
-
         try:
-            parsed = converter.parse(str(file))
+            parsed = parse_score(file)
         except Exception as exc:  # music21 raises many types for bad files
             raise AigcError(f"--opening {path}: music21 could not parse it: {exc}") from None
         if hasattr(parsed, "scores") and parsed.scores:
