@@ -62,3 +62,44 @@ def test_music21_opening_parse_writes_and_reads_no_pickle(music21_scratch, tmp_p
         piece = load_opening(str(abc), "folk", None)
         assert len(piece.notes) == 8
     assert list(music21_scratch.iterdir()) == []
+
+
+# -------------------------------------------------------------------------------- checkpoints
+
+
+def _safetensors_bytes(header) -> bytes:
+    import json
+    import struct
+
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text
+
+
+@pytest.mark.parametrize("header, pattern", [
+    ([1, 2, 3], "its header is a JSON list, not an object"),
+    ("text", "its header is a JSON str, not an object"),
+    ({"w": [0, 4]}, "tensor 'w' has no valid data_offsets"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": "0-4"}}, "no valid data_offsets"),
+    ({"__metadata__": ["format"]}, "its __metadata__ is not an object of strings"),
+    ({"__metadata__": {"format": 1}}, "its __metadata__ is not an object of strings"),
+])
+def test_malformed_safetensors_header_is_one_line(tmp_path, capsys, header, pattern):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(_safetensors_bytes(header))
+    _one_error_line(capsys, ["sample", str(bad)], pattern)
+    _one_error_line(capsys, ["info", str(bad)], pattern)
+
+
+def test_aigc_metadata_that_is_not_json_is_named(tmp_path, capsys):
+    from aigc.checkpoints import FORMAT
+
+    bad = tmp_path / "bad.safetensors"
+    meta = {"format": FORMAT, "family": "vae", "model_config": "{not json"}
+    bad.write_bytes(_safetensors_bytes({"__metadata__": meta}))
+    _one_error_line(capsys, ["sample", str(bad)], "metadata 'model_config' is not valid JSON")
+    meta = {"format": FORMAT, "family": "vae"}
+    bad.write_bytes(_safetensors_bytes({"__metadata__": meta}))
+    _one_error_line(capsys, ["sample", str(bad)], "metadata 'model_config' is missing")
+    meta = {"format": FORMAT, "family": "vae", "model_config": "[]"}
+    bad.write_bytes(_safetensors_bytes({"__metadata__": meta}))
+    _one_error_line(capsys, ["sample", str(bad)], "is an incomplete aigc checkpoint")
