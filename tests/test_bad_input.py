@@ -103,3 +103,126 @@ def test_aigc_metadata_that_is_not_json_is_named(tmp_path, capsys):
     meta = {"format": FORMAT, "family": "vae", "model_config": "[]"}
     bad.write_bytes(_safetensors_bytes({"__metadata__": meta}))
     _one_error_line(capsys, ["sample", str(bad)], "is an incomplete aigc checkpoint")
+
+
+# ------------------------------------------------------------------------------- CLI: --seed
+
+HUGE_SEED = str(2**64)  # one past what torch.Generator.manual_seed accepts
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "nope", "--seed", HUGE_SEED],
+    ["generate", "nope", "--prompt", "x", "--seed", HUGE_SEED],
+    ["music", "generate", "nope", "--out", "x.mid", "--seed", HUGE_SEED],
+    ["music", "eval", "nope", "--seed", HUGE_SEED],
+    ["eval", "nope", "--seed", HUGE_SEED],
+    ["eval", "prepare-features", "--data", "mnist", "--seed", HUGE_SEED],
+    ["finetune", "text-align", "nope", "--out", "x.safetensors", "--seed", HUGE_SEED],
+    ["sample", "nope", "--seed", "-1"],
+])
+def test_seed_out_of_range_is_one_line_before_any_work(capsys, argv):
+    _one_error_line(capsys, argv, "--seed must be an integer between 0 and 2147483647")
+
+
+def test_train_seed_out_of_range_is_one_line(tmp_path, capsys):
+    _one_error_line(capsys, ["train", "vae", "--data", "mnist", "--out", str(tmp_path / "r"),
+                             "--seed", HUGE_SEED], "seed must be an integer between 0 and")
+    assert not (tmp_path / "r").exists()
+
+
+def test_one_seed_range_for_cli_training_and_studio():
+    from aigc.config import MAX_SEED, TrainConfig
+
+    TrainConfig(seed=MAX_SEED)
+    with pytest.raises(ValueError, match="seed must be an integer between 0 and 2147483647"):
+        TrainConfig(seed=MAX_SEED + 1)
+    schemas = pytest.importorskip("aigc.studio.schemas")
+    assert schemas.MAX_SEED == MAX_SEED
+
+
+# --------------------------------------------------------------------- CLI: --replay, --out
+
+
+@pytest.fixture
+def tiny_vae(tmp_path):
+    from aigc.checkpoints import save_model_file
+    from aigc.config import config_to_dict
+    from aigc.models.vae import VAE, VAEConfig
+
+    cfg = VAEConfig(image_size=8, channels=(4,), hidden=8, latent_dim=2)
+    return save_model_file(tmp_path / "vae.safetensors", family="vae",
+                           model_config=config_to_dict(cfg), weights=VAE(cfg).state_dict())
+
+
+def test_replay_of_a_missing_or_non_image_file_is_one_line(tmp_path, capsys):
+    _one_error_line(capsys, ["sample", "--replay", str(tmp_path / "gone.png")], "no such file")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    _one_error_line(capsys, ["sample", "--replay", str(text)], "is not a readable image")
+    _one_error_line(capsys, ["info", str(text)], "is not a readable image")
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("aigc", "{broken")
+    bad = tmp_path / "bad-record.png"
+    Image.new("L", (8, 8)).save(bad, pnginfo=info)
+    _one_error_line(capsys, ["sample", "--replay", str(bad)], "record is not valid JSON")
+
+
+def test_replayed_record_with_a_huge_seed_is_one_line(tiny_vae, tmp_path, capsys):
+    from aigc.media import read_record, save_png
+
+    out = tmp_path / "s.png"
+    assert main(["sample", str(tiny_vae), "--n", "2", "--out", str(out)]) == 0
+    record = read_record(out)
+    record["seed"] = 2**64
+    import numpy as np
+
+    save_png(out, np.zeros((8, 8), np.uint8), record=record)
+    capsys.readouterr()
+    _one_error_line(capsys, ["sample", "--replay", str(out), "--out", str(tmp_path / "t.png")],
+                    "--seed must be an integer between 0 and 2147483647, got 18446744073709551616")
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.rglob("*") if ".tmp-" in p.name)
+
+
+def test_bad_out_is_refused_before_sampling_and_leaves_nothing(tiny_vae, tmp_path, capsys):
+    folder = tmp_path / "already-a-folder.png"
+    folder.mkdir()
+    # a checkpoint that does not exist: the --out error must come first, before any loading
+    _one_error_line(capsys, ["sample", str(tmp_path / "missing"), "--out", str(folder)],
+                    "is a folder")
+    _one_error_line(capsys, ["sample", str(tiny_vae), "--n", "2", "--out", str(folder)],
+                    "is a folder")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    _one_error_line(capsys, ["sample", str(tiny_vae), "--out", str(blocker / "sub" / "s.png")],
+                    f"its folder cannot be created, {blocker} is a file")
+    _one_error_line(capsys, ["reconstruct", str(tiny_vae), "--data", "mnist",
+                             "--out", str(folder)], "is a folder")
+    _one_error_line(capsys, ["data", "show", "mnist", "--out", str(folder)], "is a folder")
+    _one_error_line(capsys, ["music", "render", str(tmp_path / "none.mid"),
+                             "--out", str(folder)], "is a folder")
+    _one_error_line(capsys, ["eval", str(tiny_vae), "--report", str(folder)],
+                    "--report " + str(folder) + " is a folder")
+    assert _leftovers(tmp_path) == [] and list(folder.iterdir()) == []
+    assert not (blocker.parent / "sub").exists()
+
+
+def test_save_png_to_a_folder_raises_and_leaves_no_temporary_file(tmp_path):
+    import numpy as np
+
+    from aigc.errors import AigcError
+    from aigc.media import save_png
+
+    folder = tmp_path / "x.png"
+    folder.mkdir()
+    with pytest.raises(AigcError, match="is a folder"):
+        save_png(folder, np.zeros((8, 8), np.uint8))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(AigcError, match="folder cannot be created"):
+        save_png(blocker / "y.png", np.zeros((8, 8), np.uint8))
+    assert _leftovers(tmp_path) == []

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from aigc.cli._common import check_out_file
 from aigc.errors import AigcError
 
 
@@ -137,6 +138,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise AigcError("--out is required for music: e.g. --out piece.mid (.wav, .png, .musicxml)")
+    for out in args.out:
+        check_out_file(out)
     model, vocab, ckpt = load_music_model(args.checkpoint, use_ema=not getattr(args, "raw", False))
     opening = load_opening(args.opening, args.style, args.opening_bars) if args.opening else None
     if opening is not None and (args.key or args.meter):
@@ -162,6 +165,8 @@ def run_render(args: argparse.Namespace) -> int:
     from aigc.data.music import piece_from_midi
     from aigc.music import save_piece
 
+    for out in args.out:
+        check_out_file(out)
     piece = piece_from_midi(args.midi, quantize=True)
     for out in args.out:
         print(save_piece(piece, out, record={"kind": "music-render", "source": args.midi},
@@ -172,6 +177,8 @@ def run_render(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from aigc.metrics.music import evaluate_music_model
 
+    if args.out:
+        check_out_file(args.out)
     report = evaluate_music_model(args.checkpoint, data=args.data, n=args.n, bars=args.bars,
                                   temperature=args.temperature, seed=args.seed,
                                   samples_dir=args.samples)

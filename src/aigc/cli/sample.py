@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from aigc.cli._common import check_out_file
+from aigc.config import check_seed
 from aigc.errors import AigcError
 
 MAX_N = 1024
@@ -102,6 +104,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_bounds(o: dict[str, Any], model) -> None:
+    check_seed(o["seed"], "--seed")  # also a seed read from a --replay record
     if not 1 <= o["n"] <= MAX_N:
         raise AigcError(f"--n must be between 1 and {MAX_N}, got {o['n']}")
     if "temperature" in o and not 0 <= o["temperature"] <= 2:
@@ -156,6 +159,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from aigc.media import read_record, save_grid
     from aigc.models import model_from_checkpoint
 
+    check_out_file(args.out)  # before any sampling: a bad --out fails fast and leaves nothing
     args.record = None
     checkpoint = args.checkpoint
     raw = args.raw
@@ -230,6 +234,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
     if not 1 <= args.n <= 512:
         raise AigcError(f"--n must be between 1 and 512, got {args.n}")
+    check_out_file(args.out)
     model, ckpt = model_from_checkpoint(resolve_model(args.checkpoint), use_ema=not args.raw)
     if not hasattr(model, "reconstruct"):
         raise AigcError(f"{ckpt.path}: a {ckpt.family!r} model cannot reconstruct images")
