@@ -226,3 +226,161 @@ def test_save_png_to_a_folder_raises_and_leaves_no_temporary_file(tmp_path):
     with pytest.raises(AigcError, match="folder cannot be created"):
         save_png(blocker / "y.png", np.zeros((8, 8), np.uint8))
     assert _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------ folder: image files
+
+
+def _png_claiming(path, width, height):
+    """A tiny PNG whose header claims ``width x height`` grey pixels (a decompression bomb's
+    shape: a few hundred bytes on disk, gigabytes once decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width + 1) * 4)  # four rows of the promised image
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _noise(shape, seed=0):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+@pytest.fixture
+def images():
+    import aigc.data.images as im
+
+    im.scan_folder.cache_clear()
+    yield im
+    im.scan_folder.cache_clear()
+
+
+def _names(pairs):
+    return {str(p).rsplit("/", 1)[-1]: why for p, why in pairs}
+
+
+def _plain_folder(root, n=6, side=16, seed=0):
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(_noise((side, side), seed + i)).save(root / f"{i}.png")
+    return root
+
+
+def test_decompression_bomb_is_named_and_skipped(tmp_path, images, capsys):
+    root = _plain_folder(tmp_path / "f")
+    _png_claiming(root / "bomb.png", 100_000, 100_000)  # 10^10 pixels, > 2 x Pillow's limit
+    splits, report = images.scan_folder(str(root))
+    assert report.kept == 6
+    assert "decompression bomb" in _names(report.unreadable)["bomb.png"]
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    _png_claiming(lone / "bomb.png", 100_000, 100_000)
+    _one_error_line(capsys, ["data", "show", f"folder:{lone}", "--out", str(tmp_path / "g.png")],
+                    "no readable PNG/JPEG/GIF/WebP/BMP images")
+
+
+def test_large_images_are_refused_or_decoded_at_reduced_scale(tmp_path, images, monkeypatch):
+    from PIL import Image
+
+    root = _plain_folder(tmp_path / "f")
+    _png_claiming(root / "claims-5000.png", 5000, 5000)  # under Pillow's limit, over ours
+    Image.fromarray(_noise((200, 200, 3))).save(root / "big.png")
+    Image.fromarray(_noise((400, 400, 3), 1)).save(root / "big.jpg", quality=90)
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 100 * 100)
+    _, report = images.scan_folder(str(root), image_size=16)
+    rejected = _names(report.rejected)
+    assert "5000x5000 = 25,000,000 pixels is above the 10,000-pixel limit" in rejected[
+        "claims-5000.png"]
+    assert "200x200 = 40,000 pixels is above" in rejected["big.png"]
+    # the JPEG decodes at 1/8 scale (50x50 = 2,500 pixels) straight from the DCT: kept
+    assert "big.jpg" not in rejected and report.kept == 7
+    assert _names(report.converted)["big.jpg"] == "mode RGB -> L, size 400x400 -> 16x16"
+
+
+def test_folder_scan_holds_one_decoded_image_at_a_time(tmp_path, images, monkeypatch):
+    import weakref
+
+    from PIL import ImageFile
+
+    root = _plain_folder(tmp_path / "f", n=12, side=64)
+    alive, peak = [0], [0]
+    load = ImageFile.ImageFile.load
+
+    def counting_load(self):
+        if not getattr(self, "_counted", False):
+            self._counted = True
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+            weakref.finalize(self, lambda: alive.__setitem__(0, alive[0] - 1))
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    _, report = images.scan_folder(str(root), image_size=16)
+    assert report.kept == 12 and peak[0] == 1
+
+
+def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path, images):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "f"
+    root.mkdir()
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535
+    Image.fromarray(ramp).save(root / "deep.png")
+    with Image.open(root / "deep.png") as img:
+        assert img.mode.startswith("I")  # what Pillow makes of a 16-bit grey PNG
+    splits, report = images.scan_folder(str(root))
+    got = np.concatenate([s.images.numpy().ravel() for s in splits.values() if len(s)])
+    assert got.tolist() == list(range(256))  # v / 257: every grey level kept, in order
+    assert "mode I;16 -> L" in _names(report.converted)["deep.png"] or "mode I -> L" in _names(
+        report.converted)["deep.png"]
+
+
+def test_links_special_files_and_other_formats_are_named(tmp_path, images):
+    import os
+
+    from PIL import Image
+
+    root = tmp_path / "f"
+    _plain_folder(root / "a", n=4)
+    _plain_folder(root / "b", n=4, seed=10)
+    (root / "empty").mkdir()
+    outside = tmp_path / "secret.png"
+    Image.fromarray(_noise((16, 16), 99)).save(outside)
+    (root / "a" / "escape.png").symlink_to(outside)
+    (root / "a" / "inside.png").symlink_to(root / "b" / "0.png")  # inside: read (a duplicate)
+    (root / "a" / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (root / "linked-dir").symlink_to(tmp_path)
+    os.mkfifo(root / "b" / "pipe.png")  # reading it would block forever
+    Image.fromarray(_noise((16, 16), 7)).save(root / "b" / "g.gif")
+    Image.fromarray(_noise((16, 16, 3), 8)).save(root / "b" / "w.bmp")
+    frames = [Image.fromarray(_noise((16, 16), 20 + i)) for i in range(3)]
+    frames[0].save(root / "b" / "anim.gif", save_all=True, append_images=frames[1:])
+    (root / "b" / "scan.tif").write_bytes(b"II*\x00")
+    Image.fromarray(_noise((16, 16), 9)).save(root / "b" / "tiff-in-disguise.png", format="TIFF")
+    _, report = images.scan_folder(str(root))
+    skipped = _names(report.skipped)
+    assert skipped["escape.png"] == f"link to {outside}, outside the folder: not followed"
+    assert skipped["dangling.png"].startswith("broken link")
+    assert skipped["linked-dir"] == "link to a folder: not followed"
+    assert skipped["pipe.png"] == "not a regular file"
+    assert skipped["empty"] == "sub-folder without images: not a class"
+    # a link inside the folder is read: here it makes b/0.png a duplicate
+    assert _names(report.duplicates) == {"0.png": str(root / "a" / "inside.png")}
+    assert "tiff-in-disguise.png" in _names(report.unreadable)
+    assert _names(report.converted)["anim.gif"].startswith("first frame of an animation")
+    assert report.kept == 8 + 3  # 4 + 4 PNGs, the two GIFs and the BMP
+    lines = "\n".join(report.lines())
+    for name in ("escape.png", "dangling.png", "linked-dir", "pipe.png", "empty", "scan.tif"):
+        assert name in lines, name
+    assert "ignored    " + str(root / "b" / "scan.tif") + ": not an image file (.tif" in lines
