@@ -361,6 +361,7 @@ def test_links_special_files_and_other_formats_are_named(tmp_path, images):
     (root / "a" / "inside.png").symlink_to(root / "b" / "0.png")  # inside: read (a duplicate)
     (root / "a" / "dangling.png").symlink_to(tmp_path / "gone.png")
     (root / "linked-dir").symlink_to(tmp_path)
+    (root / "b" / "loop.png").symlink_to(root / "b" / "loop.png")
     os.mkfifo(root / "b" / "pipe.png")  # reading it would block forever
     Image.fromarray(_noise((16, 16), 7)).save(root / "b" / "g.gif")
     Image.fromarray(_noise((16, 16, 3), 8)).save(root / "b" / "w.bmp")
@@ -374,6 +375,7 @@ def test_links_special_files_and_other_formats_are_named(tmp_path, images):
     assert skipped["dangling.png"].startswith("broken link")
     assert skipped["linked-dir"] == "link to a folder: not followed"
     assert skipped["pipe.png"] == "not a regular file"
+    assert skipped["loop.png"].startswith("broken link")
     assert skipped["empty"] == "sub-folder without images: not a class"
     # a link inside the folder is read: here it makes b/0.png a duplicate
     assert _names(report.duplicates) == {"0.png": str(root / "a" / "inside.png")}

@@ -348,7 +348,10 @@ def _walk(base: Path, report: CleaningReport) -> tuple[list[tuple[Path, str]], l
 def _why_not_a_plain_file(path: Path, inside: Path) -> str:
     """Why ``path`` is not read (a broken link, a link out of the folder, not a regular file)."""
     if path.is_symlink():
-        target = path.resolve()
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            return "broken link (a loop)"
         if not target.exists():
             return f"broken link (to {os.readlink(path)})"
         if not target.is_relative_to(inside):
@@ -547,8 +550,11 @@ def image_training_data(name: str) -> tuple[ImageDataset, ImageDataset | None, d
     train = load_images(name, "train")
     val = load_images(name, "val")
     if train.report is not None:
-        for line in train.report.lines()[:20]:
+        lines = train.report.lines()
+        for line in lines[:20]:
             print(line)
+        if len(lines) > 20:
+            print(f"  ... and {len(lines) - 20} more (`aigc data show {name}` lists every file)")
     meta = {"data": name, "class_names": train.class_names, "image_size": train.image_size,
             "image_channels": train.channels}
     defaults = {"image_size": train.image_size, "image_channels": train.channels}
