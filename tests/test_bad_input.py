@@ -97,6 +97,8 @@ def test_aigc_metadata_that_is_not_json_is_named(tmp_path, capsys):
     meta = {"format": FORMAT, "family": "vae", "model_config": "{not json"}
     bad.write_bytes(_safetensors_bytes({"__metadata__": meta}))
     _one_error_line(capsys, ["sample", str(bad)], "metadata 'model_config' is not valid JSON")
+    assert main(["info", str(bad)]) == 0  # info shows what is there, broken JSON as text
+    assert '"model_config": "{not json"' in capsys.readouterr().out
     meta = {"format": FORMAT, "family": "vae"}
     bad.write_bytes(_safetensors_bytes({"__metadata__": meta}))
     _one_error_line(capsys, ["sample", str(bad)], "metadata 'model_config' is missing")
