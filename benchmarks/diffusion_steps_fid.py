@@ -48,11 +48,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from aigc.cli.sample import resolve_model
     from aigc.data.images import load_images
     from aigc.metrics.features import load_extractor
     from aigc.metrics.fid import FrechetDistance
     from aigc.models import model_from_checkpoint
+    from aigc.registry import resolve_model
 
     model, ckpt = model_from_checkpoint(resolve_model(args.checkpoint))
     if ckpt.family != "diffusion":

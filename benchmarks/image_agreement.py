@@ -68,8 +68,8 @@ def _prompt_sets(data: str, class_names: list[str]) -> dict[str, list[list[str]]
 
 
 def main() -> None:
-    from aigc.cli.sample import resolve_model
     from aigc.models import model_from_checkpoint
+    from aigc.registry import resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")

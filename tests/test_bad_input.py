@@ -120,6 +120,7 @@ HUGE_SEED = str(2**64)  # one past what torch.Generator.manual_seed accepts
     ["eval", "nope", "--seed", HUGE_SEED],
     ["eval", "prepare-features", "--data", "mnist", "--seed", HUGE_SEED],
     ["finetune", "text-align", "nope", "--out", "x.safetensors", "--seed", HUGE_SEED],
+    ["improve", "nope", "--feedback", "nope", "--seed", HUGE_SEED],
     ["sample", "nope", "--seed", "-1"],
 ])
 def test_seed_out_of_range_is_one_line_before_any_work(capsys, argv):

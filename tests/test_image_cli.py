@@ -45,15 +45,17 @@ def test_class_by_name_writes_a_full_record_and_replays_byte_identical(models, t
                  "--sampler", "ddim", "--steps", "5", "--guidance", "2.5", "--eta", "0.5",
                  "--out", str(out)]) == 0
     rec = read_record(out)
-    assert rec["class"] == "sneaker" and rec["labels"] == "Sneaker" and rec["seed"] == 3
-    assert rec["sampler"] == "ddim" and rec["steps"] == 5 and rec["guidance"] == 2.5
+    assert rec["label"] == 7 and rec["class_name"] == "Sneaker" and rec["seed"] == 3
+    assert rec["options"] == {"sampler": "ddim", "steps": 5, "guidance": 2.5, "eta": 0.5,
+                              "size": 8}
+    assert rec["format"] == 2 and rec["checkpoint"] == str(models["class"].resolve())
     assert len(rec["model_sha256"]) == 64 and "torch" in rec["versions"]
     again = tmp_path / "b.png"
     assert main(["sample", "--replay", str(out), "--out", str(again)]) == 0
     assert again.read_bytes() == out.read_bytes()
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out)["class"] == "sneaker"
+    assert json.loads(capsys.readouterr().out)["class_name"] == "Sneaker"
 
 
 def test_prompt_and_gan_truncation_replay_byte_identical(models, tmp_path):
@@ -66,7 +68,7 @@ def test_prompt_and_gan_truncation_replay_byte_identical(models, tmp_path):
     g = tmp_path / "g.png"
     assert main(["sample", str(models["gan"]), "--class", "7", "--truncation", "0.7", "--n", "3",
                  "--out", str(g)]) == 0
-    assert read_record(g)["truncation"] == 0.7
+    assert read_record(g)["options"] == {"truncation": 0.7}
     assert main(["sample", "--replay", str(g), "--out", str(tmp_path / "g2.png")]) == 0
     assert (tmp_path / "g2.png").read_bytes() == g.read_bytes()
 

@@ -23,6 +23,9 @@ COMMAND_MODULES = [
     "aigc.cli.music",
     "aigc.cli.evaluate",
     "aigc.cli.info",
+    "aigc.cli.feedback",
+    "aigc.cli.improve",
+    "aigc.cli.models",
     "aigc.cli.demo",
     "aigc.cli.studio",
 ]

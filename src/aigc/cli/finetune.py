@@ -121,10 +121,10 @@ def run_text_align(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aigc.checkpoints import save_model_file
-    from aigc.cli.sample import resolve_model
     from aigc.errors import ConfigError
     from aigc.models import model_from_checkpoint
     from aigc.models.diffusion import align_text, caption_embeddings
+    from aigc.registry import resolve_model
 
     if not args.out.endswith(".safetensors"):
         raise ConfigError(f"--out must name a .safetensors file, got {args.out!r}")
@@ -156,9 +156,9 @@ def run_text_align(args: argparse.Namespace) -> int:
 
 
 def run_diffusion(args: argparse.Namespace) -> int:
-    from aigc.cli.sample import resolve_model
     from aigc.finetune import finetune_diffusion
     from aigc.models.diffusion import TRAIN_DEFAULTS
+    from aigc.registry import resolve_model
 
     cfg = _train_config(args, TRAIN_DEFAULTS, steps=400, lr=2e-4)
     overrides = {k: v for k, v in (("text_prob", args.text_prob),

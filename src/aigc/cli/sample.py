@@ -22,7 +22,6 @@ MAX_N = 1024
 MAX_GUIDANCE = 30.0
 MAX_TRUNCATION = 4.0
 SIZE_RANGE = (8, 256)
-STARTERS_DIR = Path(__file__).resolve().parent.parent / "assets" / "starters"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,44 +68,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def provenance(ckpt, **extra) -> dict:
+    """The record of a file made from a checkpoint that is not a sample (reconstructions,
+    interpolations): the model, its data and the library versions."""
     from aigc.checkpoints import library_versions
 
     return {"model_sha256": ckpt.sha256, "family": ckpt.family, "step": ckpt.step,
             "data": ckpt.meta.get("data"), "versions": library_versions(), **extra}
 
 
-def resolve_model(name: str) -> str:
-    """``starter:NAME`` -> the shipped starter model file; anything else is returned unchanged."""
-    if not name.startswith("starter:"):
-        return name
-    path = STARTERS_DIR / f"{name[len('starter:'):]}.safetensors"
-    if not path.is_file():
-        known = sorted(p.stem for p in STARTERS_DIR.glob("*.safetensors"))
-        raise AigcError(f"no starter model {name!r}; known: "
-                        f"{', '.join('starter:' + k for k in known) or '(none installed)'}")
-    return str(path)
-
-
-# Options per family: (name, default). Anything given that a family does not use is refused.
-_OPTIONS = {
-    "vae": {"temperature": 1.0},
-    "gan": {"class": None, "truncation": None},
-    "diffusion": {"class": None, "prompt": None, "sampler": "dpm-solver++", "steps": 20,
-                  "guidance": 3.0, "eta": 0.0, "size": None},
-}
-
-
 def _given(args: argparse.Namespace) -> dict[str, Any]:
-    values = {"class": args.class_, "prompt": args.prompt, "sampler": args.sampler,
-              "steps": args.steps, "guidance": args.guidance, "eta": args.eta, "size": args.size,
-              "truncation": args.truncation, "temperature": args.temperature}
-    return {k: v for k, v in values.items() if v is not None}
+    """The sampling options given as flags (``None``: not given)."""
+    return {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+            "eta": args.eta, "size": args.size, "truncation": args.truncation,
+            "temperature": args.temperature}
 
 
-def _check_bounds(o: dict[str, Any], model) -> None:
-    check_seed(o["seed"], "--seed")  # also a seed read from a --replay record
-    if not 1 <= o["n"] <= MAX_N:
-        raise AigcError(f"--n must be between 1 and {MAX_N}, got {o['n']}")
+def _check_bounds(n: int, o: dict[str, Any], model) -> None:
+    if not 1 <= n <= MAX_N:
+        raise AigcError(f"--n must be between 1 and {MAX_N}, got {n}")
     if "temperature" in o and not 0 <= o["temperature"] <= 2:
         raise AigcError(f"--temperature must be between 0 and 2, got {o['temperature']}")
     if o.get("truncation") is not None and not 0 < o["truncation"] <= MAX_TRUNCATION:
@@ -122,76 +101,133 @@ def _check_bounds(o: dict[str, Any], model) -> None:
             raise AigcError(f"--eta must be between 0 and 1, got {o['eta']}")
         if o["eta"] and o["sampler"] != "ddim":
             raise AigcError(f"--eta applies to --sampler ddim only, not {o['sampler']}")
-        if o.get("size") is not None:
-            factor = 2 ** (len(model.cfg.channels) - 1)
-            if not SIZE_RANGE[0] <= o["size"] <= SIZE_RANGE[1] or o["size"] % factor:
-                raise AigcError(f"--size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]} and "
-                                f"divisible by {factor}, got {o['size']}")
+        factor = 2 ** (len(model.cfg.channels) - 1)
+        if not SIZE_RANGE[0] <= o["size"] <= SIZE_RANGE[1] or o["size"] % factor:
+            raise AigcError(f"--size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]} and "
+                            f"divisible by {factor}, got {o['size']}")
 
 
-def _options(args: argparse.Namespace, family: str) -> dict[str, Any]:
-    """The sampling options for ``family``: defaults, then the record (--replay), then flags."""
-    known = _OPTIONS.get(family)
-    if known is None:
+def _options(args: argparse.Namespace, model, family: str,
+             record: dict[str, Any] | None) -> dict[str, Any]:
+    """The sampling options: the family's defaults, then the record (--replay), then flags.
+    Every default comes from the model's ``sample`` signature (:mod:`aigc.records`)."""
+    from aigc.records import replay_options, resolve_options, sampling_options
+
+    if family not in ("vae", "gan", "diffusion"):
         raise AigcError(f"a {family!r} model does not sample images")
-    given = _given(args)
+    known = sampling_options(model)
+    given = {k: v for k, v in _given(args).items() if v is not None}
     unused = sorted(set(given) - set(known))
     if unused:
         flags = ", ".join("--" + k for k in unused)
-        if "prompt" in unused:
-            raise AigcError(f"a {family} model has no text conditioning; --prompt is for diffusion "
-                            "models trained with text")
         raise AigcError(f"{flags} do(es) not apply to a {family} model; it takes "
                         f"{', '.join('--' + k for k in known) or 'no options'}")
-    options = {"n": 64, "seed": 0, **known}
-    if args.replay:
-        record = args.record
-        options.update({k: record[k] for k in options if k in record})
-    options.update(given)
-    if args.n is not None:
-        options["n"] = args.n
-    if args.seed is not None:
-        options["seed"] = args.seed
-    return options
+    recorded = {k: v for k, v in replay_options(record or {}).items() if k in known}
+    return resolve_options(model, {**recorded, **given})
+
+
+def _read_replay(path: str) -> dict[str, Any]:
+    """The record of an aigc PNG (a CLI grid or a studio item), or an error naming the file."""
+    from aigc.media import read_record
+
+    record = read_record(path)
+    if not record or record.get("kind") not in ("sample", "image"):
+        raise AigcError(f"{path} holds no aigc image record (made by `aigc sample` or the studio)")
+    return record
+
+
+def _use_recorded_threads(record: dict[str, Any]) -> None:
+    """Replay with the thread count and kernels the record was made with: float reductions
+    split differently across threads, and that can move a pixel by one level."""
+    threads = record.get("threads")
+    if isinstance(threads, int) and threads > 0 and threads != torch.get_num_threads():
+        print(f"replay: using {threads} thread(s) as recorded (this process had "
+              f"{torch.get_num_threads()})")
+        torch.set_num_threads(threads)
+    isa = record.get("cpu_capability")
+    here = torch.backends.cpu.get_cpu_capability()
+    if isa and isa != here:
+        print(f"replay: the record was made with {isa} kernels and this CPU runs {here}; "
+              "pixels may differ by a level")
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from aigc.media import read_record, save_grid
+    from aigc.media import save_grid
     from aigc.models import model_from_checkpoint
+    from aigc.records import image_record
+    from aigc.registry import resolve_model
 
     check_out_file(args.out)  # before any sampling: a bad --out fails fast and leaves nothing
-    args.record = None
+    record = None
     checkpoint = args.checkpoint
     raw = args.raw
     if args.replay:
-        args.record = read_record(args.replay)
-        if not args.record or args.record.get("kind") != "sample":
-            raise AigcError(f"{args.replay} holds no aigc sample record")
-        checkpoint = checkpoint or args.record.get("checkpoint")
-        raw = raw or not args.record.get("ema", True)
+        record = _read_replay(args.replay)
+        checkpoint = checkpoint or record.get("checkpoint")
+        raw = raw or not record.get("ema", True)
+        _use_recorded_threads(record)
     if not checkpoint:
         raise AigcError("give a checkpoint (or --replay FILE.png)")
     model, ckpt = model_from_checkpoint(resolve_model(checkpoint), use_ema=not raw)
-    if args.record and args.record.get("model_sha256") != ckpt.sha256:
+    if record and record.get("model_sha256") != ckpt.sha256:
         raise AigcError(f"{ckpt.path} is not the model that made {args.replay}: SHA-256 "
-                        f"{ckpt.sha256[:16]}... != {str(args.record.get('model_sha256'))[:16]}...")
-    o = _options(args, ckpt.family)
-    _check_bounds(o, model)
-    gen = torch.Generator().manual_seed(o["seed"])
-    record: dict[str, Any] = {"kind": "sample", "checkpoint": checkpoint, "ema": not raw, **o}
+                        f"{ckpt.sha256[:16]}... != {str(record.get('model_sha256'))[:16]}...")
+    o = _options(args, model, ckpt.family, record)
+    single = record is not None and record["kind"] == "image"  # a studio item: one image
+    n = args.n if args.n is not None else 1 if single else int((record or {}).get("n", 64))
+    seed = args.seed if args.seed is not None else int((record or {}).get("seed", 0))
+    check_seed(seed, "--seed")  # also a seed read from a --replay record
+    _check_bounds(n, o, model)
+    class_, prompt = args.class_, args.prompt
+    if record and class_ is None and prompt is None:
+        class_ = record.get("label", record.get("class"))  # format 2, or the older records
+        prompt = record.get("prompt")
+    labels, text, label, class_name = _condition(n, class_, prompt, model, ckpt)
+    gen = torch.Generator().manual_seed(seed)
     if ckpt.family == "vae":
-        images = model.sample(o["n"], generator=gen, temperature=o["temperature"])
+        images = model.sample(n, generator=gen, **o)
+    elif ckpt.family == "gan":
+        images = model.sample(n, generator=gen, labels=labels, **o)
     else:
-        labels, text, names = _condition(o, model, ckpt)
-        record["labels"] = names
-        if ckpt.family == "gan":
-            images = model.sample(o["n"], generator=gen, labels=labels, truncation=o["truncation"])
-        else:
-            images = model.sample(o["n"], generator=gen, labels=labels, text=text,
-                                  sampler=o["sampler"], steps=o["steps"], guidance=o["guidance"],
-                                  eta=o["eta"], size=o["size"], progress=True)
-    out = save_grid(Path(args.out), images, nrow=_nrow(o["n"], model), record=provenance(ckpt, **record))
-    print(f"{o['n']} samples: {out}")
+        images = model.sample(n, generator=gen, labels=labels, text=text, progress=True, **o)
+    if single:
+        return _write_item(args, record, images[0], image_record(
+            kind="image", ckpt=ckpt, checkpoint=checkpoint, seed=seed, n=1, ema=not raw,
+            options=o, label=label, class_name=class_name, prompt=prompt,
+            output_size=record.get("output_size", record.get("size")), replay_of=args.replay))
+    rec = image_record(kind="sample", ckpt=ckpt, checkpoint=checkpoint, seed=seed, n=n,
+                       ema=not raw, options=o, label=label, class_name=class_name,
+                       prompt=prompt)
+    out = save_grid(Path(args.out), images, nrow=_nrow(n, model), record=rec)
+    print(f"{n} samples: {out}")
+    return 0
+
+
+def _write_item(args: argparse.Namespace, source: dict[str, Any], image: torch.Tensor,
+                record: dict[str, Any]) -> int:
+    """Write a replayed studio item as the studio wrote it (one image, nearest-upscaled to its
+    output size) and compare its pixels with the item's."""
+    import numpy as np
+    from PIL import Image
+
+    from aigc.media import save_png, to_uint8
+
+    arr = to_uint8(image[None])[0].permute(1, 2, 0).numpy()  # (H, W, C) uint8
+    size = record.get("output_size")
+    if size and size != arr.shape[0]:
+        img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+        arr = np.asarray(img.resize((size, size), Image.Resampling.NEAREST))
+    out = save_png(Path(args.out), arr, record=record)
+    with Image.open(args.replay) as img:
+        before = np.asarray(img)
+    after = np.asarray(Image.open(out))
+    if before.shape != after.shape:
+        print(f"1 image: {out} (shape {after.shape} differs from the item's {before.shape})")
+        return 0
+    diff = np.abs(before.astype(int) - after.astype(int))
+    same = "identical pixels" if not diff.any() else \
+        f"{int((diff > 0).sum())} pixel value(s) differ, by at most {int(diff.max())}"
+    print(f"1 image: {out} ({same} to {args.replay})")
     return 0
 
 
@@ -200,37 +236,47 @@ def _nrow(n: int, model) -> int | None:
     return k if k and n % k == 0 and n > k else None
 
 
-def _condition(o: dict[str, Any], model, ckpt) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
-    """Labels or prompt embeddings for ``n`` images, and a description for the record."""
+def _condition(n: int, class_: str | int | None, prompt: str | None, model, ckpt
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None, str | None]:
+    """``(labels, text embeddings, label, description)`` for ``n`` images: labels or prompt
+    embeddings for the model, and the class index and name (or how classes were chosen) for the
+    record."""
     from aigc.data.captions import resolve_class
 
-    n, class_names = o["n"], ckpt.meta.get("class_names") or []
-    if o.get("class") is not None and o.get("prompt") is not None:
+    class_names = ckpt.meta.get("class_names") or []
+    if class_ is not None and prompt is not None:
         raise AigcError("give --class or --prompt, not both")
-    if o.get("prompt") is not None:
+    if ckpt.family == "vae":
+        if class_ is not None or prompt is not None:
+            raise AigcError("a vae model draws unconditional samples; drop --class/--prompt")
+        return None, None, None, None
+    if prompt is not None:
+        if ckpt.family != "diffusion":
+            raise AigcError(f"a {ckpt.family} model has no text conditioning; --prompt is for "
+                            "diffusion models trained with text")
         if not model.cfg.text_conditioning:
             raise AigcError("this model was trained without text conditioning, so it cannot take "
                             "a --prompt; use --class"
                             + (f" (one of {', '.join(class_names)})" if class_names else ""))
-        prompt = o["prompt"].strip()
+        prompt = prompt.strip()
         if not prompt or len(prompt) > 500:
             raise AigcError(f"--prompt must be 1..500 characters, got {len(prompt)}")
-        return None, model.embed_prompts([prompt]).repeat(n, 1), f"prompt: {prompt}"
+        return None, model.embed_prompts([prompt]).repeat(n, 1), None, None
     if not model.cfg.num_classes:
-        if o.get("class") is not None:
+        if class_ is not None:
             raise AigcError("this model was trained without class labels; --class is not available")
-        return None, None, "unconditional"
-    if o.get("class") is None:  # cycle through every class, one column each
-        labels = torch.arange(n) % model.cfg.num_classes
-        return labels, None, "all classes, cycling"
-    index = resolve_class(o["class"], ckpt.meta.get("data", ""), class_names)
-    return torch.full((n,), index, dtype=torch.long), None, class_names[index]
+        return None, None, None, "unconditional"
+    if class_ is None:  # cycle through every class, one column each
+        return torch.arange(n) % model.cfg.num_classes, None, None, "all classes, cycling"
+    index = resolve_class(str(class_), ckpt.meta.get("data", ""), class_names)
+    return torch.full((n,), index, dtype=torch.long), None, index, class_names[index]
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     from aigc.data.images import load_images
     from aigc.media import save_grid
     from aigc.models import model_from_checkpoint
+    from aigc.registry import resolve_model
 
     if not 1 <= args.n <= 512:
         raise AigcError(f"--n must be between 1 and 512, got {args.n}")

@@ -92,11 +92,14 @@ def run(args: argparse.Namespace) -> int:
     store.close()
     check_bind(args.host, n_keys)
     models = list(args.model)
-    if not args.no_starters:  # the small models shipped in the package: usable at once
-        from aigc.cli.sample import STARTERS_DIR
-        from aigc.studio.backends import find_checkpoints
+    # Registered models are served at their production version and follow promotions; the
+    # small starter models shipped in the package are the first versions of their names.
+    from aigc.registry import Registry, starter_names
 
-        models += [f"{name}={path}" for name, path in find_checkpoints(STARTERS_DIR)]
+    registry = Registry()
+    starters = set(starter_names())
+    served = tuple(n for n in registry.names() if not (args.no_starters and n in starters)
+                   and registry.state(n)["aliases"].get("production") is not None)
     if DEMO_RUN.is_dir() and not any(s.endswith(str(DEMO_RUN)) for s in models):
         models.append(f"demo-vae={DEMO_RUN}")
     text_corpus = Path(args.text_corpus) if args.text_corpus else None
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, extra_hosts=tuple(args.allow_host),
         allowed_origins=tuple(args.allow_origin), max_queue=args.max_queue,
         max_batch_images=args.max_batch_images, batching=not args.no_batching,
-        batch_wait_ms=args.batch_wait_ms)
+        batch_wait_ms=args.batch_wait_ms, registry_dir=registry.root, registry_names=served)
     import uvicorn
 
     from aigc.studio.app import create_app

@@ -85,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
         TrainConfig, {**getattr(module, "TRAIN_DEFAULTS", {}), **train_overrides},
         where="training config",
     )
-    model = module.MODEL_CLASS(model_cfg)
-    from aigc.models import count_parameters
+    from aigc.models import count_parameters, init_model
+
+    # The initial weights come from the run's seed: the same config and --seed give the same
+    # model (the trainer seeds the data order and dropout from it as well).
+    model = init_model(module.MODEL_CLASS, model_cfg, seed=train_cfg.seed)
     from aigc.train import Trainer
 
     print(f"{args.family}: {count_parameters(model) / 1e6:.2f}M parameters; data {data}: "

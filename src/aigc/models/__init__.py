@@ -33,10 +33,22 @@ def family_module(family: str) -> ModuleType:
     return importlib.import_module(FAMILIES[family])
 
 
-def build_model(family: str, model_config: dict[str, Any], *, where: str = "") -> nn.Module:
+def build_model(family: str, model_config: dict[str, Any], *, where: str = "",
+                seed: int | None = None) -> nn.Module:
     module = family_module(family)
     cfg = config_from_dict(module.CONFIG_CLASS, model_config, where=where)
-    return module.MODEL_CLASS(cfg)
+    return init_model(module.MODEL_CLASS, cfg, seed=seed)
+
+
+def init_model(model_class: type[nn.Module], cfg: Any, *, seed: int | None = None) -> nn.Module:
+    """``model_class(cfg)`` with its initial weights drawn from ``seed`` (in a forked RNG, so
+    the caller's random state is untouched): the same config and seed give the same weights.
+    ``seed=None`` draws from the global RNG as it stands."""
+    if seed is None:
+        return model_class(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_class(cfg)
 
 
 def model_from_checkpoint(path, *, use_ema: bool = True, map_location: str = "cpu"):

@@ -83,6 +83,15 @@ def build_studio(settings: StudioSettings,
     store = Store(settings.data_dir, settings.db_url)
     paths = find_checkpoints(settings.models_dir) if settings.models_dir else []
     paths += list(settings.model_paths)
+    registry, served = None, {}
+    if settings.registry_names:
+        from aigc.registry import Registry
+
+        registry = Registry(settings.registry_dir)
+        for name in settings.registry_names:
+            version = registry.resolve(f"{name}@production")
+            paths.append((name, version.path))
+            served[name] = version.version
     images, skipped = load_image_backends(paths)
     texts: dict[str, TextBackend] = dict(text_backends(settings)) if text_backends else {}
     found, why = load_text_backends(paths, smollm2=settings.smollm2)
@@ -106,7 +115,8 @@ def build_studio(settings: StudioSettings,
                        batching=settings.batching, batch_wait_s=settings.batch_wait_ms / 1000,
                        versions=library_versions(), musics=musics)
     return Studio(settings=settings, store=store, images=images, texts=texts, runner=runner,
-                  skipped=skipped, key_hashes=store.api_key_hashes(), musics=musics)
+                  skipped=skipped, key_hashes=store.api_key_hashes(), musics=musics,
+                  served_versions=served, registry=registry)
 
 
 def create_app(settings: StudioSettings | None = None,
@@ -120,11 +130,20 @@ def create_app(settings: StudioSettings | None = None,
         studio = build_studio(settings, text_backends)
         app.state.studio = studio
         studio.runner.start()
+        watcher = None
+        if studio.registry is not None:
+            from aigc.studio.registry_watch import RegistryWatcher
+
+            watcher = RegistryWatcher(studio, studio.registry)
+            watcher.start()
+        app.state.registry_watcher = watcher
         log.info("studio: %d image, %d text and %d music model(s); data in %s",
                  len(studio.images), len(studio.texts), len(studio.musics), settings.data_dir)
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.stop()
             studio.runner.stop()
             studio.store.close()
 
@@ -171,9 +190,9 @@ def create_app(settings: StudioSettings | None = None,
         return error_json(500, f"internal error: {type(exc).__name__}", "server_error")
 
     # ------------------------------------------------------------------ routes
-    from aigc.studio.routes import items, jobs, models, openai, system
+    from aigc.studio.routes import feedback, items, jobs, models, openai, system
 
-    for module in (models, jobs, items, openai, system):
+    for module in (models, jobs, items, feedback, openai, system):
         app.include_router(module.router)
     app.include_router(items.files_router)
 

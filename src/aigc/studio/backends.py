@@ -64,6 +64,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from aigc.records import resolve_options, sampling_options
+
 log = logging.getLogger("aigc.studio")
 
 
@@ -154,9 +156,10 @@ class ImageBackend:
                              else "text" if self.takes_prompt
                              else "class" if self.takes_label else "none")
         self.has_steps = "steps" in self._accepts
-        # Sampler steps when a request names none (the family's default), for the cost budget.
-        default = params["steps"].default if self.has_steps else 1
-        self.default_steps = default if isinstance(default, int) else 1
+        # The family's defaults, read from its sample() signature (aigc.records): a request
+        # that leaves an option out gets these, and its record says which values ran.
+        self.options = sampling_options(model)
+        self.default_steps = int(self.options.get("steps") or 1)
         self.samplers: list[str] = list(getattr(model, "samplers", []) or [])
         self.card = _metric_card(self.path, self.sha256)
         self._latent = (hasattr(model, "decode") and cfg is not None
@@ -210,11 +213,34 @@ class ImageBackend:
         if settings.guidance is not None and "guidance" not in self._accepts:
             raise UnsupportedParameter("guidance", f"model {self.name!r} ({self.family}) has no "
                                        "guidance; drop 'guidance'")
+        if settings.temperature != 1.0 and "temperature" not in self._accepts:
+            raise UnsupportedParameter("temperature", f"model {self.name!r} ({self.family}) has "
+                                       "no temperature; drop 'temperature'")
         if settings.sampler is not None and settings.sampler not in self.samplers:
             allowed = ", ".join(self.samplers) or "none (this model has no samplers)"
             raise UnsupportedParameter(
                 "sampler", f"sampler {settings.sampler!r} is not offered by {self.name!r}; "
                 f"allowed: {allowed}")
+
+    def resolve(self, settings: ImageSettings) -> ImageSettings:
+        """``settings`` with every option this family takes filled in with its default (and
+        the ones it does not take set to ``None``): what a job stores and its items record."""
+        def pick(name: str):
+            if name not in self.options:
+                return None
+            value = getattr(settings, name)
+            return self.options[name] if value is None else value
+
+        temperature = pick("temperature")
+        return ImageSettings(temperature=1.0 if temperature is None else float(temperature),
+                             steps=pick("steps"), guidance=pick("guidance"),
+                             sampler=pick("sampler"))
+
+    def record_options(self, settings: ImageSettings) -> dict[str, Any]:
+        """Every sampling option of this family as it ran (defaults resolved)."""
+        return resolve_options(self.model, {k: getattr(settings, k) for k in
+                                            ("steps", "guidance", "sampler", "temperature")
+                                            if k in self.options})
 
     def _kwargs(self, settings: ImageSettings, specs: list[ImageSpec],
                 progress: Callable[[float], None] | None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aigc.records import image_record
 from aigc.studio.backends import (
     ImageBackend,
     ImageSettings,
@@ -287,6 +288,7 @@ class JobRunner:
     def _store_image_batch(self, jobs: list[dict[str, Any]], backend: ImageBackend,
                            settings: ImageSettings, specs: list[ImageSpec], images) -> None:
         model = backend.name
+        options = backend.record_options(settings)
         self.stats.batches += 1
         self.stats.batched_images += len(specs)
         start, done = 0, []
@@ -296,17 +298,14 @@ class JobRunner:
             outs = []
             for i in range(n):
                 spec = specs[start + i]
-                record = {
-                    "kind": "image", "job_id": job["id"], "index": i, "model": model,
-                    "model_sha256": backend.sha256, "family": backend.family,
-                    "step": backend.ckpt.step, "data": backend.ckpt.meta.get("data"),
-                    "seed": spec.seed, "label": spec.label, "prompt": spec.prompt,
-                    "conditioning": backend.conditioning, "temperature": settings.temperature,
-                    "steps": settings.steps, "guidance": settings.guidance,
-                    "sampler": settings.sampler, "native_size": backend.image_size,
-                    "size": p.get("size") or backend.image_size, "ema": True,
-                    "versions": self.versions,
-                }
+                names = backend.class_names
+                record = image_record(
+                    kind="image", ckpt=backend.ckpt, checkpoint=backend.path, seed=spec.seed,
+                    n=1, ema=True, options=options, label=spec.label,
+                    class_name=names[spec.label] if spec.label is not None and names else None,
+                    prompt=spec.prompt, job_id=job["id"], index=i, model=model,
+                    conditioning=backend.conditioning, native_size=backend.image_size,
+                    output_size=p.get("size") or backend.image_size)
                 outs.append(ItemOut(png_bytes(images[start + i], record, p.get("size")), "png",
                                     record, prompt=spec.prompt, seed=spec.seed))
             start += n

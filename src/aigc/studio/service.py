@@ -62,6 +62,8 @@ class StudioSettings:
     # music: seconds of audio (bars x quarter notes per bar x 60 / tempo) x pieces; 120 s of
     # WAV (16-bit mono, 22.05 kHz) is about 5 MB
     max_music_cost: float = 120.0
+    registry_dir: Path | None = None  # serve registered models' production versions from here
+    registry_names: tuple[str, ...] = ()  # the registered names to serve
     max_outstanding: float = 64.0
     max_batch_images: int = 64
     batching: bool = True
@@ -93,6 +95,9 @@ class Studio:
     http_requests: dict[tuple[str, int], int] = field(default_factory=dict)
     key_hashes: list[str] = field(default_factory=list)
     musics: dict[str, MusicBackend] = field(default_factory=dict)
+    # registry names served at their production version: name -> version number loaded
+    served_versions: dict[str, int] = field(default_factory=dict)
+    registry: Any = None  # aigc.registry.Registry when the studio serves registered models
 
     # ------------------------------------------------------------------ models
     def models(self) -> list[dict[str, Any]]:
@@ -154,13 +159,16 @@ class Studio:
         except UnsupportedParameter as exc:
             raise ApiError(400, str(exc), code="unsupported_parameter",
                            param=exc.param) from None
+        # Every default is resolved now, at queue time: the job and its items record the
+        # values that ran, and a request that spells out the defaults batches with one that
+        # leaves them out.
+        settings = backend.resolve(settings)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1 - MAX_N)
-        steps = req.steps or backend.default_steps
-        cost = steps * size * size * req.n / self.settings.max_image_cost
+        cost = (settings.steps or 1) * size * size * req.n / self.settings.max_image_cost
         self._admit(cost, "image")
-        params = {"n": req.n, "seed": seed, "temperature": req.temperature, "label": req.label,
-                  "prompt": req.prompt, "steps": req.steps, "guidance": req.guidance,
-                  "sampler": req.sampler,
+        params = {"n": req.n, "seed": seed, "temperature": settings.temperature,
+                  "label": req.label, "prompt": req.prompt, "steps": settings.steps,
+                  "guidance": settings.guidance, "sampler": settings.sampler,
                   "size": None if size == backend.image_size else size}
         job = self.store.add_job("image", backend.name, params, cost, job_id=job_id)
         self.runner.notify("image")

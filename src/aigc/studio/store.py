@@ -108,6 +108,26 @@ comparisons = Table(
     Column("created", Float, nullable=False),
 )
 
+# Every reaction to an item, one row each: stars (score 1-5), a comparison with another item
+# (value a | b | tie, other_id the second item), a flag (value: its reason, note: free text)
+# and implicit signals (value download | regenerate | copy). ``rater`` is who gave it: an API
+# key's name ("key:NAME") or a browser's anonymous id ("anon:ID"). Deleting feedback deletes
+# the row: nothing deleted can reach an export. (The older ``ratings`` and ``comparisons``
+# tables are read once, into this one, when a studio of an earlier version is opened.)
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", String(32), ForeignKey("items.id"), nullable=False, index=True),
+    Column("other_id", String(32), ForeignKey("items.id"), index=True),
+    Column("kind", String(16), nullable=False, index=True),  # stars | comparison | flag | signal
+    Column("value", String(32), nullable=False),
+    Column("score", Float),
+    Column("note", Text),
+    Column("rater", String(120), nullable=False, index=True),
+    Column("created", Float, nullable=False, index=True),
+)
+FEEDBACK_KINDS = ("stars", "comparison", "flag", "signal")
+
 api_keys = Table(
     "api_keys", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -153,6 +173,7 @@ class Store:
             raise AigcError(f"the studio's database must support UPDATE ... RETURNING (SQLite "
                             f">= 3.35, PostgreSQL); {self.engine.dialect.name} here does not")
         metadata.create_all(self.engine)
+        self._adopt_old_ratings()
 
     @staticmethod
     def _make_engine(url: str) -> Engine:
@@ -362,8 +383,9 @@ class Store:
 
     # ------------------------------------------------------------------------- items
     def _item_query(self):
-        stars = (select(ratings.c.item_id, func.avg(ratings.c.stars).label("stars"),
-                        func.count().label("n_ratings")).group_by(ratings.c.item_id).subquery())
+        stars = (select(feedback.c.item_id, func.avg(feedback.c.score).label("stars"),
+                        func.count().label("n_ratings")).where(feedback.c.kind == "stars")
+                 .group_by(feedback.c.item_id).subquery())
         q = (select(items, stars.c.stars, stars.c.n_ratings)
              .select_from(items.outerjoin(stars, stars.c.item_id == items.c.id)))
         return q, stars
@@ -398,33 +420,130 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(items)).scalar_one())
 
-    # ----------------------------------------------------------------------- ratings
-    def add_rating(self, item_id: str, stars: int) -> dict[str, Any]:
-        with self.engine.begin() as conn:
-            conn.execute(insert(ratings).values(item_id=item_id, stars=stars, created=time.time()))
+    # ---------------------------------------------------------------------- feedback
+    def add_rating(self, item_id: str, stars: int, rater: str = "anon:unknown") -> dict[str, Any]:
+        self.add_feedback(item_id, "stars", str(stars), rater, score=float(stars))
         return self.get_item(item_id)
 
-    def add_comparison(self, a: str, b: str, winner: str) -> dict[str, Any]:
-        now = time.time()
+    def add_comparison(self, a: str, b: str, winner: str,
+                       rater: str = "anon:unknown") -> dict[str, Any]:
+        row = self.add_feedback(a, "comparison", winner, rater, other_id=b)
+        return {"id": row["id"], "a": a, "b": b, "winner": winner, "created": row["created"]}
+
+    def add_feedback(self, item_id: str, kind: str, value: str, rater: str, *,
+                     other_id: str | None = None, score: float | None = None,
+                     note: str | None = None) -> dict[str, Any]:
+        """Store one piece of feedback; returns its row."""
+        if kind not in FEEDBACK_KINDS:
+            raise ValueError(f"feedback kind must be one of {FEEDBACK_KINDS}, got {kind!r}")
+        row = {"item_id": item_id, "other_id": other_id, "kind": kind, "value": value,
+               "score": score, "note": note, "rater": rater, "created": time.time()}
         with self.engine.begin() as conn:
-            res = conn.execute(insert(comparisons).values(a=a, b=b, winner=winner, created=now))
-            cid = res.inserted_primary_key[0]
-        return {"id": int(cid), "a": a, "b": b, "winner": winner, "created": now}
+            res = conn.execute(insert(feedback).values(**row))
+            row["id"] = int(res.inserted_primary_key[0])
+        return row
+
+    def list_feedback(self, *, rater: str | None = None, kind: str | None = None,
+                      item_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Feedback rows, oldest first (all of them when no filter is given)."""
+        q = select(feedback).order_by(feedback.c.id)
+        if rater is not None:
+            q = q.where(feedback.c.rater == rater)
+        if kind is not None:
+            q = q.where(feedback.c.kind == kind)
+        if item_ids is not None:
+            q = q.where(or_(feedback.c.item_id.in_(item_ids), feedback.c.other_id.in_(item_ids)))
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def get_feedback(self, feedback_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(feedback).where(feedback.c.id == feedback_id)).first()
+        return _row(r) if r else None
+
+    def delete_feedback(self, feedback_id: int | None = None, *,
+                        rater: str | None = None) -> int:
+        """Delete one row (``feedback_id``, only when it is ``rater``'s if a rater is given) or
+        every row of ``rater``; returns how many rows went."""
+        if feedback_id is None and rater is None:
+            raise ValueError("delete_feedback needs a feedback id or a rater")
+        cond = []
+        if feedback_id is not None:
+            cond.append(feedback.c.id == feedback_id)
+        if rater is not None:
+            cond.append(feedback.c.rater == rater)
+        with self.engine.begin() as conn:
+            return conn.execute(feedback.delete().where(and_(*cond))).rowcount
+
+    def items_by_ids(self, item_ids: list[str]) -> list[dict[str, Any]]:
+        query, _ = self._item_query()
+        out: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(item_ids), 500):
+                chunk = item_ids[start:start + 500]
+                out += [_row(r) for r in conn.execute(query.where(items.c.id.in_(chunk)))]
+        return out
 
     def comparison_stats(self, item_id: str) -> dict[str, int]:
+        c = feedback.c
+        mine = and_(c.kind == "comparison", or_(c.item_id == item_id, c.other_id == item_id))
+        won = or_(and_(c.item_id == item_id, c.value == "a"),
+                  and_(c.other_id == item_id, c.value == "b"))
         with self.engine.connect() as conn:
-            wins = conn.execute(select(func.count()).select_from(comparisons).where(or_(
-                and_(comparisons.c.a == item_id, comparisons.c.winner == "a"),
-                and_(comparisons.c.b == item_id, comparisons.c.winner == "b")))).scalar_one()
-            total = conn.execute(select(func.count()).select_from(comparisons).where(
-                or_(comparisons.c.a == item_id, comparisons.c.b == item_id))).scalar_one()
+            wins = conn.execute(select(func.count()).select_from(feedback)
+                                .where(and_(mine, won))).scalar_one()
+            total = conn.execute(select(func.count()).select_from(feedback)
+                                 .where(mine)).scalar_one()
         return {"wins": int(wins), "comparisons": int(total)}
 
     def rating_counts(self) -> tuple[int, int]:
         with self.engine.connect() as conn:
-            n_r = conn.execute(select(func.count()).select_from(ratings)).scalar_one()
-            n_c = conn.execute(select(func.count()).select_from(comparisons)).scalar_one()
-        return int(n_r), int(n_c)
+            counts = dict(conn.execute(select(feedback.c.kind, func.count())
+                                       .group_by(feedback.c.kind)).all())
+        return int(counts.get("stars", 0)), int(counts.get("comparison", 0))
+
+    def feedback_snapshot(self, model: str | None = None) -> dict[str, Any]:
+        """All feedback (or that on items of the served model ``model``) with the items it
+        names, read in one transaction: what ``aigc feedback export|report`` work from.
+        ``last_id`` names the snapshot (feedback ids only grow)."""
+        with self.engine.connect() as conn, conn.begin():
+            rows = [_row(r) for r in conn.execute(select(feedback).order_by(feedback.c.id))]
+            ids = sorted({r["item_id"] for r in rows} | {r["other_id"] for r in rows
+                                                          if r["other_id"]})
+            found: list[dict[str, Any]] = []
+            for start in range(0, len(ids), 500):
+                found += [_row(r) for r in conn.execute(
+                    select(items).where(items.c.id.in_(ids[start:start + 500])))]
+        by_id = {r["id"]: r for r in found}
+        if model is not None:
+            keep = {i for i, r in by_id.items() if r["model"] == model}
+            rows = [r for r in rows if r["item_id"] in keep
+                    and (r["other_id"] is None or r["other_id"] in keep)]
+            by_id = {i: r for i, r in by_id.items() if i in keep}
+        return {"feedback": rows, "items": by_id,
+                "last_id": max((r["id"] for r in rows), default=0)}
+
+    def _adopt_old_ratings(self) -> None:
+        """Copy stars and comparisons of a studio made before the feedback table into it,
+        once (when the feedback table is empty and the old tables are not)."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(func.count()).select_from(feedback)).scalar_one():
+                return
+            old_r = conn.execute(select(ratings)).all()
+            old_c = conn.execute(select(comparisons)).all()
+            rows = [{"item_id": r.item_id, "other_id": None, "kind": "stars",
+                     "value": str(r.stars), "score": float(r.stars), "note": None,
+                     "rater": "anon:before-feedback", "created": r.created} for r in old_r]
+            rows += [{"item_id": c.a, "other_id": c.b, "kind": "comparison", "value": c.winner,
+                      "score": None, "note": None, "rater": "anon:before-feedback",
+                      "created": c.created} for c in old_c]
+            if rows:
+                conn.execute(insert(feedback), sorted(rows, key=lambda r: r["created"]))
+
+    def api_key_name(self, sha256: str) -> str | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(api_keys.c.name).where(api_keys.c.sha256 == sha256)).first()
+        return r[0] if r else None
 
     # ----------------------------------------------------------------------- API keys
     def add_api_key(self, name: str, sha256: str) -> None:

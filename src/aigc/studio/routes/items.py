@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
 from aigc.studio.schemas import (
@@ -77,10 +77,14 @@ def get_item(item_id: str, studio: Studio = Depends(get_studio)) -> Item:
 
 
 @router.post("/api/items/{item_id}/ratings", response_model=Item, status_code=201)
-def rate_item(item_id: str, body: RatingRequest, studio: Studio = Depends(get_studio)) -> Item:
+def rate_item(item_id: str, body: RatingRequest, request: Request,
+              studio: Studio = Depends(get_studio)) -> Item:
     """Give an item 1-5 stars."""
+    from aigc.studio.routes.feedback import rater_of
+
     _item(studio, item_id)
-    return render_item(studio, studio.store.add_rating(item_id, body.stars), full=True)
+    return render_item(studio, studio.store.add_rating(item_id, body.stars,
+                                                       rater_of(request, studio)), full=True)
 
 
 @router.get("/api/comparisons/pair", response_model=ItemList)
@@ -95,15 +99,19 @@ def comparison_pair(kind: Literal["image", "text", "music"] = "image",
 
 
 @router.post("/api/comparisons", response_model=Comparison, status_code=201)
-def compare(body: ComparisonRequest, studio: Studio = Depends(get_studio)) -> Comparison:
+def compare(body: ComparisonRequest, request: Request,
+            studio: Studio = Depends(get_studio)) -> Comparison:
     """Record a pairwise preference: ``winner`` is ``a``, ``b`` or ``tie``."""
+    from aigc.studio.routes.feedback import rater_of
+
     if body.a == body.b:
         raise ApiError(400, "a and b must be different items", param="b")
     a, b = _item(studio, body.a), _item(studio, body.b)
     if a["kind"] != b["kind"]:
         raise ApiError(400, f"cannot compare a {a['kind']} item with a {b['kind']} item",
                        param="b")
-    return Comparison(**studio.store.add_comparison(body.a, body.b, body.winner))
+    return Comparison(**studio.store.add_comparison(body.a, body.b, body.winner,
+                                                    rater_of(request, studio)))
 
 
 @files_router.get("/files/{name}", response_class=FileResponse,

@@ -275,8 +275,8 @@ async function showDetail(id) {
   const row = (k, v) => [el("dt", { text: k }), el("dd", { text: v == null ? "—" : String(v) })];
   const dl = el("dl", {}, ...row(t("model", "Model"), it.model), ...row(t("model_hash", "Model hash"), it.model_sha256),
     ...row(t("seed", "Seed"), it.seed), ...row(t("prompt", "Prompt"), it.prompt),
-    ...row(t("sampler", "Sampler"), r.sampler), ...row(t("steps", "Steps"), r.steps),
-    ...row(t("guidance", "Guidance"), r.guidance), ...row(t("temperature", "Temperature"), r.temperature),
+    ...row(t("sampler", "Sampler"), opts(r).sampler), ...row(t("steps", "Steps"), opts(r).steps),
+    ...row(t("guidance", "Guidance"), opts(r).guidance), ...row(t("temperature", "Temperature"), opts(r).temperature),
     ...row(t("rating", "Rating"), it.stars ? `${it.stars.toFixed(1)} (${it.n_ratings})` : "—"),
     ...row("A/B", `${it.wins}/${it.comparisons}`));
   const card_ = it.metric_card ? el("pre", { class: "card-json", text: JSON.stringify(it.metric_card, null, 1) })
@@ -290,8 +290,10 @@ async function showDetail(id) {
     el("h4", { text: t("metric_card", "Model metric card") }), card_,
     el("details", {}, el("summary", { text: t("record", "Full record") }), el("pre", { text: JSON.stringify(r, null, 1) }))].filter((x) => x != null));
 }
+// The sampling options of a record: under "options" (format 2), at the top level before.
+const opts = (r) => r.options || r;
 function regenerate(it) {
-  const r = it.record;
+  const r = opts(it.record);
   showTab("image");
   $("img-model").value = it.model; onImageModel();
   $("img-seed").value = it.seed; $("img-n").value = 1;
@@ -300,7 +302,7 @@ function regenerate(it) {
   if (r.steps) $("img-steps").value = r.steps;
   if (r.guidance != null) $("img-guidance").value = r.guidance;
   if (r.sampler) $("img-sampler").value = r.sampler;
-  if (r.label != null) $("img-class").value = r.label;
+  if (it.record.label != null) $("img-class").value = it.record.label;
   generateImages();
 }
 
