@@ -34,7 +34,7 @@ def main() -> None:
             back = piece_from_midi(path)
             ours_s += time.perf_counter() - t
             t = time.perf_counter()
-            score = converter.parse(str(path))
+            score = converter.parse(str(path), forceSource=True)  # no music21 pickle cache
             theirs = sorted((round(float(n.offset) * 12), round(float(n.quarterLength) * 12), x.midi)
                             for part in score.parts for n in part.flatten().stripTies().notes
                             for x in n.pitches)

@@ -46,7 +46,7 @@ def chorales():
     pieces = []
     for f in files:
         try:
-            pieces.append(piece_from_score(corpus.parse(f), f, "chorale")[0])
+            pieces.append(piece_from_score(corpus.parse(f, forceSource=True), f, "chorale")[0])
         except SkipPiece:
             pass
     assert len(pieces) >= N_CHORALES_FAST - 3
@@ -57,7 +57,7 @@ def chorales():
 def folk():
     from music21 import corpus
 
-    opus = corpus.parse("essenFolksong/erk5.abc")  # 27 short German songs
+    opus = corpus.parse("essenFolksong/erk5.abc", forceSource=True)  # 27 short German songs
     pieces, skipped = [], 0
     for i, score in enumerate(opus.scores):
         try:
@@ -96,7 +96,7 @@ def test_midi_matches_music21_reader(chorales, tmp_path):
 
     piece = chorales[0]
     path = write_midi(piece, tmp_path / "c.mid")
-    score = converter.parse(str(path))
+    score = converter.parse(str(path), forceSource=True)
     theirs = sorted((round(float(n.offset) * 12), round(float(n.quarterLength) * 12), p.midi)
                     for part in score.parts for n in part.flatten().stripTies().notes
                     for p in n.pitches)

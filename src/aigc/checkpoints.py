@@ -247,13 +247,50 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise CheckpointError(f"{path} is not a safetensors file (bad header)") from None
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    ends = _tensor_ends(path, header)
     if 8 + n + max(ends, default=0) > size:
         raise CheckpointError(
             f"{path} is truncated: header promises {8 + n + max(ends, default=0)} bytes, "
             f"file has {size}"
         )
-    return header.get("__metadata__") or {}
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"{path} is not a safetensors file (its __metadata__ is not an "
+                              "object of strings)")
+    return metadata
+
+
+def _tensor_ends(path: Path, header: Any) -> list[int]:
+    """The end offset of each tensor a safetensors header lists, after checking its shape: an
+    object whose entries are objects with ``data_offsets: [begin, end]``."""
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is a JSON "
+                              f"{type(header).__name__}, not an object)")
+    ends = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0
+                        for o in offsets)):
+            raise CheckpointError(f"{path} is not a safetensors file (tensor {key!r} has no "
+                                  "valid data_offsets)")
+        ends.append(offsets[1])
+    return ends
+
+
+def _metadata_json(file: Path, meta: dict[str, str], key: str, default: str | None = None) -> Any:
+    """One JSON-valued entry of an aigc checkpoint's metadata, or a CheckpointError naming it."""
+    text = meta.get(key, default)
+    if text is None:
+        raise CheckpointError(f"{file} is an incomplete aigc checkpoint: metadata {key!r} is missing")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{file}: metadata {key!r} is not valid JSON") from None
 
 
 def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Checkpoint:
@@ -271,15 +308,24 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Checkpoin
         raise CheckpointError(f"{file} could not be read: {exc}") from None
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None
+    model_config = _metadata_json(file, meta, "model_config")
+    train_config = _metadata_json(file, meta, "train_config", "null")
+    extra = _metadata_json(file, meta, "meta", "{}")
+    step = meta.get("step", "0")
+    if "family" not in meta or not isinstance(model_config, dict) or not step.isdigit() or not (
+        train_config is None or isinstance(train_config, dict)
+    ) or not isinstance(extra, dict):
+        raise CheckpointError(f"{file} is an incomplete aigc checkpoint (family, model_config, "
+                              "train_config, step or meta is missing or of the wrong kind)")
     return Checkpoint(
         path=file,
         family=meta["family"],
-        model_config=json.loads(meta["model_config"]),
-        step=int(meta.get("step", 0)),
+        model_config=model_config,
+        step=int(step),
         weights=weights,
         ema_weights=ema,
-        train_config=json.loads(meta.get("train_config") or "null"),
-        meta=json.loads(meta.get("meta") or "{}"),
+        train_config=train_config,
+        meta=extra,
     )
 
 
@@ -290,7 +336,11 @@ def load_trainer_state(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], d
     meta = read_metadata(file)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not an aigc trainer state")
-    return load_file(str(file)), json.loads(meta["state"])
+    state = _metadata_json(file, meta, "state")
+    try:
+        return load_file(str(file)), state
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file} could not be read: {exc}") from None
 
 
 def latest_checkpoint_dir(run_dir: str | Path) -> Path | None:

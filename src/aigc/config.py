@@ -25,6 +25,16 @@ from aigc.errors import ConfigError
 
 C = TypeVar("C")
 
+# Seeds are 0..MAX_SEED everywhere (CLI flags, TrainConfig, the studio's API): derived seeds such
+# as ``seed * 1_000_003 + epoch`` then stay inside the 64 bits torch.Generator accepts.
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(value: Any, name: str = "seed") -> None:
+    """Raise a :class:`ConfigError` naming ``name`` unless ``value`` is an int in 0..MAX_SEED."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{name} must be an integer between 0 and {MAX_SEED}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -68,6 +78,7 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check_seed(self.seed)
 
 
 def _check_positive(cfg: Any, *names: str) -> None:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from aigc.errors import AigcError
+
 RECORD_KEY = "aigc"
 
 
@@ -45,9 +47,18 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, fill:
 
 def save_png(path: str | Path, array: np.ndarray, record: dict[str, Any] | None = None,
              scale: int = 1) -> Path:
-    """Write a uint8 ``(H, W[, C])`` array as PNG with a JSON provenance record, atomically."""
+    """Write a uint8 ``(H, W[, C])`` array as PNG with a JSON provenance record, atomically.
+
+    A path that cannot be written (a folder, or a folder that cannot be created) raises
+    :class:`AigcError`, and no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise AigcError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AigcError(f"cannot write {path}: its folder cannot be created ({exc})") from None
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     img = Image.fromarray(array)
@@ -57,8 +68,13 @@ def save_png(path: str | Path, array: np.ndarray, record: dict[str, Any] | None 
     if record is not None:
         info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True, ensure_ascii=False))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    img.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    try:
+        img.save(tmp, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise AigcError(f"cannot write {path}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # already renamed away when all went well
     return path
 
 
@@ -69,7 +85,25 @@ def save_grid(path: str | Path, images: torch.Tensor, *, nrow: int | None = None
 
 
 def read_record(path: str | Path) -> dict[str, Any] | None:
-    """The provenance record embedded by :func:`save_png`, or ``None``."""
-    with Image.open(path) as img:
-        text = img.text.get(RECORD_KEY) if hasattr(img, "text") else None
-    return json.loads(text) if text else None
+    """The provenance record embedded by :func:`save_png`, or ``None``.
+
+    Only the header chunks are read (``save_png`` writes the record before the pixels), so a
+    huge or hostile image is never decoded. A missing file, a file that is not an image, or a
+    record that is not a JSON object raises :class:`AigcError` naming the file.
+    """
+    try:
+        with Image.open(path) as img:
+            text = img.info.get(RECORD_KEY)
+    except FileNotFoundError:
+        raise AigcError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise AigcError(f"{path} is not a readable image: {exc}") from None
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        raise AigcError(f"{path}: its aigc record is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise AigcError(f"{path}: its aigc record is not a JSON object")
+    return record

@@ -51,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from aigc.cli._common import check_seed_flag
     from aigc.errors import AigcError
 
     try:
+        check_seed_flag(args)
         result = args.func(args)
     except AigcError as exc:
         if args.debug or os.environ.get("AIGC_DEBUG"):

@@ -1,12 +1,16 @@
-"""Helpers shared by the sub-commands: config flags generated from dataclass fields."""
+"""Helpers shared by the sub-commands: config flags generated from dataclass fields, and the
+checks every command makes on ``--seed`` and ``--out`` before it does any work."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, get_type_hints
 
-from aigc.config import parse_cli_value
+from aigc.config import check_seed, parse_cli_value
+from aigc.errors import AigcError
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
@@ -35,3 +39,38 @@ def config_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
         if raw is not None:
             out[f.name] = parse_cli_value(raw, hints[f.name], f.name)
     return out
+
+
+def check_seed_flag(args: argparse.Namespace) -> None:
+    """Refuse a ``--seed`` outside 0..MAX_SEED (one line, exit 2) before a command starts work.
+
+    Called by :func:`aigc.cli.main` for every command whose parser has a ``--seed`` flag; commands
+    that parse a second argv of their own (``aigc eval``) call it on that namespace too.
+    """
+    seed = getattr(args, "seed", None)
+    if seed is not None:
+        check_seed(seed, "--seed")
+
+
+def check_out_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that the file ``path`` can be written: it is not a folder, and its
+    folder exists or can be created. Nothing is created here, so a refused run leaves nothing.
+
+    Returns the path. Raises :class:`AigcError` naming the flag, the path and the reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise AigcError(f"{flag} {path} is a folder; give a file path, e.g. {path / 'out.png'}")
+    if path.name in ("", ".", ".."):
+        raise AigcError(f"{flag} {path!s} names no file")
+    parent = path.parent
+    while not parent.exists():  # the nearest folder that exists must be a writable folder
+        if parent.is_symlink():  # a dangling link in the way
+            raise AigcError(f"{flag} {path}: {parent} is a broken link, so the folder cannot be "
+                            "created")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AigcError(f"{flag} {path}: its folder cannot be created, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AigcError(f"{flag} {path}: {parent} is not writable")
+    return path

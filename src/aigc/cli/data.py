@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
+
+from aigc.cli._common import check_out_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,6 +112,7 @@ def _show_music(args: argparse.Namespace) -> int:
     n = 4 if args.n is None else args.n
     if not 1 <= n <= 32:
         raise AigcError(f"--n must be between 1 and 32 pieces for music, got {n}")
+    out = check_out_file(args.out or f"out/data-{args.name.replace(':', '-').replace('/', '_')}.png")
     corpus = load_music_corpus(args.name)
     print("\n".join(corpus.report.lines()))
     print(f"{'split':<6} {'pieces':>7} {'bars':>7} {'notes':>8} {'tokens':>9}")
@@ -139,7 +141,6 @@ def _show_music(args: argparse.Namespace) -> int:
     for r in rolls:
         sheet[y : y + r.shape[0], : r.shape[1]] = r
         y += r.shape[0] + gap
-    out = Path(args.out or f"out/data-{args.name.replace(':', '-').replace('/', '_')}.png")
     save_png(out, sheet, record={"kind": "dataset-examples", "data": args.name,
                                  "pieces": [p.name for p in picks], "bars": 4})
     print(f"piano rolls of {', '.join(p.name for p in picks)} (first 4 bars): {out}")
@@ -159,6 +160,7 @@ def run_show(args: argparse.Namespace) -> int:
         args.n = 64
     if not 1 <= args.n <= 1024:
         raise AigcError(f"--n must be between 1 and 1024, got {args.n}")
+    out = check_out_file(args.out or f"out/data-{args.name.replace(':', '-').replace('/', '_')}.png")
     splits = {s: load_images(args.name, s) for s in SPLITS}
     train = splits["train"]
     if train.report is not None:
@@ -181,7 +183,6 @@ def run_show(args: argparse.Namespace) -> int:
         idx = torch.tensor(picks)
     else:
         idx = torch.arange(n)
-    out = Path(args.out or f"out/data-{args.name.replace(':', '-').replace('/', '_')}.png")
     save_grid(out, train.get_batch(idx)["image"], nrow=int(n ** 0.5) or 1,
               record={"kind": "dataset-examples", "data": args.name})
     print(f"examples: {out}")

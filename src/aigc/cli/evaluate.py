@@ -12,6 +12,7 @@ import inspect
 import json
 from pathlib import Path
 
+from aigc.cli._common import check_out_file, check_seed_flag
 from aigc.errors import AigcError
 
 ACTIONS = ("prepare-features", "compare", "convert-inception")
@@ -84,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         return {"prepare-features": _run_prepare, "compare": _run_compare,
                 "convert-inception": _run_convert}[args.target](args.rest)
     opts = _measure_parser().parse_args(args.rest)
+    check_seed_flag(opts)
+    for flag, path in (("--out", opts.out), ("--report", opts.report)):
+        if path:
+            check_out_file(path, flag)
     return _run_measure(args.target, opts)
 
 
@@ -318,6 +323,9 @@ def _run_prepare(argv: list[str]) -> int:
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: what the shipped extractor used, else 1)")
     args = p.parse_args(argv)
+    check_seed_flag(args)
+    if args.out:
+        check_out_file(args.out)
     import torch
 
     from aigc.metrics.features import shipped_records, train_classifier

@@ -34,6 +34,16 @@ def run(args: argparse.Namespace) -> int:
 
     file = resolve_checkpoint(path)
     meta = read_metadata(file)
-    decoded = {k: (json.loads(v) if v[:1] in "{[" else v) for k, v in meta.items()}
+    decoded = {k: _maybe_json(v) for k, v in meta.items()}
     print(json.dumps({"file": str(file), **decoded}, indent=2, ensure_ascii=False))
     return 0
+
+
+def _maybe_json(text: str):
+    """A metadata value that holds JSON, decoded; anything else (or broken JSON) as it is."""
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text

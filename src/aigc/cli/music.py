@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from aigc.cli._common import check_out_file
 from aigc.errors import AigcError
 
 
@@ -101,7 +102,7 @@ def run_corpus(args: argparse.Namespace) -> int:
 
 def load_opening(path: str, style: str | None, bars: int | None):
     """A user's opening bars as a :class:`~aigc.data.music.Piece` (MIDI, ABC or MusicXML)."""
-    from aigc.data.music import SkipPiece, piece_from_midi, piece_from_score
+    from aigc.data.music import SkipPiece, parse_score, piece_from_midi, piece_from_score
 
     file = Path(path)
     if not file.is_file():
@@ -109,10 +110,8 @@ def load_opening(path: str, style: str | None, bars: int | None):
     if file.suffix.lower() in (".mid", ".midi"):
         piece = piece_from_midi(file, style=style, quantize=True)
     elif file.suffix.lower() in (".abc", ".musicxml", ".xml", ".mxl"):
-        from music21 import converter
-
         try:
-            parsed = converter.parse(str(file))
+            parsed = parse_score(file)
         except Exception as exc:  # music21 raises many types for bad files
             raise AigcError(f"--opening {path}: music21 could not parse it: {exc}") from None
         if hasattr(parsed, "scores") and parsed.scores:
@@ -139,6 +138,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise AigcError("--out is required for music: e.g. --out piece.mid (.wav, .png, .musicxml)")
+    for out in args.out:
+        check_out_file(out)
     model, vocab, ckpt = load_music_model(args.checkpoint, use_ema=not getattr(args, "raw", False))
     opening = load_opening(args.opening, args.style, args.opening_bars) if args.opening else None
     if opening is not None and (args.key or args.meter):
@@ -164,6 +165,8 @@ def run_render(args: argparse.Namespace) -> int:
     from aigc.data.music import piece_from_midi
     from aigc.music import save_piece
 
+    for out in args.out:
+        check_out_file(out)
     piece = piece_from_midi(args.midi, quantize=True)
     for out in args.out:
         print(save_piece(piece, out, record={"kind": "music-render", "source": args.midi},
@@ -174,6 +177,8 @@ def run_render(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from aigc.metrics.music import evaluate_music_model
 
+    if args.out:
+        check_out_file(args.out)
     report = evaluate_music_model(args.checkpoint, data=args.data, n=args.n, bars=args.bars,
                                   temperature=args.temperature, seed=args.seed,
                                   samples_dir=args.samples)

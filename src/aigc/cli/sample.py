@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from aigc.cli._common import check_out_file
+from aigc.config import check_seed
 from aigc.errors import AigcError
 
 MAX_N = 1024
@@ -155,6 +157,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from aigc.records import image_record
     from aigc.registry import resolve_model
 
+    check_out_file(args.out)  # before any sampling: a bad --out fails fast and leaves nothing
     record = None
     checkpoint = args.checkpoint
     raw = args.raw
@@ -173,6 +176,7 @@ def run_sample(args: argparse.Namespace) -> int:
     single = record is not None and record["kind"] == "image"  # a studio item: one image
     n = args.n if args.n is not None else 1 if single else int((record or {}).get("n", 64))
     seed = args.seed if args.seed is not None else int((record or {}).get("seed", 0))
+    check_seed(seed, "--seed")  # also a seed read from a --replay record
     _check_bounds(n, o, model)
     class_, prompt = args.class_, args.prompt
     if record and class_ is None and prompt is None:
@@ -276,6 +280,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
     if not 1 <= args.n <= 512:
         raise AigcError(f"--n must be between 1 and 512, got {args.n}")
+    check_out_file(args.out)
     model, ckpt = model_from_checkpoint(resolve_model(args.checkpoint), use_ema=not args.raw)
     if not hasattr(model, "reconstruct"):
         raise AigcError(f"{ckpt.path}: a {ckpt.family!r} model cannot reconstruct images")

