@@ -153,9 +153,9 @@ def compose(model, params: ComposeParams, *, opening=None, vocab=None) -> Compos
     """Sample a piece of ``params.bars`` bars (after the ``opening`` piece's bars, if given).
 
     Every token is drawn from the model's distribution restricted to the tokens the grammar
-    allows next (:class:`aigc.data.music.Grammar`), so the result always decodes. When the
-    sequence outgrows the context, the context restarts from the header plus the most recent
-    bars (the conditions stay in view).
+    allows next (:class:`aigc.data.music.Grammar`), so the result always decodes and no voice
+    starts a note while its previous note sounds. When the sequence outgrows the context, the
+    context restarts from the header plus the most recent bars (the conditions stay in view).
     """
     from aigc.data.music import (
         HEADER_LEN,
@@ -181,9 +181,12 @@ def compose(model, params: ComposeParams, *, opening=None, vocab=None) -> Compos
         tokens = header_tokens(params.style, tonic, mode, parse_meter(params.meter)) + ["bar"]
         opening_bars = 0
     ids = [vocab.eos_id] + vocab.encode(tokens)
-    grammar = Grammar(vocab)
+    # The opening is taken as given (a user's MIDI channel may hold overlapping notes); every
+    # token sampled after it keeps each voice to one note at a time.
+    grammar = Grammar(vocab, one_note_per_voice=False)
     for i in ids[1:]:
         grammar.advance(i)
+    grammar.one_note_per_voice = True
     total_bars = opening_bars + params.bars
     seed = params.seed if params.seed is not None else secrets.randbits(31)
     generator = torch.Generator().manual_seed(seed)
