@@ -74,6 +74,11 @@ def test_regulated_verse_rules():
     ("白日 依山尽，黄河入海流。\n欲穷千里目，更上一层楼。", False),  # 2 + 3, not one verse of 5
     # a rare character of CJK extension B (U+20000) is a Han character
     ("\U00020000日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。", True),
+    # □ and ● mark a lost character in the Complete Tang Poems; they fill a slot, so the corpus's
+    # form lines stay as they were (the metric refused these 228 poems)
+    ("□□□□□，□□□□□。\n仍隨五馬謫，載與兩禽奔。", True),
+    ("忍辱收珍寶，嗔●捐福田。\n高心難見佛，下意得生天。", True),
+    ("白日依山尽，黄河入海流。\n欲穷千里目，更上一层★。", False),  # any other symbol does not
 ])
 def test_one_regulated_verse_checker(body, expected):
     from aigc.data.text import regulated_verse_form, verse_form

@@ -441,9 +441,14 @@ def corpus_available(name: str) -> tuple[bool, str]:
 
 # Han characters: 〇, CJK Unified Ideographs with extension A, the compatibility ideographs, and
 # the supplementary planes' extensions B-H and compatibility supplement (rare characters of the
-# Complete Tang Poems live there). Not Han: □ (a lost character in the sources), letters, digits.
+# Complete Tang Poems live there).
 HAN = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
                  r"\U00020000-\U0003134f\U0002f800-\U0002fa1f]")
+# What fills a character slot of a verse: a Han character, □ or ● (the sources' marks for a
+# character lost from the text: 444 and 4 of them in the verses that decide a form in the Complete
+# Tang Poems) or a private-use code point (rare characters the sources encode privately). Letters,
+# digits and other symbols do not.
+_VERSE_CHAR = re.compile(HAN.pattern[:-1] + r"\u25a1\u25cf\ue000-\uf8ff]")
 
 # A verse ends at any punctuation mark or white space, 、 and ： included: in the tang300 corpus a
 # 、 stands where a ， belongs (韦应物《长安遇冯著》: "冥冥花正开、扬扬燕新乳"), and a regulated
@@ -466,17 +471,18 @@ def regulated_verse_form(body: str) -> dict[str, object]:
 
     Verses are split at punctuation and white space (a printed line of a Tang poem usually holds
     a couplet: two verses). A verse holding anything but Han characters (Latin letters, digits,
-    symbols) fails: ``"abcde"`` is not a 5-character verse. Tones and rhyme are not checked.
+    symbols) fails: ``"abcde"`` is not a 5-character verse; □ and ●, the sources' marks for a lost
+    character, fill a slot. Tones and rhyme are not checked.
 
     Returns ``{"ok": bool, "verses": int, "verse_lengths": [...], "reason": str}`` where the
-    lengths count Han characters and ``reason`` is empty when ``ok``.
+    lengths count characters (as above) and ``reason`` is empty when ``ok``.
 
     Example:
         >>> regulated_verse_form("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。")["ok"]
         True
     """
     verses = split_verses(body)
-    lengths = [len(HAN.findall(v)) for v in verses]
+    lengths = [len(_VERSE_CHAR.findall(v)) for v in verses]
     foreign = [v for v, n in zip(verses, lengths, strict=True) if n != len(v)]
     if len(verses) not in (4, 8):
         reason = f"{len(verses)} verses (need 4 or 8)"
