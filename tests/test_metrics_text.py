@@ -115,8 +115,8 @@ def test_regulated_verse_form():
     jueju = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"
     assert regulated_verse_form(jueju)["ok"]
     qijue = "朝辞白帝彩云间\n千里江陵一日还\n两岸猿声啼不住\n轻舟已过万重山"
-    assert regulated_verse_form(qijue)["line_lengths"] == [7, 7, 7, 7]
+    assert regulated_verse_form(qijue)["verse_lengths"] == [7, 7, 7, 7]
     bad = regulated_verse_form("白日依山尽，黄河入海。欲穷千里目，更上一层楼。")
-    assert not bad["ok"] and "line lengths" in bad["reason"]
-    assert "lines" in regulated_verse_form("白日依山尽，黄河入海流。")["reason"]
+    assert not bad["ok"] and "verse lengths" in bad["reason"]
+    assert "verses" in regulated_verse_form("白日依山尽，黄河入海流。")["reason"]
     assert verse_form_rate([jueju, qijue, "hello world"]) == pytest.approx(2 / 3)

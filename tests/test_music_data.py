@@ -138,6 +138,15 @@ def test_grammar_unfinished_note_is_an_error():
         tokens_to_piece(["style:folk", "key:C_major", "meter:4/4", "bar", "pos:0", "pitch:60"])
 
 
+def test_real_pieces_have_no_same_voice_overlaps(chorales, folk):
+    """Each voice of a chorale and each folk tune sounds one note at a time (issue 16: composed
+    pieces had 86 overlaps per 1000 notes; real ones have none)."""
+    from aigc.metrics.music import overlap_counts
+
+    counts = [overlap_counts(p) for p in chorales + folk]
+    assert sum(o for o, _ in counts) == 0 and sum(n for _, n in counts) > 2000
+
+
 def test_grammar_mask_agrees_with_advance(chorales):
     import copy
 

@@ -19,6 +19,7 @@ from aigc.metrics.music import (
     in_key_counts,
     jensen_shannon_distance,
     ngram_piece_nll,
+    overlap_counts,
     parallel_counts,
 )
 from aigc.models.gpt import GPT, GPTConfig
@@ -67,6 +68,35 @@ def test_parallel_fifths_and_octaves():
                     [Note(0, 0, 67, 12), Note(12, 0, 69, 12),
                      Note(0, 1, 60, 6), Note(6, 1, 61, 6), Note(12, 1, 62, 12)])
     assert parallel_counts(passing) == (0, 0)
+
+
+def _brute_force_overlaps(piece):
+    """Every note against every earlier-starting note of its voice (the reference)."""
+    return sum(any(m.voice == n.voice and m.onset < n.onset < m.onset + m.duration
+                   for m in piece.notes) for n in piece.notes)
+
+
+def test_overlap_counts_pinned_and_against_brute_force():
+    half_then_quarter = Piece("o", "folk", 0, "major", (4, 4),
+                              [Note(0, 0, 60, 24), Note(12, 0, 62, 12)])
+    assert overlap_counts(half_then_quarter) == (1, 2)
+    legato = Piece("l", "folk", 0, "major", (4, 4), [Note(0, 0, 60, 12), Note(12, 0, 62, 12)])
+    assert overlap_counts(legato) == (0, 2)  # the next note starts as the previous one ends
+    chord_then_note = Piece("c", "folk", 0, "major", (4, 4),
+                            [Note(0, 0, 60, 6), Note(0, 0, 64, 24), Note(12, 0, 67, 12)])
+    assert overlap_counts(chord_then_note) == (1, 3)  # the chord itself is not an overlap
+    other_voice = Piece("v", "chorale", 0, "major", (4, 4),
+                        [Note(0, 0, 72, 24), Note(12, 1, 60, 12)])
+    assert overlap_counts(other_voice) == (0, 2)  # voices may overlap each other
+    rng = np.random.default_rng(3)
+    for i in range(50):
+        notes = {Note(int(rng.integers(0, 96)), int(rng.integers(0, 4)), int(rng.integers(50, 80)),
+                     int(rng.integers(1, 30))) for _ in range(int(rng.integers(1, 40)))}
+        piece = Piece(str(i), "chorale", 0, "major", (4, 4), list(notes))
+        assert overlap_counts(piece) == (_brute_force_overlaps(piece), len(piece.notes))
+    stats = MusicStatistics()
+    stats.update([half_then_quarter, legato])
+    assert stats.compute()["overlaps_per_1000_notes"] == pytest.approx(250.0)
 
 
 def test_statistics_do_not_depend_on_batching():

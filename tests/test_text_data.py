@@ -57,6 +57,48 @@ def test_regulated_verse_rules():
     assert not is_regulated_verse("")
 
 
+# Cases where the two checkers that aigc had (data.text's, used by the corpus loader and
+# tang_form_check; metrics.text's, used by verse_form_rate) gave different answers. There is one
+# checker now; each case states the answer and why.
+@pytest.mark.parametrize(("body", "expected"), [
+    # Latin letters and digits are not Han characters (the loader's check counted them)
+    ("abcde，fghij。\nklmno，pqrst。", False),
+    ("白日依山尽，黄河入海流。\n欲穷千里目，更上12345。", False),
+    ("白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼x。", False),
+    # 、 and ： end a verse (tang300's 韦应物《长安遇冯著》 has 、 for ，; the metric did not split)
+    ("客从东方来，衣上灞陵雨。\n问客何为来，采山因买斧。\n冥冥花正开、扬扬燕新乳。\n"
+     "昨别今已春，鬓丝生几缕。", True),
+    ("白日依山尽：黄河入海流。\n欲穷千里目，更上一层楼。", True),
+    # white space (an ideographic space between the verses of a couplet) ends a verse
+    ("白日依山尽\u3000黄河入海流\n欲穷千里目\u3000更上一层楼", True),
+    ("白日 依山尽，黄河入海流。\n欲穷千里目，更上一层楼。", False),  # 2 + 3, not one verse of 5
+    # a rare character of CJK extension B (U+20000) is a Han character
+    ("\U00020000日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。", True),
+    # □ and ● mark a lost character in the Complete Tang Poems; they fill a slot, so the corpus's
+    # form lines stay as they were (the metric refused these 228 poems)
+    ("□□□□□，□□□□□。\n仍隨五馬謫，載與兩禽奔。", True),
+    ("忍辱收珍寶，嗔●捐福田。\n高心難見佛，下意得生天。", True),
+    ("白日依山尽，黄河入海流。\n欲穷千里目，更上一层★。", False),  # any other symbol does not
+])
+def test_one_regulated_verse_checker(body, expected):
+    from aigc.data.text import regulated_verse_form, verse_form
+    from aigc.metrics import text as text_metrics
+
+    assert text_metrics.regulated_verse_form is regulated_verse_form
+    assert is_regulated_verse(body) is expected
+    assert regulated_verse_form(body)["ok"] is expected
+    assert text_metrics.verse_form_rate([body]) == float(expected)
+    assert (verse_form(body) != "古诗") is expected
+
+
+def test_regulated_verse_reasons_name_the_fault():
+    from aigc.data.text import regulated_verse_form
+
+    assert regulated_verse_form("abcde，fghij。klmno，pqrst。")["reason"] \
+        == "non-Han characters in verse 'abcde'"
+    assert regulated_verse_form("白日依山尽。")["reason"] == "1 verses (need 4 or 8)"
+
+
 def test_dialogues_pairs_split_by_question():
     corpus = load_corpus("dialogues")
     assert len(corpus.pairs["train"]) > 1000

@@ -42,9 +42,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from aigc.data.text import HAN
 from aigc.errors import AigcError
 from aigc.metrics.card import MetricCard
-from aigc.metrics.text import HAN
 
 
 @dataclass
@@ -317,8 +317,8 @@ def evaluate_language_model(model, tokenizer, corpus, *, n: int = 200, seed: int
                     "distinct_n": "distinct n-grams / all n-grams over the n texts",
                     "self_bleu": "mean sacrebleu sentence BLEU of each text against the others "
                     "(first 500 texts)",
-                    **({"verse_form": "4 or 8 lines, all of 5 or all of 7 Han characters "
-                        "(tones and rhyme not checked)"} if kind == "poem" else {})},
+                    **({"verse_form": "4 or 8 verses (split at punctuation and white space), all "
+                        "of 5 or all of 7 Han characters (tones and rhyme not checked)"} if kind == "poem" else {})},
         **(extra_protocol or {}),
     }
     card = MetricCard(kind="text", subject=subject or {}, protocol=protocol, values=values,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -13,16 +14,38 @@ from aigc.config import check_seed, parse_cli_value
 from aigc.errors import AigcError
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One ``--field-name`` flag per field of the config dataclass ``cls`` (default: unset)."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, *,
+                     defaults: Mapping[str, Any] | None = None,
+                     from_data: Mapping[str, str] | None = None) -> None:
+    """One ``--field-name`` flag per field of the config dataclass ``cls`` (value: unset).
+
+    The help of each flag shows the value a run really uses when the flag is left out: the
+    command's ``defaults`` (a family's ``TRAIN_DEFAULTS``, ``MODEL_DEFAULTS``) over the dataclass
+    default, or, for a field in ``from_data``, what the data sets it to. A default is written the
+    way the flag takes it (a tuple as ``0.9,0.95``).
+    """
     group = parser.add_argument_group(title)
     hints = get_type_hints(cls)
+    defaults, from_data = defaults or {}, from_data or {}
+    unknown = (set(defaults) | set(from_data)) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise AssertionError(f"defaults for fields {sorted(unknown)} that {cls.__name__} lacks")
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.name in from_data:
+            shown = from_data[f.name]
+        else:
+            shown = flag_text(defaults[f.name] if f.name in defaults else f.default)
         group.add_argument(
             f"--{f.name.replace('_', '-')}", dest=f"cfg__{cls.__name__}__{f.name}", default=None,
-            metavar=_metavar(hints[f.name]), help=f"(default: {default})",
+            metavar=_metavar(hints[f.name]), help=f"(default: {shown})",
         )
+
+
+def flag_text(value: Any) -> str:
+    """``value`` as a config flag takes it (inverse of :func:`aigc.config.parse_cli_value`)."""
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def _metavar(tp: Any) -> str:

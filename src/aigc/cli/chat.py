@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", help="one question, answered and done (default: interactive)")
     p.add_argument("--system", default=None, help="system message (default: the model's own)")
     p.add_argument("--adapter", default=None, help="folder of a LoRA adapter to apply")
-    add_sampling_flags(p, max_tokens=256)
-    p.set_defaults(func=run, temperature=0.2)
+    add_sampling_flags(p, max_tokens=256, temperature=0.2)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,15 @@ import argparse
 from aigc.cli._common import add_config_flags, config_flags
 
 
+def _finetune_defaults(family: str) -> dict:
+    """A fine-tune's TrainConfig defaults: the family's, with a shorter run, a lower learning
+    rate and 20 warm-up steps (shown by --help and used by the run)."""
+    from aigc.models import family_module
+
+    shorter = {"gpt": {"steps": 500, "lr": 3e-4}, "diffusion": {"steps": 400, "lr": 2e-4}}[family]
+    return {**family_module(family).TRAIN_DEFAULTS, **shorter, "warmup_steps": 20}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from aigc.config import TrainConfig
 
@@ -41,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--layers", type=int, help="grow the model to this many layers first (a "
                    "multiple of its depth): each block is repeated, the copies starting as the "
                    "identity, so training begins from the same model with more capacity")
-    add_config_flags(g, TrainConfig, "training config")
+    add_config_flags(g, TrainConfig, "training config", defaults=_finetune_defaults("gpt"))
     g.set_defaults(func=run_gpt)
     d = fsub.add_parser(
         "diffusion", help="continue training a diffusion checkpoint (e.g. on its prompt path)",
@@ -54,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--text-prob", type=float, help="share of conditioned examples on a caption")
     d.add_argument("--text-align-weight", type=float, help="weight of the alignment loss")
     d.add_argument("--text-noise", type=float, help="noise on caption embeddings in training")
-    add_config_flags(d, TrainConfig, "training config")
+    add_config_flags(d, TrainConfig, "training config", defaults=_finetune_defaults("diffusion"))
     d.set_defaults(func=run_diffusion)
     a = fsub.add_parser(
         "text-align", help="fit a diffusion model's prompt path to its class conditions",
@@ -74,13 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_text_align)
 
 
-def _train_config(args: argparse.Namespace, family_defaults: dict, *, steps: int, lr: float):
-    """The fine-tune's TrainConfig: the family's defaults with a fine-tune's shorter run, lower
-    learning rate and 20 warm-up steps, then whatever the command line sets."""
+def _train_config(args: argparse.Namespace, family: str):
+    """The fine-tune's TrainConfig: :func:`_finetune_defaults`, then what the command line sets."""
     from aigc.config import TrainConfig, config_from_dict
 
-    defaults = {**family_defaults, "steps": steps, "lr": lr, "warmup_steps": 20}
-    return config_from_dict(TrainConfig, {**defaults, **config_flags(args, TrainConfig)},
+    return config_from_dict(TrainConfig,
+                            {**_finetune_defaults(family), **config_flags(args, TrainConfig)},
                             where="training config")
 
 
@@ -107,9 +115,8 @@ def run_chat(args: argparse.Namespace) -> int:
 
 def run_gpt(args: argparse.Namespace) -> int:
     from aigc.finetune import finetune_gpt
-    from aigc.models.gpt import TRAIN_DEFAULTS
 
-    cfg = _train_config(args, TRAIN_DEFAULTS, steps=500, lr=3e-4)
+    cfg = _train_config(args, "gpt")
     result = finetune_gpt(args.checkpoint, args.data, args.out, cfg, layers=args.layers)
     print(f"held-out perplexity on {args.data} val: {result.perplexity_before:.3f} -> "
           f"{result.perplexity_after:.3f} ({result.steps} steps in {result.seconds:.0f}s); "
@@ -157,10 +164,9 @@ def run_text_align(args: argparse.Namespace) -> int:
 
 def run_diffusion(args: argparse.Namespace) -> int:
     from aigc.finetune import finetune_diffusion
-    from aigc.models.diffusion import TRAIN_DEFAULTS
     from aigc.registry import resolve_model
 
-    cfg = _train_config(args, TRAIN_DEFAULTS, steps=400, lr=2e-4)
+    cfg = _train_config(args, "diffusion")
     overrides = {k: v for k, v in (("text_prob", args.text_prob),
                                    ("text_align_weight", args.text_align_weight),
                                    ("text_noise", args.text_noise)) if v is not None}

@@ -7,15 +7,21 @@ import sys
 import warnings
 
 
-def add_sampling_flags(p: argparse.ArgumentParser, *, max_tokens: int = 200) -> None:
-    """The sampling flags shared by ``aigc generate`` and ``aigc chat``."""
+def add_sampling_flags(p: argparse.ArgumentParser, *, max_tokens: int = 200,
+                       temperature: float = 0.8) -> None:
+    """The sampling flags shared by ``aigc generate`` and ``aigc chat`` (each its own defaults;
+    the help prints the parser's default, so it cannot disagree with the value used)."""
     g = p.add_argument_group("sampling")
     g.add_argument("--max-tokens", type=int, default=max_tokens,
-                   help=f"tokens to generate, >= 1 (default {max_tokens})")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, (0, 1] (1: off)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 0 (1: off)")
+                   help="tokens to generate, >= 1 (default %(default)s)")
+    g.add_argument("--temperature", type=float, default=temperature,
+                   help="0 is greedy (default %(default)s)")
+    g.add_argument("--top-k", type=int, default=0,
+                   help="keep the k most likely tokens, 0: off (default %(default)s)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling, (0, 1], 1: off (default %(default)s)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 0, 1: off (default %(default)s)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end before this string (repeatable); \\n is a newline")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: fresh, printed)")

@@ -194,6 +194,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def format_table(report: dict) -> str:
     cols = [("pitch_class_js", "PCH JS"), ("in_key_rate", "in-key"), ("density_js", "density JS"),
             ("duration_js", "duration JS"), ("parallel_rate", "par. 5/8"),
+            ("overlaps_per_1000_notes", "overlap/1k"),
             ("notes_per_bar", "notes/bar"), ("perplexity", "test ppl")]
     lines = []
     for style, rows in report["values"].items():

@@ -31,8 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         fp.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest checkpoint")
         fp.add_argument("--no-progress", action="store_true", help="no progress bar")
-        add_config_flags(fp, module.CONFIG_CLASS, f"{family} model config")
-        add_config_flags(fp, TrainConfig, "training config")
+        add_config_flags(fp, module.CONFIG_CLASS, f"{family} model config",
+                         defaults=getattr(module, "MODEL_DEFAULTS", {}),
+                         from_data=getattr(module, "MODEL_FROM_DATA", {}))
+        add_config_flags(fp, TrainConfig, "training config",
+                         defaults=getattr(module, "TRAIN_DEFAULTS", {}))
         fp.set_defaults(func=run)
 
 

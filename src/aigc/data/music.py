@@ -37,7 +37,8 @@ is shifted so that bar lines fall at multiples of the bar length. A piece is::
 Order is canonical: positions increase within a bar; at one position voices increase; within
 a voice pitches increase. So a piece has exactly one token sequence, :func:`piece_to_tokens`
 and :func:`tokens_to_piece` are inverse, and :class:`Grammar` says which tokens may come next
-(the samplers use it to keep every generated sequence decodable). In a training stream each
+(the samplers use it to keep every generated sequence decodable, and each voice to one note at
+a time: no voice starts a note while its previous one sounds). In a training stream each
 piece is preceded by ``<eos>`` (id 0), like documents in a text stream.
 
 MIDI files (:func:`write_midi`, :func:`read_midi`) store each voice on its own track and
@@ -291,15 +292,28 @@ class Grammar:
 
     ``advance(id)`` raises :class:`DataError` for a token that may not come next; ``allowed()``
     is a boolean mask over the vocabulary (used to constrain sampling).
+
+    With ``one_note_per_voice`` (the default, what the composers sample under) a voice sounds one
+    note at a time, as in every chorale voice and folk tune of the corpora: a voice may start a
+    note only once its earlier notes have ended (notes of one voice that start together, a
+    chord, stay allowed). A position is open when a voice that has sounded in the piece (voice 0
+    always counts) is free there, so a rest never forces a new voice in; any free voice may then
+    play. :func:`tokens_to_piece` decodes without the rule, so a user's MIDI whose channel holds
+    overlapping notes still decodes (and still primes a composition).
     """
 
-    def __init__(self, vocab: MusicVocab = VOCAB):
+    def __init__(self, vocab: MusicVocab = VOCAB, *, one_note_per_voice: bool = True):
         self.vocab = vocab
+        self.one_note_per_voice = one_note_per_voice
         self.stage = "style"  # style, key, meter, first-bar, body, note, pitch, dur, end
         self.style, self.tonic, self.mode, self.meter = "", 0, "major", (4, 4)
         self.bar, self.pos, self.voice, self.pitch = -1, -1, 0, -1
         self.notes: list[Note] = []
-        self._pending_pitch = -1
+        # per voice, the tick where its notes so far end; and the same over the notes that
+        # start before the current position (a chord's notes start at it)
+        self.ends = [0] * MAX_VOICES
+        self.ends_before = [0] * MAX_VOICES
+        self.voices_used = {0}
 
     @property
     def bar_ticks(self) -> int:
@@ -313,6 +327,11 @@ class Grammar:
             a, b = span
             mask[a + lo : (b if hi is None else a + hi)] = True
 
+        def free_voices(lo: int) -> None:  # voice:lo .. voice:(MAX_VOICES-1), the free ones
+            for w in range(max(lo, 1), MAX_VOICES):
+                if self._free(w):
+                    mask[v.voice_ids[0] + w - 1] = True  # voice:1 is the span's first token
+
         if self.stage == "style":
             on(v.style_ids)
         elif self.stage == "key":
@@ -322,19 +341,30 @@ class Grammar:
         elif self.stage == "first-bar":
             mask[v.bar_id] = True
         elif self.stage == "note":  # after pos: any voice above 0, or a pitch of voice 0
-            on(v.voice_ids)
-            on(v.pitch_ids)
+            free_voices(lo=1)
+            if self._free(0):
+                on(v.pitch_ids)
         elif self.stage == "pitch":
             on(v.pitch_ids)
         elif self.stage == "dur":
             on(v.dur_ids)
         elif self.stage == "body":
             mask[v.bar_id] = mask[v.eos_id] = True
-            on(v.pos_ids, lo=self.pos + 1, hi=self.bar_ticks)
+            first = self.pos + 1
+            if self.one_note_per_voice:  # the first tick where a voice in use is free
+                bar_start = self.bar * self.bar_ticks
+                first = max(first, min(self.ends[w] for w in self.voices_used) - bar_start)
+            if first < self.bar_ticks:
+                on(v.pos_ids, lo=first, hi=self.bar_ticks)
             if self.pos >= 0:  # after a note: a higher voice, or a higher pitch in this voice
-                on(v.voice_ids, lo=self.voice)  # voice:(voice+1) .. voice:(MAX_VOICES-1)
+                free_voices(lo=self.voice + 1)
                 on(v.pitch_ids, lo=self.pitch + 1)
         return mask
+
+    def _free(self, voice: int) -> bool:
+        """May ``voice`` start a note at the current position?"""
+        onset = self.bar * self.bar_ticks + self.pos
+        return not self.one_note_per_voice or self.ends_before[voice] <= onset
 
     def advance(self, token_id: int) -> None:
         v, tok = self.vocab, self.vocab.tokens[token_id]
@@ -355,6 +385,7 @@ class Grammar:
             self.bar, self.pos, self.voice, self.pitch, self.stage = self.bar + 1, -1, 0, -1, "body"
         elif kind == "pos":
             self.pos, self.voice, self.pitch, self.stage = int(value), 0, -1, "note"
+            self.ends_before = list(self.ends)  # every note so far starts before this position
         elif kind == "voice":
             self.voice, self.pitch, self.stage = int(value), -1, "pitch"
         elif kind == "pitch":
@@ -362,6 +393,8 @@ class Grammar:
         elif kind == "dur":
             onset = self.bar * self.bar_ticks + self.pos
             self.notes.append(Note(onset, self.voice, self.pitch, int(value)))
+            self.ends[self.voice] = max(self.ends[self.voice], onset + int(value))
+            self.voices_used.add(self.voice)
             self.stage = "body"
 
     def piece(self, name: str = "generated") -> Piece:
@@ -378,7 +411,7 @@ def tokens_to_piece(tokens: list[str] | list[int], name: str = "generated",
     ids = vocab.encode(tokens) if tokens and isinstance(tokens[0], str) else list(tokens)
     if ids and ids[0] == vocab.eos_id:
         ids = ids[1:]
-    g = Grammar(vocab)
+    g = Grammar(vocab, one_note_per_voice=False)  # decode what is given (module docstring)
     for i in ids:
         if g.stage == "end":
             raise DataError("tokens continue after <eos>")

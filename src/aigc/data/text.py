@@ -436,8 +436,24 @@ def corpus_available(name: str) -> tuple[bool, str]:
 
 
 # ------------------------------------------------------------------- regulated-verse check
+# The one regulated-verse check of aigc: the corpus loader (form lines of tang-poems-full), the
+# text evaluation (verse_form_rate in aigc.metrics.text) and benchmarks/tang_form_check.py use it.
 
-_VERSE_BREAK = re.compile(r"[，。？！；、,.?!;：:\s]+")
+# Han characters: 〇, CJK Unified Ideographs with extension A, the compatibility ideographs, and
+# the supplementary planes' extensions B-H and compatibility supplement (rare characters of the
+# Complete Tang Poems live there).
+HAN = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                 r"\U00020000-\U0003134f\U0002f800-\U0002fa1f]")
+# What fills a character slot of a verse: a Han character, □ or ● (the sources' marks for a
+# character lost from the text: 444 and 4 of them in the verses that decide a form in the Complete
+# Tang Poems) or a private-use code point (rare characters the sources encode privately). Letters,
+# digits and other symbols do not.
+_VERSE_CHAR = re.compile(HAN.pattern[:-1] + r"\u25a1\u25cf\ue000-\uf8ff]")
+
+# A verse ends at any punctuation mark or white space, 、 and ： included: in the tang300 corpus a
+# 、 stands where a ， belongs (韦应物《长安遇冯著》: "冥冥花正开、扬扬燕新乳"), and a regulated
+# verse of 5 or 7 characters holds no punctuation inside it.
+_VERSE_BREAK = re.compile(r"[，。？！；、：,.?!;:\s]+")
 
 
 # The form line that heads each ``tang-poems-full`` document: 5- or 7-character quatrains (绝句)
@@ -446,21 +462,46 @@ VERSE_FORMS = ("五言绝句", "七言绝句", "五言律诗", "七言律诗", "
 
 
 def split_verses(body: str) -> list[str]:
-    """The verses of a poem body: split at Chinese and Western punctuation and line breaks."""
+    """The verses of a poem body: split at Chinese and Western punctuation and white space."""
     return [v for v in _VERSE_BREAK.split(body) if v]
 
 
-def _regulated(verses: list[str]) -> bool:
-    lengths = {len(v) for v in verses}
-    return len(verses) in (4, 8) and (lengths == {5} or lengths == {7})
+def regulated_verse_form(body: str) -> dict[str, object]:
+    """Check the outer form of a jueju/lüshi: 4 or 8 verses, all of 5 or all of 7 Han characters.
+
+    Verses are split at punctuation and white space (a printed line of a Tang poem usually holds
+    a couplet: two verses). A verse holding anything but Han characters (Latin letters, digits,
+    symbols) fails: ``"abcde"`` is not a 5-character verse; □ and ●, the sources' marks for a lost
+    character, fill a slot. Tones and rhyme are not checked.
+
+    Returns ``{"ok": bool, "verses": int, "verse_lengths": [...], "reason": str}`` where the
+    lengths count characters (as above) and ``reason`` is empty when ``ok``.
+
+    Example:
+        >>> regulated_verse_form("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。")["ok"]
+        True
+    """
+    verses = split_verses(body)
+    lengths = [len(_VERSE_CHAR.findall(v)) for v in verses]
+    foreign = [v for v, n in zip(verses, lengths, strict=True) if n != len(v)]
+    if len(verses) not in (4, 8):
+        reason = f"{len(verses)} verses (need 4 or 8)"
+    elif foreign:
+        reason = f"non-Han characters in verse {foreign[0]!r}"
+    elif len(set(lengths)) != 1 or lengths[0] not in (5, 7):
+        reason = f"verse lengths {lengths} (need all 5 or all 7)"
+    else:
+        reason = ""
+    return {"ok": not reason, "verses": len(verses), "verse_lengths": lengths, "reason": reason}
 
 
 def verse_form(body: str) -> str:
-    """The :data:`VERSE_FORMS` name of a poem body (by line count and length only)."""
-    verses = split_verses(body)
-    if not _regulated(verses):
+    """The :data:`VERSE_FORMS` name of a poem body (by verse count and length only)."""
+    form = regulated_verse_form(body)
+    if not form["ok"]:
         return "古诗"
-    return ("五言" if len(verses[0]) == 5 else "七言") + ("绝句" if len(verses) == 4 else "律诗")
+    return (("五言" if form["verse_lengths"][0] == 5 else "七言")
+            + ("绝句" if form["verses"] == 4 else "律诗"))
 
 
 def poem_body(poem: str) -> str:
@@ -471,10 +512,6 @@ def poem_body(poem: str) -> str:
 
 
 def is_regulated_verse(body: str) -> bool:
-    """True when ``body`` has 4 or 8 verses that all have 5 or all have 7 characters.
-
-    Verses are split at Chinese and Western punctuation and line breaks (a printed line of a Tang
-    poem usually holds a couplet: two verses). This is the form of 绝句 (4) and 律诗 (8); it does
-    not check tones or rhyme.
-    """
-    return _regulated(split_verses(body))
+    """True when ``body`` passes :func:`regulated_verse_form` (4 or 8 verses, all of 5 or all of 7
+    Han characters; the form of 绝句 and 律诗, tones and rhyme not checked)."""
+    return bool(regulated_verse_form(body)["ok"])

@@ -19,10 +19,10 @@ from typing import Literal
 
 import torch
 
+from aigc.data.text import regulated_verse_form
 from aigc.errors import AigcError
 
 Language = Literal["en", "zh"]
-HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def _check_language(language: str) -> None:
@@ -205,32 +205,8 @@ def self_bleu(texts: list[str], language: Language = "en", max_texts: int = 500)
 
 
 # ------------------------------------------------------------------------ regulated verse
-
-
-def verse_lines(poem: str) -> list[str]:
-    """Split a poem into lines at newlines and at clause punctuation (，。！？；)."""
-    parts = re.split(r"[\n，。！？；,.!?;]+", poem)
-    return [p.strip() for p in parts if p.strip()]
-
-
-def regulated_verse_form(poem: str) -> dict[str, object]:
-    """Check the outer form of a jueju/lüshi: 4 or 8 lines, all of 5 or all of 7 Han characters.
-
-    Returns ``{"ok": bool, "lines": int, "line_lengths": [...], "reason": str}``. Tone patterns
-    and rhyme are not checked.
-    """
-    lines = verse_lines(poem)
-    lengths = [len(HAN.findall(line)) for line in lines]
-    foreign = [line for line in lines if len(HAN.findall(line)) != len(line.replace(" ", ""))]
-    if len(lines) not in (4, 8):
-        reason = f"{len(lines)} lines (need 4 or 8)"
-    elif foreign:
-        reason = f"non-Han characters in line {foreign[0]!r}"
-    elif len(set(lengths)) != 1 or lengths[0] not in (5, 7):
-        reason = f"line lengths {lengths} (need all 5 or all 7)"
-    else:
-        reason = ""
-    return {"ok": not reason, "lines": len(lines), "line_lengths": lengths, "reason": reason}
+# The check itself is aigc.data.text.regulated_verse_form (one implementation for the corpus
+# loader, this metric and benchmarks/tang_form_check.py).
 
 
 def verse_form_rate(poems: list[str]) -> float:

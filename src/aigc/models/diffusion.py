@@ -336,6 +336,12 @@ MODEL_CLASS = Diffusion
 DATA_KIND = "images"
 TRAIN_DEFAULTS = {"lr": 1e-3, "batch_size": 64, "steps": 4000, "warmup_steps": 200,
                   "ema_decay": 0.999, "grad_clip": 1.0}
+# Model-config fields that `aigc train` takes from the dataset (shown by --help).
+MODEL_FROM_DATA = {"image_size": "the dataset's image size",
+                   "image_channels": "the dataset's channels (1 grey, 3 colour)",
+                   "num_classes": "the dataset's class count (0 when unlabelled)",
+                   "text_conditioning": "True when the dataset is labelled, else False",
+                   "text_encoder": "minilm-zh-gloss when the dataset is labelled, else minilm"}
 
 
 class CaptionedImages:

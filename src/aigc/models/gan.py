@@ -287,6 +287,10 @@ DATA_KIND = "images"
 TRAIN_DEFAULTS = {"lr": 2e-4, "betas": (0.5, 0.999), "batch_size": 64, "steps": 1500,
                   "warmup_steps": 0, "min_lr_ratio": 0.25, "grad_clip": 0.0, "ema_decay": 0.999,
                   "eval_every": 0}
+# Model-config fields that `aigc train` takes from the dataset (shown by --help).
+MODEL_FROM_DATA = {"image_size": "the dataset's image size",
+                   "image_channels": "the dataset's channels (1 grey, 3 colour)",
+                   "num_classes": "the dataset's class count (0 when unlabelled)"}
 
 
 def training_data(name: str):

@@ -403,6 +403,8 @@ DATA_KIND = "text"
 TRAIN_DEFAULTS = {"lr": 1e-3, "batch_size": 32, "steps": 3000, "warmup_steps": 100,
                   "weight_decay": 0.1, "betas": (0.9, 0.95), "ema_decay": 0.0,
                   "eval_every": 250, "sample_every": 500}
+# Model-config fields that `aigc train` takes from the data (shown by --help): 0 means this.
+MODEL_FROM_DATA = {"vocab_size": "0, the trained tokenizer's size"}
 
 
 def training_data(name: str):

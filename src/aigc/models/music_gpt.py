@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from aigc.data.music import VOCAB
 from aigc.errors import CheckpointError, ConfigError
 from aigc.models.gpt import GPT, GPTConfig
 
@@ -33,6 +34,8 @@ TRAIN_DEFAULTS = {"lr": 1e-3, "batch_size": 32, "steps": 3000, "warmup_steps": 1
                   "weight_decay": 0.1, "betas": (0.9, 0.95), "ema_decay": 0.0,
                   "eval_every": 250, "sample_every": 0}
 DEFAULT_CONTEXT = 256
+# The model-config values `aigc train` uses for music (shown by --help): the event vocabulary.
+MODEL_DEFAULTS = {"vocab_size": VOCAB.vocab_size, "context_length": DEFAULT_CONTEXT}
 
 
 class _LazyWindows:
@@ -45,7 +48,7 @@ class _LazyWindows:
 
 def training_data(name: str):
     """``(train, val, meta, model_defaults)`` for a music corpus (see the module docstring)."""
-    from aigc.data.music import TRANSPOSITIONS, VOCAB, load_music_corpus
+    from aigc.data.music import TRANSPOSITIONS, load_music_corpus
 
     corpus = load_music_corpus(name)
     for line in corpus.report.lines()[:12]:
@@ -53,7 +56,7 @@ def training_data(name: str):
     train = _LazyWindows(corpus.split("train"), TRANSPOSITIONS, 1, f"{name} train split")
     val = _LazyWindows(corpus.split("val"), (0,), 4, f"{name} val split")
     meta = {"data": name, "music_vocab": VOCAB.to_dict(), "corpus_report": corpus.report.lines()[0]}
-    return train, val, meta, {"vocab_size": VOCAB.vocab_size, "context_length": DEFAULT_CONTEXT}
+    return train, val, meta, dict(MODEL_DEFAULTS)
 
 
 def bind_data(model_cfg: GPTConfig, train, val, meta: dict):
@@ -150,9 +153,9 @@ def compose(model, params: ComposeParams, *, opening=None, vocab=None) -> Compos
     """Sample a piece of ``params.bars`` bars (after the ``opening`` piece's bars, if given).
 
     Every token is drawn from the model's distribution restricted to the tokens the grammar
-    allows next (:class:`aigc.data.music.Grammar`), so the result always decodes. When the
-    sequence outgrows the context, the context restarts from the header plus the most recent
-    bars (the conditions stay in view).
+    allows next (:class:`aigc.data.music.Grammar`), so the result always decodes and no voice
+    starts a note while its previous note sounds. When the sequence outgrows the context, the
+    context restarts from the header plus the most recent bars (the conditions stay in view).
     """
     from aigc.data.music import (
         HEADER_LEN,
@@ -178,9 +181,12 @@ def compose(model, params: ComposeParams, *, opening=None, vocab=None) -> Compos
         tokens = header_tokens(params.style, tonic, mode, parse_meter(params.meter)) + ["bar"]
         opening_bars = 0
     ids = [vocab.eos_id] + vocab.encode(tokens)
-    grammar = Grammar(vocab)
+    # The opening is taken as given (a user's MIDI channel may hold overlapping notes); every
+    # token sampled after it keeps each voice to one note at a time.
+    grammar = Grammar(vocab, one_note_per_voice=False)
     for i in ids[1:]:
         grammar.advance(i)
+    grammar.one_note_per_voice = True
     total_bars = opening_bars + params.bars
     seed = params.seed if params.seed is not None else secrets.randbits(31)
     generator = torch.Generator().manual_seed(seed)

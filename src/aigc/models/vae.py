@@ -177,6 +177,9 @@ MODEL_CLASS = VAE
 # ------------------------------------------------------------------ hooks used by `aigc train`
 DATA_KIND = "images"
 TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 128, "steps": 4000, "warmup_steps": 200}
+# Model-config fields that `aigc train` takes from the dataset (shown by --help).
+MODEL_FROM_DATA = {"image_size": "the dataset's image size",
+                   "image_channels": "the dataset's channels (1 grey, 3 colour)"}
 
 
 def training_data(name: str):
