@@ -62,3 +62,23 @@ def stars(rater: Rater, u: float, rng: random.Random) -> int:
 
 def prefers_a(rater: Rater, ua: float, ub: float, rng: random.Random) -> bool:
     return rng.random() < 1 / (1 + math.exp(-(ua - ub) / rater.tau))
+
+
+# ------------------------------------------------------------------------------------ text
+
+# Raters of prose continuations who like character-driven passages: people named, and dialogue.
+NAMES = ("Elizabeth", "Darcy", "Jane", "Bingley", "Bennet", "Wickham", "Lydia", "Collins",
+         "Emma", "Harriet", "Knightley", "Weston", "Elton", "Woodhouse", "Elinor", "Marianne",
+         "Edward", "Willoughby", "Brandon", "Anne", "Wentworth", "Elliot", "Fanny", "Edmund",
+         "Crawford", "Bertram", "Catherine", "Tilney", "Morland", "Henry", "Mary", "Lucy")
+
+
+def text_utility(text: str) -> float:
+    """u = 0.8 x (names of people from the novels) + 0.2 x (quotation marks), minus 3 for a
+    continuation under 20 characters."""
+    import re
+
+    words = re.findall(r"[A-Z][a-z]+", text)
+    names = sum(w in NAMES for w in words)
+    quotes = text.count('"') + text.count("\u201c") + text.count("\u201d")
+    return 0.8 * names + 0.2 * quotes - 3.0 * (len(text.strip()) < 20)

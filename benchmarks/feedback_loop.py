@@ -33,9 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine, machine_line  # noqa: E402
-from _raters import RATERS, Taste, prefers_a, stars  # noqa: E402
+from _raters import RATERS, Taste, prefers_a, stars, text_utility  # noqa: E402
 
-NAME = "diffusion-mnist"
+TEXT_TOKENS = 80  # characters (tokens of a character GPT) per continuation
+PROMPT_CHARS = 120
 
 
 def _serve(settings):
@@ -73,11 +74,84 @@ def _wait(client, job_id: str) -> dict:
         time.sleep(0.2)
 
 
-def collect(client, taste, n_jobs: int, rng: random.Random) -> dict:
+def _feedback(client, items: list[dict], u: list[float], rng: random.Random,
+              counts: dict) -> None:
+    """Raters compare consecutive items (two votes a pair), star each item once and flag the
+    failures, all through the API."""
+    for k in range(0, len(items) - 1, 2):
+        for rater in rng.sample(RATERS, 2):
+            winner = "a" if prefers_a(rater, u[k], u[k + 1], rng) else "b"
+            client.post("/api/comparisons", json={"a": items[k]["id"], "b": items[k + 1]["id"],
+                                                  "winner": winner},
+                        headers={"X-Aigc-Rater": rater.name}).raise_for_status()
+            counts["comparisons"] += 1
+    for it, ui in zip(items, u):
+        rater = rng.choice(RATERS)
+        h = {"X-Aigc-Rater": rater.name}
+        client.post(f"/api/items/{it['id']}/ratings", json={"stars": stars(rater, ui, rng)},
+                    headers=h).raise_for_status()
+        counts["stars"] += 1
+        if ui < -2:  # the wrong digit, or an empty continuation
+            client.post(f"/api/items/{it['id']}/flags", json={"reason": "wrong_content"},
+                        headers=h).raise_for_status()
+            counts["flags"] += 1
+
+
+def collect_text(client, name: str, prompts: list[str], rng: random.Random) -> dict:
+    """Two continuations (two seeds) of each prompt through the API, then feedback."""
+    from tqdm.auto import tqdm
+
+    counts = {"comparisons": 0, "stars": 0, "flags": 0}
+    for i, prompt in enumerate(tqdm(prompts, desc="rating prompts")):
+        items = []
+        for k in range(2):
+            job = client.post("/api/jobs", json={
+                "kind": "text", "model": name, "prompt": prompt, "max_tokens": TEXT_TOKENS,
+                "temperature": 1.0, "seed": 1000 + 2 * i + k}).json()
+            done = _wait(client, job["id"])
+            if done["status"] != "done":
+                raise RuntimeError(f"job failed: {done}")
+            items.append(client.get(f"/api/items/{done['items'][0]}").json())
+        _feedback(client, items, [text_utility(it["text"]) for it in items], rng, counts)
+    return counts
+
+
+@torch.no_grad()
+def held_out_text(base_path: str, cand_path: str, prompts: list[str],
+                  rng: random.Random) -> dict:
+    """Base and candidate continue each held-out prompt from the same seed; every rater
+    compares."""
+    from tqdm.auto import tqdm
+
+    from aigc.generation import SamplingParams, generate_text
+    from aigc.loop.report import wilson_interval
+    from aigc.models.gpt import load_text_model
+
+    models = {k: load_text_model(p)[:2] for k, p in (("base", base_path),
+                                                       ("candidate", cand_path))}
+    wins = games = 0
+    utility = {"base": [], "candidate": []}
+    for i, prompt in enumerate(tqdm(prompts, desc="held-out prompts")):
+        params = SamplingParams(temperature=1.0, max_tokens=TEXT_TOKENS, seed=900_000 + i)
+        u = {k: text_utility(generate_text(m, tok, prompt, params).text)
+             for k, (m, tok) in models.items()}
+        for k in u:
+            utility[k].append(u[k])
+        for rater in RATERS:
+            wins += prefers_a(rater, u["candidate"], u["base"], rng)
+            games += 1
+    lo, hi = wilson_interval(wins, games)
+    return {"prompts": len(prompts), "rater_votes": games, "candidate_wins": wins,
+            "win_rate": wins / games, "wilson95": [lo, hi],
+            "mean_utility": {k: float(np.mean(v)) for k, v in utility.items()},
+            "prompts_from": "the corpus's test split (training prompts came from train)"}
+
+
+def collect(client, name: str, taste, n_jobs: int, rng: random.Random) -> dict:
     """Generate through the API and leave feedback as the raters would."""
     from tqdm.auto import tqdm
 
-    jobs = [client.post("/api/jobs", json={"kind": "image", "model": NAME, "n": 8,
+    jobs = [client.post("/api/jobs", json={"kind": "image", "model": name, "n": 8,
                                            "seed": 1000 + 8 * j, "label": j % 10}).json()
             for j in range(n_jobs)]
     counts = {"comparisons": 0, "stars": 0, "flags": 0}
@@ -88,24 +162,7 @@ def collect(client, taste, n_jobs: int, rng: random.Random) -> dict:
         items = [client.get(f"/api/items/{i}").json() for i in done["items"]]
         x = torch.cat([_png(client, it["url"]) for it in items])[:, None]  # (8, 1, 28, 28)
         u = taste.utility(x, torch.full((len(items),), j % 10)).tolist()
-        for k in range(0, len(items) - 1, 2):
-            for rater in rng.sample(RATERS, 2):
-                winner = "a" if prefers_a(rater, u[k], u[k + 1], rng) else "b"
-                client.post("/api/comparisons", json={"a": items[k]["id"],
-                                                      "b": items[k + 1]["id"],
-                                                      "winner": winner},
-                            headers={"X-Aigc-Rater": rater.name}).raise_for_status()
-                counts["comparisons"] += 1
-        for it, ui in zip(items, u):
-            rater = rng.choice(RATERS)
-            h = {"X-Aigc-Rater": rater.name}
-            client.post(f"/api/items/{it['id']}/ratings", json={"stars": stars(rater, ui, rng)},
-                        headers=h).raise_for_status()
-            counts["stars"] += 1
-            if ui < -2:  # the wrong digit
-                client.post(f"/api/items/{it['id']}/flags", json={"reason": "wrong_content"},
-                            headers=h).raise_for_status()
-                counts["flags"] += 1
+        _feedback(client, items, u, rng, counts)
     return counts
 
 
@@ -146,6 +203,11 @@ def held_out(base, cand, taste, n: int, rng: random.Random) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=["image", "text"], default="image")
+    ap.add_argument("--model", default="diffusion-mnist",
+                    help="registry name served and improved (default diffusion-mnist)")
+    ap.add_argument("--base", help="text: the GPT checkpoint registered as v1 of --model")
+    ap.add_argument("--prompts", type=int, default=200, help="text: training prompts")
     ap.add_argument("--work", default="out/loop", help="registry, studio data, dataset, report")
     ap.add_argument("--out", default="benchmarks/results/feedback_loop-diffusion-mnist.json")
     ap.add_argument("--jobs", type=int, default=96, help="jobs of 8 images to rate (default 96)")
@@ -176,21 +238,34 @@ def main() -> None:
     t0 = time.perf_counter()
     rng = random.Random(args.seed)
     reg = Registry()
-    v1 = reg.resolve(f"{NAME}@production")
+    name = args.model
+    if args.base:
+        reg.register(name, args.base, alias="production", note="feedback loop base")
+    v1 = reg.resolve(f"{name}@production")
     settings = StudioSettings(data_dir=work / "studio", models_dir=None, ngram=False,
-                              registry_dir=reg.root, registry_names=(NAME,),
+                              registry_dir=reg.root, registry_names=(name,),
                               max_queue=4096, max_outstanding=1e9)
     server, thread, url, app = _serve(settings)
-    taste = Taste()
+    taste = Taste() if args.task == "image" else None
+    if args.task == "text":
+        from aigc.data.text import load_corpus
+        from aigc.models.gpt import load_text_model
+
+        corpus = load_corpus(load_text_model(str(v1.path))[2].meta["data"])
+        pick = lambda split, n: [d[:PROMPT_CHARS] for d in corpus.documents(split)  # noqa: E731
+                                 if len(d) > 2 * PROMPT_CHARS][:n]
+        train_prompts, test_prompts = pick("train", args.prompts), pick("test", args.eval_pairs)
     result: dict = {"machine": machine(), "args": vars(args), "base": v1.ref}
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             t = time.perf_counter()
-            result["feedback"] = collect(client, taste, args.jobs, rng)
+            result["feedback"] = (collect(client, name, taste, args.jobs, rng)
+                                  if args.task == "image"
+                                  else collect_text(client, name, train_prompts, rng))
             result["feedback"]["seconds"] = round(time.perf_counter() - t, 1)
             print("feedback:", result["feedback"], flush=True)
             data = ["--studio-data", str(work / "studio")]
-            assert aigc(["feedback", "export", *data, "--model", NAME, "--out",
+            assert aigc(["feedback", "export", *data, "--model", name, "--out",
                          str(work / "feedback")]) == 0
             assert aigc(["feedback", "report", *data, "--out", str(work / "report.html")]) == 0
             card = json.loads((work / "feedback" / (work / "feedback" / "latest").read_text()
@@ -198,15 +273,19 @@ def main() -> None:
             result["dataset"] = {k: card[k] for k in ("dataset", "pairs", "pairs_by_source",
                                                       "pairs_by_split", "raters", "skipped")}
             t = time.perf_counter()
-            assert aigc(["improve", NAME, "--feedback", str(work / "feedback"), "--steps",
+            assert aigc(["improve", name, "--feedback", str(work / "feedback"), "--steps",
                          str(args.steps), "--lr", str(args.lr), "--beta", str(args.beta),
                          "--batch-size", str(args.batch_size), "--seed", str(args.seed)]) == 0
-            cand = reg.resolve(f"{NAME}@candidate")
+            cand = reg.resolve(f"{name}@candidate")
             result["improve"] = {"candidate": cand.ref, "seconds": round(
                 time.perf_counter() - t, 1)}
-            base_m, _ = model_from_checkpoint(str(v1.path))
-            cand_m, _ = model_from_checkpoint(str(cand.path))
-            result["held_out"] = held_out(base_m, cand_m, taste, args.eval_pairs, rng)
+            if args.task == "image":
+                base_m, _ = model_from_checkpoint(str(v1.path))
+                cand_m, _ = model_from_checkpoint(str(cand.path))
+                result["held_out"] = held_out(base_m, cand_m, taste, args.eval_pairs, rng)
+            else:
+                result["held_out"] = held_out_text(str(v1.path), str(cand.path), test_prompts,
+                                                   rng)
             print("held out:", json.dumps(result["held_out"]), flush=True)
             t = time.perf_counter()
             g = gate(str(v1.path), str(cand.path), n=args.gate_n, progress=True)
@@ -214,11 +293,13 @@ def main() -> None:
             result["gate"].pop("protocol")
             print("gate:", json.dumps(result["gate"]), flush=True)
             if g.passed:
-                reg.promote(NAME, f"v{cand.version}", reason="feedback loop benchmark",
+                reg.promote(name, f"v{cand.version}", reason="feedback loop benchmark",
                             expected_production=v1.version, gate=g.to_dict())
                 app.state.registry_watcher.sync()
-                job = client.post("/api/jobs", json={"kind": "image", "model": NAME, "n": 1,
-                                                     "seed": 5, "label": 3}).json()
+                body = ({"kind": "image", "model": name, "n": 1, "seed": 5, "label": 3}
+                        if args.task == "image" else
+                        {"kind": "text", "model": name, "prompt": "It is", "seed": 5})
+                job = client.post("/api/jobs", json=body).json()
                 item = client.get(f"/api/items/{_wait(client, job['id'])['items'][0]}").json()
                 result["served_after_promotion"] = item["record"]["checkpoint"]
             result["promoted"] = g.passed
@@ -230,7 +311,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     h = result["held_out"]
-    print(f"\nwin-rate of {cand.ref} over {v1.ref} on {h['pairs']} held-out seeds: "
+    print(f"\nwin-rate of {cand.ref} over {v1.ref} on {h.get('pairs', h.get('prompts'))} "
+          "held-out draws: "
           f"{h['win_rate']:.1%} (95% {h['wilson95'][0]:.1%}-{h['wilson95'][1]:.1%}); gate "
           f"{'passed' if result['promoted'] else 'refused'}: {result['gate']['base']} -> "
           f"{result['gate']['candidate']}; {result['seconds']:.0f} s -> {out}")

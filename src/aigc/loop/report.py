@@ -38,7 +38,8 @@ def wilson_interval(wins: float, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def mean_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its 95% t-interval; the interval is the whole 1-5 scale for one value."""
+    """Mean stars and their 95% t-interval, clipped to the 1-5 scale (the whole scale for
+    one value)."""
     from scipy import stats
 
     n = len(values)
@@ -49,7 +50,7 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
         return m, 1.0, 5.0
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return m, m - half, m + half
+    return m, max(1.0, m - half), min(5.0, m + half)  # stars live on 1..5
 
 
 def bradley_terry(games: list[tuple[str, str]], iterations: int = 200) -> dict[str, float]:
@@ -200,7 +201,7 @@ def analyse(snapshot: dict[str, Any], labels: dict[str, str] | None = None) -> d
     # drift: mean stars per time bucket and version (hours when the span is under two days)
     times = [fb["created"] for fb in feedback if fb["kind"] == "stars"]
     span = (max(times) - min(times)) if times else 0
-    bucket_s = 3600 if span < 2 * 86400 else 86400
+    bucket_s = 60 if span < 2 * 3600 else 3600 if span < 2 * 86400 else 86400
     drift: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for fb in feedback:
         if fb["kind"] == "stars" and fb["item_id"] in items:
@@ -274,8 +275,8 @@ def _drift_plot(drift: dict[str, list[tuple[float, float, int]]], bucket_s: int)
     for version, d in sorted(drift.items()):
         ax.plot([(t - t0) / bucket_s for t, _, _ in d], [m for _, m, _ in d], marker="o",
                 label=version)
-    ax.set_xlabel("hours since the first rating" if bucket_s == 3600 else
-                  "days since the first rating")
+    ax.set_xlabel({60: "minutes", 3600: "hours"}.get(bucket_s, "days")
+                  + " since the first rating")
     ax.set_ylabel("mean stars")
     ax.set_ylim(1, 5)
     ax.grid(alpha=0.3)

@@ -539,9 +539,11 @@ class GenerationTextBackend:
     kind = "text"
 
     def __init__(self, name: str, model, tokenizer, *, description: str,
-                 chat_template: bool = False, sha256: str | None = None):
+                 chat_template: bool = False, sha256: str | None = None,
+                 path: Path | None = None):
         self.name, self.model, self.tokenizer = name, model, tokenizer
         self.description, self.chat_template, self.sha256 = description, chat_template, sha256
+        self.path = path  # the checkpoint file (None for SmolLM2, which comes from a package)
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "kind": "text", "family": "gpt" if not self.chat_template
@@ -610,7 +612,7 @@ def load_text_backends(paths: list[tuple[str, Path]], *, smollm2: bool = False
             skipped[name] = str(exc)
             continue
         backends[name] = GenerationTextBackend(
-            name, model, tokenizer, sha256=ckpt.sha256,
+            name, model, tokenizer, sha256=ckpt.sha256, path=Path(ckpt.path),
             description=f"aigc GPT trained on {ckpt.meta.get('data')} (step {ckpt.step})")
         log.info("studio: text model %s <- %s", name, ckpt.path)
     return backends, skipped

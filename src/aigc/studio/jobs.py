@@ -31,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aigc.records import image_record
+from aigc.records import FORMAT as RECORD_FORMAT
+from aigc.records import checkpoint_ref, image_record, runtime
 from aigc.studio.backends import (
     ImageBackend,
     ImageSettings,
@@ -378,12 +379,16 @@ class JobRunner:
         prompt = p.get("prompt")
         if prompt is None:
             prompt = "\n".join(f"{m['role']}: {m['content']}" for m in p["messages"])
-        record = {"kind": "text", "job_id": job["id"], "model": job["model"],
-                  "description": backend.describe().get("description"), "prompt": prompt,
+        path = getattr(backend, "path", None)
+        described = backend.describe()
+        record = {"format": RECORD_FORMAT, "kind": "text", "job_id": job["id"],
+                  "model": job["model"], "checkpoint": checkpoint_ref(path) if path else None,
+                  "model_sha256": described.get("sha256"), "family": described.get("family"),
+                  "description": described.get("description"), "prompt": prompt,
                   "messages": p.get("messages"), "seed": p["seed"],
                   "max_tokens": p["max_tokens"], "temperature": p["temperature"],
                   "top_p": p["top_p"], "stop": p.get("stop"), "usage": usage,
-                  "finish_reason": stream.finish_reason, "versions": self.versions}
+                  "finish_reason": stream.finish_reason, **runtime()}
         result = {"text": text, "usage": usage, "finish_reason": stream.finish_reason}
         out = ItemOut(text.encode("utf-8"), "txt", record, prompt=prompt, seed=int(p["seed"]),
                       text=text)
