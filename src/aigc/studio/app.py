@@ -233,6 +233,8 @@ def _openapi(app: FastAPI) -> dict:
                 codes.append("404")
             if method == "post":
                 codes += ["400", "404", "409", "429"]
+            if method in ("get", "delete"):
+                codes.append("400")  # e.g. a malformed X-Aigc-Rater (routes/feedback.py)
             for code in codes:
                 responses[code] = {"description": "error", **ref}
     app.openapi_schema = schema
