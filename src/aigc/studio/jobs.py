@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from aigc.studio.backends import (
     ImageBackend,
     ImageSettings,
@@ -45,6 +47,7 @@ from aigc.studio.backends import (
 from aigc.studio.store import ItemOut, Store
 
 log = logging.getLogger("aigc.studio")
+UNMEASURED_JOB_S = 1.0  # the time a job is assumed to take before one of its kind has finished
 
 
 class Channel:
@@ -76,6 +79,29 @@ class Stats:
     tokens: int = 0
     recovered: int = 0
     ema_image_job_s: float = 0.05
+
+    def mean_job_seconds(self, kind: str) -> float:
+        """Mean worker seconds per finished job of ``kind`` in this process (a batch's time is
+        shared by its jobs); ``UNMEASURED_JOB_S`` until one has finished."""
+        done = self.completed[kind]
+        return self.job_seconds[kind] / done if done and self.job_seconds[kind] > 0 else \
+            UNMEASURED_JOB_S
+
+
+def public_error(exc: BaseException) -> str:
+    """What a client is told about an exception that failed its job: type and message, except
+    for database errors, whose text carries the SQL statement and its parameters (those go to
+    the server log only)."""
+    if isinstance(exc, SQLAlchemyError):
+        return f"a database error ({type(exc).__name__}) stopped the job; details are in the " \
+            "server log"
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def storing_failed(exc: BaseException) -> str:
+    """The failure message of a job whose output could not be stored (database or disk): no SQL
+    and no server paths, the details are in the server log."""
+    return f"the result could not be stored ({type(exc).__name__}); details are in the server log"
 
 
 def image_settings(params: dict[str, Any]) -> ImageSettings:
@@ -271,14 +297,14 @@ class JobRunner:
         except Exception as exc:  # the model failed: fail these jobs, keep serving
             log.error("image batch failed:\n%s", traceback.format_exc())
             for job in jobs:
-                self._fail(job, f"{type(exc).__name__}: {exc}")
+                self._fail(job, public_error(exc))
             return
         try:
             self._store_image_batch(jobs, backend, settings, specs, images)
         except Exception as exc:  # e.g. disk full: fail the jobs instead of leaving them running
             log.error("storing an image batch failed:\n%s", traceback.format_exc())
             for job in jobs:
-                self._fail(job, f"{type(exc).__name__}: {exc}")
+                self._fail(job, storing_failed(exc))
             return
         dt = time.perf_counter() - t0
         self.stats.job_seconds["image"] += dt
@@ -371,7 +397,7 @@ class JobRunner:
                     self._push(job["id"], "progress", fraction)
         except Exception as exc:
             log.error("text job failed:\n%s", traceback.format_exc())
-            self._fail(job, f"{type(exc).__name__}: {exc}")
+            self._fail(job, public_error(exc))
             return
         usage = {"prompt_tokens": stream.prompt_tokens,
                  "completion_tokens": stream.completion_tokens,
@@ -389,7 +415,13 @@ class JobRunner:
         out = ItemOut(text.encode("utf-8"), "txt", record, prompt=prompt, seed=int(p["seed"]),
                       text=text)
         sha = str(backend.describe().get("sha256", ""))
-        for finished in self.store.finish_jobs([(job, [out], result)], model_sha256=sha):
+        try:
+            finished_jobs = self.store.finish_jobs([(job, [out], result)], model_sha256=sha)
+        except Exception as exc:  # e.g. a value the database refuses: fail, never stay running
+            log.error("storing a text job failed:\n%s", traceback.format_exc())
+            self._fail(job, storing_failed(exc))
+            return
+        for finished in finished_jobs:
             self.stats.completed["text"] += 1
             self.stats.tokens += usage["total_tokens"]
             self._push(job["id"], "done", finished)
@@ -436,14 +468,14 @@ class JobRunner:
                     return
         except Exception as exc:  # the model failed: fail this job, keep serving
             log.error("music job failed:\n%s", traceback.format_exc())
-            self._fail(job, f"{type(exc).__name__}: {exc}")
+            self._fail(job, public_error(exc))
             return
         try:
             finished_jobs = self.store.finish_jobs([(job, outs, None)],
                                                    model_sha256=backend.sha256)
         except Exception as exc:  # e.g. disk full: fail the job instead of leaving it running
             log.error("storing a music job failed:\n%s", traceback.format_exc())
-            self._fail(job, f"{type(exc).__name__}: {exc}")
+            self._fail(job, storing_failed(exc))
             return
         for finished in finished_jobs:
             self.stats.completed["music"] += 1

@@ -36,6 +36,7 @@ from aigc.studio.schemas import (
 )
 from aigc.studio.store import Store
 
+MAX_RETRY_AFTER_S = 3600  # Retry-After of a full queue is at most an hour
 
 @dataclass(frozen=True)
 class StudioSettings:
@@ -128,19 +129,46 @@ class Studio:
     # --------------------------------------------------------------- admission
     def _admit(self, cost: float, kind: str) -> None:
         s = self.settings
-        if cost > 1.0:
-            raise ApiError(429, f"request costs {cost:.2f} budget units; one request may cost at "
+        if cost > 1.0:  # no amount of waiting makes it fit: a client error, not a rate limit
+            raise ApiError(400, f"request costs {cost:.2f} budget units; one request may cost at "
                            f"most 1.0 (image: steps x pixels x n <= {s.max_image_cost:.0f}; "
                            f"text: prompt tokens + max_tokens <= {s.max_text_cost:.0f}; "
                            f"music: seconds of audio x n <= {s.max_music_cost:.0f})",
-                           "rate_limit_error", code="over_budget", headers={"Retry-After": "60"})
+                           code="over_budget")
         n, outstanding = self.store.outstanding()
         if n >= s.max_queue or outstanding + cost > s.max_outstanding:
-            wait = max(1, min(60, math.ceil(n * self.runner.stats.ema_image_job_s)))
+            wait = self.retry_after(n - s.max_queue + 1, outstanding + cost - s.max_outstanding)
             raise ApiError(429, f"the queue is full ({n} jobs, {outstanding:.1f} of "
-                           f"{s.max_outstanding:g} budget units); retry later",
+                           f"{s.max_outstanding:g} budget units); retry in about {wait} s",
                            "rate_limit_error", code="queue_full",
                            headers={"Retry-After": str(wait)})
+
+    def retry_after(self, jobs_needed: int, units_needed: float) -> int:
+        """Seconds until ``jobs_needed`` jobs have left the queue and ``units_needed`` budget
+        units are free, estimated from the queued and running work of each kind and the mean
+        time one job of that kind has taken here (the three workers run side by side).
+        Clamped to 1..MAX_RETRY_AFTER_S."""
+        jobs_per_s = units_per_s = 0.0
+        for kind, (n, cost) in self.store.outstanding_by_kind().items():
+            if n == 0:
+                continue
+            seconds = self.runner.stats.mean_job_seconds(kind)
+            jobs_per_s += 1.0 / seconds
+            units_per_s += cost / (n * seconds)
+        waits = [0.0]
+        if jobs_needed > 0:
+            waits.append(jobs_needed / jobs_per_s if jobs_per_s else MAX_RETRY_AFTER_S)
+        if units_needed > 0:
+            waits.append(units_needed / units_per_s if units_per_s else MAX_RETRY_AFTER_S)
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(round(max(waits), 6)))))
+
+    @staticmethod
+    def _refuse_nul(param: str, *texts: str | None) -> None:
+        """A NUL character cannot be stored in PostgreSQL text (and would fail every job of its
+        batch there): refused before anything is queued."""
+        if any(t is not None and "\x00" in t for t in texts):
+            raise ApiError(400, f"{param} contains a NUL character (\\u0000), which is not "
+                           "allowed", param=param, code="invalid_value")
 
     def enqueue_image(self, req: ImageJobRequest, job_id: str | None = None) -> dict[str, Any]:
         backend = self.image_backend(req.model)
@@ -148,6 +176,7 @@ class Studio:
         if not backend.image_size <= size <= MAX_SIZE:
             raise ApiError(400, f"size must be between the model's native {backend.image_size} "
                            f"and {MAX_SIZE}, got {size}", param="size", code="bad_size")
+        self._refuse_nul("prompt", req.prompt)
         settings = ImageSettings(req.temperature, req.steps, req.guidance, req.sampler)
         try:
             backend.check(settings, ImageSpec(seed=0, label=req.label, prompt=req.prompt))
@@ -171,6 +200,10 @@ class Studio:
         if (req.prompt is None) == (req.messages is None):
             raise ApiError(400, "give exactly one of 'prompt' (completion) or 'messages' (chat)",
                            param="prompt")
+        self._refuse_nul("prompt", req.prompt)
+        for i, m in enumerate(req.messages or ()):
+            self._refuse_nul(f"messages.{i}.content", m.content)
+        self._refuse_nul("stop", *(req.stop or ()))
         text = req.prompt if req.prompt is not None else \
             "".join(m.content for m in req.messages)
         cost = (backend.count_tokens(text) + req.max_tokens) / self.settings.max_text_cost
@@ -193,6 +226,8 @@ class Studio:
         except ValueError as exc:
             param = "key" if "key" in str(exc) else "meter" if "meter" in str(exc) else "style"
             raise ApiError(400, str(exc), code="unsupported_parameter", param=param) from None
+        self._refuse_nul("key", req.key)
+        self._refuse_nul("meter", req.meter)
         seconds = req.bars * quarters_per_bar(req.meter) * 60.0 / req.tempo
         cost = seconds * req.n / self.settings.max_music_cost
         self._admit(cost, "music")

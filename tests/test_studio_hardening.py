@@ -1,0 +1,179 @@
+"""Studio hardening (issue 16): jobs that cannot be stored, bounded attempts, NUL characters,
+the cost budget and Retry-After, security headers and keys, strict bodies, literal search."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from studio_fixtures import make_settings, wait_job
+
+from aigc.studio.app import create_app
+
+
+def _error(r, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    if code:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+@pytest.fixture
+def client(tmp_path):
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        yield c
+
+
+def _refuse_items_when(store, condition: str) -> None:
+    """A database that refuses some values on insert (as PostgreSQL refuses a NUL character):
+    an SQLite trigger aborts the INSERT of an item when ``condition`` holds."""
+    with store.engine.begin() as conn:
+        conn.execute(text(f"CREATE TRIGGER refuse BEFORE INSERT ON items WHEN {condition} "
+                          "BEGIN SELECT RAISE(ABORT, 'value refused'); END"))
+
+
+# ------------------------------------------------------------------ jobs that cannot finish
+
+
+def test_text_job_whose_result_cannot_be_stored_fails_cleanly(client):
+    studio = client.app.state.studio
+    _refuse_items_when(studio.store, "instr(NEW.prompt, 'poison') > 0")
+    files_before = set(studio.store.files_dir.iterdir())
+    r = client.post("/api/jobs", json={"kind": "text", "prompt": "User: poison", "max_tokens": 8,
+                                       "seed": 1})
+    job = wait_job(client, r.json()["id"], timeout=15)
+    assert job["status"] == "failed", job
+    assert "could not be stored" in job["error"]
+    for leak in ("INSERT", "SQL", "items", "value refused"):  # no SQL, no driver text
+        assert leak not in job["error"], job["error"]
+    assert studio.store.outstanding() == (0, 0.0)  # its budget is free again
+    assert set(studio.store.files_dir.iterdir()) == files_before  # no orphan file
+    # The worker keeps serving.
+    ok = wait_job(client, client.post("/api/jobs", json={
+        "kind": "text", "prompt": "User: hello", "max_tokens": 8, "seed": 1}).json()["id"])
+    assert ok["status"] == "done"
+
+
+def test_image_store_failure_fails_the_job_without_sql(client):
+    studio = client.app.state.studio
+    _refuse_items_when(studio.store, "1")  # every item insert is refused
+    job = wait_job(client, client.post("/api/jobs", json={"kind": "image", "n": 2,
+                                                          "seed": 3}).json()["id"])
+    assert job["status"] == "failed" and "could not be stored" in job["error"]
+    assert "SQL" not in job["error"] and "INSERT" not in job["error"]
+    assert list(studio.store.files_dir.glob("*.png")) == []
+
+
+def test_recover_gives_up_after_max_attempts(tmp_path):
+    from aigc.studio.store import MAX_ATTEMPTS, Store
+
+    store = Store(tmp_path / "data")
+    job = store.add_job("text", "m", {"prompt": "x"}, 0.5)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        assert store.claim(job["id"])  # a worker starts it ... and the server dies
+        requeued = store.recover()
+        status = store.get_job(job["id"])["status"]
+        if attempt < MAX_ATTEMPTS:
+            assert requeued == 1 and status == "queued"
+    got = store.get_job(job["id"])
+    assert requeued == 0 and got["status"] == "failed" and got["attempts"] == MAX_ATTEMPTS
+    assert f"started {MAX_ATTEMPTS} times" in got["error"]
+    assert store.outstanding() == (0, 0.0)
+
+
+def test_failed_commit_and_cancelled_job_leave_no_orphan_file(tmp_path):
+    from aigc.studio.store import ItemOut, Store
+
+    store = Store(tmp_path / "data")
+    store.put_file(b"kept", "txt")  # an older file with no item must not be touched
+    job = store.add_job("text", "m", {}, 0.0)
+    store.claim(job["id"])
+    bad = ItemOut(b"new bytes", "txt", {"not json": {1, 2}}, prompt="p", text="new bytes")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the JSON encoder raises
+        store.finish_jobs([(job, [bad], {"text": "new bytes"})])
+    assert sorted(p.read_bytes() for p in store.files_dir.iterdir()) == [b"kept"]
+    assert store.get_job(job["id"])["status"] == "running"
+    # A job cancelled before its commit writes nothing either; a music piece's side files
+    # (named in its record) go too.
+    store.cancel(job["id"])
+    side = store.put_file(b"midi bytes", "mid")
+    out = ItemOut(b"wav bytes", "wav", {"files": {"mid": side}})
+    assert store.finish_jobs([(job, [out], None)]) == []
+    assert sorted(p.read_bytes() for p in store.files_dir.iterdir()) == [b"kept"]
+
+
+def test_a_file_other_items_reference_is_kept(tmp_path):
+    from aigc.studio.store import ItemOut, Store
+
+    store = Store(tmp_path / "data")
+    first = store.add_job("text", "m", {}, 0.0)
+    store.claim(first["id"])
+    same = ItemOut(b"same text", "txt", {}, text="same text")
+    assert store.finish_jobs([(first, [same], {"text": "same text"})])
+    second = store.add_job("text", "m", {}, 0.0)
+    store.claim(second["id"])
+    store.cancel(second["id"])
+    assert store.finish_jobs([(second, [same], {"text": "same text"})]) == []
+    assert [p.read_bytes() for p in store.files_dir.iterdir()] == [b"same text"]
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/api/jobs", {"kind": "text", "prompt": "a\x00b", "max_tokens": 4}, "prompt"),
+    ("/api/jobs", {"kind": "text", "messages": [{"role": "user", "content": "a\x00"}]},
+     "messages.0.content"),
+    ("/api/jobs", {"kind": "text", "prompt": "a", "stop": ["\x00"]}, "stop"),
+    ("/v1/completions", {"model": "ngram-char-6", "prompt": "x\x00"}, "prompt"),
+    ("/v1/chat/completions", {"model": "ngram-char-6",
+                              "messages": [{"role": "user", "content": "hi\x00"}]},
+     "messages.0.content"),
+])
+def test_nul_character_refused_with_400(client, path, body, param):
+    err = _error(client.post(path, json=body), 400, "invalid_value")
+    assert err["param"] == param and "NUL" in err["message"]
+    assert client.get("/api/jobs").json()["jobs"] == []  # nothing was queued
+
+
+def test_nul_in_image_prompt_refused(tmp_path):
+    """The tiny VAE takes no prompt, so the NUL check must come before that one."""
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        err = _error(client.post("/api/jobs", json={"kind": "image", "prompt": "\x00"}), 400,
+                     "invalid_value")
+        assert err["param"] == "prompt"
+
+
+# ---------------------------------------------------------------- budget and Retry-After
+
+
+def test_request_over_the_budget_is_400_not_429(tmp_path):
+    settings = make_settings(tmp_path, max_image_cost=8 * 8 * 4.0, max_text_cost=16.0)
+    with TestClient(create_app(settings)) as client:
+        err = _error(client.post("/api/jobs", json={"kind": "image", "n": 5}), 400,
+                     "over_budget")
+        assert err["type"] == "invalid_request_error" and "budget" in err["message"]
+        r = client.post("/v1/completions", json={"model": "ngram-char-6", "prompt": "x",
+                                                 "max_tokens": 100})
+        _error(r, 400, "over_budget")
+        assert "retry-after" not in r.headers
+
+
+def test_retry_after_reflects_queued_work_and_measured_job_times(tmp_path):
+    # One n=1 image costs 0.25 units; the queue holds 1.0 (four of them).
+    settings = make_settings(tmp_path, max_image_cost=8 * 8 * 4.0, max_outstanding=1.0)
+    with TestClient(create_app(settings)) as client:
+        studio = client.app.state.studio
+        studio.runner.stop()  # keep the jobs queued
+        stats = studio.runner.stats
+        stats.completed["image"], stats.job_seconds["image"] = 4, 40.0  # 10 s per image job
+        for seed in range(4):
+            assert client.post("/api/jobs", json={"kind": "image", "n": 1,
+                                                  "seed": seed}).status_code == 202
+        r = client.post("/api/jobs", json={"kind": "image", "n": 1})
+        _error(r, 429, "queue_full")
+        assert r.headers["retry-after"] == "10"  # one queued job must finish
+        r = client.post("/api/jobs", json={"kind": "image", "n": 4})
+        assert r.headers["retry-after"] == "40"  # all four must
+        stats.job_seconds["image"] = 8.0  # faster jobs: a shorter wait
+        assert client.post("/api/jobs", json={"kind": "image", "n": 4}).headers[
+            "retry-after"] == "8"
