@@ -177,3 +177,148 @@ def test_retry_after_reflects_queued_work_and_measured_job_times(tmp_path):
         stats.job_seconds["image"] = 8.0  # faster jobs: a shorter wait
         assert client.post("/api/jobs", json={"kind": "image", "n": 4}).headers[
             "retry-after"] == "8"
+
+
+# ------------------------------------------------------------------------------- security
+
+
+def _keyed_settings(tmp_path):
+    from aigc.studio.auth import hash_key, new_api_key
+    from aigc.studio.store import Store
+
+    settings = make_settings(tmp_path)
+    key = new_api_key()
+    Store(settings.data_dir).add_api_key("ci", hash_key(key))
+    return settings, key
+
+
+def test_read_pages_need_the_key_and_the_page_gets_a_cookie(tmp_path):
+    settings, key = _keyed_settings(tmp_path)
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings)) as client:
+        job = wait_job(client, client.post("/api/jobs", json={"kind": "image", "n": 1},
+                                           headers=auth).json()["id"], headers=auth)
+        url = client.get(f"/api/items/{job['items'][0]}", headers=auth).json()["url"]
+        client.cookies.clear()
+        for path in ("/metrics", "/docs", "/redoc", "/openapi.json", url):
+            _error(client.get(path), 401, "missing_api_key")
+            _error(client.get(path, headers={"Authorization": "Bearer wrong"}), 401,
+                   "invalid_api_key")
+            assert client.get(path, headers=auth).status_code == 200, path
+            client.cookies.clear()
+        assert client.get("/health").status_code == 200  # liveness stays open
+        # A request with a valid key sets the cookie that <img src> needs ...
+        r = client.get("/api/models", headers=auth)
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith(f"aigc_key={key};") and "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        assert client.get(url).status_code == 200 and client.get("/docs").status_code == 200
+        # ... but the cookie alone never authorizes the API.
+        _error(client.get("/api/models"), 401, "missing_api_key")
+        _error(client.post("/api/jobs", json={"kind": "image", "n": 1}), 401, "missing_api_key")
+        client.cookies.clear()
+        r = client.get("/api/models", headers={"Authorization": "Bearer wrong"})
+        assert "set-cookie" not in r.headers  # an invalid key is not put in a cookie
+
+
+def test_no_keys_means_open_read_pages(client):
+    for path in ("/metrics", "/docs", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_every_response_forbids_framing(client):
+    from aigc.studio.auth import MAX_BODY_BYTES
+
+    responses = [client.get("/"), client.get("/health"), client.get("/docs"),
+                 client.get("/api/jobs/nope"), client.get("/static/app.js"),
+                 client.get("/api/models", headers={"Host": "evil.example"}),
+                 client.post("/api/jobs", content=b"x" * (MAX_BODY_BYTES + 1)),
+                 client.post("/v1/completions", json={})]
+    with client.stream("POST", "/v1/completions", json={
+            "model": "ngram-char-6", "prompt": "a", "max_tokens": 3, "stream": True}) as r:
+        responses.append(r)
+    for r in responses:
+        assert r.headers["x-frame-options"] == "DENY", r.request.url
+        assert r.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
+@pytest.mark.parametrize("host,status", [
+    ("127.0.0.2:8000", 200), ("127.0.0.2", 200), ("127.255.0.1:80", 200), ("[::1]:8000", 200),
+    ("localhost:8000", 200), ("evil.example", 403), ("127.0.0.2.evil.example", 403),
+    ("128.0.0.1", 403),
+])
+def test_loopback_bind_serves_every_loopback_address(tmp_path, host, status):
+    with TestClient(create_app(make_settings(tmp_path, host="127.0.0.2"))) as client:
+        r = client.get("/health", headers={"Host": host})
+        assert r.status_code == status, r.text
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a\nb", "x" * 101])
+def test_create_key_with_a_bad_name_is_refused(tmp_path, capsys, name):
+    from aigc.cli import main
+
+    assert main(["studio", "--create-key", name, "--data", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--create-key" in err
+
+
+@pytest.mark.parametrize("stop", [[""], ["a"] * 5, ["x" * 65]])
+def test_native_text_jobs_bound_stop(client, stop):
+    err = _error(client.post("/api/jobs", json={"kind": "text", "prompt": "a", "stop": stop}),
+                 422)
+    assert err["param"] == "text.stop"
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/jobs", {"kind": "image", "n": True}),
+    ("/api/jobs", {"kind": "image", "seed": True}),
+    ("/api/jobs", {"kind": "image", "n": 2.0}),
+    ("/api/jobs", {"kind": "text", "prompt": "a", "max_tokens": True}),
+    ("/api/jobs", {"kind": "text", "prompt": "a", "temperature": True}),
+    ("/api/jobs", {"kind": "music", "bars": True}),
+    ("/v1/images/generations", {"prompt": "a", "n": True}),
+    ("/v1/completions", {"model": "ngram-char-6", "prompt": "a", "max_tokens": False}),
+])
+def test_booleans_are_not_integers(client, path, body):
+    status = 400 if path.startswith("/v1") else 422
+    _error(client.post(path, json=body), status, "validation_error")
+    assert client.get("/api/jobs").json()["jobs"] == []
+
+
+def test_gallery_search_takes_percent_and_underscore_literally(client):
+    ids = {}
+    for prompt in ("User: 100% sure", "User: snake_case", "User: plain words"):
+        job = wait_job(client, client.post("/api/jobs", json={
+            "kind": "text", "prompt": prompt, "max_tokens": 3, "seed": 1}).json()["id"])
+        ids[prompt] = job["items"]
+    assert [i["id"] for i in client.get("/api/search", params={"q": "%"}).json()["items"]] == \
+        ids["User: 100% sure"]
+    assert [i["id"] for i in client.get("/api/items", params={"q": "_"}).json()["items"]] == \
+        ids["User: snake_case"]
+    assert [i["id"] for i in client.get("/api/search", params={"q": "0% s"}).json()[
+        "items"]] == ids["User: 100% sure"]
+
+
+# ------------------------------------------------------------------------------ docs offline
+
+
+def test_docs_use_no_cdn(client):
+    page = client.get("/docs").text
+    assert "SwaggerUIBundle" in page and "http://" not in page and "https://" not in page
+    for url in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css",
+                "/docs/assets/favicon.png", "/docs/assets/redoc.standalone.js"):
+        r = client.get(url)
+        assert r.status_code == 200 and len(r.content) > 1000, url
+        assert url in page or "redoc" in url
+    assert "https://" not in client.get("/redoc").text
+    _error(client.get("/docs/assets/..%2Fcore.py"), 404)
+    assert client.get("/openapi.json").json()["info"]["title"] == "aigc studio"
+
+
+def test_docs_without_the_assets_package_list_the_routes(client, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # import fails
+    page = client.get("/docs").text
+    assert "/api/jobs" in page and "/v1/chat/completions" in page and "<script" not in page
+    assert "https://" not in page

@@ -77,5 +77,6 @@ def test_errors_map_to_client_exceptions(client):
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError):
         client.images.generate(prompt="x", size="32x16")
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError) as e:  # OpenAI answers bad bodies with 400
         client.images.generate(prompt="x", n=100)
+    assert e.value.body["param"] == "n"

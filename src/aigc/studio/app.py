@@ -130,6 +130,8 @@ def create_app(settings: StudioSettings | None = None,
 
     app = FastAPI(
         title="aigc studio", version="0.1.0", lifespan=lifespan,
+        # served by routes/docs.py: local assets (no CDN), and the API key when keys exist
+        docs_url=None, redoc_url=None, openapi_url=None,
         description="Generate images, text and music with your own models, browse and rate what they "
         "made. Native API under /api, OpenAI-compatible API under /v1. Every error has the shape "
         '`{"error": {"message", "type", "param", "code"}}`.',
@@ -156,7 +158,9 @@ def create_app(settings: StudioSettings | None = None,
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         msg = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:5])
-        return error_json(422, msg or "invalid request", "invalid_request_error",
+        # The OpenAI API answers a malformed body with 400 (its clients map 422 to nothing)
+        status = 400 if request.url.path.startswith("/v1/") else 422
+        return error_json(status, msg or "invalid request", "invalid_request_error",
                           "validation_error", ".".join(loc) or None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -171,9 +175,9 @@ def create_app(settings: StudioSettings | None = None,
         return error_json(500, f"internal error: {type(exc).__name__}", "server_error")
 
     # ------------------------------------------------------------------ routes
-    from aigc.studio.routes import items, jobs, models, openai, system
+    from aigc.studio.routes import docs, items, jobs, models, openai, system
 
-    for module in (models, jobs, items, openai, system):
+    for module in (models, jobs, items, openai, system, docs):
         app.include_router(module.router)
     app.include_router(items.files_router)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Depends, Request
 
-from aigc.studio.auth import key_matches
+from aigc.studio.auth import cookie_key, key_matches
 from aigc.studio.backends import (
     ImageBackend,
     ImageSettings,
@@ -272,3 +272,14 @@ async def require_key(request: Request, studio: Studio = Depends(get_studio)) ->
     """Dependency of every /api and /v1 route: the API key, when keys are configured (a few
     SHA-256 and constant-time compares: fine on the event loop)."""
     studio.check_key(request.headers.get("authorization"))
+
+
+async def require_read_key(request: Request, studio: Studio = Depends(get_studio)) -> None:
+    """Dependency of the read-only pages (``/files``, ``/metrics``, ``/docs``,
+    ``/openapi.json``): the API key, when keys are configured, from the ``Authorization`` header
+    or else from the ``aigc_key`` cookie (which a browser sends with ``<img src>``)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        cookie = cookie_key(request.headers.get("cookie"))
+        authorization = f"Bearer {cookie}" if cookie else None
+    studio.check_key(authorization)

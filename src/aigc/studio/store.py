@@ -462,10 +462,9 @@ class Store:
             query = query.where(items.c.seed == seed)
         if min_stars is not None:
             query = query.where(stars.c.stars >= min_stars)
-        if q:
-            like = f"%{q}%"
-            query = query.where(or_(items.c.prompt.like(like), items.c.text.like(like),
-                                    items.c.model.like(like)))
+        if q:  # a substring, taken literally: '%' and '_' are escaped, not wildcards
+            query = query.where(or_(*(col.contains(q, autoescape=True)
+                                      for col in (items.c.prompt, items.c.text, items.c.model))))
         query = query.order_by(items.c.created.desc(), items.c.index).limit(limit).offset(offset)
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(query)]
