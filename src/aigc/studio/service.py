@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class Studio:
     http_requests: dict[tuple[str, int], int] = field(default_factory=dict)
     key_hashes: list[str] = field(default_factory=list)
     musics: dict[str, MusicBackend] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)  # when the models were loaded
 
     # ------------------------------------------------------------------ models
     def models(self) -> list[dict[str, Any]]:
