@@ -39,6 +39,7 @@ from aigc.studio.store import Store
 
 MAX_RETRY_AFTER_S = 3600  # Retry-After of a full queue is at most an hour
 
+
 @dataclass(frozen=True)
 class StudioSettings:
     """How ``aigc studio`` runs (CLI flags map onto these fields)."""
