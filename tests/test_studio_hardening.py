@@ -322,3 +322,68 @@ def test_docs_without_the_assets_package_list_the_routes(client, monkeypatch):
     page = client.get("/docs").text
     assert "/api/jobs" in page and "/v1/chat/completions" in page and "<script" not in page
     assert "https://" not in page
+
+
+# -------------------------------------------------------------------------------- fairness
+
+
+def _run_until_done(store, runner, n_jobs: int) -> None:
+    import time
+
+    runner.start()
+    try:
+        deadline = time.time() + 30
+        while store.job_counts()["done"] < n_jobs and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+    assert store.job_counts()["done"] == n_jobs
+
+
+def test_workers_serve_clients_in_turn(tmp_path):
+    """A client with many queued jobs does not make another client's job wait behind them."""
+    from studio_fixtures import CORPUS
+
+    from aigc.studio.backends import NGramTextBackend, find_checkpoints, load_image_backends
+    from aigc.studio.jobs import JobRunner
+    from aigc.studio.store import Store, new_id
+
+    settings = make_settings(tmp_path)
+    store = Store(settings.data_dir)
+    images, _ = load_image_backends(find_checkpoints(settings.models_dir))
+    texts = {"lm": NGramTextBackend(CORPUS, "corpus", order=3, name="lm")}
+    runner = JobRunner(store, images, texts, batching=False)
+
+    def add(client: str, kind: str, i: int) -> str:
+        job_id = new_id()
+        runner.set_client(job_id, client)
+        params = {"n": 1, "seed": i, "temperature": 1.0} if kind == "image" else {
+            "prompt": "User: hi", "max_tokens": 4, "temperature": 1.0, "top_p": 1.0, "seed": i}
+        store.add_job(kind, "tiny-vae" if kind == "image" else "lm", params, 0.0, job_id=job_id)
+        return job_id
+
+    jobs = {kind: [add("A", kind, i) for i in range(5)] + [add("B", kind, 9), add("C", kind, 9)]
+            + [add("A", kind, 10 + i) for i in range(2)] for kind in ("image", "text")}
+    _run_until_done(store, runner, 18)
+    for kind, ids in jobs.items():
+        order = sorted(ids, key=lambda j: store.get_job(j)["started"])
+        # A's first job, then B's and C's (never served), then A's in age order.
+        assert [ids.index(j) for j in order] == [0, 5, 6, 1, 2, 3, 4, 7, 8], kind
+
+
+def test_client_of_is_the_key_or_the_connection(tmp_path):
+    from starlette.requests import Request
+
+    from aigc.studio.auth import hash_key
+
+    def request(auth: str | None, peer=("10.0.0.5", 40000)) -> Request:
+        headers = [(b"authorization", auth.encode())] if auth else []
+        return Request({"type": "http", "headers": headers, "client": peer})
+
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        studio = client.app.state.studio
+        # No keys: any Bearer string (the OpenAI client always sends one) says nothing.
+        assert studio.client_of(request("Bearer unused")) == "10.0.0.5:40000"
+        assert studio.client_of(request(None, ("10.0.0.5", 40001))) == "10.0.0.5:40001"
+        studio.key_hashes = [hash_key("aigc-k")]
+        assert studio.client_of(request("Bearer aigc-k")) == "key:" + hash_key("aigc-k")[:16]

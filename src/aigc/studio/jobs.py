@@ -7,7 +7,10 @@ Every generation is a row of the ``jobs`` table (see :mod:`aigc.studio.store`)::
        └──cancel──► cancelled ◄──cancel
 
 Three worker threads run jobs: one for images, one for text and one for music, so that a chat
-is not stuck behind a batch of images (nor a batch of images behind a piece of music). The image worker takes the oldest queued job and every other queued job it can
+is not stuck behind a batch of images (nor a batch of images behind a piece of music). Each
+worker serves the clients that have queued jobs of its kind in turn (per-client round robin,
+:meth:`JobRunner._fair_order`): a client that queued many jobs does not make another client's
+job wait behind all of them. The image worker takes the oldest queued job and every other queued job it can
 batch with (same model, same :class:`ImageSettings`), up to ``max_batch_images`` images, and
 draws them in one call of the backend. Results are committed per job, in one transaction with
 its ``done`` status, so a job killed half-way leaves nothing behind and simply runs again after a
@@ -48,6 +51,8 @@ from aigc.studio.store import ItemOut, Store
 
 log = logging.getLogger("aigc.studio")
 UNMEASURED_JOB_S = 1.0  # the time a job is assumed to take before one of its kind has finished
+FAIR_WINDOW = 256  # the oldest queued jobs of a kind among which the round robin chooses
+MAX_TRACKED_CLIENTS = 4096  # beyond this, the clients served longest ago are forgotten
 
 
 class Channel:
@@ -147,6 +152,10 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._channels: dict[str, list[Channel]] = {}  # job id -> its followers
         self._lock = threading.Lock()
+        self._clients: dict[str, str] = {}  # queued job id -> the client that queued it
+        # kind -> client -> when a job of that kind of that client was last claimed (a count)
+        self._served: dict[str, dict[str, int]] = {"image": {}, "text": {}, "music": {}}
+        self._claims = 0
 
     # -------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -205,7 +214,41 @@ class JobRunner:
         for ch in followers:
             ch.push(event, value)
 
+    # --------------------------------------------------------------------- fairness
+    def set_client(self, job_id: str, client: str) -> None:
+        """Record which client queues ``job_id`` (call it before the job is inserted). Jobs
+        with no client (e.g. re-queued after a restart) count as one client, ``""``."""
+        with self._lock:
+            self._clients[job_id] = client
+
+    def forget_client(self, job_id: str) -> None:
+        """Drop the client of a job that was not queued after all (refused)."""
+        with self._lock:
+            self._clients.pop(job_id, None)
+
+    def _fair_order(self, queued: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``queued`` (jobs of one kind, oldest first) with, first, the oldest job of the client
+        whose last job of that kind was claimed longest ago (a client never served comes
+        first): per-client round robin."""
+        with self._lock:
+            served = self._served[queued[0]["kind"]]
+            first = min(queued, key=lambda j: served.get(self._clients.get(j["id"], ""), -1))
+        return [first] + [j for j in queued if j is not first]
+
+    def _mark_served(self, jobs: list[dict[str, Any]]) -> None:
+        if not jobs:
+            return
+        with self._lock:
+            self._claims += 1
+            served = self._served[jobs[0]["kind"]]
+            for job in jobs:
+                served[self._clients.pop(job["id"], "")] = self._claims
+            if len(served) > MAX_TRACKED_CLIENTS:  # forget the half served longest ago
+                keep = sorted(served.items(), key=lambda kv: kv[1])[-MAX_TRACKED_CLIENTS // 2:]
+                self._served[jobs[0]["kind"]] = dict(keep)
+
     def cancel(self, job_id: str) -> str | None:
+        self.forget_client(job_id)
         before = self.store.cancel(job_id)
         if before in ("queued", "running"):
             self._push(job_id, "cancelled", None)
@@ -217,7 +260,7 @@ class JobRunner:
     # ----------------------------------------------------------------------- images
     def _image_loop(self) -> None:
         while not self._stop.is_set():
-            queued = self.store.queued_jobs("image", limit=256)
+            queued = self.store.queued_jobs("image", limit=FAIR_WINDOW)
             if not queued:
                 self._wake["image"].wait(1.0)
                 self._wake["image"].clear()
@@ -227,10 +270,11 @@ class JobRunner:
                 # Requests of concurrent clients arrive a few ms apart: wait while they keep
                 # coming, so that they join this batch instead of the next one.
                 self._gather()
-                queued = self.store.queued_jobs("image", limit=256) or queued
-            batch = self._pick_batch(queued)
+                queued = self.store.queued_jobs("image", limit=FAIR_WINDOW) or queued
+            batch = self._pick_batch(self._fair_order(queued))
             won = set(self.store.claim_many([j["id"] for j in batch]))
             claimed = [j for j in batch if j["id"] in won]
+            self._mark_served(claimed)
             for job in claimed:
                 self._push(job["id"], "running", None)
             if claimed:
@@ -357,15 +401,17 @@ class JobRunner:
 
     # ------------------------------------------------------------------------- text
     def _one_at_a_time(self, kind: str, run: Callable[[dict[str, Any]], None]) -> None:
-        """The loop of the text and music workers: claim the oldest queued job, run it."""
+        """The loop of the text and music workers: claim the next queued job (the oldest of
+        the client served longest ago), run it."""
         while not self._stop.is_set():
-            queued = self.store.queued_jobs(kind, limit=1)
+            queued = self.store.queued_jobs(kind, limit=FAIR_WINDOW)
             if not queued:
                 self._wake[kind].wait(1.0)
                 self._wake[kind].clear()
                 continue
-            job = queued[0]
+            job = self._fair_order(queued)[0]
             if self.store.claim(job["id"]):
+                self._mark_served([job])
                 self._push(job["id"], "running", None)  # for followers that show the start
                 run(job)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Depends, Request
 
-from aigc.studio.auth import cookie_key, key_matches
+from aigc.studio.auth import cookie_key, hash_key, key_matches, presented_key
 from aigc.studio.backends import (
     ImageBackend,
     ImageSettings,
@@ -35,7 +35,7 @@ from aigc.studio.schemas import (
     MusicJobRequest,
     TextJobRequest,
 )
-from aigc.studio.store import Store
+from aigc.studio.store import Store, new_id
 
 MAX_RETRY_AFTER_S = 3600  # Retry-After of a full queue is at most an hour
 
@@ -173,6 +173,20 @@ class Studio:
             raise ApiError(400, f"{param} contains a NUL character (\\u0000), which is not "
                            "allowed", param=param, code="invalid_value")
 
+    def enqueue(self, req: ImageJobRequest | TextJobRequest | MusicJobRequest, client: str,
+                job_id: str | None = None) -> dict[str, Any]:
+        """Queue ``req`` for ``client`` (see :meth:`client_of`): the runner learns the job's
+        client before the job exists, so its worker's round robin sees it."""
+        job_id = job_id or new_id()
+        self.runner.set_client(job_id, client)
+        enqueue = {"image": self.enqueue_image, "text": self.enqueue_text,
+                   "music": self.enqueue_music}[req.kind]
+        try:
+            return enqueue(req, job_id=job_id)
+        except BaseException:
+            self.runner.forget_client(job_id)
+            raise
+
     def enqueue_image(self, req: ImageJobRequest, job_id: str | None = None) -> dict[str, Any]:
         backend = self.image_backend(req.model)
         size = req.size or backend.image_size
@@ -241,16 +255,28 @@ class Studio:
         self.runner.notify("music")
         return job
 
-    def retry(self, job: dict[str, Any]) -> dict[str, Any]:
+    def retry(self, job: dict[str, Any], client: str = "") -> dict[str, Any]:
         """A new job with the same parameters (same seed, so the same output for images)."""
         if job["status"] not in ("failed", "cancelled", "done"):
             raise ApiError(409, f"job {job['id']} is {job['status']}; only finished jobs can be "
                            "retried", code="job_not_finished")
         self._admit(job["cost"], job["kind"])
+        job_id = new_id()
+        self.runner.set_client(job_id, client)
         new = self.store.add_job(job["kind"], job["model"], job["params"], job["cost"],
-                                 retry_of=job["id"])
+                                 retry_of=job["id"], job_id=job_id)
         self.runner.notify(job["kind"])
         return new
+
+    def client_of(self, request: Request) -> str:
+        """Who a request comes from, for the workers' per-client round robin: its API key (by
+        hash) when keys are configured, else its connection (address and port: a client that
+        keeps its connection open, as HTTP clients do, is one client)."""
+        key = presented_key({"authorization": request.headers.get("authorization", "")})
+        if self.key_hashes and key:
+            return "key:" + hash_key(key)[:16]
+        peer = request.client
+        return f"{peer.host}:{peer.port}" if peer else ""
 
     # ------------------------------------------------------------------- auth
     def check_key(self, authorization: str | None) -> None:

@@ -121,7 +121,8 @@ def _text_job(req: OAIChatRequest | OAICompletionRequest) -> TextJobRequest:
     return _internal(TextJobRequest, prompt=req.prompt, max_tokens=req.max_tokens, **common)
 
 
-async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat: bool):
+async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat: bool,
+                client: str):
     job_req = _text_job(req)
     studio.text_backend(req.model)  # 404 before anything is queued
     created = int(time.time())
@@ -131,7 +132,7 @@ async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     def enqueue(job_id: str) -> dict:
-        return studio.enqueue_text(job_req, job_id=job_id)
+        return studio.enqueue(job_req, client, job_id=job_id)
 
     if not req.stream:
         job = await _finish(studio, enqueue)
@@ -201,15 +202,17 @@ async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat
 
 
 @router.post("/completions")
-async def completions(req: OAICompletionRequest, studio: Studio = Depends(get_studio)):
+async def completions(req: OAICompletionRequest, request: Request,
+                      studio: Studio = Depends(get_studio)):
     """Text completion of ``prompt`` (OpenAI legacy completions API)."""
-    return await _text(studio, req, chat=False)
+    return await _text(studio, req, chat=False, client=studio.client_of(request))
 
 
 @router.post("/chat/completions")
-async def chat_completions(req: OAIChatRequest, studio: Studio = Depends(get_studio)):
+async def chat_completions(req: OAIChatRequest, request: Request,
+                           studio: Studio = Depends(get_studio)):
     """Chat completion of ``messages``; ``stream: true`` for server-sent events."""
-    return await _text(studio, req, chat=True)
+    return await _text(studio, req, chat=True, client=studio.client_of(request))
 
 
 @router.post("/images/generations")
@@ -236,7 +239,8 @@ async def images_generations(req: OAIImageRequest, request: Request,
     job_req = _internal(ImageJobRequest, model=backend.name, n=req.n, seed=req.seed, label=label,
                         prompt=prompt, steps=req.steps, guidance=req.guidance,
                         sampler=req.sampler, temperature=req.temperature, size=size)
-    job = await _finish(studio, lambda job_id: studio.enqueue_image(job_req, job_id=job_id))
+    client = studio.client_of(request)
+    job = await _finish(studio, lambda job_id: studio.enqueue(job_req, client, job_id=job_id))
     base = str(request.base_url).rstrip("/")
     data = []
     seed0 = job["params"]["seed"]
