@@ -387,3 +387,31 @@ def test_client_of_is_the_key_or_the_connection(tmp_path):
         assert studio.client_of(request(None, ("10.0.0.5", 40001))) == "10.0.0.5:40001"
         studio.key_hashes = [hash_key("aigc-k")]
         assert studio.client_of(request("Bearer aigc-k")) == "key:" + hash_key("aigc-k")[:16]
+
+
+def test_a_refused_value_fails_only_its_own_job_of_a_batch(tmp_path):
+    from aigc.studio.backends import find_checkpoints, load_image_backends
+    from aigc.studio.jobs import JobRunner
+    from aigc.studio.store import Store
+
+    settings = make_settings(tmp_path)
+    store = Store(settings.data_dir)
+    _refuse_items_when(store, "NEW.seed = 21")
+    images, _ = load_image_backends(find_checkpoints(settings.models_dir))
+    ids = [store.add_job("image", "tiny-vae", {"n": 2, "seed": seed, "temperature": 1.0},
+                         0.0)["id"] for seed in (10, 20, 30)]  # seed 20: images 20 and 21
+    runner = JobRunner(store, images, {})
+    runner.start()
+    try:
+        import time
+
+        deadline = time.time() + 20
+        while store.job_counts()["running"] + store.job_counts()["queued"] and \
+                time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+    assert runner.stats.batches == 1 and runner.stats.batched_images == 6  # one batch of three
+    status = [store.get_job(i)["status"] for i in ids]
+    assert status == ["done", "failed", "done"], status
+    assert len(store.get_job(ids[0])["items"]) == 2 and store.count_items() == 4

@@ -347,12 +347,31 @@ class JobRunner:
             self._store_image_batch(jobs, backend, settings, specs, images)
         except Exception as exc:  # e.g. disk full: fail the jobs instead of leaving them running
             log.error("storing an image batch failed:\n%s", traceback.format_exc())
-            for job in jobs:
-                self._fail(job, storing_failed(exc))
-            return
+            if len(jobs) == 1:
+                self._fail(jobs[0], storing_failed(exc))
+                return
+            self._store_one_by_one(jobs, backend, settings, specs, images)
         dt = time.perf_counter() - t0
         self.stats.job_seconds["image"] += dt
         self.stats.ema_image_job_s = 0.8 * self.stats.ema_image_job_s + 0.2 * dt / len(jobs)
+
+    def _store_one_by_one(self, jobs: list[dict[str, Any]], backend: ImageBackend,
+                          settings: ImageSettings, specs: list[ImageSpec], images) -> None:
+        """After a batch's transaction failed (nothing of it was stored), store its jobs one at
+        a time, so that a value the database refuses fails only the job that holds it."""
+        counted = self.stats.batches, self.stats.batched_images  # the batch is counted once
+        start = 0
+        for job in jobs:
+            n = int(job["params"]["n"])
+            try:
+                self._store_image_batch([job], backend, settings, specs[start : start + n],
+                                        images[start : start + n])
+            except Exception as exc:
+                log.error("storing image job %s failed:\n%s", job["id"],
+                          traceback.format_exc())
+                self._fail(job, storing_failed(exc))
+            start += n
+        self.stats.batches, self.stats.batched_images = counted
 
     def _store_image_batch(self, jobs: list[dict[str, Any]], backend: ImageBackend,
                            settings: ImageSettings, specs: list[ImageSpec], images) -> None:
