@@ -237,6 +237,10 @@ def test_every_response_forbids_framing(client):
     with client.stream("POST", "/v1/completions", json={
             "model": "ngram-char-6", "prompt": "a", "max_tokens": 3, "stream": True}) as r:
         responses.append(r)
+    with TestClient(client.app, raise_server_exceptions=False) as plain:
+        plain.app.state.studio.store.job_counts = lambda: 1 / 0  # an unhandled error: 500
+        responses.append(plain.get("/health"))
+        assert responses[-1].status_code == 500
     for r in responses:
         assert r.headers["x-frame-options"] == "DENY", r.request.url
         assert r.headers["content-security-policy"] == "frame-ancestors 'none'"

@@ -22,7 +22,13 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aigc.studio.auth import LOOPBACK_NAMES, SecurityMiddleware, error_json, is_loopback
+from aigc.studio.auth import (
+    FRAME_HEADERS,
+    LOOPBACK_NAMES,
+    SecurityMiddleware,
+    error_json,
+    is_loopback,
+)
 from aigc.studio.backends import TextBackend
 from aigc.studio.service import ApiError, Studio, StudioSettings
 
@@ -172,7 +178,10 @@ def create_app(settings: StudioSettings | None = None,
     @app.exception_handler(Exception)
     async def _server_error(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_json(500, f"internal error: {type(exc).__name__}", "server_error")
+        # answered outside the middleware stack (Starlette's ServerErrorMiddleware): add the
+        # framing headers the SecurityMiddleware puts on every other response
+        return error_json(500, f"internal error: {type(exc).__name__}", "server_error",
+                          headers={k.decode(): v.decode() for k, v in FRAME_HEADERS})
 
     # ------------------------------------------------------------------ routes
     from aigc.studio.routes import docs, items, jobs, models, openai, system
