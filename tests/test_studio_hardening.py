@@ -316,7 +316,12 @@ def test_docs_use_no_cdn(client):
         assert url in page or "redoc" in url
     assert "https://" not in client.get("/redoc").text
     _error(client.get("/docs/assets/..%2Fcore.py"), 404)
-    assert client.get("/openapi.json").json()["info"]["title"] == "aigc studio"
+    schema = client.get("/openapi.json").json()
+    assert schema["info"]["title"] == "aigc studio"
+    # "Authorize" in Swagger UI: the key goes with every route but /health
+    assert schema["components"]["securitySchemes"]["APIKey"]["scheme"] == "bearer"
+    assert schema["paths"]["/api/jobs"]["post"]["security"] == [{"APIKey": []}]
+    assert "security" not in schema["paths"]["/health"]["get"]
 
 
 def test_docs_without_the_assets_package_list_the_routes(client, monkeypatch):

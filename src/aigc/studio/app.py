@@ -219,8 +219,15 @@ def _openapi(app: FastAPI) -> dict:
     comps.pop("ValidationError", None)
     ref = {"content": {"application/json": {"schema": {"$ref":
                                                         "#/components/schemas/ErrorResponse"}}}}
+    # The key (when keys exist): Swagger UI's "Authorize" sends it with "Try it out".
+    schema["components"]["securitySchemes"] = {"APIKey": {
+        "type": "http", "scheme": "bearer",
+        "description": "a key from `aigc studio --create-key NAME`; needed only when the server "
+                       "has keys (every route but /health then needs it)"}}
     for path, ops in schema.get("paths", {}).items():
         for method, op in ops.items():
+            if path != "/health":
+                op["security"] = [{"APIKey": []}]
             responses = op.setdefault("responses", {})
             codes = ["401", "403", "422", "500"]
             if "{" in path:
