@@ -424,3 +424,45 @@ def test_a_refused_value_fails_only_its_own_job_of_a_batch(tmp_path):
     status = [store.get_job(i)["status"] for i in ids]
     assert status == ["done", "failed", "done"], status
     assert len(store.get_job(ids[0])["items"]) == 2 and store.count_items() == 4
+
+
+# ------------------------------------------------------------------ in a real browser, offline
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM),
+                    reason="needs Debian chromium at /usr/bin/chromium")
+def test_browser_docs_render_offline_and_keyed_gallery_images_load(tmp_path):
+    """Swagger UI renders our schema from local files only (every request goes to the studio),
+    and on a server with keys the gallery's <img> tags load through the key cookie."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright")
+    import httpx
+    from studio_fixtures import live_server
+
+    settings, key = _keyed_settings(tmp_path)
+    auth = {"Authorization": f"Bearer {key}"}
+    with live_server(settings) as base, sync_api.sync_playwright() as pw:
+        with httpx.Client(base_url=base) as http:
+            job = http.post("/api/jobs", json={"kind": "image", "n": 2, "seed": 1},
+                            headers=auth).json()
+            assert wait_job(http, job["id"], headers=auth)["status"] == "done"
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(base + "/")
+        page.evaluate(f"localStorage.setItem('aigc-key', '{key}')")
+        page.reload()
+        page.click("#tab-gallery")
+        page.wait_for_function("document.querySelectorAll('#gallery .card img').length == 2 && "
+                               "[...document.querySelectorAll('#gallery .card img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=20000)
+        page.goto(base + "/docs")  # the cookie carries the key here too
+        page.wait_for_selector(".opblock-summary-path[data-path='/v1/chat/completions']",
+                               timeout=20000)
+        assert page.locator(".opblock").count() > 10
+        browser.close()
+    foreign = [u for u in requests if not u.startswith(base) and not u.startswith("data:")]
+    assert foreign == []
