@@ -144,11 +144,11 @@ def test_image_request_bounds(client, body, status, param):
         assert err["param"] == param
 
 
-def test_budget_and_queue_full_answer_429_with_retry_after(tmp_path):
+def test_over_budget_is_400_and_queue_full_429_with_retry_after(tmp_path):
     settings = make_settings(tmp_path, max_queue=2, max_image_cost=8 * 8 * 4.0)
     with TestClient(create_app(settings)) as client:
         client.app.state.studio.runner.stop()
-        err = _error(client.post("/api/jobs", json={"kind": "image", "n": 5}), 429, "over_budget")
+        err = _error(client.post("/api/jobs", json={"kind": "image", "n": 5}), 400, "over_budget")
         assert "budget" in err["message"]
         for _ in range(2):
             assert client.post("/api/jobs", json={"kind": "image", "n": 1}).status_code == 202

@@ -77,5 +77,72 @@ def test_errors_map_to_client_exceptions(client):
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError):
         client.images.generate(prompt="x", size="32x16")
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError) as e:  # OpenAI answers bad bodies with 400
         client.images.generate(prompt="x", n=100)
+    assert e.value.body["param"] == "n"
+
+
+def test_models_created_and_retrieve(client):
+    import time
+
+    models = list(client.models.list())
+    assert all(abs(m.created - time.time()) < 3600 for m in models)  # a real time, not 0
+    m = client.models.retrieve("ngram-char-6")
+    assert m.id == "ngram-char-6" and m.created == models[1].created and m.object == "model"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("nope")
+    assert e.value.body["code"] == "model_not_found"
+
+
+def test_completion_created_is_now(client):
+    import time
+
+    r = client.completions.create(model="ngram-char-6", prompt="User: hi", max_tokens=2, seed=1)
+    assert abs(r.created - time.time()) < 60
+
+
+def test_stream_options_include_usage(client):
+    kw = dict(model="ngram-char-6", messages=[{"role": "user", "content": "hello there"}],
+              seed=4, max_tokens=20)
+    full = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(
+        stream=True, stream_options={"include_usage": True}, **kw))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.total_tokens == full.usage.total_tokens
+    assert chunks[-2].choices[0].finish_reason == full.choices[0].finish_reason
+    assert all(c.usage is None for c in chunks[:-1])  # usage once, as OpenAI sends it
+
+
+def test_content_parts_and_developer_role(client):
+    kw = dict(model="ngram-char-6", seed=5, max_tokens=30)
+    plain = client.chat.completions.create(messages=[
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello\nthere"}], **kw)
+    parts = client.chat.completions.create(messages=[
+        {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": [{"type": "text", "text": "hello"},
+                                     {"type": "text", "text": "there"}]}], **kw)
+    assert parts.choices[0].message.content == plain.choices[0].message.content
+    assert parts.usage.prompt_tokens == plain.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:,"}}]}], **kw)
+    assert "image_url" in e.value.body["message"]
+
+
+def test_completion_echo(client):
+    kw = dict(model="ngram-char-6", prompt="User: what", max_tokens=10, seed=2)
+    plain = client.completions.create(**kw).choices[0].text
+    echoed = client.completions.create(echo=True, **kw).choices[0].text
+    assert echoed == "User: what" + plain
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        echo=True, stream=True, **kw) if c.choices)
+    assert streamed == echoed
+
+
+def test_validation_errors_are_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="ngram-char-6", messages=[], max_tokens=5)
+    assert e.value.status_code == 400 and e.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="ngram-char-6", prompt="x", max_tokens=True)

@@ -77,7 +77,11 @@ def run(args: argparse.Namespace) -> int:
         raise AigcError(f"--max-batch-images must be in 1..1024, got {args.max_batch_images}")
     if not 0 <= args.batch_wait_ms <= 100:
         raise AigcError(f"--batch-wait-ms must be in 0..100, got {args.batch_wait_ms}")
-    if args.create_key:
+    if args.create_key is not None:
+        name = args.create_key
+        if not name.strip() or len(name) > 100 or not name.isprintable():
+            raise AigcError(f"--create-key NAME must be 1..100 printable characters, not blank; "
+                            f"got {name!r}")
         store = Store(args.data, args.db)
         key = new_api_key()
         try:

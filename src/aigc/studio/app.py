@@ -22,7 +22,13 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aigc.studio.auth import LOOPBACK_NAMES, SecurityMiddleware, error_json, is_loopback
+from aigc.studio.auth import (
+    FRAME_HEADERS,
+    LOOPBACK_NAMES,
+    SecurityMiddleware,
+    error_json,
+    is_loopback,
+)
 from aigc.studio.backends import TextBackend
 from aigc.studio.service import ApiError, Studio, StudioSettings
 
@@ -149,6 +155,8 @@ def create_app(settings: StudioSettings | None = None,
 
     app = FastAPI(
         title="aigc studio", version="0.1.0", lifespan=lifespan,
+        # served by routes/docs.py: local assets (no CDN), and the API key when keys exist
+        docs_url=None, redoc_url=None, openapi_url=None,
         description="Generate images, text and music with your own models, browse and rate what they "
         "made. Native API under /api, OpenAI-compatible API under /v1. Every error has the shape "
         '`{"error": {"message", "type", "param", "code"}}`.',
@@ -175,7 +183,9 @@ def create_app(settings: StudioSettings | None = None,
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         msg = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:5])
-        return error_json(422, msg or "invalid request", "invalid_request_error",
+        # The OpenAI API answers a malformed body with 400 (its clients map 422 to nothing)
+        status = 400 if request.url.path.startswith("/v1/") else 422
+        return error_json(status, msg or "invalid request", "invalid_request_error",
                           "validation_error", ".".join(loc) or None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -187,12 +197,15 @@ def create_app(settings: StudioSettings | None = None,
     @app.exception_handler(Exception)
     async def _server_error(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_json(500, f"internal error: {type(exc).__name__}", "server_error")
+        # answered outside the middleware stack (Starlette's ServerErrorMiddleware): add the
+        # framing headers the SecurityMiddleware puts on every other response
+        return error_json(500, f"internal error: {type(exc).__name__}", "server_error",
+                          headers={k.decode(): v.decode() for k, v in FRAME_HEADERS})
 
     # ------------------------------------------------------------------ routes
-    from aigc.studio.routes import feedback, items, jobs, models, openai, system
+    from aigc.studio.routes import docs, feedback, items, jobs, models, openai, system
 
-    for module in (models, jobs, items, feedback, openai, system):
+    for module in (models, jobs, items, feedback, openai, system, docs):
         app.include_router(module.router)
     app.include_router(items.files_router)
 
@@ -225,8 +238,15 @@ def _openapi(app: FastAPI) -> dict:
     comps.pop("ValidationError", None)
     ref = {"content": {"application/json": {"schema": {"$ref":
                                                         "#/components/schemas/ErrorResponse"}}}}
+    # The key (when keys exist): Swagger UI's "Authorize" sends it with "Try it out".
+    schema["components"]["securitySchemes"] = {"APIKey": {
+        "type": "http", "scheme": "bearer",
+        "description": "a key from `aigc studio --create-key NAME`; needed only when the server "
+                       "has keys (every route but /health then needs it)"}}
     for path, ops in schema.get("paths", {}).items():
         for method, op in ops.items():
+            if path != "/health":
+                op["security"] = [{"APIKey": []}]
             responses = op.setdefault("responses", {})
             codes = ["401", "403", "422", "500"]
             if "{" in path:

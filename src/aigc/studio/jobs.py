@@ -7,7 +7,10 @@ Every generation is a row of the ``jobs`` table (see :mod:`aigc.studio.store`)::
        └──cancel──► cancelled ◄──cancel
 
 Three worker threads run jobs: one for images, one for text and one for music, so that a chat
-is not stuck behind a batch of images (nor a batch of images behind a piece of music). The image worker takes the oldest queued job and every other queued job it can
+is not stuck behind a batch of images (nor a batch of images behind a piece of music). Each
+worker serves the clients that have queued jobs of its kind in turn (per-client round robin,
+:meth:`JobRunner._fair_order`): a client that queued many jobs does not make another client's
+job wait behind all of them. The image worker takes the oldest queued job and every other queued job it can
 batch with (same model, same :class:`ImageSettings`), up to ``max_batch_images`` images, and
 draws them in one call of the backend. Results are committed per job, in one transaction with
 its ``done`` status, so a job killed half-way leaves nothing behind and simply runs again after a
@@ -31,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from aigc.records import FORMAT as RECORD_FORMAT
 from aigc.records import checkpoint_ref, image_record, runtime
 from aigc.studio.backends import (
@@ -47,6 +52,9 @@ from aigc.studio.backends import (
 from aigc.studio.store import ItemOut, Store
 
 log = logging.getLogger("aigc.studio")
+UNMEASURED_JOB_S = 1.0  # the time a job is assumed to take before one of its kind has finished
+FAIR_WINDOW = 256  # the oldest queued jobs of a kind among which the round robin chooses
+MAX_TRACKED_CLIENTS = 4096  # beyond this, the clients served longest ago are forgotten
 
 
 class Channel:
@@ -78,6 +86,29 @@ class Stats:
     tokens: int = 0
     recovered: int = 0
     ema_image_job_s: float = 0.05
+
+    def mean_job_seconds(self, kind: str) -> float:
+        """Mean worker seconds per finished job of ``kind`` in this process (a batch's time is
+        shared by its jobs); ``UNMEASURED_JOB_S`` until one has finished."""
+        done = self.completed[kind]
+        return self.job_seconds[kind] / done if done and self.job_seconds[kind] > 0 else \
+            UNMEASURED_JOB_S
+
+
+def public_error(exc: BaseException) -> str:
+    """What a client is told about an exception that failed its job: type and message, except
+    for database errors, whose text carries the SQL statement and its parameters (those go to
+    the server log only)."""
+    if isinstance(exc, SQLAlchemyError):
+        return f"a database error ({type(exc).__name__}) stopped the job; details are in the " \
+            "server log"
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def storing_failed(exc: BaseException) -> str:
+    """The failure message of a job whose output could not be stored (database or disk): no SQL
+    and no server paths, the details are in the server log."""
+    return f"the result could not be stored ({type(exc).__name__}); details are in the server log"
 
 
 def image_settings(params: dict[str, Any]) -> ImageSettings:
@@ -123,6 +154,10 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._channels: dict[str, list[Channel]] = {}  # job id -> its followers
         self._lock = threading.Lock()
+        self._clients: dict[str, str] = {}  # queued job id -> the client that queued it
+        # kind -> client -> when a job of that kind of that client was last claimed (a count)
+        self._served: dict[str, dict[str, int]] = {"image": {}, "text": {}, "music": {}}
+        self._claims = 0
 
     # -------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -181,7 +216,41 @@ class JobRunner:
         for ch in followers:
             ch.push(event, value)
 
+    # --------------------------------------------------------------------- fairness
+    def set_client(self, job_id: str, client: str) -> None:
+        """Record which client queues ``job_id`` (call it before the job is inserted). Jobs
+        with no client (e.g. re-queued after a restart) count as one client, ``""``."""
+        with self._lock:
+            self._clients[job_id] = client
+
+    def forget_client(self, job_id: str) -> None:
+        """Drop the client of a job that was not queued after all (refused)."""
+        with self._lock:
+            self._clients.pop(job_id, None)
+
+    def _fair_order(self, queued: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``queued`` (jobs of one kind, oldest first) with, first, the oldest job of the client
+        whose last job of that kind was claimed longest ago (a client never served comes
+        first): per-client round robin."""
+        with self._lock:
+            served = self._served[queued[0]["kind"]]
+            first = min(queued, key=lambda j: served.get(self._clients.get(j["id"], ""), -1))
+        return [first] + [j for j in queued if j is not first]
+
+    def _mark_served(self, jobs: list[dict[str, Any]]) -> None:
+        if not jobs:
+            return
+        with self._lock:
+            self._claims += 1
+            served = self._served[jobs[0]["kind"]]
+            for job in jobs:
+                served[self._clients.pop(job["id"], "")] = self._claims
+            if len(served) > MAX_TRACKED_CLIENTS:  # forget the half served longest ago
+                keep = sorted(served.items(), key=lambda kv: kv[1])[-MAX_TRACKED_CLIENTS // 2:]
+                self._served[jobs[0]["kind"]] = dict(keep)
+
     def cancel(self, job_id: str) -> str | None:
+        self.forget_client(job_id)
         before = self.store.cancel(job_id)
         if before in ("queued", "running"):
             self._push(job_id, "cancelled", None)
@@ -193,7 +262,7 @@ class JobRunner:
     # ----------------------------------------------------------------------- images
     def _image_loop(self) -> None:
         while not self._stop.is_set():
-            queued = self.store.queued_jobs("image", limit=256)
+            queued = self.store.queued_jobs("image", limit=FAIR_WINDOW)
             if not queued:
                 self._wake["image"].wait(1.0)
                 self._wake["image"].clear()
@@ -203,10 +272,11 @@ class JobRunner:
                 # Requests of concurrent clients arrive a few ms apart: wait while they keep
                 # coming, so that they join this batch instead of the next one.
                 self._gather()
-                queued = self.store.queued_jobs("image", limit=256) or queued
-            batch = self._pick_batch(queued)
+                queued = self.store.queued_jobs("image", limit=FAIR_WINDOW) or queued
+            batch = self._pick_batch(self._fair_order(queued))
             won = set(self.store.claim_many([j["id"] for j in batch]))
             claimed = [j for j in batch if j["id"] in won]
+            self._mark_served(claimed)
             for job in claimed:
                 self._push(job["id"], "running", None)
             if claimed:
@@ -273,18 +343,37 @@ class JobRunner:
         except Exception as exc:  # the model failed: fail these jobs, keep serving
             log.error("image batch failed:\n%s", traceback.format_exc())
             for job in jobs:
-                self._fail(job, f"{type(exc).__name__}: {exc}")
+                self._fail(job, public_error(exc))
             return
         try:
             self._store_image_batch(jobs, backend, settings, specs, images)
         except Exception as exc:  # e.g. disk full: fail the jobs instead of leaving them running
             log.error("storing an image batch failed:\n%s", traceback.format_exc())
-            for job in jobs:
-                self._fail(job, f"{type(exc).__name__}: {exc}")
-            return
+            if len(jobs) == 1:
+                self._fail(jobs[0], storing_failed(exc))
+                return
+            self._store_one_by_one(jobs, backend, settings, specs, images)
         dt = time.perf_counter() - t0
         self.stats.job_seconds["image"] += dt
         self.stats.ema_image_job_s = 0.8 * self.stats.ema_image_job_s + 0.2 * dt / len(jobs)
+
+    def _store_one_by_one(self, jobs: list[dict[str, Any]], backend: ImageBackend,
+                          settings: ImageSettings, specs: list[ImageSpec], images) -> None:
+        """After a batch's transaction failed (nothing of it was stored), store its jobs one at
+        a time, so that a value the database refuses fails only the job that holds it."""
+        counted = self.stats.batches, self.stats.batched_images  # the batch is counted once
+        start = 0
+        for job in jobs:
+            n = int(job["params"]["n"])
+            try:
+                self._store_image_batch([job], backend, settings, specs[start : start + n],
+                                        images[start : start + n])
+            except Exception as exc:
+                log.error("storing image job %s failed:\n%s", job["id"],
+                          traceback.format_exc())
+                self._fail(job, storing_failed(exc))
+            start += n
+        self.stats.batches, self.stats.batched_images = counted
 
     def _store_image_batch(self, jobs: list[dict[str, Any]], backend: ImageBackend,
                            settings: ImageSettings, specs: list[ImageSpec], images) -> None:
@@ -331,15 +420,17 @@ class JobRunner:
 
     # ------------------------------------------------------------------------- text
     def _one_at_a_time(self, kind: str, run: Callable[[dict[str, Any]], None]) -> None:
-        """The loop of the text and music workers: claim the oldest queued job, run it."""
+        """The loop of the text and music workers: claim the next queued job (the oldest of
+        the client served longest ago), run it."""
         while not self._stop.is_set():
-            queued = self.store.queued_jobs(kind, limit=1)
+            queued = self.store.queued_jobs(kind, limit=FAIR_WINDOW)
             if not queued:
                 self._wake[kind].wait(1.0)
                 self._wake[kind].clear()
                 continue
-            job = queued[0]
+            job = self._fair_order(queued)[0]
             if self.store.claim(job["id"]):
+                self._mark_served([job])
                 self._push(job["id"], "running", None)  # for followers that show the start
                 run(job)
 
@@ -371,7 +462,7 @@ class JobRunner:
                     self._push(job["id"], "progress", fraction)
         except Exception as exc:
             log.error("text job failed:\n%s", traceback.format_exc())
-            self._fail(job, f"{type(exc).__name__}: {exc}")
+            self._fail(job, public_error(exc))
             return
         usage = {"prompt_tokens": stream.prompt_tokens,
                  "completion_tokens": stream.completion_tokens,
@@ -393,7 +484,13 @@ class JobRunner:
         out = ItemOut(text.encode("utf-8"), "txt", record, prompt=prompt, seed=int(p["seed"]),
                       text=text)
         sha = str(backend.describe().get("sha256", ""))
-        for finished in self.store.finish_jobs([(job, [out], result)], model_sha256=sha):
+        try:
+            finished_jobs = self.store.finish_jobs([(job, [out], result)], model_sha256=sha)
+        except Exception as exc:  # e.g. a value the database refuses: fail, never stay running
+            log.error("storing a text job failed:\n%s", traceback.format_exc())
+            self._fail(job, storing_failed(exc))
+            return
+        for finished in finished_jobs:
             self.stats.completed["text"] += 1
             self.stats.tokens += usage["total_tokens"]
             self._push(job["id"], "done", finished)
@@ -440,14 +537,14 @@ class JobRunner:
                     return
         except Exception as exc:  # the model failed: fail this job, keep serving
             log.error("music job failed:\n%s", traceback.format_exc())
-            self._fail(job, f"{type(exc).__name__}: {exc}")
+            self._fail(job, public_error(exc))
             return
         try:
             finished_jobs = self.store.finish_jobs([(job, outs, None)],
                                                    model_sha256=backend.sha256)
         except Exception as exc:  # e.g. disk full: fail the job instead of leaving it running
             log.error("storing a music job failed:\n%s", traceback.format_exc())
-            self._fail(job, f"{type(exc).__name__}: {exc}")
+            self._fail(job, storing_failed(exc))
             return
         for finished in finished_jobs:
             self.stats.completed["music"] += 1

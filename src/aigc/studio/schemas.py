@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from aigc.config import MAX_SEED  # one seed range for the API, the CLI and training
 
@@ -78,23 +78,46 @@ class ModelList(BaseModel):
 class ImageJobRequest(Strict):
     kind: Literal["image"] = "image"
     model: str | None = Field(None, max_length=200, description="default: the first image model")
-    n: int = Field(4, ge=1, le=MAX_N)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_N,
+    n: StrictInt = Field(4, ge=1, le=MAX_N)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED - MAX_N,
                              description="image i uses seed + i; default: random")
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    label: int | None = Field(None, ge=0, le=100_000, description="class index (class models)")
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=2.0)
+    label: StrictInt | None = Field(None, ge=0, le=100_000, description="class index (class models)")
     prompt: str | None = Field(None, max_length=MAX_PROMPT)
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    guidance: float | None = Field(None, ge=0.0, le=50.0)
+    steps: StrictInt | None = Field(None, ge=1, le=MAX_STEPS)
+    guidance: StrictFloat | None = Field(None, ge=0.0, le=50.0)
     sampler: str | None = Field(None, max_length=32)
-    size: int | None = Field(None, ge=8, le=MAX_SIZE,
+    size: StrictInt | None = Field(None, ge=8, le=MAX_SIZE,
                              description="output side in pixels (nearest upscale of the model's "
                                          "native size); default: native")
 
 
 class ChatMessage(Lenient):
-    role: Literal["system", "user", "assistant"]
+    """One chat message. ``content`` may be a string or, as in OpenAI's API, a list of text
+    parts (``[{"type": "text", "text": "..."}]``, joined with newlines); the ``developer`` role
+    (OpenAI's newer name for instructions) is stored as ``system``."""
+
+    role: Literal["system", "user", "assistant", "developer"]
     content: str = Field(..., max_length=8000)
+
+    @field_validator("role")
+    @classmethod
+    def _developer_is_system(cls, v: str) -> str:
+        return "system" if v == "developer" else v
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        texts = []
+        for part in v:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(f"content parts must be {{'type': 'text', 'text': str}}; got a "
+                                 f"part of type {kind!r} (only text is supported)")
+            texts.append(part["text"])
+        return "\n".join(texts)
 
 
 class TextJobRequest(Strict):
@@ -102,11 +125,16 @@ class TextJobRequest(Strict):
     model: str | None = Field(None, max_length=200, description="default: the first text model")
     prompt: str | None = Field(None, max_length=MAX_PROMPT * 4)
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    max_tokens: StrictInt = Field(128, ge=1, le=MAX_TOKENS)
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=2.0)
+    top_p: StrictFloat = Field(1.0, gt=0.0, le=1.0)
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     stop: list[str] | None = Field(None, max_length=4)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        return check_stops(v)
 
 
 class MusicJobRequest(Strict):
@@ -117,12 +145,12 @@ class MusicJobRequest(Strict):
     key: str = Field("C major", max_length=16, description="tonic and mode, e.g. 'D major', "
                                                              "'F# minor', 'Bb major'")
     meter: str = Field("4/4", max_length=8, description="time signature, e.g. 3/4, 6/8")
-    bars: int = Field(8, ge=1, le=MAX_BARS, description="bars to compose (the cost budget "
+    bars: StrictInt = Field(8, ge=1, le=MAX_BARS, description="bars to compose (the cost budget "
                                                          "bounds bars x bar length / tempo)")
-    n: int = Field(1, ge=1, le=MAX_PIECES, description="pieces; piece i uses seed + i")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_PIECES, description="default: random")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy")
-    tempo: float = Field(90.0, ge=40.0, le=240.0, description="quarter notes per minute")
+    n: StrictInt = Field(1, ge=1, le=MAX_PIECES, description="pieces; piece i uses seed + i")
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED - MAX_PIECES, description="default: random")
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=2.0, description="0 is greedy")
+    tempo: StrictFloat = Field(90.0, ge=40.0, le=240.0, description="quarter notes per minute")
 
 
 class Job(BaseModel):
@@ -213,15 +241,21 @@ class Health(BaseModel):
 # ---------------------------------------------------------------------- OpenAI-compatible
 
 
+class StreamOptions(Lenient):
+    include_usage: bool = Field(False, description="send a last chunk with ``usage`` and no "
+                                "choices before ``data: [DONE]``")
+
+
 class _OAISampling(Lenient):
     """The sampling fields completions and chat completions share."""
 
     model: str = Field(..., max_length=200)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=2.0)
+    top_p: StrictFloat = Field(1.0, gt=0.0, le=1.0)
+    n: StrictInt = Field(1, ge=1, le=1, description="only n=1 is supported")
     stream: bool = False
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stream_options: StreamOptions | None = None
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
 
     @field_validator("stop")
@@ -232,24 +266,25 @@ class _OAISampling(Lenient):
 
 class OAICompletionRequest(_OAISampling):
     prompt: str = Field(..., max_length=MAX_PROMPT * 4)
-    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
+    max_tokens: StrictInt = Field(16, ge=1, le=MAX_TOKENS)
+    echo: bool = Field(False, description="put the prompt before the completion")
 
 
 class OAIChatRequest(_OAISampling):
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS)
 
 
 class OAIImageRequest(Lenient):
     prompt: str = Field(..., max_length=MAX_PROMPT)
     model: str | None = Field(None, max_length=200)
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: StrictInt = Field(1, ge=1, le=MAX_N)
     size: str | None = Field(None, pattern=SIZE_PATTERN,
                              description="'SxS', square, from the model's native size to 1024")
     response_format: Literal["url", "b64_json"] = "url"
-    seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_N, description="extension")
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="extension")
-    guidance: float | None = Field(None, ge=0.0, le=50.0, description="extension")
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED - MAX_N, description="extension")
+    steps: StrictInt | None = Field(None, ge=1, le=MAX_STEPS, description="extension")
+    guidance: StrictFloat | None = Field(None, ge=0.0, le=50.0, description="extension")
     sampler: str | None = Field(None, max_length=32, description="extension")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="extension")
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=2.0, description="extension")

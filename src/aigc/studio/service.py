@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, Request
 
-from aigc.studio.auth import key_matches
+from aigc.studio.auth import cookie_key, hash_key, key_matches, presented_key
 from aigc.studio.backends import (
     ImageBackend,
     ImageSettings,
@@ -34,7 +35,9 @@ from aigc.studio.schemas import (
     MusicJobRequest,
     TextJobRequest,
 )
-from aigc.studio.store import Store
+from aigc.studio.store import Store, new_id
+
+MAX_RETRY_AFTER_S = 3600  # Retry-After of a full queue is at most an hour
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Studio:
     # registry names served at their production version: name -> version number loaded
     served_versions: dict[str, int] = field(default_factory=dict)
     registry: Any = None  # aigc.registry.Registry when the studio serves registered models
+    started: float = field(default_factory=time.time)  # when the models were loaded
 
     # ------------------------------------------------------------------ models
     def models(self) -> list[dict[str, Any]]:
@@ -133,19 +137,60 @@ class Studio:
     # --------------------------------------------------------------- admission
     def _admit(self, cost: float, kind: str) -> None:
         s = self.settings
-        if cost > 1.0:
-            raise ApiError(429, f"request costs {cost:.2f} budget units; one request may cost at "
+        if cost > 1.0:  # no amount of waiting makes it fit: a client error, not a rate limit
+            raise ApiError(400, f"request costs {cost:.2f} budget units; one request may cost at "
                            f"most 1.0 (image: steps x pixels x n <= {s.max_image_cost:.0f}; "
                            f"text: prompt tokens + max_tokens <= {s.max_text_cost:.0f}; "
                            f"music: seconds of audio x n <= {s.max_music_cost:.0f})",
-                           "rate_limit_error", code="over_budget", headers={"Retry-After": "60"})
+                           code="over_budget")
         n, outstanding = self.store.outstanding()
         if n >= s.max_queue or outstanding + cost > s.max_outstanding:
-            wait = max(1, min(60, math.ceil(n * self.runner.stats.ema_image_job_s)))
+            wait = self.retry_after(n - s.max_queue + 1, outstanding + cost - s.max_outstanding)
             raise ApiError(429, f"the queue is full ({n} jobs, {outstanding:.1f} of "
-                           f"{s.max_outstanding:g} budget units); retry later",
+                           f"{s.max_outstanding:g} budget units); retry in about {wait} s",
                            "rate_limit_error", code="queue_full",
                            headers={"Retry-After": str(wait)})
+
+    def retry_after(self, jobs_needed: int, units_needed: float) -> int:
+        """Seconds until ``jobs_needed`` jobs have left the queue and ``units_needed`` budget
+        units are free, estimated from the queued and running work of each kind and the mean
+        time one job of that kind has taken here (the three workers run side by side).
+        Clamped to 1..MAX_RETRY_AFTER_S."""
+        jobs_per_s = units_per_s = 0.0
+        for kind, (n, cost) in self.store.outstanding_by_kind().items():
+            if n == 0:
+                continue
+            seconds = self.runner.stats.mean_job_seconds(kind)
+            jobs_per_s += 1.0 / seconds
+            units_per_s += cost / (n * seconds)
+        waits = [0.0]
+        if jobs_needed > 0:
+            waits.append(jobs_needed / jobs_per_s if jobs_per_s else MAX_RETRY_AFTER_S)
+        if units_needed > 0:
+            waits.append(units_needed / units_per_s if units_per_s else MAX_RETRY_AFTER_S)
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(round(max(waits), 6)))))
+
+    @staticmethod
+    def _refuse_nul(param: str, *texts: str | None) -> None:
+        """A NUL character cannot be stored in PostgreSQL text (and would fail every job of its
+        batch there): refused before anything is queued."""
+        if any(t is not None and "\x00" in t for t in texts):
+            raise ApiError(400, f"{param} contains a NUL character (\\u0000), which is not "
+                           "allowed", param=param, code="invalid_value")
+
+    def enqueue(self, req: ImageJobRequest | TextJobRequest | MusicJobRequest, client: str,
+                job_id: str | None = None) -> dict[str, Any]:
+        """Queue ``req`` for ``client`` (see :meth:`client_of`): the runner learns the job's
+        client before the job exists, so its worker's round robin sees it."""
+        job_id = job_id or new_id()
+        self.runner.set_client(job_id, client)
+        enqueue = {"image": self.enqueue_image, "text": self.enqueue_text,
+                   "music": self.enqueue_music}[req.kind]
+        try:
+            return enqueue(req, job_id=job_id)
+        except BaseException:
+            self.runner.forget_client(job_id)
+            raise
 
     def enqueue_image(self, req: ImageJobRequest, job_id: str | None = None) -> dict[str, Any]:
         backend = self.image_backend(req.model)
@@ -153,6 +198,7 @@ class Studio:
         if not backend.image_size <= size <= MAX_SIZE:
             raise ApiError(400, f"size must be between the model's native {backend.image_size} "
                            f"and {MAX_SIZE}, got {size}", param="size", code="bad_size")
+        self._refuse_nul("prompt", req.prompt)
         settings = ImageSettings(req.temperature, req.steps, req.guidance, req.sampler)
         try:
             backend.check(settings, ImageSpec(seed=0, label=req.label, prompt=req.prompt))
@@ -179,6 +225,10 @@ class Studio:
         if (req.prompt is None) == (req.messages is None):
             raise ApiError(400, "give exactly one of 'prompt' (completion) or 'messages' (chat)",
                            param="prompt")
+        self._refuse_nul("prompt", req.prompt)
+        for i, m in enumerate(req.messages or ()):
+            self._refuse_nul(f"messages.{i}.content", m.content)
+        self._refuse_nul("stop", *(req.stop or ()))
         text = req.prompt if req.prompt is not None else \
             "".join(m.content for m in req.messages)
         cost = (backend.count_tokens(text) + req.max_tokens) / self.settings.max_text_cost
@@ -201,6 +251,8 @@ class Studio:
         except ValueError as exc:
             param = "key" if "key" in str(exc) else "meter" if "meter" in str(exc) else "style"
             raise ApiError(400, str(exc), code="unsupported_parameter", param=param) from None
+        self._refuse_nul("key", req.key)
+        self._refuse_nul("meter", req.meter)
         seconds = req.bars * quarters_per_bar(req.meter) * 60.0 / req.tempo
         cost = seconds * req.n / self.settings.max_music_cost
         self._admit(cost, "music")
@@ -211,16 +263,28 @@ class Studio:
         self.runner.notify("music")
         return job
 
-    def retry(self, job: dict[str, Any]) -> dict[str, Any]:
+    def retry(self, job: dict[str, Any], client: str = "") -> dict[str, Any]:
         """A new job with the same parameters (same seed, so the same output for images)."""
         if job["status"] not in ("failed", "cancelled", "done"):
             raise ApiError(409, f"job {job['id']} is {job['status']}; only finished jobs can be "
                            "retried", code="job_not_finished")
         self._admit(job["cost"], job["kind"])
+        job_id = new_id()
+        self.runner.set_client(job_id, client)
         new = self.store.add_job(job["kind"], job["model"], job["params"], job["cost"],
-                                 retry_of=job["id"])
+                                 retry_of=job["id"], job_id=job_id)
         self.runner.notify(job["kind"])
         return new
+
+    def client_of(self, request: Request) -> str:
+        """Who a request comes from, for the workers' per-client round robin: its API key (by
+        hash) when keys are configured, else its connection (address and port: a client that
+        keeps its connection open, as HTTP clients do, is one client)."""
+        key = presented_key({"authorization": request.headers.get("authorization", "")})
+        if self.key_hashes and key:
+            return "key:" + hash_key(key)[:16]
+        peer = request.client
+        return f"{peer.host}:{peer.port}" if peer else ""
 
     # ------------------------------------------------------------------- auth
     def check_key(self, authorization: str | None) -> None:
@@ -245,3 +309,14 @@ async def require_key(request: Request, studio: Studio = Depends(get_studio)) ->
     """Dependency of every /api and /v1 route: the API key, when keys are configured (a few
     SHA-256 and constant-time compares: fine on the event loop)."""
     studio.check_key(request.headers.get("authorization"))
+
+
+async def require_read_key(request: Request, studio: Studio = Depends(get_studio)) -> None:
+    """Dependency of the read-only pages (``/files``, ``/metrics``, ``/docs``,
+    ``/openapi.json``): the API key, when keys are configured, from the ``Authorization`` header
+    or else from the ``aigc_key`` cookie (which a browser sends with ``<img src>``)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        cookie = cookie_key(request.headers.get("cookie"))
+        authorization = f"Bearer {cookie}" if cookie else None
+    studio.check_key(authorization)

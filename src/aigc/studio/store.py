@@ -12,13 +12,19 @@ Exactly-once job completion rests on three things here:
 * a job's items and its ``done`` status are written in ONE transaction (:meth:`Store.finish_job`),
   and ``(job_id, index)`` is unique, so a job cannot produce its items twice;
 * at start-up :meth:`Store.recover` puts jobs left ``running`` by a killed server back to
-  ``queued``; nothing they wrote was committed, so they simply run again.
+  ``queued``; nothing they wrote was committed, so they simply run again — at most
+  ``MAX_ATTEMPTS`` times in all: a job that keeps being interrupted is failed instead.
+
+Files are written before the transaction that references them (a crash in between leaves an
+unreferenced file, never a row naming a missing file); when that transaction fails, or a job
+was cancelled meanwhile, the files it wrote that no stored item references are deleted again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -39,6 +45,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    cast,
     create_engine,
     event,
     func,
@@ -48,8 +55,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+log = logging.getLogger("aigc.studio")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+# A job claimed this many times without finishing (each start ended in a killed or crashed
+# server) is failed by :meth:`Store.recover` instead of being queued again.
+MAX_ATTEMPTS = 3
 FILE_NAME = re.compile(r"^[0-9a-f]{64}\.(png|txt|mid|wav)$")
 MIME = {"png": "image/png", "txt": "text/plain; charset=utf-8", "mid": "audio/midi",
         "wav": "audio/wav"}
@@ -198,10 +210,15 @@ class Store:
     # ------------------------------------------------------------------------- files
     def put_file(self, data: bytes, ext: str) -> str:
         """Store bytes under their SHA-256; returns the file name (``<sha256>.<ext>``)."""
+        return self._put_file(data, ext)[0]
+
+    def _put_file(self, data: bytes, ext: str) -> tuple[str, bool]:
+        """:meth:`put_file`, and whether this call created the file."""
         name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
         assert FILE_NAME.match(name), name
         path = self.files_dir / name
-        if not path.exists():
+        created = not path.exists()
+        if created:
             tmp = path.with_name(f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             # No fsync: like the database (WAL, synchronous=NORMAL) the files are durable against
             # a killed process, not against power loss; they are written before the commit
@@ -209,7 +226,30 @@ class Store:
             with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)
-        return name
+        return name, created
+
+    def discard_unreferenced(self, names: list[str]) -> list[str]:
+        """Delete those of the files ``names`` that no stored item references (as its file or
+        in its record, e.g. a music piece's MIDI); returns the names deleted. When the database
+        cannot be read, nothing is deleted (an orphan file is better than a missing one)."""
+        wanted = {n for n in names if FILE_NAME.match(n)}
+        if not wanted:
+            return []
+        try:
+            with self.engine.connect() as conn:
+                used = {r[0] for r in conn.execute(
+                    select(items.c.file).where(items.c.file.in_(sorted(wanted))))}
+                for name in sorted(wanted - used):  # names are hex: no LIKE wildcards inside
+                    if conn.execute(select(items.c.id).where(
+                            cast(items.c.record, Text).like(f"%{name}%")).limit(1)).first():
+                        used.add(name)
+        except SQLAlchemyError:
+            log.warning("could not check which files are unreferenced; kept %d", len(wanted))
+            return []
+        gone = sorted(wanted - used)
+        for name in gone:
+            (self.files_dir / name).unlink(missing_ok=True)
+        return gone
 
     def file_path(self, name: str) -> Path | None:
         """The path of a stored file, or ``None`` when ``name`` is not a plain file of the folder.
@@ -270,6 +310,13 @@ class Store:
             n, cost = conn.execute(q).one()
         return int(n), float(cost)
 
+    def outstanding_by_kind(self) -> dict[str, tuple[int, float]]:
+        """``{kind: (number of queued + running jobs, their total cost)}``."""
+        q = (select(jobs.c.kind, func.count(), func.coalesce(func.sum(jobs.c.cost), 0.0))
+             .where(jobs.c.status.in_(("queued", "running"))).group_by(jobs.c.kind))
+        with self.engine.connect() as conn:
+            return {kind: (int(n), float(cost)) for kind, n, cost in conn.execute(q)}
+
     def claim(self, job_id: str) -> bool:
         """queued -> running, atomically; False when someone else claimed or cancelled it."""
         return bool(self.claim_many([job_id]))
@@ -314,8 +361,33 @@ class Store:
         in memory (status, finished, items)."""
         now = time.time()
         finished = []
-        named = [(job, outs, result, [self.put_file(o.data, o.ext) for o in outs])
-                 for job, outs, result in done]  # idempotent writes, before the commit
+        named, created = [], []
+        try:
+            for job, outs, result in done:  # idempotent writes, before the commit
+                names = []
+                for o in outs:
+                    name, new = self._put_file(o.data, o.ext)
+                    names.append(name)
+                    if new:
+                        created.append(name)
+                named.append((job, outs, result, names))
+            won = self._commit_finished(named, now, model_sha256, finished)
+        except BaseException:  # e.g. a value the database refuses, or a full disk
+            self.discard_unreferenced(created + _record_files(o for _, outs, _ in done
+                                                              for o in outs))
+            raise
+        lost = [(outs, names) for job, outs, _, names in named if job["id"] not in won]
+        if lost:  # cancelled meanwhile: what they wrote is not referenced by anything
+            self.discard_unreferenced([n for _, names in lost for n in names if n in created]
+                                      + _record_files(o for outs, _ in lost for o in outs))
+        return finished
+
+    def _commit_finished(self, named: list[tuple[dict[str, Any], list[ItemOut],
+                                                 dict[str, Any] | None, list[str]]],
+                         now: float, model_sha256: str,
+                         finished: list[dict[str, Any]]) -> set[str]:
+        """The transaction of :meth:`finish_jobs`; appends to ``finished``, returns the ids of
+        the jobs it finished."""
         with self.engine.begin() as conn:
             # One guarded UPDATE for the jobs without a result (an image batch), one per job with
             # a result (text); then one multi-row INSERT of the items of the jobs it finished.
@@ -348,7 +420,7 @@ class Store:
                                  "attempts": job.get("attempts", 0) + 1})
             if rows:
                 conn.execute(insert(items), rows)
-        return finished
+        return won
 
     def fail_job(self, job_id: str, error: str, status: str = "failed") -> None:
         with self.engine.begin() as conn:
@@ -368,10 +440,20 @@ class Store:
             return r[0]
 
     def recover(self) -> int:
-        """Jobs left ``running`` by a killed server go back to ``queued``; returns how many."""
+        """Jobs left ``running`` by a killed server go back to ``queued``; returns how many.
+        A job already claimed ``MAX_ATTEMPTS`` times is failed instead, so that a job that
+        stops the server (or cannot be stored) is not retried forever."""
+        now = time.time()
         with self.engine.begin() as conn:
+            message = (f"the job was started {MAX_ATTEMPTS} times and never finished (the "
+                       "server stopped while it ran, each time); it is not retried again")
+            given_up = conn.execute(update(jobs).where(
+                and_(jobs.c.status == "running", jobs.c.attempts >= MAX_ATTEMPTS))
+                .values(status="failed", finished=now, error=message)).rowcount
             res = conn.execute(update(jobs).where(jobs.c.status == "running")
                                .values(status="queued", progress=0.0))
+        if given_up:
+            log.warning("studio: %d job(s) failed after %d attempts", given_up, MAX_ATTEMPTS)
         return res.rowcount
 
     def job_counts(self) -> dict[str, int]:
@@ -402,10 +484,9 @@ class Store:
             query = query.where(items.c.seed == seed)
         if min_stars is not None:
             query = query.where(stars.c.stars >= min_stars)
-        if q:
-            like = f"%{q}%"
-            query = query.where(or_(items.c.prompt.like(like), items.c.text.like(like),
-                                    items.c.model.like(like)))
+        if q:  # a substring, taken literally: '%' and '_' are escaped, not wildcards
+            query = query.where(or_(*(col.contains(q, autoescape=True)
+                                      for col in (items.c.prompt, items.c.text, items.c.model))))
         query = query.order_by(items.c.created.desc(), items.c.index).limit(limit).offset(offset)
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(query)]
@@ -562,6 +643,11 @@ def _changed_ids(conn, stmt) -> set[str]:
     (SQLite >= 3.35 and PostgreSQL have it; checked when the store opens).
     """
     return {row[0] for row in conn.execute(stmt.returning(jobs.c.id))}
+
+
+def _record_files(outputs) -> list[str]:
+    """The file names that the records of ``outputs`` name (a music piece: MIDI, PNG, WAV)."""
+    return [str(n) for o in outputs for n in ((o.record or {}).get("files") or {}).values()]
 
 
 def record_json(record: dict[str, Any]) -> str:

@@ -17,13 +17,13 @@ from aigc.studio.schemas import (
     ItemList,
     RatingRequest,
 )
-from aigc.studio.service import ApiError, Studio, get_studio, require_key
+from aigc.studio.service import ApiError, Studio, get_studio, require_key, require_read_key
 from aigc.studio.store import MIME
 
 router = APIRouter(tags=["items"], dependencies=[Depends(require_key)])
-# Files are served without an API key so that <img src> works in the web UI: their names are
-# SHA-256 content hashes, unguessable unless the API (which needs the key) gave them out.
-files_router = APIRouter(tags=["items"])
+# With keys, files need the key too (header, or the cookie a valid Bearer request sets, so
+# that <img src> works in the web UI).
+files_router = APIRouter(tags=["items"], dependencies=[Depends(require_read_key)])
 
 
 def render_item(studio: Studio, row: dict, *, full: bool = False) -> Item:

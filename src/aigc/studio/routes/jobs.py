@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -30,14 +30,11 @@ JobRequest = Annotated[ImageJobRequest | TextJobRequest | MusicJobRequest,
 
 
 @router.post("", response_model=Job, status_code=202)
-def create_job(req: JobRequest, studio: Studio = Depends(get_studio)) -> Job:
+def create_job(req: JobRequest, request: Request, studio: Studio = Depends(get_studio)) -> Job:
     """Queue an image job (``kind: "image"``), a text job (``kind: "text"``) or a music job
     (``kind: "music"``); follow it with ``GET /api/jobs/{id}/events`` (server-sent events) or
     poll ``GET /api/jobs/{id}``."""
-    if req.kind == "music":
-        return Job(**studio.enqueue_music(req))
-    job = studio.enqueue_image(req) if req.kind == "image" else studio.enqueue_text(req)
-    return Job(**job)
+    return Job(**studio.enqueue(req, studio.client_of(request)))
 
 
 @router.get("", response_model=JobList)
@@ -72,9 +69,9 @@ def cancel_job(job_id: str, studio: Studio = Depends(get_studio)) -> Job:
 
 
 @router.post("/{job_id}/retry", response_model=Job, status_code=202)
-def retry_job(job_id: str, studio: Studio = Depends(get_studio)) -> Job:
+def retry_job(job_id: str, request: Request, studio: Studio = Depends(get_studio)) -> Job:
     """Queue a new job with the same parameters (and seed) as a finished one."""
-    return Job(**studio.retry(_job(studio, job_id)))
+    return Job(**studio.retry(_job(studio, job_id), client=studio.client_of(request)))
 
 
 # ------------------------------------------------------------------------ server-sent events

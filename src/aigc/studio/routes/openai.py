@@ -1,7 +1,11 @@
-"""OpenAI-compatible endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``
-(``stream: true`` answers server-sent events ending with ``data: [DONE]``; the last chunk
-carries ``usage``) and ``/v1/images/generations`` (``prompt, n, size, response_format`` plus the
-extensions ``seed, steps, guidance, sampler, temperature``).
+"""OpenAI-compatible endpoints: ``/v1/models`` (and ``/v1/models/{id}``), ``/v1/completions``
+(``echo`` puts the prompt before the completion), ``/v1/chat/completions`` (message content as a
+string or a list of text parts; the ``developer`` role is ``system``) — ``stream: true``
+answers server-sent events ending with ``data: [DONE]``; the chunk with the finish reason carries
+``usage``, and ``stream_options: {"include_usage": true}`` adds OpenAI's separate last chunk
+with ``usage`` and no choices — and ``/v1/images/generations`` (``prompt, n, size,
+response_format`` plus the extensions ``seed, steps, guidance, sampler, temperature``). A body
+that fails validation is a 400, as in OpenAI's API.
 
 Each request is a job of the persistent queue like any other: it shows in ``/api/jobs``, its
 output lands in the gallery, and the request waits for the job to finish.
@@ -34,14 +38,28 @@ from aigc.studio.store import new_id
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
 
 
+def _model_entry(studio: Studio, d: dict[str, Any]) -> dict[str, Any]:
+    # ``created``: when this server loaded the model (Unix seconds)
+    return {"id": d["id"], "object": "model", "created": int(studio.started), "owned_by": "aigc",
+            "kind": d["kind"], "family": d["family"], "description": d.get("description", "")}
+
+
 @router.get("/models")
 def list_models(studio: Studio = Depends(get_studio)) -> dict[str, Any]:
     """Every loaded model; ``description`` says what it is (the n-gram says it is a test
     backend)."""
-    data = [{"id": d["id"], "object": "model", "created": 0, "owned_by": "aigc",
-             "kind": d["kind"], "family": d["family"], "description": d.get("description", "")}
-            for d in studio.models()]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model_entry(studio, d) for d in studio.models()]}
+
+
+@router.get("/models/{model_id:path}")
+def get_model(model_id: str, studio: Studio = Depends(get_studio)) -> dict[str, Any]:
+    """One loaded model, as in ``/v1/models``."""
+    for d in studio.models():
+        if d["id"] == model_id:
+            return _model_entry(studio, d)
+    raise ApiError(404, f"model {model_id!r} not found; loaded: "
+                   f"{', '.join(d['id'] for d in studio.models()) or 'none'}", "not_found_error",
+                   code="model_not_found", param="model")
 
 
 async def _events(studio: Studio, enqueue: Callable[[str], dict]) -> AsyncIterator[tuple]:
@@ -103,22 +121,25 @@ def _text_job(req: OAIChatRequest | OAICompletionRequest) -> TextJobRequest:
     return _internal(TextJobRequest, prompt=req.prompt, max_tokens=req.max_tokens, **common)
 
 
-async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat: bool):
+async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat: bool,
+                client: str):
     job_req = _text_job(req)
     studio.text_backend(req.model)  # 404 before anything is queued
     created = int(time.time())
     obj = "chat.completion" if chat else "text_completion"
     prefix = "chatcmpl-" if chat else "cmpl-"
+    echo = req.prompt if not chat and req.echo else ""  # completions only (as in OpenAI)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     def enqueue(job_id: str) -> dict:
-        return studio.enqueue_text(job_req, job_id=job_id)
+        return studio.enqueue(job_req, client, job_id=job_id)
 
     if not req.stream:
         job = await _finish(studio, enqueue)
         res = job["result"]
         choice = ({"index": 0, "message": {"role": "assistant", "content": res["text"]},
                    "logprobs": None, "finish_reason": res["finish_reason"]} if chat else
-                  {"index": 0, "text": res["text"], "logprobs": None,
+                  {"index": 0, "text": echo + res["text"], "logprobs": None,
                    "finish_reason": res["finish_reason"]})
         return {"id": prefix + job["id"], "object": obj, "created": created,
                 "model": req.model, "choices": [choice], "usage": res["usage"],
@@ -155,13 +176,20 @@ async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat
     async def _body() -> AsyncIterator[bytes]:
         if chat:
             yield _sse(chunk(job_id, "", None))
+        elif echo:
+            yield _sse(chunk(job_id, echo, None))
         while True:
             event, value = await anext(events, ("end", None))
             if event == "piece":
                 yield _sse(chunk(job_id, value, None))
             elif event == "done":
                 res = value["result"]
-                yield _sse(chunk(job_id, None, res["finish_reason"], res["usage"]))
+                # With include_usage, OpenAI's form: usage only in a last chunk with no choices
+                yield _sse(chunk(job_id, None, res["finish_reason"],
+                                 None if include_usage else res["usage"]))
+                if include_usage:
+                    last = chunk(job_id, None, None, res["usage"])
+                    yield _sse({**last, "choices": []})
                 break
             elif event in ("failed", "cancelled", "end"):
                 yield _sse({"error": {"message": f"generation {event}: {value}",
@@ -174,15 +202,17 @@ async def _text(studio: Studio, req: OAIChatRequest | OAICompletionRequest, chat
 
 
 @router.post("/completions")
-async def completions(req: OAICompletionRequest, studio: Studio = Depends(get_studio)):
+async def completions(req: OAICompletionRequest, request: Request,
+                      studio: Studio = Depends(get_studio)):
     """Text completion of ``prompt`` (OpenAI legacy completions API)."""
-    return await _text(studio, req, chat=False)
+    return await _text(studio, req, chat=False, client=studio.client_of(request))
 
 
 @router.post("/chat/completions")
-async def chat_completions(req: OAIChatRequest, studio: Studio = Depends(get_studio)):
+async def chat_completions(req: OAIChatRequest, request: Request,
+                           studio: Studio = Depends(get_studio)):
     """Chat completion of ``messages``; ``stream: true`` for server-sent events."""
-    return await _text(studio, req, chat=True)
+    return await _text(studio, req, chat=True, client=studio.client_of(request))
 
 
 @router.post("/images/generations")
@@ -209,7 +239,8 @@ async def images_generations(req: OAIImageRequest, request: Request,
     job_req = _internal(ImageJobRequest, model=backend.name, n=req.n, seed=req.seed, label=label,
                         prompt=prompt, steps=req.steps, guidance=req.guidance,
                         sampler=req.sampler, temperature=req.temperature, size=size)
-    job = await _finish(studio, lambda job_id: studio.enqueue_image(job_req, job_id=job_id))
+    client = studio.client_of(request)
+    job = await _finish(studio, lambda job_id: studio.enqueue(job_req, client, job_id=job_id))
     base = str(request.base_url).rstrip("/")
     data = []
     seed0 = job["params"]["seed"]

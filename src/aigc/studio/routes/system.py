@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
 from aigc.studio.schemas import Health
-from aigc.studio.service import Studio, get_studio
+from aigc.studio.service import Studio, get_studio, require_read_key
 
 router = APIRouter(tags=["system"])
 
@@ -24,7 +24,8 @@ def _line(name: str, value: float, **labels: str) -> str:
     return f"{name} {value:g}"
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse,
+            dependencies=[Depends(require_read_key)])
 def metrics(studio: Studio = Depends(get_studio)) -> PlainTextResponse:
     s = studio.runner.stats
     n_ratings, n_comparisons = studio.store.rating_counts()
