@@ -204,6 +204,12 @@ def test_browser_music_page_plays_and_shows_piano_roll(tmp_path):
         page.wait_for_selector("#detail #regen")
         detail = page.inner_text("#detail")
         assert "D major" in detail and "3/4" in detail and "null" not in detail
+        # A music item shows its own settings, never the image ones (sampler, steps, guidance).
+        terms = page.eval_on_selector_all("#detail dt", "ds => ds.map(d => d.textContent)")
+        assert {"Style", "Key", "Meter", "Bars", "Tempo (♩/min)"} <= set(terms), terms
+        assert not {"Sampler", "Steps", "Guidance"} & set(terms), terms
+        shown = dict(zip(terms, page.eval_on_selector_all("#detail dd", "ds => ds.map(d => d.textContent)")))
+        assert (shown["Key"], shown["Meter"], shown["Bars"]) == ("D major", "3/4", "8")
         item_id = page.get_attribute("#gallery .card", "data-id")
         item = httpx_get(base, f"/api/items/{item_id}")
         assert item["stars"] == 4.0 and item["model_sha256"] in detail

@@ -57,7 +57,7 @@ function musicPlayer(item) {
   head.hidden = true;
   const links = el("div", { class: "links" },
     el("a", { href: files.mid, download: `aigc-${r.style}-seed${item.seed}.mid`, text: t("download_midi", "Download MIDI"),
-      onclick: (e) => e.stopPropagation() }));
+      onclick: (e) => { e.stopPropagation(); signal(item.id, "download"); } }));  // feedback.js
   return el("div", { class: "player" }, audio, roll, links);
 }
 function musicFacts(item) {
@@ -83,15 +83,19 @@ async function composeMusic(ev) {
     $("mus-status").textContent = "⚠ " + e.message;
   } finally {
     $("mus-button").disabled = false;
+    $("mus-cancel").hidden = true;
   }
 }
 async function followMusicJob(id) {
   for (;;) {
     const job = await api("/api/jobs/" + id);
     $("mus-progress").style.width = Math.round(job.progress * 100) + "%";
-    $("mus-status").textContent = `${t(job.status, job.status)} · job ${id.slice(0, 8)} · seed ${job.params.seed}`;
+    $("mus-status").textContent = jobLine(job);  // app.js: status, id, seed, ETA in the page's language
+    const live = job.status === "queued" || job.status === "running";
+    $("mus-cancel").hidden = !live;
+    $("mus-cancel").dataset.job = live ? id : "";
     if (job.status === "done") return job;
-    if (job.status === "failed" || job.status === "cancelled") throw new Error(job.error || job.status);
+    if (job.status === "failed" || job.status === "cancelled") throw new Error(job.error || t(job.status, job.status));
     await new Promise((r) => setTimeout(r, 150));
   }
 }
@@ -106,6 +110,7 @@ function pieceView(item) {
 }
 function regenerateMusic(it) {
   const r = it.record;
+  signal(it.id, "regenerate");  // feedback.js
   showTab("music");
   $("mus-model").value = it.model; onMusicModel();
   $("mus-style").value = r.style; $("mus-key").value = r.key; $("mus-meter").value = r.meter;
@@ -117,4 +122,8 @@ function regenerateMusic(it) {
 document.addEventListener("DOMContentLoaded", () => {
   $("music-form").addEventListener("submit", composeMusic);
   $("mus-model").addEventListener("change", onMusicModel);
+  $("mus-cancel").addEventListener("click", async () => {
+    const id = $("mus-cancel").dataset.job;
+    if (id) await api(`/api/jobs/${id}/cancel`, { method: "POST" }).catch((e) => { $("mus-status").textContent = "⚠ " + e.message; });
+  });
 });
