@@ -85,6 +85,9 @@ def test_browser_generate_gallery_rate_chat(tmp_path):
             "model": "ngram-char-6", "seed": 5, "max_tokens": 120, "temperature": 0.8,
             "messages": [{"role": "user", "content": "Hello, how are you?"}]}).json()
         assert answer == ref["choices"][0]["message"]["content"] and answer
+        # Marked as cut exactly when the reply stopped at max_tokens.
+        cut = page.locator("#chat-log .msg.assistant .cut").count()
+        assert cut == (ref["choices"][0]["finish_reason"] == "length"), ref["choices"][0]
         page.fill("#txt-seed", "")  # random seed from here on
         page.fill("#chat-input", "What is your name?")
         page.click("#chat-send")

@@ -17,7 +17,7 @@ const I18N = {
     record: "完整记录", metric_card: "模型指标卡", no_card: "该模型没有指标卡。",
     model_hash: "模型哈希", rating: "评分", thanks: "已记录，谢谢！", need_two: "至少需要两个作品。",
     batching: "批处理", native: "原生尺寸",
-    job: "任务", seed_short: "种子", eta_left: "预计还需 {0}", secs: "{0} 秒", mins: "{0} 分钟",
+    trained_step: "训练步数", job: "任务", seed_short: "种子", eta_left: "预计还需 {0}", secs: "{0} 秒", mins: "{0} 分钟",
     queue: "队列", queue_empty: "队列为空。", load_more: "加载更多", tokens: "个词元",
     default_value: "默认", cut: "已截断：达到最大长度", copy: "复制", copied: "已复制",
     download: "下载", no_image_model: "没有加载图像模型：用 --models DIR 启动。",
@@ -157,8 +157,6 @@ function onImageModel() {
   const m = MODELS.find((x) => x.id === $("img-model").value);
   if (!m) return;
   const d = m.details;
-  $("img-model-info").textContent = `${d.family} · ${d.image_size}×${d.image_size} · step ${d.step} · ${d.sha256.slice(0, 12)}` +
-    (d.batching ? ` · ${t("batching", "batching")}` : "");
   const hasClass = (d.conditioning || "").includes("class"), hasText = (d.conditioning || "").includes("text");
   $("row-class").hidden = !hasClass;
   $("img-class").replaceChildren(...(d.class_names || []).map((c, i) => el("option", { value: i, text: c })));
@@ -175,6 +173,8 @@ function imageHints() {
   const m = MODELS.find((x) => x.id === $("img-model").value);
   if (!m) return;
   const d = m.details;
+  $("img-model-info").textContent = `${d.family} · ${d.image_size}×${d.image_size} · ${t("trained_step", "step")} ${d.step} · ` +
+    `${d.sha256.slice(0, 12)}` + (d.batching ? ` · ${t("batching", "batching")}` : "");
   // Empty Steps/Guidance run the family's defaults: show them as placeholders. Steps come from
   // the model list; guidance from the newest record of this model (its options, as they ran).
   $("img-steps").placeholder = d.steps ? `${t("default_value", "default")} ${d.default_steps}` : "—";
@@ -265,7 +265,7 @@ function showJob(job) {
   const live = job.status === "queued" || job.status === "running";
   $("cancel-job").hidden = !live;
   $("cancel-job").dataset.job = live ? job.id : "";
-  if (performance.now() - QUEUE_LAST > 1000) refreshQueue();
+  refreshQueueSoon();
 }
 async function cancelJob(id) {
   if (!id) return;
@@ -275,14 +275,19 @@ async function cancelJob(id) {
 
 // ------------------------------------------------------------------ queue
 // Jobs waiting or running on this server (everyone's), each with a Cancel button.
-let QUEUE_TIMER = 0, QUEUE_BUSY = false, QUEUE_LAST = -1e9;
+let QUEUE_TIMER = 0, QUEUE_LAST = -1e9, QUEUE_SEQ = 0;
+// At most one refresh a second: the next one is scheduled, never dropped.
+function refreshQueueSoon() {
+  if (!QUEUE_TIMER) QUEUE_TIMER = setTimeout(refreshQueue, Math.max(0, 1000 - (performance.now() - QUEUE_LAST)));
+}
 async function refreshQueue() {
-  if (QUEUE_BUSY) return;
-  QUEUE_BUSY = true;
-  QUEUE_LAST = performance.now();
   clearTimeout(QUEUE_TIMER);
+  QUEUE_TIMER = 0;
+  QUEUE_LAST = performance.now();
+  const seq = ++QUEUE_SEQ;  // only the newest of overlapping refreshes may render
   try {
     const [running, queued] = await Promise.all(["running", "queued"].map((st) => api(`/api/jobs?status=${st}&limit=50`)));
+    if (seq !== QUEUE_SEQ) return;
     const jobs = [...running.jobs, ...queued.jobs];
     $("queue").hidden = !jobs.length;
     $("queue-list").replaceChildren(...jobs.map((j) => el("li", { "data-job": j.id, "data-status": j.status },
@@ -290,9 +295,8 @@ async function refreshQueue() {
         `${j.model} · ${Math.round(j.progress * 100)}% · ${t("job", "job")} ${j.id.slice(0, 8)}` }),
       el("button", { type: "button", class: "cancel", "aria-label": `${t("cancel", "Cancel")} ${j.id.slice(0, 8)}`,
         text: t("cancel", "Cancel"), onclick: () => cancelJob(j.id) }))));
-    if (jobs.length && !$("page-image").hidden) QUEUE_TIMER = setTimeout(refreshQueue, 1000);
+    if (jobs.length && !$("page-image").hidden) refreshQueueSoon();
   } catch (e) { /* the queue view is a convenience: a failed refresh leaves the last one */ }
-  finally { QUEUE_BUSY = false; }
 }
 // Live progress from the server's event stream (GET /api/jobs/{id}/events); polling when
 // EventSource is missing or fails (e.g. the server needs an API key, which EventSource
@@ -508,11 +512,19 @@ async function pick(winner) {
   loadPair();
 }
 
+// After a language change: redraw what was drawn from data (the open tab, the open item).
+function relabel() {
+  const active = document.querySelector("nav button.active");
+  if (active && ["gallery", "compare", "feedback"].includes(active.dataset.tab)) showTab(active.dataset.tab);
+  if (!$("detail").hidden && $("detail").dataset.id) showDetail($("detail").dataset.id);
+  refreshQueue();
+}
+
 // ------------------------------------------------------------------ boot
 document.addEventListener("DOMContentLoaded", async () => {
   applyLang();
   document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
-  $("lang").addEventListener("change", () => { lang = $("lang").value; localStorage.setItem("aigc-lang", lang); applyLang(); onTextModel(); imageHints(); });
+  $("lang").addEventListener("change", () => { lang = $("lang").value; localStorage.setItem("aigc-lang", lang); applyLang(); onTextModel(); imageHints(); relabel(); });
   $("savekey").addEventListener("click", () => { localStorage.setItem("aigc-key", $("apikey").value); location.reload(); });
   $("image-form").addEventListener("submit", generateImages);
   $("img-model").addEventListener("change", onImageModel);

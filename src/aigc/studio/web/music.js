@@ -27,7 +27,7 @@ function onMusicModel() {
   };
   keep("mus-key", d.keys || ["C major"]);
   keep("mus-meter", d.meters || ["4/4"]);
-  $("mus-model-info").textContent = `${d.family} · ${d.data} · step ${d.step} · ${d.sha256.slice(0, 12)} · ${d.synth} ${d.sample_rate / 1000} kHz`;
+  $("mus-model-info").textContent = `${d.family} · ${d.data} · ${t("trained_step", "step")} ${d.step} · ${d.sha256.slice(0, 12)} · ${d.synth} ${d.sample_rate / 1000} kHz`;
 }
 
 // ---------------------------------------------------------------- player
@@ -122,6 +122,7 @@ function regenerateMusic(it) {
 document.addEventListener("DOMContentLoaded", () => {
   $("music-form").addEventListener("submit", composeMusic);
   $("mus-model").addEventListener("change", onMusicModel);
+  $("lang").addEventListener("change", onMusicModel);  // the model line in the new language
   $("mus-cancel").addEventListener("click", async () => {
     const id = $("mus-cancel").dataset.job;
     if (id) await api(`/api/jobs/${id}/cancel`, { method: "POST" }).catch((e) => { $("mus-status").textContent = "⚠ " + e.message; });
