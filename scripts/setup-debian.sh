@@ -2,7 +2,7 @@
 # Installs the Debian packages aigc reads data from, when running as root with apt; otherwise
 # says which datasets are unavailable and how to point aigc at the files instead. Idempotent.
 set -u
-PACKAGES=(dataset-fashion-mnist r-cran-janeaustenr fortunes fortunes-zh chromium)
+PACKAGES=(dataset-fashion-mnist r-cran-janeaustenr fortunes fortunes-zh chromium fonts-noto-cjk)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -33,6 +33,8 @@ for pkg in "${missing[@]}"; do
     fortunes-zh) echo "setup: text corpus 'tang-poems' is unavailable (Debian package fortunes-zh)" ;;
     chromium)
       echo "setup: Debian package chromium is not installed; the studio's browser test will be skipped" ;;
+    fonts-noto-cjk)
+      echo "setup: Debian package fonts-noto-cjk is not installed; the browser test's Chinese check fails" ;;
     *) echo "setup: Debian package $pkg is not installed; the data it provides is unavailable" ;;
   esac
 done

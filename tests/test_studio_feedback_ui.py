@@ -306,7 +306,8 @@ def test_feedback_ui_paging_cut_reply_and_chinese(tmp_path, playwright):
         node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "#tab-image"})["nodeId"]
         fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
         assert page.inner_text("#tab-image") == "图像"
-        assert any("CJK" in f["familyName"] for f in fonts), fonts
+        assert any("CJK" in f["familyName"] for f in fonts), \
+            f"Chinese drawn without a CJK font ({fonts}): apt-get install -y fonts-noto-cjk"
         page.screenshot(path=str(shots / "studio-zh.png"))
         assert not page.errors, page.errors
     for name in ("studio-feedback.png", "studio-zh.png"):
