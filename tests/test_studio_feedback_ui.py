@@ -207,6 +207,18 @@ def test_feedback_ui_paging_cut_reply_and_chinese(tmp_path, playwright):
         page.click("#detail .flag-form button[type=submit]")
         page.wait_for_function("document.querySelector('#detail .flag-status').textContent.includes('⚠')")
         assert page.inner_text("#detail .flag-status").startswith("⚠ note: ")
+        # The same refusal on the Chinese page: the field and the reason in Chinese.
+        page.select_option("#lang", "zh")
+        page.wait_for_function("document.querySelector('#detail .flag-toggle').textContent == '标记问题'")
+        page.click("#detail .flag-toggle")
+        page.select_option("#detail .flag-reason", "other")
+        page.click("#detail .flag-form button[type=submit]")
+        page.wait_for_function("document.querySelector('#detail .flag-status').textContent.includes('⚠')")
+        assert page.inner_text("#detail .flag-status") == "⚠ 说明: 选择“其他”时请写明问题。"
+        page.select_option("#lang", "en")
+        page.wait_for_function("document.querySelector('#detail .flag-toggle').textContent == 'Flag'")
+        page.click("#detail .flag-toggle")
+        page.select_option("#detail .flag-reason", "other")
         page.fill("#detail .flag-note", "the digit is upside down")
         page.click("#detail .flag-form button[type=submit]")
         page.wait_for_function("document.querySelector('#detail .flag-status').textContent == 'Flagged, thank you!'")
@@ -282,6 +294,17 @@ def test_feedback_ui_paging_cut_reply_and_chinese(tmp_path, playwright):
                                " == 'Deleted 4 pieces of feedback.'")
         page.wait_for_selector("#feedback-list li.muted")
         assert server_feedback() == []
+
+        # The cut reply in the gallery: its record says "length", and its detail says "cut".
+        page.click("#tab-gallery")
+        page.select_option("#f-kind", "text")
+        page.click("#filters button[type=submit]")
+        page.wait_for_function("document.querySelectorAll('#gallery .card .txt').length == 1")
+        page.locator("#gallery .card").first.click()
+        page.wait_for_selector("#detail .cut")
+        terms = page.eval_on_selector_all("#detail dt", "ds => ds.map(d => d.textContent)")
+        assert "Max tokens" in terms and "Sampler" not in terms, terms
+        assert page.is_visible("#detail button.copy")
 
         # 6. Chinese: status lines wholly in Chinese, drawn with a CJK font (Noto Sans CJK).
         page.select_option("#lang", "zh")

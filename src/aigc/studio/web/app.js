@@ -28,6 +28,13 @@ const I18N = {
     must_int: "必须是整数", must_number: "必须是数字", must_max_chars: "最多 {0} 个字符",
     required: "不能为空", not_accepted: "不被接受", must_one_of: "必须是以下之一：{0}",
     error_any: "请求有误",
+    // The API's own (English) messages, by code, for the Chinese page.
+    err_queue_full: "队列已满，请稍后再试。", err_over_budget: "请求超出计算预算：请减少数量、步数或小节数。",
+    err_note_required: "选择“其他”时请写明问题。", err_job_finished: "任务已经结束。", err_not_yours: "这条反馈不是你的。",
+    err_model_not_found: "找不到该模型。", err_item_not_found: "找不到该作品。", err_job_not_found: "找不到该任务。",
+    err_unsupported_parameter: "该模型不能使用这项设置。", err_bad_size: "尺寸不受支持。",
+    err_missing_api_key: "需要 API 密钥。", err_invalid_api_key: "API 密钥无效。",
+    err_generation_failed: "生成失败。", err_feedback_not_found: "找不到这条反馈。",
   },
 };
 let lang = localStorage.getItem("aigc-lang") || ((navigator.language || "en").startsWith("zh") ? "zh" : "en");
@@ -119,7 +126,9 @@ function readableError(err, fallback) {
   if (!err) return fallback || t("error_any", "Request refused");
   const label = err.param ? paramLabel(err.param) : "";
   let text = err.message || fallback || "";
-  if (err.code === "validation_error" || err.code === "invalid_value") {
+  if (lang === "zh" && I18N.zh["err_" + err.code]) {
+    text = I18N.zh["err_" + err.code];
+  } else if (err.code === "validation_error" || err.code === "invalid_value") {
     const first = text.split("; ")[0].replace(/^[\w.]+: /, "");
     for (const [re, key] of PYDANTIC) {
       const m = first.match(re);
@@ -357,7 +366,7 @@ async function sendText(ev) {
   $("chat-send").disabled = true;
   try {
     const res = await api(url, { method: "POST", body: JSON.stringify(body), raw: true });
-    if (!res.ok) { const b = await res.json(); throw new Error(b.error.message); }
+    if (!res.ok) { const b = await res.json().catch(() => ({})); throw new Error(readableError(b.error, res.statusText)); }
     const reader = res.body.getReader(), dec = new TextDecoder();
     let buf = "", text = "", usage = null, finish = null, jobId = null;
     for (;;) {
@@ -503,7 +512,7 @@ async function loadPair() {
   PAIR = (await api("/api/comparisons/pair?kind=image")).items;
   const box = $("pair");
   if (PAIR.length < 2) { box.replaceChildren(el("p", { class: "muted", text: t("need_two", "Generate at least two items first.") })); return; }
-  box.replaceChildren(...PAIR.map((it, i) => el("figure", {}, el("img", { src: it.url, alt: "" }), el("figcaption", { text: `${"AB"[i]} · seed ${it.seed}` }))));
+  box.replaceChildren(...PAIR.map((it, i) => el("figure", {}, el("img", { src: it.url, alt: "" }), el("figcaption", { text: `${"AB"[i]} · ${t("seed_short", "seed")} ${it.seed}` }))));
 }
 async function pick(winner) {
   if (PAIR.length < 2) return;

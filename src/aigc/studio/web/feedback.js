@@ -13,7 +13,7 @@ Object.assign(I18N.zh, {
   no_feedback: "你还没有给出任何反馈。", confirm_delete_all: "删除你的全部反馈？此操作无法撤销。",
   deleted_n: "已删除 {0} 条反馈。", kind_stars: "评分", kind_comparison: "比较", kind_flag: "标记",
   kind_signal: "信号", signal_download: "下载", signal_regenerate: "重新生成", signal_copy: "复制",
-  item: "作品",
+  item: "作品", note: "说明", reason: "原因",
 });
 Object.assign(EN_TEXT, {
   flag: "Flag", flag_reason: "Reason", flag_note: "Note (needed for “other”)", send_flag: "Send flag",
