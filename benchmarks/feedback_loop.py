@@ -36,7 +36,7 @@ from _machine import machine, machine_line  # noqa: E402
 from _raters import RATERS, Taste, prefers_a, stars, text_utility  # noqa: E402
 
 TEXT_TOKENS = 80  # characters (tokens of a character GPT) per continuation
-PROMPT_CHARS = 120
+PROMPT_CHARS = 40  # + 80 reply characters fit the 128-token context of the GPT
 
 
 def _serve(settings):
