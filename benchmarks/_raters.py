@@ -66,7 +66,7 @@ def prefers_a(rater: Rater, ua: float, ub: float, rng: random.Random) -> bool:
 
 # ------------------------------------------------------------------------------------ text
 
-# Raters of prose continuations who like character-driven passages: people named, and dialogue.
+# Raters of prose continuations who like plain words and character-driven passages.
 NAMES = ("Elizabeth", "Darcy", "Jane", "Bingley", "Bennet", "Wickham", "Lydia", "Collins",
          "Emma", "Harriet", "Knightley", "Weston", "Elton", "Woodhouse", "Elinor", "Marianne",
          "Edward", "Willoughby", "Brandon", "Anne", "Wentworth", "Elliot", "Fanny", "Edmund",
@@ -74,11 +74,14 @@ NAMES = ("Elizabeth", "Darcy", "Jane", "Bingley", "Bennet", "Wickham", "Lydia", 
 
 
 def text_utility(text: str) -> float:
-    """u = 0.8 x (names of people from the novels) + 0.2 x (quotation marks), minus 3 for a
-    continuation under 20 characters."""
+    """u = 2 x (4.6 - mean word length) + 0.8 x (names of people from the novels) + 0.2 x
+    (quotation marks), minus 3 for a continuation under 20 characters. Plain (short) words
+    are the main taste: every continuation has a mean word length, so every comparison says
+    something."""
     import re
 
-    words = re.findall(r"[A-Z][a-z]+", text)
+    words = re.findall(r"[A-Za-z]+", text)
+    mean_len = sum(map(len, words)) / len(words) if words else 10.0
     names = sum(w in NAMES for w in words)
     quotes = text.count('"') + text.count("\u201c") + text.count("\u201d")
-    return 0.8 * names + 0.2 * quotes - 3.0 * (len(text.strip()) < 20)
+    return 2.0 * (4.6 - mean_len) + 0.8 * names + 0.2 * quotes - 3.0 * (len(text.strip()) < 20)

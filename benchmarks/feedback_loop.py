@@ -36,7 +36,7 @@ from _machine import machine, machine_line  # noqa: E402
 from _raters import RATERS, Taste, prefers_a, stars, text_utility  # noqa: E402
 
 TEXT_TOKENS = 80  # characters (tokens of a character GPT) per continuation
-PROMPT_CHARS = 120
+PROMPT_CHARS = 40  # + 80 reply characters fit the 128-token context of the GPT
 
 
 def _serve(settings):
@@ -252,8 +252,16 @@ def main() -> None:
         from aigc.models.gpt import load_text_model
 
         corpus = load_corpus(load_text_model(str(v1.path))[2].meta["data"])
-        pick = lambda split, n: [d[:PROMPT_CHARS] for d in corpus.documents(split)  # noqa: E731
-                                 if len(d) > 2 * PROMPT_CHARS][:n]
+        def pick(split: str, n: int) -> list[str]:
+            """Prompts: the 40 characters after every 400th, across the split's documents
+            (they are chapters), starting at a word."""
+            out = []
+            for doc in corpus.documents(split):
+                for pos in range(0, len(doc) - 3 * PROMPT_CHARS, 400):
+                    start = doc.find(" ", pos) + 1
+                    out.append(" ".join(doc[start:start + PROMPT_CHARS].split()))
+            return out[:n]
+
         train_prompts, test_prompts = pick("train", args.prompts), pick("test", args.eval_pairs)
     result: dict = {"machine": machine(), "args": vars(args), "base": v1.ref}
     try:

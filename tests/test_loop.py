@@ -288,3 +288,39 @@ def test_report_page_has_plots_and_sections():
                     "Rater agreement", "Drift over time", "Worst-rated items"):
         assert section in page, section
     assert page.count("data:image/png;base64,") >= 4 and "m@v2" in page
+
+
+def test_improve_and_promote_run_as_studio_jobs(served, monkeypatch):
+    reg, settings = served
+    from aigc.loop import promotion
+    from aigc.metrics.card import MetricCard
+
+    monkeypatch.setattr(promotion, "measure", lambda path, *, n, seed=0, progress=False:
+                        MetricCard(kind="image", subject={}, protocol={"data": "test", "n": n},
+                                   values={"fid": 10.0 + ("v2" in str(path)) * 5,
+                                           "conditional_accuracy": 0.9}, baseline={}))
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/api/models/tiny/improve", json={"steps": 2, "batch_size": 4})
+        assert r.status_code == 202
+        job = wait_job(client, r.json()["id"])
+        assert job["status"] == "failed" and "no preference pairs" in job["error"]
+        _rate_pairs(client, n=6)
+        job = wait_job(client, client.post("/api/models/tiny/improve",
+                                           json={"steps": 2, "batch_size": 4}).json()["id"],
+                       timeout=120)
+        assert job["status"] == "done", job
+        assert job["result"]["candidate"] == "tiny@v2" and job["result"]["record"]["steps"] == 2
+        assert reg.resolve("tiny@candidate").version == 2
+        # the gate refuses v2 (FID 15 vs 10): the job finishes and says so; nothing changes
+        job = wait_job(client, client.post("/api/models/tiny/promote", json={"n": 100}).json()
+                       ["id"], timeout=60)
+        assert job["status"] == "done" and job["result"]["promoted"] is False
+        assert "more than 10% above" in job["result"]["gate"]["reasons"][0]
+        assert client.post("/api/models/tiny/promote", json={"force": True}).status_code == 400
+        job = wait_job(client, client.post("/api/models/tiny/promote", json={
+            "force": True, "reason": "people prefer it", "n": 100}).json()["id"], timeout=60)
+        assert job["result"]["promoted"] and job["result"]["forced"]
+        assert reg.resolve("tiny@production").version == 2
+        r = client.post("/api/models/tiny/rollback", json={"reason": "back"})
+        assert r.status_code == 200 and r.json()["to"] == 1
+        assert client.post("/api/models/nope/improve", json={}).status_code == 404

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,13 @@ class ImproveSettings:
 DEFAULT_LR = {"diffusion": 1e-5, "gpt": 1e-5, "vae": 1e-4}
 
 
-def base_version(model: str):
+def base_version(model: str, registry=None):
     """The registry version a reference names (``starter:NAME`` is NAME's v1)."""
     from aigc.registry import Registry
 
     if model.startswith("starter:"):
         model = model[len("starter:"):] + "@v1"
-    return Registry().resolve(model)
+    return (registry or Registry()).resolve(model)
 
 
 def _image(folder: Path, name: str, native: int) -> torch.Tensor:
@@ -89,16 +90,20 @@ def text_pairs(pairs: list[dict[str, Any]]) -> list[dict]:
 
 def improve(model: str, dataset: str | Path, settings: ImproveSettings, *,
             name: str | None = None, allow_other_model: bool = False,
-            progress: bool = True) -> tuple[Any, dict[str, Any]]:
+            progress: bool | Callable[[float], None] = True,
+            registry=None) -> tuple[Any, dict[str, Any]]:
     """Learn a candidate from ``dataset`` starting at ``model``; register it as
-    ``NAME@candidate``. Returns ``(version, improvement record)``."""
+    ``NAME@candidate`` in ``registry`` (default: :class:`aigc.registry.Registry`'s folder).
+    ``progress``: a bar, or a callable given the fraction done (it may raise to stop).
+    Returns ``(version, improvement record)``."""
     from aigc.checkpoints import save_model_file
     from aigc.config import config_to_dict
     from aigc.loop.export import load_dataset
     from aigc.models import model_from_checkpoint
     from aigc.registry import Registry
 
-    base = base_version(model)
+    reg = registry or Registry()
+    base = base_version(model, reg)
     name = name or base.name
     card, pairs, folder = load_dataset(dataset)
     if card.get("family") and card["family"] != base.family:
@@ -146,7 +151,6 @@ def improve(model: str, dataset: str | Path, settings: ImproveSettings, *,
                 "train_pairs": len(train)}
     meta = {**ckpt.meta, "parent": base.ref, "parent_sha256": base.sha256,
             "feedback": feedback, "improvement": rec}
-    reg = Registry()
     tmp = reg.root / f".improve-{os.getpid()}.safetensors"
     reg.root.mkdir(parents=True, exist_ok=True)
     try:

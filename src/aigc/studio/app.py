@@ -120,6 +120,7 @@ def build_studio(settings: StudioSettings,
     runner = JobRunner(store, images, texts, max_batch_images=settings.max_batch_images,
                        batching=settings.batching, batch_wait_s=settings.batch_wait_ms / 1000,
                        versions=library_versions(), musics=musics)
+    runner.registry = registry
     return Studio(settings=settings, store=store, images=images, texts=texts, runner=runner,
                   skipped=skipped, key_hashes=store.api_key_hashes(), musics=musics,
                   served_versions=served, registry=registry)

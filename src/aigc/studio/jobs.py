@@ -73,14 +73,18 @@ class Channel:
             pass
 
 
+# improve / promote: the feedback loop run from the studio (aigc.studio.loop_jobs), one job of
+# each kind at a time, on their own threads (minutes of CPU: never in front of a generation)
+JOB_KINDS = ("image", "text", "music", "improve", "promote")
+
+
 @dataclass
 class Stats:
     """Counters exported on /metrics."""
 
-    completed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0, "music": 0})
-    failed: dict[str, int] = field(default_factory=lambda: {"image": 0, "text": 0, "music": 0})
-    job_seconds: dict[str, float] = field(
-        default_factory=lambda: {"image": 0.0, "text": 0.0, "music": 0.0})
+    completed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0))
+    failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0))
+    job_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(JOB_KINDS, 0.0))
     batches: int = 0
     batched_images: int = 0
     tokens: int = 0
@@ -149,14 +153,14 @@ class JobRunner:
         self.versions = versions or {}
         self.stats = Stats()
         self._stop = threading.Event()
-        self._wake = {"image": threading.Event(), "text": threading.Event(),
-                      "music": threading.Event()}
+        self._wake = {kind: threading.Event() for kind in JOB_KINDS}
+        self.registry = None  # aigc.registry.Registry, for improve / promote jobs
         self._threads: list[threading.Thread] = []
         self._channels: dict[str, list[Channel]] = {}  # job id -> its followers
         self._lock = threading.Lock()
         self._clients: dict[str, str] = {}  # queued job id -> the client that queued it
         # kind -> client -> when a job of that kind of that client was last claimed (a count)
-        self._served: dict[str, dict[str, int]] = {"image": {}, "text": {}, "music": {}}
+        self._served: dict[str, dict[str, int]] = {kind: {} for kind in JOB_KINDS}
         self._claims = 0
 
     # -------------------------------------------------------------------- lifecycle
@@ -166,8 +170,14 @@ class JobRunner:
         if self.stats.recovered:
             log.warning("studio: %d job(s) were running when the server stopped; re-queued",
                         self.stats.recovered)
+        from aigc.studio.loop_jobs import run_improve, run_promote
+
         for kind, target in (("image", self._image_loop), ("text", self._text_loop),
-                             ("music", self._music_loop)):
+                             ("music", self._music_loop),
+                             ("improve", lambda: self._one_at_a_time(
+                                 "improve", lambda job: run_improve(self, job))),
+                             ("promote", lambda: self._one_at_a_time(
+                                 "promote", lambda job: run_promote(self, job)))):
             t = threading.Thread(target=self._guard(target), name=f"aigc-{kind}-worker",
                                  daemon=True)
             t.start()

@@ -288,3 +288,29 @@ class OAIImageRequest(Lenient):
     guidance: StrictFloat | None = Field(None, ge=0.0, le=50.0, description="extension")
     sampler: str | None = Field(None, max_length=32, description="extension")
     temperature: StrictFloat = Field(1.0, ge=0.0, le=2.0, description="extension")
+
+
+# ----------------------------------------------------------------- the loop (registry)
+
+
+class ImproveRequest(Strict):
+    """``POST /api/models/{name}/improve``: learn a candidate from this studio's feedback."""
+
+    steps: StrictInt = Field(100, ge=1, le=5000, description="optimiser steps")
+    lr: StrictFloat | None = Field(None, gt=0.0, le=1e-2, description="default per family")
+    beta: StrictFloat | None = Field(None, gt=0.0, le=1e6, description="default per method")
+    batch_size: StrictInt = Field(16, ge=1, le=256)
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED)
+
+
+class PromoteRequest(Strict):
+    """``POST /api/models/{name}/promote``: gate a version and, if it passes, serve it."""
+
+    version: str = Field("candidate", pattern=r"^(candidate|v[0-9]{1,6})$")
+    n: StrictInt = Field(1000, ge=50, le=10000, description="images for the image gate")
+    force: bool = Field(False, description="promote even if the gate refuses (needs reason)")
+    reason: str = Field("", max_length=500)
+
+
+class RollbackRequest(Strict):
+    reason: str = Field(..., min_length=1, max_length=500)
