@@ -9,7 +9,7 @@ The backend passes to the family's ``sample(n, *, generator=..., ...)`` only the
 arguments its signature accepts:
 
 =============== ==============================================================================
-``temperature`` ``float``, scales the prior draw (VAE, GAN)
+``temperature`` ``float``, scales the prior draw (VAE)
 ``labels``      ``LongTensor (n,)`` of class indices (class-conditional GAN/diffusion); names
                 come from ``checkpoint.meta["class_names"]``
 ``prompt``      ``list[str]`` of n prompts (text-conditional diffusion)
