@@ -10,7 +10,7 @@ import torch
 
 from aigc.cli import main
 from aigc.errors import AigcError
-from aigc.evaluate_text import (
+from aigc.evaluate import (
     continuation_pieces,
     pick,
     scoring_windows,

@@ -7,7 +7,6 @@ import torch
 from aigc.checkpoints import save_model_file
 from aigc.cli import main
 from aigc.config import config_to_dict
-from aigc.data.captions import gloss_for_minilm
 from aigc.errors import ConfigError
 from aigc.models import model_from_checkpoint
 from aigc.models.diffusion import (
@@ -17,6 +16,7 @@ from aigc.models.diffusion import (
     noisy_embeddings,
     text_alignment_loss,
 )
+from aigc.models.pretrained import gloss_for_minilm
 
 TINY = dict(image_size=8, channels=(4, 8), attention_levels=(1,), num_train_timesteps=20,
             num_classes=3, text_conditioning=True)

@@ -324,3 +324,42 @@ def test_improve_and_promote_run_as_studio_jobs(served, monkeypatch):
         r = client.post("/api/models/tiny/rollback", json={"reason": "back"})
         assert r.status_code == 200 and r.json()["to"] == 1
         assert client.post("/api/models/nope/improve", json={}).status_code == 404
+
+
+def test_smollm2_is_improved_as_a_lora_adapter_of_its_chat_items(tmp_path, monkeypatch, capsys):
+    """The `aigc improve smollm2` path end to end, with a tiny random Llama standing in for
+    SmolLM2 (the real 135M model is exercised in the slow tier by test_text_pretrained)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import aigc.models.pretrained as pretrained
+
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, max_position_embeddings=64))
+
+    class Chars:  # one id per character; no chat template
+        def encode(self, text):
+            return [ord(c) % 64 for c in text]
+
+    monkeypatch.setattr(pretrained, "_smollm2_hf", lambda: (None, tiny))
+    monkeypatch.setattr(pretrained, "load_smollm2", lambda: (None, Chars()))
+    folder = tmp_path / "ds" / "fb-test"
+    (folder / "files").mkdir(parents=True)
+    pairs = [{"id": f"p{i}", "split": "train", "kind": "text", "source": "comparison",
+              "condition": {"label": None, "prompt": f"user: hi {i}"},
+              "messages": [{"role": "user", "content": f"hi {i}"}],
+              "chosen_text": "hello there", "rejected_text": "go away"} for i in range(6)]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (folder / "card.json").write_text(json.dumps({"dataset": "fb-test", "sha256": "0" * 64,
+                                                  "family": "smollm2", "model": "smollm2"}))
+    out = tmp_path / "adapter"
+    assert main(["improve", "smollm2", "--feedback", str(folder), "--out", str(out),
+                 "--steps", "4", "--batch-size", "2", "--lr", "0.01", "--no-progress"]) == 0
+    assert (out / "adapter_model.safetensors").is_file()
+    meta = json.loads((out / "aigc_improve.json").read_text())
+    assert meta["feedback"]["dataset"] == "fb-test" and meta["improvement"]["method"] == "dpo"
+    assert main(["improve", "smollm2", "--feedback", str(folder), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["improve", "smollm2", "--feedback", str(folder)]) == 2
+    assert "--out" in capsys.readouterr().err

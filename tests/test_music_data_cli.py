@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-import aigc.data.music as music_data
+import aigc.data.music.corpora as music_data
 from aigc.cli import main
 from aigc.data.music import SPLITS, MusicCorpusReport, Note, Piece, hash_split
 

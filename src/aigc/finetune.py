@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,15 +72,18 @@ def _answer_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def chat_perplexity(model, tokenizer, pairs, *, batch_size: int = 8) -> float:
-    """Perplexity of the answers given the questions (answer tokens and ``<|im_end|>`` only)."""
+    """Perplexity of the answers given the questions (answer tokens and ``<|im_end|>`` only),
+    summed by :class:`aigc.metrics.text.Perplexity`."""
+    from aigc.metrics.text import Perplexity
+
     model.eval()
     end_id = tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
     examples = [_pair_tensors(tokenizer, q, a, end_id) for q, a in pairs]
-    total, count = 0.0, 0.0
+    ppl = Perplexity()
     for start in range(0, len(examples), batch_size):
         nll, n = _answer_nll(model, _collate(examples[start : start + batch_size], end_id))
-        total, count = total + float(nll), count + float(n)
-    return math.exp(total / max(count, 1.0))
+        ppl.update(-nll.double(), n.double())
+    return ppl.compute()["perplexity"]
 
 
 def finetune_chat_lora(
@@ -173,18 +175,20 @@ def load_chat_adapter(path: str | Path):
 # -------------------------------------------------------------------- full fine-tune of our GPT
 
 
-@torch.no_grad()
 def gpt_perplexity(model, windows, *, batch_size: int = 32, max_windows: int = 2000) -> float:
-    """Perplexity of our GPT over the first ``max_windows`` windows of a token split."""
-    model.eval()
-    total, count = 0.0, 0
-    idx = torch.arange(min(max_windows, len(windows)))
-    device = model.wte.weight.device
-    for chunk in idx.split(batch_size):
-        tokens = windows.get_batch(chunk)["tokens"].to(device)
-        total += float(model.loss({"tokens": tokens})) * tokens[:, 1:].numel()
-        count += tokens[:, 1:].numel()
-    return math.exp(total / max(count, 1))
+    """Perplexity of our GPT over the first ``max_windows`` windows of a token split cut every
+    ``context_length`` tokens (``TokenWindows(..., stride=context_length)``): every target of
+    those windows scored once, with :func:`aigc.evaluate.stream_perplexity`."""
+    from aigc.evaluate import stream_perplexity
+
+    T = windows.context_length
+    if windows.stride != T:
+        raise ValueError(f"gpt_perplexity needs windows cut every context_length={T} tokens, "
+                         f"got stride={windows.stride}")
+    count = min(max_windows, len(windows))
+    stream = windows.stream[: count * T + 1]  # exactly the tokens of those windows
+    return stream_perplexity(model.eval(), stream, context_length=T, stride=T,
+                             batch_size=batch_size, progress=False)["perplexity"]
 
 
 def finetune_gpt(checkpoint: str | Path, data: str, out: str | Path, train_cfg, *,

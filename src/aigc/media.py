@@ -9,6 +9,7 @@ sampler, prompt, library versions, ...), so a file alone says how it was made::
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -45,9 +46,31 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, fill:
     return grid
 
 
+def png_bytes(array: np.ndarray, record: dict[str, Any] | None = None, *,
+              size: tuple[int, int] | None = None) -> bytes:
+    """A uint8 ``(H, W[, C])`` array as PNG bytes with its JSON provenance record.
+
+    The one PNG encoder of aigc: :func:`save_png` writes what it returns, and the studio serves
+    it. ``size`` is ``(width, height)`` to resize to (nearest neighbour), ``None`` to keep.
+    The record is written before the pixels, so :func:`read_record` never decodes them.
+    """
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    img = Image.fromarray(array)
+    if size is not None and size != img.size:
+        img = img.resize(size, Image.Resampling.NEAREST)
+    info = PngImagePlugin.PngInfo()
+    if record is not None:
+        info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True, ensure_ascii=False))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
 def save_png(path: str | Path, array: np.ndarray, record: dict[str, Any] | None = None,
              scale: int = 1) -> Path:
-    """Write a uint8 ``(H, W[, C])`` array as PNG with a JSON provenance record, atomically.
+    """Write a uint8 ``(H, W[, C])`` array as PNG with a JSON provenance record, atomically
+    (upscaled ``scale`` x, nearest neighbour).
 
     A path that cannot be written (a folder, or a folder that cannot be created) raises
     :class:`AigcError`, and no temporary file is left behind.
@@ -59,17 +82,11 @@ def save_png(path: str | Path, array: np.ndarray, record: dict[str, Any] | None 
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AigcError(f"cannot write {path}: its folder cannot be created ({exc})") from None
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    img = Image.fromarray(array)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    info = PngImagePlugin.PngInfo()
-    if record is not None:
-        info.add_itxt(RECORD_KEY, json.dumps(record, sort_keys=True, ensure_ascii=False))
+    height, width = array.shape[:2]
+    data = png_bytes(array, record, size=(width * scale, height * scale) if scale > 1 else None)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        img.save(tmp, format="PNG", pnginfo=info)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:
         raise AigcError(f"cannot write {path}: {exc}") from None

@@ -119,7 +119,7 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
     :class:`TextEvaluation` (text) or a :class:`MetricCard` (images without an extractor).
 
     ``n`` defaults to 10000 images or 200 text continuations; ``text_options`` holds
-    :func:`aigc.evaluate_text.evaluate_language_model`'s ``stride``, ``prompt_chars``,
+    :func:`aigc.evaluate.evaluate_language_model`'s ``stride``, ``prompt_chars``,
     ``continuation_chars``, ``top_k`` and ``top_p``."""
     from aigc.models import family_module, model_from_checkpoint, pick_device
 
@@ -158,7 +158,7 @@ def _evaluate_text_checkpoint(model, ckpt, *, data, split, n, seed, ema, sample_
                               text_options, language, baseline, subject, progress):
     """A GPT with its own tokenizer (from the checkpoint) on a text corpus."""
     from aigc.data.text import load_corpus
-    from aigc.evaluate_text import evaluate_language_model, tokenizer_sha256
+    from aigc.evaluate import evaluate_language_model, tokenizer_sha256
     from aigc.tokenizers import tokenizer_from_dict
 
     if "tokenizer" not in ckpt.meta:
@@ -257,8 +257,7 @@ def _default_out(ckpt_path: str, data: str, n: int, seed: int) -> Path:
 
 
 def _run_measure(checkpoint: str, opts: argparse.Namespace) -> int:
-    from aigc.evaluate import ImageEvaluation
-    from aigc.evaluate_text import TextEvaluation
+    from aigc.evaluate import ImageEvaluation, TextEvaluation
     from aigc.metrics.card import MetricCard, format_value
 
     given = {k: getattr(opts, k) for k in ("sampler", "steps", "guidance", "temperature")

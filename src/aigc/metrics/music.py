@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from aigc.data.music import HEADER_LEN, VOCAB, MusicVocab, Piece, piece_ids
+from aigc.metrics.text import Perplexity
 
 MAJOR_SCALE = frozenset({0, 2, 4, 5, 7, 9, 11})
 MINOR_SCALE = frozenset({0, 2, 3, 5, 7, 8, 10, 9, 11})  # natural + raised 6th and 7th
@@ -296,7 +297,8 @@ def fit_ngram(train_stream, val_stream, *, orders=range(1, NGramModel.MAX_ORDER 
     val = np.asarray(val_stream, dtype=np.int64)
     if len(val) < 2:  # nothing to choose on: keep the largest order
         return model, {}
-    ppl = {k: float(np.exp(-model.log_probs(val, order=k)[1:].mean())) for k in orders}
+    ppl = {k: perplexity(-float(model.log_probs(val, order=k)[1:].sum()), len(val) - 1)
+           for k in orders}
     best = min(ppl, key=ppl.get)
     model.order = best
     model.tables = model.tables[:best]
@@ -352,7 +354,13 @@ def gpt_piece_nll(model, pieces: list[Piece], vocab: MusicVocab = VOCAB) -> tupl
 
 
 def perplexity(total_nll: float, count: int) -> float:
-    return float(math.exp(total_nll / max(count, 1)))
+    """``exp(total_nll / count)`` through :class:`aigc.metrics.text.Perplexity` (1.0 when
+    nothing was scored, as before)."""
+    if count == 0:
+        return 1.0
+    ppl = Perplexity()
+    ppl.update(-total_nll, count)
+    return ppl.compute()["perplexity"]
 
 
 # ----------------------------------------------------------------------------- the protocol

@@ -55,7 +55,7 @@ class DiffusionConfig:
     text_align_weight: float = 0.0
     text_noise: float = 0.0  # std of Gaussian noise on unit-norm caption embeddings in training
     # How prompts become embeddings: "minilm" (as typed) or "minilm-zh-gloss" (Chinese class
-    # words MiniLM cannot read are glossed into English first; see captions.gloss_for_minilm).
+    # words MiniLM cannot read are glossed into English first; see pretrained.gloss_for_minilm).
     text_encoder: Literal["minilm", "minilm-zh-gloss"] = "minilm"
     schedule: Literal["linear", "cosine"] = "cosine"
     prediction: Literal["epsilon", "v"] = "epsilon"
@@ -372,7 +372,7 @@ class CaptionedImages:
 def prompt_texts(prompts: list[str], text_encoder: str) -> list[str]:
     """The strings MiniLM embeds for ``prompts`` under a model's ``text_encoder``."""
     if text_encoder == "minilm-zh-gloss":
-        from aigc.data.captions import gloss_for_minilm
+        from aigc.models.pretrained import gloss_for_minilm
 
         return [gloss_for_minilm(p) for p in prompts]
     return list(prompts)

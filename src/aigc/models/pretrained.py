@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,6 +81,28 @@ def minilm_unknown_characters(text: str) -> set[str]:
     vocab = tokenizer.get_vocab()
     return {c for c in text if not c.isspace() and c.lower() not in vocab
             and f"##{c.lower()}" not in vocab}
+
+
+@lru_cache(maxsize=1)
+def _minilm_glossary() -> list[tuple[str, str]]:
+    """(Chinese word, English word) for every Chinese class word and numeral that MiniLM cannot
+    fully read, longest first (so 踝靴 is glossed before 靴)."""
+    from aigc.data.captions import bilingual_glossary
+
+    unknown = [(z, e) for z, e in bilingual_glossary().items() if minilm_unknown_characters(z)]
+    return sorted(unknown, key=lambda p: -len(p[0]))
+
+
+def gloss_for_minilm(text: str) -> str:
+    """Replace the Chinese class words and numerals that MiniLM reads as ``[UNK]`` with their
+    English words from :data:`aigc.data.captions.CLASS_WORDS` ("一双短靴" -> "一双 ankle boot ",
+    "手写数字七" -> "手写数字 seven "). MiniLM is an English model whose vocabulary lacks most
+    Chinese characters, so without this "短靴" and "凉鞋" embed identically. Only words in aigc's
+    own bilingual class dictionary are glossed; other Chinese text is left as it is."""
+    for zh, en in _minilm_glossary():
+        if zh in text:
+            text = text.replace(zh, f" {en} ")
+    return re.sub(r"\s+", " ", text).strip()
 
 
 # ------------------------------------------------------------------------------ SmolLM2 chat

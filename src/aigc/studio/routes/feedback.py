@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import Field
 
 from aigc.studio.auth import hash_key
+from aigc.studio.routes.items import _item
 from aigc.studio.schemas import Strict
 from aigc.studio.service import ApiError, Studio, get_studio, require_key
 
@@ -68,14 +69,6 @@ class Feedback(Strict):
 
 class FeedbackList(Strict):
     feedback: list[Feedback]
-
-
-def _item(studio: Studio, item_id: str) -> dict:
-    row = studio.store.get_item(item_id) if len(item_id) <= 64 else None
-    if row is None:
-        raise ApiError(404, f"item {item_id!r} not found", "not_found_error",
-                       code="item_not_found", param="item_id")
-    return row
 
 
 def _out(row: dict) -> Feedback:

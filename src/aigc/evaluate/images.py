@@ -1,10 +1,7 @@
-"""Evaluation runs: sample a model, measure it, measure real data the same way, write a card.
-(Language models with a tokenizer: :mod:`aigc.evaluate_text`.)
+"""Image evaluation runs: sample a model, measure it, measure real data the same way, write a card.
 
 Works for any image model with ``sample(n, generator=..., **kw) -> (n, C, H, W)`` in [0, 1]
-(optionally ``labels=`` for class-conditional sampling) and for text models with
-``log_likelihood(batch) -> (sum log p per sequence (B,), tokens per sequence (B,))`` (and
-optionally ``sample_texts(n, generator=...) -> list[str]``). The protocol, written in every card:
+(optionally ``labels=`` for class-conditional sampling). The protocol, written in every card:
 
 * real reference: the first ``n`` images of the reference split (default ``test``);
 * generated: ``n`` samples drawn in batches from one ``torch.Generator`` seeded with ``seed``;
@@ -243,41 +240,3 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
     card.environment["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return ImageEvaluation(card=card, samples=fake_images[:64], real=real["image"][:64],
                            neighbours=neighbours, neighbour_distances=nn_dist)
-
-
-# ------------------------------------------------------------------------ text
-
-
-@torch.no_grad()
-def evaluate_text_model(model, dataset, *, n: int | None = None, batch_size: int = 32,
-                        seed: int = 0, language: str = "en", n_samples: int = 100,
-                        subject: dict | None = None, extra_protocol: dict | None = None,
-                        progress: bool = True) -> MetricCard:
-    """Perplexity on a held-out split and, when the model can sample, diversity metrics."""
-    from aigc.metrics.text import Perplexity, distinct_n, self_bleu, verse_form_rate
-
-    if not hasattr(model, "log_likelihood"):
-        raise AigcError(f"{type(model).__name__} has no log_likelihood(batch) method, which "
-                        "text evaluation needs (sum of log p per sequence, tokens per sequence)")
-    total = len(dataset) if n is None else min(n, len(dataset))
-    if total < 1:
-        raise AigcError("the held-out text split is empty")
-    ppl = Perplexity()
-    for start in tqdm(range(0, total, batch_size), desc="perplexity", disable=not progress,
-                      unit="batch"):
-        batch = dataset.get_batch(torch.arange(start, min(start + batch_size, total)))
-        ll, tokens = model.log_likelihood(batch)
-        ppl.update(ll, tokens)
-    values: dict[str, Any] = ppl.compute()
-    protocol: dict[str, Any] = {"n_sequences": total, "seed": seed, "language": language,
-                                "perplexity": "exp(-sum log p / tokens), natural log, float64"}
-    if hasattr(model, "sample_texts"):
-        texts = model.sample_texts(n_samples, generator=torch.Generator().manual_seed(seed))
-        values["distinct_1"] = distinct_n(texts, 1, language)
-        values["distinct_2"] = distinct_n(texts, 2, language)
-        values["self_bleu"] = self_bleu(texts, language)
-        if language == "zh":
-            values["verse_form_rate"] = verse_form_rate(texts)
-        protocol["n_generated"] = len(texts)
-    protocol.update(extra_protocol or {})
-    return MetricCard(kind="text", subject=subject or {}, protocol=protocol, values=values)

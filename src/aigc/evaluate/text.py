@@ -1,18 +1,14 @@
-"""Evaluation of a language model trained on a text corpus: held-out perplexity, prompted
-continuations scored against the true continuations, diversity, and a real-vs-real baseline.
+"""Text evaluation runs: held-out perplexity, prompted continuations scored against the true
+continuations, diversity, and a real-vs-real baseline.
 
-The model is our GPT (anything with ``log_likelihood(batch)`` for perplexity and usable by
-:func:`aigc.generation.generate_text` for sampling) together with the tokenizer saved in its
-checkpoint: the corpus is encoded with that tokenizer, never with a retrained one. The protocol,
-written in every card:
+:func:`evaluate_language_model` measures our GPT (anything with ``log_likelihood(batch)`` for
+perplexity and usable by :func:`aigc.generation.generate_text` for sampling) together with the
+tokenizer saved in its checkpoint: the corpus is encoded with that tokenizer, never with a
+retrained one. The protocol, written in every card:
 
-* **perplexity**: the reference split's documents encoded as in training
-  (``<eot> doc_1 <eot> doc_2 <eot> ...``); every token after the first ``<eot>`` is scored once,
-  end-of-text tokens included. Windows of ``context_length + 1`` tokens start every ``stride``
-  tokens; the first window scores all its targets, each later one only the targets the previous
-  windows did not reach, so every scored token sees at least ``context_length - stride`` tokens
-  of context (except near the start). ``perplexity = exp(-sum log p / tokens)``; bits per
-  character divides the same sum by the documents' characters (eot tokens have none).
+* **perplexity**: the reference split as one token stream scored in sliding windows, every token
+  once (:mod:`aigc.evaluate.perplexity`); bits per character divides the same sum of negative
+  log-likelihoods by the documents' characters (end-of-text tokens have none).
 * **continuations** (``n`` of them): held-out documents are cut into pieces, a prompt and the
   true continuation (the reference). Prose: consecutive pieces of ``prompt_chars +
   continuation_chars`` characters, ``n`` of them evenly spaced over all pieces of the split.
@@ -28,6 +24,10 @@ written in every card:
   take the place of the model's continuations: their continuations scored against the same
   references (what genuine text of the corpus that ignores the prompt scores), and their
   diversity and form rate. As for images, it tells the reader what "good" looks like.
+
+:func:`evaluate_text_model` is the family-agnostic contract for any other text model:
+``log_likelihood(batch) -> (sum log p per sequence (B,), tokens per sequence (B,))`` over a
+dataset's batches (and optionally ``sample_texts(n, generator=...) -> list[str]`` for diversity).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from aigc.data.text import HAN
 from aigc.errors import AigcError
+from aigc.evaluate.perplexity import document_stream, stream_perplexity
 from aigc.metrics.card import MetricCard
 
 
@@ -66,60 +67,6 @@ def detect_language(texts: list[str]) -> str:
     chars = [c for t in texts for c in t if not c.isspace()]
     han = sum(1 for c in chars if HAN.match(c))
     return "zh" if chars and han / len(chars) > 0.3 else "en"
-
-
-# ------------------------------------------------------------------------ perplexity
-
-
-def scoring_windows(length: int, context_length: int, stride: int) -> list[tuple[int, int, int]]:
-    """Windows over a stream of ``length`` tokens that score tokens ``1 .. length-1`` once each.
-
-    Returns ``(start, size, first)``: the window holds tokens ``start .. start+size-1`` (``size
-    <= context_length + 1``) and scores its targets from offset ``first`` on (target ``j`` of a
-    window is token ``start + 1 + j``).
-
-    Example:
-        >>> scoring_windows(10, 4, 2)
-        [(0, 5, 0), (2, 5, 2), (4, 5, 2), (5, 5, 3)]
-    """
-    if not 1 <= stride <= context_length:
-        raise AigcError(f"stride must be in 1..context_length={context_length}, got {stride}")
-    if length < 2:
-        raise AigcError(f"perplexity needs at least 2 tokens, the stream has {length}")
-    size = min(length, context_length + 1)
-    windows, scored_to = [], 0  # tokens 1..scored_to are scored already
-    start = 0
-    while scored_to < length - 1:
-        start = min(start, length - size)
-        first = scored_to - start  # targets start+1 .. scored_to were scored before
-        windows.append((start, size, first))
-        scored_to = start + size - 1
-        start += stride
-    return windows
-
-
-@torch.no_grad()
-def stream_perplexity(model, stream: torch.Tensor, *, context_length: int, stride: int,
-                      batch_size: int = 32, progress: bool = True) -> dict[str, float]:
-    """Perplexity of ``model`` on a 1-D token ``stream`` with :func:`scoring_windows`."""
-    from aigc.metrics.text import Perplexity
-
-    windows = scoring_windows(len(stream), context_length, stride)
-    size = windows[0][1]
-    ppl = Perplexity()
-    device = next(model.parameters()).device
-    for b in tqdm(range(0, len(windows), batch_size), desc="perplexity", unit="batch",
-                  disable=not progress):
-        chunk = windows[b:b + batch_size]
-        tokens = torch.stack([stream[s:s + size] for s, _, _ in chunk])  # (B, size)
-        mask = torch.zeros(len(chunk), size - 1, dtype=torch.bool)  # (B, size - 1) targets
-        for row, (_, _, first) in enumerate(chunk):
-            mask[row, first:] = True
-        ll, count = model.log_likelihood({"tokens": tokens.to(device), "loss_mask": mask.to(device)})
-        ppl.update(ll.double().cpu(), count.cpu())
-    out = ppl.compute()
-    out["windows"] = len(windows)
-    return out
 
 
 # ------------------------------------------------------------------------ continuations
@@ -238,8 +185,6 @@ def evaluate_language_model(model, tokenizer, corpus, *, n: int = 200, seed: int
             the length of every continuation (poems included).
         language: ``"en"`` or ``"zh"`` for tokenising BLEU/ROUGE/distinct-n; default: detected.
     """
-    from aigc.data.tokens import encode_documents
-
     t0 = time.perf_counter()
     if n < 2:
         raise AigcError(f"n must be >= 2 (self-BLEU compares texts), got {n}")
@@ -254,8 +199,7 @@ def evaluate_language_model(model, tokenizer, corpus, *, n: int = 200, seed: int
     language = language or detect_language(documents)
 
     # Perplexity: documents as in training, after one leading <eot> so the first token is scored.
-    stream = torch.cat([torch.tensor([tokenizer.eot_id]),
-                        encode_documents(tokenizer, documents)])
+    stream = document_stream(tokenizer, documents)
     values: dict[str, Any] = stream_perplexity(model, stream, context_length=T, stride=stride,
                                                batch_size=batch_size, progress=progress)
     windows = values.pop("windows")
@@ -337,3 +281,41 @@ def evaluate_language_model(model, tokenizer, corpus, *, n: int = 200, seed: int
     samples = [{"i": i, "seed": seed + i, "prompt": p, "reference": r, "text": t}
                for i, (p, r, t) in enumerate(zip(prompts, references, texts, strict=True))]
     return TextEvaluation(card=card, samples=samples)
+
+
+# ------------------------------------------------------------------------ any text model
+
+
+@torch.no_grad()
+def evaluate_text_model(model, dataset, *, n: int | None = None, batch_size: int = 32,
+                        seed: int = 0, language: str = "en", n_samples: int = 100,
+                        subject: dict | None = None, extra_protocol: dict | None = None,
+                        progress: bool = True) -> MetricCard:
+    """Perplexity on a held-out split and, when the model can sample, diversity metrics."""
+    from aigc.metrics.text import Perplexity, distinct_n, self_bleu, verse_form_rate
+
+    if not hasattr(model, "log_likelihood"):
+        raise AigcError(f"{type(model).__name__} has no log_likelihood(batch) method, which "
+                        "text evaluation needs (sum of log p per sequence, tokens per sequence)")
+    total = len(dataset) if n is None else min(n, len(dataset))
+    if total < 1:
+        raise AigcError("the held-out text split is empty")
+    ppl = Perplexity()
+    for start in tqdm(range(0, total, batch_size), desc="perplexity", disable=not progress,
+                      unit="batch"):
+        batch = dataset.get_batch(torch.arange(start, min(start + batch_size, total)))
+        ll, tokens = model.log_likelihood(batch)
+        ppl.update(ll, tokens)
+    values: dict[str, Any] = ppl.compute()
+    protocol: dict[str, Any] = {"n_sequences": total, "seed": seed, "language": language,
+                                "perplexity": "exp(-sum log p / tokens), natural log, float64"}
+    if hasattr(model, "sample_texts"):
+        texts = model.sample_texts(n_samples, generator=torch.Generator().manual_seed(seed))
+        values["distinct_1"] = distinct_n(texts, 1, language)
+        values["distinct_2"] = distinct_n(texts, 2, language)
+        values["self_bleu"] = self_bleu(texts, language)
+        if language == "zh":
+            values["verse_form_rate"] = verse_form_rate(texts)
+        protocol["n_generated"] = len(texts)
+    protocol.update(extra_protocol or {})
+    return MetricCard(kind="text", subject=subject or {}, protocol=protocol, values=values)
