@@ -18,7 +18,7 @@ const I18N = {
     model_hash: "模型哈希", rating: "评分", thanks: "已记录，谢谢！", need_two: "至少需要两个作品。",
     batching: "批处理", native: "原生尺寸",
     trained_step: "训练步数", job: "任务", seed_short: "种子", eta_left: "预计还需 {0}", secs: "{0} 秒", mins: "{0} 分钟",
-    queue: "队列", queue_empty: "队列为空。", load_more: "加载更多", tokens: "个词元",
+    queue: "队列", load_more: "加载更多", tokens: "个词元",
     default_value: "默认", cut: "已截断：达到最大长度", copy: "复制", copied: "已复制",
     download: "下载", no_image_model: "没有加载图像模型：用 --models DIR 启动。",
     no_text_model: "没有加载文本模型。",
@@ -40,7 +40,7 @@ const I18N = {
 let lang = localStorage.getItem("aigc-lang") || ((navigator.language || "en").startsWith("zh") ? "zh" : "en");
 const EN_TEXT = {
   job: "job", seed_short: "seed", eta_left: "about {0} left", secs: "{0} s", mins: "{0} min",
-  queue_empty: "The queue is empty.", tokens: "tokens", default_value: "default",
+  tokens: "tokens", default_value: "default",
   cut: "cut: max tokens reached", copy: "Copy", copied: "Copied", download: "Download",
   no_image_model: "No image model loaded: start with --models DIR.", no_text_model: "No text model loaded.",
   prompt_wins: "The prompt is used and the class is ignored (clear the prompt to use the class).",
