@@ -144,6 +144,7 @@ def create_app(settings: StudioSettings | None = None,
             watcher = RegistryWatcher(studio, studio.registry)
             watcher.start()
         app.state.registry_watcher = watcher
+        studio.runner.registry_watcher = watcher
         log.info("studio: %d image, %d text and %d music model(s); data in %s",
                  len(studio.images), len(studio.texts), len(studio.musics), settings.data_dir)
         try:

@@ -155,6 +155,7 @@ class JobRunner:
         self._stop = threading.Event()
         self._wake = {kind: threading.Event() for kind in JOB_KINDS}
         self.registry = None  # aigc.registry.Registry, for improve / promote jobs
+        self.registry_watcher = None  # switches served versions (aigc.studio.registry_watch)
         self._threads: list[threading.Thread] = []
         self._channels: dict[str, list[Channel]] = {}  # job id -> its followers
         self._lock = threading.Lock()

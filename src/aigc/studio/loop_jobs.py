@@ -40,6 +40,14 @@ def _progress(runner, job: dict[str, Any], start: float = 0.0, span: float = 1.0
     return report
 
 
+def switch_now(runner) -> None:
+    """Load the new production version now (not at the watcher's next look), so the job or
+    request that changed it answers only once the studio serves it."""
+    watcher = getattr(runner, "registry_watcher", None)
+    if watcher is not None:
+        watcher.sync()
+
+
 def run_improve(runner, job: dict[str, Any]) -> None:
     from aigc.loop.export import export_dataset
     from aigc.loop.improve import ImproveSettings, improve
@@ -93,6 +101,7 @@ def run_promote(runner, job: dict[str, Any]) -> None:
                                 expected_production=production.version,
                                 gate=verdict.to_dict())
             result.update(promoted=True, forced=entry["forced"])
+            switch_now(runner)
     except AigcError as exc:
         runner._fail(job, str(exc))
         return

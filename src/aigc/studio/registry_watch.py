@@ -37,6 +37,7 @@ class RegistryWatcher:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the watcher thread and a promote job may both sync
 
     def start(self) -> None:
         self._stop.clear()
@@ -59,6 +60,10 @@ class RegistryWatcher:
     def sync(self) -> list[str]:
         """Load the production version of every served name that moved; returns the names
         switched."""
+        with self._lock:
+            return self._sync()
+
+    def _sync(self) -> list[str]:
         switched = []
         for name, loaded in list(self.studio.served_versions.items()):
             production = self.registry.state(name)["aliases"].get("production")

@@ -115,6 +115,7 @@ class ImageBackend:
             "image_size": self.image_size, "channels": self.channels,
             "conditioning": self.conditioning, "class_names": self.class_names,
             "steps": self.has_steps, "default_steps": self.default_steps,
+            "default_guidance": self.options.get("guidance"),
             "samplers": self.samplers,
             "guidance": "guidance" in self._accepts,
             "temperature": "temperature" in self._accepts, "batching": self.batches,

@@ -82,13 +82,17 @@ def promote_model(name: str, body: PromoteRequest, studio: Studio = Depends(get_
 @router.post("/models/{name}/rollback")
 def rollback_model(name: str, body: RollbackRequest, studio: Studio = Depends(get_studio)
                    ) -> dict:
-    """Production goes back to the version it had before its latest promotion (at once; the
-    server switches within seconds)."""
+    """Production goes back to the version it had before its latest promotion; the server
+    serves it before this answers."""
     from aigc.errors import AigcError
     from aigc.studio.service import ApiError
 
     _registered(studio, name)
+    from aigc.studio.loop_jobs import switch_now
+
     try:
-        return studio.registry.rollback(name, reason=body.reason)
+        entry = studio.registry.rollback(name, reason=body.reason)
     except AigcError as exc:
         raise ApiError(409, str(exc), code="nothing_to_roll_back", param="name") from None
+    switch_now(studio.runner)
+    return entry

@@ -184,20 +184,11 @@ function imageHints() {
   const d = m.details;
   $("img-model-info").textContent = `${d.family} · ${d.image_size}×${d.image_size} · ${t("trained_step", "step")} ${d.step} · ` +
     `${d.sha256.slice(0, 12)}` + (d.batching ? ` · ${t("batching", "batching")}` : "");
-  // Empty Steps/Guidance run the family's defaults: show them as placeholders. Steps come from
-  // the model list; guidance from the newest record of this model (its options, as they ran).
+  // Empty Steps/Guidance run the family's defaults (the model list names them): placeholders.
   $("img-steps").placeholder = d.steps ? `${t("default_value", "default")} ${d.default_steps}` : "—";
-  $("img-guidance").placeholder = d.guidance ? t("default_value", "default") : "—";
-  if (d.guidance) guidanceDefault(m.id);
+  $("img-guidance").placeholder = d.guidance && d.default_guidance != null
+    ? `${t("default_value", "default")} ${d.default_guidance}` : "—";
   onCondition();
-}
-async function guidanceDefault(model) {
-  try {
-    const { items } = await api(`/api/items?kind=image&limit=1&model=${encodeURIComponent(model)}`);
-    const g = items.length ? opts(items[0].record).guidance : null;
-    if (g != null && $("img-model").value === model && !$("img-guidance").disabled)
-      $("img-guidance").placeholder = `${t("default_value", "default")} ${g}`;
-  } catch (e) { /* the placeholder stays "default" */ }
 }
 // A model that takes a class and a prompt uses one of them (the API refuses both): the prompt
 // when one is typed, else the class. Say which, and grey out the class that will be ignored.
