@@ -297,6 +297,7 @@ def main() -> None:
             print("held out:", json.dumps(result["held_out"]), flush=True)
             t = time.perf_counter()
             g = gate(str(v1.path), str(cand.path), n=args.gate_n, progress=True)
+            g.keep_cards(reg, v1, cand)
             result["gate"] = {**g.to_dict(), "seconds": round(time.perf_counter() - t, 1)}
             result["gate"].pop("protocol")
             print("gate:", json.dumps(result["gate"]), flush=True)

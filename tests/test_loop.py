@@ -225,6 +225,9 @@ def test_promotion_gate_rollback_and_a_race(served, tmp_path, monkeypatch, capsy
     assert reg.resolve("tiny@production").version == 2
     hist = reg.state("tiny")["history"][-1]
     assert hist["gate"]["passed"] and hist["gate"]["candidate"]["fid"] == 10.5
+    # each version keeps the card it was measured with (its latest gate run)
+    assert reg.cards("tiny", 2)["gate-image-n100-seed0"]["values"]["fid"] == 10.5
+    assert reg.cards("tiny", 1)["gate-image-n100-seed0"]["values"]["fid"] == 10.0
     assert main(["models", "rollback", "tiny", "--reason", "users prefer v1"]) == 0
     assert reg.resolve("tiny@production").version == 1
     # a promotion that read production before another one moved it writes nothing

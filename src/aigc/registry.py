@@ -228,6 +228,27 @@ class Registry:
                                      "history": [*state["history"], entry]})
         return entry
 
+    def add_card(self, name: str, version: int, label: str, card: dict[str, Any]) -> Path:
+        """Keep a metric card of ``NAME@vK`` (``versions/vK/cards/LABEL.json``); a version's
+        weights and ``version.json`` never change, its cards accumulate."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", label):
+            raise AigcError(f"card label {label!r}: letters, digits, '.', '_', '-' only")
+        folder = self.root / name / "versions" / f"v{version}"
+        if not (folder / "version.json").is_file():
+            raise AigcError(f"{name} has no version v{version}")
+        (folder / "cards").mkdir(exist_ok=True)
+        out = folder / "cards" / f"{label}.json"
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(card, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, out)
+        return out
+
+    def cards(self, name: str, version: int) -> dict[str, dict[str, Any]]:
+        """``{label: card}`` of the cards kept for ``NAME@vK`` (besides ``Version.card``)."""
+        folder = self.root / name / "versions" / f"v{version}" / "cards"
+        return {f.stem: json.loads(f.read_text(encoding="utf-8"))
+                for f in sorted(folder.glob("*.json"))}
+
     # --------------------------------------------------------------- internals
     @staticmethod
     def _check_name(name: str) -> None:

@@ -69,7 +69,10 @@ def run_show(args: argparse.Namespace) -> int:
     state = reg.state(args.name)
     out = {"name": args.name, "aliases": state["aliases"],
            "versions": [{k: v for k, v in ver.to_dict().items() if k != "card"}
-                        | {"card": bool(ver.card)} for ver in versions],
+                        | {"card": bool(ver.card),
+                           "cards": {label: c.get("values", {}) for label, c in
+                                     reg.cards(args.name, ver.version).items()}}
+                        for ver in versions],
            "history": state["history"]}
     print(json.dumps(out, indent=1, ensure_ascii=False))
     return 0
@@ -101,6 +104,7 @@ def run_promote(args: argparse.Namespace) -> int:
     result = gate(str(production.path), str(candidate.path), n=args.n, progress=True)
     for k in result.base:
         print(f"  {k:22s} production {result.base[k]:.4f}   candidate {result.candidate[k]:.4f}")
+    result.keep_cards(reg, production, candidate)
     if not result.passed and not args.force:
         raise AigcError(f"{candidate.ref} not promoted: " + "; ".join(result.reasons)
                         + " (--force --reason '...' overrides, and is recorded)")

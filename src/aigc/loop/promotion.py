@@ -16,6 +16,7 @@ Both versions are measured now, under the same protocol (``aigc eval``'s, with
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,9 +36,22 @@ class GateResult:
     reasons: list[str]
     protocol: dict[str, Any] = field(default_factory=dict)
     tolerances: dict[str, float] = field(default_factory=dict)
+    # the two full metric cards (kept with each version in the registry, not in the history)
+    cards: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("cards")
+        return d
+
+    def keep_cards(self, registry, base, candidate) -> None:
+        """Store each version's card of this gate beside its weights (``cards/gate-*.json``),
+        so every version carries the metric cards it was measured with."""
+        n = self.protocol.get("n_generated") or self.protocol.get("n") or \
+            self.protocol.get("tokens")
+        label = f"gate-{self.kind}-n{n}-seed{self.protocol.get('seed', 0)}"
+        for version, key in ((base, "base"), (candidate, "candidate")):
+            registry.add_card(version.name, version.version, label, self.cards[key])
 
 
 def measure(path: str, *, n: int, seed: int = 0, progress: bool = False):
@@ -116,4 +130,6 @@ def gate(base_path: str, candidate_path: str, *, n: int = 1000, seed: int = 0,
         tol = {"perplexity_relative": perplexity_tolerance}
     pick = lambda card: {k: float(card.values[k]) for k in keys if k in card.values}  # noqa: E731
     return GateResult(passed=not reasons, kind=a.kind, base=pick(a), candidate=pick(b),
-                      reasons=reasons, protocol=a.protocol, tolerances=tol)
+                      reasons=reasons, protocol=a.protocol, tolerances=tol,
+                      cards={"base": json.loads(a.to_json()),
+                             "candidate": json.loads(b.to_json())})

@@ -92,6 +92,7 @@ def run_promote(runner, job: dict[str, Any]) -> None:
             raise AigcError(f"{candidate.ref} is production already")
         runner.store.set_progress(job["id"], 0.05)
         verdict = gate(str(production.path), str(candidate.path), n=int(p["n"]))
+        verdict.keep_cards(reg, production, candidate)
         result: dict[str, Any] = {"candidate": candidate.ref, "production": production.ref,
                                   "gate": verdict.to_dict(), "promoted": False}
         result["gate"].pop("protocol", None)

@@ -38,7 +38,10 @@ def model_lineage(name: str, studio: Studio = Depends(get_studio)) -> dict:
                        code="model_not_found", param="name")
     state = studio.registry.state(name)
     versions = [{k: v for k, v in ver.to_dict().items() if k not in ("path", "card")}
-                | {"has_card": bool(ver.card)} for ver in studio.registry.versions(name)]
+                | {"has_card": bool(ver.card),
+                   "cards": {label: card.get("values", {}) for label, card in
+                             studio.registry.cards(name, ver.version).items()}}
+                for ver in studio.registry.versions(name)]
     return {"name": name, "serving": studio.served_versions[name], "aliases": state["aliases"],
             "versions": versions, "history": state["history"]}
 
