@@ -389,3 +389,23 @@ def test_links_special_files_and_other_formats_are_named(tmp_path, images):
     for name in ("escape.png", "dangling.png", "linked-dir", "pipe.png", "empty", "scan.tif"):
         assert name in lines, name
     assert "ignored    " + str(root / "b" / "scan.tif") + ": not an image file (.tif" in lines
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "vae", "--data", "mnist", "--out", "{file}"],
+    ["train", "vae", "--data", "mnist", "--out", "{file}/run"],
+    ["finetune", "gpt", "x.safetensors", "--data", "austen", "--out", "{file}"],
+    ["demo", "--out", "{file}"],
+    ["feedback", "export", "--model", "m", "--out", "{file}"],
+    ["improve", "smollm2", "--feedback", "x", "--out", "{file}"],
+])
+def test_run_folder_out_is_checked_before_any_work(tmp_path, capsys, argv):
+    from aigc.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    argv = [a.format(file=blocker) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and str(blocker) in err[0], err
+    assert blocker.read_text() == "not a folder"

@@ -97,3 +97,18 @@ def check_out_file(path: str | Path, flag: str = "--out") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise AigcError(f"{flag} {path}: {parent} is not writable")
     return path
+
+
+def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that the folder ``path`` can be used: it is not a file, and it
+    exists or can be created (its nearest existing ancestor is a writable folder). Nothing is
+    created here."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AigcError(f"{flag} {path} is a file; give a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise AigcError(f"{flag} {path} is not writable")
+        return path
+    check_out_file(path, flag)  # the same rules for the folder that will hold it
+    return path

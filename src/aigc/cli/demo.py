@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from aigc.checkpoints import latest_checkpoint_dir
     from aigc.cli import main as aigc
+    from aigc.cli._common import check_out_folder
 
-    out = Path(args.out)
+    out = check_out_folder(args.out)
     run_dir = out / "run"
     done = latest_checkpoint_dir(run_dir) is not None and (out / "metrics.json").exists()
     if args.retrain and run_dir.exists():

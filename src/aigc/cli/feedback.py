@@ -59,8 +59,10 @@ def version_labels() -> dict[str, str]:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from aigc.cli._common import check_out_folder
     from aigc.loop.export import export_dataset
 
+    check_out_folder(args.out)
     if args.min_star_gap <= 0 or args.min_star_gap > 4:
         raise AigcError(f"--min-star-gap must be in (0, 4], got {args.min_star_gap}")
     store = _store(args)
@@ -85,8 +87,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from aigc.cli._common import check_out_file
     from aigc.loop.report import feedback_report
 
+    check_out_file(args.out)
     store = _store(args)
     try:
         page = feedback_report(store.feedback_snapshot(), files_dir=store.files_dir,

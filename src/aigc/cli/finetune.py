@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from aigc.cli._common import add_config_flags, config_flags
+from aigc.cli._common import add_config_flags, check_out_file, check_out_folder, config_flags
 
 
 def _finetune_defaults(family: str) -> dict:
@@ -96,6 +96,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from aigc.data.text import load_corpus
     from aigc.finetune import finetune_chat_lora
 
+    check_out_folder(args.out)
     corpus = load_corpus(args.data)
     if not corpus.pairs:
         from aigc.errors import DataError
@@ -117,6 +118,7 @@ def run_gpt(args: argparse.Namespace) -> int:
     from aigc.finetune import finetune_gpt
 
     cfg = _train_config(args, "gpt")
+    check_out_folder(args.out)
     result = finetune_gpt(args.checkpoint, args.data, args.out, cfg, layers=args.layers)
     print(f"held-out perplexity on {args.data} val: {result.perplexity_before:.3f} -> "
           f"{result.perplexity_after:.3f} ({result.steps} steps in {result.seconds:.0f}s); "
@@ -135,6 +137,7 @@ def run_text_align(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".safetensors"):
         raise ConfigError(f"--out must name a .safetensors file, got {args.out!r}")
+    check_out_file(args.out)
     model, ckpt = model_from_checkpoint(resolve_model(args.checkpoint))
     if ckpt.family != "diffusion":
         raise ConfigError(f"{ckpt.path} is a {ckpt.family} model; text alignment is for "
@@ -170,6 +173,7 @@ def run_diffusion(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("text_prob", args.text_prob),
                                    ("text_align_weight", args.text_align_weight),
                                    ("text_noise", args.text_noise)) if v is not None}
+    check_out_folder(args.out)
     result = finetune_diffusion(resolve_model(args.checkpoint), args.out, cfg,
                                 model_overrides=overrides)
     print(f"{result.step} steps ({result.stopped}); checkpoint {result.checkpoint}")

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise AigcError("smollm2 is improved as a LoRA adapter: give --out FOLDER")
+        from aigc.cli._common import check_out_folder
+
+        check_out_folder(args.out)
         rec = improve_smollm2(args.feedback, args.out, ImproveSettings(
             steps=args.steps, lr=args.lr, beta=args.beta, batch_size=args.batch_size,
             seed=args.seed), adapter=args.adapter, progress=not args.no_progress)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aigc.cli._common import add_config_flags, config_flags
+from aigc.cli._common import add_config_flags, check_out_folder, config_flags
 from aigc.config import TrainConfig, config_from_dict, config_to_dict, load_config_file
 from aigc.errors import ConfigError
 from aigc.models import FAMILIES, family_module
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if not data and not args.resume:
         raise ConfigError("--data is required (e.g. --data mnist); see `aigc data list`")
     out = Path(args.out or f"runs/{args.family}-{data.replace(':', '-').replace('/', '_')}")
+    check_out_folder(out)  # before the data loads: a bad --out costs nothing and leaves nothing
     model_overrides = {**file.get("model", {}), **config_flags(args, module.CONFIG_CLASS)}
     train_overrides = {**file.get("train", {}), **config_flags(args, TrainConfig)}
     if args.resume:
