@@ -79,3 +79,13 @@ def wait_job(client, job_id: str, timeout: float = 30.0, headers=None) -> dict:
             return job
         time.sleep(0.02)
     raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def api_error(r, status: int, code: str | None = None) -> dict:
+    """The error body of response ``r``, after checking its status and the one error shape."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    if code:
+        assert body["error"]["code"] == code, body
+    return body["error"]

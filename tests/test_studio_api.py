@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from studio_fixtures import CORPUS, make_settings, wait_job
+from studio_fixtures import CORPUS, api_error, make_settings, wait_job
 
 from aigc.studio.app import create_app
 
@@ -22,13 +22,7 @@ def client(tmp_path):
         yield c
 
 
-def _error(r, status: int, code: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    if code:
-        assert body["error"]["code"] == code, body
-    return body["error"]
+_error = api_error
 
 
 def _image_job(client, **kw) -> dict:

@@ -6,18 +6,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from studio_fixtures import make_settings, wait_job
+from studio_fixtures import api_error, make_settings, wait_job
 
 from aigc.studio.app import create_app
 
-
-def _error(r, status: int, code: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    if code:
-        assert body["error"]["code"] == code, body
-    return body["error"]
+_error = api_error
 
 
 @pytest.fixture
