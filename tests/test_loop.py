@@ -366,3 +366,32 @@ def test_smollm2_is_improved_as_a_lora_adapter_of_its_chat_items(tmp_path, monke
     assert "not empty" in capsys.readouterr().err
     assert main(["improve", "smollm2", "--feedback", str(folder)]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_gpt_is_improved_by_dpo_into_a_registered_candidate(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGC_REGISTRY", str(tmp_path / "registry"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"Paragraph {i}: a plain tale of a cat and a dog, told {i} "
+                                  "times." for i in range(200)), encoding="utf-8")
+    assert main(["train", "gpt", "--data", f"text:{corpus}", "--out", str(tmp_path / "run"),
+                 "--steps", "2", "--context-length", "32", "--width", "8", "--layers", "1",
+                 "--heads", "2", "--batch-size", "4", "--eval-batches", "1",
+                 "--no-progress"]) == 0
+    reg = Registry()
+    reg.register("tale", tmp_path / "run", alias="production")
+    folder = tmp_path / "ds" / "fb-tale"
+    (folder / "files").mkdir(parents=True)
+    pairs = [{"id": f"p{i}", "split": "train", "kind": "text", "source": "comparison",
+              "condition": {"label": None, "prompt": "a cat"}, "messages": None,
+              "chosen_text": " and a dog.", "rejected_text": " tale told."} for i in range(4)]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (folder / "card.json").write_text(json.dumps({"dataset": "fb-tale", "sha256": "0" * 64,
+                                                  "family": "gpt", "model": "tale"}))
+    assert main(["improve", "tale", "--feedback", str(folder), "--steps", "3",
+                 "--batch-size", "2", "--lr", "0.001", "--no-progress"]) == 0
+    cand = reg.resolve("tale@candidate")
+    assert cand.parent == "tale@v1" and cand.family == "gpt"
+    from aigc.models.gpt import load_text_model
+
+    model, tokenizer, ckpt = load_text_model(str(cand.path))  # a whole checkpoint, tokenizer too
+    assert ckpt.meta["improvement"]["method"] == "dpo" and tokenizer.encode("cat")

@@ -182,7 +182,12 @@ def improve(model: str, dataset: str | Path, settings: ImproveSettings, *,
                   seed=settings.seed, progress=progress)
     if settings.beta is not None:
         common["beta"] = settings.beta
-    net, ckpt = model_from_checkpoint(str(base.path))
+    if base.family == "gpt":  # with its tokenizer
+        from aigc.models.gpt import load_text_model
+
+        net, tokenizer, ckpt = load_text_model(str(base.path))
+    else:
+        net, ckpt = model_from_checkpoint(str(base.path))
     torch.manual_seed(settings.seed)
     if base.family == "diffusion":
         from aigc.loop.diffusion_dpo import improve_diffusion
@@ -196,9 +201,7 @@ def improve(model: str, dataset: str | Path, settings: ImproveSettings, *,
         net, record = improve_vae(net, image_pairs(train, folder, net.cfg.image_size), **common)
     elif base.family == "gpt":
         from aigc.loop.dpo import improve_gpt
-        from aigc.models.gpt import load_text_model
 
-        net, tokenizer, ckpt = load_text_model(str(base.path))
         net, record = improve_gpt(net, tokenizer, text_pairs(train), **common)
     else:
         from aigc.loop.dpo import improve_unsupported
