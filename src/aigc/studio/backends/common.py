@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,17 @@ def find_checkpoints(models_dir: Path) -> list[tuple[str, Path]]:
                              or (p / "checkpoints" / "latest").is_file()):
             found.append((p.name, p))
     return found
+
+
+def checkpoint_headers(paths: list[tuple[str, Path]]) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """``(name, path, header metadata)`` of each model whose safetensors header reads (the
+    header only, not the weights): how the text and music loaders pick their checkpoints. A
+    path that does not read is skipped here; the image loader reports it."""
+    from aigc.checkpoints import read_metadata, resolve_checkpoint
+    from aigc.errors import AigcError
+
+    for name, path in paths:
+        try:
+            yield name, path, read_metadata(resolve_checkpoint(path))
+        except (AigcError, OSError):
+            continue

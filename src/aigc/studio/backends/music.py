@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from aigc.media import png_bytes
-from aigc.studio.backends.common import _metric_card, log
+from aigc.studio.backends.common import _metric_card, checkpoint_headers, log
 
 
 @dataclass(frozen=True)
@@ -132,16 +132,11 @@ def roll_png_bytes(roll: np.ndarray, record: dict[str, Any]) -> bytes:
 def load_music_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, MusicBackend],
                                                                   dict[str, str]]:
     """The music GPT checkpoints among ``paths`` (found from their metadata, cheaply)."""
-    from aigc.checkpoints import read_metadata, resolve_checkpoint
     from aigc.errors import AigcError
 
     backends: dict[str, MusicBackend] = {}
     skipped: dict[str, str] = {}
-    for name, path in paths:
-        try:
-            meta = read_metadata(resolve_checkpoint(path))
-        except (AigcError, OSError):
-            continue  # reported by the image loader
+    for name, path, meta in checkpoint_headers(paths):
         if meta.get("family") != "music-gpt" and "music_vocab" not in (meta.get("meta") or ""):
             continue
         try:

