@@ -2,7 +2,8 @@
 # Installs the Debian packages aigc reads data from, when running as root with apt; otherwise
 # says which datasets are unavailable and how to point aigc at the files instead. Idempotent.
 set -u
-PACKAGES=(dataset-fashion-mnist r-cran-janeaustenr fortunes fortunes-zh chromium fonts-noto-cjk)
+PACKAGES=(dataset-fashion-mnist r-cran-janeaustenr fortunes fortunes-zh chromium fonts-noto-cjk
+          debian-faq debian-faq-zh-cn espeak-ng flite postgresql)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -35,6 +36,10 @@ for pkg in "${missing[@]}"; do
       echo "setup: Debian package chromium is not installed; the studio's browser test will be skipped" ;;
     fonts-noto-cjk)
       echo "setup: Debian package fonts-noto-cjk is not installed; the browser test's Chinese check fails" ;;
+    debian-faq|debian-faq-zh-cn)
+      echo "setup: the assistant's demo knowledge base ($pkg) is unavailable; index your own folder" ;;
+    espeak-ng|flite) echo "setup: speech synthesis voice $pkg is unavailable (Debian package $pkg)" ;;
+    postgresql) echo "setup: PostgreSQL is not installed; the PostgreSQL test tier will be skipped" ;;
     *) echo "setup: Debian package $pkg is not installed; the data it provides is unavailable" ;;
   esac
 done
