@@ -1,0 +1,1 @@
+"""Personal recommendations: items and prompts ranked per person from their ratings."""
