@@ -5,6 +5,11 @@ import os
 
 import pytest
 
+# One float32 linear route for the whole suite (aigc.models.layers.linear_route), so results do
+# not depend on a timing taken while the tests load the machine, and no kernels.json is written
+# into the user's cache; tests/test_layers_linear.py tests the measured choice and both routes.
+os.environ.setdefault("AIGC_LINEAR_ROUTE", "torch")
+
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("AIGC_SLOW") == "1":

@@ -18,6 +18,8 @@ Both build their records with :func:`image_record`, so the same fields mean the 
 ``threads``         ``torch.get_num_threads()`` when it ran: float reductions, and so the last
                     bit of a pixel, depend on it; replay uses the recorded count
 ``cpu_capability``  the kernel family torch chose (``AVX512``, ``AVX2``, ...), same reason
+``linear_route``    ``onednn`` or ``torch``: the float32 linear kernels measured fastest on the
+                    machine (:func:`aigc.models.layers.linear_route`); replay takes the same one
 ==================  ============================================================================
 """
 
@@ -84,9 +86,11 @@ def checkpoint_ref(name_or_path: str | Path) -> str:
 def runtime() -> dict[str, Any]:
     """What about this process can change the low bits of a result."""
     from aigc.checkpoints import library_versions
+    from aigc.models.layers import linear_route
 
     return {"threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "linear_route": linear_route(),
             "versions": library_versions()}
 
 

@@ -144,6 +144,11 @@ def _use_recorded_threads(record: dict[str, Any]) -> None:
         print(f"replay: using {threads} thread(s) as recorded (this process had "
               f"{torch.get_num_threads()})")
         torch.set_num_threads(threads)
+    route = record.get("linear_route")
+    if route in ("onednn", "torch"):
+        from aigc.models.layers import set_onednn_linear
+
+        set_onednn_linear(route == "onednn")
     isa = record.get("cpu_capability")
     here = torch.backends.cpu.get_cpu_capability()
     if isa and isa != here:
