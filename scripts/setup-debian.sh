@@ -3,7 +3,7 @@
 # says which datasets are unavailable and how to point aigc at the files instead. Idempotent.
 set -u
 PACKAGES=(dataset-fashion-mnist r-cran-janeaustenr fortunes fortunes-zh chromium fonts-noto-cjk
-          debian-faq debian-faq-zh-cn espeak-ng flite postgresql)
+          debian-faq debian-faq-zh-cn espeak-ng flite postgresql libcairo2)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
