@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aigc-installed
 
-.PHONY: setup demo studio pipeline test test-slow lint clean help data-extra
+.PHONY: setup demo studio pipeline test test-slow lint clean help data-extra data-emoji
 
 help:
 	@echo "make demo       set up, run the pipeline (VAE on MNIST: train, sample, evaluate; reused"
@@ -19,9 +19,11 @@ help:
 	@echo "make test-slow  the slow tier too: real training and quality checks (AIGC_SLOW=1)"
 	@echo "make lint       ruff over src, tests and benchmarks"
 	@echo "make data-extra optional larger corpora from npm (chinese-poetry: tang-poems-full)"
+	@echo "make data-emoji the emoji image set's npm packages (setup runs it when npm is present)"
 
 setup: $(STAMP)
 	@bash scripts/setup-debian.sh
+	@$(MAKE) --no-print-directory data-emoji EMOJI_OPTIONAL=1
 
 # Rebuilt when pyproject.toml or constraints.txt changes (pip then moves every pinned package).
 $(STAMP): pyproject.toml constraints.txt
@@ -65,6 +67,25 @@ data-extra:
 	elif command -v npm >/dev/null; then \
 	  npm install --prefix $(HOME)/.cache/aigc/npm --no-audit --no-fund chinese-poetry@2.0.1; \
 	else echo "npm not found: apt-get install npm, or set AIGC_CHINESE_POETRY_DIR"; exit 1; fi
+
+# The `emoji` image set (aigc.data.emoji, docs/emoji.md): Noto PNGs (Apache-2.0), Fluent SVGs (MIT)
+# and CLDR en/zh annotations (Unicode-3.0), exact versions, under ~/.cache/aigc/npm. Idempotent:
+# only what is missing or at another version is installed. Without npm, setup says so and goes on.
+EMOJI_NPM := emoji-datasource-google@16.0.0 fluentui-emoji@1.3.0 cldr-annotations-full@48.2.0 \
+             cldr-annotations-derived-full@48.2.0
+NPM_PREFIX := $(HOME)/.cache/aigc/npm
+data-emoji:
+	@missing=""; for spec in $(EMOJI_NPM); do name=$${spec%@*}; version=$${spec##*@}; \
+	  grep -qs "\"version\": *\"$$version\"" $(NPM_PREFIX)/node_modules/$$name/package.json \
+	    || missing="$$missing $$spec"; done; \
+	if [ -z "$$missing" ]; then echo "setup: emoji npm packages present ($(NPM_PREFIX))"; \
+	elif command -v npm >/dev/null; then echo "setup: npm install$$missing"; \
+	  npm install --prefix $(NPM_PREFIX) --no-audit --no-fund --save-exact $$missing || { \
+	  echo "setup: npm install failed: dataset 'emoji' stays unavailable (make data-emoji retries)"; \
+	  [ -n "$(EMOJI_OPTIONAL)" ]; }; \
+	else echo "setup: npm not found: dataset 'emoji' stays unavailable (apt-get install npm, then"; \
+	  echo "       make data-emoji; or set AIGC_EMOJI_NPM_DIR to a node_modules folder with$$missing)"; \
+	  [ -n "$(EMOJI_OPTIONAL)" ]; fi
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache
