@@ -196,6 +196,9 @@ def test_images_are_rgb_on_white(built):
     flat = [i for i, r in enumerate(records) if r["style"] == "fluent-flat"]
     assert (images[flat[0], 0, 0] == 255).all() and images[flat[0], 32, 32, 2] > 150  # blue disc
     if ds is not None:
+        untoned = emoji.load_emoji("train", path=out, skin_tones=False)
+        assert all(r["skin_tone"] is None for r in untoned.records)
+        assert len(untoned) == sum(1 for r in ds.records if r["skin_tone"] is None)
         assert ds.images.shape[1:] == (3, 64, 64) and len(ds.records) == len(ds)
         assert all(ds.class_names[label] == r["concept_name"]
                    for label, r in zip(ds.labels.tolist(), ds.records))

@@ -638,8 +638,12 @@ def load_prepared(path: Path) -> tuple[np.ndarray, list[dict]]:
     return _LOADED[key]
 
 
-def load_emoji(split: str = "train", path: Path | None = None) -> EmojiImages:
-    """One split of the ``emoji`` set (building it once if the npm packages are there)."""
+def load_emoji(split: str = "train", path: Path | None = None, *,
+               skin_tones: bool = True) -> EmojiImages:
+    """One split of the ``emoji`` set (building it once if the npm packages are there).
+
+    ``skin_tones=False`` keeps only the untoned images (about half the set: the toned variants
+    are almost all of group "People & Body", which they would otherwise dominate)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     path = _locate() if path is None else Path(path)
@@ -647,7 +651,8 @@ def load_emoji(split: str = "train", path: Path | None = None) -> EmojiImages:
     concepts = sorted({r["concept"] for r in records})
     index = {c: i for i, c in enumerate(concepts)}
     names = {r["concept"]: r["concept_name"] for r in records}
-    picked = [i for i, r in enumerate(records) if r["split"] == split]
+    picked = [i for i, r in enumerate(records)
+              if r["split"] == split and (skin_tones or r["skin_tone"] is None)]
     x = torch.from_numpy(images[picked]).permute(0, 3, 1, 2).contiguous()  # (N, 3, 64, 64)
     labels = torch.tensor([index[records[i]["concept"]] for i in picked], dtype=torch.int64)
     return EmojiImages("emoji", split, x, labels, [names[c] for c in concepts], source=str(path),
