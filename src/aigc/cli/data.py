@@ -183,8 +183,8 @@ def run_show(args: argparse.Namespace) -> int:
     if len(classes) > 100:  # emoji: ~1.9k concepts; `aigc data info` has the summary
         print(f"{len(classes)} classes (`aigc data info {args.name}` for the counts)")
         width = 5
-    else:
-        print(f"{'class':<{width}} " + " ".join(f"{s:>7}" for s in SPLITS))
+    print(f"{'class':<{width}} " + " ".join(f"{s:>7}" for s in SPLITS))
+    if len(classes) <= 100:
         counts = {s: ds.class_counts() for s, ds in splits.items()}
         for c in classes:
             print(f"{c:<{width}} " + " ".join(f"{counts[s].get(c, 0):>7}" for s in SPLITS))

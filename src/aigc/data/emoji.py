@@ -237,7 +237,7 @@ class Source:
 class Catalogue:
     sources: list[Source]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    aliased: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+    aliased: list[tuple[str, str]] = field(default_factory=list)  # (file, alias-table name)
     concept_names: dict[str, str] = field(default_factory=dict)  # concept -> English name
 
 
@@ -294,7 +294,7 @@ def catalogue(root: Path, en: dict[str, tuple[str, list[str]]],
             if base in aliases:
                 code, reason = aliases[base]
                 entry = by_unified.get(code)
-                cat.aliased.append((f"{style}/{stem}.svg", reason))
+                cat.aliased.append((f"fluentui-emoji/icons/{style}/{stem}.svg", base))
             else:
                 entry = by_slug.get(base)
             if entry is None:
@@ -421,7 +421,7 @@ def rasterise_svg(data: bytes, size: int = IMAGE_SIZE, seconds: float = RENDER_S
     """
     try:
         from cairosvg.surface import PNGSurface
-    except ImportError:
+    except (ImportError, OSError):  # OSError: cairocffi found no cairo library
         raise DataError("rasterising the Fluent emoji SVGs needs cairosvg: pip install "
                         "'aigc[emoji]' (and the cairo library, Debian libcairo2)") from None
     referenced: list[str] = []
