@@ -49,6 +49,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 import unicodedata
 import warnings
 from collections import Counter
@@ -417,7 +418,8 @@ def rasterise_svg(data: bytes, size: int = IMAGE_SIZE, seconds: float = RENDER_S
 
     Raises ``_Rejected`` for a malformed SVG, one that refers to anything but a ``data:`` URL or
     a fragment of itself (nothing is fetched or read), or one that takes over ``seconds``
-    (enforced with SIGALRM in the main thread; elsewhere unbounded).
+    (interrupted by SIGALRM in the main thread; elsewhere, and when the alarm's exception is
+    swallowed, rejected once it returns).
     """
     try:
         from cairosvg.surface import PNGSurface
@@ -425,6 +427,7 @@ def rasterise_svg(data: bytes, size: int = IMAGE_SIZE, seconds: float = RENDER_S
         raise DataError("rasterising the Fluent emoji SVGs needs cairosvg: pip install "
                         "'aigc[emoji]' (and the cairo library, Debian libcairo2)") from None
     referenced: list[str] = []
+    start = time.monotonic()
     timed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if timed:
         def _alarm(signum, frame):
@@ -443,6 +446,9 @@ def rasterise_svg(data: bytes, size: int = IMAGE_SIZE, seconds: float = RENDER_S
         if timed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+    # the alarm's exception is lost when it lands in a gc callback or __del__: check the clock too
+    if time.monotonic() - start > seconds:
+        raise _Rejected(f"rasterising took over {seconds:g} s")
     if referenced:
         raise _Rejected(f"refers to an external resource {referenced[0][:120]!r} (not fetched)")
     with Image.open(io.BytesIO(png)) as img:
