@@ -378,3 +378,17 @@ def test_real_packages_every_fluent_file_meets_an_emoji(monkeypatch):
     assert {name for _, name in cat.aliased} == set(emoji.load_aliases())
     assert len(cat.aliased) == 214
     assert len({x.concept for x in cat.sources}) == 1911
+
+
+def test_malformed_package_files_name_the_file(npm):
+    emoji_json = npm / "emoji-datasource-google/emoji.json"
+    emoji_json.write_text(json.dumps([{"name": "NO CODE POINTS"}]))
+    with pytest.raises(DataError, match=r"emoji\.json: entry 0 is not an emoji record"):
+        emoji.catalogue(npm, {}, {})
+    zh = npm / "cldr-annotations-full/annotations/zh/annotations.json"
+    zh.write_text("{not json")
+    with pytest.raises(DataError, match="zh/annotations.json could not be read as JSON"):
+        emoji.load_annotations(npm, "zh")
+    zh.write_text(json.dumps({"something": {}}))
+    with pytest.raises(DataError, match="is not a CLDR annotations file"):
+        emoji.load_annotations(npm, "zh")

@@ -257,26 +257,34 @@ def catalogue(root: Path, en: dict[str, tuple[str, list[str]]],
     if not isinstance(entries, list):
         raise DataError(f"{google / 'emoji.json'} is not a list of emoji")
     cat = Catalogue([])
-    by_slug: dict[str, dict] = {}  # slug of the CLDR (else emoji.json) name -> entry
+    by_cldr: dict[str, dict] = {}  # slug of the CLDR English name -> entry (looked up first)
+    by_other: dict[str, dict] = {}  # slug of emoji.json's name and short names -> entry
     by_unified: dict[str, dict] = {}
     png_dir = google / "img/google/64"
-    for e in entries:
-        unified = e["unified"].upper()
-        by_unified[unified] = e
-        names = [en[_chars(unified)][0]] if _chars(unified) in en else []
-        for n in names + [e.get("name") or ""] + list(e.get("short_names") or []):
-            if n:
-                by_slug.setdefault(slug(n), e)
-        cat.concept_names[unified] = names[0] if names else (e.get("name") or unified).lower()
-        group, subgroup = e.get("category") or "", e.get("subcategory") or ""
-        variants = [(unified, None, e)] + [
-            (v["unified"].upper(), k, v) for k, v in sorted((e.get("skin_variations") or {}).items())]
-        for code, tone_key, v in variants:
-            if not v.get("has_img_google"):
-                continue
-            tone = None if tone_key is None else _tone_of(tone_key)
-            cat.sources.append(Source("noto", "emoji-datasource-google", png_dir / v["image"],
-                                      code, unified, tone, group, subgroup))
+    for number, e in enumerate(entries):
+        try:
+            unified = e["unified"].upper()
+            by_unified[unified] = e
+            cldr = en[_chars(unified)][0] if _chars(unified) in en else None
+            if cldr:
+                by_cldr.setdefault(slug(cldr), e)
+            for n in [e.get("name") or "", *(e.get("short_names") or [])]:
+                if n:
+                    by_other.setdefault(slug(n), e)
+            cat.concept_names[unified] = cldr or (e.get("name") or unified).lower()
+            group, subgroup = e.get("category") or "", e.get("subcategory") or ""
+            variants = [(unified, None, e)] + [
+                (v["unified"].upper(), k, v)
+                for k, v in sorted((e.get("skin_variations") or {}).items())]
+            for code, tone_key, v in variants:
+                if not v.get("has_img_google"):
+                    continue
+                tone = None if tone_key is None else _tone_of(tone_key)
+                cat.sources.append(Source("noto", "emoji-datasource-google", png_dir / v["image"],
+                                          code, unified, tone, group, subgroup))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise DataError(f"{google / 'emoji.json'}: entry {number} is not an emoji record "
+                            f"with 'unified' code points and 'image' names ({exc!r})") from None
     fluent = root / "fluentui-emoji" / "icons"
     for style in FLUENT_STYLES:
         folder = fluent / style
@@ -297,7 +305,7 @@ def catalogue(root: Path, en: dict[str, tuple[str, list[str]]],
                 entry = by_unified.get(code)
                 cat.aliased.append((f"fluentui-emoji/icons/{style}/{stem}.svg", base))
             else:
-                entry = by_slug.get(base)
+                entry = by_cldr.get(base) or by_other.get(base)
             if entry is None:
                 cat.skipped.append((f"fluentui-emoji/icons/{style}/{stem}.svg",
                                     f"no emoji is named {base!r} in CLDR or emoji.json, and the "
