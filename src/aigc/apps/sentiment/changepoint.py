@@ -17,10 +17,18 @@ Montgomery, *Introduction to Statistical Quality Control*, 9.1) watches one stre
 4. **Alarm** when ``S+_t > h`` (the stream turned up) or ``S-_t > h`` (turned down). After an
    alarm the detector starts a new warm-up, so the new level becomes the next baseline and one
    turn raises one alert.
+5. **Refine the baseline** after warm-up with each value that arrives while both sums are below
+   ``h / 2`` (the stream looks in control), up to ``baseline_max`` values. A baseline from a short
+   warm-up is off by about ``sigma / sqrt(warmup)``, which eats into the allowance ``k`` on one
+   side and shortens the run between false alarms many times over; refining it removes most of
+   that error, while a real shift pushes a sum past ``h / 2`` within a few values and freezes the
+   baseline before it can absorb the shift.
 
 With normal data, ``k = 0.5`` and ``h = 5`` give an in-control average run length of about 465
-values per side; the monitor's defaults (``h = 8`` for sentiment) trade a few events of delay for
-far fewer false alarms on noisy per-text scores. The state is plain numbers
+values per side when the baseline is known exactly; the monitor's defaults (``k = 0.5``,
+``h = 10``, warm-up 50) trade a few events of delay for far fewer false alarms on noisy per-text
+scores: measured on Gaussian noise with an estimated baseline, 3 false alarms in 100,000 values,
+and a median delay of 17 values after a 1-sigma shift (``tests/test_monitor_changepoint.py``). The state is plain numbers
 (:meth:`Cusum.to_dict` / :meth:`Cusum.from_dict`) so that it persists exactly.
 """
 
@@ -44,7 +52,8 @@ class Cusum:
     h: float
     warmup: int
     min_sigma: float
-    n: int = 0  # values seen in the current warm-up
+    baseline_max: int = 1000  # the baseline is refined with at most this many values
+    n: int = 0  # values in the baseline estimate
     mean: float = 0.0  # Welford running mean of the warm-up
     m2: float = 0.0  # Welford running sum of squared deviations
     mu0: float | None = None  # the baseline once warm-up is over
@@ -69,13 +78,9 @@ class Cusum:
     def update(self, x: float) -> str | None:
         """Feed one value; returns ``"up"`` or ``"down"`` when a change is detected, else None."""
         if self.mu0 is None:
-            self.n += 1
-            delta = x - self.mean
-            self.mean += delta / self.n
-            self.m2 += delta * (x - self.mean)
+            self._welford(x)
             if self.n >= self.warmup:
-                var = self.m2 / (self.n - 1)
-                self.mu0, self.sigma0 = self.mean, max(math.sqrt(var), self.min_sigma)
+                self._set_baseline()
             return None
         z = (x - self.mu0) / self.sigma0
         self.s_pos = max(0.0, self.s_pos + z - self.k)
@@ -84,7 +89,20 @@ class Cusum:
             direction = "up" if self.s_pos > self.h else "down"
             self.restart()
             return direction
+        if max(self.s_pos, self.s_neg) < self.h / 2 and self.n < self.baseline_max:
+            self._welford(x)  # 5. refine the baseline while the stream looks in control
+            self._set_baseline()
         return None
+
+    def _welford(self, x: float) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    def _set_baseline(self) -> None:
+        self.mu0 = self.mean
+        self.sigma0 = max(math.sqrt(self.m2 / (self.n - 1)), self.min_sigma)
 
     def restart(self) -> None:
         """Forget the baseline and begin a new warm-up."""

@@ -63,18 +63,20 @@ class MonitorConfig:
     keywords: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     cn_stocks: Mapping[str, str] | None = None  # None: the example table in entities.py
     any_a_share_code: bool = False
+    # vader, snownlp, a checkpoint path, or per language en=NAME,zh=NAME (see load_scorers)
+    scorer: str = "en=vader,zh=snownlp"
     max_event_bytes: int = 65536
     sentiment_alpha: float = 0.05
     sentiment_warmup: int = 50
     sentiment_k: float = 0.5
-    sentiment_h: float = 8.0
+    sentiment_h: float = 10.0
     sentiment_min_sigma: float = 0.1
     volume_bucket_seconds: float = 60.0
     volume_bucket_events: int = 0
     volume_alpha: float = 0.2
     volume_warmup: int = 30
     volume_k: float = 0.5
-    volume_h: float = 8.0
+    volume_h: float = 10.0
     volume_min_sigma: float = 1.0
     alert_texts: int = 10
     # webhook (the secret comes from the environment variable named here, never from the file)
@@ -137,13 +139,14 @@ def load_config(path: str | Path | None) -> MonitorConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"monitor config {path}: the top level must be a mapping of settings")
+    if "webhook_secret" in raw:
+        raise ValueError(f"monitor config {path}: the webhook secret goes in the environment "
+                         "variable named by webhook_secret_env, not in the file")
     known = {f.name for f in dataclasses.fields(MonitorConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"monitor config {path}: unknown key(s) {unknown}; allowed: "
                          f"{sorted(known)}")
-    if "webhook_secret" in raw:  # pragma: no cover - refused above as unknown; kept explicit
-        raise ValueError("the webhook secret goes in an environment variable, not the file")
     kw = dict(raw)
     if "keywords" in kw:
         if not isinstance(kw["keywords"], dict):
@@ -316,6 +319,7 @@ class Monitor:
         self.counters: dict[str, int] = self.state.get_meta(
             "counters", {"events": 0, "duplicates": 0, "bad": 0, "untagged": 0, "alerts": 0})
         self.bucket: int | None = self.state.get_meta("bucket")
+        self.sender = None  # the WebhookSender its owner (CLI, studio) delivers alerts with
 
     def close(self) -> None:
         self.state.close()
