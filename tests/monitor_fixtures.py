@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +59,29 @@ def write_jsonl(path: Path, events: list, extra: list[str] = ()) -> Path:
         for line in extra:
             f.write(line + "\n")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+POSITIVE = ["great results", "strong growth", "love the new product", "excellent quarter",
+            "beats estimates, good news", "wonderful guidance"]
+NEGATIVE = ["terrible loss", "awful guidance", "hate this drop", "bad quarter, weak sales",
+            "horrible news", "disappointing results"]
+
+
+def worded_stream(n: int, seed: int, flip_at: int) -> list[dict]:
+    """Texts VADER scores: $ACME positive until ``flip_at`` then negative; $OTHER mixed."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        if i % 3 == 0:
+            who, words = "$OTHER", rng.choice(POSITIVE + NEGATIVE)
+        else:
+            pos = rng.random() < (0.8 if i < flip_at else 0.2)
+            who, words = "$ACME", rng.choice(POSITIVE if pos else NEGATIVE)
+        events.append({"id": f"w{i}", "text": f"{who} {words} #{i}", "time": 1000.0 + i})
+    return events

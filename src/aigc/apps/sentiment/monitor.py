@@ -525,6 +525,11 @@ class Monitor:
             if position is not None:
                 MonitorState.put_meta(db, "position", position)
 
+    def save_position(self, position: dict) -> None:
+        """Record where the reader stands when no batch carries it (a truncated file)."""
+        with self.state.transaction() as db:
+            MonitorState.put_meta(db, "position", position)
+
     # -------------------------------------------------------------- reading
     def status(self) -> dict:
         return {**self.counters, "entities": len(self.entities),
@@ -682,6 +687,8 @@ def follow_file(path: str | Path, monitor: Monitor, stop, poll_s: float = 0.5,
             elif os.fstat(f.fileno()).st_size < offset:
                 f.seek(0)
                 offset, line, skipping = 0, 0, False
+                monitor.save_position({"path": origin, "inode": inode, "offset": 0, "line": 0,
+                                       "skipping": False})
                 continue
             if once:
                 break
