@@ -51,6 +51,19 @@ def test_cusum_fires_soon_after_a_shift(seed, sign):
     assert 300 <= at < 300 + 40  # a 1.5 sigma shift: expected delay ~(10 + 1.17)/(1.5 - 0.5)
 
 
+def test_cusum_rewarm_starts_from_the_values_since_the_change():
+    det = Cusum(k=0.5, h=5.0, warmup=20, min_sigma=0.1, rewarm=5)
+    for i in range(20):
+        det.update(0.1 if i % 2 else -0.1)  # sigma0 ~ 0.1
+    fired = [det.update(0.3) for _ in range(3)]  # z ~ 3: S+ = 2.5, 5, 7.5
+    assert fired == [None, None, "up"]
+    # the three values since S+ left zero began the new warm-up: two more finish it
+    assert det.warming_up and det.n == 3 and det.mean == pytest.approx(0.3)
+    det.update(0.3)
+    det.update(0.3)
+    assert not det.warming_up and det.mu0 == pytest.approx(0.3)
+
+
 def test_cusum_state_round_trips_and_refuses_bad_parameters():
     det = Cusum(0.5, 5.0, 10, 0.1)
     for x in range(15):
@@ -81,17 +94,18 @@ def test_monitor_sentiment_alert_on_flip_only(tmp_path):
     assert len(a["texts"]) == cfg.alert_texts and a["texts"][-1]["id"] == f"e{a['event_seq'] - 1}"
 
 
-def test_monitor_volume_burst(tmp_path):
-    # $ACME: 2 mentions per 10-event bucket for 800 events, then every event for 60 events
+def test_monitor_volume_burst_start_and_end(tmp_path):
+    # $ACME: 2 mentions per 10-event bucket, every event for 100 events (a burst), then 2 again
     events = []
-    for i in range(860):
-        about = "$ACME" if i >= 800 or i % 5 == 0 else "$OTHER"
+    for i in range(1200):
+        about = "$ACME" if 800 <= i < 900 or i % 5 == 0 else "$OTHER"
         events.append({"id": i, "text": f"{about} [s=0.1]", "time": float(i)})
     cfg = MonitorConfig(volume_bucket_events=10, volume_warmup=20, sentiment_warmup=1000)
     alerts = Monitor(TextScorer(), cfg, tmp_path / "v.db").process_events(events).alerts
-    acme = [a for a in alerts if a["entity"] == "$ACME"]
-    assert [(a["kind"], a["direction"]) for a in acme] == [("volume", "up")]
-    assert 800 < acme[0]["event_seq"] <= 830
-    # $OTHER's volume fell to zero at the same time: a volume "down" alert
+    acme = [(a["kind"], a["direction"], a["event_seq"]) for a in alerts if a["entity"] == "$ACME"]
+    assert [a[:2] for a in acme] == [("volume", "up"), ("volume", "down")]
+    assert 800 < acme[0][2] <= 830  # within three buckets of the start
+    assert 900 < acme[1][2] <= 960  # the shorter re-warm-up lets the end be seen
+    # $OTHER's volume fell to zero during the burst, and came back
     assert [(a["kind"], a["direction"]) for a in alerts if a["entity"] == "$OTHER"] == \
-        [("volume", "down")]
+        [("volume", "down"), ("volume", "up")]

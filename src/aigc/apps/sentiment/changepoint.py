@@ -15,8 +15,10 @@ Montgomery, *Introduction to Statistical Quality Control*, 9.1) watches one stre
        S-_t = max(0, S-_{t-1} - z_t - k)
 
 4. **Alarm** when ``S+_t > h`` (the stream turned up) or ``S-_t > h`` (turned down). After an
-   alarm the detector starts a new warm-up, so the new level becomes the next baseline and one
-   turn raises one alert.
+   alarm the detector starts a new, shorter warm-up of ``rewarm`` values, so the new level
+   becomes the next baseline and one turn raises one alert. The new warm-up starts with the
+   values since the alarming sum last left zero (the CUSUM estimate of when the change began,
+   Page 1954), so a short burst can be followed by an alert when it ends.
 5. **Refine the baseline** after warm-up with each value that arrives while both sums are below
    ``h / 2`` (the stream looks in control), up to ``baseline_max`` values. A baseline from a short
    warm-up is off by about ``sigma / sqrt(warmup)``, which eats into the allowance ``k`` on one
@@ -53,6 +55,7 @@ class Cusum:
     warmup: int
     min_sigma: float
     baseline_max: int = 1000  # the baseline is refined with at most this many values
+    rewarm: int = 0  # the warm-up after an alarm (0: the same as ``warmup``)
     n: int = 0  # values in the baseline estimate
     mean: float = 0.0  # Welford running mean of the warm-up
     m2: float = 0.0  # Welford running sum of squared deviations
@@ -60,6 +63,9 @@ class Cusum:
     sigma0: float | None = None
     s_pos: float = 0.0
     s_neg: float = 0.0
+    run_pos: list[float] | None = None  # the values since S+ (S-) last was zero, newest last,
+    run_neg: list[float] | None = None  # at most ``warmup`` of them
+    target: int = 0  # the current warm-up's length (0: ``warmup``)
 
     def __post_init__(self) -> None:
         if self.k < 0 or not math.isfinite(self.k):
@@ -68,6 +74,8 @@ class Cusum:
             raise ValueError(f"h must be a finite number > 0, got {self.h}")
         if self.warmup < 2:
             raise ValueError(f"warmup must be at least 2 values, got {self.warmup}")
+        if self.rewarm != 0 and self.rewarm < 2:
+            raise ValueError(f"rewarm must be 0 (same as warmup) or at least 2, got {self.rewarm}")
         if self.min_sigma <= 0:
             raise ValueError(f"min_sigma must be > 0, got {self.min_sigma}")
 
@@ -79,15 +87,23 @@ class Cusum:
         """Feed one value; returns ``"up"`` or ``"down"`` when a change is detected, else None."""
         if self.mu0 is None:
             self._welford(x)
-            if self.n >= self.warmup:
+            if self.n >= (self.target or self.warmup):
                 self._set_baseline()
             return None
         z = (x - self.mu0) / self.sigma0
         self.s_pos = max(0.0, self.s_pos + z - self.k)
         self.s_neg = max(0.0, self.s_neg - z - self.k)
+        self.run_pos = _run(self.run_pos, x, self.s_pos, self.warmup)
+        self.run_neg = _run(self.run_neg, x, self.s_neg, self.warmup)
         if self.s_pos > self.h or self.s_neg > self.h:
             direction = "up" if self.s_pos > self.h else "down"
+            since_change = self.run_pos if direction == "up" else self.run_neg
             self.restart()
+            self.target = self.rewarm or self.warmup
+            for value in since_change[-self.target:]:  # the new level's first values
+                self._welford(value)
+            if self.n >= self.target:
+                self._set_baseline()
             return direction
         if max(self.s_pos, self.s_neg) < self.h / 2 and self.n < self.baseline_max:
             self._welford(x)  # 5. refine the baseline while the stream looks in control
@@ -109,6 +125,8 @@ class Cusum:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
         self.mu0 = self.sigma0 = None
         self.s_pos = self.s_neg = 0.0
+        self.run_pos = self.run_neg = None
+        self.target = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +134,13 @@ class Cusum:
     @classmethod
     def from_dict(cls, d: dict) -> Cusum:
         return cls(**d)
+
+
+def _run(run: list[float] | None, x: float, s: float, cap: int) -> list[float] | None:
+    """The values since a CUSUM sum last was zero (None while it is zero)."""
+    if s == 0.0:
+        return None
+    return ((run or []) + [x])[-cap:]
 
 
 def ewma(previous: float | None, x: float, alpha: float) -> float:

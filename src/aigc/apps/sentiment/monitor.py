@@ -71,6 +71,7 @@ class MonitorConfig:
     sentiment_k: float = 0.5
     sentiment_h: float = 10.0
     sentiment_min_sigma: float = 0.1
+    sentiment_rewarm: int = 50  # the warm-up after an alert (texts)
     volume_bucket_seconds: float = 60.0
     volume_bucket_events: int = 0
     volume_alpha: float = 0.2
@@ -78,6 +79,7 @@ class MonitorConfig:
     volume_k: float = 0.5
     volume_h: float = 10.0
     volume_min_sigma: float = 1.0
+    volume_rewarm: int = 8  # the warm-up after an alert (buckets)
     alert_texts: int = 10
     # webhook (the secret comes from the environment variable named here, never from the file)
     webhook_url: str | None = None
@@ -102,9 +104,10 @@ class MonitorConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"monitor config: {name} must be a number >= 0, got {value!r}")
-        if self.sentiment_warmup < 2 or self.volume_warmup < 2:
-            raise ValueError("monitor config: sentiment_warmup and volume_warmup must be >= 2, "
-                             f"got {self.sentiment_warmup} and {self.volume_warmup}")
+        for name in ("sentiment_warmup", "volume_warmup", "sentiment_rewarm", "volume_rewarm"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
+                raise ValueError(f"monitor config: {name} must be an integer >= 2, got "
+                                 f"{getattr(self, name)!r}")
         if self.volume_bucket_seconds <= 0 or self.volume_bucket_events < 0:
             raise ValueError("monitor config: volume_bucket_seconds must be > 0 and "
                              f"volume_bucket_events >= 0, got {self.volume_bucket_seconds} and "
@@ -428,9 +431,9 @@ class Monitor:
             st = self.entities[entity] = {
                 "n": 0, "index": None, "volume": None, "count": 0, "last_time": None,
                 "sentiment": Cusum(c.sentiment_k, c.sentiment_h, c.sentiment_warmup,
-                                   c.sentiment_min_sigma).to_dict(),
+                                   c.sentiment_min_sigma, rewarm=c.sentiment_rewarm).to_dict(),
                 "rate": Cusum(c.volume_k, c.volume_h, c.volume_warmup,
-                              c.volume_min_sigma).to_dict(),
+                              c.volume_min_sigma, rewarm=c.volume_rewarm).to_dict(),
                 "recent": [],
             }
         return st
