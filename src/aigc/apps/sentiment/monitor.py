@@ -171,37 +171,6 @@ def load_config(path: str | Path | None) -> MonitorConfig:
 
 
 # ---------------------------------------------------------------------------- scorers
-class _VaderScorer:
-    """VADER's compound score (fallback when aigc.apps.sentiment.scorer is absent)."""
-
-    def __init__(self):
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        self._analyzer = SentimentIntensityAnalyzer()
-
-    def score(self, texts: list[str]) -> list[Any]:
-        return [_Score(self._analyzer.polarity_scores(t)["compound"]) for t in texts]
-
-
-class _SnowNLPScorer:
-    """snownlp's positive probability mapped to [-1, 1] (fallback, as above)."""
-
-    def score(self, texts: list[str]) -> list[Any]:
-        from snownlp import SnowNLP
-
-        return [_Score(2.0 * SnowNLP(t).sentiments - 1.0) for t in texts]
-
-
-@dataclass(frozen=True)
-class _Score:
-    score: float
-
-    @property
-    def label(self) -> str:
-        return "positive" if self.score >= 0.05 else "negative" if self.score <= -0.05 \
-            else "neutral"
-
-
 def load_scorers(spec: str) -> dict[str, Scorer]:
     """Scorers by language from ``"vader"``, ``"snownlp"``, a checkpoint path, or
     ``"en=vader,zh=snownlp"``; one name alone scores every language."""
@@ -219,17 +188,9 @@ def load_scorers(spec: str) -> dict[str, Scorer]:
 
 
 def _load_scorer(name: str) -> Scorer:
-    try:
-        from aigc.apps.sentiment.scorer import load_scorer
-    except ImportError:
-        load_scorer = None
-    if load_scorer is not None:
-        return load_scorer(name)
-    if name == "vader":
-        return _VaderScorer()
-    if name == "snownlp":
-        return _SnowNLPScorer()
-    raise ValueError(f"scorer {name!r}: only 'vader' and 'snownlp' are available here")
+    from aigc.apps.sentiment.scorer import load_scorer  # loads torch: only when needed
+
+    return load_scorer(name)
 
 
 # ---------------------------------------------------------------------------- events
