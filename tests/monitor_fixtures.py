@@ -3,10 +3,12 @@ seeded synthetic streams."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import random
 import re
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +87,36 @@ def worded_stream(n: int, seed: int, flip_at: int) -> list[dict]:
             who, words = "$ACME", rng.choice(POSITIVE if pos else NEGATIVE)
         events.append({"id": f"w{i}", "text": f"{who} {words} #{i}", "time": 1000.0 + i})
     return events
+
+
+class Receiver:
+    """A webhook receiver on a free loopback port that answers ``statuses`` in turn (then
+    200) and keeps every request."""
+
+    def __init__(self, statuses=(), port=None):
+        self.statuses, self.requests = list(statuses), []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append((dict(self.headers), body))
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port or free_port()),
+                                                      Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

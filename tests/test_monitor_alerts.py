@@ -2,13 +2,11 @@
 receiver is retried with exponential backoff, and alerts raised while it is down stay in the
 outbox (also across a restart) and go out once it is back. The secret is never logged."""
 
-import http.server
 import json
 import logging
-import threading
 
 import pytest
-from monitor_fixtures import TextScorer, free_port, stream
+from monitor_fixtures import Receiver, TextScorer, free_port, stream
 
 from aigc.apps.sentiment.alerts import (
     SIGNATURE_HEADER,
@@ -22,39 +20,6 @@ from aigc.apps.sentiment.monitor import Monitor, MonitorConfig
 SECRET = b"s3cret-for-tests"
 
 
-class Receiver:
-    """A webhook receiver on a free loopback port that answers ``statuses`` in turn (then
-    200) and keeps every request."""
-
-    def __init__(self, statuses=(), port=None):
-        self.statuses, self.requests = list(statuses), []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests.append((dict(self.headers), body))
-                status = outer.statuses.pop(0) if outer.statuses else 200
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port or free_port()),
-                                                      Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class Clock:
     def __init__(self, t=1000.0):
         self.t = t
@@ -63,8 +28,9 @@ class Clock:
         return self.t
 
 
-def _monitor_with_alert(tmp_path, name="m.db"):
-    m = Monitor(TextScorer(), MonitorConfig(volume_bucket_seconds=3600), tmp_path / name)
+def _monitor_with_alert(tmp_path, sender, name="m.db"):
+    m = Monitor(TextScorer(), MonitorConfig(volume_bucket_seconds=3600), tmp_path / name,
+                sender=sender)
     alerts = m.process_events(stream(700, seed=0, shift_at=500)).alerts
     assert len(alerts) == 1
     return m
@@ -81,10 +47,10 @@ def test_signature_round_trip():
 
 
 def test_signed_post_retried_with_backoff(tmp_path, caplog):
-    m = _monitor_with_alert(tmp_path)
     clock = Clock()
     with Receiver(statuses=[500, 503]) as rx:
         sender = WebhookSender(rx.url, SECRET, timeout_s=5, backoff_s=2, clock=clock)
+        m = _monitor_with_alert(tmp_path, sender)
         assert "s3cret" not in repr(sender)
         with caplog.at_level(logging.DEBUG):
             assert sender.deliver_due(m.state) == (0, 1)
@@ -107,15 +73,16 @@ def test_signed_post_retried_with_backoff(tmp_path, caplog):
 
 
 def test_outbox_survives_a_down_webhook_and_a_restart(tmp_path):
-    m = _monitor_with_alert(tmp_path)
     port = free_port()  # nothing listens here yet
     clock = Clock()
     sender = WebhookSender(f"http://127.0.0.1:{port}/hook", SECRET, timeout_s=2, clock=clock)
+    m = _monitor_with_alert(tmp_path, sender)
     assert sender.deliver_due(m.state) == (0, 1)
     [alert] = m.state.alerts()
     assert alert["delivered_at"] is None and alert["last_error"].startswith("unreachable")
     m.close()
-    again = Monitor(TextScorer(), MonitorConfig(volume_bucket_seconds=3600), tmp_path / "m.db")
+    again = Monitor(TextScorer(), MonitorConfig(volume_bucket_seconds=3600), tmp_path / "m.db",
+                    sender=sender)
     assert again.status()["outbox"] == 1
     clock.t += 3600
     with Receiver(port=port) as rx:
@@ -132,3 +99,12 @@ def test_sender_config_needs_the_secret_in_the_environment():
     assert sender_from_config(MonitorConfig(), env={}) is None
     with pytest.raises(ValueError, match="http:// or https://"):
         WebhookSender("ftp://x", SECRET)
+
+
+def test_alerts_raised_without_a_webhook_are_never_sent(tmp_path):
+    m = _monitor_with_alert(tmp_path, sender=None)
+    [alert] = m.state.alerts()
+    assert alert["last_error"] == "no webhook configured" and m.status()["outbox"] == 0
+    with Receiver() as rx:  # a webhook configured later does not get the past
+        assert WebhookSender(rx.url, SECRET).deliver_due(m.state) == (0, 0)
+    assert rx.requests == []

@@ -62,3 +62,16 @@ def test_config_yaml_json_and_refusals(tmp_path):
         load_config(j)
     with pytest.raises(ValueError, match="sentiment_warmup"):
         MonitorConfig(sentiment_warmup=1)
+
+
+def test_scorer_specs():
+    from aigc.apps.sentiment.monitor import load_scorers
+
+    assert set(load_scorers("vader")) == {"*"}
+    assert set(load_scorers("en=vader, zh=snownlp")) == {"en", "zh"}
+    with pytest.raises(ValueError, match="one for each of en and zh"):
+        load_scorers("en=vader")
+    with pytest.raises(ValueError, match="language 'fr'"):
+        load_scorers("fr=vader")
+    with pytest.raises(ValueError, match="unknown sentiment scorer"):
+        load_scorers("nope")

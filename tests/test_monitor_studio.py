@@ -5,7 +5,7 @@ error shape, the API key, and the Monitor tab's script served from /static."""
 import json
 
 from fastapi.testclient import TestClient
-from monitor_fixtures import worded_stream
+from monitor_fixtures import Receiver, worded_stream
 from studio_fixtures import make_settings
 
 from aigc.studio.app import create_app
@@ -62,6 +62,7 @@ def test_events_alerts_and_dashboard_routes(tmp_path):
         status = client.get("/api/monitor/status").json()
         assert status["events"] == 901 and status["duplicates"] == 1 and status["bad"] == 2
         assert status["webhook"] is False and status["bad_lines"][0]["line"] == 2
+        assert status["outbox"] == 0  # no webhook: stored for the dashboard only
 
         _error(client.get("/api/monitor/series", params={"entity": "$NOPE"}), 404,
                "entity_not_found")
@@ -93,3 +94,25 @@ def test_monitor_routes_need_the_key_when_keys_exist(tmp_path):
                401, "missing_api_key")
         ok = client.get("/api/monitor/status", headers={"Authorization": f"Bearer {key}"})
         assert ok.status_code == 200 and ok.json()["events"] == 0
+
+
+def test_studio_delivers_signed_alerts_to_the_configured_webhook(tmp_path, monkeypatch):
+    from aigc.apps.sentiment.alerts import SIGNATURE_HEADER, verify_signature
+
+    monkeypatch.setenv("HOOK_SECRET", "studio-secret")
+    with Receiver() as rx:
+        settings, client = _client(tmp_path)
+        (settings.data_dir / "monitor.yaml").write_text(
+            f"scorer: vader\nwebhook_url: {rx.url}\nwebhook_secret_env: HOOK_SECRET\n",
+            encoding="utf-8")
+        with client:
+            r = client.post("/api/monitor/events",
+                            json={"events": worded_stream(900, seed=3, flip_at=600)})
+            raised = r.json()["alerts"]
+            assert raised
+            status = client.get("/api/monitor/status").json()
+            assert status["webhook"] is True and status["outbox"] == 0
+    ids = [json.loads(body)["alert_id"] for _, body in rx.requests]
+    assert ids == [a["alert_id"] for a in raised]
+    for headers, body in rx.requests:
+        assert verify_signature(b"studio-secret", body, headers[SIGNATURE_HEADER])

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         sender = sender_from_config(config)
         scorers = load_scorers(args.scorer or config.scorer)
-        monitor = Monitor(scorers, config, args.state)
+        monitor = Monitor(scorers, config, args.state, sender=sender)
     except ValueError as exc:
         raise AigcError(str(exc)) from exc
 

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from aigc.apps.sentiment.changepoint import Cusum, ewma
 from aigc.apps.sentiment.entities import EntityTagger
-from aigc.apps.sentiment.state import MAX_BAD_LINES_KEPT, MonitorState
+from aigc.apps.sentiment.state import MAX_BAD_LINES_KEPT, NEVER, MonitorState
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 MAX_ID_CHARS = 256
@@ -184,6 +184,9 @@ def load_scorers(spec: str) -> dict[str, Scorer]:
         if lang not in ("*", "en", "zh"):
             raise ValueError(f"scorer: language {lang!r} in {spec!r} is not en or zh")
         out[lang] = _load_scorer(name)
+    if "*" not in out and set(out) != {"en", "zh"}:
+        raise ValueError(f"scorer {spec!r}: name one scorer for every language, or one for "
+                         "each of en and zh (e.g. en=vader,zh=snownlp)")
     return out
 
 
@@ -270,10 +273,14 @@ class Monitor:
         config: the :class:`MonitorConfig`.
         state_path: the SQLite file; an existing one is resumed.
         clock: the time of an event without one (and of alert creation).
+        sender: the :class:`~aigc.apps.sentiment.alerts.WebhookSender` alerts are queued for;
+            alerts raised without one are stored for the dashboard but never sent (configuring
+            a webhook later does not flood it with the past).
     """
 
     def __init__(self, scorers: Scorer | Mapping[str, Scorer], config: MonitorConfig,
-                 state_path: str | Path, clock: Callable[[], float] = _time.time):
+                 state_path: str | Path, clock: Callable[[], float] = _time.time,
+                 sender=None):
         self.scorers = dict(scorers) if isinstance(scorers, Mapping) else {"*": scorers}
         self.config = config
         self.tagger = config.tagger()
@@ -283,7 +290,7 @@ class Monitor:
         self.counters: dict[str, int] = self.state.get_meta(
             "counters", {"events": 0, "duplicates": 0, "bad": 0, "untagged": 0, "alerts": 0})
         self.bucket: int | None = self.state.get_meta("bucket")
-        self.sender = None  # the WebhookSender its owner (CLI, studio) delivers alerts with
+        self.sender = sender
 
     def close(self) -> None:
         self.state.close()
@@ -477,9 +484,12 @@ class Monitor:
                            "VALUES (?, ?, ?, ?, ?)", points)
             db.executemany(
                 "INSERT OR IGNORE INTO alerts (alert_key, entity, kind, direction, seq, time, "
-                "payload, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "payload, created, next_attempt, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(a["alert_id"], a["entity"], a["kind"], a["direction"], a["event_seq"],
-                  a["time"], json.dumps(a, ensure_ascii=False), created) for a in alerts])
+                  a["time"], json.dumps(a, ensure_ascii=False), created,
+                  0.0 if self.sender is not None else NEVER,
+                  None if self.sender is not None else "no webhook configured")
+                 for a in alerts])
             db.executemany("INSERT INTO bad_lines (origin, line, reason) VALUES (?, ?, ?)", bad)
             if bad:
                 db.execute("DELETE FROM bad_lines WHERE id <= (SELECT MAX(id) FROM bad_lines) "

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS bad_lines (
 """
 
 MAX_BAD_LINES_KEPT = 1000  # the newest bad lines kept for the report; the count is kept in full
+NEVER = 1e308  # next_attempt of an alert raised with no webhook configured: never sent
 
 
 class MonitorState:
@@ -139,7 +140,8 @@ class MonitorState:
     def outbox_size(self) -> int:
         with self.lock:
             return self.db.execute(
-                "SELECT COUNT(*) FROM alerts WHERE delivered_at IS NULL").fetchone()[0]
+                "SELECT COUNT(*) FROM alerts WHERE delivered_at IS NULL AND next_attempt < ?",
+                (NEVER,)).fetchone()[0]
 
     def mark_delivered(self, row_id: int, at: float) -> None:
         with self.transaction() as db:

@@ -42,11 +42,11 @@ def get_monitor(request: Request, studio: Studio = Depends(get_studio)):
             try:
                 config = load_config(found[0] if found else None)
                 sender = sender_from_config(config)
-                monitor = Monitor(load_scorers(config.scorer), config, data / "monitor.db")
+                monitor = Monitor(load_scorers(config.scorer), config, data / "monitor.db",
+                                  sender=sender)
             except ValueError as exc:
                 raise ApiError(500, f"the monitor cannot start: {exc}", "server_error",
                                code="monitor_unavailable") from exc
-            monitor.sender = sender
             request.app.state.monitor = monitor
     return monitor
 
