@@ -80,10 +80,12 @@ def test_cusum_state_round_trips_and_refuses_bad_parameters():
 def test_monitor_sentiment_alert_on_flip_only(tmp_path):
     cfg = MonitorConfig(volume_bucket_seconds=3600)
     false_alarms = 0
-    for seed in range(10):  # 10 x 600 stationary $ACME events
+    for seed in range(20):  # 20 x 900 stationary texts ($ACME and $OTHER)
         quiet = Monitor(TextScorer(), cfg, tmp_path / f"quiet{seed}.db")
         false_alarms += len(quiet.process_events(stream(900, seed=seed)).alerts)
-    assert false_alarms <= 1
+    # the default detector (k = 0.3, h = 14) false-alarms ~0.5 per 10,000 values on noise
+    # (changepoint.py); more than 3 in these 18,000 would be a regression
+    assert false_alarms <= 3
     flip = Monitor(TextScorer(), cfg, tmp_path / "flip.db")
     alerts = flip.process_events(stream(900, seed=0, shift_at=600)).alerts
     assert [(a["entity"], a["kind"], a["direction"]) for a in alerts] == \

@@ -68,8 +68,11 @@ class MonitorConfig:
     max_event_bytes: int = 65536
     sentiment_alpha: float = 0.05
     sentiment_warmup: int = 50
-    sentiment_k: float = 0.5
-    sentiment_h: float = 10.0
+    # k = 0.3, h = 14 chosen on the *validation* split with VADER (benchmarks/
+    # monitor_tune_sentiment.py): a flip of a 75/25 positive mix to 25/75 moves the mean VADER
+    # score by only ~0.5 sigma, and k = 0.5 (tuned for 1-sigma shifts) missed most such turns
+    sentiment_k: float = 0.3
+    sentiment_h: float = 14.0
     sentiment_min_sigma: float = 0.1
     sentiment_rewarm: int = 50  # the warm-up after an alert (texts)
     volume_bucket_seconds: float = 60.0
