@@ -125,3 +125,31 @@ def test_cli_reads_stdin_and_reports_bad_lines(tmp_path):
                          capture_output=True, env=env, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "aigc: error: --once goes with --follow FILE (standard input is read to its end anyway)"]
+
+
+def test_concurrent_batches_count_every_event_once(tmp_path):
+    """The studio ingests from several threads: batches serialize, nothing is lost or doubled,
+    and readers can run meanwhile."""
+    m = _monitor(tmp_path)
+    events = stream(2000, seed=5)
+    chunks = [events[i:i + 50] + events[i:i + 5] for i in range(0, 2000, 50)]
+    errors = []
+
+    def work(part):
+        try:
+            for c in part:
+                m.process_events(c)
+                m.entity_summaries()
+                m.status()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(chunks[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    status = m.status()
+    assert status["events"] == 2000 and status["duplicates"] == 5 * 40
+    assert sum(e["events"] for e in m.entity_summaries()) == 2000

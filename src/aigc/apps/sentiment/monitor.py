@@ -508,17 +508,23 @@ class Monitor:
             MonitorState.put_meta(db, "position", position)
 
     # -------------------------------------------------------------- reading
+    # (readers take the state's lock: the studio reads while another request ingests)
     def status(self) -> dict:
-        return {**self.counters, "entities": len(self.entities),
-                "outbox": self.state.outbox_size(),
-                "position": self.state.get_meta("position"),
-                "bad_lines": self.state.bad_lines(20)}
+        """Counters, entities, the webhook outbox, the reader's position, the newest bad
+        lines."""
+        with self.state.lock:
+            return {**self.counters, "entities": len(self.entities),
+                    "outbox": self.state.outbox_size(),
+                    "position": self.state.get_meta("position"),
+                    "bad_lines": self.state.bad_lines(20)}
 
     def entity_summaries(self) -> list[dict]:
-        return [{"entity": k, "name": self.tagger.display(k), "events": v["n"],
-                 "index": v["index"], "volume": v["volume"], "last_time": v["last_time"],
-                 "warming_up": v["sentiment"]["mu0"] is None}
-                for k, v in sorted(self.entities.items(), key=lambda kv: -kv[1]["n"])]
+        """Every entity seen, the most mentioned first."""
+        with self.state.lock:
+            return [{"entity": k, "name": self.tagger.display(k), "events": v["n"],
+                     "index": v["index"], "volume": v["volume"], "last_time": v["last_time"],
+                     "warming_up": v["sentiment"]["mu0"] is None}
+                    for k, v in sorted(self.entities.items(), key=lambda kv: -kv[1]["n"])]
 
 
 # ---------------------------------------------------------------------------- readers
