@@ -16,7 +16,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from pydantic import Field
 
-from aigc.studio.schemas import Strict
+from aigc.studio.schemas import ErrorResponse, Strict
 from aigc.studio.service import ApiError, Studio, get_studio, require_key
 
 router = APIRouter(prefix="/api/monitor", tags=["monitor"], dependencies=[Depends(require_key)])
@@ -193,7 +193,8 @@ def entities(monitor=Depends(get_monitor)) -> EntityList:
     return EntityList(entities=[EntitySummary(**e) for e in monitor.entity_summaries()])
 
 
-@router.get("/series", response_model=Series)
+@router.get("/series", response_model=Series, responses={
+    404: {"model": ErrorResponse, "description": "the monitor has not seen this entity"}})
 def series(entity: str = Query(..., min_length=1, max_length=100),
            limit: int = Query(2000, ge=1, le=20000),
            monitor=Depends(get_monitor)) -> Series:
