@@ -55,9 +55,9 @@ class SentimentTrainConfig:
 
 def default_config(language: str, labels: tuple[str, ...], has_scores: bool) -> SentimentConfig:
     """The model aigc trains when none is specified: the MiniLM head with VADER features for
-    English, the jieba-word bag for Chinese (docs/sentiment.md gives the measurements)."""
+    English, the hashed bag of characters and character n-grams for Chinese (docs/sentiment.md gives the measurements)."""
     if language == "zh":
-        return SentimentConfig(language="zh", encoder="jieba-words", labels=labels,
+        return SentimentConfig(language="zh", encoder="char-ngrams", labels=labels,
                                hidden=64, score_head=has_scores)
     return SentimentConfig(language="en", encoder="minilm+vader", labels=labels,
                            score_head=has_scores)
