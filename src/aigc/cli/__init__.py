@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "aigc.cli.improve",
     "aigc.cli.models",
     "aigc.cli.demo",
+    "aigc.cli.sentiment",
     "aigc.cli.studio",
     "aigc.cli.monitor",
 ]

@@ -58,6 +58,7 @@ class SentimentConfig:
     dropout: float = 0.1
     buckets: int = 2**16  # hashed encoders only: number of n-gram vectors
     embed_dim: int = 16  # hashed encoders only: size of each n-gram vector
+    max_n: int = 2  # hashed encoders only: units and their n-grams up to this length
     score_head: bool = True  # False: score = P(positive) - P(negative)
 
     def __post_init__(self):
@@ -73,7 +74,7 @@ class SentimentConfig:
                 not {"negative", "positive"} <= set(self.labels):
             raise ConfigError("labels must hold 'negative' and 'positive' (and optionally "
                               f"'neutral'), each once, got {self.labels!r}")
-        for name in ("hidden", "buckets", "embed_dim"):
+        for name in ("hidden", "buckets", "embed_dim", "max_n"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -99,8 +100,9 @@ def _stable_hash(token: str) -> int:
     return zlib.crc32(token.encode("utf-8"))
 
 
-def ngram_tokens(text: str, encoder: str) -> list[str]:
-    """The n-grams a hashed encoder reads: units (jieba words or characters) and their bigrams."""
+def ngram_tokens(text: str, encoder: str, max_n: int = 2) -> list[str]:
+    """The n-grams a hashed encoder reads: units (jieba words or characters) and their n-grams
+    up to ``max_n`` units long."""
     if encoder == "jieba-words":
         import jieba
 
@@ -109,7 +111,10 @@ def ngram_tokens(text: str, encoder: str) -> list[str]:
         units = [c for c in text if not c.isspace()]
     else:
         raise ConfigError(f"encoder {encoder!r} is not a hashed encoder ({', '.join(_HASHED)})")
-    return units + [a + "\x1f" + b for a, b in zip(units, units[1:], strict=False)]
+    out = list(units)
+    for n in range(2, max_n + 1):
+        out.extend("\x1f".join(units[i:i + n]) for i in range(len(units) - n + 1))
+    return out
 
 
 def featurize(texts: list[str], config: SentimentConfig) -> dict[str, torch.Tensor]:
@@ -129,7 +134,7 @@ def featurize(texts: list[str], config: SentimentConfig) -> dict[str, torch.Tens
     offsets: list[int] = []
     for t in texts:
         offsets.append(len(ids))
-        toks = ngram_tokens(t, config.encoder) or ["\x00empty"]
+        toks = ngram_tokens(t, config.encoder, config.max_n) or ["\x00empty"]
         ids.extend(_stable_hash(tok) % config.buckets for tok in toks)
     return {"ids": torch.tensor(ids, dtype=torch.long),
             "offsets": torch.tensor(offsets, dtype=torch.long)}
