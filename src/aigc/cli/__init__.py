@@ -27,7 +27,9 @@ COMMAND_MODULES = [
     "aigc.cli.improve",
     "aigc.cli.models",
     "aigc.cli.demo",
+    "aigc.cli.sentiment",
     "aigc.cli.studio",
+    "aigc.cli.monitor",
 ]
 
 
