@@ -13,8 +13,8 @@ Every part speaks the same unit, stars above or below the average, so they add:
   they have said enough.
 * ``content(u, i)``: kernel regression of the person's own residuals ``r_j = y_j - ybar_u -
   pop(j)`` over the ``content_neighbours`` items they answered about that are most similar to
-  ``i`` (cosine of :mod:`content` features, positive only, same feature space):
-  ``sum_j s_ij w_j r_j / (sum_j s_ij w_j + content_shrink)``. It works from the first answer
+  ``i`` (``s_ij``: cosine of :mod:`content` features, positive only, same feature space,
+  raised to ``content_power``): ``sum_j s_ij w_j r_j / (sum_j s_ij w_j + content_shrink)``. It works from the first answer
   and for items no one else has rated.
 
 Cold start: a person with fewer than ``cold_signals`` answers gets the same score (``cf`` and
@@ -51,6 +51,7 @@ class BlendWeights:
     cf_ramp: float = 10.0
     content: float = 1.0
     content_neighbours: int = 20
+    content_power: float = 1.0
     content_shrink: float = 1.0
     pop_shrink: float = 3.0
     user_shrink: float = 2.0
@@ -58,7 +59,8 @@ class BlendWeights:
     diversity: float = 0.5
 
     def __post_init__(self):
-        for name in ("cf_max", "content", "cf_ramp", "content_shrink", "pop_shrink",
+        for name in ("cf_max", "content", "cf_ramp", "content_power", "content_shrink",
+                     "pop_shrink",
                      "user_shrink", "diversity"):
             value = getattr(self, name)
             if not value >= 0:
@@ -132,9 +134,10 @@ class Recommender:
         self._cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ state
-    def _state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         """Items, interactions, factors and similarities, rebuilt when feedback or items
-        changed since the last call."""
+        changed since the last call (pass it to :meth:`recommend` to rank many people, or
+        with other :class:`BlendWeights`, against one snapshot)."""
         rows = self.store.list_feedback()
         items = self.store.list_items(limit=MAX_CATALOGUE)
         key = (len(rows), rows[-1]["id"] if rows else 0, len(items),
@@ -177,10 +180,12 @@ class Recommender:
         return num / (den + self.weights.pop_shrink)
 
     # ---------------------------------------------------------------- ranking
-    def scores(self, rater: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def scores(self, rater: str, state: dict[str, Any] | None = None,
+               weights: BlendWeights | None = None) -> tuple[dict[str, Any],
+                                                             dict[str, np.ndarray]]:
         """The state and the score parts of every catalogue item for ``rater``."""
-        st = self._state()
-        W = self.weights
+        st = state or self.state()
+        W = weights or self.weights
         inter: Interactions = st["inter"]
         n_items = len(st["ids"])
         pop = st["pop"]
@@ -199,7 +204,7 @@ class Recommender:
             mu = inter.global_mean()
             ybar = (np.sum(w * y) + W.user_shrink * mu) / (np.sum(w) + W.user_shrink)
             resid = y - ybar - pop[js]  # (n,) what the person says beyond popularity
-            s = np.clip(st["sim"][:, js], 0.0, None)  # (I, n)
+            s = np.clip(st["sim"][:, js], 0.0, None) ** W.content_power  # (I, n)
             if len(js) > W.content_neighbours:  # keep each item's nearest answered items
                 cut = np.partition(s, -W.content_neighbours, axis=1)[:, -W.content_neighbours]
                 s = np.where(s >= cut[:, None], s, 0.0)
@@ -207,19 +212,24 @@ class Recommender:
         return st, {"popularity": pop, "collaborative": cf, "content": content,
                     "score": pop + cf + content}
 
-    def recommend(self, rater: str, k: int = 10, *, with_settings: bool = True) -> Recommendations:
-        """The ``k`` best items ``rater`` has not given feedback about, best first."""
+    def recommend(self, rater: str, k: int = 10, *, with_settings: bool = True,
+                  state: dict[str, Any] | None = None,
+                  weights: BlendWeights | None = None) -> Recommendations:
+        """The ``k`` best items ``rater`` has not given feedback about, best first.
+        ``weights`` other than the recommender's own: for comparisons (the popularity part
+        keeps the shrinkage the state was built with)."""
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be in 1..{MAX_K}, got {k}")
-        st, parts = self.scores(rater)
+        W = weights or self.weights
+        st, parts = self.scores(rater, state, W)
         inter: Interactions = st["inter"]
         seen = inter.seen.get(rater, set())
         n_signals = len(inter.values.get(rater, {}))
         score = parts["score"]
         candidates = [j for j, i in enumerate(st["ids"]) if i not in seen]
-        cold = n_signals < self.weights.cold_signals
-        if cold and self.weights.diversity > 0:
-            picked = self._diverse(candidates, score, st["sim"], k)
+        cold = n_signals < W.cold_signals
+        if cold and W.diversity > 0:
+            picked = self._diverse(candidates, score, st["sim"], k, W.diversity)
         else:
             # stable: ties keep the store's order (newest first)
             picked = sorted(candidates, key=lambda j: -score[j])[:k]
@@ -231,14 +241,15 @@ class Recommender:
             rec.settings = self._settings(st, score, inter.values.get(rater, {}))
         return rec
 
-    def _diverse(self, candidates: list[int], score: np.ndarray, sim: np.ndarray,
-                 k: int) -> list[int]:
+    @staticmethod
+    def _diverse(candidates: list[int], score: np.ndarray, sim: np.ndarray, k: int,
+                 diversity: float) -> list[int]:
         """Maximal marginal relevance over ``candidates``."""
         left = sorted(candidates, key=lambda j: -score[j])
         picked: list[int] = []
         penalty = np.zeros(len(score))
         while left and len(picked) < k:
-            best = max(left, key=lambda j: score[j] - self.weights.diversity * penalty[j])
+            best = max(left, key=lambda j: score[j] - diversity * penalty[j])
             picked.append(best)
             left.remove(best)
             penalty = np.maximum(penalty, np.clip(sim[:, best], 0.0, None))
