@@ -153,3 +153,12 @@ def test_with_api_keys_the_route_needs_a_key_and_answers_only_for_its_owner(tmp_
                      headers=auth).status_code == 200
         api_error(c.get("/api/recommendations", params={"user": "someone-else"}, headers=auth),
                   403, "not_yours")
+
+
+def test_the_gallery_page_loads_the_for_you_view(studio):
+    client, _, _ = studio
+    page = client.get("/").text
+    assert 'id="for-you"' in page and '<script src="/static/recommend.js">' in page
+    js = client.get("/static/recommend.js")
+    assert js.status_code == 200 and "/api/recommendations?k=" in js.text
+    assert "loadForYou" in client.get("/static/app.js").text

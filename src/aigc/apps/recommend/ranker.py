@@ -12,10 +12,11 @@ Every part speaks the same unit, stars above or below the average, so they add:
   number ``n`` of items the person has answered about, since a person's factors are noise until
   they have said enough.
 * ``content(u, i)``: kernel regression of the person's own residuals ``r_j = y_j - ybar_u -
-  pop(j)`` over the ``content_neighbours`` items they answered about that are most similar to
-  ``i`` (``s_ij``: cosine of :mod:`content` features, positive only, same feature space,
-  raised to ``content_power``): ``sum_j s_ij w_j r_j / (sum_j s_ij w_j + content_shrink)``. It works from the first answer
-  and for items no one else has rated.
+  pop(j)`` (``ybar_u``: their weighted mean, shrunk towards 3 stars by ``user_shrink``) over
+  the ``content_neighbours`` items they answered about that are most similar to ``i``
+  (``s_ij``: cosine of :mod:`content` features, positive only, same feature space, raised to
+  ``content_power``): ``sum_j s_ij w_j r_j / (sum_j s_ij w_j + content_shrink)``. It works
+  from the first answer and for items no one else has rated.
 
 Cold start: a person with fewer than ``cold_signals`` answers gets the same score (``cf`` and
 ``content`` are 0 without answers, so it is popularity, then popularity near their first
@@ -41,6 +42,7 @@ from aigc.apps.recommend.signals import Interactions, SignalWeights, collect
 
 MAX_CATALOGUE = 20_000  # the most recent items considered
 MAX_K = 100
+NEUTRAL_STARS = 3.0  # the middle of the 1-5 scale
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,9 @@ class Recommender:
             js = np.array(sorted(mine))
             y = np.array([mine[j][0] for j in js])
             w = np.array([mine[j][1] for j in js])
-            mu = inter.global_mean()
-            ybar = (np.sum(w * y) + W.user_shrink * mu) / (np.sum(w) + W.user_shrink)
+            # the person's own mean, shrunk towards the neutral middle of the scale (not the
+            # global mean: someone who has only given 5s to a few items still likes them)
+            ybar = (np.sum(w * y) + W.user_shrink * NEUTRAL_STARS) / (np.sum(w) + W.user_shrink)
             resid = y - ybar - pop[js]  # (n,) what the person says beyond popularity
             s = np.clip(st["sim"][:, js], 0.0, None) ** W.content_power  # (I, n)
             if len(js) > W.content_neighbours:  # keep each item's nearest answered items
