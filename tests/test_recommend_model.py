@@ -96,3 +96,61 @@ def test_factorisation_rejects_bad_input_by_name():
         fit_factors(np.array([0]), np.array([0]), np.array([3.0]), np.array([0.0]), 1, 1)
     with pytest.raises(ValueError, match="rank must be in 1..256, got 0"):
         FactorConfig(rank=0)
+
+
+def test_neighbours_carry_a_groups_taste_to_items_the_person_never_saw():
+    """Two groups with opposite tastes over 20 items; a new member of group A who answered about
+    items 0-3 only is predicted to like what group A liked among items 4-19."""
+    from aigc.apps.recommend.ranker import BlendWeights, _neighbour_scores
+
+    rng = np.random.default_rng(0)
+    taste = np.where(rng.random(20) < 0.5, 1.0, -1.0)  # group A's residual per item
+    pseudo = np.vstack([taste + rng.normal(0, 0.3, 20) for _ in range(6)]
+                       + [-taste + rng.normal(0, 0.3, 20) for _ in range(6)]
+                       + [np.concatenate([taste[:4], np.zeros(16)])])
+    answered = np.array([20.0] * 12 + [4.0])
+    got = _neighbour_scores(pseudo, answered, 12, BlendWeights(people_neighbours=5))
+    assert np.corrcoef(got[4:], taste[4:])[0, 1] > 0.9
+    assert (np.sign(got[4:]) == taste[4:]).all()
+
+
+def test_content_similarity_is_calibrated_per_space_and_zero_across_spaces(tmp_path):
+    from aigc.apps.recommend.content import ContentIndex
+
+    rng = np.random.default_rng(0)
+    index = ContentIndex(tmp_path)
+    centre_a, centre_b = rng.normal(size=16), rng.normal(size=16)
+    for k in range(4):  # two clusters in one space
+        index.vectors[f"a{k}"] = ("text:minilm", centre_a + 0.5 * rng.normal(size=16))
+        index.vectors[f"b{k}"] = ("text:minilm", centre_b + 0.5 * rng.normal(size=16))
+    index.vectors["img"] = ("image:pixels", rng.normal(size=67))
+    ids = [f"a{k}" for k in range(4)] + [f"b{k}" for k in range(4)] + ["img", "none"]
+    sim = index.similarity(ids)
+    assert np.allclose(np.diag(sim)[:9], 1.0) and sim[9, 9] == 0.0  # no features: no similarity
+    assert (sim[8, :8] == 0).all() and (sim[:8, 8] == 0).all()  # other space
+    assert np.allclose(sim, sim.T) and sim.min() >= -1 and sim.max() <= 1
+    # calibrated: the nearest other item of an average item is at 1 before clipping, so some
+    # reach 1; the clusters survive (each item's nearest other is in its own cluster)
+    off = sim[:8, :8] - 2 * np.eye(8)
+    assert off.max() == 1.0 and off.max(axis=1).mean() > 0.5
+    assert (off.argmax(axis=1) // 4 == np.arange(8) // 4).all()
+
+
+def test_music_features_read_a_stored_midi_file(tmp_path):
+    from aigc.apps.recommend.content import ContentIndex
+    from aigc.data.music.midi import write_midi
+    from aigc.data.music.pieces import Note, Piece
+
+    # C major scale, one voice, in 4/4
+    notes = [Note(onset=24 * k, voice=0, pitch=p, duration=24)
+             for k, p in enumerate((60, 62, 64, 65, 67, 69, 71, 72))]
+    piece = Piece(name="scale", style="folk", tonic=0, mode="major", meter=(4, 4), notes=notes)
+    write_midi(piece, tmp_path / ("a" * 64 + ".mid"))
+    index = ContentIndex(tmp_path)
+    index.update([{"id": "m1", "kind": "music", "file": "x.wav",
+                   "record": {"files": {"mid": "a" * 64 + ".mid"}}},
+                  {"id": "m2", "kind": "music", "file": "y.wav", "record": {}}])
+    space, f = index.vectors["m1"]
+    assert space == "music:stats" and "m2" not in index.vectors  # no MIDI: no features
+    assert f[:12].sum() == pytest.approx(1.0) and f[0] == pytest.approx(2 / 8)  # two Cs
+    assert f[12] == 1.0 and f[13] == pytest.approx(8 / piece.bars) and f[15] == 1  # in key

@@ -28,6 +28,11 @@ import numpy as np
 
 log = logging.getLogger("aigc.recommend")
 PIXEL_GRID = 8
+NEAR_NEIGHBOURS = 1
+# Spaces whose dimensions are divided by their standard deviation before the cosine: hand-made
+# statistics in mixed units. Learned features (classifier, MiniLM) are only centred: scaling
+# each of MiniLM's 384 dimensions to unit variance over a few texts drowns the topic in noise.
+STANDARDISED = ("image:pixels", "music:stats")
 
 
 def _image_array(path: Path) -> np.ndarray:
@@ -145,21 +150,35 @@ class ContentIndex:
             self.vectors[r["id"]] = ("music:stats", music_features(piece))
 
     def similarity(self, ids: list[str]) -> np.ndarray:
-        """Cosine similarities ``(N, N)`` of the items ``ids`` after standardising each feature
-        space (zero mean, unit variance per dimension over the items given); 0 between items
-        of different spaces or without features."""
+        """Similarities ``(N, N)`` of the items ``ids``: cosines after centring each feature space
+        over the items given (and scaling each dimension to unit variance in the
+        :data:`STANDARDISED` spaces), divided by the
+        space's mean cosine of an item to its nearest other item and clipped
+        to [-1, 1]; 0 between items of different spaces or without features."""
         n = len(ids)
         sim = np.zeros((n, n))
         spaces: dict[str, list[int]] = {}
         for j, item_id in enumerate(ids):
             if item_id in self.vectors:
                 spaces.setdefault(self.vectors[item_id][0], []).append(j)
-        for idx in spaces.values():
+        for space, idx in spaces.items():
             X = np.stack([self.vectors[ids[j]][1] for j in idx]).astype(np.float64)
             X = X - X.mean(axis=0)
-            X = X / np.maximum(X.std(axis=0), 1e-8) if len(idx) > 1 else X
+            if space in STANDARDISED and len(idx) > 1:  # hand-made statistics of mixed units
+                X = X / np.maximum(X.std(axis=0), 1e-8)
             X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-            sim[np.ix_(idx, idx)] = X @ X.T
+            block = X @ X.T
+            if len(idx) > 1:
+                # Calibrate the space: cosines of MiniLM texts run lower than those of one
+                # class's images; scaled so that an item's nearest other item has similarity 1
+                # on average, "close" means the same in every space.
+                near = min(NEAR_NEIGHBOURS, len(idx) - 1)
+                off = block - 2.0 * np.eye(len(idx))  # self out of the top
+                q = float(np.partition(off, -near, axis=1)[:, -near:].mean())
+                if q > 1e-6:
+                    block = np.clip(block / q, -1.0, 1.0)
+            np.fill_diagonal(block, 1.0)
+            sim[np.ix_(idx, idx)] = block
         return sim
 
     def space(self, item_id: str) -> str | None:

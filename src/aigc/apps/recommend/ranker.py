@@ -7,10 +7,13 @@ Every part speaks the same unit, stars above or below the average, so they add:
 * ``pop(i)``: the item's mean value over everyone (:mod:`signals`), minus the global mean,
   shrunk towards 0 by ``pop_shrink`` pseudo-answers (an item with one 5-star answer is not
   ranked above one with twenty 4.5s).
-* ``cf(u, i) = P[u] . Q[i]``: the personal part of the matrix factorisation
-  (:mod:`collaborative`); its weight ``w_cf(n) = cf_max * n / (n + cf_ramp)`` grows with the
-  number ``n`` of items the person has answered about, since a person's factors are noise until
-  they have said enough.
+* ``cf(u, i)``, collaborative: ``cf_max`` x the personal part ``P[u] . Q[i]`` of the matrix
+  factorisation (:mod:`collaborative`), plus ``neighbours_max`` x content-boosted user-user CF
+  (Melville, Mooney & Nagarajan 2002): everyone's answers are filled in with their content
+  predictions, and the people whose filled-in answers correlate best with the person's vote
+  (``people_neighbours`` of them). Both grow with the number ``n`` of items the person has
+  answered about, by ``n / (n + cf_ramp)``: a person's factors and correlations are noise
+  until they have said enough.
 * ``content(u, i)``: kernel regression of the person's own residuals ``r_j = y_j - ybar_u -
   pop(j)`` (``ybar_u``: their weighted mean, shrunk towards 3 stars by ``user_shrink``) over
   the ``content_neighbours`` items they answered about that are most similar to ``i``
@@ -49,11 +52,13 @@ NEUTRAL_STARS = 3.0  # the middle of the 1-5 scale
 class BlendWeights:
     """How the three parts are mixed (see the module docstring)."""
 
-    cf_max: float = 1.0
+    cf_max: float = 0.0
+    neighbours_max: float = 2.0
+    people_neighbours: int = 30
     cf_ramp: float = 10.0
     content: float = 1.0
     content_neighbours: int = 20
-    content_power: float = 1.0
+    content_power: float = 3.0
     content_shrink: float = 1.0
     pop_shrink: float = 3.0
     user_shrink: float = 2.0
@@ -61,12 +66,14 @@ class BlendWeights:
     diversity: float = 0.5
 
     def __post_init__(self):
-        for name in ("cf_max", "content", "cf_ramp", "content_power", "content_shrink",
+        for name in ("cf_max", "neighbours_max", "content", "cf_ramp", "content_power", "content_shrink",
                      "pop_shrink",
                      "user_shrink", "diversity"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.people_neighbours < 1:
+            raise ValueError(f"people_neighbours must be >= 1, got {self.people_neighbours}")
         if self.content_neighbours < 1:
             raise ValueError(f"content_neighbours must be >= 1, got {self.content_neighbours}")
 
@@ -119,6 +126,47 @@ def _setting_body(key: tuple) -> dict[str, Any]:
     return {"kind": kind, "model": model, "style": style, "key": music_key, "meter": meter}
 
 
+def _residuals(mine: dict[int, tuple[float, float]], pop: np.ndarray,
+               W: BlendWeights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item indices, residuals ``y - ybar - pop``, confidences) of one person's answers."""
+    js = np.array(sorted(mine))
+    y = np.array([mine[j][0] for j in js])
+    w = np.array([mine[j][1] for j in js])
+    # the person's own mean, shrunk towards the neutral middle of the scale (not the global
+    # mean: someone who has only given 5s to a few items still likes them)
+    ybar = (np.sum(w * y) + W.user_shrink * NEUTRAL_STARS) / (np.sum(w) + W.user_shrink)
+    return js, y - ybar - pop[js], w
+
+
+def _content_scores(sim: np.ndarray, js: np.ndarray, resid: np.ndarray, w: np.ndarray,
+                    W: BlendWeights) -> np.ndarray:
+    """Kernel regression of the residuals ``resid`` of items ``js`` onto every item, ``(I,)``
+    (the content part of the module docstring, before its weight)."""
+    s = np.clip(sim[:, js], 0.0, None) ** W.content_power  # (I, n)
+    if len(js) > W.content_neighbours:  # keep each item's nearest answered items
+        cut = np.partition(s, -W.content_neighbours, axis=1)[:, -W.content_neighbours]
+        s = np.where(s >= cut[:, None], s, 0.0)
+    return (s @ (w * resid)) / (s @ w + W.content_shrink)
+
+
+def _neighbour_scores(pseudo: np.ndarray, answered: np.ndarray, u: int,
+                      W: BlendWeights) -> np.ndarray:
+    """Content-boosted user-user CF (Melville, Mooney & Nagarajan, AAAI 2002): the Pearson
+    correlation of person ``u``'s pseudo-answers with everyone else's picks up to
+    ``people_neighbours`` positively correlated people; their pseudo-answers, weighted by
+    correlation x n/(n + 10) (n: how many answers each gave), averaged. ``(I,)``"""
+    if pseudo.shape[0] < 2:
+        return np.zeros(pseudo.shape[1])
+    X = pseudo - pseudo.mean(axis=1, keepdims=True)
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    corr = X @ X[u]  # (U,)
+    corr[u] = 0.0
+    corr = np.clip(corr, 0.0, None) * answered / (answered + 10.0)
+    if len(corr) > W.people_neighbours:
+        corr[np.argsort(corr)[:-W.people_neighbours]] = 0.0
+    return (corr @ pseudo) / (corr.sum() + 1e-12) if corr.sum() > 0 else np.zeros(pseudo.shape[1])
+
+
 class Recommender:
     """Ranks a store's items for one person. Thread-safe; the factorisation is refitted only
     when the feedback changed, and item features are computed once per item."""
@@ -163,10 +211,22 @@ class Recommender:
             model = fit_factors(np.array(uu, dtype=np.int64), np.array(ii, dtype=np.int64),
                                 np.array(yy), np.array(ww), len(raters), len(ids),
                                 self.factors)
+            pop = self._popularity(inter, index, len(ids))
+            sim = self.content.similarity(ids)
+            # (U, I) everyone's pseudo-answers: their own residual where they answered, the
+            # content prediction elsewhere (Melville et al.'s content-boosted CF)
+            pseudo = np.zeros((len(raters), len(ids)))
+            answered = np.zeros(len(raters))
+            for u, rater in enumerate(raters):
+                mine = {index[i]: yw for i, yw in inter.values[rater].items() if i in index}
+                if mine:
+                    js, resid, w = _residuals(mine, pop, self.weights)
+                    pseudo[u] = _content_scores(sim, js, resid, w, self.weights)
+                    pseudo[u, js] = resid
+                    answered[u] = len(js)
             self._cache = {"items": items, "ids": ids, "index": index, "inter": inter,
                            "raters": {r: u for u, r in enumerate(raters)}, "model": model,
-                           "pop": self._popularity(inter, index, len(ids)),
-                           "sim": self.content.similarity(ids)}
+                           "pop": pop, "sim": sim, "pseudo": pseudo, "answered": answered}
             self._cache_key = key
             return self._cache
 
@@ -200,18 +260,10 @@ class Recommender:
             model: FactorModel = st["model"]
             n = len(mine)
             cf = (W.cf_max * n / (n + W.cf_ramp)) * model.interaction(u)
-            js = np.array(sorted(mine))
-            y = np.array([mine[j][0] for j in js])
-            w = np.array([mine[j][1] for j in js])
-            # the person's own mean, shrunk towards the neutral middle of the scale (not the
-            # global mean: someone who has only given 5s to a few items still likes them)
-            ybar = (np.sum(w * y) + W.user_shrink * NEUTRAL_STARS) / (np.sum(w) + W.user_shrink)
-            resid = y - ybar - pop[js]  # (n,) what the person says beyond popularity
-            s = np.clip(st["sim"][:, js], 0.0, None) ** W.content_power  # (I, n)
-            if len(js) > W.content_neighbours:  # keep each item's nearest answered items
-                cut = np.partition(s, -W.content_neighbours, axis=1)[:, -W.content_neighbours]
-                s = np.where(s >= cut[:, None], s, 0.0)
-            content = W.content * (s @ (w * resid)) / (s @ w + W.content_shrink)
+            js, resid, w = _residuals(mine, pop, W)
+            content = W.content * _content_scores(st["sim"], js, resid, w, W)
+            cf = cf + (W.neighbours_max * n / (n + W.cf_ramp)) * _neighbour_scores(
+                st["pseudo"], st["answered"], u, W)
         return st, {"popularity": pop, "collaborative": cf, "content": content,
                     "score": pop + cf + content}
 
