@@ -308,7 +308,8 @@ def main() -> None:
                 "popularity_part_only": BlendWeights(cf_max=0.0, neighbours_max=0.0,
                                                      content=0.0),
                 "popularity+content": BlendWeights(cf_max=0.0, neighbours_max=0.0),
-                "popularity+factorisation": BlendWeights(neighbours_max=0.0, content=0.0),
+                "popularity+factorisation": BlendWeights(cf_max=1.0, neighbours_max=0.0,
+                                                         content=0.0),
                 "popularity+neighbours": BlendWeights(cf_max=0.0, content=0.0),
                 "blend without factorisation": BlendWeights(cf_max=0.0),
             }

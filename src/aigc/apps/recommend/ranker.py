@@ -52,8 +52,8 @@ NEUTRAL_STARS = 3.0  # the middle of the 1-5 scale
 class BlendWeights:
     """How the three parts are mixed (see the module docstring)."""
 
-    cf_max: float = 0.0
-    neighbours_max: float = 2.0
+    cf_max: float = 0.5
+    neighbours_max: float = 3.0
     people_neighbours: int = 30
     cf_ramp: float = 10.0
     content: float = 1.0
