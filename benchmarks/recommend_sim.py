@@ -314,12 +314,14 @@ def main() -> None:
                 "blend without factorisation": BlendWeights(cf_max=0.0),
             }
             if args.tune:
-                for cf_max, nb_max, content, shrink, power in itertools.product(
-                        (0.0, 0.5), (1.0, 2.0, 3.0), (0.5, 1.0, 2.0), (0.25, 1.0), (1.0, 3.0)):
-                    variants[f"grid:cf_max={cf_max},neighbours_max={nb_max},content={content},"
-                             f"content_shrink={shrink},content_power={power}"] = BlendWeights(
-                        cf_max=cf_max, neighbours_max=nb_max, content=content,
-                        content_shrink=shrink, content_power=power)
+                # round 2 (round 1: cf_max {0, 0.5} x neighbours_max {1, 2, 3} x content
+                # {0.5, 1, 2} x content_shrink {0.25, 1} x content_power {1, 3}, best 0.5, 3,
+                # 1, 1, 3; docs/recommend.md)
+                for nb_max, ramp, n_near in itertools.product(
+                        (3.0, 5.0, 8.0), (3.0, 10.0), (15, 30, 60)):
+                    variants[f"grid:neighbours_max={nb_max},cf_ramp={ramp},people_neighbours="
+                             f"{n_near}"] = BlendWeights(
+                        neighbours_max=nb_max, cf_ramp=ramp, people_neighbours=n_near)
             rankings: dict[str, list[list[int]]] = {"blend (API)": ranked_api}
             for name in ("popularity", "popularity_shrunk_mean", "random",
                          "oracle (hidden utility)"):
