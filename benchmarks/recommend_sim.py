@@ -1,7 +1,8 @@
 """Recommendations, measured with simulated people who rate through the studio's real API.
 
     python benchmarks/recommend_sim.py --out benchmarks/results/recommend-sim.json
-    python benchmarks/recommend_sim.py --seed 1 --tune --out benchmarks/results/recommend-tune.json
+    python benchmarks/recommend_sim.py --seed 1 --tune \
+        --out benchmarks/results/recommend-tune-round2.json
 
 1. Catalogue (seeded): a studio (FastAPI TestClient over the real app) serves the shipped
    starters ``gan-fashion-mnist`` and ``gan-mnist``; image jobs for every class go through
@@ -36,8 +37,8 @@
    snapshot). People are the unit of the 95% bootstrap intervals.
 
 ``--tune`` also scores a grid of blend weights in-process at each step; the defaults of
-``BlendWeights`` were chosen from the grid of a run with ``--seed 1`` and are reported on
-``--seed 0``.
+``BlendWeights`` were chosen from the grids of runs with ``--seed 1`` (two rounds, see
+docs/recommend.md; this is the second) and are reported on ``--seed 0``.
 """
 
 from __future__ import annotations
