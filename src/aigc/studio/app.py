@@ -205,9 +205,29 @@ def create_app(settings: StudioSettings | None = None,
                           headers={k.decode(): v.decode() for k, v in FRAME_HEADERS})
 
     # ------------------------------------------------------------------ routes
-    from aigc.studio.routes import docs, feedback, items, jobs, models, monitor, openai, system
+    from aigc.studio.routes import (
+        docs,
+        feedback,
+        items,
+        jobs,
+        models,
+        monitor,
+        openai,
+        recommend,
+        system,
+    )
 
-    for module in (models, jobs, items, feedback, openai, system, docs, monitor):
+    for module in (
+        models,
+        jobs,
+        items,
+        feedback,
+        recommend,
+        monitor,
+        openai,
+        system,
+        docs,
+    ):
         app.include_router(module.router)
     app.include_router(items.files_router)
 

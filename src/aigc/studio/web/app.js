@@ -143,6 +143,7 @@ function showTab(name) {
   document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
   document.querySelectorAll(".page").forEach((p) => (p.hidden = p.id !== "page-" + name));
   if (name === "gallery") loadGallery();
+  if (name === "gallery" && typeof loadForYou === "function") loadForYou();  // recommend.js
   if (name === "compare") loadPair();
   if (name === "feedback") loadMyFeedback();  // feedback.js
   if (name === "image") refreshQueue();
