@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "aigc.cli.models",
     "aigc.cli.demo",
     "aigc.cli.studio",
+    "aigc.cli.worker",
 ]
 
 
