@@ -378,3 +378,40 @@ def test_sigkill_of_the_server_jobs_continue_and_restart_serves(pg_url, tmp_path
         _stop(worker)
         _stop(server)
         store.close()
+
+
+# ------------------------------------------------------------------------------- the CLI
+
+
+def test_db_url_of_the_help_works_and_a_dead_database_is_one_line(cluster, tmp_path, capsys):
+    """The form ``postgresql+psycopg://user@host/aigc`` that ``--db``'s help shows opens a
+    real database (here with the port); an unreachable one is one line on stderr, exit 2."""
+    import psycopg
+
+    from aigc.cli import main
+
+    with psycopg.connect(f"host=127.0.0.1 port={cluster.port} user=aigc dbname=postgres",
+                         autocommit=True) as conn:
+        conn.execute("CREATE DATABASE aigc")
+    url = f"postgresql+psycopg://aigc@127.0.0.1:{cluster.port}/aigc"
+    assert main(["studio", "--data", str(tmp_path), "--db", url, "--create-key", "ci"]) == 0
+    assert "API key 'ci'" in capsys.readouterr().out
+    dead = f"postgresql+psycopg://aigc@127.0.0.1:{free_port()}/aigc"
+    assert main(["studio", "--data", str(tmp_path), "--db", dead, "--create-key", "ci"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aigc: error: could not open the studio database") and \
+        "\n" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--kinds", "image,video"], "--kinds must be"),
+    (["--lease-s", "1"], "--lease-s must be in 3..3600"),
+    (["--poll-s", "0"], "--poll-s must be in 0.05..60"),
+    (["--name", ""], "--name must be"),
+])
+def test_worker_refuses_bad_flags(tmp_path, capsys, flags, message):
+    from aigc.cli import main
+
+    assert main(["worker", "--data", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
