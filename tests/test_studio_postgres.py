@@ -1,8 +1,9 @@
 """The PostgreSQL tier: the studio's queue, workers and hostile inputs on a real PostgreSQL.
 
 A throwaway cluster (tests/pg_cluster.py) is started once per session; every test gets a fresh
-database. Skipped, with the reason, where PostgreSQL's binaries or the driver are missing; set
-``AIGC_REQUIRE_POSTGRES=1`` (as ``.ci/run`` does) to make that a failure instead.
+database. The tests that need it are skipped, with the reason, where PostgreSQL's binaries or
+the driver are missing; set ``AIGC_REQUIRE_POSTGRES=1`` (as ``.ci/run`` does) to make that a
+failure instead. The store-level tests of claims, leases and fencing also run on SQLite.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 _MISSING = missing_reason()
 if _MISSING and os.environ.get("AIGC_REQUIRE_POSTGRES") == "1":
     raise RuntimeError(f"AIGC_REQUIRE_POSTGRES=1 but {_MISSING}")
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 
 
 @pytest.fixture(scope="session")
 def cluster():
+    if _MISSING:
+        pytest.skip(_MISSING)
     c = Cluster().start()
     try:
         yield c
@@ -43,8 +45,23 @@ def pg_url(cluster):
     return cluster.new_database()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Both databases: SQLite in WAL mode (always) and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studio.db'}"
+    return request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
-def store(pg_url, tmp_path):
+def store(db_url, tmp_path):
+    s = Store(tmp_path / "data", db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def pg_store(pg_url, tmp_path):
     s = Store(tmp_path / "data", pg_url)
     yield s
     s.close()
@@ -57,16 +74,23 @@ def _text_out(job_id: str, text: str = "hi") -> list[ItemOut]:
 # ------------------------------------------------------------------------------ queue, claims
 
 
-def test_queue_claim_and_notify(store, pg_url):
-    """A new job is announced with NOTIFY (payload: its kind); a claim holds it with a lease
-    under the worker's name; a second claim of the same job wins nothing."""
+def test_queueing_and_ending_a_job_notify(pg_store):
+    """A new job is announced with NOTIFY (payload: its kind), an ended one with its id."""
     import psycopg
 
-    with psycopg.connect(store.listen_conninfo(), autocommit=True) as listener:
+    with psycopg.connect(pg_store.listen_conninfo(), autocommit=True) as listener:
         listener.execute("LISTEN aigc_jobs")
-        job = store.add_job("text", "m", {"prompt": "x"}, 0.1)
-        notes = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
-    assert notes == [("aigc_jobs", "text")]
+        listener.execute("LISTEN aigc_job_ended")
+        job = pg_store.add_job("text", "m", {"prompt": "x"}, 0.1)
+        pg_store.cancel(job["id"])
+        notes = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=2)]
+    assert notes == [("aigc_jobs", "text"), ("aigc_job_ended", job["id"])]
+
+
+def test_queue_and_claim(store):
+    """A claim holds a job with a lease under the worker's name; a second claim of the same
+    job wins nothing; a worker sees only the jobs of its models."""
+    job = store.add_job("text", "m", {"prompt": "x"}, 0.1)
     assert [j["id"] for j in store.queued_jobs("text", 10, models=["m"])] == [job["id"]]
     assert store.queued_jobs("text", 10, models=["other"]) == []
     won = store.claim_jobs([job], "w1", lease_s=30)
@@ -77,17 +101,17 @@ def test_queue_claim_and_notify(store, pg_url):
     assert row["lease_until"] > time.time() + 20
 
 
-def test_two_workers_never_claim_the_same_job(pg_url, tmp_path):
+def test_two_workers_never_claim_the_same_job(db_url, tmp_path):
     """Four claimers on their own connections race for 120 jobs: each job is claimed and
     finished exactly once."""
     n_jobs, n_workers = 120, 4
-    first = Store(tmp_path / "d", pg_url)
+    first = Store(tmp_path / "d", db_url)
     ids = {first.add_job("image", "m", {"n": 1}, 0.0)["id"] for _ in range(n_jobs)}
     claimed: dict[str, list[str]] = {f"w{i}": [] for i in range(n_workers)}
     barrier = threading.Barrier(n_workers)
 
     def work(name: str) -> None:
-        s = Store(tmp_path / "d", pg_url)
+        s = Store(tmp_path / "d", db_url)
         barrier.wait()
         while True:
             queued = s.queued_jobs("image", 8)
@@ -175,10 +199,11 @@ def _run_until_idle(store: Store, runner, timeout: float = 30) -> None:
         runner.stop()
 
 
-def test_nul_prompt_fails_only_its_own_job_of_a_batch(store, tmp_path):
+def test_nul_prompt_fails_only_its_own_job_of_a_batch(pg_store, tmp_path):
     """Jobs put in the queue directly (the API refuses a NUL with 400): PostgreSQL cannot
     store a NUL in text, so the batch of three is stored one by one and only the job with the
     NUL fails, cleanly, without SQL in its error."""
+    store = pg_store
     from aigc.studio.backends import find_checkpoints, load_image_backends
     from aigc.studio.jobs import JobRunner
 
@@ -197,7 +222,8 @@ def test_nul_prompt_fails_only_its_own_job_of_a_batch(store, tmp_path):
     assert store.count_items() == 4
 
 
-def test_text_job_whose_result_cannot_be_stored_ends_failed(store):
+def test_text_job_whose_result_cannot_be_stored_ends_failed(pg_store):
+    store = pg_store
     from aigc.studio.backends import NGramTextBackend
     from aigc.studio.jobs import JobRunner
 
