@@ -400,6 +400,17 @@ def test_sigkill_of_the_server_jobs_continue_and_restart_serves(pg_url, tmp_path
         with httpx.stream("GET", f"{base}/api/jobs/{ids[0]}/events", timeout=30) as events:
             body = "".join(events.iter_text())
         assert '"status": "done"' in body
+        # A streamed chat gets the worker's text (in one piece: it ran in another process).
+        with httpx.stream("POST", f"{base}/v1/chat/completions", timeout=60, json={
+                "model": "ngram-char-6", "stream": True, "max_tokens": 6,
+                "messages": [{"role": "user", "content": "hello"}]}) as chat:
+            lines = [x[6:] for x in chat.iter_lines() if x.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        import json
+
+        text = "".join(json.loads(x)["choices"][0]["delta"].get("content") or ""
+                       for x in lines[:-1] if json.loads(x).get("choices"))
+        assert text, lines
     finally:
         _stop(worker)
         _stop(server)
@@ -427,6 +438,26 @@ def test_db_url_of_the_help_works_and_a_dead_database_is_one_line(cluster, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("aigc: error: could not open the studio database") and \
         "\n" not in err and "Traceback" not in err, err
+
+
+def test_a_database_of_an_older_version_gets_the_new_columns(tmp_path):
+    """A studio database made before workers (no ``worker``/``lease_until`` columns) is
+    upgraded when opened, and its jobs can be claimed with a lease."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE jobs (id VARCHAR(32) PRIMARY KEY, kind VARCHAR(16) NOT NULL, "
+                     "model VARCHAR(200) NOT NULL, params JSON NOT NULL, status VARCHAR(16) "
+                     "NOT NULL, progress FLOAT NOT NULL, cost FLOAT NOT NULL, attempts INTEGER "
+                     "NOT NULL, error TEXT, result JSON, retry_of VARCHAR(32), created FLOAT "
+                     "NOT NULL, started FLOAT, finished FLOAT)")
+        conn.execute("INSERT INTO jobs VALUES ('a', 'text', 'm', '{}', 'queued', 0, 0, 0, NULL, "
+                     "NULL, NULL, 1.0, NULL, NULL)")
+    store = Store(tmp_path / "data", f"sqlite:///{path}")
+    (job,) = store.claim_jobs(store.queued_jobs("text", 5), "w", lease_s=30)
+    assert job["token"] == 1 and store.get_job("a")["worker"] == "w"
+    store.close()
 
 
 @pytest.mark.parametrize("flags, message", [

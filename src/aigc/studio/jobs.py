@@ -330,7 +330,11 @@ class JobRunner:
                     if progress > before[1]:
                         self._push(job_id, "progress", progress)
                 elif status == "done":
-                    self._push(job_id, "done", self.store.ended_job(job_id))
+                    job = self.store.ended_job(job_id)
+                    text = (job or {}).get("result") or {}
+                    if job and job["kind"] == "text" and text.get("text"):
+                        self._push(job_id, "piece", text["text"])  # the whole text, at once
+                    self._push(job_id, "done", job)
                 elif status == "failed":
                     self._push(job_id, "failed", (self.store.get_job(job_id) or {}).get(
                         "error") or "failed")
