@@ -60,6 +60,7 @@ from sqlalchemy import (
     cast,
     create_engine,
     event,
+    extract,
     func,
     insert,
     or_,
@@ -263,6 +264,13 @@ class Store:
         return self.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False)
 
+    def _db_now(self):
+        """The database's clock in Unix seconds, as SQL: leases are stamped and compared with
+        it, so that the clocks of the workers' machines need not agree."""
+        if self.postgres:
+            return extract("epoch", func.now())
+        return (func.julianday("now") - 2440587.5) * 86400.0  # SQLite: ms precision
+
     def _notify(self, conn, channel: str, payload: str) -> None:
         """``NOTIFY channel, payload`` in ``conn``'s transaction (sent at its commit)."""
         if self.postgres:
@@ -424,7 +432,7 @@ class Store:
                                         jobs.c.status == "queued"))
                 .values(status="running", started=now, attempts=jobs.c.attempts + 1,
                         progress=0.0, worker=worker,
-                        lease_until=None if lease_s is None else now + lease_s)
+                        lease_until=None if lease_s is None else self._db_now() + lease_s)
                 .returning(jobs.c.id, jobs.c.attempts))
         with self.engine.begin() as conn:
             return {r[0]: (int(r[1]), now) for r in conn.execute(stmt)}
@@ -436,19 +444,20 @@ class Store:
         and it went back to the queue: its holder must stop and write nothing)."""
         if not held:
             return set()
-        until = time.time() + lease_s
+        until = self._db_now() + lease_s
         with self.engine.begin() as conn:
             return {r[0] for r in conn.execute(
                 update(jobs).where(and_(jobs.c.id.in_(list(held)), jobs.c.status == "running",
                                         jobs.c.worker == worker, _fenced(held)))
                 .values(lease_until=until).returning(jobs.c.id))}
 
-    def requeue_expired(self, now: float | None = None) -> tuple[int, int]:
+    def requeue_expired(self) -> tuple[int, int]:
         """Running jobs whose lease ended (their worker died or stalled) go back to the queue,
         or are failed after ``MAX_ATTEMPTS`` attempts; returns (re-queued, failed)."""
-        now = time.time() if now is None else now
-        return self._take_back(and_(jobs.c.lease_until.is_not(None), jobs.c.lease_until < now),
-                               "its worker stopped renewing its lease")
+        return self._take_back(self._expired(), "its worker stopped renewing its lease")
+
+    def _expired(self):
+        return and_(jobs.c.lease_until.is_not(None), jobs.c.lease_until < self._db_now())
 
     def set_progress(self, job_id: str, progress: float) -> None:
         self.set_progress_many([job_id], progress)
@@ -585,8 +594,7 @@ class Store:
         touched."""
         mine = jobs.c.worker.is_(None) if worker is None else \
             or_(jobs.c.worker.is_(None), jobs.c.worker == worker)
-        expired = and_(jobs.c.lease_until.is_not(None), jobs.c.lease_until < time.time())
-        requeued, _ = self._take_back(or_(mine, expired), "the server or worker running it "
+        requeued, _ = self._take_back(or_(mine, self._expired()), "the server or worker running it "
                                       "stopped")
         return requeued
 
