@@ -182,6 +182,15 @@ def test_restart_takes_back_only_its_own_jobs(store):
     assert store.get_job(theirs["id"])["status"] == "running"
 
 
+def test_a_stopping_worker_gives_its_jobs_back_at_once(store):
+    job = store.add_job("text", "m", {}, 0.0)
+    (held,) = store.claim_jobs([job], "A", 30)
+    assert store.give_back({held["id"]: held["token"]}, "B") == 0  # not B's to give
+    assert store.give_back({held["id"]: held["token"] + 1}, "A") == 0  # a stale token
+    assert store.give_back({held["id"]: held["token"]}, "A") == 1
+    assert store.get_job(job["id"])["status"] == "queued"
+
+
 # --------------------------------------------------------------------------- hostile inputs
 
 

@@ -242,6 +242,16 @@ class JobRunner:
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+        with self._lock:
+            held = dict(self._held)
+        if held:  # still running after the timeout: back to the queue now, not at lease end
+            try:
+                given = self.store.give_back(held, self.worker)
+                log.warning("studio: stopping with %d job(s) unfinished; %d back in the queue",
+                            len(held), given)
+            except Exception:  # the database is gone too: their leases will end
+                log.error("studio: could not give back %d job(s):\n%s", len(held),
+                          traceback.format_exc())
 
     def notify(self, kind: str) -> None:
         self._wake[kind].set()

@@ -451,6 +451,16 @@ class Store:
                                         jobs.c.worker == worker, _fenced(held)))
                 .values(lease_until=until).returning(jobs.c.id))}
 
+    def give_back(self, held: dict[str, int], worker: str) -> int:
+        """A stopping worker's unfinished jobs (``{id: token}``) back to the queue at once
+        (or failed after ``MAX_ATTEMPTS`` attempts); returns how many went back."""
+        if not held:
+            return 0
+        requeued, _ = self._take_back(
+            and_(jobs.c.id.in_(list(held)), jobs.c.worker == worker, _fenced(held)),
+            "its worker was stopped")
+        return requeued
+
     def requeue_expired(self) -> tuple[int, int]:
         """Running jobs whose lease ended (their worker died or stalled) go back to the queue,
         or are failed after ``MAX_ATTEMPTS`` attempts; returns (re-queued, failed)."""
