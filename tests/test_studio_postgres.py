@@ -182,6 +182,27 @@ def test_restart_takes_back_only_its_own_jobs(store):
     assert store.get_job(theirs["id"])["status"] == "running"
 
 
+def test_processes_opening_a_new_database_together(db_url, tmp_path):
+    """A server and its workers started at the same moment on an empty database: each
+    creates the tables or finds them, none fails."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_store() -> None:
+        barrier.wait()
+        try:
+            Store(tmp_path / "d", db_url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
 def test_a_stopping_worker_gives_its_jobs_back_at_once(store):
     job = store.add_job("text", "m", {}, 0.0)
     (held,) = store.claim_jobs([job], "A", 30)

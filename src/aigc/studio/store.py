@@ -78,6 +78,7 @@ MAX_ATTEMPTS = 3
 DEFAULT_LEASE_S = 30.0  # a claim is held this long; heartbeats renew it every third of it
 QUEUED_CHANNEL = "aigc_jobs"  # NOTIFY payload: the kind of a job just queued (PostgreSQL)
 ENDED_CHANNEL = "aigc_job_ended"  # NOTIFY payload: the id of a job that just ended
+SCHEMA_LOCK_ID = 0x61696763  # "aigc": the advisory lock held while the tables are created
 FILE_NAME = re.compile(r"^[0-9a-f]{64}\.(png|txt|mid|wav)$")
 MIME = {"png": "image/png", "txt": "text/plain; charset=utf-8", "mid": "audio/midi",
         "wav": "audio/wav"}
@@ -211,8 +212,7 @@ class Store:
                             f">= 3.35, PostgreSQL); {self.engine.dialect.name} here does not")
         self.postgres = self.engine.dialect.name == "postgresql"
         try:
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
+            self._create_tables()
             self._adopt_old_ratings()
         except SQLAlchemyError as exc:
             self.engine.dispose()
@@ -221,17 +221,34 @@ class Store:
             raise AigcError(f"could not open the studio database {shown}: "
                             f"{type(exc).__name__}: {first}") from None
 
-    def _add_missing_columns(self) -> None:
+    def _create_tables(self, tries: int = 3) -> None:
+        """Create missing tables and columns. Processes that start together on a new database
+        (a server and its workers) take turns: on PostgreSQL behind an advisory lock; SQLite
+        runs each CREATE on its own, so one that lost the race (the table exists now) simply
+        looks again."""
+        for attempt in range(tries):
+            try:
+                with self.engine.begin() as conn:
+                    if self.postgres:
+                        conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_ID)))
+                    metadata.create_all(conn)
+                    self._add_missing_columns(conn)
+                return
+            except SQLAlchemyError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.1)
+
+    @staticmethod
+    def _add_missing_columns(conn) -> None:
         """``ALTER TABLE jobs ADD COLUMN`` for the columns a database made by an older version
         lacks (``create_all`` creates missing tables only)."""
         from sqlalchemy import inspect, text
 
-        have = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
-        missing = [(n, t) for n, t in _ADDED_JOB_COLUMNS.items() if n not in have]
-        if missing:
-            with self.engine.begin() as conn:
-                for name, sql_type in missing:  # names and types are constants above
-                    conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}"))
+        have = {c["name"] for c in inspect(conn).get_columns("jobs")}
+        for name, sql_type in _ADDED_JOB_COLUMNS.items():  # names and types: constants
+            if name not in have:
+                conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}"))
 
     @staticmethod
     def _make_engine(url: str) -> Engine:
