@@ -54,12 +54,18 @@ def test_sigkill_with_jobs_queued_and_running_loses_none(tmp_path):
             if counts["done"] >= 1 and counts["running"] >= 1:
                 break
             time.sleep(0.01)
-        before = {j["id"]: j for j in httpx.get(f"{base}/api/jobs?limit=500").json()["jobs"]}
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
+    # The states at the kill, read from the database the dead server left (a listing taken
+    # before the kill can miss a job claimed between the two).
+    from aigc.studio.store import Store
+
+    frozen = Store(tmp_path / "data")
+    before = {j["id"]: j for j in frozen.list_jobs(limit=500)}
+    frozen.close()
     states = [before[i]["status"] for i in ids]
     print("job states at SIGKILL:", {s: states.count(s) for s in set(states)})
     assert "queued" in states and "done" in states, states

@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "aigc.cli.sentiment",
     "aigc.cli.studio",
     "aigc.cli.monitor",
+    "aigc.cli.worker",
 ]
 
 

@@ -86,7 +86,7 @@ def build_studio(settings: StudioSettings,
     from aigc.studio.jobs import JobRunner
     from aigc.studio.store import Store
 
-    store = Store(settings.data_dir, settings.db_url)
+    store = Store(settings.data_dir, settings.db_url, files_dir=settings.files_dir)
     paths = find_checkpoints(settings.models_dir) if settings.models_dir else []
     paths += list(settings.model_paths)
     registry, served = None, {}
@@ -119,7 +119,9 @@ def build_studio(settings: StudioSettings,
             skipped["ngram"] = "no text corpus: pass --text-corpus FILE"
     runner = JobRunner(store, images, texts, max_batch_images=settings.max_batch_images,
                        batching=settings.batching, batch_wait_s=settings.batch_wait_ms / 1000,
-                       versions=library_versions(), musics=musics)
+                       versions=library_versions(), musics=musics,
+                       worker=settings.worker_name, lease_s=settings.lease_s,
+                       poll_s=settings.poll_s)
     runner.registry = registry
     return Studio(settings=settings, store=store, images=images, texts=texts, runner=runner,
                   skipped=skipped, key_hashes=store.api_key_hashes(), musics=musics,
@@ -136,7 +138,14 @@ def create_app(settings: StudioSettings | None = None,
     async def lifespan(app: FastAPI):
         studio = build_studio(settings, text_backends)
         app.state.studio = studio
-        studio.runner.start()
+        from aigc.studio.jobs import GENERATION_KINDS, JOB_KINDS
+
+        # Without workers of its own the server still runs the feedback loop's jobs (they write
+        # the model registry, which lives with the server) and follows the jobs that `aigc
+        # worker` processes run, for its clients' events.
+        kinds = JOB_KINDS if settings.workers else \
+            tuple(k for k in JOB_KINDS if k not in GENERATION_KINDS)
+        studio.runner.start(kinds=kinds, follow=True)
         watcher = None
         if studio.registry is not None:
             from aigc.studio.registry_watch import RegistryWatcher

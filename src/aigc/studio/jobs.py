@@ -20,6 +20,15 @@ Requests that follow a job (``/v1/...``, streaming chat, ``GET /api/jobs/{id}/ev
 a :class:`Channel` *before* the job is inserted or read; the worker pushes the start, progress,
 text pieces and the final state to every channel of the job through
 ``loop.call_soon_threadsafe``.
+
+Workers need not live in the API server's process: ``aigc worker`` (:mod:`aigc.studio.worker`)
+runs this same runner, for the models it serves, on any machine that reaches the database and
+the shared files folder. Every claim holds a lease that a heartbeat thread renews; every live
+runner puts jobs whose lease ended back in the queue (see :mod:`aigc.studio.store` for the
+fencing that keeps a job's completion exactly-once). On PostgreSQL a listener thread wakes the
+loops on ``NOTIFY``; the loops also poll every ``poll_s`` seconds (SQLite: polling only). For
+jobs another process runs, the API server's follower thread reads the state of the jobs its
+clients follow and pushes the same events (text arrives whole at the end, not piece by piece).
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import socket
 import threading
 import time
 import traceback
@@ -49,12 +60,14 @@ from aigc.studio.backends import (
     png_bytes,
     roll_png_bytes,
 )
-from aigc.studio.store import ItemOut, Store
+from aigc.studio.store import DEFAULT_LEASE_S, ENDED_CHANNEL, QUEUED_CHANNEL, ItemOut, Store
 
 log = logging.getLogger("aigc.studio")
 UNMEASURED_JOB_S = 1.0  # the time a job is assumed to take before one of its kind has finished
 FAIR_WINDOW = 256  # the oldest queued jobs of a kind among which the round robin chooses
 MAX_TRACKED_CLIENTS = 4096  # beyond this, the clients served longest ago are forgotten
+FOLLOW_POLL_S = 0.25  # the follower reads followed jobs' state this often (sooner on NOTIFY)
+TERMINAL = ("done", "failed", "cancelled")
 
 
 class Channel:
@@ -76,6 +89,12 @@ class Channel:
 # improve / promote: the feedback loop run from the studio (aigc.studio.loop_jobs), one job of
 # each kind at a time, on their own threads (minutes of CPU: never in front of a generation)
 JOB_KINDS = ("image", "text", "music", "improve", "promote")
+GENERATION_KINDS = ("image", "text", "music")  # what ``aigc worker`` runs
+
+
+def default_worker_name(prefix: str = "") -> str:
+    """``[prefix@]HOST:PID``: unique among the live processes of a host."""
+    return f"{prefix + '@' if prefix else ''}{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -115,6 +134,11 @@ def storing_failed(exc: BaseException) -> str:
     return f"the result could not be stored ({type(exc).__name__}); details are in the server log"
 
 
+def _token_of(job: dict[str, Any]) -> dict[str, int] | None:
+    """``{id: token}`` of a job claimed with a fencing token, else None (no fencing)."""
+    return {job["id"]: job["token"]} if job.get("token") is not None else None
+
+
 def image_settings(params: dict[str, Any]) -> ImageSettings:
     return ImageSettings(temperature=float(params.get("temperature", 1.0)),
                          steps=params.get("steps"), guidance=params.get("guidance"),
@@ -142,8 +166,20 @@ class JobRunner:
                  texts: dict[str, TextBackend], *, max_batch_images: int = 64,
                  batching: bool = True, batch_wait_s: float = 0.0,
                  versions: dict[str, str] | None = None,
-                 musics: dict[str, MusicBackend] | None = None):
+                 musics: dict[str, MusicBackend] | None = None,
+                 worker: str | None = None, lease_s: float = DEFAULT_LEASE_S,
+                 poll_s: float = 1.0):
         self.store = store
+        # The name claims are held under; a restarted process of the same name takes its own
+        # jobs back at once (the API server's threads: studio@HOST).
+        self.worker = worker or f"studio@{socket.gethostname()}"
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._held: dict[str, int] = {}  # job id -> token, of the jobs this runner runs now
+        self._lost: set[str] = set()  # held jobs whose lease this runner lost
+        self._follow_wake = threading.Event()
+        self._followed: dict[str, tuple[str, float]] = {}  # id -> (status, progress) pushed
+        self._ended_here: set[str] = set()  # followed jobs whose end this runner pushed
         self.images = images
         self.texts = texts
         self.musics = musics or {}
@@ -165,21 +201,36 @@ class JobRunner:
         self._claims = 0
 
     # -------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
+    def start(self, kinds: tuple[str, ...] = JOB_KINDS, follow: bool = False) -> None:
+        """Start a worker thread for each of ``kinds``, the lease thread (heartbeats of the
+        jobs held here; jobs of dead workers back to the queue), the NOTIFY listener on
+        PostgreSQL, and with ``follow`` the follower (events of jobs other processes run)."""
+        unknown = sorted(set(kinds) - set(JOB_KINDS))
+        if unknown:
+            raise ValueError(f"kinds must be among {JOB_KINDS}, got {unknown}")
         self._stop.clear()
-        self.stats.recovered = self.store.recover()
+        self.stats.recovered = self.store.recover(self.worker)
         if self.stats.recovered:
-            log.warning("studio: %d job(s) were running when the server stopped; re-queued",
+            log.warning("studio: %d job(s) were running when their worker stopped; re-queued",
                         self.stats.recovered)
         from aigc.studio.loop_jobs import run_improve, run_promote
 
-        for kind, target in (("image", self._image_loop), ("text", self._text_loop),
-                             ("music", self._music_loop),
-                             ("improve", lambda: self._one_at_a_time(
-                                 "improve", lambda job: run_improve(self, job))),
-                             ("promote", lambda: self._one_at_a_time(
-                                 "promote", lambda job: run_promote(self, job)))):
-            t = threading.Thread(target=self._guard(target), name=f"aigc-{kind}-worker",
+        targets = {"image": self._image_loop, "text": self._text_loop,
+                   "music": self._music_loop,
+                   "improve": lambda: self._one_at_a_time(
+                       "improve", lambda job: run_improve(self, job)),
+                   "promote": lambda: self._one_at_a_time(
+                       "promote", lambda job: run_promote(self, job)),
+                   "lease": self._lease_loop}
+        threads = [k for k in JOB_KINDS if k in kinds] + ["lease"]
+        if self.store.listen_conninfo() is not None:
+            targets["listen"] = self._listen_loop
+            threads.append("listen")
+        if follow:
+            targets["follow"] = self._follow_loop
+            threads.append("follow")
+        for name in threads:
+            t = threading.Thread(target=self._guard(targets[name]), name=f"aigc-{name}-worker",
                                  daemon=True)
             t.start()
             self._threads.append(t)
@@ -191,9 +242,114 @@ class JobRunner:
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+        with self._lock:
+            held = dict(self._held)
+        if held:  # still running after the timeout: back to the queue now, not at lease end
+            try:
+                given = self.store.give_back(held, self.worker)
+                log.warning("studio: stopping with %d job(s) unfinished; %d back in the queue",
+                            len(held), given)
+            except Exception:  # the database is gone too: their leases will end
+                log.error("studio: could not give back %d job(s):\n%s", len(held),
+                          traceback.format_exc())
 
     def notify(self, kind: str) -> None:
         self._wake[kind].set()
+
+    def _wait(self, kind: str) -> None:
+        """Sleep until a job of ``kind`` is announced (this process, or NOTIFY), at most
+        ``poll_s`` seconds: the polling fallback."""
+        self._wake[kind].wait(self.poll_s)
+        self._wake[kind].clear()
+
+    # ------------------------------------------------------------- leases, listening
+    def _claimed(self, queued: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Claim ``queued`` under this runner's name and lease; the jobs won (with tokens)."""
+        won = self.store.claim_jobs(queued, self.worker, self.lease_s)
+        with self._lock:
+            for job in won:
+                self._held[job["id"]] = job["token"]
+        return won
+
+    def _release(self, jobs: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._held.pop(job["id"], None)
+                self._lost.discard(job["id"])
+
+    def _lease_loop(self) -> None:
+        """Every third of the lease: renew the leases of the jobs held here (a job no longer
+        held is marked lost, and its run stops at its next check), and put the jobs of workers
+        that stopped renewing theirs back in the queue."""
+        while not self._stop.wait(self.lease_s / 3):
+            with self._lock:
+                held = dict(self._held)
+            kept = self.store.heartbeat(held, self.worker, self.lease_s)
+            with self._lock:
+                self._lost |= {j for j in held if j not in kept and j in self._held}
+            requeued, failed = self.store.requeue_expired()
+            if requeued or failed:
+                log.warning("studio: %d job(s) of stopped workers re-queued, %d failed",
+                            requeued, failed)
+                for ev in self._wake.values():
+                    ev.set()
+
+    def _listen_loop(self) -> None:
+        """PostgreSQL: LISTEN for new jobs (wake the loop of their kind) and ended jobs (wake
+        the follower); a broken connection is re-opened (the loops keep polling meanwhile)."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.store.listen_conninfo(), autocommit=True) as conn:
+                conn.execute(f"LISTEN {QUEUED_CHANNEL}")
+                conn.execute(f"LISTEN {ENDED_CHANNEL}")
+                while not self._stop.is_set():
+                    for note in conn.notifies(timeout=1.0):
+                        if note.channel == QUEUED_CHANNEL and note.payload in self._wake:
+                            self._wake[note.payload].set()
+                        elif note.channel == ENDED_CHANNEL:
+                            self._follow_wake.set()
+        except psycopg.Error as exc:
+            log.warning("studio: LISTEN connection lost (%s); polling meanwhile",
+                        type(exc).__name__)
+            self._stop.wait(2.0)
+
+    def _follow_loop(self) -> None:
+        """Push the events of followed jobs that another process runs (read from the
+        database; woken by NOTIFY on PostgreSQL, else every ``FOLLOW_POLL_S`` seconds)."""
+        while not self._stop.is_set():
+            self._follow_wake.wait(FOLLOW_POLL_S)
+            self._follow_wake.clear()
+            with self._lock:
+                ids = [j for j in self._channels if j not in self._held
+                       and j not in self._ended_here]
+            if not ids:
+                continue
+            for job_id, (status, progress) in self.store.progress_of(ids).items():
+                with self._lock:
+                    before = self._followed.get(job_id, ("queued", 0.0))
+                    if job_id in self._held or job_id in self._ended_here or \
+                            job_id not in self._channels:
+                        continue  # run here after all: this runner's own pushes tell it
+                    self._followed[job_id] = (status, progress)
+                if (status, progress) == before:
+                    continue
+                if status == "running":
+                    if before[0] == "queued":
+                        self._push(job_id, "running", None)
+                    if progress > before[1]:
+                        self._push(job_id, "progress", progress)
+                elif status == "done":
+                    job = self.store.ended_job(job_id)
+                    text = (job or {}).get("result") or {}
+                    if job and job["kind"] == "text" and text.get("text"):
+                        self._push(job_id, "piece", text["text"])  # the whole text, at once
+                    self._push(job_id, "done", job)
+                elif status == "failed":
+                    self._push(job_id, "failed", (self.store.get_job(job_id) or {}).get(
+                        "error") or "failed")
+                elif status == "cancelled":
+                    self._push(job_id, "cancelled", None)
 
     def _guard(self, loop_fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -220,10 +376,14 @@ class JobRunner:
                 followers.remove(channel)
             if not followers:
                 self._channels.pop(job_id, None)
+                self._followed.pop(job_id, None)
+                self._ended_here.discard(job_id)
 
     def _push(self, job_id: str, event: str, value: Any) -> None:
         with self._lock:
             followers = list(self._channels.get(job_id, ()))
+            if followers and event in TERMINAL:
+                self._ended_here.add(job_id)
         for ch in followers:
             ch.push(event, value)
 
@@ -268,30 +428,36 @@ class JobRunner:
         return before
 
     def _is_cancelled(self, job_id: str) -> bool:
+        """Cancelled, or no longer this runner's (its lease was lost): stop, write nothing."""
+        with self._lock:
+            if job_id in self._lost:
+                return True
         return self.store.statuses([job_id]).get(job_id, "cancelled") == "cancelled"
 
     # ----------------------------------------------------------------------- images
     def _image_loop(self) -> None:
         while not self._stop.is_set():
-            queued = self.store.queued_jobs("image", limit=FAIR_WINDOW)
+            queued = self.store.queued_jobs("image", limit=FAIR_WINDOW, models=list(self.images))
             if not queued:
-                self._wake["image"].wait(1.0)
-                self._wake["image"].clear()
+                self._wait("image")
                 continue
             if self.batching and self.batch_wait_s > 0 and \
                     sum(int(j["params"]["n"]) for j in queued) < self.max_batch_images:
                 # Requests of concurrent clients arrive a few ms apart: wait while they keep
                 # coming, so that they join this batch instead of the next one.
                 self._gather()
-                queued = self.store.queued_jobs("image", limit=FAIR_WINDOW) or queued
+                queued = self.store.queued_jobs("image", limit=FAIR_WINDOW,
+                                                models=list(self.images)) or queued
             batch = self._pick_batch(self._fair_order(queued))
-            won = set(self.store.claim_many([j["id"] for j in batch]))
-            claimed = [j for j in batch if j["id"] in won]
+            claimed = self._claimed(batch)
             self._mark_served(claimed)
             for job in claimed:
                 self._push(job["id"], "running", None)
             if claimed:
-                self._run_image_batch(claimed)
+                try:
+                    self._run_image_batch(claimed)
+                finally:
+                    self._release(claimed)
 
     def _gather(self) -> None:
         """Wait while new image jobs keep arriving: until none came for ``quiet`` seconds (a
@@ -335,16 +501,20 @@ class JobRunner:
         last = [t0]  # progress is written at most every 0.2 s: a fast batch writes none
 
         ids = [job["id"] for job in jobs]
+        tokens = {job["id"]: job["token"] for job in jobs if "token" in job}
 
         def progress(fraction: float) -> None:
             now = time.perf_counter()
             if now - last[0] > 0.2 or fraction >= 1:
                 last[0] = now
-                self.store.set_progress_many(ids, min(fraction, 0.99))  # one statement a batch
+                # one statement a batch
+                self.store.set_progress_many(ids, min(fraction, 0.99), tokens)
                 for job_id in ids:
                     self._push(job_id, "progress", fraction)
                 statuses = self.store.statuses(ids)
-                if all(statuses.get(i, "cancelled") == "cancelled" for i in ids):
+                with self._lock:
+                    lost = set(self._lost)
+                if all(statuses.get(i, "cancelled") == "cancelled" or i in lost for i in ids):
                     raise JobCancelled
 
         try:
@@ -416,7 +586,8 @@ class JobRunner:
             self._push(job["id"], "done", job)
 
     def _fail(self, job: dict[str, Any], message: str) -> None:
-        self.store.fail_job(job["id"], message)
+        if not self.store.fail_job(job["id"], message, token=job.get("token")):
+            return  # cancelled meanwhile, or no longer this runner's job
         self.stats.failed[job["kind"]] += 1
         self._push(job["id"], "failed", message)
 
@@ -433,17 +604,21 @@ class JobRunner:
     def _one_at_a_time(self, kind: str, run: Callable[[dict[str, Any]], None]) -> None:
         """The loop of the text and music workers: claim the next queued job (the oldest of
         the client served longest ago), run it."""
+        table = {"text": self.texts, "music": self.musics}.get(kind)
+        models = None if table is None else list(table)
         while not self._stop.is_set():
-            queued = self.store.queued_jobs(kind, limit=FAIR_WINDOW)
+            queued = self.store.queued_jobs(kind, limit=FAIR_WINDOW, models=models)
             if not queued:
-                self._wake[kind].wait(1.0)
-                self._wake[kind].clear()
+                self._wait(kind)
                 continue
-            job = self._fair_order(queued)[0]
-            if self.store.claim(job["id"]):
+            claimed = self._claimed([self._fair_order(queued)[0]])
+            for job in claimed:
                 self._mark_served([job])
                 self._push(job["id"], "running", None)  # for followers that show the start
-                run(job)
+                try:
+                    run(job)
+                finally:
+                    self._release([job])
 
     def _text_loop(self) -> None:
         self._one_at_a_time("text", self._run_text)
@@ -469,7 +644,8 @@ class JobRunner:
                     if self._is_cancelled(job["id"]):
                         return
                     fraction = stream.completion_tokens / p["max_tokens"]
-                    self.store.set_progress(job["id"], fraction)
+                    self.store.set_progress_many([job["id"]], fraction,
+                                                 _token_of(job))
                     self._push(job["id"], "progress", fraction)
         except Exception as exc:
             log.error("text job failed:\n%s", traceback.format_exc())
@@ -542,7 +718,8 @@ class JobRunner:
                                    "png": self.store.put_file(png, "png"),
                                    "wav": f"{hashlib.sha256(piece.wav).hexdigest()}.wav"}
                 outs.append(ItemOut(piece.wav, "wav", record, seed=spec.seed))
-                self.store.set_progress(job["id"], (i + 1) / n * 0.99)
+                self.store.set_progress_many([job["id"]], (i + 1) / n * 0.99,
+                                             _token_of(job))
                 self._push(job["id"], "progress", (i + 1) / n)
                 if self._is_cancelled(job["id"]):
                     return

@@ -35,7 +35,7 @@ from aigc.studio.schemas import (
     MusicJobRequest,
     TextJobRequest,
 )
-from aigc.studio.store import Store, new_id
+from aigc.studio.store import DEFAULT_LEASE_S, Store, new_id
 
 MAX_RETRY_AFTER_S = 3600  # Retry-After of a full queue is at most an hour
 
@@ -74,6 +74,12 @@ class StudioSettings:
     # they keep arriving (it stops after a quarter of it without a new one).
     batch_wait_ms: float = 5.0
     wait_timeout_s: float = 300.0  # /v1 requests wait this long for their job
+    # False: this process runs no generation job; `aigc worker` processes do (aigc.studio.worker)
+    workers: bool = True
+    files_dir: Path | None = None  # generated files; default DATA_DIR/files (shared by workers)
+    worker_name: str | None = None  # the name claims are held under; default studio@HOST
+    lease_s: float = DEFAULT_LEASE_S  # a claim lasts this long unless its heartbeat renews it
+    poll_s: float = 1.0  # idle workers look for queued jobs this often (sooner on NOTIFY)
 
 
 class ApiError(Exception):

@@ -11,9 +11,21 @@ Exactly-once job completion rests on three things here:
   only one claimer sees ``rowcount == 1``;
 * a job's items and its ``done`` status are written in ONE transaction (:meth:`Store.finish_job`),
   and ``(job_id, index)`` is unique, so a job cannot produce its items twice;
-* at start-up :meth:`Store.recover` puts jobs left ``running`` by a killed server back to
-  ``queued``; nothing they wrote was committed, so they simply run again — at most
-  ``MAX_ATTEMPTS`` times in all: a job that keeps being interrupted is failed instead.
+* a claim writes who holds the job (``worker``), until when (``lease_until``, renewed by the
+  holder's heartbeats) and counts the attempt; the attempt number is the job's **fencing
+  token**: every later write of the holder (progress, done, failed) carries
+  ``WHERE attempts = token``, so a worker that lost its job (it stalled past its lease, the job
+  went back to the queue and another worker claimed it) can no longer write anything to it;
+* a job whose lease expired (its worker died) goes back to ``queued``
+  (:meth:`Store.requeue_expired`, run by every live worker), and at start-up
+  :meth:`Store.recover` takes back at once the jobs that this worker's own name (a restarted
+  server) left ``running``. Nothing an interrupted attempt wrote was committed, so the job
+  simply runs again — at most ``MAX_ATTEMPTS`` times in all: a job that keeps being interrupted
+  is failed instead.
+
+On PostgreSQL claims lock the rows they take with ``FOR UPDATE SKIP LOCKED`` (concurrent
+workers skip each other's rows instead of queueing behind them) and every new job, and every
+job that ends, is announced with ``NOTIFY`` (:data:`QUEUED_CHANNEL`, :data:`ENDED_CHANNEL`).
 
 Files are written before the transaction that references them (a crash in between leaves an
 unreferenced file, never a row naming a missing file); when that transaction fails, or a job
@@ -48,6 +60,7 @@ from sqlalchemy import (
     cast,
     create_engine,
     event,
+    extract,
     func,
     insert,
     or_,
@@ -62,6 +75,10 @@ JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 # A job claimed this many times without finishing (each start ended in a killed or crashed
 # server) is failed by :meth:`Store.recover` instead of being queued again.
 MAX_ATTEMPTS = 3
+DEFAULT_LEASE_S = 30.0  # a claim is held this long; heartbeats renew it every third of it
+QUEUED_CHANNEL = "aigc_jobs"  # NOTIFY payload: the kind of a job just queued (PostgreSQL)
+ENDED_CHANNEL = "aigc_job_ended"  # NOTIFY payload: the id of a job that just ended
+SCHEMA_LOCK_ID = 0x61696763  # "aigc": the advisory lock held while the tables are created
 FILE_NAME = re.compile(r"^[0-9a-f]{64}\.(png|txt|mid|wav)$")
 MIME = {"png": "image/png", "txt": "text/plain; charset=utf-8", "mid": "audio/midi",
         "wav": "audio/wav"}
@@ -84,7 +101,11 @@ jobs = Table(
     Column("created", Float, nullable=False, index=True),
     Column("started", Float),
     Column("finished", Float),
+    Column("worker", String(200)),  # who holds (or last held) the job
+    Column("lease_until", Float, index=True),  # a running job's claim ends then unless renewed
 )
+# Columns added after the first release: added to an older database when it is opened.
+_ADDED_JOB_COLUMNS = {"worker": "VARCHAR(200)", "lease_until": "FLOAT"}
 
 items = Table(
     "items", metadata,
@@ -172,20 +193,62 @@ def _row(r) -> dict[str, Any]:
 class Store:
     """All database and file access of the studio. Thread-safe (one engine, short transactions)."""
 
-    def __init__(self, data_dir: str | Path, url: str | None = None):
+    def __init__(self, data_dir: str | Path, url: str | None = None,
+                 files_dir: str | Path | None = None):
+        """``data_dir`` holds the SQLite database (when ``url`` is None) and, unless
+        ``files_dir`` is given, the generated files (``DATA/files``). Workers on other machines
+        point ``files_dir`` at the shared folder the API server serves its files from."""
+        from aigc.errors import AigcError
+
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.files_dir = self.data_dir / "files"
-        self.files_dir.mkdir(exist_ok=True)
+        self.files_dir = Path(files_dir) if files_dir is not None else self.data_dir / "files"
+        if url is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
         self.url = url or f"sqlite:///{(self.data_dir / 'studio.db').resolve()}"
         self.engine = self._make_engine(self.url)
         if not self.engine.dialect.update_returning:
-            from aigc.errors import AigcError
-
             raise AigcError(f"the studio's database must support UPDATE ... RETURNING (SQLite "
                             f">= 3.35, PostgreSQL); {self.engine.dialect.name} here does not")
-        metadata.create_all(self.engine)
-        self._adopt_old_ratings()
+        self.postgres = self.engine.dialect.name == "postgresql"
+        try:
+            self._create_tables()
+            self._adopt_old_ratings()
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            shown = self.engine.url.render_as_string(hide_password=True)
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+            raise AigcError(f"could not open the studio database {shown}: "
+                            f"{type(exc).__name__}: {first}") from None
+
+    def _create_tables(self, tries: int = 3) -> None:
+        """Create missing tables and columns. Processes that start together on a new database
+        (a server and its workers) take turns: on PostgreSQL behind an advisory lock; SQLite
+        runs each CREATE on its own, so one that lost the race (the table exists now) simply
+        looks again."""
+        for attempt in range(tries):
+            try:
+                with self.engine.begin() as conn:
+                    if self.postgres:
+                        conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_ID)))
+                    metadata.create_all(conn)
+                    self._add_missing_columns(conn)
+                return
+            except SQLAlchemyError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.1)
+
+    @staticmethod
+    def _add_missing_columns(conn) -> None:
+        """``ALTER TABLE jobs ADD COLUMN`` for the columns a database made by an older version
+        lacks (``create_all`` creates missing tables only)."""
+        from sqlalchemy import inspect, text
+
+        have = {c["name"] for c in inspect(conn).get_columns("jobs")}
+        for name, sql_type in _ADDED_JOB_COLUMNS.items():  # names and types: constants
+            if name not in have:
+                conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}"))
 
     @staticmethod
     def _make_engine(url: str) -> Engine:
@@ -202,7 +265,33 @@ class Store:
                 cur.close()
 
             return engine
-        return create_engine(url, pool_pre_ping=True)
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as exc:  # e.g. psycopg for postgresql+psycopg://
+            from aigc.errors import AigcError
+
+            raise AigcError(f"the database URL needs the Python package {exc.name!r}, which is "
+                            "not installed (for PostgreSQL: pip install 'aigc[postgres]')") \
+                from None
+
+    def listen_conninfo(self) -> str | None:
+        """A libpq connection string for a LISTEN connection (PostgreSQL), else None."""
+        if not self.postgres:
+            return None
+        return self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False)
+
+    def _db_now(self):
+        """The database's clock in Unix seconds, as SQL: leases are stamped and compared with
+        it, so that the clocks of the workers' machines need not agree."""
+        if self.postgres:
+            return extract("epoch", func.now())
+        return (func.julianday("now") - 2440587.5) * 86400.0  # SQLite: ms precision
+
+    def _notify(self, conn, channel: str, payload: str) -> None:
+        """``NOTIFY channel, payload`` in ``conn``'s transaction (sent at its commit)."""
+        if self.postgres:
+            conn.execute(select(func.pg_notify(channel, payload)))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -276,8 +365,9 @@ class Store:
                "created": time.time()}
         with self.engine.begin() as conn:
             conn.execute(insert(jobs).values(**row))
+            self._notify(conn, QUEUED_CHANNEL, kind)
         return {**row, "error": None, "result": None, "started": None, "finished": None,
-                "items": []}
+                "worker": None, "lease_until": None, "items": []}
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -296,9 +386,13 @@ class Store:
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(q)]
 
-    def queued_jobs(self, kind: str, limit: int) -> list[dict[str, Any]]:
+    def queued_jobs(self, kind: str, limit: int,
+                    models: list[str] | None = None) -> list[dict[str, Any]]:
+        """The oldest ``limit`` queued jobs of ``kind`` (of the ``models`` given, else of any)."""
         q = (select(jobs).where(and_(jobs.c.kind == kind, jobs.c.status == "queued"))
              .order_by(jobs.c.created, jobs.c.id).limit(limit))
+        if models is not None:
+            q = q.where(jobs.c.model.in_(models))
         with self.engine.connect() as conn:
             return [_row(r) for r in conn.execute(q)]
 
@@ -323,24 +417,87 @@ class Store:
 
     def claim_many(self, job_ids: list[str]) -> list[str]:
         """:meth:`claim` for several jobs in one statement; returns the ids claimed, in order."""
-        if not job_ids:
-            return []
-        stmt = (update(jobs).where(and_(jobs.c.id.in_(job_ids), jobs.c.status == "queued"))
-                .values(status="running", started=time.time(), attempts=jobs.c.attempts + 1,
-                        progress=0.0))
-        with self.engine.begin() as conn:
-            won = _changed_ids(conn, stmt)
+        won = self._claim(job_ids, None, None)
         return [j for j in dict.fromkeys(job_ids) if j in won]  # each id once
+
+    def claim_jobs(self, queued: list[dict[str, Any]], worker: str,
+                   lease_s: float = DEFAULT_LEASE_S) -> list[dict[str, Any]]:
+        """Claim the jobs ``queued`` for ``worker`` with a lease of ``lease_s`` seconds; returns
+        those won, in order, updated: ``status`` running, ``attempts``, and ``token`` (the
+        attempt number, which fences every later write of this holder)."""
+        won = self._claim([j["id"] for j in queued], worker, lease_s)
+        out = []
+        for job in queued:
+            if job["id"] in won and all(job["id"] != o["id"] for o in out):
+                attempts, started = won[job["id"]]
+                out.append({**job, "status": "running", "progress": 0.0, "attempts": attempts,
+                            "token": attempts, "started": started, "worker": worker})
+        return out
+
+    def _claim(self, job_ids: list[str], worker: str | None,
+               lease_s: float | None) -> dict[str, tuple[int, float]]:
+        """queued -> running for those of ``job_ids`` still queued and not locked by another
+        claim; ``{id: (attempts, started)}`` of the jobs won."""
+        if not job_ids:
+            return {}
+        now = time.time()
+        # PostgreSQL: lock the rows to take, skipping rows another claim holds (SQLite, which
+        # has one writer at a time, renders no FOR UPDATE). The outer guard re-checks status.
+        free = (select(jobs.c.id).where(and_(jobs.c.id.in_(job_ids), jobs.c.status == "queued"))
+                .with_for_update(skip_locked=True))
+        stmt = (update(jobs).where(and_(jobs.c.id.in_(free.scalar_subquery()),
+                                        jobs.c.status == "queued"))
+                .values(status="running", started=now, attempts=jobs.c.attempts + 1,
+                        progress=0.0, worker=worker,
+                        lease_until=None if lease_s is None else self._db_now() + lease_s)
+                .returning(jobs.c.id, jobs.c.attempts))
+        with self.engine.begin() as conn:
+            return {r[0]: (int(r[1]), now) for r in conn.execute(stmt)}
+
+    def heartbeat(self, held: dict[str, int], worker: str,
+                  lease_s: float = DEFAULT_LEASE_S) -> set[str]:
+        """Renew the leases of the jobs ``held`` (``{id: token}``) by ``worker``; returns the
+        ids it still holds (a job missing from the answer was cancelled, or its lease expired
+        and it went back to the queue: its holder must stop and write nothing)."""
+        if not held:
+            return set()
+        until = self._db_now() + lease_s
+        with self.engine.begin() as conn:
+            return {r[0] for r in conn.execute(
+                update(jobs).where(and_(jobs.c.id.in_(list(held)), jobs.c.status == "running",
+                                        jobs.c.worker == worker, _fenced(held)))
+                .values(lease_until=until).returning(jobs.c.id))}
+
+    def give_back(self, held: dict[str, int], worker: str) -> int:
+        """A stopping worker's unfinished jobs (``{id: token}``) back to the queue at once
+        (or failed after ``MAX_ATTEMPTS`` attempts); returns how many went back."""
+        if not held:
+            return 0
+        requeued, _ = self._take_back(
+            and_(jobs.c.id.in_(list(held)), jobs.c.worker == worker, _fenced(held)),
+            "its worker was stopped")
+        return requeued
+
+    def requeue_expired(self) -> tuple[int, int]:
+        """Running jobs whose lease ended (their worker died or stalled) go back to the queue,
+        or are failed after ``MAX_ATTEMPTS`` attempts; returns (re-queued, failed)."""
+        return self._take_back(self._expired(), "its worker stopped renewing its lease")
+
+    def _expired(self):
+        return and_(jobs.c.lease_until.is_not(None), jobs.c.lease_until < self._db_now())
 
     def set_progress(self, job_id: str, progress: float) -> None:
         self.set_progress_many([job_id], progress)
 
-    def set_progress_many(self, job_ids: list[str], progress: float) -> None:
-        """The progress of several running jobs (a batch), in one statement."""
+    def set_progress_many(self, job_ids: list[str], progress: float,
+                          tokens: dict[str, int] | None = None) -> None:
+        """The progress of several running jobs (a batch), in one statement; with ``tokens``
+        (``{id: token}``) only of the jobs still held with those tokens."""
+        guard = and_(jobs.c.id.in_(job_ids), jobs.c.status == "running")
+        if tokens:
+            guard = and_(guard, _fenced(tokens))
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(and_(jobs.c.id.in_(job_ids),
-                                                 jobs.c.status == "running"))
-                         .values(progress=float(progress)))
+            conn.execute(update(jobs).where(guard).values(progress=float(progress)))
 
     def statuses(self, job_ids: list[str]) -> dict[str, str]:
         """``{id: status}`` of the jobs that exist among ``job_ids``, in one query."""
@@ -392,16 +549,19 @@ class Store:
             # One guarded UPDATE for the jobs without a result (an image batch), one per job with
             # a result (text); then one multi-row INSERT of the items of the jobs it finished.
             done_values = {"status": "done", "progress": 1.0, "finished": now, "error": None}
-            plain = [job["id"] for job, _, result, _ in named if result is None]
+            # A job claimed with a token is finished only while its holder still holds it.
+            plain = [job for job, _, result, _ in named if result is None]
             won = set()
             if plain:
                 won |= _changed_ids(conn, update(jobs).where(
-                    and_(jobs.c.id.in_(plain), jobs.c.status == "running"))
+                    and_(jobs.c.id.in_([j["id"] for j in plain]), jobs.c.status == "running",
+                         _fenced(_tokens(plain))))
                     .values(**done_values, result=None))
             for job, _, result, _ in named:
                 if result is not None:
                     won |= _changed_ids(conn, update(jobs).where(
-                        and_(jobs.c.id == job["id"], jobs.c.status == "running"))
+                        and_(jobs.c.id == job["id"], jobs.c.status == "running",
+                             _fenced(_tokens([job]))))
                         .values(**done_values, result=result))
             rows: list[dict[str, Any]] = []
             for job, outputs, result, names in named:
@@ -417,15 +577,27 @@ class Store:
                 finished.append({**job, "status": "done", "progress": 1.0, "finished": now,
                                  "result": result, "error": None, "items": ids,
                                  "files": names,
-                                 "attempts": job.get("attempts", 0) + 1})
+                                 "attempts": job["token"] if "token" in job
+                                 else job.get("attempts", 0) + 1})
             if rows:
                 conn.execute(insert(items), rows)
+            for job_id in sorted(won):
+                self._notify(conn, ENDED_CHANNEL, job_id)
         return won
 
-    def fail_job(self, job_id: str, error: str, status: str = "failed") -> None:
+    def fail_job(self, job_id: str, error: str, status: str = "failed",
+                 token: int | None = None) -> bool:
+        """running -> failed (only while held with ``token``, when one is given); False when
+        the job was no longer running (or no longer this holder's)."""
+        guard = and_(jobs.c.id == job_id, jobs.c.status == "running")
+        if token is not None:
+            guard = and_(guard, jobs.c.attempts == token)
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(and_(jobs.c.id == job_id, jobs.c.status == "running"))
-                         .values(status=status, error=error[:2000], finished=time.time()))
+            changed = conn.execute(update(jobs).where(guard).values(
+                status=status, error=error[:2000], finished=time.time())).rowcount
+            if changed:
+                self._notify(conn, ENDED_CHANNEL, job_id)
+        return bool(changed)
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued or running job; returns the status it had (None if unknown)."""
@@ -437,24 +609,62 @@ class Store:
                 conn.execute(update(jobs).where(and_(jobs.c.id == job_id,
                                                      jobs.c.status.in_(("queued", "running"))))
                              .values(status="cancelled", finished=time.time()))
+                self._notify(conn, ENDED_CHANNEL, job_id)
             return r[0]
 
-    def recover(self) -> int:
-        """Jobs left ``running`` by a killed server go back to ``queued``; returns how many.
-        A job already claimed ``MAX_ATTEMPTS`` times is failed instead, so that a job that
-        stops the server (or cannot be stored) is not retried forever."""
+    def recover(self, worker: str | None = None) -> int:
+        """At start-up: the jobs that a killed process of the name ``worker`` left ``running``
+        (and those claimed without a name or lease, by an older version), and every job whose
+        lease expired, go back to ``queued``; returns how many. A job already claimed
+        ``MAX_ATTEMPTS`` times is failed instead, so that a job that stops its worker (or
+        cannot be stored) is not retried forever. Jobs that other live workers hold are not
+        touched."""
+        mine = jobs.c.worker.is_(None) if worker is None else \
+            or_(jobs.c.worker.is_(None), jobs.c.worker == worker)
+        requeued, _ = self._take_back(or_(mine, self._expired()), "the server or worker running it "
+                                      "stopped")
+        return requeued
+
+    def _take_back(self, which, why: str) -> tuple[int, int]:
+        """Running jobs matching ``which``: back to the queue, or failed after
+        ``MAX_ATTEMPTS`` attempts; (re-queued, failed)."""
         now = time.time()
+        message = (f"the job was started {MAX_ATTEMPTS} times and never finished ({why}, each "
+                   "time); it is not retried again")
+        running = and_(jobs.c.status == "running", which)
         with self.engine.begin() as conn:
-            message = (f"the job was started {MAX_ATTEMPTS} times and never finished (the "
-                       "server stopped while it ran, each time); it is not retried again")
-            given_up = conn.execute(update(jobs).where(
-                and_(jobs.c.status == "running", jobs.c.attempts >= MAX_ATTEMPTS))
-                .values(status="failed", finished=now, error=message)).rowcount
-            res = conn.execute(update(jobs).where(jobs.c.status == "running")
-                               .values(status="queued", progress=0.0))
+            given_up = _changed_ids(conn, update(jobs).where(
+                and_(running, jobs.c.attempts >= MAX_ATTEMPTS))
+                .values(status="failed", finished=now, error=message, lease_until=None))
+            back = conn.execute(update(jobs).where(running).values(
+                status="queued", progress=0.0, lease_until=None)
+                .returning(jobs.c.kind)).all()
+            for job_id in sorted(given_up):
+                self._notify(conn, ENDED_CHANNEL, job_id)
+            for kind in sorted({r[0] for r in back}):
+                self._notify(conn, QUEUED_CHANNEL, kind)
         if given_up:
-            log.warning("studio: %d job(s) failed after %d attempts", given_up, MAX_ATTEMPTS)
-        return res.rowcount
+            log.warning("studio: %d job(s) failed after %d attempts", len(given_up),
+                        MAX_ATTEMPTS)
+        return len(back), len(given_up)
+
+    def ended_job(self, job_id: str) -> dict[str, Any] | None:
+        """A job with its items' ids and file names (``files``), as a worker's "done" event
+        carries it; None when it does not exist."""
+        job = self.get_job(job_id)
+        if job is not None:
+            with self.engine.connect() as conn:
+                job["files"] = [r[0] for r in conn.execute(
+                    select(items.c.file).where(items.c.job_id == job_id)
+                    .order_by(items.c.index))]
+        return job
+
+    def progress_of(self, job_ids: list[str]) -> dict[str, tuple[str, float]]:
+        """``{id: (status, progress)}`` of the jobs that exist among ``job_ids``."""
+        with self.engine.connect() as conn:
+            return {r[0]: (r[1], float(r[2])) for r in conn.execute(
+                select(jobs.c.id, jobs.c.status, jobs.c.progress)
+                .where(jobs.c.id.in_(job_ids)))}
 
     def job_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -643,6 +853,21 @@ def _changed_ids(conn, stmt) -> set[str]:
     (SQLite >= 3.35 and PostgreSQL have it; checked when the store opens).
     """
     return {row[0] for row in conn.execute(stmt.returning(jobs.c.id))}
+
+
+def _tokens(held: list[dict[str, Any]]) -> dict[str, int]:
+    """``{id: token}`` of the jobs among ``held`` that were claimed with a token."""
+    return {j["id"]: int(j["token"]) for j in held if j.get("token") is not None}
+
+
+def _fenced(tokens: dict[str, int]):
+    """A guard that lets a write through only for the jobs that still carry the attempt
+    number they were claimed with (jobs not in ``tokens`` are not fenced)."""
+    if not tokens:
+        return jobs.c.id.is_not(None)  # always true
+    checks = [and_(jobs.c.id == job_id, jobs.c.attempts == token)
+              for job_id, token in tokens.items()]
+    return or_(jobs.c.id.not_in(list(tokens)), *checks)
 
 
 def _record_files(outputs) -> list[str]:
