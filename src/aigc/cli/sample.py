@@ -113,7 +113,7 @@ def _options(args: argparse.Namespace, model, family: str,
     Every default comes from the model's ``sample`` signature (:mod:`aigc.records`)."""
     from aigc.records import replay_options, resolve_options, sampling_options
 
-    if family not in ("vae", "gan", "diffusion"):
+    if family not in ("vae", "gan", "diffusion", "latent-diffusion"):
         raise AigcError(f"a {family!r} model does not sample images")
     known = sampling_options(model)
     given = {k: v for k, v in _given(args).items() if v is not None}
@@ -193,6 +193,9 @@ def run_sample(args: argparse.Namespace) -> int:
         images = model.sample(n, generator=gen, **o)
     elif ckpt.family == "gan":
         images = model.sample(n, generator=gen, labels=labels, **o)
+    elif ckpt.family == "latent-diffusion":  # the prompt is read by the model's own encoder
+        images = model.sample(n, generator=gen, prompt=prompt.strip() if prompt else None,
+                              progress=True, **o)
     else:
         images = model.sample(n, generator=gen, labels=labels, text=text, progress=True, **o)
     if single:
@@ -255,6 +258,14 @@ def _condition(n: int, class_: str | int | None, prompt: str | None, model, ckpt
         if class_ is not None or prompt is not None:
             raise AigcError("a vae model draws unconditional samples; drop --class/--prompt")
         return None, None, None, None
+    if ckpt.family == "latent-diffusion":
+        if class_ is not None:
+            raise AigcError("a latent-diffusion model takes --prompt, not --class")
+        if prompt is not None and not 1 <= len(prompt.strip()) <= 500:
+            raise AigcError(f"--prompt must be 1..500 characters, got {len(prompt.strip())}")
+        if prompt is not None:
+            model.embed_prompts([prompt.strip()])  # refuses a prompt its encoder cannot read
+        return None, None, None, None if prompt is not None else "unconditional"
     if prompt is not None:
         if ckpt.family != "diffusion":
             raise AigcError(f"a {ckpt.family} model has no text conditioning; --prompt is for "

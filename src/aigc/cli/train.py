@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     # The initial weights come from the run's seed: the same config and --seed give the same
     # model (the trainer seeds the data order and dropout from it as well).
     model = init_model(module.MODEL_CLASS, model_cfg, seed=train_cfg.seed)
+    if hasattr(module, "after_init") and not args.resume:  # pretrained parts (a frozen stage)
+        module.after_init(model)
     from aigc.train import Trainer
 
     print(f"{args.family}: {count_parameters(model) / 1e6:.2f}M parameters; data {data}: "

@@ -24,6 +24,8 @@ FAMILIES: dict[str, str] = {
     "music-gpt": "aigc.models.music_gpt",
     "diffusion": "aigc.models.diffusion",
     "gan": "aigc.models.gan",
+    "autoencoder-kl": "aigc.models.autoencoder_kl",
+    "latent-diffusion": "aigc.models.latent_diffusion",
 }
 
 

@@ -74,6 +74,23 @@ def embed_sentences(texts: list[str], *, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(out) if out else torch.empty(0, MINILM_DIM)
 
 
+@torch.no_grad()
+def embed_tokens(texts: list[str], *, max_length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """MiniLM's last hidden states per token, for cross-attention: ``(hidden (N, T, 384),
+    mask (N, T) bool)`` with ``T = max_length`` (longer texts are cut; ``[CLS]`` and ``[SEP]``
+    count as tokens; padded positions are zero and ``False`` in the mask)."""
+    if isinstance(texts, str):
+        raise AigcError("embed_tokens takes a list of strings, not one string")
+    tokenizer, model = _minilm()
+    if not texts:
+        return torch.empty(0, max_length, MINILM_DIM), torch.empty(0, max_length, dtype=torch.bool)
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    mask = enc["attention_mask"].bool()
+    hidden = model(**enc).last_hidden_state * mask[..., None]
+    return hidden, mask
+
+
 def minilm_unknown_characters(text: str) -> set[str]:
     """Characters of ``text`` that MiniLM's WordPiece vocabulary cannot read (they become
     ``[UNK]``): most Chinese characters, since all-MiniLM-L6-v2 is an English model."""
