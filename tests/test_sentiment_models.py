@@ -236,7 +236,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
     assert match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-@pytest.mark.skipif(not os.environ.get("AIGC_SLOW"), reason="trains on the full sets (AIGC_SLOW=1)")
+@pytest.mark.skipif(not os.environ.get("AIGC_SLOW"), reason="slow tier: set AIGC_SLOW=1 to run")
 def test_slow_full_english_head_beats_vader_on_movies():
     from aigc.apps.sentiment.data import read_vader_rated
 
