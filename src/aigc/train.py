@@ -327,8 +327,10 @@ class Trainer:
         if self.ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            # find_unused_parameters: a GAN's discriminator step leaves the generator without
-            # gradients, and a conditional model may skip an embedding for some batches.
+            # find_unused_parameters: models hold parameters their loss may not use (a VAE's
+            # log_sigma under the Bernoulli likelihood; a GAN's generator during the
+            # discriminator step). Its cost is one walk of the autograd graph per step; torch
+            # warns once per process when a model happens to use every parameter.
             self.ddp = DistributedDataParallel(
                 _LossModule(self.model, self.compiled_loss or self.model.loss),
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,

@@ -48,8 +48,10 @@ def _measure_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="reference split (default test)")
-    p.add_argument("--n", type=int, help="real and generated samples (default 10000 for "
-                   "images, 200 continuations for text)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int,
+                   help="real and generated samples (default 10000 for images, 200 continuations "
+                   "for text); under torchrun write --num-samples: its parser reads --n as one of "
+                   "its own options")
     p.add_argument("--seed", type=int, default=0, help="sampling and subset seed (default 0)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--features", help="extractor: a shipped dataset name, a .safetensors from "
