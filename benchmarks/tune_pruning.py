@@ -4,8 +4,9 @@ Both searches run the same number of trials of the same study definition (the ba
 configs/tune-gpt-tiny.json and the space configs/tune-gpt-space.yaml by default, TPE seed 0) in
 one process each, one after the other, each in its own SQLite file. Reported per search: trials
 finished (complete + pruned) per hour of wall time, how many were pruned, the best validation
-loss, and the training steps spent. The samplers see different histories once a trial is pruned,
-so the two searches do not propose the same trials after the first few.
+loss, and the training steps spent. The samplers see different histories once a trial is pruned
+(a pruned trial counts with its last reported loss), so the two searches may propose different
+trials after the first ten (TPE's random start-up); the report lists every trial of both.
 
     python benchmarks/tune_pruning.py --trials 20
 """

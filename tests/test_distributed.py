@@ -189,6 +189,24 @@ def test_image_families_train_under_torchrun(family, tiny, image_folder, tmp_pat
     assert all(np.isfinite(v) for v in losses(out).values())
 
 
+def test_music_gpt_trains_under_torchrun(tmp_path):
+    from aigc.data.music import Note, Piece, write_midi
+    from aigc.models import model_from_checkpoint
+
+    songs = tmp_path / "songs"
+    for i in range(12):  # the same little tunes as tests/test_music_generation.py
+        pitches = [67, 69, 71, 72, 74, 76, 78, 79]
+        write_midi(Piece(f"s{i}", "folk", i % 12, "major", (2, 4),
+                         [Note(k * 12, 0, p, 12) for k, p in enumerate(pitches)]),
+                   songs / f"{i}.mid")
+    out = tmp_path / "run"
+    aigc("train", "music-gpt", "--data", f"midi:{songs}", "--out", str(out), "--steps", "2",
+         "--layers", "1", "--width", "16", "--heads", "2", "--context-length", "16",
+         "--batch-size", "4", "--eval-batches", "1", "--no-progress", "--device", "cpu", nproc=2)
+    _, ckpt = model_from_checkpoint(out)
+    assert ckpt.family == "music-gpt" and ckpt.step == 2
+
+
 def test_batch_that_does_not_divide_is_refused(image_folder, tmp_path):
     proc = aigc("train", "vae", "--data", f"folder:{image_folder}", "--out", str(tmp_path / "r"),
                 "--steps", "1", "--batch-size", "7", "--no-progress", "--device", "cpu",
