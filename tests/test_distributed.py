@@ -149,6 +149,7 @@ def test_resume_two_processes_as_one(gpt_runs):
     assert again[(6, "val/loss")] == pytest.approx(one[(6, "val/loss")], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_finetune_gpt_runs_under_torchrun(gpt_runs):
     corpus = gpt_runs["args"][gpt_runs["args"].index("--data") + 1]
     out = gpt_runs["tmp"] / "ft"
@@ -170,10 +171,15 @@ def image_folder(tmp_path):
     return root
 
 
+# Each torchrun launch costs ~15 s of imports on the shared 2-core machine: the default tier keeps
+# the GAN (two optimizer groups, BatchNorm, parameters unused by one group's loss); the slow tier
+# runs the other families too.
 @pytest.mark.parametrize("family,tiny", [
-    ("vae", ["--channels", "4,8", "--hidden", "16", "--latent-dim", "3"]),
+    pytest.param("vae", ["--channels", "4,8", "--hidden", "16", "--latent-dim", "3"],
+                 marks=pytest.mark.slow),
     ("gan", ["--channels", "4", "--latent-dim", "4"]),
-    ("diffusion", ["--channels", "4,8", "--attention-levels", "1", "--num-train-timesteps", "20"]),
+    pytest.param("diffusion", ["--channels", "4,8", "--attention-levels", "1",
+                               "--num-train-timesteps", "20"], marks=pytest.mark.slow),
 ])
 def test_image_families_train_under_torchrun(family, tiny, image_folder, tmp_path):
     out = tmp_path / "run"
@@ -189,6 +195,7 @@ def test_image_families_train_under_torchrun(family, tiny, image_folder, tmp_pat
     assert all(np.isfinite(v) for v in losses(out).values())
 
 
+@pytest.mark.slow
 def test_music_gpt_trains_under_torchrun(tmp_path):
     from aigc.data.music import Note, Piece, write_midi
     from aigc.models import model_from_checkpoint
@@ -240,12 +247,22 @@ def test_fid_kid_from_two_processes_equal_one(tmp_path):
     path = tmp_path / "model.safetensors"
     save_model_file(path, family="vae", model_config=json.loads(json.dumps(cfg.__dict__)),
                     weights=VAE(cfg).state_dict(), step=1, meta={"data": "mnist"})
+    from aigc.cli import main
+
     cards = {}
     for nproc in (1, 2):
         out = tmp_path / f"card{nproc}"
-        proc = aigc("eval", str(path), "--num-samples", "90", "--seed-block", "20", "--batch-size", "16",
-                    "--no-baseline", "--kid-subset-size", "40", "--out", str(out), nproc=nproc)
-        assert proc.stdout.count("metric card:") == 1
+        argv = ["eval", str(path), "--num-samples", "90", "--seed-block", "20", "--batch-size",
+                "16", "--no-baseline", "--kid-subset-size", "40", "--out", str(out)]
+        if nproc == 1:  # in this process (one launch fewer), one thread as the launched ones
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                assert main(argv) == 0
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            assert aigc(*argv, nproc=2).stdout.count("metric card:") == 1
         cards[nproc] = json.loads(out.with_suffix(".json").read_text())
     one, two = cards[1]["values"], cards[2]["values"]
     for key in ("fid", "kid_mean", "kid_std", "is_mean", "precision", "recall"):
