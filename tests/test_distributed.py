@@ -225,20 +225,13 @@ def test_batch_that_does_not_divide_is_refused(image_folder, tmp_path):
 
 
 def test_commands_that_do_not_split_refuse_torchrun(tmp_path):
-    proc = aigc("sample", "starter:nothing", "--out", str(tmp_path / "x.png"), nproc=2,
-                check=False)
+    proc = aigc("info", str(tmp_path / "x.png"), nproc=2, check=False)
     assert proc.returncode != 0
-    assert "`aigc sample` does not run under torchrun (WORLD_SIZE=2)" in proc.stderr
+    assert "`aigc info` does not run under torchrun (WORLD_SIZE=2)" in proc.stderr
 
 
-# ------------------------------------------------------------------------ evaluation
-
-
-def test_fid_kid_from_two_processes_equal_one(tmp_path):
-    from aigc.data.images import dataset_available
-
-    if not dataset_available("mnist")[0]:
-        pytest.skip("mnist not installed")
+@pytest.fixture
+def tiny_vae_file(tmp_path):
     from aigc.checkpoints import save_model_file
     from aigc.models.vae import VAE, VAEConfig
 
@@ -247,6 +240,42 @@ def test_fid_kid_from_two_processes_equal_one(tmp_path):
     path = tmp_path / "model.safetensors"
     save_model_file(path, family="vae", model_config=json.loads(json.dumps(cfg.__dict__)),
                     weights=VAE(cfg).state_dict(), step=1, meta={"data": "mnist"})
+    return path
+
+
+def test_batch_sampling_two_processes_writes_the_one_process_grid(tiny_vae_file, tmp_path):
+    from aigc.cli import main
+    from aigc.media import read_record
+
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    args = ["sample", str(tiny_vae_file), "--num-samples", "10", "--seed", "5", "--seed-block", "3"]
+    aigc(*args, "--out", str(one))
+    proc = aigc(*args, "--out", str(two), nproc=2)
+    assert proc.stdout.count("10 samples") == 1
+    assert two.read_bytes() == one.read_bytes()  # same pixels, same record
+    assert read_record(two)["seed_block"] == 3
+    # The record replays as one process (blocks honoured), byte for byte.
+    again = tmp_path / "again.png"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["sample", "--replay", str(two), "--out", str(again)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # replay takes the recorded thread count
+    assert again.read_bytes() == one.read_bytes()
+    proc = aigc("sample", str(tiny_vae_file), "--num-samples", "4", "--out", str(tmp_path / "x.png"),
+                nproc=2, check=False)
+    assert "aigc sample needs --seed-block K" in proc.stderr and proc.returncode != 0
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def test_fid_kid_from_two_processes_equal_one(tiny_vae_file, tmp_path):
+    from aigc.data.images import dataset_available
+
+    if not dataset_available("mnist")[0]:
+        pytest.skip("mnist not installed")
+    path = tiny_vae_file
     from aigc.cli import main
 
     cards = {}

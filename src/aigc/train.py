@@ -596,7 +596,8 @@ class Trainer:
                     stop = self._validate()
                     if stop:
                         stopped = stop
-                if self.preview and self.ctx.is_main and cfg.sample_every and (self.step % cfg.sample_every == 0 or final):
+                if self.preview and self.ctx.is_main and cfg.sample_every and (
+                        self.step % cfg.sample_every == 0 or final):
                     with torch.random.fork_rng(devices=[]):
                         self.preview(self.ema.module if self.ema else self.model, self.step, self.run_dir)
                 over_time = cfg.time_limit_s and time.perf_counter() - self._t0 > cfg.time_limit_s

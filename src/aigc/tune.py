@@ -370,6 +370,7 @@ def write_report(study, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import optuna
 
     S = optuna.trial.TrialState
@@ -400,6 +401,7 @@ def write_report(study, path: str | Path) -> Path:
                    [min(t.intermediate_values.values()) for t in pruned], s=14, marker="x",
                    color="0.5", label="pruned (best reported)")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("validation loss")
     ax.legend(fontsize=8)
     parts.append(f'<h2>History</h2><img alt="history" src="{_png(fig)}">')

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands that know how to split their work under `torchrun` (docs/scale-out.md).
-TORCHRUN_COMMANDS = ("train", "finetune", "eval")
+TORCHRUN_COMMANDS = ("train", "finetune", "sample", "eval")
 
 
 def _join_torchrun(args: argparse.Namespace) -> None:
