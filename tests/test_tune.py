@@ -156,3 +156,50 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     code = main(["tune", "gpt", "--space", str(space), "--data", "fortunes", "--trials", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["aigc: error: --trials must be an integer >= 1, got 0"]
+
+
+def test_two_processes_share_a_postgresql_study(corpus, tmp_path):
+    """Two `aigc tune` processes on one PostgreSQL study (the PostgreSQL tier's throwaway
+    cluster, tests/pg_cluster.py; skipped with the reason where it cannot run)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    try:
+        from pg_cluster import Cluster, missing_reason
+    except ImportError:
+        pytest.skip("PostgreSQL tier: tests/pg_cluster.py is not in this tree")
+    why = missing_reason()
+    if why:
+        pytest.skip(why)
+    import optuna
+
+    config = tmp_path / "base.json"
+    config.write_text(json.dumps({
+        "family": "gpt", "data": f"text:{corpus}",
+        "model": {"context_length": 16, "width": 16, "layers": 1, "heads": 2},
+        "train": {"steps": 6, "batch_size": 8, "eval_every": 3, "eval_batches": 2,
+                  "warmup_steps": 1, "device": "cpu", "ckpt_every": 0}}))
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"train.lr": {"type": "float", "low": 1e-4, "high": 3e-2,
+                                              "log": True}}))
+    cluster = Cluster().start()
+    try:
+        url = cluster.new_database()
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(root / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "aigc", "tune", "gpt", "--config", str(config), "--space",
+             str(space), "--trials", "3", "--storage", url, "--study", "shared", "--seed",
+             str(seed), "--out", str(tmp_path / f"p{seed}")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for seed in (1, 2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+        study = optuna.load_study(study_name="shared", storage=url)
+        assert len(study.trials) == 6
+        assert sorted(t.number for t in study.trials) == list(range(6))
+    finally:
+        cluster.stop()
