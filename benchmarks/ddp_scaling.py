@@ -49,8 +49,8 @@ def _train(nproc: int, out: Path, args: argparse.Namespace) -> tuple[float, dict
     if nproc == 1:
         full = [sys.executable, "-m", "aigc", *cmd]
     else:
-        full = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                "--master-port", "29533", "-m", "aigc", *cmd]
+        full = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", str(nproc), "-m", "aigc", *cmd]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()

@@ -43,8 +43,10 @@ def aigc(*argv: str, nproc: int = 1, check: bool = True) -> subprocess.Completed
     if nproc == 1:
         cmd = [sys.executable, "-m", "aigc", *argv]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(random.Random().randint(20000, 40000)), "-m", "aigc", *argv]
+        # --standalone: a local rendezvous on a port the OS picks (a fixed or random port
+        # collides with other jobs on a shared machine).
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               str(nproc), "-m", "aigc", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
