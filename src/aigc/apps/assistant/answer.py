@@ -36,8 +36,8 @@ from aigc.errors import AigcError
 
 # Retrieval-confidence thresholds below which the assistant hands off without generating.
 # Calibrated with `aigc assistant eval --calibrate` on src/aigc/assets/assistant/faq_eval.jsonl.
-THRESHOLDS = {"en": 0.45, "zh": 0.5}
-PASSAGE_CHARS = 600  # each passage is cut to this many characters in the prompt
+THRESHOLDS = {"en": 0.32, "zh": 0.35}
+PASSAGE_CHARS = 450  # each passage is cut to this many characters in the prompt
 HISTORY_TURNS = 4  # messages of earlier conversation shown to the model
 QUEUE_FILE = "assistant.sqlite3"
 
@@ -84,7 +84,7 @@ class Answer:
         return asdict(self)
 
 
-def smollm2_generator(adapter: str | Path | None = None, *, max_tokens: int = 160) -> Callable:
+def smollm2_generator(adapter: str | Path | None = None, *, max_tokens: int = 120) -> Callable:
     """``messages -> reply`` with SmolLM2-135M-Instruct, greedy, optionally with a LoRA adapter
     (a folder written by ``aigc finetune-chat``, loaded by :func:`aigc.finetune.load_chat_adapter`)."""
     from aigc.generation import SamplingParams

@@ -64,12 +64,28 @@ _WORD = re.compile(r"[a-z0-9][a-z0-9_+.\-]*[a-z0-9+]|[a-z0-9]")
 _HAS_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
+def _stem(word: str) -> str:
+    """A deliberately small English suffix stripper (``upgraded``, ``upgrades``, ``upgrade``
+    -> ``upgrad``): plural, -ed, -ing, then a final e, keeping at least 3 letters. Words with
+    digits or punctuation (``apt-get``, ``2.6``) are left whole."""
+    if len(word) < 4 or not word.isalpha():
+        return word
+    for suffix, repl in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and not word.endswith("ss") and len(word) - len(suffix) >= 3:
+            word = word[: len(word) - len(suffix)] + repl
+            break
+    if word.endswith("e") and len(word) > 3:
+        word = word[:-1]
+    return word
+
+
 def bm25_tokens(text: str) -> list[str]:
     """BM25 terms: Chinese runs segmented with jieba (search mode, so 软件包 also yields 软件),
-    English lower-cased words (``apt-get``, ``dpkg``, ``2.6`` kept whole), stop words dropped."""
+    English lower-cased words (``apt-get``, ``dpkg``, ``2.6`` kept whole) with a light suffix
+    stripping (:func:`_stem`), stop words dropped."""
     text = text.lower()
     if not _HAS_CJK.search(text):
-        return [w for w in _WORD.findall(text) if w not in _EN_STOP]
+        return [_stem(w) for w in _WORD.findall(text) if w not in _EN_STOP]
     import jieba
 
     jieba.setLogLevel(60)
@@ -82,8 +98,17 @@ def bm25_tokens(text: str) -> list[str]:
             if tok not in _ZH_STOP:
                 out.append(tok)
         else:
-            out.extend(w for w in _WORD.findall(tok) if w not in _EN_STOP)
+            out.extend(_stem(w) for w in _WORD.findall(tok) if w not in _EN_STOP)
     return out
+
+
+HEADING_REPEAT = 3  # heading terms count 3 times: a FAQ heading is the question it answers
+
+
+def chunk_terms(section: str, text: str) -> list[str]:
+    """The BM25 terms of a chunk: its section heading's terms repeated :data:`HEADING_REPEAT`
+    times (a poor man's BM25F field weight), then its text's."""
+    return bm25_tokens(section) * HEADING_REPEAT + bm25_tokens(text)
 
 
 @dataclass
@@ -282,9 +307,8 @@ def build_index(folder: str | Path | None, index_dir: str | Path, *,
         for row, i in enumerate(new):
             unique[i] = (unique[i][0], fresh[row])
     records = [r for r, _ in unique]
-    for r in records:
-        if "tokens" not in r:
-            r["tokens"] = bm25_tokens(f"{r['section']}\n{r['text']}")
+    for r in records:  # cheap, so always redone: a changed tokenizer needs no re-embedding
+        r["tokens"] = chunk_terms(r["section"], r["text"])
     emb = np.stack([e for _, e in unique]).astype(np.float32)  # (N, 384)
     _write_index(index_dir, folder, files, documents, records, emb)
     report.seconds = time.perf_counter() - t0
