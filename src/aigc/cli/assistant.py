@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="retrieval (default: hybrid)")
     a.add_argument("--adapter", default=None, help="a LoRA adapter folder for SmolLM2 "
                    "(from `aigc finetune-chat`)")
+    a.add_argument("--style", choices=("generate", "extractive"), default="generate",
+                   help="generate: SmolLM2 writes the answer; extractive: quote the best "
+                   "passage (default: generate)")
     a.add_argument("--json", action="store_true", help="print the answer as JSON")
     a.set_defaults(func=run_ask)
 
@@ -142,7 +145,8 @@ def run_ask(args) -> int:
 
     if args.question is not None:
         check_query(args.question)  # before any model loads
-    assistant = Assistant(_index_dir(args), adapter=args.adapter, k=args.k, mode=args.mode)
+    assistant = Assistant(_index_dir(args), adapter=args.adapter, k=args.k, mode=args.mode,
+                          style=args.style)
     if args.question is not None:
         _print_answer(assistant.ask(args.question), json_out=args.json)
         return 0
