@@ -7,8 +7,9 @@
 * ``manifest.json`` -- the folder, and per file its SHA-256 and chunk ids (re-indexing reads
   only the files whose hash changed, added or removed; unchanged files keep their chunks and
   embeddings);
-* ``chunks.jsonl`` -- one chunk per line: ``chunk_id, source, section, text, lang, tokens``
-  (``tokens``: the BM25 terms, see :func:`bm25_tokens`);
+* ``chunks.jsonl`` -- one chunk per line: ``chunk_id, source, section, text, lang, tokens,
+  duplicate_of`` (``tokens``: the BM25 terms, see :func:`chunk_terms`; ``duplicate_of``: the id
+  of an earlier chunk with the same text, such chunks are never searched);
 * ``embeddings.npy`` -- ``(N, 384)`` float32 unit MiniLM embeddings of ``section + text``, row
   ``i`` for line ``i`` of ``chunks.jsonl`` (read with ``allow_pickle=False``);
 * ``dense.faiss`` -- a faiss ``IndexFlatIP`` over those rows (inner product = cosine);
@@ -282,23 +283,19 @@ def build_index(folder: str | Path | None, index_dir: str | Path, *,
         reasons = "; ".join(f"{s}: {r}" for s, r in sorted(report.unreadable.items()))
         raise AigcError(f"nothing in {folder} could be indexed ({reasons})")
 
-    # Duplicates: the same text (whitespace and case folded) seen before, in any file.
-    seen: set[str] = set()
-    unique: list[tuple[dict, np.ndarray | None]] = []
-    for record, emb in kept:
+    # Duplicates: the same text (whitespace and case folded) as an earlier chunk, in any file.
+    # They stay on disk marked ``duplicate_of`` (so a file whose original goes away later needs
+    # no re-reading) and are left out of the BM25 statistics and of every search.
+    first: dict[str, str] = {}
+    for record, _ in kept:
         key = hashlib.sha1(" ".join(record["text"].lower().split()).encode()).hexdigest()
-        if key in seen:
-            report.duplicates_dropped += 1
-            continue
-        seen.add(key)
-        unique.append((record, emb))
-    ids = {r["chunk_id"] for r, _ in unique}
-    for doc in documents.values():
-        doc["chunks"] = [cid for cid in doc["chunks"] if cid in ids]
-
+        record["duplicate_of"] = first.get(key)
+        first.setdefault(key, record["chunk_id"])
+        report.duplicates_dropped += record["duplicate_of"] is not None
+    unique = kept
     new = [i for i, (_, emb) in enumerate(unique) if emb is None]
     report.chunks_new = len(new)
-    report.chunks_total = len(unique)
+    report.chunks_total = len(unique) - report.duplicates_dropped
     if new:
         from aigc.models.pretrained import embed_sentences
 
@@ -306,7 +303,7 @@ def build_index(folder: str | Path | None, index_dir: str | Path, *,
         fresh = embed_sentences(texts).numpy().astype(np.float32)
         for row, i in enumerate(new):
             unique[i] = (unique[i][0], fresh[row])
-    records = [r for r, _ in unique]
+    records = [r for r, _ in unique]  # (duplicates included, marked)
     for r in records:  # cheap, so always redone: a changed tokenizer needs no re-embedding
         r["tokens"] = chunk_terms(r["section"], r["text"])
     emb = np.stack([e for _, e in unique]).astype(np.float32)  # (N, 384)
@@ -333,9 +330,10 @@ def _write_index(index_dir: Path, folder: Path, files: list[str] | None,
     df: Counter = Counter()
     lengths = []
     for r in records:
-        df.update(set(r["tokens"]))
-        lengths.append(len(r["tokens"]))
-    stats = {"k1": BM25_K1, "b": BM25_B, "n": len(records),
+        if r["duplicate_of"] is None:
+            df.update(set(r["tokens"]))
+            lengths.append(len(r["tokens"]))
+    stats = {"k1": BM25_K1, "b": BM25_B, "n": len(lengths),
              "avgdl": sum(lengths) / max(len(lengths), 1), "df": dict(df)}
     _write_atomic(index_dir / "bm25.json", json.dumps(stats, ensure_ascii=False).encode())
     manifest = {"version": INDEX_VERSION, "folder": str(folder), "files_list": files,

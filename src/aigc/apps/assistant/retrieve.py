@@ -97,16 +97,20 @@ class Retriever:
         self.postings: dict[str, list[tuple[int, int]]] = defaultdict(list)  # term -> (row, tf)
         self.lengths = []
         for row, c in enumerate(self.chunks):
+            self.lengths.append(len(c["tokens"]))
+            if c.get("duplicate_of"):
+                continue
             counts: dict[str, int] = defaultdict(int)
             for t in c["tokens"]:
                 counts[t] += 1
             for t, tf in counts.items():
                 self.postings[t].append((row, tf))
-            self.lengths.append(len(c["tokens"]))
         self.langs = np.array([c["lang"] for c in self.chunks])
+        self.searchable = np.array([not c.get("duplicate_of") for c in self.chunks])
 
     def __len__(self) -> int:
-        return len(self.chunks)
+        """Searchable chunks (duplicates excluded)."""
+        return int(self.searchable.sum())
 
     # -- the two rankings -------------------------------------------------------------------
     def _bm25(self, terms: list[str], allowed: np.ndarray) -> dict[int, float]:
@@ -159,9 +163,9 @@ class Retriever:
             raise AigcError(f"lang must be 'auto', 'en', 'zh' or None, got {lang!r}")
         qlang = language_of(query)
         want = qlang if lang == "auto" else lang
-        allowed = np.ones(len(self.chunks), bool) if want is None else self.langs == want
+        allowed = self.searchable if want is None else self.searchable & (self.langs == want)
         if not allowed.any():  # e.g. an English-only base asked in Chinese: search everything
-            allowed = np.ones(len(self.chunks), bool)
+            allowed = self.searchable
         terms = bm25_tokens(query)
         bm25 = self._bm25(terms, allowed) if mode != "dense" else {}
         dense = self._dense(query, allowed)  # also feeds the confidence
