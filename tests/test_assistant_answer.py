@@ -200,3 +200,8 @@ def test_evalset_is_big_enough_and_every_label_exists_in_the_demo_base():
     for it in items:
         for label in it.answers:
             assert label in numbers[it.lang], (it.id, label)
+
+
+def test_demo_without_the_debian_packages_names_them(tmp_path):
+    with pytest.raises(AigcError, match="debian-faq and debian-faq-zh-cn"):
+        demo_files(tmp_path)
