@@ -152,6 +152,33 @@ def suggest(trial, params: list[Param]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def open_storage(url: str):
+    """Optuna's RDB storage for ``url``. On PostgreSQL the first use creates optuna's tables
+    and enum types; two processes starting one study together would both try (and one fail on
+    ``CREATE TYPE``), so the creation runs under a session advisory lock."""
+    import optuna
+
+    if not url.startswith("postgresql"):
+        return optuna.storages.RDBStorage(url)
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
+            try:
+                return optuna.storages.RDBStorage(url)
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
+                             {"k": _SCHEMA_LOCK})
+    finally:
+        engine.dispose()
+
+
+# any fixed 64-bit key: the advisory lock that serialises optuna's schema creation
+_SCHEMA_LOCK = 0x41494743_54554E45  # "AIGCTUNE"
+
+
 def check_storage(url: str) -> str:
     """Accept ``sqlite:///PATH`` (its folder is created) or a PostgreSQL SQLAlchemy URL."""
     if url.startswith("sqlite:///"):
@@ -294,7 +321,7 @@ def run_study(family: str, base: dict[str, Any], params: list[Param], *, trials:
                      **getattr(family_module(family), "TRAIN_DEFAULTS", {}),
                      **base.get("train", {})}["steps"])
     study = optuna.create_study(
-        study_name=name, storage=storage, direction="minimize", load_if_exists=True,
+        study_name=name, storage=open_storage(storage), direction="minimize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=make_pruner(pruner, max_resource=max_steps))
     study.set_user_attr("family", family)
