@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smollm2", action="store_true",
                    help="serve the SmolLM2-135M-Instruct chat model (loads for tens of seconds)")
     p.add_argument("--no-ngram", action="store_true", help="do not serve the n-gram backend")
+    p.add_argument("--assistant-index", default=None, metavar="DIR",
+                   help="serve the customer-service assistant (page, /api/assistant, model "
+                        "'assistant' in /v1) from this knowledge base (`aigc assistant index`); "
+                        "loads SmolLM2, MiniLM and the speech recogniser")
+    p.add_argument("--embeddings", action="store_true",
+                   help="serve /v1/embeddings with all-MiniLM-L6-v2 (on with --assistant-index)")
     p.add_argument("--no-batching", action="store_true",
                    help="run image jobs one at a time (for comparisons)")
     p.add_argument("--max-batch-images", type=int, default=64, help="images per batch (64)")
@@ -107,12 +113,19 @@ def run(args: argparse.Namespace) -> int:
     if DEMO_RUN.is_dir() and not any(s.endswith(str(DEMO_RUN)) for s in models):
         models.append(f"demo-vae={DEMO_RUN}")
     text_corpus = Path(args.text_corpus) if args.text_corpus else None
+    assistant_index = Path(args.assistant_index) if args.assistant_index else None
+    if assistant_index is not None:
+        from aigc.studio.routes.assistant import index_dir_problem
+
+        problem = index_dir_problem(assistant_index)
+        if problem:
+            raise AigcError(problem)
     if text_corpus is not None and not text_corpus.is_file():
         raise AigcError(f"--text-corpus {text_corpus}: no such file")
     settings = StudioSettings(
         data_dir=Path(args.data), db_url=args.db, models_dir=Path(args.models),
         model_paths=_model_paths(models), text_corpus=text_corpus, ngram=not args.no_ngram,
-        smollm2=args.smollm2,
+        smollm2=args.smollm2, assistant_index=assistant_index, embeddings=args.embeddings,
         host=args.host, port=args.port, extra_hosts=tuple(args.allow_host),
         allowed_origins=tuple(args.allow_origin), max_queue=args.max_queue,
         max_batch_images=args.max_batch_images, batching=not args.no_batching,

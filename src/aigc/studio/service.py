@@ -74,6 +74,8 @@ class StudioSettings:
     # they keep arriving (it stops after a quarter of it without a new one).
     batch_wait_ms: float = 5.0
     wait_timeout_s: float = 300.0  # /v1 requests wait this long for their job
+    assistant_index: Path | None = None  # serve the assistant from this knowledge base
+    embeddings: bool = False  # serve /v1/embeddings (always with an assistant)
 
 
 class ApiError(Exception):
@@ -102,6 +104,7 @@ class Studio:
     served_versions: dict[str, int] = field(default_factory=dict)
     registry: Any = None  # aigc.registry.Registry when the studio serves registered models
     started: float = field(default_factory=time.time)  # when the models were loaded
+    assistant: Any = None  # routes.assistant.AssistantService, set in the lifespan
 
     # ------------------------------------------------------------------ models
     def models(self) -> list[dict[str, Any]]:
