@@ -271,3 +271,57 @@ def test_without_an_index_the_routes_say_how_to_serve_it(tmp_path):
         _error(c.post("/v1/chat/completions", json={
             "model": "assistant", "messages": [{"role": "user", "content": "hi"}]}), 404,
             "model_not_found")
+
+
+@pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("flite"),
+                    reason="needs Debian chromium and flite")
+def test_browser_assistant_page(kb, tmp_path):
+    """The Assistant tab in headless Chromium: ask, open a citation, see a handoff answered by
+    a person, and the browser's WAV conversion (decode, mono, 16 kHz) feeding recognition."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="needs the playwright Python package")
+    from studio_fixtures import live_server
+
+    with live_server(None, app=_app(kb, tmp_path)) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(locale="en-US")
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/#assistant")
+        page.wait_for_function("document.querySelector('#asst-info').textContent"
+                               ".includes('passages')")
+        assert not page.is_hidden("#page-assistant")
+        page.fill("#asst-input", IN_SCOPE)
+        page.click("#asst-send")
+        page.wait_for_selector(".msg.assistant a.cite")
+        page.click(".msg.assistant a.cite")
+        source = page.inner_text("#asst-source")
+        assert "install.md" in source and "Installing packages" in source
+        page.fill("#asst-input", OUT_OF_SCOPE)
+        page.click("#asst-send")
+        page.wait_for_selector(".msg .handoff")
+        assert "Handed off to a person" in page.inner_text(".msg .handoff")
+        item = page.wait_for_selector(".handoff-item")
+        item.query_selector("textarea").fill("Ask a baker, please.")
+        item.query_selector("button.primary").click()
+        page.wait_for_selector(".msg.person", timeout=15000)  # the page polls every 4 s
+        assert "Ask a baker" in page.inner_text(".msg.person")
+        got = page.evaluate("""async () => {
+            const r = await fetch('/api/assistant/speak', {method: 'POST',
+              headers: {'Content-Type': 'application/json'},
+              body: JSON.stringify({text: 'You can install packages from the archive.',
+                                    voice: 'espeak-ng:en-us'})});
+            const wav = await window.aigcAssistant.toWav16k(await r.blob());
+            const head = new DataView(await wav.arrayBuffer());
+            const t = await fetch('/api/assistant/transcribe', {method: 'POST',
+              headers: {'Content-Type': 'audio/wav'}, body: wav});
+            return {rate: head.getUint32(24, true), channels: head.getUint16(22, true),
+                    status: t.status, body: await t.json()};
+        }""")
+        assert (got["rate"], got["channels"], got["status"]) == (16000, 1, 200), got
+        assert got["body"]["sample_rate"] == 16000 and got["body"]["seconds"] > 1.0
+        page.select_option("#lang", "zh")
+        assert page.inner_text("#tab-assistant") == "客服助手"
+        browser.close()
+        assert errors == []

@@ -7,7 +7,7 @@
 (() => {
   Object.assign(I18N.zh, {
     tab_assistant: "客服助手", asst_ask: "提问", asst_placeholder: "向知识库提问……",
-    asst_record: "🎤 录音", asst_stop: "■ 停止", asst_upload: "上传 WAV", asst_speak: "朗读回答",
+    asst_record: "● 录音", asst_listen: "▶ 朗读", asst_stop: "■ 停止", asst_upload: "上传 WAV", asst_speak: "朗读回答",
     asst_voice: "声音", asst_voice_auto: "自动（按语言）", asst_sources: "来源",
     asst_handed_off: "已转人工（#{0}），请稍候，回复会显示在这里。", asst_person: "人工客服 {0}",
     asst_queue: "人工处理队列", asst_queue_help: "助手无法回答的问题。回答后会发回给提问者；批准后加入知识库。",
@@ -22,7 +22,7 @@
     err_handoff_state: "该请求当前状态不允许此操作。", err_unsupported_language: "该语言没有语音识别模型。",
   });
   Object.assign(EN_TEXT, {
-    asst_record: "🎤 Record", asst_stop: "■ Stop", asst_voice_auto: "auto (by language)",
+    asst_record: "● Record", asst_listen: "▶ Listen", asst_stop: "■ Stop", asst_voice_auto: "auto (by language)",
     asst_handed_off: "Handed off to a person (#{0}); their answer will appear here.",
     asst_person: "person {0}", asst_no_handoffs: "The queue is empty.", asst_status_open: "open",
     asst_status_answered: "answered", asst_status_approved: "approved", asst_status_rejected: "rejected",
@@ -83,7 +83,7 @@
     S.recorder.onstop = async () => {
       stream.getTracks().forEach((tr) => tr.stop());
       S.recorder = null;
-      b.textContent = t("asst_record", "🎤 Record");
+      b.textContent = t("asst_record", "● Record");
       try { await transcribe(await toWav16k(new Blob(chunks, { type: chunks[0]?.type }))); } catch (e) { status("⚠ " + e.message); }
     };
     S.recorder.start();
@@ -143,7 +143,7 @@
     }
     if (extra.handoff != null) box.append(el("span", { class: "handoff", text: tf("asst_handed_off", extra.handoff) }));
     if (extra.confidence != null) box.append(el("span", { class: "usage", text: `${t("asst_confidence", "retrieval confidence")} ${extra.confidence.toFixed(2)}` }));
-    if (who === "assistant") box.append(el("button", { type: "button", class: "copy", text: "🔊", title: t("asst_speak", "Speak answers"),
+    if (who === "assistant") box.append(el("button", { type: "button", class: "copy", text: t("asst_listen", "▶ Listen"),
       onclick: () => speak(m.content).catch((e) => status("⚠ " + e.message)) }));
     $("asst-log").append(box);
     $("asst-log").scrollTop = $("asst-log").scrollHeight;
