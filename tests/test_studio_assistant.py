@@ -325,3 +325,16 @@ def test_browser_assistant_page(kb, tmp_path):
         assert page.inner_text("#tab-assistant") == "客服助手"
         browser.close()
         assert errors == []
+
+
+def test_cli_refuses_a_folder_that_is_not_an_index(tmp_path, capsys):
+    from aigc.cli import main
+
+    (tmp_path / "docs").mkdir()
+    for folder, why in [(tmp_path / "missing", "no such folder"),
+                        (tmp_path / "docs", "not an assistant index (no manifest.json)")]:
+        code = main(["studio", "--data", str(tmp_path / "data"), "--assistant-index",
+                     str(folder)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"--assistant-index {folder}: {why}" in err
