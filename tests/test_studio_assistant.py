@@ -338,3 +338,26 @@ def test_cli_refuses_a_folder_that_is_not_an_index(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1, err
         assert f"--assistant-index {folder}: {why}" in err
+
+
+def test_official_openai_client(kb, tmp_path):
+    """The openai package against a live studio: embeddings (it asks for base64 by default)
+    and a chat completion with model "assistant" whose extra fields carry the sources."""
+    openai = pytest.importorskip("openai", reason="needs the openai package (dev extra)")
+    from studio_fixtures import live_server
+
+    from aigc.models.pretrained import embed_sentences
+
+    with live_server(None, app=_app(kb, tmp_path)) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        r = client.embeddings.create(model="all-MiniLM-L6-v2", input=["hello", "apt-get"])
+        got = np.array([d.embedding for d in r.data], dtype=np.float32)
+        np.testing.assert_allclose(got, embed_sentences(["hello", "apt-get"]).numpy(),
+                                   atol=1e-6)
+        assert r.usage.prompt_tokens == r.usage.total_tokens > 0
+        c = client.chat.completions.create(model="assistant",
+                                           messages=[{"role": "user", "content": IN_SCOPE}])
+        assert c.choices[0].message.content.endswith("[1]")
+        assert c.model_extra["sources"][0]["section"] == "Installing packages"
+        with pytest.raises(openai.BadRequestError):
+            client.embeddings.create(model="all-MiniLM-L6-v2", input="word " * 200)

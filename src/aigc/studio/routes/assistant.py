@@ -320,8 +320,9 @@ async def chat_completion(studio: Studio, req: OAIChatRequest) -> Any:
     """``/v1/chat/completions`` with ``model: "assistant"``: the last user message is the
     question, the messages before it the history. The reply carries ``sources`` (source,
     section and chunk of each citation ``[n]``) and ``handed_off`` next to OpenAI's fields.
-    Sampling fields are not used (the assistant answers greedily) and ``stream: true`` sends
-    the whole answer as one chunk."""
+    Sampling fields are not used (the assistant answers greedily), ``usage`` is null (its
+    generator does not count tokens) and ``stream: true`` sends the whole answer as one
+    chunk."""
     service: AssistantService = studio.assistant or AssistantService()
     assistant = service.require()
     msgs = [{"role": m.role, "content": m.content} for m in req.messages]
@@ -343,7 +344,7 @@ async def chat_completion(studio: Studio, req: OAIChatRequest) -> Any:
     sources = [asdict(c) for c in answer.citations]
     extra = {"sources": sources, "handed_off": answer.handed_off,
              "handoff_id": answer.handoff_id}
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}  # not counted
+    usage = None  # the assistant's generator does not report tokens: null, not a false 0
     if not req.stream:
         return {"id": cid, "object": "chat.completion", "created": created,
                 "model": ASSISTANT_MODEL, "system_fingerprint": None,
