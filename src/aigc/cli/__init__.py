@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "aigc.cli.sample",
     "aigc.cli.generate",
     "aigc.cli.chat",
+    "aigc.cli.assistant",
     "aigc.cli.finetune",
     "aigc.cli.music",
     "aigc.cli.evaluate",

@@ -11,6 +11,9 @@
    is prompted with the numbered passages and asked to answer citing them as ``[1]``, ``[2]``;
    if its reply says it does not know, that is a handoff too.
 
+With ``style="extractive"`` step 2 uses no model: the answer is the opening of the best passage,
+cited as [1] (SmolLM2-135M often writes fluent nonsense; see docs/assistant.md).
+
 Citations are the passages the reply cites by number. A 135M model often cites nothing; then
 the top passage is given as the citation and ``Answer.cited_by_model`` is False (the evaluation
 reports both rates).
@@ -36,10 +39,14 @@ from aigc.errors import AigcError
 
 # Retrieval-confidence thresholds below which the assistant hands off without generating.
 # Calibrated with `aigc assistant eval --calibrate` on src/aigc/assets/assistant/faq_eval.jsonl.
-THRESHOLDS = {"en": 0.45, "zh": 0.5}
-PASSAGE_CHARS = 600  # each passage is cut to this many characters in the prompt
+THRESHOLDS = {"en": 0.32, "zh": 0.35}
+PASSAGE_CHARS = 450  # each passage is cut to this many characters in the prompt
 HISTORY_TURNS = 4  # messages of earlier conversation shown to the model
 QUEUE_FILE = "assistant.sqlite3"
+# "generate": SmolLM2 writes the answer from the passages; "extractive": the answer is the
+# opening of the best passage (no model; what we recommend with a 135M model, see the docs).
+STYLES = ("generate", "extractive")
+EXTRACT_CHARS = 400
 
 SYSTEM = {
     "en": ("You are a customer-service assistant. Answer the question using only the numbered "
@@ -84,7 +91,7 @@ class Answer:
         return asdict(self)
 
 
-def smollm2_generator(adapter: str | Path | None = None, *, max_tokens: int = 160) -> Callable:
+def smollm2_generator(adapter: str | Path | None = None, *, max_tokens: int = 120) -> Callable:
     """``messages -> reply`` with SmolLM2-135M-Instruct, greedy, optionally with a LoRA adapter
     (a folder written by ``aigc finetune-chat``, loaded by :func:`aigc.finetune.load_chat_adapter`)."""
     from aigc.generation import SamplingParams
@@ -95,16 +102,49 @@ def smollm2_generator(adapter: str | Path | None = None, *, max_tokens: int = 16
         from aigc.finetune import load_chat_adapter
 
         model = load_chat_adapter(adapter)
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, repetition_penalty=1.1,
-                            seed=0)
+    # Greedy; the answer ends at its first blank line: SmolLM2-135M tends to loop after the
+    # first paragraph, and a customer-service answer of one paragraph is what we want.
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, repetition_penalty=1.2,
+                            stop=("\n\n",), seed=0)
 
     def generate(messages: list[dict[str, str]]) -> str:
         stream = chat(messages, params, model=model, tokenizer=tokenizer)
         for _ in stream:
             pass
-        return stream.text.strip()
+        return drop_repeats(stream.text.strip())
 
     return generate
+
+
+def drop_repeats(text: str) -> str:
+    """``text`` without sentences that repeat an earlier one word for word (a small model's
+    loops), and without a trailing unfinished sentence when a finished one precedes it."""
+    parts = re.split(r"(?<=[.!?。！？])\s*", text)
+    seen, kept = set(), []
+    for p in parts:
+        key = " ".join(p.lower().split())
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(p.strip())
+    if len(kept) > 1 and not re.search(r"[.!?。！？\]]$", kept[-1]):
+        kept.pop()
+    return " ".join(kept) if not any(_CJK_END.search(k) for k in kept) else "".join(kept)
+
+
+_CJK_END = re.compile(r"[。！？]$")
+
+
+def extract_answer(hit: Hit, *, chars: int = EXTRACT_CHARS) -> str:
+    """The extractive answer: the passage's first sentences, up to ``chars`` characters, cut
+    at a sentence end when there is one, followed by `` [1]``."""
+    # a line break next to a Chinese character is no space; elsewhere it is one
+    text = re.sub(r"(?<=[\u3000-\u9fff\uff00-\uffef])\s*\n\s*|\s*\n\s*(?=[\u3000-\u9fff\uff00-\uffef])",
+                  "", hit.text)
+    text = " ".join(text.split())
+    if len(text) > chars:
+        ends = [m.end() for m in re.finditer(r"[.!?。！？](\s|$)", text[:chars])]
+        text = text[: ends[-1]].strip() if ends else text[:chars].rstrip() + "…"
+    return f"{text} [1]"
 
 
 def build_messages(question: str, passages: list[Hit], lang: str,
@@ -132,13 +172,18 @@ class Assistant:
         k: passages shown to the model.
         mode: retrieval mode, ``"hybrid"``, ``"bm25"`` or ``"dense"``.
         queue: the handoff queue (default ``index_dir/assistant.sqlite3``).
+        style: ``"generate"`` (SmolLM2) or ``"extractive"`` (the best passage's opening).
     """
 
     def __init__(self, index_dir: str | Path, *, generator: Callable | None = None,
                  adapter: str | Path | None = None, thresholds: dict[str, float] | None = None,
-                 k: int = 5, mode: str = "hybrid", queue: HandoffQueue | None = None):
+                 k: int = 5, mode: str = "hybrid", queue: HandoffQueue | None = None,
+                 style: str = "generate"):
         if mode not in MODES:
             raise AigcError(f"mode must be one of {MODES}, got {mode!r}")
+        if style not in STYLES:
+            raise AigcError(f"style must be one of {STYLES}, got {style!r}")
+        self.style = style
         if not isinstance(k, int) or not 1 <= k <= 20:
             raise AigcError(f"k must be an integer in [1, 20], got {k!r}")
         self.index_dir = Path(index_dir)
@@ -185,6 +230,9 @@ class Assistant:
         if confidence < self.thresholds[lang]:
             reason = (f"retrieval confidence {confidence:.2f} below the {lang} threshold "
                       f"{self.thresholds[lang]:.2f}")
+        elif self.style == "extractive":
+            reply = extract_answer(hits[0])
+            cited = [1]
         else:
             t1 = time.perf_counter()
             reply = self.generator(build_messages(question, hits, lang, history))
@@ -195,7 +243,8 @@ class Assistant:
         answer = Answer(text=reply, citations=[], handed_off=bool(reason), reason=reason,
                         confidence=confidence,
                         timings={"retrieval_s": retrieval_s, "generation_s": generation_s},
-                        passages=hits, cited_by_model=bool(cited), lang=lang,
+                        passages=hits, cited_by_model=bool(cited) and self.style == "generate",
+                        lang=lang,
                         conversation_id=conversation_id)
         if answer.handed_off:
             handoff_id = None

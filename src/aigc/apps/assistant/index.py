@@ -7,8 +7,9 @@
 * ``manifest.json`` -- the folder, and per file its SHA-256 and chunk ids (re-indexing reads
   only the files whose hash changed, added or removed; unchanged files keep their chunks and
   embeddings);
-* ``chunks.jsonl`` -- one chunk per line: ``chunk_id, source, section, text, lang, tokens``
-  (``tokens``: the BM25 terms, see :func:`bm25_tokens`);
+* ``chunks.jsonl`` -- one chunk per line: ``chunk_id, source, section, text, lang, tokens,
+  duplicate_of`` (``tokens``: the BM25 terms, see :func:`chunk_terms`; ``duplicate_of``: the id
+  of an earlier chunk with the same text, such chunks are never searched);
 * ``embeddings.npy`` -- ``(N, 384)`` float32 unit MiniLM embeddings of ``section + text``, row
   ``i`` for line ``i`` of ``chunks.jsonl`` (read with ``allow_pickle=False``);
 * ``dense.faiss`` -- a faiss ``IndexFlatIP`` over those rows (inner product = cosine);
@@ -64,12 +65,28 @@ _WORD = re.compile(r"[a-z0-9][a-z0-9_+.\-]*[a-z0-9+]|[a-z0-9]")
 _HAS_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
+def _stem(word: str) -> str:
+    """A deliberately small English suffix stripper (``upgraded``, ``upgrades``, ``upgrade``
+    -> ``upgrad``): plural, -ed, -ing, then a final e, keeping at least 3 letters. Words with
+    digits or punctuation (``apt-get``, ``2.6``) are left whole."""
+    if len(word) < 4 or not word.isalpha():
+        return word
+    for suffix, repl in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
+        if word.endswith(suffix) and not word.endswith("ss") and len(word) - len(suffix) >= 3:
+            word = word[: len(word) - len(suffix)] + repl
+            break
+    if word.endswith("e") and len(word) > 3:
+        word = word[:-1]
+    return word
+
+
 def bm25_tokens(text: str) -> list[str]:
     """BM25 terms: Chinese runs segmented with jieba (search mode, so 软件包 also yields 软件),
-    English lower-cased words (``apt-get``, ``dpkg``, ``2.6`` kept whole), stop words dropped."""
+    English lower-cased words (``apt-get``, ``dpkg``, ``2.6`` kept whole) with a light suffix
+    stripping (:func:`_stem`), stop words dropped."""
     text = text.lower()
     if not _HAS_CJK.search(text):
-        return [w for w in _WORD.findall(text) if w not in _EN_STOP]
+        return [_stem(w) for w in _WORD.findall(text) if w not in _EN_STOP]
     import jieba
 
     jieba.setLogLevel(60)
@@ -82,8 +99,17 @@ def bm25_tokens(text: str) -> list[str]:
             if tok not in _ZH_STOP:
                 out.append(tok)
         else:
-            out.extend(w for w in _WORD.findall(tok) if w not in _EN_STOP)
+            out.extend(_stem(w) for w in _WORD.findall(tok) if w not in _EN_STOP)
     return out
+
+
+HEADING_REPEAT = 3  # heading terms count 3 times: a FAQ heading is the question it answers
+
+
+def chunk_terms(section: str, text: str) -> list[str]:
+    """The BM25 terms of a chunk: its section heading's terms repeated :data:`HEADING_REPEAT`
+    times (a poor man's BM25F field weight), then its text's."""
+    return bm25_tokens(section) * HEADING_REPEAT + bm25_tokens(text)
 
 
 @dataclass
@@ -257,23 +283,19 @@ def build_index(folder: str | Path | None, index_dir: str | Path, *,
         reasons = "; ".join(f"{s}: {r}" for s, r in sorted(report.unreadable.items()))
         raise AigcError(f"nothing in {folder} could be indexed ({reasons})")
 
-    # Duplicates: the same text (whitespace and case folded) seen before, in any file.
-    seen: set[str] = set()
-    unique: list[tuple[dict, np.ndarray | None]] = []
-    for record, emb in kept:
+    # Duplicates: the same text (whitespace and case folded) as an earlier chunk, in any file.
+    # They stay on disk marked ``duplicate_of`` (so a file whose original goes away later needs
+    # no re-reading) and are left out of the BM25 statistics and of every search.
+    first: dict[str, str] = {}
+    for record, _ in kept:
         key = hashlib.sha1(" ".join(record["text"].lower().split()).encode()).hexdigest()
-        if key in seen:
-            report.duplicates_dropped += 1
-            continue
-        seen.add(key)
-        unique.append((record, emb))
-    ids = {r["chunk_id"] for r, _ in unique}
-    for doc in documents.values():
-        doc["chunks"] = [cid for cid in doc["chunks"] if cid in ids]
-
+        record["duplicate_of"] = first.get(key)
+        first.setdefault(key, record["chunk_id"])
+        report.duplicates_dropped += record["duplicate_of"] is not None
+    unique = kept
     new = [i for i, (_, emb) in enumerate(unique) if emb is None]
     report.chunks_new = len(new)
-    report.chunks_total = len(unique)
+    report.chunks_total = len(unique) - report.duplicates_dropped
     if new:
         from aigc.models.pretrained import embed_sentences
 
@@ -281,10 +303,9 @@ def build_index(folder: str | Path | None, index_dir: str | Path, *,
         fresh = embed_sentences(texts).numpy().astype(np.float32)
         for row, i in enumerate(new):
             unique[i] = (unique[i][0], fresh[row])
-    records = [r for r, _ in unique]
-    for r in records:
-        if "tokens" not in r:
-            r["tokens"] = bm25_tokens(f"{r['section']}\n{r['text']}")
+    records = [r for r, _ in unique]  # (duplicates included, marked)
+    for r in records:  # cheap, so always redone: a changed tokenizer needs no re-embedding
+        r["tokens"] = chunk_terms(r["section"], r["text"])
     emb = np.stack([e for _, e in unique]).astype(np.float32)  # (N, 384)
     _write_index(index_dir, folder, files, documents, records, emb)
     report.seconds = time.perf_counter() - t0
@@ -309,9 +330,10 @@ def _write_index(index_dir: Path, folder: Path, files: list[str] | None,
     df: Counter = Counter()
     lengths = []
     for r in records:
-        df.update(set(r["tokens"]))
-        lengths.append(len(r["tokens"]))
-    stats = {"k1": BM25_K1, "b": BM25_B, "n": len(records),
+        if r["duplicate_of"] is None:
+            df.update(set(r["tokens"]))
+            lengths.append(len(r["tokens"]))
+    stats = {"k1": BM25_K1, "b": BM25_B, "n": len(lengths),
              "avgdl": sum(lengths) / max(len(lengths), 1), "df": dict(df)}
     _write_atomic(index_dir / "bm25.json", json.dumps(stats, ensure_ascii=False).encode())
     manifest = {"version": INDEX_VERSION, "folder": str(folder), "files_list": files,

@@ -8,7 +8,7 @@ English FAQ and a Chinese one from the Chinese FAQ; ``lang=None`` searches every
 Hybrid fusion is reciprocal-rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009):
 ``rrf(d) = sum_r w_r / (RRF_K + rank_r(d))`` over the BM25 and dense rankings, ranks from 1.
 MiniLM is an English model that reads most Chinese characters as ``[UNK]``, so for Chinese
-queries the dense ranking gets weight :data:`ZH_DENSE_WEIGHT` (see docs/assistant.md for the
+queries the dense ranking gets weight ``DENSE_WEIGHT["zh"]`` (see docs/assistant.md for the
 numbers behind it). No reranker is used.
 
 Each hit carries a ``confidence`` in [0, 1] used to decide a handoff (see
@@ -32,7 +32,8 @@ from aigc.errors import AigcError
 
 MAX_QUERY_CHARS = 2000  # a question longer than this is refused, not cut
 RRF_K = 60  # the constant of Cormack et al.
-ZH_DENSE_WEIGHT = 0.0  # MiniLM cannot read Chinese: the dense list is noise for zh queries
+# Weight of the dense ranking in the fusion, per query language (BM25 has weight 1).
+DENSE_WEIGHT = {"en": 2.0, "zh": 0.0}  # chosen on the eval set; zh 0: MiniLM cannot read Chinese
 EN_DENSE_SHARE = 0.5  # confidence = share * cosine + (1 - share) * idf coverage, English
 Mode = Literal["hybrid", "bm25", "dense"]
 MODES = ("hybrid", "bm25", "dense")
@@ -96,16 +97,20 @@ class Retriever:
         self.postings: dict[str, list[tuple[int, int]]] = defaultdict(list)  # term -> (row, tf)
         self.lengths = []
         for row, c in enumerate(self.chunks):
+            self.lengths.append(len(c["tokens"]))
+            if c.get("duplicate_of"):
+                continue
             counts: dict[str, int] = defaultdict(int)
             for t in c["tokens"]:
                 counts[t] += 1
             for t, tf in counts.items():
                 self.postings[t].append((row, tf))
-            self.lengths.append(len(c["tokens"]))
         self.langs = np.array([c["lang"] for c in self.chunks])
+        self.searchable = np.array([not c.get("duplicate_of") for c in self.chunks])
 
     def __len__(self) -> int:
-        return len(self.chunks)
+        """Searchable chunks (duplicates excluded)."""
+        return int(self.searchable.sum())
 
     # -- the two rankings -------------------------------------------------------------------
     def _bm25(self, terms: list[str], allowed: np.ndarray) -> dict[int, float]:
@@ -158,9 +163,9 @@ class Retriever:
             raise AigcError(f"lang must be 'auto', 'en', 'zh' or None, got {lang!r}")
         qlang = language_of(query)
         want = qlang if lang == "auto" else lang
-        allowed = np.ones(len(self.chunks), bool) if want is None else self.langs == want
+        allowed = self.searchable if want is None else self.searchable & (self.langs == want)
         if not allowed.any():  # e.g. an English-only base asked in Chinese: search everything
-            allowed = np.ones(len(self.chunks), bool)
+            allowed = self.searchable
         terms = bm25_tokens(query)
         bm25 = self._bm25(terms, allowed) if mode != "dense" else {}
         dense = self._dense(query, allowed)  # also feeds the confidence
@@ -169,7 +174,7 @@ class Retriever:
         elif mode == "dense":
             ranked = sorted(dense.items(), key=lambda kv: -kv[1])
         else:
-            w_dense = ZH_DENSE_WEIGHT if qlang == "zh" else 1.0
+            w_dense = DENSE_WEIGHT[qlang]
             fused: dict[int, float] = defaultdict(float)
             for r, (row, _) in enumerate(sorted(bm25.items(), key=lambda kv: -kv[1]), 1):
                 fused[row] += 1.0 / (RRF_K + r)
