@@ -361,3 +361,19 @@ def test_official_openai_client(kb, tmp_path):
         assert c.model_extra["sources"][0]["section"] == "Installing packages"
         with pytest.raises(openai.BadRequestError):
             client.embeddings.create(model="all-MiniLM-L6-v2", input="word " * 200)
+
+
+def test_default_loader_with_the_extractive_style(kb, tmp_path):
+    """No injected generator: the lifespan builds the Assistant from the settings; the
+    extractive style loads no language model and answers with the best passage."""
+    from aigc.studio.app import create_app
+
+    index = tmp_path / "index"
+    shutil.copytree(kb / "index", index)
+    app = create_app(make_settings(tmp_path, assistant_index=index,
+                                   assistant_style="extractive"))
+    with TestClient(app) as c:
+        a = c.post("/api/assistant/ask", json={"question": IN_SCOPE}).json()
+        assert a["answer"].startswith("To install a package, run apt-get install")
+        assert a["answer"].endswith("[1]") and a["citations"][0]["source"] == "install.md"
+        assert a["timings"]["generation_s"] == 0.0

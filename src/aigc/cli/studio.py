@@ -38,7 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--assistant-index", default=None, metavar="DIR",
                    help="serve the customer-service assistant (page, /api/assistant, model "
                         "'assistant' in /v1) from this knowledge base (`aigc assistant index`); "
-                        "loads SmolLM2, MiniLM and the speech recogniser")
+                        "loads MiniLM, the speech recogniser and, with --assistant-style "
+                        "generate, SmolLM2")
+    p.add_argument("--assistant-style", choices=("generate", "extractive"), default="generate",
+                   help="how the assistant answers: SmolLM2 writes from the passages, or the "
+                        "best passage's opening is the answer (default: generate)")
     p.add_argument("--embeddings", action="store_true",
                    help="serve /v1/embeddings with all-MiniLM-L6-v2 (on with --assistant-index)")
     p.add_argument("--no-batching", action="store_true",
@@ -126,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=Path(args.data), db_url=args.db, models_dir=Path(args.models),
         model_paths=_model_paths(models), text_corpus=text_corpus, ngram=not args.no_ngram,
         smollm2=args.smollm2, assistant_index=assistant_index, embeddings=args.embeddings,
+        assistant_style=args.assistant_style,
         host=args.host, port=args.port, extra_hosts=tuple(args.allow_host),
         allowed_origins=tuple(args.allow_origin), max_queue=args.max_queue,
         max_batch_images=args.max_batch_images, batching=not args.no_batching,

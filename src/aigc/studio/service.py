@@ -75,6 +75,7 @@ class StudioSettings:
     batch_wait_ms: float = 5.0
     wait_timeout_s: float = 300.0  # /v1 requests wait this long for their job
     assistant_index: Path | None = None  # serve the assistant from this knowledge base
+    assistant_style: str = "generate"  # "generate" (SmolLM2) or "extractive" (no model)
     embeddings: bool = False  # serve /v1/embeddings (always with an assistant)
 
 

@@ -107,7 +107,8 @@ def load_assistant(settings: StudioSettings, factory: AssistantFactory | None = 
                    ) -> AssistantService:
     """Load the assistant (its index and retriever), the speech recogniser and MiniLM, as
     the settings ask (called from the lifespan). ``factory(settings) -> Assistant`` replaces
-    the default ``Assistant(settings.assistant_index)`` (SmolLM2, loaded here)."""
+    the default ``Assistant(settings.assistant_index, style=settings.assistant_style)``
+    (SmolLM2 is loaded here when the style is ``generate``)."""
     service = AssistantService(embeddings=settings.embeddings)
     if settings.assistant_index is not None:
         from aigc.apps.assistant.answer import Assistant
@@ -115,8 +116,10 @@ def load_assistant(settings: StudioSettings, factory: AssistantFactory | None = 
         if factory is not None:
             service.assistant = factory(settings)
         else:
-            service.assistant = Assistant(settings.assistant_index)
-            service.assistant.generator  # noqa: B018  (load SmolLM2 now, not on first ask)
+            service.assistant = Assistant(settings.assistant_index,
+                                          style=settings.assistant_style)
+            if settings.assistant_style == "generate":
+                service.assistant.generator  # noqa: B018  (load SmolLM2 now, not on first ask)
         service.embeddings = True  # the retriever has loaded MiniLM anyway
         try:
             from aigc.apps.assistant.voice import Recognizer
