@@ -211,6 +211,8 @@ def test_speak_then_transcribe(client):
     assert jiwer.wer(text.lower().rstrip("."), t.json()["text"]) <= 0.25
     zh = client.post("/api/assistant/speak", json={"text": "请问怎么安装软件包？"})
     assert zh.status_code == 200 and zh.headers["x-aigc-voice"] == "espeak-ng:cmn"
+    en = client.post("/api/assistant/speak", json={"text": "How are you?"})
+    assert en.headers["x-aigc-voice"] == "flite:slt"  # the more intelligible English voice
     info = client.get("/api/assistant").json()
     assert info["enabled"] and info["chunks"] >= 3 and info["asr_languages"] == ["en"]
     assert "not measured" in info["note"]
