@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ class AssistantService:
         return out
 
 
-AssistantFactory = Any  # Callable[[StudioSettings], Assistant]: tests inject a generator here
+# settings -> an Assistant (tests inject one with a stand-in generator)
+AssistantFactory = Callable[[StudioSettings], Any]
 
 
 def load_assistant(settings: StudioSettings, factory: AssistantFactory | None = None
@@ -123,7 +125,7 @@ def load_assistant(settings: StudioSettings, factory: AssistantFactory | None = 
                                           style=settings.assistant_style)
             if settings.assistant_style == "generate":
                 service.assistant.generator  # noqa: B018  (load SmolLM2 now, not on first ask)
-        service.embeddings = True  # the retriever has loaded MiniLM anyway
+        service.embeddings = True  # the retriever embeds every question with MiniLM anyway
         try:
             from aigc.apps.assistant.voice import Recognizer
 
