@@ -286,7 +286,8 @@ async def info(service: AssistantService = Depends(get_service)) -> AssistantInf
         default_voices=default_voices(), note=NOTE)
 
 
-@router.post("/transcribe")
+@router.post("/transcribe", openapi_extra={"requestBody": {"required": True, "content": {
+    "audio/wav": {"schema": {"type": "string", "format": "binary"}}}}})
 async def transcribe(request: Request, language: str = Query("en", max_length=16),
                      service: AssistantService = Depends(get_service)) -> AssistantTranscript:
     """Speech to text: the body is a WAV file (``Content-Type: audio/wav``), integer PCM,
