@@ -159,3 +159,12 @@ def test_bad_voice_and_text_are_refused():
         voice.synthesize("a" * 2001)
     # a text that looks like an option is spoken, not parsed as one
     assert voice.read_wav(voice.synthesize("--help me please")).seconds > 0.3
+
+
+def test_what_a_text_expands_to_is_bounded_not_its_length():
+    """2,000 zeros are 2,000 spoken words (flite: 11 minutes of audio): refused at once."""
+    assert voice.spoken_units("You can install packages.") == 6  # 7 and 8 letters: 2 each
+    assert voice.spoken_units("请问怎么安装？") == 6
+    assert voice.spoken_units("a" * 12) == 2 and voice.spoken_units("[1] 42%") == 4
+    with pytest.raises(VoiceError, match=r"about 2000 spoken words .* at most 300"):
+        voice.synthesize("0" * 2000, "espeak-ng:en-us")

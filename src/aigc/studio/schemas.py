@@ -387,7 +387,7 @@ class AssistantHandoffAnswer(Strict):
 
 class AssistantSpeakRequest(Strict):
     text: str = Field(..., min_length=1, max_length=2000)
-    voice: str | None = Field(None, max_length=80,
+    voice: str | None = Field(None, pattern=r"^[a-z-]{1,16}:[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$",
                               description="ENGINE:NAME, e.g. espeak-ng:en-us, espeak-ng:cmn, "
                                           "flite:slt; default: by the text's language")
 

@@ -53,6 +53,12 @@ MAX_SAMPLE_RATE = 96_000
 MIN_AUDIO_SECONDS = 0.1
 MAX_AUDIO_SECONDS = 60.0
 MAX_SPEAK_CHARS = 2000
+# What a text costs to speak is what it expands to, not its length: 2,000 zeros are 2,000 words
+# "zero" (flite: 11 minutes of audio, 48 s of CPU). :func:`spoken_units` counts words (one per
+# 6 letters), digits, CJK characters and symbols; 300 units are about 90 s of English speech.
+MAX_SPEAK_UNITS = 300
+_SPOKEN = re.compile(r"(?P<cjk>[\u3400-\u9fff\uf900-\ufaff])|(?P<word>[^\W\d_]+)"
+                     r"|(?P<other>[^\s.,;:!?'\"()\[\]。，、；：！？（）-])")
 MAX_WAV_BYTES = 16 * 1024 * 1024  # 60 s of 16-bit stereo at 48 kHz is 11.5 MB
 ASR_LANGUAGES = ("en",)
 _ENGINE_TIMEOUT_S = 60.0
@@ -153,6 +159,15 @@ def find_voice(voice: str) -> Voice:
 # --------------------------------------------------------------------------- synthesis
 
 
+def spoken_units(text: str) -> int:
+    """An upper estimate of the words ``text`` is spoken as: a run of letters counts one per 6
+    letters (at least one), a CJK character, a digit or any symbol but punctuation one each."""
+    units = 0
+    for m in _SPOKEN.finditer(text):
+        units += math.ceil(len(m.group()) / 6) if m.lastgroup == "word" else 1
+    return units
+
+
 def synthesize(text: str, voice: str = DEFAULT_VOICE, *, words_per_minute: int | None = None
                ) -> bytes:
     """Speak ``text`` with ``voice`` (``ENGINE:NAME``); returns a WAV file's bytes (16-bit mono
@@ -166,6 +181,10 @@ def synthesize(text: str, voice: str = DEFAULT_VOICE, *, words_per_minute: int |
         raise VoiceError(f"text to speak has {len(text)} characters; at most {MAX_SPEAK_CHARS}")
     if "\x00" in text:
         raise VoiceError("text to speak contains a NUL character")
+    units = spoken_units(text)
+    if units > MAX_SPEAK_UNITS:
+        raise VoiceError(f"text to speak is about {units} spoken words (a digit or symbol is "
+                         f"one, a word one per 6 letters); at most {MAX_SPEAK_UNITS}")
     v = find_voice(voice)
     if words_per_minute is not None and not (80 <= words_per_minute <= 450):
         raise VoiceError(f"words_per_minute must be 80..450; got {words_per_minute}")

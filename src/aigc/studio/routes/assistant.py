@@ -51,15 +51,19 @@ from aigc.studio.schemas import (
     AssistantInfo,
     AssistantSpeakRequest,
     AssistantTranscript,
+    ErrorResponse,
     OAIChatRequest,
     OAIEmbeddingRequest,
 )
 from aigc.studio.service import ApiError, Studio, StudioSettings, get_studio, require_key
 from aigc.studio.store import new_id
 
+# 404 on every route: a studio started without --assistant-index (or --embeddings)
+_NOT_SERVED = {404: {"model": ErrorResponse, "description": "not served by this studio"}}
 router = APIRouter(prefix="/api/assistant", tags=["assistant"],
-                   dependencies=[Depends(require_key)])
-v1_router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
+                   dependencies=[Depends(require_key)], responses=_NOT_SERVED)
+v1_router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)],
+                      responses=_NOT_SERVED)
 
 ASSISTANT_MODEL = "assistant"  # the /v1 model id of the assistant
 EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -287,7 +291,9 @@ async def info(service: AssistantService = Depends(get_service)) -> AssistantInf
 
 
 @router.post("/transcribe", openapi_extra={"requestBody": {"required": True, "content": {
-    "audio/wav": {"schema": {"type": "string", "format": "binary"}}}}})
+    media: {"schema": {"type": "string", "format": "binary"}}
+    for media in ("audio/wav", "application/octet-stream")}}},
+    responses={415: {"model": ErrorResponse, "description": "not sent as audio/wav"}})
 async def transcribe(request: Request, language: str = Query("en", max_length=16),
                      service: AssistantService = Depends(get_service)) -> AssistantTranscript:
     """Speech to text: the body is a WAV file (``Content-Type: audio/wav``), integer PCM,
