@@ -199,6 +199,13 @@ def run_eval(args) -> int:
               f"{u['oos_handed_off']:.2f}, precision {u['precision']:.2f}, in-scope handed off "
               f"{u['in_scope_handed_off']:.2f}; calibrated {c['threshold']:.3f}; 2-fold CV: "
               f"oos {cv['oos_handed_off']:.2f}, in-scope {cv['in_scope_handed_off']:.2f}")
+    # Extractive answers need no model: the whole set, in seconds.
+    extractive = answer_report(Assistant(index, style="extractive"), items)
+    report["answers_extractive"] = extractive
+    for lang, s in extractive["assistant"].items():
+        print(f"answers extractive {lang}: right citation {_pct(s['right_citation_of_answered'])}"
+              f" of {s['answered']} answered; out-of-scope handed off "
+              f"{_pct(s['oos_handed_off'])}; in-scope handed off {_pct(s['in_scope_handed_off'])}")
     if args.answers:
         subset = _subset(items, args.answers)
         generator = smollm2_generator()
@@ -227,6 +234,10 @@ def _subset(items, n: int):
             step = max(len(group) / n, 1.0)
             out.extend(group[int(i * step)] for i in range(min(n, len(group))))
     return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _round(d: dict) -> dict:

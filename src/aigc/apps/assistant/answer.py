@@ -27,6 +27,7 @@ question alone.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -107,10 +108,13 @@ def smollm2_generator(adapter: str | Path | None = None, *, max_tokens: int = 12
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, repetition_penalty=1.2,
                             stop=("\n\n",), seed=0)
 
+    lock = threading.Lock()  # the model keeps one KV cache: one generation at a time
+
     def generate(messages: list[dict[str, str]]) -> str:
-        stream = chat(messages, params, model=model, tokenizer=tokenizer)
-        for _ in stream:
-            pass
+        with lock:
+            stream = chat(messages, params, model=model, tokenizer=tokenizer)
+            for _ in stream:
+                pass
         return drop_repeats(stream.text.strip())
 
     return generate
