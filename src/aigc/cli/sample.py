@@ -173,6 +173,10 @@ def run_sample(args: argparse.Namespace) -> int:
         _use_recorded_threads(record)
     if not checkpoint:
         raise AigcError("give a checkpoint (or --replay FILE.png)")
+    from aigc.models.sd_folder import is_diffusers_folder
+
+    if is_diffusers_folder(checkpoint):
+        return _run_sd_folder(args, checkpoint, record)
     model, ckpt = model_from_checkpoint(resolve_model(checkpoint), use_ema=not raw)
     if record and record.get("model_sha256") != ckpt.sha256:
         raise AigcError(f"{ckpt.path} is not the model that made {args.replay}: SHA-256 "
@@ -204,6 +208,47 @@ def run_sample(args: argparse.Namespace) -> int:
                        ema=not raw, options=o, label=label, class_name=class_name,
                        prompt=prompt)
     out = save_grid(Path(args.out), images, nrow=_nrow(n, model), record=rec)
+    print(f"{n} samples: {out}")
+    return 0
+
+
+def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, Any] | None
+                   ) -> int:
+    """``aigc sample FOLDER --prompt ...`` for a diffusers text-to-image folder
+    (:mod:`aigc.models.sd_folder`): our samplers, the same record as any other grid."""
+    from types import SimpleNamespace
+
+    from aigc.media import save_grid
+    from aigc.models.sd_folder import DEFAULTS, load_sd_folder
+    from aigc.records import image_record, replay_options
+
+    unused = [f for f, v in (("--class", args.class_), ("--truncation", args.truncation),
+                             ("--temperature", args.temperature), ("--raw", args.raw or None))
+              if v is not None]
+    if unused:
+        raise AigcError(f"{', '.join(unused)} do(es) not apply to a diffusers folder; it takes "
+                        "--prompt --sampler --steps --guidance --eta --size")
+    prompt = args.prompt if args.prompt is not None else (record or {}).get("prompt")
+    if prompt is None:
+        raise AigcError("a diffusers folder draws from a text prompt: give --prompt TEXT")
+    folder = load_sd_folder(checkpoint)
+    if record and record.get("model_sha256") != folder.sha256:
+        raise AigcError(f"{folder.path} is not the pipeline that made {args.replay}: SHA-256 "
+                        f"{folder.sha256[:16]}... != {str(record.get('model_sha256'))[:16]}...")
+    recorded = {k: v for k, v in replay_options(record or {}).items() if k in (*DEFAULTS, "size")}
+    given = {k: v for k, v in _given(args).items() if v is not None}
+    o = {**DEFAULTS, "size": folder.default_size, **recorded, **given}
+    n = args.n if args.n is not None else int((record or {}).get("n", 1))
+    seed = args.seed if args.seed is not None else int((record or {}).get("seed", 0))
+    check_seed(seed, "--seed")
+    if not 1 <= n <= 64:
+        raise AigcError(f"--n must be between 1 and 64 for a diffusers folder, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    images = folder.sample(prompt, n, generator=gen, progress=True, **o)
+    ckpt = SimpleNamespace(sha256=folder.sha256, family="diffusers-folder", step=None, meta={})
+    rec = image_record(kind="sample", ckpt=ckpt, checkpoint=folder.path, seed=seed, n=n,
+                       ema=False, options=o, prompt=prompt.strip())
+    out = save_grid(Path(args.out), images, record=rec, scale=1)
     print(f"{n} samples: {out}")
     return 0
 
