@@ -116,6 +116,31 @@ def test_same_images_as_diffusers_pipeline(ours, pipe, sampler, steps):
     assert (got_seeded - ref_seeded).abs().max().item() < TOL
 
 
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0)])
+def test_stochastic_samplers_draw_the_same_noise_as_diffusers(ours, pipe, sampler, eta):
+    """DDPM and DDIM with eta = 1 add noise each step: with one CPU generator of the same seed,
+    ours and diffusers' draw the initial latents and every step's noise in the same order."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    base = dict(pipe.scheduler.config)
+    if sampler == "ddpm":
+        pipe.scheduler = DDPMScheduler.from_config(base, timestep_spacing="trailing",
+                                                   clip_sample=False, variance_type="fixed_small")
+        kw = {}
+    else:
+        pipe.scheduler = DDIMScheduler.from_config(base, timestep_spacing="trailing",
+                                                   set_alpha_to_one=True, clip_sample=False)
+        kw = {"eta": eta}
+    ref = pipe("a cat", num_inference_steps=10, guidance_scale=7.5, output_type="pt",
+               generator=torch.Generator().manual_seed(3), **kw).images
+    got = ours.sample("a cat", sampler=sampler, steps=10, guidance=7.5,
+                      generator=torch.Generator().manual_seed(3), **kw)
+    assert (got - ref).abs().max().item() < TOL
+    other_seed = ours.sample("a cat", sampler=sampler, steps=10, guidance=7.5,
+                             generator=torch.Generator().manual_seed(4), **kw)
+    assert (other_seed - ref).abs().max().item() > 100 * TOL
+
+
 def test_parity_is_not_vacuous(ours, pipe, monkeypatch):
     """The comparison above can fail: another prompt, or clipping x_0 to [-1, 1] (right for
     pixel-space models, wrong for latents), moves the images far beyond the tolerance."""
