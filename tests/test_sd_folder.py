@@ -103,7 +103,7 @@ def test_same_images_as_diffusers_pipeline(ours, pipe, sampler, steps):
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     ref = pipe(["a red cat"] * 2, num_inference_steps=steps, guidance_scale=7.5,
                latents=latents.clone(), output_type="pt").images
-    got = ours.sample("a red cat", 2, sampler=sampler, steps=steps, guidance=7.5,
+    got = ours.sample(2, prompt="a red cat", sampler=sampler, steps=steps, guidance=7.5,
                       latents=latents.clone())
     assert got.shape == ref.shape == (2, 3, 16, 16)
     assert 0 <= got.min() and got.max() <= 1
@@ -111,7 +111,7 @@ def test_same_images_as_diffusers_pipeline(ours, pipe, sampler, steps):
     # the same seed draws the same initial latents as the pipeline's own generator
     ref_seeded = pipe("a red cat", num_inference_steps=steps, guidance_scale=3.0,
                       generator=torch.Generator().manual_seed(5), output_type="pt").images
-    got_seeded = ours.sample("a red cat", 1, sampler=sampler, steps=steps, guidance=3.0,
+    got_seeded = ours.sample(1, prompt="a red cat", sampler=sampler, steps=steps, guidance=3.0,
                              generator=torch.Generator().manual_seed(5))
     assert (got_seeded - ref_seeded).abs().max().item() < TOL
 
@@ -133,10 +133,10 @@ def test_stochastic_samplers_draw_the_same_noise_as_diffusers(ours, pipe, sample
         kw = {"eta": eta}
     ref = pipe("a cat", num_inference_steps=10, guidance_scale=7.5, output_type="pt",
                generator=torch.Generator().manual_seed(3), **kw).images
-    got = ours.sample("a cat", sampler=sampler, steps=10, guidance=7.5,
+    got = ours.sample(prompt="a cat", sampler=sampler, steps=10, guidance=7.5,
                       generator=torch.Generator().manual_seed(3), **kw)
     assert (got - ref).abs().max().item() < TOL
-    other_seed = ours.sample("a cat", sampler=sampler, steps=10, guidance=7.5,
+    other_seed = ours.sample(prompt="a cat", sampler=sampler, steps=10, guidance=7.5,
                              generator=torch.Generator().manual_seed(4), **kw)
     assert (other_seed - ref).abs().max().item() > 100 * TOL
 
@@ -148,12 +148,12 @@ def test_parity_is_not_vacuous(ours, pipe, monkeypatch):
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     ref = pipe("a red cat", num_inference_steps=10, guidance_scale=7.5, latents=latents.clone(),
                output_type="pt").images
-    other = ours.sample("a dog", sampler="dpm-solver++", steps=10, guidance=7.5,
+    other = ours.sample(prompt="a dog", sampler="dpm-solver++", steps=10, guidance=7.5,
                         latents=latents.clone())
     assert (other - ref).abs().max().item() > 100 * TOL
     assert sd_folder.CLIP_X0 is False
     monkeypatch.setattr(sd_folder, "CLIP_X0", True)
-    clipped = ours.sample("a red cat", sampler="dpm-solver++", steps=10, guidance=7.5,
+    clipped = ours.sample(prompt="a red cat", sampler="dpm-solver++", steps=10, guidance=7.5,
                           latents=latents.clone())
     assert (clipped - ref).abs().max().item() > 100 * TOL
 
@@ -166,14 +166,14 @@ def test_schedule_read_from_the_folder(ours, pipe):
 
 def test_prompts_refused_with_a_reason(ours):
     with pytest.raises(AigcError, match="prompt is empty"):
-        ours.sample("   ")
+        ours.sample(prompt="   ")
     with pytest.raises(AigcError, match="no token this model's tokenizer knows"):
-        ours.sample("你好 世界")  # the tiny vocabulary has only a-z: all <unk>
+        ours.sample(prompt="你好 世界")  # the tiny vocabulary has only a-z: all <unk>
     ours.check_prompt("a 猫")  # a partly known prompt is accepted
     with pytest.raises(AigcError, match="steps must be between 1 and 1000"):
-        ours.sample("a cat", steps=0)
+        ours.sample(prompt="a cat", steps=0)
     with pytest.raises(AigcError, match="size must be"):
-        ours.sample("a cat", size=18)
+        ours.sample(prompt="a cat", size=18)
 
 
 def _copy(tiny, tmp_path):
@@ -261,3 +261,34 @@ def test_cli_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys):
     (folder / "text_encoder" / "model.safetensors").rename(
         folder / "text_encoder" / "pytorch_model.bin")
     _one_error_line(capsys, ["sample", str(folder), "--prompt", "a cat"], "pytorch_model.bin")
+
+
+def test_studio_serves_a_folder_like_a_checkpoint(tiny, ours, tmp_path):
+    """The studio's image backend loads a diffusers folder found in its models folder and draws
+    image i of a batch from its own seed and prompt, as ``sample(1, ...)`` does alone."""
+    from aigc.studio.backends import ImageSettings, ImageSpec, find_checkpoints
+    from aigc.studio.backends.common import checkpoint_headers
+    from aigc.studio.backends.image import load_image_backends
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(tiny, models / "tiny-sd")
+    found = find_checkpoints(models)
+    assert found == [("tiny-sd", models / "tiny-sd")]
+    assert list(checkpoint_headers(found)) == []  # not a text or music model
+    backends, skipped = load_image_backends(found)
+    assert skipped == {}
+    backend = backends["tiny-sd"]
+    info = backend.describe()
+    assert (info["family"], info["conditioning"], info["image_size"]) == \
+        ("diffusers-folder", "text", 16)
+    assert info["sha256"] == folder_sha256(tiny)
+    settings = backend.resolve(ImageSettings(steps=3, sampler="ddim"))
+    specs = [ImageSpec(seed=1, prompt="a red cat"), ImageSpec(seed=2, prompt="a dog")]
+    batch = backend.generate(specs, settings)
+    for i, spec in enumerate(specs):
+        alone = ours.sample(1, prompt=spec.prompt, generator=torch.Generator().manual_seed(spec.seed),
+                            sampler="ddim", steps=3, guidance=7.5)
+        assert (batch[i:i + 1] - alone).abs().max().item() < TOL
+    assert backend.record_options(settings) == {"sampler": "ddim", "steps": 3, "guidance": 7.5,
+                                                "eta": 0.0, "size": 16}

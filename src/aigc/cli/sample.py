@@ -216,8 +216,6 @@ def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, 
                    ) -> int:
     """``aigc sample FOLDER --prompt ...`` for a diffusers text-to-image folder
     (:mod:`aigc.models.sd_folder`): our samplers, the same record as any other grid."""
-    from types import SimpleNamespace
-
     from aigc.media import save_grid
     from aigc.models.sd_folder import DEFAULTS, load_sd_folder
     from aigc.records import image_record, replay_options
@@ -244,9 +242,8 @@ def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, 
     if not 1 <= n <= 64:
         raise AigcError(f"--n must be between 1 and 64 for a diffusers folder, got {n}")
     gen = torch.Generator().manual_seed(seed)
-    images = folder.sample(prompt, n, generator=gen, progress=True, **o)
-    ckpt = SimpleNamespace(sha256=folder.sha256, family="diffusers-folder", step=None, meta={})
-    rec = image_record(kind="sample", ckpt=ckpt, checkpoint=folder.path, seed=seed, n=n,
+    images = folder.sample(n, prompt=prompt, generator=gen, progress=True, **o)
+    rec = image_record(kind="sample", ckpt=folder.checkpoint_info(), checkpoint=folder.path, seed=seed, n=n,
                        ema=False, options=o, prompt=prompt.strip())
     out = save_grid(Path(args.out), images, record=rec, scale=1)
     print(f"{n} samples: {out}")

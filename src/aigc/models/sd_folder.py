@@ -5,7 +5,7 @@ one sub-folder per component. The network classes come from diffusers and transf
 sampling loop, classifier-free guidance and the record are ours::
 
     folder = load_sd_folder("/models/sd-v1-5")           # safetensors only
-    images = folder.sample("a red fox in snow", n=2, generator=torch.Generator().manual_seed(0),
+    images = folder.sample(2, prompt="a red fox in snow", generator=torch.Generator().manual_seed(0),
                            sampler="dpm-solver++", steps=20, guidance=7.5)   # (2, 3, H, W) in [0, 1]
 
 What is read from the folder, and how it maps onto our samplers (docs/sd-folders.md):
@@ -29,6 +29,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -181,6 +182,27 @@ class SDFolder:
     alphas_cumprod: torch.Tensor
     prediction: str
 
+    per_image_generators = True  # sample(n, generator=[g_1..g_n]): image i from g_i alone
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        from aigc.models.samplers import SAMPLERS
+
+        return tuple(SAMPLERS)
+
+    @property
+    def cfg(self) -> SimpleNamespace:
+        """What the studio's image backend reads of a model's config."""
+        return SimpleNamespace(image_size=self.default_size, image_channels=3,
+                               text_conditioning=True, num_classes=0)
+
+    def checkpoint_info(self) -> SimpleNamespace:
+        """The checkpoint-like description the studio and the records read."""
+        return SimpleNamespace(path=self.path, sha256=self.sha256, family="diffusers-folder",
+                               step=None, meta={"data": None}, model_config={
+                                   "unet": dict(self.unet.config), "vae": dict(self.vae.config),
+                                   "prediction": self.prediction})
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -230,15 +252,20 @@ class SDFolder:
         return self.text_encoder(ids.to(device))[0]
 
     @torch.no_grad()
-    def sample(self, prompt: str, n: int = 1, *, generator: torch.Generator | None = None,
+    def sample(self, n: int = 1, *, prompt: str | list[str] | None = None,
+               generator: torch.Generator | list[torch.Generator] | None = None,
                sampler: str = DEFAULTS["sampler"], steps: int = DEFAULTS["steps"],
                guidance: float = DEFAULTS["guidance"], eta: float = DEFAULTS["eta"],
                size: int | None = None, latents: torch.Tensor | None = None,
                progress: bool | Callable[[float], None] = False) -> torch.Tensor:
-        """Draw ``n`` images for ``prompt``, ``(n, 3, size, size)`` in [0, 1].
+        """Draw ``n`` images, ``(n, 3, size, size)`` in [0, 1] (the signature of our families'
+        ``sample``, so the studio's image backend serves a folder like a checkpoint).
 
         Args:
-            generator: CPU generator for the initial latents (and DDPM/DDIM-eta noise).
+            prompt: one prompt for every image, or ``n`` prompts (one per image).
+            generator: CPU generator for the initial latents (and DDPM/DDIM-eta noise), or a
+                list of ``n``, one per image: image i is then the image ``sample(1, ...)``
+                draws with generator i, whatever the batch.
             sampler: ``ddpm``, ``ddim`` or ``dpm-solver++`` (ours, :mod:`aigc.models.samplers`).
             steps: sampler steps, 1..num_train_timesteps.
             guidance: classifier-free guidance scale w: ``uncond + w (cond - uncond)``;
@@ -250,9 +277,17 @@ class SDFolder:
         from aigc.models.samplers import make_sampler
         from aigc.models.samplers._common import noise_like
 
-        text = self.check_prompt(prompt)
         if not isinstance(n, int) or not 1 <= n <= 64:
             raise ConfigError(f"n must be an integer between 1 and 64, got {n!r}")
+        if prompt is None:
+            raise ConfigError("a diffusers text-to-image folder needs a prompt")
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != n:
+            raise ConfigError(f"{len(prompts)} prompts for {n} images")
+        if isinstance(generator, list) and len(generator) != n:
+            raise ConfigError(f"generator: a list needs one generator per image ({n}), "
+                              f"got {len(generator)}")
+        prompts = [self.check_prompt(p) for p in prompts]
         if not 1 <= steps <= self.num_train_timesteps:
             raise ConfigError(f"steps must be between 1 and {self.num_train_timesteps}, "
                               f"got {steps}")
@@ -265,7 +300,7 @@ class SDFolder:
                               f"got {size}")
         device = next(self.unet.parameters()).device
         dtype = next(self.unet.parameters()).dtype
-        cond = self.encode([text] * n)
+        cond = self.encode(prompts)
         uncond = self.encode([""] * n)
         schedule = make_sampler(sampler, self.alphas_cumprod, self.prediction, eta=eta,
                                 clip_x0=CLIP_X0)
