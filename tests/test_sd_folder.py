@@ -292,3 +292,29 @@ def test_studio_serves_a_folder_like_a_checkpoint(tiny, ours, tmp_path):
         assert (batch[i:i + 1] - alone).abs().max().item() < TOL
     assert backend.record_options(settings) == {"sampler": "ddim", "steps": 3, "guidance": 7.5,
                                                 "eta": 0.0, "size": 16}
+
+
+def test_studio_job_on_a_folder_end_to_end(tiny, tmp_path):
+    """Through the HTTP API: a job with a prompt on a diffusers folder is done, its item's
+    record names the folder and its hash; an empty prompt is refused with a reason."""
+    from fastapi.testclient import TestClient
+    from studio_fixtures import make_settings, wait_job
+
+    from aigc.studio.app import create_app
+
+    settings = make_settings(tmp_path)
+    shutil.copytree(tiny, settings.models_dir / "tiny-sd")
+    with TestClient(create_app(settings)) as client:
+        models = {m["id"]: m for m in client.get("/api/models").json()["models"]}
+        assert models["tiny-sd"]["details"]["conditioning"] == "text"
+        r = client.post("/api/jobs", json={"kind": "image", "model": "tiny-sd", "steps": 2,
+                                           "n": 2, "seed": 3, "prompt": "a red cat"})
+        job = wait_job(client, r.json()["id"])
+        assert job["status"] == "done", job
+        record = client.get(f"/api/items/{job['items'][0]}").json()["record"]
+        assert record["model_sha256"] == folder_sha256(tiny)
+        assert record["prompt"] == "a red cat" and record["family"] == "diffusers-folder"
+        bad = client.post("/api/jobs", json={"kind": "image", "model": "tiny-sd", "steps": 2,
+                                             "n": 1, "seed": 3, "prompt": "你好"})
+        failed = wait_job(client, bad.json()["id"]) if bad.status_code < 300 else bad.json()
+        assert "no token" in json.dumps(failed), failed
