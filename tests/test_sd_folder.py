@@ -257,6 +257,11 @@ def test_cli_bad_input_is_one_line_exit_2(tiny, tmp_path, capsys):
     _one_error_line(capsys, ["sample", str(tiny), "--prompt", "你好"], "no token")
     _one_error_line(capsys, ["sample", str(tiny), "--prompt", "a", "--class", "3"],
                     "--class do(es) not apply")
+    only_ckpt = tmp_path / "ckpt"
+    only_ckpt.mkdir()
+    (only_ckpt / "v1-5-pruned.ckpt").write_bytes(b"not read")
+    _one_error_line(capsys, ["sample", str(only_ckpt), "--prompt", "a cat"],
+                    "v1-5-pruned.ckpt is a pickle checkpoint")
     folder = _copy(tiny, tmp_path)
     (folder / "text_encoder" / "model.safetensors").rename(
         folder / "text_encoder" / "pytorch_model.bin")

@@ -53,11 +53,16 @@ MAX_PROMPT_CHARS = 500
 
 def is_diffusers_folder(path: str | Path) -> bool:
     """True when ``path`` is a folder that claims to be a diffusers pipeline (it holds
-    ``model_index.json`` or a ``unet``/``vae``/``text_encoder`` sub-folder); it may still be an
-    invalid one: :func:`check_folder` says why."""
+    ``model_index.json`` or a ``unet``/``vae``/``text_encoder`` sub-folder), or a folder that is
+    not an aigc run but holds pickle checkpoints (``*.ckpt``...); it may still be an invalid
+    one: :func:`check_folder` says why."""
     p = Path(path)
-    return p.is_dir() and ((p / "model_index.json").is_file()
-                           or any((p / c).is_dir() for c in WEIGHTED))
+    if not p.is_dir():
+        return False
+    if (p / "model_index.json").is_file() or any((p / c).is_dir() for c in WEIGHTED):
+        return True
+    aigc_run = (p / "model.safetensors").exists() or (p / "checkpoints").exists()
+    return not aigc_run and bool(_pickles(p))
 
 
 def _pickles(folder: Path) -> list[Path]:
