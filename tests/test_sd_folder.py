@@ -292,7 +292,8 @@ def test_studio_serves_a_folder_like_a_checkpoint(tiny, ours, tmp_path):
     specs = [ImageSpec(seed=1, prompt="a red cat"), ImageSpec(seed=2, prompt="a dog")]
     batch = backend.generate(specs, settings)
     for i, spec in enumerate(specs):
-        alone = ours.sample(1, prompt=spec.prompt, generator=torch.Generator().manual_seed(spec.seed),
+        seed = torch.Generator().manual_seed(spec.seed)
+        alone = ours.sample(1, prompt=spec.prompt, generator=seed,
                             sampler="ddim", steps=3, guidance=7.5)
         assert (batch[i:i + 1] - alone).abs().max().item() < TOL
     assert backend.record_options(settings) == {"sampler": "ddim", "steps": 3, "guidance": 7.5,

@@ -5,8 +5,9 @@ one sub-folder per component. The network classes come from diffusers and transf
 sampling loop, classifier-free guidance and the record are ours::
 
     folder = load_sd_folder("/models/sd-v1-5")           # safetensors only
-    images = folder.sample(2, prompt="a red fox in snow", generator=torch.Generator().manual_seed(0),
-                           sampler="dpm-solver++", steps=20, guidance=7.5)   # (2, 3, H, W) in [0, 1]
+    images = folder.sample(2, prompt="a red fox in snow",
+                           generator=torch.Generator().manual_seed(0),
+                           sampler="dpm-solver++", steps=20, guidance=7.5)  # (2, 3, H, W), [0, 1]
 
 What is read from the folder, and how it maps onto our samplers (docs/sd-folders.md):
 
