@@ -241,6 +241,7 @@ def test_cli_sample_record_and_replay(tiny, tmp_path, capsys):
     assert (rec["seed"], rec["n"], rec["prompt"]) == (7, 2, "a red cat")
     assert rec["options"] == {"sampler": "ddim", "steps": 3, "guidance": 7.5, "eta": 0.0,
                               "size": 16}
+    assert set(rec["network_versions"]) == {"diffusers", "transformers"}
     again = tmp_path / "b.png"
     assert main(["sample", "--replay", str(out), "--out", str(again)]) == 0
     assert again.read_bytes() == out.read_bytes()

@@ -244,7 +244,8 @@ def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, 
     gen = torch.Generator().manual_seed(seed)
     images = folder.sample(n, prompt=prompt, generator=gen, progress=True, **o)
     rec = image_record(kind="sample", ckpt=folder.checkpoint_info(), checkpoint=folder.path,
-                       seed=seed, n=n, ema=False, options=o, prompt=prompt.strip())
+                       seed=seed, n=n, ema=False, options=o, prompt=prompt.strip(),
+                       network_versions=folder.network_versions())
     out = save_grid(Path(args.out), images, record=rec, scale=1)
     print(f"{n} samples: {out}")
     return 0

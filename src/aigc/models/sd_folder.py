@@ -209,6 +209,14 @@ class SDFolder:
                                    "unet": dict(self.unet.config), "vae": dict(self.vae.config),
                                    "prediction": self.prediction})
 
+    @staticmethod
+    def network_versions() -> dict[str, str]:
+        """The versions of the libraries whose classes run the networks (for the record)."""
+        import diffusers
+        import transformers
+
+        return {"diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
