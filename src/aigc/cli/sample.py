@@ -27,7 +27,8 @@ SIZE_RANGE = (8, 256)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw images from a trained model into a PNG grid",
                        description="Draw N samples from a checkpoint (a run folder, a checkpoint "
-                       "folder, a model.safetensors, or starter:NAME for a shipped starter model). "
+                       "folder, a model.safetensors, or starter:NAME for a shipped starter model; a "
+                       "diffusers Stable Diffusion folder with --prompt, see docs/sd-folders.md). "
                        "The PNG embeds its provenance record; `aigc info FILE.png` prints it and "
                        "`aigc sample --replay FILE.png` makes it again.")
     p.add_argument("checkpoint", nargs="?", help="model to sample (optional with --replay)")
