@@ -27,7 +27,8 @@ SIZE_RANGE = (8, 256)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw images from a trained model into a PNG grid",
                        description="Draw N samples from a checkpoint (a run folder, a checkpoint "
-                       "folder, a model.safetensors, or starter:NAME for a shipped starter model). "
+                       "folder, a model.safetensors, or starter:NAME for a shipped starter model; a "
+                       "diffusers Stable Diffusion folder with --prompt, see docs/sd-folders.md). "
                        "The PNG embeds its provenance record; `aigc info FILE.png` prints it and "
                        "`aigc sample --replay FILE.png` makes it again.")
     p.add_argument("checkpoint", nargs="?", help="model to sample (optional with --replay)")
@@ -179,6 +180,10 @@ def run_sample(args: argparse.Namespace) -> int:
         _use_recorded_threads(record)
     if not checkpoint:
         raise AigcError("give a checkpoint (or --replay FILE.png)")
+    from aigc.models.sd_folder import is_diffusers_folder
+
+    if is_diffusers_folder(checkpoint):
+        return _run_sd_folder(args, checkpoint, record)
     model, ckpt = model_from_checkpoint(resolve_model(checkpoint), use_ema=not raw)
     if record and record.get("model_sha256") != ckpt.sha256:
         raise AigcError(f"{ckpt.path} is not the model that made {args.replay}: SHA-256 "
@@ -256,6 +261,45 @@ def _draw_blocks(draw, n: int, seed: int, seed_block: int, labels, text) -> torc
                      None if text is None else text[:1], False)
         out = [probe[:0]]
     return gather_to_rank0(torch.cat(out).float().cpu())
+
+
+def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, Any] | None
+                   ) -> int:
+    """``aigc sample FOLDER --prompt ...`` for a diffusers text-to-image folder
+    (:mod:`aigc.models.sd_folder`): our samplers, the same record as any other grid."""
+    from aigc.media import save_grid
+    from aigc.models.sd_folder import DEFAULTS, load_sd_folder
+    from aigc.records import image_record, replay_options
+
+    unused = [f for f, v in (("--class", args.class_), ("--truncation", args.truncation),
+                             ("--temperature", args.temperature), ("--raw", args.raw or None))
+              if v is not None]
+    if unused:
+        raise AigcError(f"{', '.join(unused)} do(es) not apply to a diffusers folder; it takes "
+                        "--prompt --sampler --steps --guidance --eta --size")
+    prompt = args.prompt if args.prompt is not None else (record or {}).get("prompt")
+    if prompt is None:
+        raise AigcError("a diffusers folder draws from a text prompt: give --prompt TEXT")
+    folder = load_sd_folder(checkpoint)
+    if record and record.get("model_sha256") != folder.sha256:
+        raise AigcError(f"{folder.path} is not the pipeline that made {args.replay}: SHA-256 "
+                        f"{folder.sha256[:16]}... != {str(record.get('model_sha256'))[:16]}...")
+    recorded = {k: v for k, v in replay_options(record or {}).items() if k in (*DEFAULTS, "size")}
+    given = {k: v for k, v in _given(args).items() if v is not None}
+    o = {**DEFAULTS, "size": folder.default_size, **recorded, **given}
+    n = args.n if args.n is not None else int((record or {}).get("n", 1))
+    seed = args.seed if args.seed is not None else int((record or {}).get("seed", 0))
+    check_seed(seed, "--seed")
+    if not 1 <= n <= 64:
+        raise AigcError(f"--n must be between 1 and 64 for a diffusers folder, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    images = folder.sample(n, prompt=prompt, generator=gen, progress=True, **o)
+    rec = image_record(kind="sample", ckpt=folder.checkpoint_info(), checkpoint=folder.path,
+                       seed=seed, n=n, ema=False, options=o, prompt=prompt.strip(),
+                       network_versions=folder.network_versions())
+    out = save_grid(Path(args.out), images, record=rec, scale=1)
+    print(f"{n} samples: {out}")
+    return 0
 
 
 def _write_item(args: argparse.Namespace, source: dict[str, Any], image: torch.Tensor,
