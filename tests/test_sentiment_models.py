@@ -236,7 +236,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
     assert match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-@pytest.mark.skipif(not os.environ.get("AIGC_SLOW"), reason="trains on the full sets (AIGC_SLOW=1)")
+@pytest.mark.skipif(not os.environ.get("AIGC_SLOW"), reason="slow tier: set AIGC_SLOW=1 to run")
 def test_slow_full_english_head_beats_vader_on_movies():
     from aigc.apps.sentiment.data import read_vader_rated
 
@@ -267,3 +267,18 @@ def test_shipped_starters_load_and_label_obvious_texts(name, texts, want):
     scorer = load_scorer(name)
     assert scorer.language == name[-2:]
     assert [s.label for s in scorer.score(texts)] == want
+
+
+def test_cli_eval_two_class_file_with_three_class_scorer(tmp_path, capsys):
+    path = tmp_path / "two.csv"
+    path.write_text("text,label\n" + "".join(
+        f"I love it {i}!,positive\nI hate it {i}.,negative\n" for i in range(20)),
+        encoding="utf-8")
+    report = tmp_path / "r.json"
+    code, out, err = _cli(capsys, "sentiment", "eval", "--model", "vader", "--data",
+                          f"text:{path}", "--split", "all", "--baseline", "none",
+                          "--json", str(report))
+    assert code == 0, err
+    doc = json.loads(report.read_text())
+    assert doc["labels"] == ["negative", "positive"]  # no neutral in labels or predictions
+    assert doc["table"]["two"]["vader"]["macro_f1"][0] == 1.0

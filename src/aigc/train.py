@@ -21,6 +21,19 @@ stepped in order with its own AdamW. They may also define ``optimizer_settings()
 {"lr_scale": float, "repeats": int}}``: a group's learning rate is ``lr * lr_scale`` (two time-scale
 updates) and it takes ``repeats`` optimizer steps per training step on the same batch (a WGAN's
 ``n_critic``).
+
+Under ``torchrun`` (see :mod:`aigc.distributed`) the same trainer wraps the model's loss in
+``DistributedDataParallel``: ``cfg.batch_size`` stays the *global* batch, each of the ``W``
+processes takes a contiguous ``batch_size / W`` slice of the step's indices, gradients are averaged
+by DDP (so clipping, the LR schedule and the EMA see the same numbers on every rank), the logged
+loss is the mean over ranks, validation batches are split across ranks and summed, and rank 0
+alone writes logs, previews and checkpoints - the ordinary format, which a single process resumes
+(the data position is the global step). For a loss that is a mean over the batch and draws no
+random numbers, W processes reproduce the single-process losses up to float rounding
+(``tests/test_distributed.py``). Random draws inside ``loss`` (noise, dropout) come from a
+stream seeded per (seed, step, rank), so they differ from a single-process run's draws.
+BatchNorm layers become ``SyncBatchNorm`` on CUDA; on CPU (gloo) their batch statistics are
+per-rank, over the local slice.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aigc import checkpoints as ck
+from aigc import distributed as dist_utils
 from aigc.config import TrainConfig, config_to_dict
 from aigc.errors import AigcError, CheckpointError, DataError
 from aigc.models import pick_device
@@ -59,7 +73,7 @@ class TrainingDiverged(AigcError):
 class TrainResult:
     run_dir: Path
     step: int
-    stopped: str  # "finished", "early-stopped", "time-limit"
+    stopped: str  # "finished", "early-stopped", "time-limit", "pruned" (on_validation said stop)
     last_train_loss: float
     best_val_loss: float | None
     checkpoint: Path
@@ -118,6 +132,24 @@ def augment_images(images: torch.Tensor, generator: torch.Generator, pad: int = 
         out = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # (B, H, W, C)
         out = out.permute(0, 3, 1, 2).contiguous()
     return out
+
+
+class _LossModule(nn.Module):
+    """``forward(batch, **kw) = loss_fn(batch, **kw)``: what DistributedDataParallel wraps, since
+    DDP synchronises gradients only for work done through ``forward``."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self._loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        return self._loss_fn(batch, **kwargs)
+
+
+# Per-step seed of the training RNG under torchrun: (seed * A + step) * B + rank stays below 2**63
+# for seed <= MAX_SEED, so every (seed, step, rank) has its own stream and resume is exact.
+_STEP_SEED_A, _STEP_SEED_B = 1_000_003, 1_009
 
 
 class EMA:
@@ -239,7 +271,10 @@ class Trainer:
         meta: extra facts stored in every checkpoint (dataset name, class names, ...).
         preview: called as ``preview(model, step, run_dir)`` every ``cfg.sample_every`` steps with
             the EMA model when there is one; writes a sample grid.
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0 only under torchrun).
+        on_validation: called as ``on_validation(step, val_loss)`` after every validation (the EMA
+            model's loss when there is an EMA) on every rank with the same value; returning
+            ``True`` stops the run with ``stopped="pruned"`` (hyper-parameter search uses it).
     """
 
     def __init__(
@@ -255,10 +290,16 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         preview: Callable[[nn.Module, int, Path], None] | None = None,
         progress: bool = True,
+        on_validation: Callable[[int, float], bool | None] | None = None,
     ):
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        self.ctx = dist_utils.context()
+        self.device = dist_utils.device_for(self.ctx, pick_device(cfg.device))
         model = unwrap_compiled(model)  # cfg.compile is the way to compile; checkpoints stay plain
+        if self.ctx.distributed:
+            dist_utils.check_divisible(cfg.batch_size, self.ctx.world_size)
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -267,7 +308,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.meta = dict(meta or {})
         self.preview = preview
-        self.progress = progress
+        self.progress = progress and self.ctx.is_main
+        self.on_validation = on_validation
         self.sampler = EpochSampler(len(train_data), cfg.batch_size, cfg.seed)
         groups = (
             model.optimizer_groups()
@@ -281,6 +323,19 @@ class Trainer:
         }
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.compiled_loss = CompiledLoss(self.model) if cfg.compile else None
+        self.ddp: nn.Module | None = None
+        if self.ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: models hold parameters their loss may not use (a VAE's
+            # log_sigma under the Bernoulli likelihood; a GAN's generator during the
+            # discriminator step). Its cost is one walk of the autograd graph per step; torch
+            # warns once per process when a model happens to use every parameter.
+            self.ddp = DistributedDataParallel(
+                _LossModule(self.model, self.compiled_loss or self.model.loss),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         self.step = 0
         self.best_val: float | None = None
         self.evals_since_best = 0
@@ -290,6 +345,14 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def save(self) -> Path:
+        """Write a checkpoint (rank 0 only under torchrun) and return its folder on every rank."""
+        path = self._write_checkpoint() if self.ctx.is_main else None
+        if self.ctx.distributed:
+            path = Path(dist_utils.broadcast_object(None if path is None else str(path)))
+        assert path is not None
+        return path
+
+    def _write_checkpoint(self) -> Path:
         if getattr(self, "_csv_file", None) is not None and not self._csv_file.closed:
             self._csv_file.flush()  # the log reaches disk with every checkpoint
         tensors: dict[str, torch.Tensor] = {}
@@ -348,6 +411,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging
     def _open_logs(self, resumed: bool):
+        if not self.ctx.is_main:
+            self._csv_file, self._tb = None, None
+            return
         log_path = self.run_dir / "log.csv"
         if resumed and log_path.exists():
             # Rows written after the checkpoint we resume from belong to a run that was lost.
@@ -370,12 +436,15 @@ class Trainer:
             self._tb = None
 
     def _log(self, key: str, value: float) -> None:
+        if self._csv_file is None:  # not rank 0
+            return
         self._csv.writerow([self.step, f"{time.perf_counter() - self._t0:.3f}", key, f"{value:.6g}"])
         if self._tb is not None:
             self._tb.add_scalar(key, value, self.step)
 
     def _close_logs(self) -> None:
-        self._csv_file.close()
+        if self._csv_file is not None:
+            self._csv_file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -384,8 +453,9 @@ class Trainer:
     def evaluate(self, model: nn.Module) -> float:
         """Mean loss over the first ``cfg.eval_batches`` batches of the validation split.
 
-        Runs under a fixed seed in a forked RNG so it is reproducible and does not disturb the
-        training RNG stream.
+        Each batch runs under its own fixed seed in a forked RNG, so the figure is reproducible,
+        does not disturb the training RNG stream, and is the same when torchrun splits the batches
+        across processes (batch ``b`` goes to rank ``b % W``; the sums are all-reduced).
         """
         assert self.val_data is not None
         n = len(self.val_data)
@@ -393,9 +463,12 @@ class Trainer:
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
+        rank, world = self.ctx.rank, self.ctx.world_size
         with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
-            torch.manual_seed(self.cfg.seed + 12345)
             for b in range(min(self.cfg.eval_batches, max(1, n // bs))):
+                if b % world != rank:
+                    continue
+                torch.manual_seed(self.cfg.seed + 12345 + b)
                 idx = torch.arange(b * bs, min((b + 1) * bs, n))
                 batch = _move(self.val_data.get_batch(idx), self.device)
                 with self._autocast():
@@ -403,7 +476,40 @@ class Trainer:
                 total += float(loss) * len(idx)
                 count += len(idx)
         model.train(was_training)
+        if self.ctx.distributed:
+            sums = dist_utils.all_reduce_sum(
+                torch.tensor([total, float(count)], dtype=torch.float64, device=self._comm_device))
+            total, count = float(sums[0]), int(sums[1])
         return total / max(1, count)
+
+    @property
+    def _comm_device(self) -> torch.device:
+        """Where collective tensors live: the GPU for NCCL, the CPU for gloo."""
+        return self.device if self.ctx.backend == "nccl" else torch.device("cpu")
+
+    def _local_batch(self, idx: torch.Tensor) -> dict[str, Any]:
+        """This rank's part of the global batch ``idx`` (augmentation drawn on the global batch,
+        so W processes see exactly the images one process sees)."""
+        cfg = self.cfg
+        world = self.ctx.world_size
+        part = dist_utils.shard_slice(len(idx), self.ctx.rank, world) if world > 1 else slice(None)
+        augment = cfg.augment
+        batch = self.train_data.get_batch(idx if augment or world == 1 else idx[part])
+        if augment and "image" in batch:
+            gen = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step)
+            batch["image"] = augment_images(batch["image"], gen)
+        if augment and world > 1:
+            batch = {k: v[part] if torch.is_tensor(v) and v.dim() and len(v) == len(idx) else v
+                     for k, v in batch.items()}
+        return batch
+
+    def _global_loss(self, loss: torch.Tensor) -> float:
+        """The loss averaged over ranks (the single-process loss of the global batch when the
+        model's loss is a mean over equal slices)."""
+        if not self.ctx.distributed:
+            return float(loss.detach())
+        t = loss.detach().float().reshape(1).to(self._comm_device)
+        return float(dist_utils.all_reduce_mean(t))
 
     def _loss(self, loss_fn: Callable[..., torch.Tensor], batch: dict[str, Any],
               group: str | None) -> torch.Tensor:
@@ -424,6 +530,7 @@ class Trainer:
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
                 "another --out folder (nothing was overwritten)"
             )
+        dist_utils.barrier()  # every rank has looked at the run folder before rank 0 writes to it
         if not resumed:
             torch.manual_seed(cfg.seed)
         self._t0 = time.perf_counter()
@@ -437,11 +544,10 @@ class Trainer:
         )
         try:
             while self.step < cfg.steps:
-                idx = self.sampler.indices(self.step)
-                batch = self.train_data.get_batch(idx)
-                if cfg.augment and "image" in batch:
-                    gen = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step)
-                    batch["image"] = augment_images(batch["image"], gen)
+                if self.ctx.distributed:
+                    torch.manual_seed((cfg.seed * _STEP_SEED_A + self.step) * _STEP_SEED_B
+                                      + self.ctx.rank)
+                batch = self._local_batch(self.sampler.indices(self.step))
                 batch = _move(batch, self.device)
                 if cfg.channels_last:
                     batch = _channels_last(batch)
@@ -454,11 +560,13 @@ class Trainer:
                     for _ in range(settings["repeats"]):
                         opt.zero_grad(set_to_none=True)
                         with self._autocast():
-                            loss = self._loss(self.compiled_loss or self.model.loss, batch, group=name)
-                        if not torch.isfinite(loss):
+                            loss = self._loss(self.ddp or self.compiled_loss or self.model.loss,
+                                              batch, group=name)
+                        loss_value = self._global_loss(loss)  # the same on every rank
+                        if not math.isfinite(loss_value):
                             where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
                             raise TrainingDiverged(
-                                f"loss became {float(loss.detach())} at step {self.step} ({name}){where}. "
+                                f"loss became {loss_value} at step {self.step} ({name}){where}. "
                                 "Try a lower --lr, a smaller --grad-clip, or turning --bf16 off"
                             )
                         loss.backward()
@@ -466,7 +574,7 @@ class Trainer:
                             params = [p for g in opt.param_groups for p in g["params"]]
                             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                         opt.step()
-                    losses[name] = float(loss.detach())
+                    losses[name] = loss_value
                 if self.ema is not None:
                     self.ema.update(self.model)
                 self.step += 1
@@ -487,11 +595,14 @@ class Trainer:
                 ):
                     stop = self._validate()
                     if stop:
-                        stopped = "early-stopped"
-                if self.preview and cfg.sample_every and (self.step % cfg.sample_every == 0 or final):
+                        stopped = stop
+                if self.preview and self.ctx.is_main and cfg.sample_every and (
+                        self.step % cfg.sample_every == 0 or final):
                     with torch.random.fork_rng(devices=[]):
                         self.preview(self.ema.module if self.ema else self.model, self.step, self.run_dir)
                 over_time = cfg.time_limit_s and time.perf_counter() - self._t0 > cfg.time_limit_s
+                if cfg.time_limit_s and self.ctx.distributed:  # rank 0's clock decides for all
+                    over_time = dist_utils.broadcast_object(bool(over_time))
                 if over_time and stopped == "finished":
                     stopped = "time-limit"
                 if final or stopped != "finished" or (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
@@ -501,7 +612,10 @@ class Trainer:
         finally:
             bar.close()
             self._close_logs()
-        if last_ckpt is None or ck.latest_checkpoint_dir(self.run_dir) != last_ckpt:
+        missing = last_ckpt is None or ck.latest_checkpoint_dir(self.run_dir) != last_ckpt
+        if self.ctx.distributed:  # one decision for all ranks: save() is collective
+            missing = dist_utils.broadcast_object(missing)
+        if missing:
             last_ckpt = self.save()
         return TrainResult(
             run_dir=self.run_dir, step=self.step, stopped=stopped, last_train_loss=last_loss,
@@ -509,8 +623,8 @@ class Trainer:
             seconds=time.perf_counter() - self._t0,
         )
 
-    def _validate(self) -> bool:
-        """Log validation loss(es); return True when early stopping says stop."""
+    def _validate(self) -> str | None:
+        """Log validation loss(es); return ``"early-stopped"`` or ``"pruned"`` to stop, else None."""
         val = self.evaluate(self.model)
         self._log("val/loss", val)
         if self.ema is not None:
@@ -520,4 +634,8 @@ class Trainer:
             self.best_val, self.evals_since_best = val, 0
         else:
             self.evals_since_best += 1
-        return bool(self.cfg.patience and self.evals_since_best >= self.cfg.patience)
+        if self.on_validation is not None and self.on_validation(self.step, val):
+            return "pruned"
+        if self.cfg.patience and self.evals_since_best >= self.cfg.patience:
+            return "early-stopped"
+        return None

@@ -16,9 +16,11 @@ import sys
 COMMAND_MODULES = [
     "aigc.cli.data",
     "aigc.cli.train",
+    "aigc.cli.tune",
     "aigc.cli.sample",
     "aigc.cli.generate",
     "aigc.cli.chat",
+    "aigc.cli.assistant",
     "aigc.cli.finetune",
     "aigc.cli.music",
     "aigc.cli.evaluate",
@@ -26,10 +28,10 @@ COMMAND_MODULES = [
     "aigc.cli.feedback",
     "aigc.cli.improve",
     "aigc.cli.models",
-    "aigc.cli.demo",
     "aigc.cli.sentiment",
-    "aigc.cli.studio",
     "aigc.cli.monitor",
+    "aigc.cli.demo",
+    "aigc.cli.studio",
     "aigc.cli.worker",
 ]
 
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_seed_flag(args)
+        _join_torchrun(args)
         result = args.func(args)
     except AigcError as exc:
         if args.debug or os.environ.get("AIGC_DEBUG"):
@@ -68,7 +71,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aigc: interrupted; checkpoints already written are intact", file=sys.stderr)
         return 130
+    finally:
+        from aigc.distributed import shutdown
+
+        shutdown()
     return int(result or 0)
+
+
+# Commands that know how to split their work under `torchrun` (docs/scale-out.md).
+TORCHRUN_COMMANDS = ("train", "finetune", "sample", "eval")
+
+
+def _join_torchrun(args: argparse.Namespace) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group and silence stdout off rank 0."""
+    from aigc.distributed import env_world_size, init_from_env
+    from aigc.errors import ConfigError
+
+    if env_world_size() == 1:
+        return
+    if args.command not in TORCHRUN_COMMANDS:
+        raise ConfigError(f"`aigc {args.command}` does not run under torchrun (WORLD_SIZE="
+                          f"{env_world_size()}); commands that do: {', '.join(TORCHRUN_COMMANDS)}")
+    ctx = init_from_env(getattr(args, "device", None) or "auto")
+    if not ctx.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
 if __name__ == "__main__":  # pragma: no cover

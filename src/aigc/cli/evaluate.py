@@ -48,8 +48,10 @@ def _measure_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="reference split (default test)")
-    p.add_argument("--n", type=int, help="real and generated samples (default 10000 for "
-                   "images, 200 continuations for text)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int,
+                   help="real and generated samples (default 10000 for images, 200 continuations "
+                   "for text); under torchrun write --num-samples: its parser reads --n as one of "
+                   "its own options")
     p.add_argument("--seed", type=int, default=0, help="sampling and subset seed (default 0)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--features", help="extractor: a shipped dataset name, a .safetensors from "
@@ -57,6 +59,9 @@ def _measure_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="card path without suffix (default: RUN/eval/DATA-nN-seedS)")
     p.add_argument("--report", help="also write a self-contained HTML report here")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed-block", type=int, default=None,
+                   help="images: samples per seeding block, the unit torchrun processes share out "
+                   "(default 1000; the figures depend on it, not on the number of processes)")
     p.add_argument("--kid-subset-size", type=int, help="KID subset size (default min(1000, n // 2): "
                    "subsets of all n samples would be identical, std 0)")
     p.add_argument("--no-baseline", action="store_true", help="skip the real-vs-real baseline")
@@ -114,7 +119,8 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
                         features: str | None = None, sample_kwargs: dict | None = None,
                         batch_size: int = 500, kid_subset_size: int | None = None,
                         baseline: bool = True, device: str = "cpu", language: str | None = None,
-                        text_options: dict | None = None, progress: bool = True):
+                        text_options: dict | None = None, progress: bool = True,
+                        seed_block: int | None = None):
     """Measure one checkpoint. Returns an :class:`ImageEvaluation` (images), a
     :class:`TextEvaluation` (text) or a :class:`MetricCard` (images without an extractor).
 
@@ -125,7 +131,9 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
 
     if n is not None and n < 2:
         raise AigcError(f"--n must be >= 2, got {n}")
-    dev = str(pick_device(device))
+    from aigc.distributed import context, device_for
+
+    dev = str(device_for(context(), pick_device(device)))
     model, ckpt = model_from_checkpoint(path, use_ema=use_ema, map_location=dev)
     data = data or ckpt.meta.get("data")
     if not data:
@@ -135,6 +143,11 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
     subject = {"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256,
                "family": ckpt.family, "step": ckpt.step, "trained_on": ckpt.meta.get("data")}
     kind = getattr(module, "DATA_KIND", "images")
+    from aigc.distributed import context
+
+    if context().distributed and kind != "images":
+        raise AigcError(f"aigc eval splits only image models across torchrun processes; run "
+                        f"this {kind} model's evaluation as one process")
     if kind == "text":
         return _evaluate_text_checkpoint(model, ckpt, data=data, split=split, n=n or 200,
                                          seed=seed, ema=ema, sample_kwargs=sample_kwargs or {},
@@ -151,7 +164,7 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
                                       ema=ema, features=features, sample_kwargs=sample_kwargs,
                                       batch_size=batch_size, kid_subset_size=kid_subset_size,
                                       baseline=baseline, subject=subject, device=dev,
-                                      progress=progress)
+                                      progress=progress, seed_block=seed_block)
 
 
 def _evaluate_text_checkpoint(model, ckpt, *, data, split, n, seed, ema, sample_kwargs,
@@ -182,7 +195,8 @@ def _evaluate_text_checkpoint(model, ckpt, *, data, split, n, seed, ema, sample_
 
 
 def _evaluate_image_checkpoint(model, ckpt, *, data, split, n, seed, ema, features, sample_kwargs,
-                               batch_size, kid_subset_size, baseline, subject, device, progress):
+                               batch_size, kid_subset_size, baseline, subject, device, progress,
+                               seed_block=None):
     from aigc.data.images import load_images
     from aigc.evaluate import evaluate_image_model
     from aigc.metrics.features import load_extractor
@@ -199,7 +213,11 @@ def _evaluate_image_checkpoint(model, ckpt, *, data, split, n, seed, ema, featur
             raise
         extractor = None  # e.g. a user's folder: no shipped extractor, measure what needs none
     if extractor is None:
+        from aigc.distributed import is_main
         from aigc.metrics.card import MetricCard
+
+        if not is_main():  # nothing here is split across processes: rank 0 measures
+            return None
 
         card = MetricCard(kind="image", subject=subject, values={}, protocol={
             "data": data, "split": split, "n": min(n, len(ref)), "seed": seed, "ema": ema})
@@ -217,7 +235,9 @@ def _evaluate_image_checkpoint(model, ckpt, *, data, split, n, seed, ema, featur
         model, data=data, extractor=extractor, n=n, seed=seed, reference_split=split,
         sample_kwargs=sample_kwargs, subject=subject, extra_protocol=extra,
         batch_size=batch_size, kid_subset_size=kid_subset_size, baseline=baseline,
-        progress=progress)
+        progress=progress, **({"seed_block": seed_block} if seed_block else {}))
+    if result is None:  # not rank 0 under torchrun
+        return None
     result.card.protocol["sampling"] = sampling
     _likelihood_and_reconstruction(model, ref, result.card, n=n, seed=seed,
                                    batch_size=batch_size, progress=progress)
@@ -270,7 +290,9 @@ def _run_measure(checkpoint: str, opts: argparse.Namespace) -> int:
         use_ema=not opts.raw, features=opts.features, sample_kwargs=given,
         batch_size=opts.batch_size, kid_subset_size=opts.kid_subset_size,
         baseline=not opts.no_baseline, device=opts.device, language=opts.language,
-        text_options=text_options)
+        text_options=text_options, seed_block=opts.seed_block)
+    if result is None:  # not rank 0 under torchrun: rank 0 reports and writes
+        return 0
     card = result if isinstance(result, MetricCard) else result.card
     print(f"{'metric':>24}  {'model':>12}  {'real vs real':>12}")
     for key, value in card.values.items():

@@ -92,7 +92,17 @@ def _train_config(args: argparse.Namespace, family: str):
                             where="training config")
 
 
+def _one_process_only(what: str) -> None:
+    from aigc.distributed import env_world_size
+    from aigc.errors import ConfigError
+
+    if env_world_size() > 1:
+        raise ConfigError(f"`aigc finetune {what}` runs as one process, not under torchrun; "
+                          "`finetune gpt` and `finetune diffusion` run under torchrun")
+
+
 def run_chat(args: argparse.Namespace) -> int:
+    _one_process_only("chat")
     from aigc.data.text import load_corpus
     from aigc.finetune import finetune_chat_lora
 
@@ -127,6 +137,7 @@ def run_gpt(args: argparse.Namespace) -> int:
 
 
 def run_text_align(args: argparse.Namespace) -> int:
+    _one_process_only("text-align")
     from pathlib import Path
 
     from aigc.checkpoints import save_model_file

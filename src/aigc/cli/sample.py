@@ -27,15 +27,22 @@ SIZE_RANGE = (8, 256)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw images from a trained model into a PNG grid",
                        description="Draw N samples from a checkpoint (a run folder, a checkpoint "
-                       "folder, a model.safetensors, or starter:NAME for a shipped starter model). "
+                       "folder, a model.safetensors, or starter:NAME for a shipped starter model; a "
+                       "diffusers Stable Diffusion folder with --prompt, see docs/sd-folders.md). "
                        "The PNG embeds its provenance record; `aigc info FILE.png` prints it and "
                        "`aigc sample --replay FILE.png` makes it again.")
     p.add_argument("checkpoint", nargs="?", help="model to sample (optional with --replay)")
-    p.add_argument("--n", type=int, default=None, help=f"number of samples, 1..{MAX_N} (default 64)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=None,
+                   help=f"number of samples, 1..{MAX_N} (default 64; write --num-samples under "
+                   "torchrun, whose parser reads --n as one of its own options)")
     p.add_argument("--out", default="out/samples.png", help="PNG path (default out/samples.png)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--replay", metavar="PNG", help="re-run the record embedded in an aigc PNG")
+    p.add_argument("--seed-block", type=int, default=None,
+                   help=f"draw in blocks of K samples, block c from its own generator (seed for "
+                   f"the first, then seed * 1000003 + c), 1..{MAX_N}; needed under torchrun, "
+                   "which shares the blocks out (default: one generator for all)")
     g = p.add_argument_group("conditioning (gan, diffusion)")
     g.add_argument("--class", dest="class_", metavar="CLASS",
                    help="class name or index, e.g. 7, seven, sneaker (default: cycle through classes)")
@@ -173,6 +180,10 @@ def run_sample(args: argparse.Namespace) -> int:
         _use_recorded_threads(record)
     if not checkpoint:
         raise AigcError("give a checkpoint (or --replay FILE.png)")
+    from aigc.models.sd_folder import is_diffusers_folder
+
+    if is_diffusers_folder(checkpoint):
+        return _run_sd_folder(args, checkpoint, record)
     model, ckpt = model_from_checkpoint(resolve_model(checkpoint), use_ema=not raw)
     if record and record.get("model_sha256") != ckpt.sha256:
         raise AigcError(f"{ckpt.path} is not the model that made {args.replay}: SHA-256 "
@@ -188,25 +199,108 @@ def run_sample(args: argparse.Namespace) -> int:
         class_ = record.get("label", record.get("class"))  # format 2, or the older records
         prompt = record.get("prompt")
     labels, text, label, class_name = _condition(n, class_, prompt, model, ckpt)
-    gen = torch.Generator().manual_seed(seed)
-    if ckpt.family == "vae":
-        images = model.sample(n, generator=gen, **o)
-    elif ckpt.family == "gan":
-        images = model.sample(n, generator=gen, labels=labels, **o)
-    elif ckpt.family == "latent-diffusion":  # the prompt is read by the model's own encoder
-        images = model.sample(n, generator=gen, prompt=prompt.strip() if prompt else None,
-                              progress=True, **o)
+    seed_block = args.seed_block if args.seed_block is not None else \
+        (record or {}).get("seed_block")
+    from aigc.distributed import context
+
+    if seed_block is None and context().distributed:
+        raise AigcError("under torchrun, aigc sample needs --seed-block K (samples per seeding "
+                        "block, the unit the processes share out)")
+    if seed_block is not None and (isinstance(seed_block, bool) or not isinstance(seed_block, int)
+                                   or not 1 <= seed_block <= MAX_N):
+        raise AigcError(f"--seed-block must be between 1 and {MAX_N}, got {seed_block!r}")
+
+    def draw(count: int, gen: torch.Generator, lab, txt, progress: bool) -> torch.Tensor:
+        if ckpt.family == "vae":
+            return model.sample(count, generator=gen, **o)
+        if ckpt.family == "gan":
+            return model.sample(count, generator=gen, labels=lab, **o)
+        if ckpt.family == "latent-diffusion":  # the prompt is read by the model's own encoder
+            return model.sample(count, generator=gen, prompt=prompt.strip() if prompt else None,
+                                progress=progress, **o)
+        return model.sample(count, generator=gen, labels=lab, text=txt, progress=progress, **o)
+
+    if seed_block is None:
+        images = draw(n, torch.Generator().manual_seed(seed), labels, text, True)
     else:
-        images = model.sample(n, generator=gen, labels=labels, text=text, progress=True, **o)
+        images = _draw_blocks(draw, n, seed, seed_block, labels, text)
+        if images is None:  # not rank 0 under torchrun: its samples went to rank 0
+            return 0
+    extra = {} if seed_block is None else {"seed_block": seed_block}
     if single:
         return _write_item(args, record, images[0], image_record(
             kind="image", ckpt=ckpt, checkpoint=checkpoint, seed=seed, n=1, ema=not raw,
             options=o, label=label, class_name=class_name, prompt=prompt,
-            output_size=record.get("output_size", record.get("size")), replay_of=args.replay))
+            output_size=record.get("output_size", record.get("size")), replay_of=args.replay,
+            **extra))
     rec = image_record(kind="sample", ckpt=ckpt, checkpoint=checkpoint, seed=seed, n=n,
                        ema=not raw, options=o, label=label, class_name=class_name,
-                       prompt=prompt)
+                       prompt=prompt, **extra)
     out = save_grid(Path(args.out), images, nrow=_nrow(n, model), record=rec)
+    print(f"{n} samples: {out}")
+    return 0
+
+
+def _draw_blocks(draw, n: int, seed: int, seed_block: int, labels, text) -> torch.Tensor | None:
+    """``n`` samples in blocks of ``seed_block``, block c drawn with
+    :func:`aigc.evaluate.images.block_seed`; under torchrun the blocks are shared out and rank 0
+    gets them all in order (the other ranks ``None``), the same tensor one process draws."""
+    from aigc.distributed import context, gather_to_rank0, shard_range
+    from aigc.evaluate.images import block_seed
+
+    ctx = context()
+    blocks = (n + seed_block - 1) // seed_block
+    first, last = shard_range(blocks, ctx.rank, ctx.world_size)
+    out = []
+    for c in range(first, last):
+        lo, hi = c * seed_block, min(n, (c + 1) * seed_block)
+        gen = torch.Generator().manual_seed(block_seed(seed, c))
+        out.append(draw(hi - lo, gen, None if labels is None else labels[lo:hi],
+                        None if text is None else text[lo:hi], ctx.is_main))
+    if not ctx.distributed:
+        return torch.cat(out)
+    if not out:  # more processes than blocks: take part in the gather with nothing
+        probe = draw(1, torch.Generator().manual_seed(seed), None if labels is None else labels[:1],
+                     None if text is None else text[:1], False)
+        out = [probe[:0]]
+    return gather_to_rank0(torch.cat(out).float().cpu())
+
+
+def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, Any] | None
+                   ) -> int:
+    """``aigc sample FOLDER --prompt ...`` for a diffusers text-to-image folder
+    (:mod:`aigc.models.sd_folder`): our samplers, the same record as any other grid."""
+    from aigc.media import save_grid
+    from aigc.models.sd_folder import DEFAULTS, load_sd_folder
+    from aigc.records import image_record, replay_options
+
+    unused = [f for f, v in (("--class", args.class_), ("--truncation", args.truncation),
+                             ("--temperature", args.temperature), ("--raw", args.raw or None))
+              if v is not None]
+    if unused:
+        raise AigcError(f"{', '.join(unused)} do(es) not apply to a diffusers folder; it takes "
+                        "--prompt --sampler --steps --guidance --eta --size")
+    prompt = args.prompt if args.prompt is not None else (record or {}).get("prompt")
+    if prompt is None:
+        raise AigcError("a diffusers folder draws from a text prompt: give --prompt TEXT")
+    folder = load_sd_folder(checkpoint)
+    if record and record.get("model_sha256") != folder.sha256:
+        raise AigcError(f"{folder.path} is not the pipeline that made {args.replay}: SHA-256 "
+                        f"{folder.sha256[:16]}... != {str(record.get('model_sha256'))[:16]}...")
+    recorded = {k: v for k, v in replay_options(record or {}).items() if k in (*DEFAULTS, "size")}
+    given = {k: v for k, v in _given(args).items() if v is not None}
+    o = {**DEFAULTS, "size": folder.default_size, **recorded, **given}
+    n = args.n if args.n is not None else int((record or {}).get("n", 1))
+    seed = args.seed if args.seed is not None else int((record or {}).get("seed", 0))
+    check_seed(seed, "--seed")
+    if not 1 <= n <= 64:
+        raise AigcError(f"--n must be between 1 and 64 for a diffusers folder, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    images = folder.sample(n, prompt=prompt, generator=gen, progress=True, **o)
+    rec = image_record(kind="sample", ckpt=folder.checkpoint_info(), checkpoint=folder.path,
+                       seed=seed, n=n, ema=False, options=o, prompt=prompt.strip(),
+                       network_versions=folder.network_versions())
+    out = save_grid(Path(args.out), images, record=rec, scale=1)
     print(f"{n} samples: {out}")
     return 0
 

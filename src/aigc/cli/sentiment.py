@@ -129,6 +129,11 @@ def run_eval(args: argparse.Namespace) -> int:
                         f"{args.model} cannot predict (labels {list(labels)})")
     texts = [e.text for e in rows]
     preds = {name: s.score(texts) for name, s in scorers.items()}
+    # macro-F1 over the classes that occur in the labels or in some prediction (scikit-learn's
+    # rule): a two-class user file scored by a three-class model is not charged a zero for
+    # "neutral" unless the model says "neutral" somewhere
+    used = {e.label for e in rows} | {p.label for ps in preds.values() for p in ps}
+    labels = tuple(lab for lab in labels if lab in used)
     ref = baseline_name if baseline_name in scorers and baseline_name != args.model else None
     table = score_table(rows, preds, labels, reference=ref)
     for domain, entry in table.items():

@@ -24,6 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-workers", action="store_true",
                    help="run no generation jobs in this process: only `aigc worker` processes "
                         "(sharing --db and the files folder) run them")
+    p.add_argument("--assistant-index", default=None, metavar="DIR",
+                   help="serve the customer-service assistant (page, /api/assistant, model "
+                        "'assistant' in /v1) from this knowledge base (`aigc assistant index`); "
+                        "loads MiniLM, the speech recogniser and, with --assistant-style "
+                        "generate, SmolLM2")
+    p.add_argument("--assistant-style", choices=("generate", "extractive"), default="generate",
+                   help="how the assistant answers: SmolLM2 writes from the passages, or the "
+                        "best passage's opening is the answer (default: generate)")
+    p.add_argument("--embeddings", action="store_true",
+                   help="serve /v1/embeddings with all-MiniLM-L6-v2 (on with --assistant-index)")
     p.add_argument("--max-queue", type=int, default=256, help="queued+running jobs (256)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="another web origin allowed to POST (repeatable)")
@@ -133,10 +143,19 @@ def run(args: argparse.Namespace) -> int:
     n_keys = len(store.api_key_hashes())
     store.close()
     check_bind(args.host, n_keys)
+    assistant_index = Path(args.assistant_index) if args.assistant_index else None
+    if assistant_index is not None:
+        from aigc.studio.routes.assistant import index_dir_problem
+
+        problem = index_dir_problem(assistant_index)
+        if problem:
+            raise AigcError(problem)
     settings = StudioSettings(
         **model_settings(args), host=args.host, port=args.port,
         extra_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin),
-        max_queue=args.max_queue, workers=not args.no_workers)
+        max_queue=args.max_queue, workers=not args.no_workers,
+        assistant_index=assistant_index, assistant_style=args.assistant_style,
+        embeddings=args.embeddings)
     import uvicorn
 
     from aigc.studio.app import create_app

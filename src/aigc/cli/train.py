@@ -101,10 +101,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.family}: {count_parameters(model) / 1e6:.2f}M parameters; data {data}: "
           f"{len(train_data)} train, {len(val_data) if val_data is not None else 0} val; run {out}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({
-        "family": args.family, "data": data, "model": config_to_dict(model_cfg),
-        "train": config_to_dict(train_cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, indent=2))
+    from aigc.distributed import is_main
+
+    if is_main():  # under torchrun rank 0 writes the run's files
+        (out / "run.json").write_text(json.dumps({
+            "family": args.family, "data": data, "model": config_to_dict(model_cfg),
+            "train": config_to_dict(train_cfg), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }, indent=2))
     trainer = Trainer(
         model, family=args.family, model_config=config_to_dict(model_cfg),
         train_data=train_data, val_data=val_data, cfg=train_cfg, run_dir=out,

@@ -4,8 +4,11 @@ Works for any image model with ``sample(n, generator=..., **kw) -> (n, C, H, W)`
 (optionally ``labels=`` for class-conditional sampling). The protocol, written in every card:
 
 * real reference: the first ``n`` images of the reference split (default ``test``);
-* generated: ``n`` samples drawn in batches from one ``torch.Generator`` seeded with ``seed``;
-  class-conditional models get balanced labels ``i mod K``;
+* generated: ``n`` samples in blocks of ``seed_block`` (default :data:`SEED_BLOCK`); block ``c``
+  is drawn in batches from its own ``torch.Generator`` seeded with :func:`block_seed` (``seed``
+  itself for the first block), so the samples depend neither on ``batch_size`` (for a model whose
+  draws follow one stream) nor on how many torchrun processes draw them; class-conditional
+  models get balanced labels ``i mod K``;
 * baseline (real vs real): the first ``n`` images of the ``train`` split measured against the
   same reference exactly like generated images are, so "good" has a number beside it;
 * FID (float64 running statistics), KID (``subsets`` x ``subset_size``, default
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from aigc import distributed as dist_utils
 from aigc.errors import AigcError
 from aigc.metrics.card import MetricCard
 from aigc.metrics.features import FeatureExtractor, check_features
@@ -69,28 +73,65 @@ def is_class_conditional(model) -> bool:
     return bool(getattr(cfg, "num_classes", True)) if cfg is not None else True
 
 
+# Samples per seeding block: the unit torchrun processes share out (an evaluation of up to this
+# many samples is one block, drawn exactly as from a plain Generator().manual_seed(seed)).
+SEED_BLOCK = 1000
+# Seed of block c >= 1: seed * A + c (below 2**52 for seed <= MAX_SEED).
+_BLOCK_SEED_A = 1_000_003
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The generator seed of sampling block ``block``: ``seed`` for the first, then
+    ``seed * 1_000_003 + block``."""
+    return seed if block == 0 else seed * _BLOCK_SEED_A + block
+
+
 @torch.no_grad()
 def generate_images(model, n: int, *, seed: int, batch_size: int = 500,
                     sample_kwargs: dict[str, Any] | None = None,
-                    labels: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
-    """``n`` samples ``(n, C, H, W)`` in [0, 1] from one generator seeded with ``seed``."""
+                    labels: torch.Tensor | None = None, progress: bool = True,
+                    seed_block: int = SEED_BLOCK) -> torch.Tensor | None:
+    """``n`` samples ``(n, C, H, W)`` in [0, 1]: block ``c`` of ``seed_block`` samples is drawn
+    in batches of ``batch_size`` from one generator seeded with :func:`block_seed`.
+
+    Under torchrun the blocks are split across processes (contiguous runs by rank) and gathered
+    in order on rank 0, which gets the same tensor a single process makes; the other ranks get
+    ``None``.
+    """
+    if seed_block < 1:
+        raise AigcError(f"seed_block must be >= 1, got {seed_block}")
     kwargs = dict(sample_kwargs or {})
     unknown = set(kwargs) - sampling_keywords(model)
     if unknown:
         raise AigcError(f"{type(model).__name__}.sample does not take {sorted(unknown)}; it takes "
                         f"{sorted(sampling_keywords(model)) or 'no options'}")
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for start in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress,
-                      unit="batch"):
-        b = min(batch_size, n - start)
+    ctx = dist_utils.context()
+    blocks = (n + seed_block - 1) // seed_block
+    first, last = dist_utils.shard_range(blocks, ctx.rank, ctx.world_size)
+    starts = []  # (start, size, block) of every batch this process draws
+    for c in range(first, last):
+        hi = min(n, (c + 1) * seed_block)
+        starts += [(s, min(batch_size, hi - s), c) for s in range(c * seed_block, hi, batch_size)]
+    out, gen, gen_block = [], None, -1
+    for start, b, c in tqdm(starts, desc="sampling", disable=not (progress and ctx.is_main),
+                            unit="batch"):
+        if c != gen_block:
+            gen, gen_block = torch.Generator().manual_seed(block_seed(seed, c)), c
         extra = {} if labels is None else {"labels": labels[start:start + b]}
         x = model.sample(b, generator=gen, **kwargs, **extra)
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != b:
             raise AigcError(f"{type(model).__name__}.sample({b}) must return (n, C, H, W), got "
                             f"{getattr(x, 'shape', type(x))}")
         out.append(x.detach().float().cpu())
-    return torch.cat(out)
+    if not ctx.distributed:
+        return torch.cat(out)
+    # A rank with no batch (more processes than batches) still takes part in the gather.
+    mine = torch.cat(out) if out else None
+    if mine is None:
+        probe = model.sample(1, generator=torch.Generator().manual_seed(seed), **kwargs,
+                             **({} if labels is None else {"labels": labels[:1]}))
+        mine = probe.detach().float().cpu()[:0]
+    return dist_utils.gather_to_rank0(mine)
 
 
 def _first_images(dataset, n: int, what: str) -> dict[str, torch.Tensor]:
@@ -145,8 +186,12 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
                          subject: dict[str, Any] | None = None, extra_protocol: dict | None = None,
                          batch_size: int = 500, kid_subset_size: int | None = None,
                          kid_subsets: int = 100, k: int = 5, baseline: bool = True,
-                         memorisation: bool = True, progress: bool = True) -> ImageEvaluation:
-    """Sample ``n`` images from ``model`` and measure them (see the module docstring)."""
+                         memorisation: bool = True, progress: bool = True,
+                         seed_block: int = SEED_BLOCK) -> ImageEvaluation | None:
+    """Sample ``n`` images from ``model`` and measure them (see the module docstring).
+
+    Under torchrun every process draws its share of the samples; rank 0 gathers them, measures
+    and returns the evaluation, the other ranks return ``None``."""
     from aigc.data.images import load_images
 
     t0 = time.perf_counter()
@@ -171,7 +216,10 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
                             "name the same classes")
         labels = torch.arange(n) % num_classes
     fake_images = generate_images(model, n, seed=seed, batch_size=batch_size,
-                                  sample_kwargs=sample_kwargs, labels=labels, progress=progress)
+                                  sample_kwargs=sample_kwargs, labels=labels, progress=progress,
+                                  seed_block=seed_block)
+    if fake_images is None:  # not rank 0: its samples went to rank 0
+        return None
     if fake_images.shape[1:] != real["image"].shape[1:]:
         raise AigcError(f"samples are {tuple(fake_images.shape[1:])} but {data} images are "
                         f"{tuple(real['image'].shape[1:])} (channels, height, width)")
@@ -233,6 +281,8 @@ def evaluate_image_model(model, *, data: str, extractor: FeatureExtractor, n: in
         "is_splits": 10, "knn_k": k, "memorisation": f"pixel L2 to nearest of {len(train_ds)} "
         f"train images, first {min(n, MEMORISATION_N)} samples" if memorisation else None,
         "real_images": f"first {n} of the split, in dataset order",
+        "sampling_seeds": f"block c of {seed_block} samples: one Generator seeded with seed for "
+        f"c = 0, seed * {_BLOCK_SEED_A} + c after",
         **(extra_protocol or {}),
     }
     card = MetricCard(kind="image", subject=subject or {}, protocol=protocol, values=values,

@@ -28,8 +28,11 @@ class ReconstructionMetrics:
     """
 
     def __init__(self) -> None:
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        # sync_on_compute=False: under torchrun aigc shares out the work itself (rank 0 alone
+        # measures); torchmetrics' own gather would wait for ranks that are not measuring.
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3),
+                                         sync_on_compute=False)
+        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sync_on_compute=False)
         # torchmetrics keeps float32 states by default; float64 makes the sums batch-independent.
         self.psnr.set_dtype(torch.float64)
         self.ssim.set_dtype(torch.float64)

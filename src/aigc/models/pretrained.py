@@ -23,6 +23,7 @@ import torch
 from aigc.errors import AigcError
 
 MINILM_DIM = 384
+MINILM_MAX_TOKENS = 128  # embed_sentences truncates longer inputs to this many tokens
 
 
 def minilm_dir() -> Path:
@@ -66,7 +67,7 @@ def embed_sentences(texts: list[str], *, batch_size: int = 64) -> torch.Tensor:
     out = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
-                        max_length=128, return_tensors="pt")
+                        max_length=MINILM_MAX_TOKENS, return_tensors="pt")
         hidden = model(**enc).last_hidden_state  # (B, T, 384)
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -89,6 +90,13 @@ def embed_tokens(texts: list[str], *, max_length: int = 16) -> tuple[torch.Tenso
     mask = enc["attention_mask"].bool()
     hidden = model(**enc).last_hidden_state * mask[..., None]
     return hidden, mask
+
+
+def minilm_token_counts(texts: list[str]) -> list[int]:
+    """How many MiniLM tokens each text is, ``[CLS]`` and ``[SEP]`` included, untruncated
+    (more than :data:`MINILM_MAX_TOKENS` means :func:`embed_sentences` embeds a prefix)."""
+    tokenizer, _ = _minilm()
+    return [len(ids) for ids in tokenizer(list(texts), truncation=False)["input_ids"]]
 
 
 def minilm_unknown_characters(text: str) -> set[str]:

@@ -129,14 +129,19 @@ def build_studio(settings: StudioSettings,
 
 
 def create_app(settings: StudioSettings | None = None,
-               text_backends: TextBackendsFactory | None = None) -> FastAPI:
+               text_backends: TextBackendsFactory | None = None,
+               assistant: Callable | None = None) -> FastAPI:
     """The app; nothing is loaded until its lifespan starts. ``text_backends``: see
-    :func:`build_studio`."""
+    :func:`build_studio`; ``assistant``: see :func:`aigc.studio.routes.assistant.load_assistant`.
+    """
     settings = settings or StudioSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         studio = build_studio(settings, text_backends)
+        from aigc.studio.routes.assistant import load_assistant
+
+        studio.assistant = load_assistant(settings, assistant)
         app.state.studio = studio
         from aigc.studio.jobs import GENERATION_KINDS, JOB_KINDS
 
@@ -214,6 +219,7 @@ def create_app(settings: StudioSettings | None = None,
                           headers={k.decode(): v.decode() for k, v in FRAME_HEADERS})
 
     # ------------------------------------------------------------------ routes
+    from aigc.studio.routes import assistant as assistant_routes
     from aigc.studio.routes import (
         docs,
         feedback,
@@ -236,8 +242,10 @@ def create_app(settings: StudioSettings | None = None,
         openai,
         system,
         docs,
+        assistant_routes,
     ):
         app.include_router(module.router)
+    app.include_router(assistant_routes.v1_router)
     app.include_router(items.files_router)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

@@ -314,3 +314,129 @@ class PromoteRequest(Strict):
 
 class RollbackRequest(Strict):
     reason: str = Field(..., min_length=1, max_length=500)
+
+
+# ------------------------------------------------------------------ the assistant (issue 13)
+
+MAX_QUESTION = 2000  # the same bound as aigc.apps.assistant.retrieve.MAX_QUERY_CHARS
+MAX_EMBED_INPUTS = 256
+MAX_EMBED_CHARS = 4000  # per input, checked before tokenizing; tokens are bounded after
+
+
+class AssistantAskRequest(Strict):
+    question: str = Field(..., min_length=1, max_length=MAX_QUESTION)
+    conversation_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$",
+                                        description="omit to start a conversation")
+
+
+class AssistantCitation(BaseModel):
+    n: int = Field(description="the number used in the answer text, [n]")
+    source: str = Field(description="the document, relative to the knowledge-base folder")
+    section: str = Field(description="the heading the passage is under")
+    chunk_id: str
+    snippet: str
+
+
+class AssistantAnswer(BaseModel):
+    conversation_id: str
+    answer: str
+    citations: list[AssistantCitation]
+    handed_off: bool
+    handoff_id: int | None
+    reason: str = Field(description="why it handed off; empty when it answered")
+    confidence: float = Field(description="the best passage's retrieval confidence")
+    lang: Literal["en", "zh"]
+    timings: dict[str, float] = Field(description="retrieval_s, generation_s")
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
+    citations: list[AssistantCitation]
+    author: str = Field(description="'user', 'assistant', or the person who answered a handoff")
+
+
+class AssistantConversation(BaseModel):
+    id: str
+    messages: list[AssistantMessage]
+
+
+class AssistantHandoff(BaseModel):
+    id: int
+    conversation_id: str | None
+    question: str
+    reason: str
+    confidence: float
+    status: Literal["open", "answered", "approved", "rejected"]
+    answer: str | None
+    answered_by: str | None
+    document: str | None = Field(description="its source name in the knowledge base once "
+                                             "approved")
+    created: float
+    answered_at: float | None
+    closed_at: float | None
+
+
+class AssistantHandoffList(BaseModel):
+    data: list[AssistantHandoff]
+
+
+class AssistantHandoffAnswer(Strict):
+    text: str = Field(..., min_length=1, max_length=20_000)
+
+
+class AssistantSpeakRequest(Strict):
+    text: str = Field(..., min_length=1, max_length=2000)
+    voice: str | None = Field(None, pattern=r"^[a-z-]{1,16}:[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$",
+                              description="ENGINE:NAME, e.g. espeak-ng:en-us, espeak-ng:cmn, "
+                                          "flite:slt; default: by the text's language")
+
+
+class AssistantTranscript(BaseModel):
+    text: str
+    language: Literal["en"]
+    seconds: float = Field(description="of audio")
+    sample_rate: int = Field(description="of the upload, before resampling to 16 kHz")
+
+
+class AssistantVoice(BaseModel):
+    id: str
+    engine: str
+    language: str
+    description: str
+
+
+class AssistantInfo(BaseModel):
+    enabled: bool
+    index: str | None
+    chunks: int
+    asr: str | None = Field(description="the speech recogniser, or null when unavailable")
+    asr_languages: list[str]
+    voices: list[AssistantVoice]
+    default_voices: dict[str, str]
+    note: str
+
+
+class OAIEmbeddingRequest(Lenient):
+    input: str | list[str] = Field(..., description="a string or a list of strings (token "
+                                                    "arrays are not supported)")
+    model: str = Field(..., max_length=200)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(None, description="only 384 (the model's) is allowed")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _strings(cls, v: Any) -> Any:
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+            raise ValueError("input must be a string or a list of strings (token arrays are "
+                             "not supported)")
+        if not 1 <= len(items) <= MAX_EMBED_INPUTS:
+            raise ValueError(f"input must hold 1..{MAX_EMBED_INPUTS} strings; got {len(items)}")
+        for i, s in enumerate(items):
+            if not s.strip():
+                raise ValueError(f"input[{i}] is empty")
+            if len(s) > MAX_EMBED_CHARS:
+                raise ValueError(f"input[{i}] has {len(s)} characters; at most "
+                                 f"{MAX_EMBED_CHARS}")
+        return v

@@ -80,6 +80,9 @@ class StudioSettings:
     worker_name: str | None = None  # the name claims are held under; default studio@HOST
     lease_s: float = DEFAULT_LEASE_S  # a claim lasts this long unless its heartbeat renews it
     poll_s: float = 1.0  # idle workers look for queued jobs this often (sooner on NOTIFY)
+    assistant_index: Path | None = None  # serve the assistant from this knowledge base
+    assistant_style: str = "generate"  # "generate" (SmolLM2) or "extractive" (no model)
+    embeddings: bool = False  # serve /v1/embeddings (always with an assistant)
 
 
 class ApiError(Exception):
@@ -108,6 +111,7 @@ class Studio:
     served_versions: dict[str, int] = field(default_factory=dict)
     registry: Any = None  # aigc.registry.Registry when the studio serves registered models
     started: float = field(default_factory=time.time)  # when the models were loaded
+    assistant: Any = None  # routes.assistant.AssistantService, set in the lifespan
 
     # ------------------------------------------------------------------ models
     def models(self) -> list[dict[str, Any]]:

@@ -50,8 +50,8 @@ def _metric_card(ckpt_path: Path, sha256: str) -> dict[str, Any] | None:
 
 
 def find_checkpoints(models_dir: Path) -> list[tuple[str, Path]]:
-    """(name, path) of each model in a folder: ``*.safetensors`` files and run/checkpoint
-    folders, named after the file stem or the folder."""
+    """(name, path) of each model in a folder: ``*.safetensors`` files, run/checkpoint
+    folders and diffusers pipeline folders, named after the file stem or the folder."""
     found: list[tuple[str, Path]] = []
     if not models_dir.is_dir():
         return found
@@ -61,7 +61,8 @@ def find_checkpoints(models_dir: Path) -> list[tuple[str, Path]]:
         if p.is_file() and p.suffix == ".safetensors":
             found.append((p.stem if p.stem != "model" else models_dir.name, p))
         elif p.is_dir() and ((p / "model.safetensors").is_file()
-                             or (p / "checkpoints" / "latest").is_file()):
+                             or (p / "checkpoints" / "latest").is_file()
+                             or (p / "model_index.json").is_file()):  # a diffusers folder
             found.append((p.name, p))
     return found
 

@@ -232,6 +232,7 @@ def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageB
     """Load every checkpoint that samples images. Returns (backends, {name: why skipped})."""
     from aigc.errors import AigcError
     from aigc.models import model_from_checkpoint
+    from aigc.models.sd_folder import is_diffusers_folder, load_sd_folder
 
     backends: dict[str, ImageBackend] = {}
     skipped: dict[str, str] = {}
@@ -239,11 +240,15 @@ def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageB
 
     for name, path in paths:
         try:
+            if is_diffusers_folder(path):  # a Stable Diffusion folder (aigc.models.sd_folder)
+                model = load_sd_folder(path)
+                ckpt = model.checkpoint_info()
             # text GPTs are served by load_text_backends, music GPTs by load_music_backends:
             # read the header only, not their weights
-            if read_metadata(resolve_checkpoint(path)).get("family") in ("gpt", "music-gpt"):
+            elif read_metadata(resolve_checkpoint(path)).get("family") in ("gpt", "music-gpt"):
                 continue
-            model, ckpt = model_from_checkpoint(path)
+            else:
+                model, ckpt = model_from_checkpoint(path)
         except (AigcError, OSError, KeyError) as exc:
             skipped[name] = str(exc)
             log.warning("studio: skipping model %s: %s", path, exc)

@@ -44,21 +44,27 @@ def _model_entry(studio: Studio, d: dict[str, Any]) -> dict[str, Any]:
             "kind": d["kind"], "family": d["family"], "description": d.get("description", "")}
 
 
+def _all_models(studio: Studio) -> list[dict[str, Any]]:
+    """The generation models, then the assistant and the embedding model when served."""
+    return studio.models() + (studio.assistant.models() if studio.assistant else [])
+
+
 @router.get("/models")
 def list_models(studio: Studio = Depends(get_studio)) -> dict[str, Any]:
     """Every loaded model; ``description`` says what it is (the n-gram says it is a test
     backend)."""
-    return {"object": "list", "data": [_model_entry(studio, d) for d in studio.models()]}
+    return {"object": "list", "data": [_model_entry(studio, d) for d in _all_models(studio)]}
 
 
 @router.get("/models/{model_id:path}")
 def get_model(model_id: str, studio: Studio = Depends(get_studio)) -> dict[str, Any]:
     """One loaded model, as in ``/v1/models``."""
-    for d in studio.models():
+    for d in _all_models(studio):
         if d["id"] == model_id:
             return _model_entry(studio, d)
     raise ApiError(404, f"model {model_id!r} not found; loaded: "
-                   f"{', '.join(d['id'] for d in studio.models()) or 'none'}", "not_found_error",
+                   f"{', '.join(d['id'] for d in _all_models(studio)) or 'none'}",
+                   "not_found_error",
                    code="model_not_found", param="model")
 
 
@@ -211,7 +217,12 @@ async def completions(req: OAICompletionRequest, request: Request,
 @router.post("/chat/completions")
 async def chat_completions(req: OAIChatRequest, request: Request,
                            studio: Studio = Depends(get_studio)):
-    """Chat completion of ``messages``; ``stream: true`` for server-sent events."""
+    """Chat completion of ``messages``; ``stream: true`` for server-sent events. With
+    ``model: "assistant"`` the knowledge base answers, with ``sources`` (routes/assistant.py)."""
+    if req.model == "assistant" and studio.assistant and studio.assistant.assistant:
+        from aigc.studio.routes.assistant import chat_completion
+
+        return await chat_completion(studio, req)
     return await _text(studio, req, chat=True, client=studio.client_of(request))
 
 
