@@ -182,12 +182,22 @@ def test_cli_trains_both_stages_and_the_checkpoint_rebuilds(colours, tmp_path, c
     kw = {"prompt": "a photo of a red thing", "steps": 2}
     assert torch.equal(model.sample(2, generator=torch.Generator().manual_seed(0), **kw),
                        again.sample(2, generator=torch.Generator().manual_seed(0), **kw))
+    # Resume continues from the checkpoint (the first stage and latent_std as stored).
+    assert main(["train", "latent-diffusion", "--out", str(run), "--resume", "--steps", "3",
+                 "--no-progress"]) == 0
+    resumed, ckpt3 = model_from_checkpoint(run)
+    assert ckpt3.step == 3 and resumed.cfg == model.cfg
+    assert all(torch.equal(v, resumed.autoencoder.state_dict()[k])
+               for k, v in model.autoencoder.state_dict().items())
     out = tmp_path / "s.png"
     assert main(["sample", str(run), "--n", "2", "--prompt", "a red square", "--steps", "2",
                  "--out", str(out)]) == 0
     replay = tmp_path / "r.png"
     assert main(["sample", "--replay", str(out), "--out", str(replay)]) == 0
     assert replay.read_bytes() == out.read_bytes()
+    blocks = tmp_path / "b.png"  # seeding blocks of one: image i from seed block i
+    assert main(["sample", str(run), "--n", "2", "--prompt", "a red square", "--steps", "2",
+                 "--seed-block", "1", "--out", str(blocks)]) == 0
     capsys.readouterr()
     assert main(["sample", str(run), "--prompt", "红色", "--steps", "2",
                  "--out", str(tmp_path / "x.png")]) == 2
