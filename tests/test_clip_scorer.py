@@ -275,3 +275,22 @@ def test_local_clip_refuses_pickles_and_non_clip_folders(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(AigcError, match="no config.json"):
         load_local_clip(tmp_path / "other")
+
+
+# ------------------------------------------------------------------------------ the shipped file
+
+
+def test_shipped_scorer_loads_from_safetensors_and_matches_its_card():
+    from aigc.checkpoints import file_sha256
+    from aigc.models import model_from_checkpoint
+    from aigc.registry import STARTERS_DIR
+
+    path = STARTERS_DIR / "clip-scorer-emoji.safetensors"
+    card = json.loads((STARTERS_DIR / "clip-scorer-emoji.card.json").read_text())
+    assert card["sha256"] == file_sha256(path) and path.stat().st_size < 5_000_000
+    model, ckpt = model_from_checkpoint(path)
+    assert ckpt.family == "clip-scorer" and isinstance(model, ClipScorer)
+    assert ckpt.meta["zh_distillation"]["last_loss"] < 0.5  # the Chinese student was trained
+    with torch.no_grad():  # distilled: 狗 lands nearer 小狗 than 汽车 (car)
+        dog, puppy, car = model.zh.encode(["狗", "小狗", "汽车"])
+    assert float(dog @ puppy) > float(dog @ car)

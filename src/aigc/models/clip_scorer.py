@@ -47,7 +47,7 @@ from aigc.models.text_zh import TEACHER_DIM, ZhTextEncoder, has_cjk
 class ClipScorerConfig:
     image_size: int = 64
     image_channels: int = 3
-    channels: tuple[int, ...] = (32, 64, 96, 128)  # widths after the stem (H/2); each stage halves
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # widths after the stem (H/2); each stage halves
     embed_dim: int = 128  # joint image-text space
     text_dim: int = TEACHER_DIM  # MiniLM sentence embeddings
     init_temperature: float = 0.07  # CLIP's initial tau
@@ -239,8 +239,8 @@ MODEL_CLASS = ClipScorer
 
 # ------------------------------------------------------------------ hooks used by `aigc train`
 DATA_KIND = "images"
-TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 128, "steps": 1000, "warmup_steps": 50,
-                  "weight_decay": 0.05, "eval_every": 250, "sample_every": 0, "ckpt_every": 250,
+TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 128, "steps": 600, "warmup_steps": 50,
+                  "weight_decay": 0.05, "eval_every": 200, "sample_every": 0, "ckpt_every": 200,
                   "ema_decay": 0.99}
 MODEL_FROM_DATA = {"image_size": "the dataset's image size",
                    "image_channels": "the dataset's channels (1 grey, 3 colour)"}

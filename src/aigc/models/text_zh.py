@@ -105,7 +105,7 @@ def distill(encoder: ZhTextEncoder, zh_texts: list[str], targets: torch.Tensor, 
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     encoder.eval()
     return losses
 
