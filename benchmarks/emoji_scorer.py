@@ -20,7 +20,7 @@ concepts. Reported:
   glossing), (c) raw MiniLM on the Chinese string (no gloss, the floor); the same three feed the
   scorer's image retrieval with Chinese captions.
 
-    PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/emoji_scorer.py \\
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/emoji_scorer.py --rounds 3 \\
         --model src/aigc/assets/starters/clip-scorer-emoji.safetensors
 """
 
@@ -63,7 +63,7 @@ def eval_pairs(records, *, held_out: bool, lang: str, seed: int, group: int = 10
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="src/aigc/assets/starters/clip-scorer-emoji.safetensors")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=None)
     args = p.parse_args()
 

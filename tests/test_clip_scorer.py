@@ -294,3 +294,19 @@ def test_shipped_scorer_loads_from_safetensors_and_matches_its_card():
     with torch.no_grad():  # distilled: 狗 lands nearer 小狗 than 汽车 (car)
         dog, puppy, car = model.zh.encode(["狗", "小狗", "汽车"])
     assert float(dog @ puppy) > float(dog @ car)
+
+
+def test_training_data_names_the_only_dataset_it_takes():
+    from aigc.errors import ConfigError
+    from aigc.models.clip_scorer import CaptionedImages, training_data
+
+    with pytest.raises(ConfigError, match="--data emoji, not 'mnist'"):
+        training_data("mnist")
+    with pytest.raises(AigcError, match="at least one caption"):
+        CaptionedImages(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.zeros(1), [[]],
+                        torch.zeros(0, 384))
+    data = CaptionedImages(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.tensor([0, 1]),
+                           [[0, 1], [2]], torch.eye(3, 384))
+    batch = data.get_batch(torch.tensor([1, 0]))
+    assert batch["image"].dtype == torch.float32 and batch["concept"].tolist() == [1, 0]
+    assert batch["text"][0].argmax() == 2 and batch["text"][1].argmax() in (0, 1)
