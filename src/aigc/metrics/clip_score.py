@@ -46,12 +46,13 @@ class ClipScore:
             raise AigcError("ClipScore was built without an encoder: use update_embeddings")
         if len(images) != len(texts):
             raise AigcError(f"images ({len(images)}) and texts ({len(texts)}) must pair up")
-        self.update_embeddings(self.encoder.encode_images(images),
-                               self.encoder.encode_texts(texts))
+        with torch.no_grad():
+            self.update_embeddings(self.encoder.encode_images(images),
+                                   self.encoder.encode_texts(texts))
 
     def update_embeddings(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
         _pairs(image_emb, text_emb)
-        cos = (image_emb.double() * text_emb.double()).sum(-1)
+        cos = (image_emb.detach().double().cpu() * text_emb.detach().double().cpu()).sum(-1)
         self.total += clip_score_from_cosine(cos).sum()
         self.count += len(cos)
 
@@ -82,8 +83,9 @@ class CaptionRetrieval:
             raise AigcError("CaptionRetrieval was built without an encoder: use update_embeddings")
         if len(images) != len(texts):
             raise AigcError(f"images ({len(images)}) and texts ({len(texts)}) must pair up")
-        self.update_embeddings(self.encoder.encode_images(images),
-                               self.encoder.encode_texts(texts))
+        with torch.no_grad():
+            self.update_embeddings(self.encoder.encode_images(images),
+                                   self.encoder.encode_texts(texts))
 
     def update_embeddings(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
         _pairs(image_emb, text_emb)
