@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -89,3 +90,22 @@ def api_error(r, status: int, code: str | None = None) -> dict:
     if code:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+def start_server_process(cmd: list[str], *, cwd: Path, env: dict, port: int, log: Path,
+                         timeout: float = 90.0) -> subprocess.Popen:
+    """Start ``aigc studio`` as its own process (stderr to ``log``) and wait until its /health
+    answers; a server that does not come up is killed and its log is the assertion message."""
+    import httpx
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"))  # noqa: SIM115
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(log.read_text())

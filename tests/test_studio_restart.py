@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
-from studio_fixtures import CORPUS, free_port, make_models
+from studio_fixtures import CORPUS, free_port, make_models, start_server_process
 
 N_IMAGE_JOBS = 12
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -21,17 +21,8 @@ def _start(tmp: Path, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "aigc.cli", "studio", "--port", str(port), "--data",
            str(tmp / "data"), "--models", str(tmp / "models"), "--text-corpus",
            str(tmp / "corpus.txt"), "--no-batching", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp / f"server-{port}.log", "w"))  # noqa: SIM115
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError((tmp / f"server-{port}.log").read_text())
+    return start_server_process(cmd, cwd=tmp, env=env, port=port,
+                                log=tmp / f"server-{port}.log", timeout=60)
 
 
 def test_sigkill_with_jobs_queued_and_running_loses_none(tmp_path):
@@ -89,7 +80,12 @@ def test_sigkill_with_jobs_queued_and_running_loses_none(tmp_path):
             n_items += n
             if before[job["id"]]["status"] == "done":  # finished before the kill: not re-run
                 assert job["attempts"] == 1 and job["finished"] == before[job["id"]]["finished"]
-        assert sum(j["attempts"] for j in after) == len(ids) + states.count("running")
+        # Each job running at the kill ran once more. On a heavily loaded machine a job may
+        # also outlive its lease and run again (its first run then stores nothing: fencing), so
+        # the count is a lower bound; the items above show each job was stored exactly once.
+        assert sum(j["attempts"] for j in after) >= len(ids) + states.count("running")
+        assert all(j["attempts"] >= 2 for j in after
+                   if before[j["id"]]["status"] == "running")
         assert f"aigc_items {n_items}" in metrics
         assert f"aigc_jobs_recovered {states.count('running')}" in metrics
     finally:

@@ -24,6 +24,7 @@ FAMILIES: dict[str, str] = {
     "music-gpt": "aigc.models.music_gpt",
     "diffusion": "aigc.models.diffusion",
     "gan": "aigc.models.gan",
+    "clip-scorer": "aigc.models.clip_scorer",
     "autoencoder-kl": "aigc.models.autoencoder_kl",
     "latent-diffusion": "aigc.models.latent_diffusion",
 }
