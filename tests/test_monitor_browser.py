@@ -4,6 +4,7 @@ shows the texts behind it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -44,6 +45,9 @@ def test_monitor_tab_plots_the_index_and_shows_the_texts_behind_an_alert(tmp_pat
         page.locator("#page-monitor details summary").first.click()
         texts = page.locator("#page-monitor details li").all_inner_texts()
         assert len(texts) == 10 and all("$ACME" in t for t in texts)
+        if os.environ.get("AIGC_SCREENSHOTS") == "1":  # the picture in docs/monitor.md
+            page.screenshot(path=str(Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+                                     / "studio-monitor.png"), full_page=True)
         assert errors == []
         assert all(u.startswith(base) for u in requests), "a request left the studio"
         browser.close()

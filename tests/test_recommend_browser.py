@@ -3,6 +3,7 @@ a person's recommendations appear, without what they rated, and "Try" fills the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,12 @@ def test_for_you_panel_shows_recommendations_and_a_setting_to_try(tmp_path):
         page.goto(base + "/#gallery")
         page.wait_for_selector("#for-you .card")
         assert "For you" in page.inner_text("#for-you h3")
+        # this person has rated a few items: the page must not claim they rated nothing
+        assert "not rated anything" not in page.inner_text("#for-you")
+        assert "seed null" not in page.inner_text("#page-gallery")
+        if os.environ.get("AIGC_SCREENSHOTS") == "1":  # the picture in docs/recommend.md
+            page.screenshot(path=str(Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+                                     / "studio-for-you.png"))
         shown = page.eval_on_selector_all("#for-you .card", "cs => cs.map(c => c.dataset.id)")
         assert shown and not set(shown) & set(texts["cats"][:2])  # nothing rated comes back
         first = page.inner_text("#for-you .card .txt")

@@ -9,8 +9,10 @@ these tests check the route plumbing, not SmolLM2's answers (docs/assistant.md m
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,6 +311,9 @@ def test_browser_assistant_page(kb, tmp_path):
         item.query_selector("button.primary").click()
         page.wait_for_selector(".msg.person", timeout=15000)  # the page polls every 4 s
         assert "Ask a baker" in page.inner_text(".msg.person")
+        if os.environ.get("AIGC_SCREENSHOTS") == "1":  # the picture in docs/assistant-voice.md
+            page.screenshot(path=str(Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+                                     / "studio-assistant.png"), full_page=True)
         got = page.evaluate("""async () => {
             const r = await fetch('/api/assistant/speak', {method: 'POST',
               headers: {'Content-Type': 'application/json'},

@@ -415,7 +415,9 @@ function card(item, onclick) {
   if (item.kind === "image") c.append(el("img", { src: item.url, alt: `seed ${item.seed}`, loading: "lazy" }));
   else if (item.kind === "music") { c.classList.add("music"); c.append(musicPlayer(item)); }  // music.js
   else c.append(el("div", { class: "txt", text: item.text }));
-  const meta = el("div", { class: "meta" }, el("span", { text: `${t("seed_short", "seed")} ${item.seed}` }));
+  // texts from the n-gram and chat models have no seed: show none rather than "seed null"
+  const seedText = item.seed === null || item.seed === undefined ? "" : `${t("seed_short", "seed")} ${item.seed}`;
+  const meta = el("div", { class: "meta" }, el("span", { text: seedText }));
   const refresh = (u) => { const n = starsWidget(u, refresh); meta.lastChild.replaceWith(n); if ($("detail").dataset.id === u.id) showDetail(u.id); };
   meta.append(starsWidget(item, refresh));
   c.append(meta);

@@ -4,12 +4,12 @@
 "use strict";
 
 Object.assign(I18N.zh, {
-  for_you: "为你推荐", for_you_cold: "你还没有评分：先看看大家最喜欢的。",
+  for_you: "为你推荐", for_you_cold: "你还没有评分：先看看大家最喜欢的。", for_you_few: "你的评分还不多：这里是大家最喜欢的，加上和你喜欢的相近的。",
   for_you_none: "还没有可以推荐的作品。", try_settings: "试试这些设置：", try_it: "试试",
   why_pop: "大家喜欢", why_cf: "口味相近的人喜欢", why_content: "像你喜欢的作品",
 });
 Object.assign(EN_TEXT, {
-  for_you: "For you", for_you_cold: "You have not rated anything yet: these are what everyone liked most.",
+  for_you: "For you", for_you_cold: "You have not rated anything yet: these are what everyone liked most.", for_you_few: "You have rated only a few items: these are what everyone liked most, and what is close to what you liked.",
   for_you_none: "Nothing to recommend yet.", try_settings: "Settings to try:", try_it: "Try",
   why_pop: "liked by many", why_cf: "liked by people with your taste", why_content: "like what you liked",
 });
@@ -63,7 +63,9 @@ async function loadForYou() {
     return c;
   });
   const parts = [head];
-  if (rec.strategy === "cold_start") parts.push(el("p", { class: "muted", text: t("for_you_cold") }));
+  if (rec.strategy === "cold_start") {
+    parts.push(el("p", { class: "muted", text: t(rec.n_signals > 0 ? "for_you_few" : "for_you_cold") }));
+  }
   parts.push(el("div", { class: "gallery for-you" }, ...cards));
   if (rec.settings.length) {
     parts.push(el("p", { class: "muted", text: t("try_settings") },
