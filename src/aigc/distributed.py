@@ -203,6 +203,17 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def gather_objects(items: list) -> list:
+    """Every rank's ``items`` concatenated in rank order, on every process (pickled by torch:
+    only for values this program made itself, e.g. generated texts). ``items`` in one process."""
+    ctx = context()
+    if not ctx.distributed:
+        return items
+    parts: list = [None] * ctx.world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
 def gather_to_rank0(t: torch.Tensor) -> torch.Tensor | None:
     """Concatenate every rank's ``t`` along dim 0, in rank order, on rank 0; ``None`` elsewhere.
 
