@@ -63,3 +63,37 @@ def test_text_eval_two_processes_equal_one(tiny_gpt_run, tmp_path):
     assert one["values"]["perplexity"] > 2  # a barely trained model: not a trivial figure
     texts = [(tmp_path / f"{k}.samples.jsonl").read_text() for k in ("one", "two")]
     assert texts[0] == texts[1] and texts[0].count("\n") == 5
+
+
+def test_text_align_two_processes_equal_one(tmp_path):
+    """`aigc finetune text-align` with global batch 8 as 1 and as 2 processes: the same draws,
+    half a batch each, gradients averaged; the projections agree to float32 summation order."""
+    from aigc.checkpoints import load_checkpoint, save_model_file
+    from aigc.cli import main
+    from aigc.config import config_to_dict
+    from tests.test_image_text_align import _tiny
+
+    model = _tiny(num_classes=10)
+    src = save_model_file(tmp_path / "m.safetensors", family="diffusion",
+                          model_config=config_to_dict(model.cfg), weights=model.state_dict(),
+                          meta={"data": "mnist", "class_names": [str(i) for i in range(10)]})
+    argv = ["finetune", "text-align", str(src), "--steps", "20", "--batch-size", "8",
+            "--lr", "0.01"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*argv, "--out", str(tmp_path / "one.safetensors")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    proc = aigc(*argv, "--out", str(tmp_path / "two.safetensors"), nproc=2)
+    assert proc.stdout.count("captions mapped to their own class") == 1
+    one, two = (load_checkpoint(tmp_path / f"{k}.safetensors") for k in ("one", "two"))
+    moved = [k for k in one.weights if "text_proj" in k]
+    assert moved and not torch.equal(one.weights[moved[0]], model.state_dict()[moved[0]])
+    for key, value in one.weights.items():
+        torch.testing.assert_close(two.weights[key], value, rtol=1e-5, atol=1e-6)
+    rec1, rec2 = one.meta["text_align"], two.meta["text_align"]
+    assert rec2["final_loss"] == pytest.approx(rec1["final_loss"], rel=1e-4)
+    proc = aigc(*argv[:-4], "--batch-size", "7", "--out", str(tmp_path / "x.safetensors"),
+                nproc=2, check=False)
+    assert proc.returncode != 0 and "batch_size=7 is the global batch" in proc.stderr

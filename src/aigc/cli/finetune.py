@@ -137,7 +137,6 @@ def run_gpt(args: argparse.Namespace) -> int:
 
 
 def run_text_align(args: argparse.Namespace) -> int:
-    _one_process_only("text-align")
     from pathlib import Path
 
     from aigc.checkpoints import save_model_file
@@ -161,6 +160,10 @@ def run_text_align(args: argparse.Namespace) -> int:
     embeddings, labels, _ = caption_embeddings(ckpt.meta["data"], list(names), "minilm-zh-gloss")
     record = align_text(model, embeddings, labels, steps=args.steps, batch_size=args.batch_size,
                         lr=args.lr, noise=args.noise, seed=args.seed)
+    from aigc.distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 writes the model file
+        return 0
     record["from_sha256"] = ckpt.sha256
     meta = {**ckpt.meta, "text_align": record}
     # Keep each tensor's stored dtype (the starters are stored in float16).
