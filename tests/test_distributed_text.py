@@ -97,3 +97,40 @@ def test_text_align_two_processes_equal_one(tmp_path):
     proc = aigc(*argv[:-4], "--batch-size", "7", "--out", str(tmp_path / "x.safetensors"),
                 nproc=2, check=False)
     assert proc.returncode != 0 and "batch_size=7 is the global batch" in proc.stderr
+
+
+def _worker(out, nproc: int):
+    import subprocess
+    import sys
+
+    from tests.test_distributed import ROOT, _env
+
+    script = str(ROOT / "tests" / "ddp_lora_worker.py")
+    cmd = [sys.executable, script, str(out)] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+        str(nproc), script, str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_chat_lora_two_processes_equal_one(tmp_path):
+    """The LoRA loop of `aigc finetune chat` (DDP, find_unused_parameters=False) on a tiny
+    random Llama, global batch 4, dropout 0: 2 processes write the adapter and the perplexities
+    of 1 process to float32 summation order. (SmolLM2 itself under torchrun: the slow tier.)"""
+    from safetensors.torch import load_file
+
+    _worker(tmp_path / "one", 1)
+    proc = _worker(tmp_path / "two", 2)
+    assert proc.stdout.count("held-out perplexity after") == 1  # rank 0 alone logs
+    one = json.loads((tmp_path / "one" / "aigc_finetune.json").read_text())
+    two = json.loads((tmp_path / "two" / "aigc_finetune.json").read_text())
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["perplexity_before"] == pytest.approx(one["perplexity_before"], rel=1e-9)
+    assert two["perplexity_after"] == pytest.approx(one["perplexity_after"], rel=1e-5)
+    assert one["perplexity_after"] < one["perplexity_before"] - 1  # LoRA did learn something
+    a = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    assert set(a) == set(b) and any("lora_B" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
