@@ -38,7 +38,10 @@ def main(out: str) -> None:
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=259, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128))
-    pairs = [(f"what is {a} plus {b}?", f"{a + b}.") for a in range(6) for b in range(4)]
+    # Answers of 2 to 17 tokens: the per-process token counts differ, so a loss averaged per
+    # process (not over the global token count) would drift from one process.
+    pairs = [(f"what is {a} plus {b}?", f"{a + b}" + "!" * (3 * a + b)) for a in range(6)
+             for b in range(4)]
     try:
         finetune_chat_lora(pairs[:20], pairs[20:], out, steps=6, batch_size=4, lr=0.05, rank=4,
                            alpha=8.0, dropout=0.0, seed=3, base=(model, ByteTokenizer()))

@@ -134,3 +134,24 @@ def test_chat_lora_two_processes_equal_one(tmp_path):
     assert set(a) == set(b) and any("lora_B" in k for k in a)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_finetune_chat_smollm2_under_torchrun(tmp_path):
+    """`aigc finetune chat` on SmolLM2-135M as 2 processes against 1 (slow tier: two copies
+    of the 135M model on the CPU)."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {a} plus {b}?",
+                                        "answer": f"{a} plus {b} is {a + b}."}) + "\n"
+                            for a in range(10) for b in range(4)))
+    argv = ["finetune", "chat", "--data", f"text:{data}", "--steps", "2", "--batch-size", "4",
+            "--dropout", "0", "--max-val", "4", "--rank", "2"]
+    aigc(*argv, "--out", str(tmp_path / "one"))
+    proc = aigc(*argv, "--out", str(tmp_path / "two"), nproc=2)
+    assert proc.stdout.count("held-out perplexity") == 1
+    a = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
