@@ -150,8 +150,18 @@ def test_finetune_chat_smollm2_under_torchrun(tmp_path):
             "--dropout", "0", "--max-val", "4", "--rank", "2"]
     aigc(*argv, "--out", str(tmp_path / "one"))
     proc = aigc(*argv, "--out", str(tmp_path / "two"), nproc=2)
-    assert proc.stdout.count("held-out perplexity") == 1
+    assert proc.stdout.count("held-out perplexity before") == 1  # rank 0 alone logs
+    one = json.loads((tmp_path / "one" / "aigc_finetune.json").read_text())
+    two = json.loads((tmp_path / "two" / "aigc_finetune.json").read_text())
+    assert two["perplexity_after"] == pytest.approx(one["perplexity_after"], rel=1e-5)
     a = load_file(tmp_path / "one" / "adapter_model.safetensors")
     b = load_file(tmp_path / "two" / "adapter_model.safetensors")
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+    # Adam divides by sqrt(v) + 1e-8: where a gradient is near 1e-8 (lora_A at step 2, when
+    # lora_B has just left zero) float32 rounding of the two half-batches can flip the sign of
+    # that element's update. Measured over three runs: 1 of 1152 elements of one tensor off by
+    # 1.7e-6, 3.3e-5, 1.2e-3, all others within 1e-5. So: at most 0.5% of the elements off by
+    # more than 1e-5, none by more than two Adam steps (2 * lr); the perplexity above is the
+    # sharper check of the adapted function.
+    assert set(a) == set(b)
+    diff = torch.cat([(b[k] - a[k]).abs().flatten() for k in a])
+    assert (diff > 1e-5).float().mean() < 0.005 and diff.max() <= 2e-3
