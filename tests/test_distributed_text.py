@@ -133,7 +133,7 @@ def test_chat_lora_two_processes_equal_one(tmp_path):
     b = load_file(tmp_path / "two" / "adapter_model.safetensors")
     assert set(a) == set(b) and any("lora_B" in k for k in a)
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)  # measured 3.8e-7
 
 
 @pytest.mark.slow
