@@ -184,6 +184,23 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Replace each ``param.grad`` by its mean over processes (DDP's all-reduce, done by hand in
+    one flat float buffer, for a loop too small to wrap in ``DistributedDataParallel``). Every
+    process must pass the same parameters; a missing ``.grad`` counts as zeros."""
+    ctx = context()
+    if not ctx.distributed or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(ctx.world_size)
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(p).clone()
+        offset += g.numel()
+
+
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:
     """True on every process when ``flag`` is true on at least one (a shared stop decision)."""
     if not context().distributed:
@@ -201,6 +218,17 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_objects(items: list) -> list:
+    """Every rank's ``items`` concatenated in rank order, on every process (pickled by torch:
+    only for values this program made itself, e.g. generated texts). ``items`` in one process."""
+    ctx = context()
+    if not ctx.distributed:
+        return items
+    parts: list = [None] * ctx.world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
 
 
 def gather_to_rank0(t: torch.Tensor) -> torch.Tensor | None:

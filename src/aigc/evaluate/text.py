@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aigc.data.text import HAN
+from aigc.distributed import context, gather_objects, shard_range
 from aigc.errors import AigcError
 from aigc.evaluate.perplexity import document_stream, stream_perplexity
 from aigc.metrics.card import MetricCard
@@ -173,8 +174,12 @@ def evaluate_language_model(model, tokenizer, corpus, *, n: int = 200, seed: int
                             language: str | None = None, batch_size: int = 32,
                             baseline: bool = True, subject: dict | None = None,
                             extra_protocol: dict | None = None,
-                            progress: bool = True) -> TextEvaluation:
+                            progress: bool = True) -> TextEvaluation | None:
     """Measure a language model on ``corpus`` (a :class:`aigc.data.text.TextCorpus`).
+
+    Under torchrun every process calls it: the perplexity windows and the continuations are
+    shared out, and rank 0 alone returns the evaluation (``None`` on the others); the figures are
+    those of one process (perplexity up to float64 summation order).
 
     Args:
         model: our GPT (``log_likelihood``, ``cfg.context_length``, generation).
@@ -212,9 +217,15 @@ def evaluate_language_model(model, tokenizer, corpus, *, n: int = 200, seed: int
                                        continuation_chars=continuation_chars)
     chosen = pick(pieces, n)
     prompts, references = [p for p, _ in chosen], [r for _, r in chosen]
-    texts = generate_continuations(model, tokenizer, prompts, seed=seed,
-                                   max_chars=continuation_chars, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, progress=progress)
+    # Under torchrun each process samples a contiguous block of the continuations (continuation
+    # i still with seed + i, so the texts do not depend on the number of processes).
+    ctx = context()
+    lo, hi = shard_range(n, ctx.rank, ctx.world_size)
+    texts = gather_objects(generate_continuations(
+        model, tokenizer, prompts[lo:hi], seed=seed + lo, max_chars=continuation_chars,
+        temperature=temperature, top_k=top_k, top_p=top_p, progress=progress and ctx.is_main))
+    if not ctx.is_main:  # rank 0 scores, writes and reports
+        return None
     values.update(text_scores(texts, references, language, poems=kind == "poem"))
 
     base: dict[str, Any] = {}

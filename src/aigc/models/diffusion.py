@@ -309,8 +309,15 @@ def align_text(model: Diffusion, embeddings: torch.Tensor, labels: torch.Tensor,
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     was_training = model.training
     model.train()
+    # Under torchrun every process draws the same global batch and noise and takes its slice
+    # (aigc.distributed.shard_slice); the mean of the equal-sized slices' gradients is the global
+    # batch's, so W processes follow one process's run.
+    from aigc.distributed import all_reduce_mean, average_gradients, context, shard_slice
+
+    ctx = context()
+    mine = shard_slice(batch_size, ctx.rank, ctx.world_size)
     iterator = range(steps)
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="text alignment", leave=False)
@@ -318,10 +325,12 @@ def align_text(model: Diffusion, embeddings: torch.Tensor, labels: torch.Tensor,
     for _ in iterator:
         idx = torch.randint(0, len(embeddings), (batch_size,), generator=gen)
         text = noisy_embeddings(embeddings[idx], noise, gen)
-        loss = text_alignment_loss(unet, text, labels[idx])
+        loss = text_alignment_loss(unet, text[mine], labels[idx][mine])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(params)
         opt.step()
+    loss = all_reduce_mean(loss.detach().clone())  # the global batch's loss (equal slices)
     model.train(was_training)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "noise": noise, "seed": seed,
             "captions": len(embeddings), "final_loss": round(loss.item(), 6),
