@@ -13,8 +13,10 @@ timed in interleaved rounds (benchmarks/_timing.py: CPU-time medians, wall time 
   transformers                 GPT2LMHeadModel, AdamW as torch picks it (for-loop on CPU)
   transformers fused-adamw     the same with AdamW(fused=True)
   transformers fused+compile   and torch.compile of its forward + loss (peer extra row)
-  ours F.linear                our GPT with aigc.models.layers' oneDNN route switched off (MKL)
-  ours                         our GPT as shipped (float32 linear products by oneDNN)
+  ours F.linear (MKL)          our GPT with aigc.models.layers' linear route forced to F.linear
+  ours oneDNN linear           the same route forced to oneDNN
+  ours                         our GPT as shipped (the linear route measured on this machine,
+                               aigc.models.layers.linear_route; printed at the start)
   ours fused-adamw             + TrainConfig(adamw_impl="fused")
   ours fused+compile           + TrainConfig(compile=True): aigc.train.CompiledLoss
   ... bf16                     the same under bf16 autocast (--bf16 adds these rows)
