@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import time
 import wave
 
 import numpy as np
@@ -379,3 +380,45 @@ def test_default_loader_with_the_extractive_style(kb, tmp_path):
         assert a["answer"].startswith("To install a package, run apt-get install")
         assert a["answer"].endswith("[1]") and a["citations"][0]["source"] == "install.md"
         assert a["timings"]["generation_s"] == 0.0
+
+
+def test_a_burst_of_questions_is_bounded_with_429(kb, tmp_path):
+    """Each question waits for the one model in a thread of the studio's pool: past
+    ``max_waiting`` questions in progress or waiting, more are refused (429), not queued."""
+    import threading
+
+    from aigc.apps.assistant.answer import Assistant
+    from aigc.studio.app import create_app
+
+    release, entered = threading.Event(), threading.Event()
+
+    def slow(messages):
+        entered.set()
+        release.wait(10)
+        return generator(messages)
+
+    index = tmp_path / "index"
+    shutil.copytree(kb / "index", index)
+    app = create_app(make_settings(tmp_path, assistant_index=index),
+                     assistant=lambda st: Assistant(st.assistant_index, generator=slow))
+    with TestClient(app) as c:
+        service = app.state.studio.assistant
+        service.max_waiting = 2
+        results = []
+
+        def ask():
+            results.append(c.post("/api/assistant/ask", json={"question": IN_SCOPE}).status_code)
+
+        threads = [threading.Thread(target=ask) for _ in range(2)]
+        for t in threads:
+            t.start()
+        assert entered.wait(30)
+        time.sleep(1.0)  # the second question reaches the lock and waits there
+        r = c.post("/api/assistant/ask", json={"question": IN_SCOPE})
+        _error(r, 429, "assistant_busy")
+        assert r.headers["Retry-After"] == "5"
+        release.set()
+        for t in threads:
+            t.join(30)
+        assert results == [200, 200]
+        assert c.post("/api/assistant/ask", json={"question": IN_SCOPE}).status_code == 200

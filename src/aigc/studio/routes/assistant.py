@@ -31,6 +31,7 @@ import base64
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_VOICES = {"en": ("flite:slt", "espeak-ng:en-us"), "zh": ("espeak-ng:cmn",)}
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave",
              "application/octet-stream")
+MAX_WAITING = 8  # questions and approvals in progress or waiting for the assistant's lock
 NOTE = ("Speech recognition is English only (PocketSphinx ships no Chinese model). "
         "MOS needs human listeners and is not measured.")
 
@@ -86,6 +88,28 @@ class AssistantService:
     asr_missing: str = ""  # why there is no recogniser
     embeddings: bool = False  # serve /v1/embeddings
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # requests holding or waiting for ``lock``: each waits in a thread of the studio's one
+    # pool, so without a bound a burst of questions to a slow model starves every other route
+    max_waiting: int = MAX_WAITING
+    _waiting: int = 0
+    _count: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def turn(self):
+        """Hold ``lock``; a 429 instead when ``max_waiting`` requests already hold or wait."""
+        with self._count:
+            if self._waiting >= self.max_waiting:
+                raise ApiError(429, f"the assistant is busy ({self._waiting} questions in "
+                               "progress or waiting); retry in a few seconds",
+                               "rate_limit_error", code="assistant_busy",
+                               headers={"Retry-After": "5"})
+            self._waiting += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._count:
+                self._waiting -= 1
 
     def require(self) -> Any:
         if self.assistant is None:
@@ -193,7 +217,7 @@ async def ask(req: AssistantAskRequest, service: AssistantService = Depends(get_
             cid = assistant.queue.new_conversation()
         else:
             _conversation_exists(assistant, cid)
-        with service.lock:
+        with service.turn():
             try:
                 answer = assistant.ask(req.question, conversation_id=cid)
             except AigcError as exc:
@@ -261,7 +285,7 @@ async def approve_handoff(handoff_id: int, service: AssistantService = Depends(g
     assistant = service.require()
 
     def run():
-        with service.lock:
+        with service.turn():
             h, _ = _handoff_call(assistant.queue.approve, handoff_id)
             assistant.reload()
         return h
@@ -357,7 +381,7 @@ async def chat_completion(studio: Studio, req: OAIChatRequest) -> Any:
     question, history = msgs[-1]["content"], [m for m in msgs[:-1] if m["role"] != "system"]
 
     def run():
-        with service.lock:
+        with service.turn():
             try:
                 return assistant.ask(question, history=history)
             except AigcError as exc:
