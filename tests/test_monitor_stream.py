@@ -153,3 +153,19 @@ def test_concurrent_batches_count_every_event_once(tmp_path):
     status = m.status()
     assert status["events"] == 2000 and status["duplicates"] == 5 * 40
     assert sum(e["events"] for e in m.entity_summaries()) == 2000
+
+
+def test_an_event_from_the_future_cannot_end_volume_alerts(tmp_path):
+    """A client-supplied time far ahead would move the volume buckets there for good (every
+    later event lands in a closed bucket): such an event is refused as bad, the rest taken."""
+    m = Monitor(TextScorer(), MonitorConfig(volume_bucket_seconds=60), tmp_path / "m.db",
+                clock=lambda: 5000.0)
+    m.process_events([{"id": "a", "text": "$ACME news [s=0.1]", "time": 1000.0}])
+    bucket = m.bucket
+    r = m.process_events([
+        {"id": "far", "text": "$ACME news [s=0.1]", "time": 1e12},
+        {"id": "iso", "text": "$ACME news [s=0.1]", "time": "2999-01-01T00:00:00Z"},
+        {"id": "skew", "text": "$ACME news [s=0.1]", "time": 5000.0 + 3600}])
+    assert [(i, "in the future" in why) for _, i, why in r.bad] == [(0, True), (1, True)]
+    assert r.accepted == 1 and m.bucket == int((5000.0 + 3600) // 60) != bucket
+    m.close()

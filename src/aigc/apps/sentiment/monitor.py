@@ -6,7 +6,7 @@
 
 An **event** is a JSON object ``{"id", "text", "time"?, "source"?, "lang"?}``: ``id`` a string or
 integer (the same id twice is counted once), ``text`` a non-empty string, ``time`` unix seconds or
-an ISO 8601 string (default: when it arrived), ``lang`` ``en`` or ``zh`` (default: ``zh`` when the
+an ISO 8601 string, at most a day ahead of the monitor's clock (default: when it arrived), ``lang`` ``en`` or ``zh`` (default: ``zh`` when the
 text holds CJK characters). A line or event that breaks these rules, or is over
 ``max_event_bytes``, is counted and reported with its line number (or index), and the stream goes
 on.
@@ -46,6 +46,7 @@ from aigc.apps.sentiment.state import MAX_BAD_LINES_KEPT, NEVER, MonitorState
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 MAX_ID_CHARS = 256
+MAX_FUTURE_S = 86_400  # an event's time may be at most a day ahead of the monitor's clock
 MAX_GAP_BUCKETS = 10_000  # an idle stream closes at most this many empty volume buckets at once
 
 
@@ -255,6 +256,11 @@ def parse_event(obj: Any, now: float) -> Event:
     if len(eid) > MAX_ID_CHARS:
         raise ValueError(f"id longer than {MAX_ID_CHARS} characters")
     t = _parse_time(obj["time"]) if obj.get("time") is not None else now
+    if t > now + MAX_FUTURE_S:
+        # one such event would move the volume buckets there for good: every later event
+        # would fall in a closed bucket and no volume alert could fire again
+        raise ValueError(f"time {t:.0f} is more than {MAX_FUTURE_S} s after now ({now:.0f}); "
+                         "a time in the future is refused")
     source = obj.get("source")
     if source is not None and not isinstance(source, str):
         raise ValueError("source must be a string")
