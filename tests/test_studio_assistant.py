@@ -422,3 +422,20 @@ def test_a_burst_of_questions_is_bounded_with_429(kb, tmp_path):
             t.join(30)
         assert results == [200, 200]
         assert c.post("/api/assistant/ask", json={"question": IN_SCOPE}).status_code == 200
+
+
+def test_a_conversation_is_bounded(client, monkeypatch):
+    """Each question reads its whole conversation back (and GET returns it whole): a full
+    conversation is refused with 409, a new one goes on."""
+    import aigc.studio.routes.assistant as routes
+
+    monkeypatch.setattr(routes, "MAX_CONVERSATION_MESSAGES", 4, raising=False)
+    cid = client.post("/api/assistant/ask", json={"question": IN_SCOPE}).json()["conversation_id"]
+    assert client.post("/api/assistant/ask", json={"question": IN_SCOPE,
+                                                   "conversation_id": cid}).status_code == 200
+    err = _error(client.post("/api/assistant/ask", json={"question": IN_SCOPE,
+                                                         "conversation_id": cid}),
+                 409, "conversation_full")
+    assert err["param"] == "conversation_id"
+    assert len(client.get(f"/api/assistant/conversations/{cid}").json()["messages"]) == 4
+    assert client.post("/api/assistant/ask", json={"question": IN_SCOPE}).status_code == 200

@@ -74,6 +74,7 @@ EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_VOICES = {"en": ("flite:slt", "espeak-ng:en-us"), "zh": ("espeak-ng:cmn",)}
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave",
              "application/octet-stream")
+MAX_CONVERSATION_MESSAGES = 200  # questions and answers in one conversation
 MAX_WAITING = 8  # questions and approvals in progress or waiting for the assistant's lock
 NOTE = ("Speech recognition is English only (PocketSphinx ships no Chinese model). "
         "MOS needs human listeners and is not measured.")
@@ -195,9 +196,9 @@ def _answer(answer, conversation_id: str) -> AssistantAnswer:
         lang=answer.lang, timings=answer.timings)
 
 
-def _conversation_exists(assistant, conversation_id: str) -> None:
+def _conversation_exists(assistant, conversation_id: str) -> list[dict]:
     try:
-        assistant.queue.history(conversation_id)
+        return assistant.queue.history(conversation_id)
     except AigcError:
         raise ApiError(404, f"conversation {conversation_id!r} not found", "not_found_error",
                        code="conversation_not_found", param="conversation_id") from None
@@ -215,8 +216,11 @@ async def ask(req: AssistantAskRequest, service: AssistantService = Depends(get_
         cid = req.conversation_id
         if cid is None:
             cid = assistant.queue.new_conversation()
-        else:
-            _conversation_exists(assistant, cid)
+        elif len(_conversation_exists(assistant, cid)) >= MAX_CONVERSATION_MESSAGES:
+            # every question reads the whole conversation back, and GET returns it whole
+            raise ApiError(409, f"conversation {cid!r} has reached {MAX_CONVERSATION_MESSAGES} "
+                           "messages; start a new one (leave out conversation_id)",
+                           "conflict_error", code="conversation_full", param="conversation_id")
         with service.turn():
             try:
                 answer = assistant.ask(req.question, conversation_id=cid)
