@@ -22,7 +22,9 @@ served with ``--embeddings`` or with an assistant. ``/v1/chat/completions`` with
 
 The models load in the lifespan (:func:`load_assistant`); every call that reads files, runs a
 model or a subprocess runs in the thread pool. One lock serialises ``ask`` (one language model)
-and the approvals that swap the index under it.
+and the approvals that swap the index under it; past :data:`MAX_WAITING` questions holding or
+waiting for it a question is refused (429 ``assistant_busy``), and a conversation takes at most
+:data:`MAX_CONVERSATION_MESSAGES` messages (409 ``conversation_full``).
 """
 
 from __future__ import annotations
