@@ -439,3 +439,24 @@ def test_a_conversation_is_bounded(client, monkeypatch):
     assert err["param"] == "conversation_id"
     assert len(client.get(f"/api/assistant/conversations/{cid}").json()["messages"]) == 4
     assert client.post("/api/assistant/ask", json={"question": IN_SCOPE}).status_code == 200
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs the Debian package espeak-ng")
+def test_speech_past_its_slots_is_refused_with_429(client, monkeypatch):
+    """Each speech request holds a thread and a CPU for seconds: past the slots, 429."""
+    import threading
+
+    import aigc.studio.routes.assistant as routes
+
+    slots = threading.BoundedSemaphore(1)
+    monkeypatch.setattr(routes, "_voice_slots", slots, raising=False)
+    assert slots.acquire(blocking=False)  # another request is speaking
+    try:
+        r = client.post("/api/assistant/speak", json={"text": "hello", "voice": "espeak-ng:en-us"})
+        _error(r, 429, "voice_busy")
+        _error(client.post("/api/assistant/transcribe", content=b"RIFF",
+                           headers={"Content-Type": "audio/wav"}), 429, "voice_busy")
+    finally:
+        slots.release()
+    r = client.post("/api/assistant/speak", json={"text": "hello", "voice": "espeak-ng:en-us"})
+    assert r.status_code == 200 and r.content[:4] == b"RIFF"

@@ -303,6 +303,24 @@ async def approve_handoff(handoff_id: int, service: AssistantService = Depends(g
 # -------------------------------------------------------------------------------- voice
 
 
+# speech runs engines and a decoder for seconds each: a burst would hold every thread of the
+# studio's pool (and the CPUs), so past this many at once a request is refused, not queued
+MAX_VOICE_JOBS = 4
+_voice_slots = threading.BoundedSemaphore(MAX_VOICE_JOBS)
+
+
+@contextmanager
+def _voice_slot():
+    if not _voice_slots.acquire(blocking=False):
+        raise ApiError(429, f"speech is busy ({MAX_VOICE_JOBS} requests in progress); retry in "
+                       "a few seconds", "rate_limit_error", code="voice_busy",
+                       headers={"Retry-After": "5"})
+    try:
+        yield
+    finally:
+        _voice_slots.release()
+
+
 @router.get("")
 async def info(service: AssistantService = Depends(get_service)) -> AssistantInfo:
     """What the assistant serves here: the index, the recogniser, the voices."""
@@ -340,7 +358,8 @@ async def transcribe(request: Request, language: str = Query("en", max_length=16
     from aigc.apps.assistant.voice import AudioError, VoiceError
 
     try:
-        t = await run_in_threadpool(service.recognizer.transcribe, body, language)
+        with _voice_slot():
+            t = await run_in_threadpool(service.recognizer.transcribe, body, language)
     except AudioError as exc:
         raise _bad(exc, "audio", "bad_audio") from None
     except VoiceError as exc:
@@ -361,7 +380,8 @@ async def speak(req: AssistantSpeakRequest, service: AssistantService = Depends(
 
     voice = req.voice or default_voices()[language_of(req.text)]
     try:
-        wav = await run_in_threadpool(synthesize, req.text, voice)
+        with _voice_slot():
+            wav = await run_in_threadpool(synthesize, req.text, voice)
     except AigcError as exc:
         raise _bad(exc, "voice" if "voice" in str(exc) else "text") from None
     return Response(wav, media_type="audio/wav",
