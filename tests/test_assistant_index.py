@@ -191,3 +191,26 @@ def test_builds_of_one_index_take_turns(built, tmp_path):
         fcntl.flock(held, fcntl.LOCK_UN)
     t.join(60)
     assert done.is_set() and len(Retriever(index)) > 0
+
+
+def test_a_reader_waits_for_a_build_in_progress(built, tmp_path):
+    """A Retriever (the studio reloading) must not read chunks.jsonl of one build and
+    dense.faiss of the next: it waits while a build holds the index."""
+    import fcntl
+    import shutil
+    import threading
+
+    from aigc.apps.assistant.index import BUILD_LOCK
+
+    index = tmp_path / "index"
+    shutil.copytree(built[1], index)
+    loaded = []
+    with open(index / BUILD_LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t = threading.Thread(target=lambda: loaded.append(Retriever(index)))
+        t.start()
+        t.join(1.5)
+        assert not loaded, "the index was read while a build held it"
+        fcntl.flock(held, fcntl.LOCK_UN)
+    t.join(60)
+    assert len(loaded) == 1 and len(loaded[0]) > 0

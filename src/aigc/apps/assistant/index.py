@@ -223,11 +223,13 @@ BUILD_LOCK = ".build.lock"
 
 
 @contextmanager
-def _build_lock(index_dir: Path):
+def _build_lock(index_dir: Path, *, shared: bool = False):
     """One build of ``index_dir`` at a time, across processes (the studio approving a handoff,
     ``aigc assistant handoffs approve``, ``aigc assistant index``): each build reads the
     manifest and writes five files, so two that overlap would leave one's approved answer out
-    or a chunks.jsonl that does not match dense.faiss. A first build has nothing to lock."""
+    or a chunks.jsonl that does not match dense.faiss. A first build has nothing to lock.
+    ``shared``: a reader (:class:`~aigc.apps.assistant.retrieve.Retriever`), which must not
+    read the five files half-way through a build; on a read-only index it reads unlocked."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no cross-process lock
@@ -235,8 +237,15 @@ def _build_lock(index_dir: Path):
     if fcntl is None or not index_dir.is_dir():
         yield
         return
-    with open(index_dir / BUILD_LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+        f = open(index_dir / BUILD_LOCK, "a")  # noqa: SIM115  (closed below)
+    except OSError:
+        if not shared:
+            raise
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
