@@ -460,3 +460,12 @@ def test_speech_past_its_slots_is_refused_with_429(client, monkeypatch):
         slots.release()
     r = client.post("/api/assistant/speak", json={"text": "hello", "voice": "espeak-ng:en-us"})
     assert r.status_code == 200 and r.content[:4] == b"RIFF"
+
+
+def test_a_blank_handoff_answer_is_a_400_not_a_state_conflict(client):
+    hid = client.post("/api/assistant/ask", json={"question": OUT_OF_SCOPE}).json()["handoff_id"]
+    err = _error(client.post(f"/api/assistant/handoffs/{hid}/answer", json={"text": " \n\t "}),
+                 400, "invalid_value")
+    assert err["param"] == "text"
+    [h] = [h for h in client.get("/api/assistant/handoffs").json()["data"] if h["id"] == hid]
+    assert h["status"] == "open"

@@ -277,6 +277,9 @@ async def answer_handoff(handoff_id: int, req: AssistantHandoffAnswer, request: 
     """A person answers a handed-off question; the answer appears in the asker's conversation,
     signed ``key:NAME`` (with API keys) or ``anon:ID`` (the page's id)."""
     assistant = service.require()
+    if not req.text.strip():  # the queue's AigcError would read as a 409 state conflict
+        raise ApiError(400, "text: the answer is empty (only whitespace)", param="text",
+                       code="invalid_value")
     by = rater_of(request, studio)
     h = await run_in_threadpool(_handoff_call, assistant.queue.answer, handoff_id, req.text,
                                 by=by)
