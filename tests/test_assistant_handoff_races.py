@@ -75,3 +75,24 @@ def test_reject_racing_an_approval_does_not_unpublish_it(tmp_path, monkeypatch):
         q.reject(hid)
     monkeypatch.undo()
     assert q.get(hid).status == "approved"
+
+
+def test_a_failed_reindex_leaves_it_answered_to_retry(tmp_path, monkeypatch):
+    """Approved means in the knowledge base: when re-indexing fails, the handoff stays
+    answered (and its document is removed) instead of approved but never searchable."""
+    import aigc.apps.assistant.index as index
+
+    q, hid = _answered(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise AigcError("folder /gone does not exist")
+
+    monkeypatch.setattr(index, "build_index", broken)
+    with pytest.raises(AigcError, match="not approved: re-indexing failed"):
+        q.approve(hid)
+    h = q.get(hid)
+    assert h.status == "answered" and h.document is None and h.closed_at is None
+    assert not (tmp_path / "approved" / f"handoff-{hid}.md").exists()
+    monkeypatch.setattr(index, "build_index", lambda *a, **k: "report")
+    h, report = q.approve(hid)
+    assert h.status == "approved" and report == "report"

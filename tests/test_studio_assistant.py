@@ -469,3 +469,19 @@ def test_a_blank_handoff_answer_is_a_400_not_a_state_conflict(client):
     assert err["param"] == "text"
     [h] = [h for h in client.get("/api/assistant/handoffs").json()["data"] if h["id"] == hid]
     assert h["status"] == "open"
+
+
+def test_a_failed_reindex_is_a_500_and_the_approval_can_be_retried(client, monkeypatch):
+    import aigc.apps.assistant.index as index
+
+    hid = client.post("/api/assistant/ask", json={"question": OUT_OF_SCOPE}).json()["handoff_id"]
+    client.post(f"/api/assistant/handoffs/{hid}/answer", json={"text": "Not here."})
+    real = index.build_index
+
+    def broken(*args, **kwargs):
+        raise index.AigcError("the documents folder is gone")
+
+    monkeypatch.setattr(index, "build_index", broken)
+    _error(client.post(f"/api/assistant/handoffs/{hid}/approve"), 500, "reindex_failed")
+    monkeypatch.setattr(index, "build_index", real)
+    assert client.post(f"/api/assistant/handoffs/{hid}/approve").json()["status"] == "approved"

@@ -225,7 +225,14 @@ class HandoffQueue:
         if reindex:
             from aigc.apps.assistant.index import build_index
 
-            report = build_index(None, self.index_dir, progress=False)
+            try:
+                report = build_index(None, self.index_dir, progress=False)
+            except AigcError as exc:  # not in the knowledge base: not approved, can be retried
+                (folder / name).unlink(missing_ok=True)
+                self._run("UPDATE handoffs SET status = 'answered', document = NULL, "
+                          "closed_at = NULL WHERE id = ? AND status = 'approved'", (handoff_id,))
+                raise AigcError(f"handoff #{handoff_id} was not approved: re-indexing failed: "
+                                f"{exc}") from exc
         return self.get(handoff_id), report
 
     def reject(self, handoff_id: int) -> Handoff:

@@ -258,6 +258,8 @@ def _handoff_call(fn, *args, **kwargs):
         message = str(exc)
         if message.startswith("no handoff"):
             raise ApiError(404, message, "not_found_error", code="handoff_not_found") from None
+        if "re-indexing failed" in message:  # the server's index, not the handoff's state
+            raise ApiError(500, message, "server_error", code="reindex_failed") from None
         raise ApiError(409, message, "conflict_error", code="handoff_state") from None
 
 
