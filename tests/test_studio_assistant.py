@@ -463,7 +463,10 @@ def test_speech_past_its_slots_is_refused_with_429(client, monkeypatch):
 
 
 def test_a_blank_handoff_answer_is_a_400_not_a_state_conflict(client):
-    hid = client.post("/api/assistant/ask", json={"question": OUT_OF_SCOPE}).json()["handoff_id"]
+    # not OUT_OF_SCOPE: another test puts its answer into this module's knowledge base
+    q = "Which moon of Jupiter has the thickest ice shell?"
+    hid = client.post("/api/assistant/ask", json={"question": q}).json()["handoff_id"]
+    assert hid is not None
     err = _error(client.post(f"/api/assistant/handoffs/{hid}/answer", json={"text": " \n\t "}),
                  400, "invalid_value")
     assert err["param"] == "text"
@@ -474,8 +477,10 @@ def test_a_blank_handoff_answer_is_a_400_not_a_state_conflict(client):
 def test_a_failed_reindex_is_a_500_and_the_approval_can_be_retried(client, monkeypatch):
     import aigc.apps.assistant.index as index
 
-    hid = client.post("/api/assistant/ask", json={"question": OUT_OF_SCOPE}).json()["handoff_id"]
-    client.post(f"/api/assistant/handoffs/{hid}/answer", json={"text": "Not here."})
+    q = "How many hearts does an octopus have?"  # (see the test above)
+    hid = client.post("/api/assistant/ask", json={"question": q}).json()["handoff_id"]
+    assert hid is not None
+    client.post(f"/api/assistant/handoffs/{hid}/answer", json={"text": "Three hearts."})
     real = index.build_index
 
     def broken(*args, **kwargs):
