@@ -490,3 +490,11 @@ def test_a_failed_reindex_is_a_500_and_the_approval_can_be_retried(client, monke
     _error(client.post(f"/api/assistant/handoffs/{hid}/approve"), 500, "reindex_failed")
     monkeypatch.setattr(index, "build_index", real)
     assert client.post(f"/api/assistant/handoffs/{hid}/approve").json()["status"] == "approved"
+
+
+def test_the_server_paths_are_not_shown_to_api_clients(client):
+    index = client.app.state.studio.assistant.assistant.index_dir
+    info = client.get("/api/assistant").json()
+    assert info["index"] == index.name
+    models = client.get("/v1/models").text
+    assert str(index.parent) not in models and str(index.parent) not in str(info)

@@ -127,7 +127,7 @@ class AssistantService:
         if self.assistant is not None:
             out.append({"id": ASSISTANT_MODEL, "kind": "assistant", "family": "rag",
                         "description": "answers from the knowledge base with sources "
-                                       f"({self.assistant.index_dir})"})
+                                       f"({Path(self.assistant.index_dir).name})"})
         if self.embeddings:
             out.append({"id": EMBEDDING_MODELS[0], "kind": "embedding", "family": "minilm",
                         "description": "sentence embeddings, 384-d, unit length, at most 128 "
@@ -334,7 +334,8 @@ async def info(service: AssistantService = Depends(get_service)) -> AssistantInf
     voices = await run_in_threadpool(list_voices)
     a = service.assistant
     return AssistantInfo(
-        enabled=a is not None, index=str(a.index_dir) if a is not None else None,
+        # the folder's name only: where it lies on the server is not the API client's business
+        enabled=a is not None, index=Path(a.index_dir).name if a is not None else None,
         chunks=len(a.retriever) if a is not None else 0,
         asr="pocketsphinx en-us" if service.recognizer is not None else None,
         asr_languages=list(ASR_LANGUAGES) if service.recognizer is not None else [],
