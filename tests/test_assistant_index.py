@@ -167,3 +167,50 @@ def test_read_sections_names_the_problem(tmp_path):
     p.write_bytes(b"not gzip")
     with pytest.raises(Exception, match="gzip"):
         read_sections(p)
+
+
+def test_builds_of_one_index_take_turns(built, tmp_path):
+    """Two processes re-indexing one folder (the studio approving a handoff while the CLI
+    approves another) must not interleave their reads and writes: a build waits for the lock
+    another holds on the index folder."""
+    import fcntl
+    import shutil
+    import threading
+
+    from aigc.apps.assistant.index import BUILD_LOCK
+
+    index = tmp_path / "index"
+    shutil.copytree(built[1], index)
+    done = threading.Event()
+    with open(index / BUILD_LOCK, "a") as held:  # another build holds the index
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t = threading.Thread(target=lambda: (build_index(None, index, progress=False),
+                                             done.set()))
+        t.start()
+        assert not done.wait(1.5), "the build did not wait for the one in progress"
+        fcntl.flock(held, fcntl.LOCK_UN)
+    t.join(60)
+    assert done.is_set() and len(Retriever(index)) > 0
+
+
+def test_a_reader_waits_for_a_build_in_progress(built, tmp_path):
+    """A Retriever (the studio reloading) must not read chunks.jsonl of one build and
+    dense.faiss of the next: it waits while a build holds the index."""
+    import fcntl
+    import shutil
+    import threading
+
+    from aigc.apps.assistant.index import BUILD_LOCK
+
+    index = tmp_path / "index"
+    shutil.copytree(built[1], index)
+    loaded = []
+    with open(index / BUILD_LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t = threading.Thread(target=lambda: loaded.append(Retriever(index)))
+        t.start()
+        t.join(1.5)
+        assert not loaded, "the index was read while a build held it"
+        fcntl.flock(held, fcntl.LOCK_UN)
+    t.join(60)
+    assert len(loaded) == 1 and len(loaded[0]) > 0

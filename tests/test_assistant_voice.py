@@ -168,3 +168,13 @@ def test_what_a_text_expands_to_is_bounded_not_its_length():
     assert voice.spoken_units("a" * 12) == 2 and voice.spoken_units("[1] 42%") == 4
     with pytest.raises(VoiceError, match=r"about 2000 spoken words .* at most 300"):
         voice.synthesize("0" * 2000, "espeak-ng:en-us")
+
+
+@needs_espeak
+def test_text_within_the_speak_limits_is_spoken_past_a_minute():
+    """280 short words are within MAX_SPEAK_UNITS (about 90 s of speech) but over the 60 s
+    bound of *recognition*: the read-back of the engine's output must not apply it."""
+    text = " ".join(["apple"] * 280)
+    assert len(text) <= voice.MAX_SPEAK_CHARS and voice.spoken_units(text) <= voice.MAX_SPEAK_UNITS
+    audio = voice.read_wav(voice.synthesize(text, "espeak-ng:en-us"), max_seconds=1e9)
+    assert audio.seconds > voice.MAX_AUDIO_SECONDS

@@ -310,3 +310,21 @@ def test_training_data_names_the_only_dataset_it_takes():
     batch = data.get_batch(torch.tensor([1, 0]))
     assert batch["image"].dtype == torch.float32 and batch["concept"].tolist() == [1, 0]
     assert batch["text"][0].argmax() == 2 and batch["text"][1].argmax() in (0, 1)
+
+
+def test_a_caption_cache_whose_rows_do_not_match_its_texts_is_refused(tmp_path):
+    """Texts and rows of a damaged (or foreign) cache would be paired wrongly and silently."""
+    import json
+
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from aigc.errors import AigcError
+    from aigc.models.clip_scorer import minilm_cache
+
+    cache = tmp_path / "captions.safetensors"
+    save_file({"embeddings": torch.zeros(3, 384)}, str(cache),
+              metadata={"texts": json.dumps(["a cat", "a dog"])})
+    with pytest.raises(AigcError, match="delete it to recompute"):
+        minilm_cache(["a cat"], cache)

@@ -108,3 +108,46 @@ def test_alerts_raised_without_a_webhook_are_never_sent(tmp_path):
     with Receiver() as rx:  # a webhook configured later does not get the past
         assert WebhookSender(rx.url, SECRET).deliver_due(m.state) == (0, 0)
     assert rx.requests == []
+
+
+def test_a_redirect_is_not_taken_as_delivered(tmp_path):
+    """urllib follows a 302 for a POST with a GET and no body: a receiver that redirects (say
+    http -> https) never saw the alert, so it must stay in the outbox, not be marked delivered
+    (and the signed body is not re-sent to wherever the Location points)."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(("POST", self.path))
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self):
+            seen.append(("GET", self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        sender = WebhookSender(url, SECRET, timeout_s=5, backoff_s=2, clock=Clock())
+        m = _monitor_with_alert(tmp_path, sender)
+        assert sender.deliver_due(m.state) == (0, 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("POST", "/hook")]
+    [stored] = m.state.alerts()
+    assert stored["delivered_at"] is None and stored["last_error"] == "HTTP 302"

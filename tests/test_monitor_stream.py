@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from monitor_fixtures import TextScorer, stream, write_jsonl
 
 from aigc.apps.sentiment.monitor import Monitor, MonitorConfig, follow_file
@@ -153,3 +154,34 @@ def test_concurrent_batches_count_every_event_once(tmp_path):
     status = m.status()
     assert status["events"] == 2000 and status["duplicates"] == 5 * 40
     assert sum(e["events"] for e in m.entity_summaries()) == 2000
+
+
+def test_an_event_from_the_future_cannot_end_volume_alerts(tmp_path):
+    """A client-supplied time far ahead would move the volume buckets there for good (every
+    later event lands in a closed bucket): such an event is refused as bad, the rest taken."""
+    m = Monitor(TextScorer(), MonitorConfig(volume_bucket_seconds=60), tmp_path / "m.db",
+                clock=lambda: 5000.0)
+    m.process_events([{"id": "a", "text": "$ACME news [s=0.1]", "time": 1000.0}])
+    bucket = m.bucket
+    r = m.process_events([
+        {"id": "far", "text": "$ACME news [s=0.1]", "time": 1e12},
+        {"id": "iso", "text": "$ACME news [s=0.1]", "time": "2999-01-01T00:00:00Z"},
+        {"id": "skew", "text": "$ACME news [s=0.1]", "time": 5000.0 + 3600}])
+    assert [(i, "in the future" in why) for _, i, why in r.bad] == [(0, True), (1, True)]
+    assert r.accepted == 1 and m.bucket == int((5000.0 + 3600) // 60) != bucket
+    m.close()
+
+
+def test_entities_made_up_by_texts_are_bounded(tmp_path):
+    """Any "$ABC" in a text is an entity, and every batch writes (and every closed volume
+    bucket visits) all of them: past ``max_entities`` a new one is ignored, known ones go on."""
+    m = Monitor(TextScorer(), MonitorConfig(max_entities=3), tmp_path / "m.db")
+    r = m.process_events([{"id": f"e{i}", "text": f"$ZZ{i} $ACME news [s=0.1]", "time": 1000.0}
+                          for i in range(5)] +
+                         [{"id": "only-new", "text": "$NEWONE news [s=0.1]", "time": 1000.0}])
+    assert r.accepted == 6 and r.untagged == 1
+    assert sorted(m.entities) == ["$ACME", "$ZZ0", "$ZZ1"]
+    assert m.entities["$ACME"]["n"] == 5
+    m.close()
+    with pytest.raises(ValueError, match="max_entities"):
+        MonitorConfig(max_entities=0)

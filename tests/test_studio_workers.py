@@ -43,3 +43,24 @@ def test_server_without_workers_and_a_worker_beside_it(tmp_path):
         finally:
             stop.set()
             thread.join(30)
+
+
+def test_a_worker_that_fails_to_start_closes_the_database(tmp_path, monkeypatch):
+    import pytest
+
+    from aigc.studio.worker import Worker
+
+    worker = Worker(make_settings(tmp_path, worker_name="side", poll_s=0.1))
+    calls = []
+
+    def start(kinds):
+        raise RuntimeError("cannot start the heartbeat")
+
+    monkeypatch.setattr(worker.runner, "start", start)
+    monkeypatch.setattr(worker.runner, "stop", lambda: calls.append("stop"))
+    real_close = worker.studio.store.close
+    monkeypatch.setattr(worker.studio.store, "close", lambda: (calls.append("close"),
+                                                             real_close()))
+    with pytest.raises(RuntimeError, match="heartbeat"):
+        worker.run(threading.Event())
+    assert calls == ["stop", "close"]

@@ -283,9 +283,15 @@ def minilm_cache(texts: list[str], cache_file: Path) -> torch.Tensor:
         from safetensors import safe_open
 
         with safe_open(str(cache_file), "pt") as fh:
-            stored = json.loads(fh.metadata()["texts"])
-        table = load_file(str(cache_file))["embeddings"]
-        known = dict(zip(stored, table))
+            stored = json.loads((fh.metadata() or {}).get("texts", "null"))
+        table = load_file(str(cache_file)).get("embeddings")
+        # a cache whose texts and rows disagree would pair captions with other captions' vectors
+        if not isinstance(stored, list) or table is None or table.ndim != 2 or \
+                len(stored) != table.shape[0] or table.shape[1] != TEACHER_DIM:
+            raise AigcError(f"{cache_file} is not a caption-embedding cache this code wrote "
+                            f"(texts and {TEACHER_DIM}-d rows do not match); delete it to "
+                            "recompute")
+        known = dict(zip(stored, table, strict=True))
     missing = sorted({t for t in texts if t not in known})
     if missing:
         from aigc.models.pretrained import embed_sentences

@@ -52,8 +52,8 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Run jobs until ``stop`` is set; then stop the threads and close the database."""
-        self.runner.start(kinds=self.kinds)
-        try:
+        try:  # a start that fails half-way still stops what it started and closes the db
+            self.runner.start(kinds=self.kinds)
             stop.wait()
         finally:
             self.runner.stop()

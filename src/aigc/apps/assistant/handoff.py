@@ -179,9 +179,14 @@ class HandoffQueue:
         if h.status not in ("open", "answered"):
             raise AigcError(f"handoff #{handoff_id} is {h.status}; only open or answered "
                             "handoffs take an answer")
-        self._run("UPDATE handoffs SET answer = ?, answered_by = ?, status = 'answered', "
-                  "answered_at = ? WHERE id = ?", (text.strip(), by.strip(), time.time(),
-                                                   handoff_id))
+        # the status is checked again in the UPDATE itself: an approve or reject that lands
+        # between the read above and this write must not be turned back into 'answered'
+        cur = self._run("UPDATE handoffs SET answer = ?, answered_by = ?, status = 'answered', "
+                        "answered_at = ? WHERE id = ? AND status IN ('open', 'answered')",
+                        (text.strip(), by.strip(), time.time(), handoff_id))
+        if cur.rowcount != 1:
+            raise AigcError(f"handoff #{handoff_id} is {self.get(handoff_id).status}; only "
+                            "open or answered handoffs take an answer")
         if h.conversation_id:
             self.add_message(h.conversation_id, "assistant", text.strip(), author=by.strip())
         return self.get(handoff_id)
@@ -195,26 +200,47 @@ class HandoffQueue:
             raise AigcError(f"handoff #{handoff_id} is {h.status}; only an answered handoff "
                             "can be approved")
         folder = self.index_dir / "approved"
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"handoff-{handoff_id}.md"
+        # claim it first, only if it is still answered with the answer read above: of two
+        # approvals (studio and CLI), or an approval racing a new answer, exactly one wins and
+        # the document holds the answer that was approved
+        cur = self._run("UPDATE handoffs SET status = 'approved', document = ?, closed_at = ? "
+                        "WHERE id = ? AND status = 'answered' AND answer = ?",
+                        (f"approved/{name}", time.time(), handoff_id, h.answer))
+        if cur.rowcount != 1:
+            raise AigcError(f"handoff #{handoff_id} changed while being approved (now "
+                            f"{self.get(handoff_id).status}); look at it again")
         question = " ".join(h.question.split())
         text = f"# {question}\n\n{h.answer}\n"
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(folder / name)
-        self._run("UPDATE handoffs SET status = 'approved', document = ?, closed_at = ? "
-                  "WHERE id = ?", (f"approved/{name}", time.time(), handoff_id))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(folder / name)
+        except OSError:
+            self._run("UPDATE handoffs SET status = 'answered', document = NULL, closed_at = NULL "
+                      "WHERE id = ?", (handoff_id,))
+            raise
         report = None
         if reindex:
             from aigc.apps.assistant.index import build_index
 
-            report = build_index(None, self.index_dir, progress=False)
+            try:
+                report = build_index(None, self.index_dir, progress=False)
+            except AigcError as exc:  # not in the knowledge base: not approved, can be retried
+                (folder / name).unlink(missing_ok=True)
+                self._run("UPDATE handoffs SET status = 'answered', document = NULL, "
+                          "closed_at = NULL WHERE id = ? AND status = 'approved'", (handoff_id,))
+                raise AigcError(f"handoff #{handoff_id} was not approved: re-indexing failed: "
+                                f"{exc}") from exc
         return self.get(handoff_id), report
 
     def reject(self, handoff_id: int) -> Handoff:
         h = self.get(handoff_id)
         if h.status in ("approved", "rejected"):
             raise AigcError(f"handoff #{handoff_id} is already {h.status}")
-        self._run("UPDATE handoffs SET status = 'rejected', closed_at = ? WHERE id = ?",
-                  (time.time(), handoff_id))
+        cur = self._run("UPDATE handoffs SET status = 'rejected', closed_at = ? WHERE id = ? "
+                        "AND status IN ('open', 'answered')", (time.time(), handoff_id))
+        if cur.rowcount != 1:
+            raise AigcError(f"handoff #{handoff_id} is already {self.get(handoff_id).status}")
         return self.get(handoff_id)

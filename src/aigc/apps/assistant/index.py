@@ -31,6 +31,7 @@ import os
 import re
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -213,10 +214,49 @@ def build_index(folder: str | Path | None, index_dir: str | Path, *,
         AigcError: the folder does not exist or is not a folder, or nothing in it could be read
             (the reasons are in the message); the previous index is left as it was.
     """
+    index_dir = Path(index_dir)
+    with _build_lock(index_dir):
+        return _build_index(folder, index_dir, files=files, progress=progress)
+
+
+BUILD_LOCK = ".build.lock"
+
+
+@contextmanager
+def _build_lock(index_dir: Path, *, shared: bool = False):
+    """One build of ``index_dir`` at a time, across processes (the studio approving a handoff,
+    ``aigc assistant handoffs approve``, ``aigc assistant index``): each build reads the
+    manifest and writes five files, so two that overlap would leave one's approved answer out
+    or a chunks.jsonl that does not match dense.faiss. A first build has nothing to lock.
+    ``shared``: a reader (:class:`~aigc.apps.assistant.retrieve.Retriever`), which must not
+    read the five files half-way through a build; on a read-only index it reads unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        fcntl = None
+    if fcntl is None or not index_dir.is_dir():
+        yield
+        return
+    try:
+        f = open(index_dir / BUILD_LOCK, "a")  # noqa: SIM115  (closed below)
+    except OSError:
+        if not shared:
+            raise
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_index(folder: str | Path | None, index_dir: Path, *, files: list[str] | None,
+                 progress: bool) -> IndexReport:
     import time
 
     t0 = time.perf_counter()
-    index_dir = Path(index_dir)
     old_manifest = None
     if (index_dir / "manifest.json").is_file():
         old_manifest = read_manifest(index_dir)

@@ -26,7 +26,13 @@ from typing import Literal
 
 import numpy as np
 
-from aigc.apps.assistant.index import bm25_idf, bm25_tokens, load_chunks, read_manifest
+from aigc.apps.assistant.index import (
+    _build_lock,
+    bm25_idf,
+    bm25_tokens,
+    load_chunks,
+    read_manifest,
+)
 from aigc.apps.assistant.ingest import language_of
 from aigc.errors import AigcError
 
@@ -83,13 +89,14 @@ class Retriever:
         import faiss
 
         self.index_dir = Path(index_dir)
-        self.manifest = read_manifest(self.index_dir)
-        self.chunks = load_chunks(self.index_dir)
-        self.faiss = faiss.read_index(str(self.index_dir / "dense.faiss"))
+        with _build_lock(self.index_dir, shared=True):  # not half-way through a build
+            self.manifest = read_manifest(self.index_dir)
+            self.chunks = load_chunks(self.index_dir)
+            self.faiss = faiss.read_index(str(self.index_dir / "dense.faiss"))
+            stats = json.loads((self.index_dir / "bm25.json").read_text(encoding="utf-8"))
         if self.faiss.ntotal != len(self.chunks):
             raise AigcError(f"{self.index_dir}: dense.faiss has {self.faiss.ntotal} rows but "
                             f"chunks.jsonl {len(self.chunks)}; rebuild the index")
-        stats = json.loads((self.index_dir / "bm25.json").read_text(encoding="utf-8"))
         self.k1, self.b, self.avgdl = stats["k1"], stats["b"], stats["avgdl"]
         self.n = stats["n"]
         self.idf = {t: bm25_idf(self.n, d) for t, d in stats["df"].items()}

@@ -59,6 +59,7 @@ MAX_SPEAK_CHARS = 2000
 MAX_SPEAK_UNITS = 300
 _SPOKEN = re.compile(r"(?P<cjk>[\u3400-\u9fff\uf900-\ufaff])|(?P<word>[^\W\d_]+)"
                      r"|(?P<other>[^\s.,;:!?'\"()\[\]。，、；：！？（）-])")
+MAX_SPEAK_SECONDS = 600.0  # a sanity bound on what an engine returns
 MAX_WAV_BYTES = 16 * 1024 * 1024  # 60 s of 16-bit stereo at 48 kHz is 11.5 MB
 ASR_LANGUAGES = ("en",)
 _ENGINE_TIMEOUT_S = 60.0
@@ -206,7 +207,9 @@ def synthesize(text: str, voice: str = DEFAULT_VOICE, *, words_per_minute: int |
             _run([exe, "-voice", v.name, "-f", str(src), "-o", str(out)],
                  f"speaking with {voice}")
         data = out.read_bytes()
-    read_wav(data)  # the engine's output must be a WAV we can read back
+    # the engine's output must be a WAV we can read back; the 60 s bound is recognition's,
+    # not speech's (MAX_SPEAK_UNITS allows about 90 s)
+    read_wav(data, name=f"the speech of {voice}", max_seconds=MAX_SPEAK_SECONDS)
     return data
 
 
@@ -226,7 +229,8 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
-def read_wav(data: bytes, *, name: str = "audio") -> Audio:
+def read_wav(data: bytes, *, name: str = "audio", max_seconds: float = MAX_AUDIO_SECONDS
+             ) -> Audio:
     """Decode a WAV file's bytes (integer PCM) and mix it down to mono.
 
     Raises:
@@ -278,9 +282,9 @@ def read_wav(data: bytes, *, name: str = "audio") -> Audio:
     if audio.seconds < MIN_AUDIO_SECONDS:
         raise AudioError(f"{name}: {audio.seconds:.3f} s of audio; at least "
                          f"{MIN_AUDIO_SECONDS} s is needed")
-    if audio.seconds > MAX_AUDIO_SECONDS:
+    if audio.seconds > max_seconds:
         raise AudioError(f"{name}: {audio.seconds:.1f} s of audio; at most "
-                         f"{MAX_AUDIO_SECONDS:.0f} s")
+                         f"{max_seconds:.0f} s")
     return audio
 
 

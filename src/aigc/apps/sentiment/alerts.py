@@ -80,7 +80,7 @@ class WebhookSender:
         req = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, body),
             "X-Aigc-Alert-Id": alert_id, "User-Agent": "aigc-monitor"})
-        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
+        with _OPENER.open(req, timeout=self.timeout_s) as resp:
             if not 200 <= resp.status < 300:
                 raise OSError(f"HTTP {resp.status}")
 
@@ -112,6 +112,17 @@ class WebhookSender:
             state.mark_delivered(row_id, self.clock())
             delivered += 1
         return delivered, failed
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer that failed, not one to follow: urllib would re-send a POST as a GET
+    without its body, whose 200 would mark an alert delivered that the receiver never saw."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError(code)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _alert_id(payload: str) -> str:

@@ -6,7 +6,7 @@
 
 An **event** is a JSON object ``{"id", "text", "time"?, "source"?, "lang"?}``: ``id`` a string or
 integer (the same id twice is counted once), ``text`` a non-empty string, ``time`` unix seconds or
-an ISO 8601 string (default: when it arrived), ``lang`` ``en`` or ``zh`` (default: ``zh`` when the
+an ISO 8601 string, at most a day ahead of the monitor's clock (default: when it arrived), ``lang`` ``en`` or ``zh`` (default: ``zh`` when the
 text holds CJK characters). A line or event that breaks these rules, or is over
 ``max_event_bytes``, is counted and reported with its line number (or index), and the stream goes
 on.
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import time as _time
@@ -46,6 +47,8 @@ from aigc.apps.sentiment.state import MAX_BAD_LINES_KEPT, NEVER, MonitorState
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 MAX_ID_CHARS = 256
+log = logging.getLogger("aigc.monitor")
+MAX_FUTURE_S = 86_400  # an event's time may be at most a day ahead of the monitor's clock
 MAX_GAP_BUCKETS = 10_000  # an idle stream closes at most this many empty volume buckets at once
 
 
@@ -66,6 +69,9 @@ class MonitorConfig:
     # vader, snownlp, a checkpoint path, or per language en=NAME,zh=NAME (see load_scorers)
     scorer: str = "en=vader,zh=snownlp"
     max_event_bytes: int = 65536
+    # entities are made by the texts (any "$ABC" is one): past this many, a new one is ignored,
+    # since every batch writes, and every closed volume bucket visits, all of them
+    max_entities: int = 10_000
     sentiment_alpha: float = 0.05
     sentiment_warmup: int = 50
     # k = 0.3, h = 14 chosen on the *validation* split with VADER (benchmarks/
@@ -92,7 +98,7 @@ class MonitorConfig:
     webhook_max_backoff_s: float = 600.0
 
     def __post_init__(self) -> None:
-        positive = ("max_event_bytes", "sentiment_warmup", "volume_warmup", "alert_texts",
+        positive = ("max_event_bytes", "max_entities", "sentiment_warmup", "volume_warmup", "alert_texts",
                     "sentiment_h", "volume_h", "sentiment_min_sigma", "volume_min_sigma",
                     "webhook_timeout_s", "webhook_backoff_s", "webhook_max_backoff_s")
         for name in positive:
@@ -255,6 +261,11 @@ def parse_event(obj: Any, now: float) -> Event:
     if len(eid) > MAX_ID_CHARS:
         raise ValueError(f"id longer than {MAX_ID_CHARS} characters")
     t = _parse_time(obj["time"]) if obj.get("time") is not None else now
+    if t > now + MAX_FUTURE_S:
+        # one such event would move the volume buckets there for good: every later event
+        # would fall in a closed bucket and no volume alert could fire again
+        raise ValueError(f"time {t:.0f} is more than {MAX_FUTURE_S} s after now ({now:.0f}); "
+                         "a time in the future is refused")
     source = obj.get("source")
     if source is not None and not isinstance(source, str):
         raise ValueError("source must be a string")
@@ -354,7 +365,7 @@ class Monitor:
             else:
                 seen.add(e.id)
                 fresh.append(e)
-        tags = [self.tagger.tag(e.text) for e in fresh]
+        tags = self._admit([self.tagger.tag(e.text) for e in fresh])
         scores = self._score([e for e, t in zip(fresh, tags, strict=True) if t])
         points: list[tuple] = []
         alerts: list[dict] = []
@@ -377,6 +388,26 @@ class Monitor:
         self.counters["alerts"] += len(alerts)
         self._commit(fresh, points, alerts, result.bad, position)
         return result
+
+    def _admit(self, tags: list[list[str]]) -> list[list[str]]:
+        """The tags without the new entities past ``max_entities`` (logged, not stored)."""
+        known, room, refused = set(self.entities), self.config.max_entities - len(self.entities), 0
+        out = []
+        for ids in tags:
+            kept = []
+            for entity in ids:
+                if entity not in known:
+                    if room <= 0:
+                        refused += 1
+                        continue
+                    known.add(entity)
+                    room -= 1
+                kept.append(entity)
+            out.append(kept)
+        if refused:
+            log.warning("monitor: %d mention(s) of new entities ignored: at the limit of %d "
+                        "entities (max_entities)", refused, self.config.max_entities)
+        return out
 
     def _score(self, events: list[Event]) -> list[float]:
         out: list[float | None] = [None] * len(events)

@@ -22,7 +22,9 @@ served with ``--embeddings`` or with an assistant. ``/v1/chat/completions`` with
 
 The models load in the lifespan (:func:`load_assistant`); every call that reads files, runs a
 model or a subprocess runs in the thread pool. One lock serialises ``ask`` (one language model)
-and the approvals that swap the index under it.
+and the approvals that swap the index under it; past :data:`MAX_WAITING` questions holding or
+waiting for it a question is refused (429 ``assistant_busy``), and a conversation takes at most
+:data:`MAX_CONVERSATION_MESSAGES` messages (409 ``conversation_full``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import base64
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,8 @@ EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_VOICES = {"en": ("flite:slt", "espeak-ng:en-us"), "zh": ("espeak-ng:cmn",)}
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave",
              "application/octet-stream")
+MAX_CONVERSATION_MESSAGES = 200  # questions and answers in one conversation
+MAX_WAITING = 8  # questions and approvals in progress or waiting for the assistant's lock
 NOTE = ("Speech recognition is English only (PocketSphinx ships no Chinese model). "
         "MOS needs human listeners and is not measured.")
 
@@ -86,6 +91,28 @@ class AssistantService:
     asr_missing: str = ""  # why there is no recogniser
     embeddings: bool = False  # serve /v1/embeddings
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # requests holding or waiting for ``lock``: each waits in a thread of the studio's one
+    # pool, so without a bound a burst of questions to a slow model starves every other route
+    max_waiting: int = MAX_WAITING
+    _waiting: int = 0
+    _count: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def turn(self):
+        """Hold ``lock``; a 429 instead when ``max_waiting`` requests already hold or wait."""
+        with self._count:
+            if self._waiting >= self.max_waiting:
+                raise ApiError(429, f"the assistant is busy ({self._waiting} questions in "
+                               "progress or waiting); retry in a few seconds",
+                               "rate_limit_error", code="assistant_busy",
+                               headers={"Retry-After": "5"})
+            self._waiting += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._count:
+                self._waiting -= 1
 
     def require(self) -> Any:
         if self.assistant is None:
@@ -100,7 +127,7 @@ class AssistantService:
         if self.assistant is not None:
             out.append({"id": ASSISTANT_MODEL, "kind": "assistant", "family": "rag",
                         "description": "answers from the knowledge base with sources "
-                                       f"({self.assistant.index_dir})"})
+                                       f"({Path(self.assistant.index_dir).name})"})
         if self.embeddings:
             out.append({"id": EMBEDDING_MODELS[0], "kind": "embedding", "family": "minilm",
                         "description": "sentence embeddings, 384-d, unit length, at most 128 "
@@ -171,9 +198,9 @@ def _answer(answer, conversation_id: str) -> AssistantAnswer:
         lang=answer.lang, timings=answer.timings)
 
 
-def _conversation_exists(assistant, conversation_id: str) -> None:
+def _conversation_exists(assistant, conversation_id: str) -> list[dict]:
     try:
-        assistant.queue.history(conversation_id)
+        return assistant.queue.history(conversation_id)
     except AigcError:
         raise ApiError(404, f"conversation {conversation_id!r} not found", "not_found_error",
                        code="conversation_not_found", param="conversation_id") from None
@@ -191,9 +218,12 @@ async def ask(req: AssistantAskRequest, service: AssistantService = Depends(get_
         cid = req.conversation_id
         if cid is None:
             cid = assistant.queue.new_conversation()
-        else:
-            _conversation_exists(assistant, cid)
-        with service.lock:
+        elif len(_conversation_exists(assistant, cid)) >= MAX_CONVERSATION_MESSAGES:
+            # every question reads the whole conversation back, and GET returns it whole
+            raise ApiError(409, f"conversation {cid!r} has reached {MAX_CONVERSATION_MESSAGES} "
+                           "messages; start a new one (leave out conversation_id)",
+                           "conflict_error", code="conversation_full", param="conversation_id")
+        with service.turn():
             try:
                 answer = assistant.ask(req.question, conversation_id=cid)
             except AigcError as exc:
@@ -228,6 +258,8 @@ def _handoff_call(fn, *args, **kwargs):
         message = str(exc)
         if message.startswith("no handoff"):
             raise ApiError(404, message, "not_found_error", code="handoff_not_found") from None
+        if "re-indexing failed" in message:  # the server's index, not the handoff's state
+            raise ApiError(500, message, "server_error", code="reindex_failed") from None
         raise ApiError(409, message, "conflict_error", code="handoff_state") from None
 
 
@@ -247,6 +279,9 @@ async def answer_handoff(handoff_id: int, req: AssistantHandoffAnswer, request: 
     """A person answers a handed-off question; the answer appears in the asker's conversation,
     signed ``key:NAME`` (with API keys) or ``anon:ID`` (the page's id)."""
     assistant = service.require()
+    if not req.text.strip():  # the queue's AigcError would read as a 409 state conflict
+        raise ApiError(400, "text: the answer is empty (only whitespace)", param="text",
+                       code="invalid_value")
     by = rater_of(request, studio)
     h = await run_in_threadpool(_handoff_call, assistant.queue.answer, handoff_id, req.text,
                                 by=by)
@@ -261,7 +296,7 @@ async def approve_handoff(handoff_id: int, service: AssistantService = Depends(g
     assistant = service.require()
 
     def run():
-        with service.lock:
+        with service.turn():
             h, _ = _handoff_call(assistant.queue.approve, handoff_id)
             assistant.reload()
         return h
@@ -273,6 +308,24 @@ async def approve_handoff(handoff_id: int, service: AssistantService = Depends(g
 # -------------------------------------------------------------------------------- voice
 
 
+# speech runs engines and a decoder for seconds each: a burst would hold every thread of the
+# studio's pool (and the CPUs), so past this many at once a request is refused, not queued
+MAX_VOICE_JOBS = 4
+_voice_slots = threading.BoundedSemaphore(MAX_VOICE_JOBS)
+
+
+@contextmanager
+def _voice_slot():
+    if not _voice_slots.acquire(blocking=False):
+        raise ApiError(429, f"speech is busy ({MAX_VOICE_JOBS} requests in progress); retry in "
+                       "a few seconds", "rate_limit_error", code="voice_busy",
+                       headers={"Retry-After": "5"})
+    try:
+        yield
+    finally:
+        _voice_slots.release()
+
+
 @router.get("")
 async def info(service: AssistantService = Depends(get_service)) -> AssistantInfo:
     """What the assistant serves here: the index, the recogniser, the voices."""
@@ -281,7 +334,8 @@ async def info(service: AssistantService = Depends(get_service)) -> AssistantInf
     voices = await run_in_threadpool(list_voices)
     a = service.assistant
     return AssistantInfo(
-        enabled=a is not None, index=str(a.index_dir) if a is not None else None,
+        # the folder's name only: where it lies on the server is not the API client's business
+        enabled=a is not None, index=Path(a.index_dir).name if a is not None else None,
         chunks=len(a.retriever) if a is not None else 0,
         asr="pocketsphinx en-us" if service.recognizer is not None else None,
         asr_languages=list(ASR_LANGUAGES) if service.recognizer is not None else [],
@@ -310,7 +364,8 @@ async def transcribe(request: Request, language: str = Query("en", max_length=16
     from aigc.apps.assistant.voice import AudioError, VoiceError
 
     try:
-        t = await run_in_threadpool(service.recognizer.transcribe, body, language)
+        with _voice_slot():
+            t = await run_in_threadpool(service.recognizer.transcribe, body, language)
     except AudioError as exc:
         raise _bad(exc, "audio", "bad_audio") from None
     except VoiceError as exc:
@@ -331,7 +386,8 @@ async def speak(req: AssistantSpeakRequest, service: AssistantService = Depends(
 
     voice = req.voice or default_voices()[language_of(req.text)]
     try:
-        wav = await run_in_threadpool(synthesize, req.text, voice)
+        with _voice_slot():
+            wav = await run_in_threadpool(synthesize, req.text, voice)
     except AigcError as exc:
         raise _bad(exc, "voice" if "voice" in str(exc) else "text") from None
     return Response(wav, media_type="audio/wav",
@@ -357,7 +413,7 @@ async def chat_completion(studio: Studio, req: OAIChatRequest) -> Any:
     question, history = msgs[-1]["content"], [m for m in msgs[:-1] if m["role"] != "system"]
 
     def run():
-        with service.lock:
+        with service.turn():
             try:
                 return assistant.ask(question, history=history)
             except AigcError as exc:
