@@ -130,6 +130,9 @@ def main() -> None:
                for _ in range(8)]
     ours, hf = build(args, tok.vocab_size)
     n_params = sum(p.numel() for p in ours.parameters())
+    from _machine import machine_line
+
+    print(machine_line())
     print(f"config: layers={args.layers} heads={args.heads} width={args.width} "
           f"context={args.context} batch={args.batch} vocab={tok.vocab_size} "
           f"params={n_params / 1e6:.2f}M threads={args.threads} torch={torch.__version__} "
