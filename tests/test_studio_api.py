@@ -383,6 +383,13 @@ def test_create_key_cli_prints_once_and_stores_hash(tmp_path, capsys):
     assert key.startswith("aigc-") and len(key) > 40
     assert Store(data).api_key_hashes() == [hash_key(key)]
     assert main(["studio", "--create-key", "ci", "--data", data]) == 2  # name taken
+    assert Store(data).admin_key_hashes() == []  # an ordinary key
+    assert main(["studio", "--create-key", "boss", "--admin", "--data", data]) == 0
+    out = capsys.readouterr().out
+    admin = out.strip().splitlines()[-1]
+    assert "admin API key 'boss'" in out and Store(data).admin_key_hashes() == [hash_key(admin)]
+    assert main(["studio", "--admin", "--data", data]) == 2  # --admin alone makes no key
+    assert "--admin goes with --create-key" in capsys.readouterr().err
 
 
 def test_extra_text_backend_plugs_in_first(tmp_path):

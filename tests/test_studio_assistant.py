@@ -263,6 +263,36 @@ def test_keys_are_enforced(kb, tmp_path):
         assert h["answered_by"] == "key:agent"
 
 
+def test_approving_into_the_knowledge_base_needs_an_admin_key(kb, tmp_path):
+    """An ordinary key may ask and answer a handoff (the answer goes back to the asker only);
+    putting it into the knowledge base everyone is served from needs a key made with --admin."""
+    from aigc.studio.auth import hash_key, new_api_key
+    from aigc.studio.store import Store
+
+    agent, admin = new_api_key(), new_api_key()
+    store = Store(tmp_path / "data")
+    store.add_api_key("agent", hash_key(agent))
+    store.add_api_key("boss", hash_key(admin), admin=True)
+    store.close()
+    as_agent = {"Authorization": f"Bearer {agent}"}
+    with TestClient(_app(kb, tmp_path)) as c:
+        asked = c.post("/api/assistant/ask", json={"question": OUT_OF_SCOPE},
+                       headers=as_agent).json()
+        url = f"/api/assistant/handoffs/{asked['handoff_id']}"
+        assert c.post(url + "/answer", json={"text": "Ask a baker."},
+                      headers=as_agent).status_code == 200
+        _error(c.post(url + "/approve", headers=as_agent), 403, "admin_key_required")
+        _error(c.post(url + "/approve"), 401, "missing_api_key")
+        r = c.post(url + "/approve", headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+        # the model routes that change what is served take the same rule
+        for action in ("rollback", "promote", "improve"):
+            _error(c.post(f"/api/models/nothing/{action}", json={}, headers=as_agent), 403,
+                   "admin_key_required")
+            assert c.post(f"/api/models/nothing/{action}", json={},
+                          headers={"Authorization": f"Bearer {admin}"}).status_code != 403
+
+
 def test_without_an_index_the_routes_say_how_to_serve_it(tmp_path):
     from aigc.studio.app import create_app
 

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="another Host name served on a loopback bind (repeatable)")
     p.add_argument("--create-key", metavar="NAME",
                    help="create an API key, print it once, store its hash, and exit")
+    p.add_argument("--admin", action="store_true",
+                   help="with --create-key: the key may also approve answers into the "
+                        "assistant's knowledge base and improve, promote or roll back models")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
@@ -125,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise AigcError(f"--port must be in 1..65535, got {args.port}")
     check_model_arguments(args)
+    if args.admin and args.create_key is None:
+        raise AigcError("--admin goes with --create-key NAME")
     if args.create_key is not None:
         name = args.create_key
         if not name.strip() or len(name) > 100 or not name.isprintable():
@@ -133,11 +138,12 @@ def run(args: argparse.Namespace) -> int:
         store = Store(args.data, args.db)
         key = new_api_key()
         try:
-            store.add_api_key(args.create_key, hash_key(key))
+            store.add_api_key(args.create_key, hash_key(key), admin=args.admin)
         except Exception as exc:  # unique name
             raise AigcError(f"could not store key {args.create_key!r}: "
                             f"{type(exc).__name__} (does a key of that name exist?)") from None
-        print(f"API key {args.create_key!r} (shown once; only its hash is stored):\n{key}")
+        kind = "admin API key" if args.admin else "API key"
+        print(f"{kind} {args.create_key!r} (shown once; only its hash is stored):\n{key}")
         return 0
     store = Store(args.data, args.db)
     n_keys = len(store.api_key_hashes())

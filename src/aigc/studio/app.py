@@ -124,7 +124,8 @@ def build_studio(settings: StudioSettings,
                        poll_s=settings.poll_s)
     runner.registry = registry
     return Studio(settings=settings, store=store, images=images, texts=texts, runner=runner,
-                  skipped=skipped, key_hashes=store.api_key_hashes(), musics=musics,
+                  skipped=skipped, key_hashes=store.api_key_hashes(),
+                  admin_key_hashes=store.admin_key_hashes(), musics=musics,
                   served_versions=served, registry=registry)
 
 

@@ -106,6 +106,7 @@ class Studio:
     skipped: dict[str, str] = field(default_factory=dict)
     http_requests: dict[tuple[str, int], int] = field(default_factory=dict)
     key_hashes: list[str] = field(default_factory=list)
+    admin_key_hashes: list[str] = field(default_factory=list)  # keys made with --admin
     musics: dict[str, MusicBackend] = field(default_factory=dict)
     # registry names served at their production version: name -> version number loaded
     served_versions: dict[str, int] = field(default_factory=dict)
@@ -308,6 +309,16 @@ class Studio:
             raise ApiError(401, "invalid API key", "authentication_error",
                            code="invalid_api_key")
 
+    def check_admin_key(self, authorization: str | None) -> None:
+        """Actions that change what everyone is served need an admin key when the server has
+        keys (without keys it serves loopback only, to whoever uses the machine)."""
+        self.check_key(authorization)
+        if self.key_hashes and not key_matches(authorization[7:].strip(),
+                                               self.admin_key_hashes):
+            raise ApiError(403, "this action changes what everyone is served and needs an "
+                           "admin key (`aigc studio --create-key NAME --admin`)",
+                           "permission_error", code="admin_key_required")
+
 
 # Both dependencies are ``async`` although they do not wait on anything: FastAPI runs a plain
 # ``def`` dependency in its thread pool, a thread hop per dependency on every request.
@@ -319,6 +330,12 @@ async def require_key(request: Request, studio: Studio = Depends(get_studio)) ->
     """Dependency of every /api and /v1 route: the API key, when keys are configured (a few
     SHA-256 and constant-time compares: fine on the event loop)."""
     studio.check_key(request.headers.get("authorization"))
+
+
+async def require_admin_key(request: Request, studio: Studio = Depends(get_studio)) -> None:
+    """Dependency of the routes that change what everyone is served: approving answers into
+    the assistant's knowledge base, improving, promoting and rolling back models."""
+    studio.check_admin_key(request.headers.get("authorization"))
 
 
 async def require_read_key(request: Request, studio: Studio = Depends(get_studio)) -> None:

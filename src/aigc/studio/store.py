@@ -168,6 +168,14 @@ api_keys = Table(
     Column("sha256", String(64), nullable=False, unique=True),
     Column("created", Float, nullable=False),
 )
+# The keys that may change what everyone is served (approve into the assistant's knowledge base,
+# promote / roll back / improve models): a table of its own, so an older database gains it by
+# ``create_all`` with no migration, and every older key stays an ordinary one.
+admin_keys = Table(
+    "admin_keys", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("created", Float, nullable=False),
+)
 
 
 @dataclass
@@ -837,9 +845,16 @@ class Store:
         return r[0] if r else None
 
     # ----------------------------------------------------------------------- API keys
-    def add_api_key(self, name: str, sha256: str) -> None:
+    def add_api_key(self, name: str, sha256: str, *, admin: bool = False) -> None:
+        now = time.time()
         with self.engine.begin() as conn:
-            conn.execute(insert(api_keys).values(name=name, sha256=sha256, created=time.time()))
+            conn.execute(insert(api_keys).values(name=name, sha256=sha256, created=now))
+            if admin:
+                conn.execute(insert(admin_keys).values(sha256=sha256, created=now))
+
+    def admin_key_hashes(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(select(admin_keys.c.sha256))]
 
     def api_key_hashes(self) -> list[str]:
         with self.engine.connect() as conn:

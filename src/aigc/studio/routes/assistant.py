@@ -58,7 +58,14 @@ from aigc.studio.schemas import (
     OAIChatRequest,
     OAIEmbeddingRequest,
 )
-from aigc.studio.service import ApiError, Studio, StudioSettings, get_studio, require_key
+from aigc.studio.service import (
+    ApiError,
+    Studio,
+    StudioSettings,
+    get_studio,
+    require_admin_key,
+    require_key,
+)
 from aigc.studio.store import new_id
 
 # 404 on every route: a studio started without --assistant-index (or --embeddings)
@@ -288,7 +295,8 @@ async def answer_handoff(handoff_id: int, req: AssistantHandoffAnswer, request: 
     return AssistantHandoff(**h.to_dict())
 
 
-@router.post("/handoffs/{handoff_id}/approve")
+@router.post("/handoffs/{handoff_id}/approve",
+             dependencies=[Depends(require_admin_key)])  # into what everyone is served
 async def approve_handoff(handoff_id: int, service: AssistantService = Depends(get_service)
                           ) -> AssistantHandoff:
     """Put an answered handoff into the knowledge base (re-indexed incrementally, then

@@ -12,7 +12,7 @@ from aigc.studio.schemas import (
     PromoteRequest,
     RollbackRequest,
 )
-from aigc.studio.service import Studio, get_studio, require_key
+from aigc.studio.service import Studio, get_studio, require_admin_key, require_key
 
 router = APIRouter(prefix="/api", tags=["models"], dependencies=[Depends(require_key)])
 
@@ -55,7 +55,8 @@ def _registered(studio: Studio, name: str):
                        code="model_not_found", param="name")
 
 
-@router.post("/models/{name}/improve", response_model=Job, status_code=202)
+@router.post("/models/{name}/improve", response_model=Job, status_code=202,
+             dependencies=[Depends(require_admin_key)])
 def improve_model(name: str, body: ImproveRequest, studio: Studio = Depends(get_studio)) -> Job:
     """Queue "Improve from feedback": export this studio's feedback on the model's items,
     learn a candidate from production (DPO / Diffusion-DPO) and register it as
@@ -66,7 +67,8 @@ def improve_model(name: str, body: ImproveRequest, studio: Studio = Depends(get_
     return Job(**job)
 
 
-@router.post("/models/{name}/promote", response_model=Job, status_code=202)
+@router.post("/models/{name}/promote", response_model=Job, status_code=202,
+             dependencies=[Depends(require_admin_key)])
 def promote_model(name: str, body: PromoteRequest, studio: Studio = Depends(get_studio)) -> Job:
     """Queue a gated promotion: production and the version are measured on one protocol; the
     version serves only if it is not worse beyond the tolerances (or ``force`` with a
@@ -82,7 +84,7 @@ def promote_model(name: str, body: PromoteRequest, studio: Studio = Depends(get_
     return Job(**job)
 
 
-@router.post("/models/{name}/rollback")
+@router.post("/models/{name}/rollback", dependencies=[Depends(require_admin_key)])
 def rollback_model(name: str, body: RollbackRequest, studio: Studio = Depends(get_studio)
                    ) -> dict:
     """Production goes back to the version it had before its latest promotion; the server
