@@ -497,6 +497,22 @@ def test_speech_past_its_slots_is_refused_with_429(client, monkeypatch):
     assert r.status_code == 200 and r.content[:4] == b"RIFF"
 
 
+def test_embeddings_past_their_slots_are_refused_with_429(client, monkeypatch):
+    import threading
+
+    import aigc.studio.routes.assistant as routes
+
+    slots = threading.BoundedSemaphore(1)
+    monkeypatch.setattr(routes, "_embedding_slots", slots, raising=False)
+    body = {"model": "all-MiniLM-L6-v2", "input": "hello"}
+    assert slots.acquire(blocking=False)  # another request is embedding
+    try:
+        _error(client.post("/v1/embeddings", json=body), 429, "embeddings_busy")
+    finally:
+        slots.release()
+    assert client.post("/v1/embeddings", json=body).status_code == 200
+
+
 def test_a_blank_handoff_answer_is_a_400_not_a_state_conflict(client):
     # not OUT_OF_SCOPE: another test puts its answer into this module's knowledge base
     q = "Which moon of Jupiter has the thickest ice shell?"

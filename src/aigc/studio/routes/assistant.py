@@ -334,6 +334,24 @@ def _voice_slot():
         _voice_slots.release()
 
 
+# one embeddings request may hold 256 inputs of 128 tokens: a few such requests at once would take
+# every thread of the pool, so past this many in progress a request is refused, not queued
+MAX_EMBEDDING_JOBS = 4
+_embedding_slots = threading.BoundedSemaphore(MAX_EMBEDDING_JOBS)
+
+
+@contextmanager
+def _embedding_slot():
+    if not _embedding_slots.acquire(blocking=False):
+        raise ApiError(429, f"embeddings are busy ({MAX_EMBEDDING_JOBS} requests in progress); "
+                       "retry in a few seconds", "rate_limit_error", code="embeddings_busy",
+                       headers={"Retry-After": "2"})
+    try:
+        yield
+    finally:
+        _embedding_slots.release()
+
+
 @router.get("")
 async def info(service: AssistantService = Depends(get_service)) -> AssistantInfo:
     """What the assistant serves here: the index, the recogniser, the voices."""
@@ -487,13 +505,14 @@ async def embeddings(req: OAIEmbeddingRequest, service: AssistantService = Depen
     texts = [req.input] if isinstance(req.input, str) else list(req.input)
 
     def run():
-        counts = minilm_token_counts(texts)
-        for i, n in enumerate(counts):
-            if n > MINILM_MAX_TOKENS:
-                raise ApiError(400, f"input[{i}] is {n} tokens; {req.model} reads at most "
-                               f"{MINILM_MAX_TOKENS} (nothing was cut)", param="input",
-                               code="context_length_exceeded")
-        return counts, embed_sentences(texts).numpy()
+        with _embedding_slot():
+            counts = minilm_token_counts(texts)
+            for i, n in enumerate(counts):
+                if n > MINILM_MAX_TOKENS:
+                    raise ApiError(400, f"input[{i}] is {n} tokens; {req.model} reads at most "
+                                   f"{MINILM_MAX_TOKENS} (nothing was cut)", param="input",
+                                   code="context_length_exceeded")
+            return counts, embed_sentences(texts).numpy()
 
     counts, vectors = await run_in_threadpool(run)
     data = []
