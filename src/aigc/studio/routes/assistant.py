@@ -316,40 +316,34 @@ async def approve_handoff(handoff_id: int, service: AssistantService = Depends(g
 # -------------------------------------------------------------------------------- voice
 
 
-# speech runs engines and a decoder for seconds each: a burst would hold every thread of the
-# studio's pool (and the CPUs), so past this many at once a request is refused, not queued
+# Speech runs engines and a decoder for seconds each, and one embeddings request may hold 256
+# inputs: a burst of either would take every thread of the studio's pool (and the CPUs), so past
+# this many at once a request is refused (429), not queued.
 MAX_VOICE_JOBS = 4
-_voice_slots = threading.BoundedSemaphore(MAX_VOICE_JOBS)
-
-
-@contextmanager
-def _voice_slot():
-    if not _voice_slots.acquire(blocking=False):
-        raise ApiError(429, f"speech is busy ({MAX_VOICE_JOBS} requests in progress); retry in "
-                       "a few seconds", "rate_limit_error", code="voice_busy",
-                       headers={"Retry-After": "5"})
-    try:
-        yield
-    finally:
-        _voice_slots.release()
-
-
-# one embeddings request may hold 256 inputs of 128 tokens: a few such requests at once would take
-# every thread of the pool, so past this many in progress a request is refused, not queued
 MAX_EMBEDDING_JOBS = 4
+_voice_slots = threading.BoundedSemaphore(MAX_VOICE_JOBS)
 _embedding_slots = threading.BoundedSemaphore(MAX_EMBEDDING_JOBS)
 
 
 @contextmanager
-def _embedding_slot():
-    if not _embedding_slots.acquire(blocking=False):
-        raise ApiError(429, f"embeddings are busy ({MAX_EMBEDDING_JOBS} requests in progress); "
-                       "retry in a few seconds", "rate_limit_error", code="embeddings_busy",
-                       headers={"Retry-After": "2"})
+def _slot(slots: threading.BoundedSemaphore, limit: int, what: str, code: str,
+          retry_after_s: int):
+    if not slots.acquire(blocking=False):
+        raise ApiError(429, f"{what} busy ({limit} requests in progress); retry in a few "
+                       "seconds", "rate_limit_error", code=code,
+                       headers={"Retry-After": str(retry_after_s)})
     try:
         yield
     finally:
-        _embedding_slots.release()
+        slots.release()
+
+
+def _voice_slot():
+    return _slot(_voice_slots, MAX_VOICE_JOBS, "speech is", "voice_busy", 5)
+
+
+def _embedding_slot():
+    return _slot(_embedding_slots, MAX_EMBEDDING_JOBS, "embeddings are", "embeddings_busy", 2)
 
 
 @router.get("")
