@@ -92,15 +92,21 @@ def test_single_process_helpers_are_identities(monkeypatch):
 # ------------------------------------------------------------------------ training
 
 
+def word_corpus(path: Path, *, seed: int, paragraphs: int, words: int) -> Path:
+    """A small text corpus of random words from a fixed list, ``paragraphs`` blank-line
+    separated paragraphs of ``words`` words."""
+    rng = random.Random(seed)
+    vocab = "the quick brown fox jumps over lazy dog a stitch in time saves nine".split()
+    path.write_text("\n\n".join(" ".join(rng.choice(vocab) for _ in range(words))
+                                for _ in range(paragraphs)))
+    return path
+
+
 @pytest.fixture(scope="module")
 def gpt_runs(tmp_path_factory):
     """The same 6-step GPT run as 1 process and as 2 torchrun processes (global batch 8)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over lazy dog a stitch in time saves nine".split()
-    corpus = tmp / "c.txt"
-    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(30))
-                                  for _ in range(120)))
+    corpus = word_corpus(tmp / "c.txt", seed=0, paragraphs=120, words=30)
     args = ["train", "gpt", "--data", f"text:{corpus}", "--steps", "6", "--context-length", "16",
             "--width", "16", "--layers", "1", "--heads", "2", "--batch-size", "8",
             "--no-progress", "--eval-every", "3", "--eval-batches", "4", "--log-every", "1",

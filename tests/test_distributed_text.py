@@ -9,12 +9,11 @@ so they are equal as strings.
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 
-from tests.test_distributed import aigc
+from tests.test_distributed import aigc, word_corpus
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +22,7 @@ def tiny_gpt_run(tmp_path_factory):
     from aigc.cli import main
 
     tmp = tmp_path_factory.mktemp("ddp-text")
-    rng = random.Random(1)
-    words = "the quick brown fox jumps over lazy dog a stitch in time saves nine".split()
-    corpus = tmp / "c.txt"
-    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(40))
-                                  for _ in range(60)))
+    corpus = word_corpus(tmp / "c.txt", seed=1, paragraphs=60, words=40)
     run = tmp / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

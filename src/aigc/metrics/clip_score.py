@@ -30,6 +30,18 @@ def _pairs(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
 
 
+def _encode_pairs(metric, images: torch.Tensor, texts: list[str]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image and text embeddings of ``metric``'s encoder for ``update(images, texts)``."""
+    name = type(metric).__name__
+    if metric.encoder is None:
+        raise AigcError(f"{name} was built without an encoder: use update_embeddings")
+    if len(images) != len(texts):
+        raise AigcError(f"images ({len(images)}) and texts ({len(texts)}) must pair up")
+    with torch.no_grad():
+        return metric.encoder.encode_images(images), metric.encoder.encode_texts(texts)
+
+
 class ClipScore:
     """``update(images, texts)`` (or ``update_embeddings``), ``compute() -> float``, ``reset()``."""
 
@@ -42,13 +54,7 @@ class ClipScore:
         self.count = 0
 
     def update(self, images: torch.Tensor, texts: list[str]) -> None:
-        if self.encoder is None:
-            raise AigcError("ClipScore was built without an encoder: use update_embeddings")
-        if len(images) != len(texts):
-            raise AigcError(f"images ({len(images)}) and texts ({len(texts)}) must pair up")
-        with torch.no_grad():
-            self.update_embeddings(self.encoder.encode_images(images),
-                                   self.encoder.encode_texts(texts))
+        self.update_embeddings(*_encode_pairs(self, images, texts))
 
     def update_embeddings(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
         _pairs(image_emb, text_emb)
@@ -79,13 +85,7 @@ class CaptionRetrieval:
         self.texts: list[torch.Tensor] = []
 
     def update(self, images: torch.Tensor, texts: list[str]) -> None:
-        if self.encoder is None:
-            raise AigcError("CaptionRetrieval was built without an encoder: use update_embeddings")
-        if len(images) != len(texts):
-            raise AigcError(f"images ({len(images)}) and texts ({len(texts)}) must pair up")
-        with torch.no_grad():
-            self.update_embeddings(self.encoder.encode_images(images),
-                                   self.encoder.encode_texts(texts))
+        self.update_embeddings(*_encode_pairs(self, images, texts))
 
     def update_embeddings(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
         _pairs(image_emb, text_emb)

@@ -159,6 +159,8 @@ class CrossAttentionUNet(nn.Module):
         def block(c_in: int, c_out: int, attention: bool) -> Block:
             return Block(c_in, c_out, emb_dim, dropout, attention, context_dim)
 
+        # same down/mid/up layout as aigc.models.unet.UNet.__init__ (kept as a copy so that each
+        # family reads top to bottom and its state-dict names stay its own; change both together)
         self.down = nn.ModuleList()
         skip_widths, ch = [c0], c0
         for level, width in enumerate(channels):

@@ -135,6 +135,7 @@ class UNet(nn.Module):
         )
         self.conv_in = nn.Conv2d(image_channels, c0, 3, padding=1)
 
+        # copied in aigc.models.latent_diffusion.CrossAttentionUNet: change both together
         self.down = nn.ModuleList()
         skip_widths, ch = [c0], c0
         for level, width in enumerate(channels):
