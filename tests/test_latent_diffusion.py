@@ -211,3 +211,47 @@ def test_cli_needs_an_autoencoder(colours, tmp_path, capsys):
     assert len(err) == 1 and "--autoencoder" in err[0], err
     with pytest.raises(AigcError):
         raise ConfigError("ConfigError is an AigcError")
+
+
+def test_sentence_tokens_train_and_condition_sampling():
+    """sentence_prob > 0 trains on one-token contexts (the unit mean of the caption's token
+    states times sentence_scale); sample() takes the same contexts from sentence vectors."""
+    from dataclasses import replace
+
+    from aigc.models.latent_diffusion import sentence_vectors, token_norm
+
+    batch = _batch()
+    vec = sentence_vectors(batch["text"], batch["text_mask"])
+    assert torch.allclose(vec.norm(dim=-1), torch.ones(4), atol=1e-5)
+    # row 2 has one real token: its sentence vector is that token, normalised
+    assert torch.allclose(vec[2], torch.nn.functional.normalize(batch["text"][2, 0], dim=0),
+                          atol=1e-5)
+    scale = token_norm(batch["text"], batch["text_mask"])
+    assert scale == pytest.approx(float(batch["text"][batch["text_mask"]].norm(dim=-1).mean()))
+
+    torch.manual_seed(0)
+    plain = LatentDiffusion(LDM)
+    with pytest.raises(ConfigError, match="not trained on sentence tokens"):
+        plain.sentence_context(vec)
+    cfg = replace(LDM, sentence_prob=1.0, sentence_scale=scale)
+    model = _unzero(LatentDiffusion(cfg))
+    model.load_state_dict(_unzero(plain).state_dict())
+    # with sentence_prob 1 the loss sees only the sentence token: the padded tokens are ignored
+    torch.manual_seed(0)
+    a = model.loss(batch)
+    torch.manual_seed(0)
+    b = model.loss({**batch, "text": batch["text"] * 3.0})  # same unit means: same loss
+    assert torch.allclose(a, b, atol=1e-5)
+    torch.manual_seed(0)
+    assert not torch.allclose(a, plain.loss({**batch, "text": batch["text"] * 3.0}), atol=1e-5)
+
+    text, mask = model.sentence_context(vec)
+    assert text.shape == (4, 1, 384) and mask.all()
+    assert torch.allclose(text[:, 0].norm(dim=-1), torch.full((4,), scale), atol=1e-4)
+    g = [torch.Generator().manual_seed(i) for i in range(4)]
+    images = model.sample(4, text=text, text_mask=mask, steps=2, generator=g)
+    assert images.shape == (4, 3, 16, 16)
+    with pytest.raises(ConfigError, match="sentence vectors must be"):
+        model.sentence_context(torch.zeros(4, 5))
+    with pytest.raises(ConfigError, match="sentence_scale must be >= 0"):
+        replace(LDM, sentence_scale=-1.0)

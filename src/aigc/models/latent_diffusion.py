@@ -62,6 +62,12 @@ class LatentDiffusionConfig:
     text_dim: int = MINILM_DIM
     max_tokens: int = 16
     cond_drop_prob: float = 0.1
+    # Sentence-token conditioning: this share of training examples sees one token, the unit
+    # mean of its caption's token states times ``sentence_scale``, instead of the tokens. That
+    # is how a sentence encoder's vector (e.g. the distilled Chinese encoder's, which lands in
+    # MiniLM's sentence space) conditions the model. 0: tokens only.
+    sentence_prob: float = 0.0
+    sentence_scale: float = 0.0  # mean norm of a real token state; 0: measure it (when used)
     # Noise.
     schedule: Literal["linear", "cosine"] = "linear"
     prediction: Literal["epsilon", "v"] = "epsilon"
@@ -84,7 +90,10 @@ class LatentDiffusionConfig:
                               f"2**(len(ae_channels)-1) * 2**(len(channels)-1) = {factor}")
         if self.latent_std < 0:
             raise ConfigError(f"latent_std must be >= 0 (0: measure it), got {self.latent_std}")
-        for name in ("dropout", "cond_drop_prob"):
+        if self.sentence_scale < 0:
+            raise ConfigError(f"sentence_scale must be >= 0 (0: measure it), "
+                              f"got {self.sentence_scale}")
+        for name in ("dropout", "cond_drop_prob", "sentence_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.text_encoder == "minilm" and self.text_dim != MINILM_DIM:
@@ -252,6 +261,14 @@ class LatentDiffusion(nn.Module):
         target = eps if self.cfg.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
         text, mask = batch["text"].to(z0.dtype), batch["text_mask"]
         self._check_text(text, mask, b)
+        if self.cfg.sentence_prob > 0:
+            # Sentence tokens for a share of the examples: one token, then zeros (masked out).
+            pooled = self.sentence_tokens(sentence_vectors(text, mask), text.shape[1])
+            use = torch.rand(b, device=device) < self.cfg.sentence_prob
+            one = torch.zeros_like(mask)
+            one[:, 0] = True
+            text = torch.where(use[:, None, None], pooled, text)
+            mask = torch.where(use[:, None], one, mask)
         # Caption dropout: the null context (one token) for a share of the examples.
         drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
         null = self.null_context.to(text.dtype).expand(b, 1, -1)
@@ -264,6 +281,25 @@ class LatentDiffusion(nn.Module):
         return F.mse_loss(pred.float(), target)
 
     # ------------------------------------------------------------------ text
+    def sentence_tokens(self, vectors: torch.Tensor, tokens: int = 1) -> torch.Tensor:
+        """``(n, tokens, D)`` contexts from ``(n, D)`` sentence vectors: the unit vector times
+        ``sentence_scale`` as the first token, zeros after it (pair with a mask whose first
+        entry alone is true). Needs a model trained with ``sentence_prob > 0``."""
+        if not self.cfg.sentence_scale:
+            raise ConfigError("this model was not trained on sentence tokens (sentence_prob 0); "
+                              "condition it on token embeddings")
+        if vectors.dim() != 2 or vectors.shape[1] != self.cfg.text_dim:
+            raise ConfigError(f"sentence vectors must be (n, {self.cfg.text_dim}), "
+                              f"got {tuple(vectors.shape)}")
+        first = F.normalize(vectors.float(), dim=-1) * self.cfg.sentence_scale
+        return F.pad(first[:, None, :], (0, 0, 0, tokens - 1)).to(vectors.dtype)
+
+    def sentence_context(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(text (n, 1, D), mask (n, 1))`` for :meth:`sample` from sentence vectors, e.g.
+        MiniLM sentence embeddings or the distilled Chinese encoder's (same space)."""
+        text = self.sentence_tokens(vectors, 1)
+        return text, torch.ones(text.shape[:2], dtype=torch.bool)
+
     def embed_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(text (n, max_tokens, D), mask (n, max_tokens))`` of prompts under this model's
         text encoder. Refuses empty prompts and prompts MiniLM cannot read (e.g. Chinese: pass
@@ -389,7 +425,9 @@ MODEL_FROM_DATA = {"image_size": "the dataset's image size",
                    "ae_channels": "the --autoencoder checkpoint's channels",
                    "ae_num_res_blocks": "the --autoencoder checkpoint's num_res_blocks",
                    "latent_channels": "the --autoencoder checkpoint's latent_channels",
-                   "latent_std": "measured on the training images (when 0)"}
+                   "latent_std": "measured on the training images (when 0)",
+                   "sentence_scale": "measured on the caption tokens (when 0 and "
+                                     "sentence_prob > 0)"}
 
 
 class CaptionedTokens:
@@ -420,6 +458,18 @@ class CaptionedTokens:
         batch["text"] = self.text[rows].float()
         batch["text_mask"] = self.mask[rows]
         return batch
+
+
+def sentence_vectors(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The unit mean of each row's real token states, ``(n, D)``: MiniLM's sentence embedding
+    (all-MiniLM-L6-v2 mean-pools its token states and normalises) of the same text."""
+    m = mask[..., None].to(text.dtype)
+    return F.normalize((text * m).sum(1) / m.sum(1).clamp_min(1), dim=-1)
+
+
+def token_norm(text: torch.Tensor, mask: torch.Tensor) -> float:
+    """The mean L2 norm of the real token states of ``text`` (``sentence_scale``)."""
+    return float(text.float().norm(dim=-1)[mask].mean())
 
 
 def image_captions(images, name: str) -> list[list[str]]:
@@ -508,10 +558,13 @@ def bind_data(cfg: LatentDiffusionConfig, train, val, meta):
     if val is not None:
         captions.append(image_captions(val, name))
     index, text, mask = caption_tokens(captions, cfg.max_tokens)
+    if cfg.sentence_prob > 0 and not cfg.sentence_scale:
+        cfg = replace(cfg, sentence_scale=round(token_norm(text, mask), 6))
     train = _with_captions(train, captions[0], index, text, mask)
     if val is not None:
         val = _with_captions(val, captions[1], index, text, mask)
-    meta = {**meta, "captions": len(index), "latent_std": cfg.latent_std}
+    meta = {**meta, "captions": len(index), "latent_std": cfg.latent_std,
+            "sentence_scale": cfg.sentence_scale}
     return cfg, train, val, meta
 
 
