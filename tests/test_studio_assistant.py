@@ -549,3 +549,38 @@ def test_the_server_paths_are_not_shown_to_api_clients(client):
     assert info["index"] == index.name
     models = client.get("/v1/models").text
     assert str(index.parent) not in models and str(index.parent) not in str(info)
+
+
+def test_a_v1_asker_reads_the_persons_answer_and_repeats_are_one_handoff(kb, tmp_path):
+    """/v1 has no conversation: the reply's handoff_id is how its asker reads the answer.
+    The same question again while open is the same handoff; past the per-client limit no
+    handoff is opened and the reply says why; a missing handoff's 404 names no server file."""
+    from aigc.apps.assistant.handoff import HandoffQueue
+
+    question = "Which team won the football world cup in 1954?"
+    with TestClient(_app(kb, tmp_path)) as c:
+        def ask(q):
+            r = c.post("/v1/chat/completions", json={
+                "model": "assistant", "messages": [{"role": "user", "content": q}]})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        first, again = ask(question), ask(question.upper())
+        assert first["handed_off"] and again["handoff_id"] == first["handoff_id"]
+        url = f"/api/assistant/handoffs/{first['handoff_id']}"
+        h = c.get(url).json()
+        assert h["status"] == "open" and h["asked"] == 2 and h["answer"] is None
+        assert "client" not in h
+        c.post(f"{url}/answer", json={"text": "West Germany."})
+        h = c.get(url).json()
+        assert h["status"] == "answered" and h["answer"] == "West Germany."
+        err = _error(c.get("/api/assistant/handoffs/999999"), 404, "handoff_not_found")
+        assert "sqlite" not in err["message"] and str(tmp_path) not in err["message"]
+
+        queue: HandoffQueue = c.app.state.studio.assistant.assistant.queue
+        queue.max_open_per_client = 1
+        assert ask("Who painted the Mona Lisa?")["handoff_id"] is not None
+        busy = ask("What is the capital of Peru?")
+        assert busy["handed_off"] and busy["handoff_id"] is None
+        assert "waiting for a person" in busy["choices"][0]["message"]["content"]
+        assert not [h for h in queue.list() if h.question == "What is the capital of Peru?"]

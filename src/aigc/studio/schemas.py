@@ -375,6 +375,7 @@ class AssistantHandoff(BaseModel):
     created: float
     answered_at: float | None
     closed_at: float | None
+    asked: int = Field(1, description="times the question was asked while the handoff was open")
 
 
 class AssistantHandoffList(BaseModel):

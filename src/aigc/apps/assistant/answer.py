@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aigc.apps.assistant.handoff import HandoffQueue
+from aigc.apps.assistant.handoff import HandoffLimit, HandoffQueue
 from aigc.apps.assistant.ingest import language_of
 from aigc.apps.assistant.retrieve import MODES, Hit, Retriever, check_query
 from aigc.errors import AigcError
@@ -60,6 +60,12 @@ DONT_KNOW = {
     "en": "I don't know the answer from the documents I have. I have passed your question to "
           "a person{ref}; they will answer here.",
     "zh": "我在现有资料中找不到答案，已将您的问题转给人工客服{ref}，他们会在这里回复您。",
+}
+# The same when the asker has too many questions waiting for a person (no handoff opened).
+DONT_KNOW_BUSY = {
+    "en": "I don't know the answer from the documents I have, and you already have many "
+          "questions waiting for a person; please wait for their answers before asking more.",
+    "zh": "我在现有资料中找不到答案。您已有多个问题在等待人工客服回复，请先等待回复后再提问。",
 }
 _DONT_KNOW_REPLY = re.compile(r"i don'?t know|i do not know|不知道|无法回答", re.IGNORECASE)
 _CITE = re.compile(r"\[(\d{1,2})\]")
@@ -211,7 +217,8 @@ class Assistant:
         self.retriever = Retriever(self.index_dir)
 
     def ask(self, question: str, history: list[dict] | None = None, *,
-            conversation_id: str | None = None, record: bool = True) -> Answer:
+            conversation_id: str | None = None, record: bool = True,
+            client: str = "") -> Answer:
         """Answer ``question`` (see the module docstring).
 
         Args:
@@ -221,6 +228,8 @@ class Assistant:
             conversation_id: store the turn in this conversation (from
                 ``queue.new_conversation()``).
             record: open a handoff in the queue when handing off (False: evaluation runs).
+            client: who asks (the studio's client name), for the per-client handoff limit;
+                past it no handoff is opened and the reply says so.
         """
         question = check_query(question)
         lang = language_of(question)
@@ -251,14 +260,19 @@ class Assistant:
                         lang=lang,
                         conversation_id=conversation_id)
         if answer.handed_off:
-            handoff_id = None
+            handoff_id, busy = None, False
             if record:
-                handoff_id = self.queue.open(question, reason=reason, confidence=confidence,
-                                             conversation_id=conversation_id).id
+                try:
+                    handoff_id = self.queue.open(question, reason=reason, confidence=confidence,
+                                                 conversation_id=conversation_id,
+                                                 client=client).id
+                except HandoffLimit as exc:
+                    busy = True
+                    answer.reason = f"{reason}; no handoff opened: {exc}"
             answer.handoff_id = handoff_id
             ref = "" if handoff_id is None else (f" (#{handoff_id})" if lang == "en"
                                                  else f"（#{handoff_id}）")
-            answer.text = DONT_KNOW[lang].format(ref=ref)
+            answer.text = DONT_KNOW_BUSY[lang] if busy else DONT_KNOW[lang].format(ref=ref)
         else:
             numbers = cited or [1]  # the model cited nothing: show the top passage as source
             answer.citations = [_citation(n, hits[n - 1]) for n in numbers]

@@ -14,6 +14,11 @@ Example:
 
 Every change is one SQLite transaction (WAL journal), so a crash loses nothing committed and
 two processes (the CLI and the studio) can share the file.
+
+The same question asked again while its handoff is still open (same words up to case and
+spacing, same conversation or none) does not open another one: the open handoff's ``asked``
+count goes up. A client (an API key or a connection, as the studio names it) may open at most
+``max_open_per_client`` handoffs an hour that are still open; past that, :class:`HandoffLimit`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,21 @@ from aigc.errors import AigcError
 
 STATUSES = ("open", "answered", "approved", "rejected")
 MAX_ANSWER_CHARS = 20_000
+MAX_OPEN_PER_CLIENT = 20  # open handoffs one client may have opened in the last hour
+LIMIT_WINDOW_S = 3600.0
+
+
+class HandoffLimit(AigcError):
+    """A client has too many open handoffs (nothing was written)."""
+
+
+def question_key(question: str) -> str:
+    """The question as de-duplication compares it: case-folded, whitespace collapsed.
+
+    >>> question_key("  Do you ship\tto MARS? ") == question_key("do you ship to mars?")
+    True
+    """
+    return " ".join(question.casefold().split())
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -45,9 +65,14 @@ CREATE TABLE IF NOT EXISTS handoffs (
     question TEXT NOT NULL, reason TEXT NOT NULL, confidence REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'open',
     answer TEXT, answered_by TEXT, document TEXT,
-    created REAL NOT NULL, answered_at REAL, closed_at REAL);
+    created REAL NOT NULL, answered_at REAL, closed_at REAL,
+    asked INTEGER NOT NULL DEFAULT 1, client TEXT NOT NULL DEFAULT '',
+    question_key TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS handoffs_status ON handoffs(status);
 """
+# Columns added after the first release, for queue files made before them.
+_ADDED = {"asked": "INTEGER NOT NULL DEFAULT 1", "client": "TEXT NOT NULL DEFAULT ''",
+          "question_key": "TEXT NOT NULL DEFAULT ''"}
 
 
 @dataclass(frozen=True)
@@ -64,21 +89,40 @@ class Handoff:
     created: float
     answered_at: float | None
     closed_at: float | None
+    asked: int = 1  # times the question was asked while this handoff was open
+    client: str = ""  # who opened it (not shown to API clients)
+    question_key: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["client"], d["question_key"]
+        return d
 
 
 class HandoffQueue:
     """Handoffs and conversations in the SQLite file ``path``; ``index_dir`` (default: the
     file's folder) is the index that approved answers go into."""
 
-    def __init__(self, path: str | Path, index_dir: str | Path | None = None):
+    def __init__(self, path: str | Path, index_dir: str | Path | None = None, *,
+                 max_open_per_client: int = MAX_OPEN_PER_CLIENT):
+        if max_open_per_client < 1:
+            raise AigcError(f"max_open_per_client must be >= 1, got {max_open_per_client}")
         self.path = Path(path)
         self.index_dir = Path(index_dir) if index_dir is not None else self.path.parent
+        self.max_open_per_client = max_open_per_client
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        db = self._db()
+        try:
+            with db:
+                db.executescript(_SCHEMA)
+                have = {r["name"] for r in db.execute("PRAGMA table_info(handoffs)")}
+                for column, decl in _ADDED.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE handoffs ADD COLUMN {column} {decl}")
+                db.execute("CREATE INDEX IF NOT EXISTS handoffs_open_key "
+                           "ON handoffs(status, question_key)")
+        finally:
+            db.close()
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
@@ -136,13 +180,45 @@ class HandoffQueue:
 
     # -- handoffs ---------------------------------------------------------------------------
     def open(self, question: str, *, reason: str, confidence: float,
-             conversation_id: str | None = None) -> Handoff:
+             conversation_id: str | None = None, client: str = "") -> Handoff:
+        """A handoff for ``question``: the open one with the same question (and conversation)
+        if there is one (its ``asked`` count goes up), else a new one. Raises
+        :class:`HandoffLimit` when ``client`` already opened ``max_open_per_client`` handoffs
+        in the last hour that are still open."""
         if conversation_id is not None:
             self._check_conversation(conversation_id)
-        cur = self._run("INSERT INTO handoffs (conversation_id, question, reason, confidence, "
-                        "created) VALUES (?, ?, ?, ?, ?)",
-                        (conversation_id, question, reason, float(confidence), time.time()))
-        return self.get(cur.lastrowid)
+        key, now = question_key(question), time.time()
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")  # the check and the write as one step
+            try:
+                row = db.execute("SELECT id FROM handoffs WHERE status = 'open' AND "
+                                 "question_key = ? AND conversation_id IS ? ORDER BY id LIMIT 1",
+                                 (key, conversation_id)).fetchone()
+                if row is not None:
+                    db.execute("UPDATE handoffs SET asked = asked + 1 WHERE id = ?", (row["id"],))
+                    handoff_id = row["id"]
+                else:
+                    if client:
+                        (mine,) = db.execute(
+                            "SELECT COUNT(*) FROM handoffs WHERE status = 'open' AND client = ? "
+                            "AND created > ?", (client, now - LIMIT_WINDOW_S)).fetchone()
+                        if mine >= self.max_open_per_client:
+                            raise HandoffLimit(
+                                f"this client already has {mine} open handoffs from the last "
+                                f"hour (limit {self.max_open_per_client}); wait for answers")
+                    cur = db.execute(
+                        "INSERT INTO handoffs (conversation_id, question, reason, confidence, "
+                        "created, client, question_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (conversation_id, question, reason, float(confidence), now, client, key))
+                    handoff_id = cur.lastrowid
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.close()
+        return self.get(handoff_id)
 
     def get(self, handoff_id: int) -> Handoff:
         db = self._db()

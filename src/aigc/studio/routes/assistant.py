@@ -6,7 +6,8 @@ a knowledge base written by ``aigc assistant index``; otherwise each answers 404
 * ``POST /ask`` ``{question, conversation_id?}`` -> the answer, its citations (source and
   section), and whether it was handed off to a person (then ``handoff_id``);
 * ``GET /conversations/{id}`` -> the conversation's messages, answers of people included;
-* ``GET /handoffs?status=open`` -> the handoff queue; ``POST /handoffs/{id}/answer``
+* ``GET /handoffs?status=open`` -> the handoff queue; ``GET /handoffs/{id}`` -> one (how a
+  ``/v1`` asker, who has no conversation, reads the answer); ``POST /handoffs/{id}/answer``
   ``{text}`` (the answer goes back into the asker's conversation, signed by the person: the
   API key's name, or the page's anonymous id) and ``POST /handoffs/{id}/approve`` (the answer
   joins the knowledge base, which is re-indexed and reloaded);
@@ -214,8 +215,8 @@ def _conversation_exists(assistant, conversation_id: str) -> list[dict]:
 
 
 @router.post("/ask")
-async def ask(req: AssistantAskRequest, service: AssistantService = Depends(get_service)
-              ) -> AssistantAnswer:
+async def ask(req: AssistantAskRequest, request: Request, studio: Studio = Depends(get_studio),
+              service: AssistantService = Depends(get_service)) -> AssistantAnswer:
     """Answer a question from the knowledge base, citing its passages, or hand it off to a
     person (``handed_off``, ``handoff_id``). Without ``conversation_id`` a conversation
     starts; its id is in the answer."""
@@ -232,7 +233,8 @@ async def ask(req: AssistantAskRequest, service: AssistantService = Depends(get_
                            "conflict_error", code="conversation_full", param="conversation_id")
         with service.turn():
             try:
-                answer = assistant.ask(req.question, conversation_id=cid)
+                answer = assistant.ask(req.question, conversation_id=cid,
+                                       client=studio.client_of(request))
             except AigcError as exc:
                 raise _bad(exc, "question") from None
         return _answer(answer, cid)
@@ -263,8 +265,9 @@ def _handoff_call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except AigcError as exc:
         message = str(exc)
-        if message.startswith("no handoff"):
-            raise ApiError(404, message, "not_found_error", code="handoff_not_found") from None
+        if message.startswith("no handoff"):  # the message names the server's file: not shown
+            raise ApiError(404, message.split(" in ")[0], "not_found_error",
+                           code="handoff_not_found") from None
         if "re-indexing failed" in message:  # the server's index, not the handoff's state
             raise ApiError(500, message, "server_error", code="reindex_failed") from None
         raise ApiError(409, message, "conflict_error", code="handoff_state") from None
@@ -277,6 +280,16 @@ async def handoffs(status: str | None = Query(None, pattern="^(open|answered|app
     assistant = service.require()
     rows = await run_in_threadpool(assistant.queue.list, status)
     return AssistantHandoffList(data=[h.to_dict() for h in rows])
+
+
+@router.get("/handoffs/{handoff_id}")
+async def handoff(handoff_id: int, service: AssistantService = Depends(get_service)
+                  ) -> AssistantHandoff:
+    """One handoff: its status and, once a person answered, the answer. A ``/v1`` asker (no
+    conversation) reads the answer here with the ``handoff_id`` of its reply."""
+    assistant = service.require()
+    h = await run_in_threadpool(_handoff_call, assistant.queue.get, handoff_id)
+    return AssistantHandoff(**h.to_dict())
 
 
 @router.post("/handoffs/{handoff_id}/answer")
@@ -417,7 +430,7 @@ async def speak(req: AssistantSpeakRequest, service: AssistantService = Depends(
 # ------------------------------------------------------------------------- /v1 (OpenAI)
 
 
-async def chat_completion(studio: Studio, req: OAIChatRequest) -> Any:
+async def chat_completion(studio: Studio, req: OAIChatRequest, client: str = "") -> Any:
     """``/v1/chat/completions`` with ``model: "assistant"``: the last user message is the
     question, the messages before it the history. The reply carries ``sources`` (source,
     section and chunk of each citation ``[n]``) and ``handed_off`` next to OpenAI's fields.
@@ -435,7 +448,7 @@ async def chat_completion(studio: Studio, req: OAIChatRequest) -> Any:
     def run():
         with service.turn():
             try:
-                return assistant.ask(question, history=history)
+                return assistant.ask(question, history=history, client=client)
             except AigcError as exc:
                 raise _bad(exc, "messages") from None
 

@@ -222,7 +222,7 @@ async def chat_completions(req: OAIChatRequest, request: Request,
     if req.model == "assistant" and studio.assistant and studio.assistant.assistant:
         from aigc.studio.routes.assistant import chat_completion
 
-        return await chat_completion(studio, req)
+        return await chat_completion(studio, req, client=studio.client_of(request))
     return await _text(studio, req, chat=True, client=studio.client_of(request))
 
 
