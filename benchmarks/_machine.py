@@ -29,3 +29,32 @@ def machine_line() -> str:
     m = machine()
     return (f"machine: {m['cpu']}; ISA {' '.join(m['isa']) or '-'}; torch {m['torch']} "
             f"kernels {m['torch_cpu_capability']}, {m['threads']} thread(s)")
+
+
+def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
+    """The measured matmul peak of this machine at the current thread count, GFLOP/s: the best
+    of ``repeats`` timings of ``n x n @ n x n`` in ``dtype`` (``float32`` or ``bfloat16``), after
+    one warm-up. The denominator of "fraction of the peak" in the benchmarks' rows."""
+    import time
+
+    import torch
+
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def step_flops(fn) -> int:
+    """The FLOPs of one call of ``fn`` (matmuls, convolutions, attention: what
+    ``torch.utils.flop_counter`` counts, forward and backward), counted by running it once."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()

@@ -35,8 +35,9 @@ def warm_up(variants: dict[str, Callable[[], object]], steps: int) -> dict[str, 
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int,
-                steps: int) -> dict[str, dict[str, float]]:
-    """Median seconds per step, ``{"cpu": ..., "wall": ...}`` per variant."""
+                steps: int) -> dict[str, dict]:
+    """Median seconds per step, ``{"cpu": ..., "wall": ...}`` per variant, with the per-round
+    figures under ``"cpu_rounds"`` / ``"wall_rounds"`` (for :func:`ratio_spread`)."""
     names = list(variants)
     cpu: dict[str, list[float]] = {n: [] for n in names}
     wall: dict[str, list[float]] = {n: [] for n in names}
@@ -49,4 +50,12 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int,
                 step()
             cpu[name].append((time.process_time() - c0) / steps)
             wall[name].append((time.perf_counter() - w0) / steps)
-    return {n: {"cpu": statistics.median(cpu[n]), "wall": statistics.median(wall[n])} for n in names}
+    return {n: {"cpu": statistics.median(cpu[n]), "wall": statistics.median(wall[n]),
+                "cpu_rounds": cpu[n], "wall_rounds": wall[n]} for n in names}
+
+
+def ratio_spread(slow: dict, fast: dict, clock: str = "cpu") -> str:
+    """``slow``'s time over ``fast``'s, round by round (the two ran in the same round, so load
+    falls on both): ``"x1.23 (rounds 1.10-1.31)"``, the median and the range over rounds."""
+    ratios = sorted(a / b for a, b in zip(slow[f"{clock}_rounds"], fast[f"{clock}_rounds"]))
+    return f"x{statistics.median(ratios):.2f} (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"

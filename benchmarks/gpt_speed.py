@@ -130,9 +130,12 @@ def main() -> None:
                for _ in range(8)]
     ours, hf = build(args, tok.vocab_size)
     n_params = sum(p.numel() for p in ours.parameters())
-    from _machine import machine_line
+    from _machine import machine_line, matmul_peak, step_flops
 
     print(machine_line())
+    peak = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+    print(f"measured matmul peak (1024^3, {args.threads} thread(s)): float32 "
+          f"{peak['float32']:,.0f} GFLOP/s, bfloat16 {peak['bfloat16']:,.0f} GFLOP/s")
     print(f"config: layers={args.layers} heads={args.heads} width={args.width} "
           f"context={args.context} batch={args.batch} vocab={tok.vocab_size} "
           f"params={n_params / 1e6:.2f}M threads={args.threads} torch={torch.__version__} "
@@ -141,7 +144,7 @@ def main() -> None:
     # ---- training
     import copy
 
-    from _timing import interleaved, load_average, warm_up
+    from _timing import interleaved, load_average, ratio_spread, warm_up
 
     from aigc.models import layers
     from aigc.train import CompiledLoss
@@ -177,22 +180,43 @@ def main() -> None:
             if compiled:
                 loss_fn = torch.compile(loss_fn)
         variants[name] = make_step(model, loss_fn, batches, fused=fused, bf16=bf16, onednn=onednn)
+    # FLOPs of one training step per side (forward + backward matmuls and attention, counted
+    # on a copy by torch.utils.flop_counter; the same math with or without compile/fused/bf16)
+    flops = {}
+    for side, m in (("ours", ours), ("hf", hf)):
+        m2 = copy.deepcopy(m)
+        fn = ((lambda mm: (lambda tokens: mm.loss({"tokens": tokens})))(m2) if side == "ours"
+              else (lambda mm: (lambda tokens: hf_loss(mm, tokens)))(m2))
+        flops[side] = step_flops(make_step(m2, fn, batches, fused=False, bf16=False))
+    print(f"FLOPs per training step (torch.utils.flop_counter): ours {flops['ours'] / 1e9:.3f} G, "
+          f"transformers {flops['hf'] / 1e9:.3f} G")
     print(f"warm-up: {args.warmup} steps each, excluded from the figures (compile happens here)")
     warm_up(variants, args.warmup)
     timing = interleaved(variants, args.rounds, args.train_steps)
     tokens_per_step = args.batch * args.context
     print(f"\ntraining tokens/s ({args.rounds} interleaved rounds x {args.train_steps} steps; "
           f"median; ratios from CPU time)")
-    print(f"  {'variant':<30} {'tok/s (cpu)':>12} {'tok/s (wall)':>13}  vs transformers  vs transformers fused")
+    print(f"  {'variant':<30} {'tok/s (cpu)':>12} {'tok/s (wall)':>13}  vs transformers  "
+          f"vs transformers fused  GFLOP/s  of peak")
     base = timing["transformers"]["cpu"]
     base_fused = timing["transformers fused-adamw"]["cpu"]
     for name, t in timing.items():
+        side = "ours" if name.startswith("ours") else "hf"
+        gflops = flops[side] / t["cpu"] / 1e9
+        frac = gflops / peak["bfloat16" if "bf16" in name else "float32"]
         print(f"  {name:<30} {tokens_per_step / t['cpu']:12,.0f} {tokens_per_step / t['wall']:13,.0f}"
-              f"  x{base / t['cpu']:.2f}            x{base_fused / t['cpu']:.2f}")
+              f"  x{base / t['cpu']:.2f}            x{base_fused / t['cpu']:.2f}"
+              f"                {gflops:7.1f}  {100 * frac:5.1f}%")
     best = min((t["cpu"], n) for n, t in timing.items() if n.startswith("ours") and "bf16" not in n)
     same = "transformers fused+compile" if "compile" in best[1] else "transformers fused-adamw"
     print(f"headline (float32): {best[1]} vs transformers (torch-default AdamW): "
           f"x{base / best[0]:.2f}; vs {same}: x{timing[same]['cpu'] / best[0]:.2f} (target >= 1.3x)")
+    print("  per-round spread, best against best: "
+          f"CPU time {ratio_spread(timing[same], timing[best[1]])}, "
+          f"wall time {ratio_spread(timing[same], timing[best[1]], 'wall')}")
+    if "ours fused bf16" in timing:
+        print("  bf16 best against best (ours fused bf16 vs transformers fused bf16): CPU time "
+              f"{ratio_spread(timing['transformers fused bf16'], timing['ours fused bf16'])}")
     print(load_average() + " (after)")
 
     # ---- generation (same weights again: copy ours into hf after training diverged them)
@@ -236,6 +260,9 @@ def main() -> None:
           f"{tps['ours-model']:,.0f}  transformers generate() {tps['hf']:,.0f}")
     print(f"generation ratio: stream {tps['ours-stream'] / tps['hf']:.2f}x, bare model "
           f"{tps['ours-model'] / tps['hf']:.2f}x (target >= 1.5x)")
+    per_round = sorted(h / o for h, o in zip(times["hf"], times["ours-stream"]))
+    print(f"  per-round spread (stream vs transformers, CPU time): "
+          f"{per_round[0]:.2f}-{per_round[-1]:.2f} over {len(per_round)} rounds")
 
 
 if __name__ == "__main__":
