@@ -4,6 +4,7 @@ studio with English and Chinese prompts. Tiny models (16 px, channels 8), second
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
 import numpy as np
@@ -212,13 +213,15 @@ def test_cli_sample_errors_are_one_line(models, tmp_path, capsys):
 # ------------------------------------------------------------------ the studio
 def test_the_studio_serves_english_and_chinese_prompts_and_items_replay(models, tmp_path,
                                                                         capsys):
-    settings = make_settings(tmp_path, model_paths=(("ldm", models["zh"]),))
+    settings = make_settings(tmp_path, model_paths=(("ldm", models["zh"]),
+                                                    ("ldm-en", models["plain"])))
     with TestClient(create_app(settings)) as client:
         details = {m["id"]: m["details"] for m in client.get("/api/models").json()["models"]}
         d = details["ldm"]
         assert (d["family"], d["conditioning"], d["class_names"]) == ("latent-diffusion", "text",
                                                                       [])
         assert d["prompt_languages"] == ["en", "zh"]
+        assert details["ldm-en"]["prompt_languages"] == ["en"]
         assert (d["default_steps"], d["default_guidance"]) == (20, 3.0)
         assert "dpm-solver++" in d["samplers"]
         items = {}
@@ -237,6 +240,18 @@ def test_the_studio_serves_english_and_chinese_prompts_and_items_replay(models, 
             r = client.post("/api/jobs", json={"kind": "image", "model": "ldm", "n": 1,
                                                "steps": 2, **body})
             assert api_error(r, 400)["param"] == param, r.text
+        r = client.post("/api/jobs", json={"kind": "image", "model": "ldm-en", "n": 1,
+                                           "prompt": "红色的心"})
+        assert "attach-zh" in api_error(r, 400, "unsupported_parameter")["message"]
+        r = client.post("/v1/images/generations", json={"model": "ldm", "prompt": "红色的心",
+                                                         "n": 1, "steps": 2, "seed": 5})
+        assert r.status_code == 200, r.text
+        assert r.json()["data"][0]["revised_prompt"] == "红色的心"
+        v1 = client.get(f"/api/items/{r.json()['data'][0]['item_id']}").json()
+        assert v1["record"]["text_route"] == "sentence"
+        # the same seed, prompt and options as the /api/jobs item: the same image
+        png = Image.open(io.BytesIO(client.get(v1["url"]).content))
+        np.testing.assert_array_equal(np.asarray(png), np.asarray(Image.open(items["红色的心"][1])))
     assert items["a red heart"][0]["text_route"] == "tokens"
     assert items["红色的心"][0]["text_route"] == "sentence"
     for rec, path in items.values():
