@@ -13,6 +13,9 @@ Both build their records with :func:`image_record`, so the same fields mean the 
 ``seed``, ``n``     the generator seed and how many images it drew
 ``label``           class index (``None``: none, or cycling for a grid: ``class_name`` says)
 ``prompt``          the prompt text, or ``None``
+``text_route``      latent diffusion only, with a prompt: ``"tokens"`` or ``"sentence"``, how
+                    the prompt was read (:meth:`~aigc.models.latent_diffusion.LatentDiffusion.
+                    prompt_route`); replay reads it the same way
 ``options``         every sampling option the family takes, defaults resolved: what ran, never
                     ``null`` for "the default" (:func:`sampling_options`)
 ``threads``         ``torch.get_num_threads()`` when it ran: float reductions, and so the last

@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--class", dest="class_", metavar="CLASS",
                    help="class name or index, e.g. 7, seven, sneaker (default: cycle through classes)")
     g.add_argument("--prompt", help="free-text prompt (diffusion models trained with text)")
+    g.add_argument("--text-route", choices=["auto", "tokens", "sentence"], default=None,
+                   help="latent-diffusion: read an English --prompt as MiniLM tokens or as one "
+                   "sentence token (a Chinese one is always a sentence token from the bundled "
+                   "encoder); default auto: tokens for English. The record keeps the route")
     g = p.add_argument_group("diffusion")
     g.add_argument("--sampler", choices=["ddpm", "ddim", "dpm-solver++"], default=None,
                    help="default dpm-solver++")
@@ -199,6 +203,7 @@ def run_sample(args: argparse.Namespace) -> int:
         class_ = record.get("label", record.get("class"))  # format 2, or the older records
         prompt = record.get("prompt")
     labels, text, label, class_name = _condition(n, class_, prompt, model, ckpt)
+    route = _text_route(args, record, prompt, model, ckpt)
     seed_block = args.seed_block if args.seed_block is not None else \
         (record or {}).get("seed_block")
     from aigc.distributed import context
@@ -217,7 +222,7 @@ def run_sample(args: argparse.Namespace) -> int:
             return model.sample(count, generator=gen, labels=lab, **o)
         if ckpt.family == "latent-diffusion":  # the prompt is read by the model's own encoder
             return model.sample(count, generator=gen, prompt=prompt.strip() if prompt else None,
-                                progress=progress, **o)
+                                text_route=route or "auto", progress=progress, **o)
         return model.sample(count, generator=gen, labels=lab, text=txt, progress=progress, **o)
 
     if seed_block is None:
@@ -227,6 +232,8 @@ def run_sample(args: argparse.Namespace) -> int:
         if images is None:  # not rank 0 under torchrun: its samples went to rank 0
             return 0
     extra = {} if seed_block is None else {"seed_block": seed_block}
+    if route is not None:
+        extra["text_route"] = route
     if single:
         return _write_item(args, record, images[0], image_record(
             kind="image", ckpt=ckpt, checkpoint=checkpoint, seed=seed, n=1, ema=not raw,
@@ -275,7 +282,8 @@ def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, 
     from aigc.records import image_record, replay_options
 
     unused = [f for f, v in (("--class", args.class_), ("--truncation", args.truncation),
-                             ("--temperature", args.temperature), ("--raw", args.raw or None))
+                             ("--temperature", args.temperature), ("--raw", args.raw or None),
+                             ("--text-route", args.text_route))
               if v is not None]
     if unused:
         raise AigcError(f"{', '.join(unused)} do(es) not apply to a diffusers folder; it takes "
@@ -333,6 +341,21 @@ def _write_item(args: argparse.Namespace, source: dict[str, Any], image: torch.T
     return 0
 
 
+def _text_route(args: argparse.Namespace, record: dict[str, Any] | None, prompt: str | None,
+                model, ckpt) -> str | None:
+    """The route a latent-diffusion prompt takes (``"tokens"`` or ``"sentence"``, as
+    recorded), from --text-route, else the replayed record, else ``auto``; ``None`` when no
+    prompt is read."""
+    chosen = args.text_route
+    if chosen is not None and (ckpt.family != "latent-diffusion" or prompt is None):
+        raise AigcError("--text-route applies to a latent-diffusion model's --prompt only")
+    if ckpt.family != "latent-diffusion" or prompt is None:
+        return None
+    if chosen is None:
+        chosen = (record or {}).get("text_route") or "auto"
+    return model.prompt_route(prompt.strip(), chosen)
+
+
 def _nrow(n: int, model) -> int | None:
     k = getattr(model.cfg, "num_classes", 0)
     return k if k and n % k == 0 and n > k else None
@@ -357,8 +380,7 @@ def _condition(n: int, class_: str | int | None, prompt: str | None, model, ckpt
             raise AigcError("a latent-diffusion model takes --prompt, not --class")
         if prompt is not None and not 1 <= len(prompt.strip()) <= 500:
             raise AigcError(f"--prompt must be 1..500 characters, got {len(prompt.strip())}")
-        if prompt is not None:
-            model.embed_prompts([prompt.strip()])  # refuses a prompt its encoder cannot read
+        # the prompt's route, and whether the model can read it: _text_route
         return None, None, None, None if prompt is not None else "unconditional"
     if prompt is not None:
         if ckpt.family != "diffusion":

@@ -39,7 +39,16 @@ from aigc.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, laten
 from aigc.models.diffusion import noise_schedule
 from aigc.models.pretrained import MINILM_DIM
 from aigc.models.samplers._common import noise_like
+from aigc.models.text_zh import ZhTextEncoder, has_cjk
 from aigc.models.unet import Attention, ResBlock, _groups, _norm, timestep_embedding
+
+# How a prompt reaches the UNet: "tokens", MiniLM's per-token states (the default for English);
+# "sentence", one sentence token (English: the unit mean of those states; Chinese: the bundled
+# encoder's vector, the only way a Chinese prompt is read); "auto", tokens for English and the
+# sentence token for Chinese. Records store the route that ran, never "auto".
+TEXT_ROUTES = ("auto", "tokens", "sentence")
+ATTACH_HINT = ("attach one with `python -m aigc.models.latent_diffusion attach-zh MODEL OUT "
+               "--scorer starter:clip-scorer-emoji` (see docs/latent-diffusion.md)")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,13 @@ class LatentDiffusionConfig:
     # MiniLM's sentence space) conditions the model. 0: tokens only.
     sentence_prob: float = 0.0
     sentence_scale: float = 0.0  # mean norm of a real token state; 0: measure it (when used)
+    # A bundled Chinese encoder (aigc.models.text_zh.ZhTextEncoder, distilled into MiniLM's
+    # sentence space), copied in after training by :func:`attach_zh`: a Chinese prompt becomes
+    # one sentence token. zh_buckets 0: none bundled (every checkpoint older than this field).
+    zh_buckets: int = 0
+    zh_dim: int = 64
+    zh_hidden: int = 256
+    zh_source: str = ""  # SHA-256 of the clip-scorer file the encoder was copied from
     # Noise.
     schedule: Literal["linear", "cosine"] = "linear"
     prediction: Literal["epsilon", "v"] = "epsilon"
@@ -101,6 +117,16 @@ class LatentDiffusionConfig:
                               f"text_dim={self.text_dim}; use text_encoder='none' for another")
         if self.num_train_timesteps < 2:
             raise ConfigError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        if self.zh_buckets < 0:
+            raise ConfigError(f"zh_buckets must be >= 0 (0: no Chinese encoder), "
+                              f"got {self.zh_buckets}")
+        if self.zh_buckets:
+            check_positive(self, "zh_dim", "zh_hidden")
+            if not self.sentence_scale or self.text_dim != MINILM_DIM:
+                raise ConfigError("a bundled Chinese encoder (zh_buckets > 0) needs a model "
+                                  f"trained on sentence tokens ({MINILM_DIM}-d text, "
+                                  f"sentence_scale > 0); got text_dim={self.text_dim}, "
+                                  f"sentence_scale={self.sentence_scale}")
 
     def autoencoder_config(self) -> AutoencoderKLConfig:
         return AutoencoderKLConfig(image_size=self.image_size, image_channels=self.image_channels,
@@ -226,6 +252,9 @@ class LatentDiffusion(nn.Module):
         self.null_context = nn.Parameter(torch.zeros(1, 1, cfg.text_dim))
         self.register_buffer("alphas_cumprod",
                              noise_schedule(cfg.schedule, cfg.num_train_timesteps), persistent=False)
+        # Built last, so that the other weights draw the same initial values with or without it.
+        self.zh = (ZhTextEncoder(buckets=cfg.zh_buckets, dim=cfg.zh_dim, hidden=cfg.zh_hidden)
+                   .requires_grad_(False) if cfg.zh_buckets else None)
 
     @property
     def scale(self) -> float:
@@ -300,25 +329,78 @@ class LatentDiffusion(nn.Module):
         text = self.sentence_tokens(vectors, 1)
         return text, torch.ones(text.shape[:2], dtype=torch.bool)
 
-    def embed_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(text (n, max_tokens, D), mask (n, max_tokens))`` of prompts under this model's
-        text encoder. Refuses empty prompts and prompts MiniLM cannot read (e.g. Chinese: pass
-        a Chinese encoder's embeddings as ``text`` instead)."""
-        from aigc.models.pretrained import embed_tokens, minilm_unknown_characters
+    def prompt_route(self, prompt: str, text_route: str = "auto") -> str:
+        """The route ``"tokens"`` or ``"sentence"`` that ``prompt`` takes under ``text_route``
+        (see :data:`TEXT_ROUTES`), or a :class:`ConfigError` saying why this model cannot read
+        it: an empty prompt, a script other than Latin or Chinese, a Chinese prompt without a
+        bundled encoder (or on the token route), the sentence route on a model not trained on
+        sentence tokens."""
+        import unicodedata
 
+        from aigc.models.pretrained import minilm_unknown_characters
+
+        if text_route not in TEXT_ROUTES:
+            raise ConfigError(f"text_route must be one of {', '.join(TEXT_ROUTES)}, "
+                              f"got {text_route!r}")
         if self.cfg.text_encoder != "minilm":
             raise ConfigError(f"this model's text_encoder is {self.cfg.text_encoder!r}: pass "
                               "precomputed embeddings (text=, text_mask=), not prompt strings")
-        for p in prompts:
-            if not isinstance(p, str) or not p.strip():
-                raise ConfigError(f"prompt must be a non-empty string, got {p!r}")
-            unknown = minilm_unknown_characters(p)
-            if unknown and len(unknown) * 2 >= len(set(p.replace(" ", ""))):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError(f"prompt must be a non-empty string, got {prompt!r}")
+        other = sorted({c for c in prompt if c.isalpha() and not has_cjk(c)
+                        and "LATIN" not in unicodedata.name(c, "")})
+        if other:
+            raise ConfigError(f"prompt {prompt!r}: letters {''.join(other)!r} are of a script "
+                              "this model does not read; write the prompt in English (Latin "
+                              "letters) or Chinese (Han characters)")
+        if has_cjk(prompt):
+            if self.zh is None:
+                raise ConfigError(f"prompt {prompt!r}: the English MiniLM encoder cannot read "
+                                  "Chinese and this model bundles no Chinese encoder; "
+                                  + ATTACH_HINT)
+            if text_route == "tokens":
+                raise ConfigError(f"prompt {prompt!r}: a Chinese prompt is read by the bundled "
+                                  "Chinese encoder as one sentence token; text_route='tokens' "
+                                  "is for English prompts (use 'auto' or 'sentence')")
+        else:
+            unknown = minilm_unknown_characters(prompt)
+            if unknown and len(unknown) * 2 >= len(set(prompt.replace(" ", ""))):
                 raise ConfigError(
-                    f"prompt {p!r}: the English MiniLM encoder cannot read "
-                    f"{''.join(sorted(unknown))!r}; write it in English or pass embeddings from "
-                    "an encoder for that script (text=, text_mask=)")
-        return embed_tokens(list(prompts), max_length=self.cfg.max_tokens)
+                    f"prompt {prompt!r}: the English MiniLM encoder cannot read "
+                    f"{''.join(sorted(unknown))!r}; write it in English or Chinese, or pass "
+                    "embeddings from an encoder for that script (text=, text_mask=)")
+        route = "sentence" if has_cjk(prompt) or text_route == "sentence" else "tokens"
+        if route == "sentence" and not self.cfg.sentence_scale:
+            raise ConfigError(f"prompt {prompt!r} needs the sentence route, but this model was "
+                              "not trained on sentence tokens (sentence_prob 0)")
+        return route
+
+    def embed_prompts(self, prompts: list[str], text_route: str = "auto"
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(text (n, max_tokens, D), mask (n, max_tokens))`` of prompts, each read on its
+        :meth:`prompt_route`: MiniLM's token states, or one sentence token (zeros after it,
+        masked out) from MiniLM's sentence vector (English) or the bundled Chinese encoder.
+        Each distinct prompt is encoded alone, so its context does not depend on the other
+        prompts of the batch (a studio item replays alone to the same pixels)."""
+        from aigc.models.pretrained import embed_tokens
+
+        routes = [self.prompt_route(p, text_route) for p in prompts]
+        seen: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        rows = []
+        for p, route in zip(prompts, routes, strict=True):
+            if (p, route) not in seen:
+                if route == "tokens":
+                    seen[p, route] = embed_tokens([p], max_length=self.cfg.max_tokens)
+                else:
+                    if has_cjk(p):
+                        vector = self.zh.encode([p]).cpu()  # (1, 384), MiniLM's sentence space
+                    else:  # the unit mean of the token states, as in training
+                        vector = sentence_vectors(*embed_tokens([p], max_length=self.cfg.max_tokens))
+                    one = torch.zeros(1, self.cfg.max_tokens, dtype=torch.bool)
+                    one[:, 0] = True
+                    seen[p, route] = self.sentence_tokens(vector, self.cfg.max_tokens), one
+            rows.append(seen[p, route])
+        return torch.cat([t for t, _ in rows]), torch.cat([m for _, m in rows])
 
     # ------------------------------------------------------------------ sampling
     def _guided(self, z: torch.Tensor, t: int, text: torch.Tensor, mask: torch.Tensor,
@@ -350,14 +432,16 @@ class LatentDiffusion(nn.Module):
                prompt: str | list[str] | None = None, text: torch.Tensor | None = None,
                text_mask: torch.Tensor | None = None, sampler: str = "dpm-solver++",
                steps: int = 20, guidance: float = 3.0, eta: float = 0.0, size: int | None = None,
+               text_route: str = "auto",
                progress: bool | Callable[[float], None] = False) -> torch.Tensor:
         """Draw ``n`` images ``(n, C, H, W)`` in [0, 1].
 
         Args:
             generator: CPU generator for the initial latent noise and sampler noise, or one
                 generator per image.
-            prompt: one prompt for all images or ``n`` prompts (read by MiniLM), or ``None``
-                with ``text`` / ``text_mask``, or neither (unconditional: the null context).
+            prompt: one prompt for all images or ``n`` prompts (English, read by MiniLM; or
+                Chinese, read by the bundled encoder), or ``None`` with ``text`` /
+                ``text_mask``, or neither (unconditional: the null context).
             text: ``(n, T, text_dim)`` precomputed token embeddings; ``text_mask`` ``(n, T)``
                 bool marks real tokens (default all).
             sampler: ``ddpm``, ``ddim`` or ``dpm-solver++`` (x_0 clipping off in the latent).
@@ -365,6 +449,8 @@ class LatentDiffusion(nn.Module):
             guidance: classifier-free guidance scale (1: conditional only, 0: unconditional).
             eta: DDIM's noise level.
             size: image side; must be the trained size (the decoder's latent grid is fixed).
+            text_route: how prompts are read, one of :data:`TEXT_ROUTES` (see
+                :meth:`prompt_route`); applies to ``prompt`` only.
             progress: ``True`` for a progress bar, or a callable given the fraction done.
         """
         from aigc.models.samplers import make_sampler
@@ -380,7 +466,9 @@ class LatentDiffusion(nn.Module):
             prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
             if len(prompts) != n:
                 raise ConfigError(f"{len(prompts)} prompts for {n} images")
-            text, text_mask = self.embed_prompts(prompts)
+            text, text_mask = self.embed_prompts(prompts, text_route)
+        elif text_route != "auto":
+            raise ConfigError(f"text_route={text_route!r} applies to prompt strings; none given")
         if text is None:
             if text_mask is not None:
                 raise ConfigError("text_mask without text")
@@ -586,3 +674,90 @@ def preview(model: LatentDiffusion, step: int, run_dir) -> None:
                           prompt=prompts, guidance=3.0)
     save_grid(Path(run_dir) / "samples" / f"step-{step:08d}.png", images, nrow=4,
               record={"kind": "preview", "step": step, "prompts": prompts[::4]})
+
+
+# ------------------------------------------------------------------ a bundled Chinese encoder
+def attach_zh(model_path: str, out: str, *, scorer: str):
+    """Copy the distilled Chinese encoder (``zh.*``) of a finished clip-scorer file into a
+    latent-diffusion checkpoint, so that the checkpoint alone reads Chinese prompts.
+
+    The encoder's shape goes into the config (``zh_buckets``, ``zh_dim``, ``zh_hidden``) and
+    the scorer file's SHA-256 into ``zh_source`` (lineage); its weights go in under ``zh.``,
+    next to the raw and the EMA weights alike. The rest of the checkpoint (weights, step,
+    train config, meta) is kept; an encoder already bundled is replaced. Returns the path of
+    the new ``model.safetensors``-format file ``out``. Paths only (``python -m
+    aigc.models.latent_diffusion attach-zh`` also takes ``starter:NAME``).
+
+    Example:
+        >>> attach_zh("runs/ldm-emoji", "out/ldm-zh.safetensors",
+        ...           scorer="src/aigc/assets/starters/clip-scorer-emoji.safetensors")  # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    from aigc.checkpoints import load_checkpoint, save_model_file
+    from aigc.config import config_from_dict, config_to_dict
+    from aigc.models import model_from_checkpoint
+    from aigc.models.clip_scorer import ClipScorerConfig
+
+    ckpt = load_checkpoint(model_path)
+    if ckpt.family != "latent-diffusion":
+        raise ConfigError(f"{ckpt.path} is a {ckpt.family!r} checkpoint, not 'latent-diffusion'")
+    cfg = config_from_dict(LatentDiffusionConfig, ckpt.model_config, where=str(ckpt.path))
+    if not cfg.sentence_scale:
+        raise ConfigError(f"{ckpt.path} was not trained on sentence tokens (sentence_prob 0), "
+                          "so a Chinese encoder's sentence vector cannot condition it; train "
+                          "with sentence_prob > 0")
+    source = load_checkpoint(scorer)
+    if source.family != "clip-scorer":
+        raise ConfigError(f"--scorer {scorer}: {source.path} is a {source.family!r} checkpoint, "
+                          "not a 'clip-scorer'")
+    if "zh_distillation" not in source.meta:
+        raise ConfigError(f"--scorer {scorer}: {source.path} has no distilled Chinese encoder "
+                          "(no zh_distillation in its meta); export it with "
+                          "`python -m aigc.models.clip_scorer finish RUN OUT`")
+    scfg = config_from_dict(ClipScorerConfig, source.model_config, where=str(source.path))
+    zh = {k: v for k, v in source.weights.items() if k.startswith("zh.")}
+    new_cfg = replace(cfg, zh_buckets=scfg.zh_buckets, zh_dim=scfg.zh_dim,
+                      zh_hidden=scfg.zh_hidden, zh_source=source.sha256)
+
+    def with_zh(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**{k: v for k, v in weights.items() if not k.startswith("zh.")}, **zh}
+
+    meta = {**ckpt.meta, "zh_encoder": {"source": str(source.path), "sha256": source.sha256,
+                                        "distillation": source.meta["zh_distillation"]}}
+    out_path = save_model_file(
+        Path(out), family="latent-diffusion", model_config=config_to_dict(new_cfg),
+        weights=with_zh(ckpt.weights),
+        ema_weights=None if ckpt.ema_weights is None else with_zh(ckpt.ema_weights),
+        step=ckpt.step, train_config=ckpt.train_config, meta=meta)
+    model_from_checkpoint(out_path)  # the file rebuilds its model, encoder included
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from aigc.errors import AigcError
+    from aigc.registry import resolve_model  # the command line takes starter:NAME too
+
+    p = argparse.ArgumentParser(prog="python -m aigc.models.latent_diffusion")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("attach-zh", help="bundle a distilled Chinese encoder into a checkpoint")
+    a.add_argument("model", help="latent-diffusion run, checkpoint folder or file")
+    a.add_argument("out", help="the new model file (.safetensors)")
+    a.add_argument("--scorer", default="starter:clip-scorer-emoji",
+                   help="a finished clip-scorer file whose zh encoder is copied "
+                   "(default starter:clip-scorer-emoji)")
+    args = p.parse_args(argv)
+    try:
+        path = attach_zh(resolve_model(args.model), args.out, scorer=resolve_model(args.scorer))
+    except AigcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

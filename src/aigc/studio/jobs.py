@@ -576,7 +576,8 @@ class JobRunner:
                     class_name=names[spec.label] if spec.label is not None and names else None,
                     prompt=spec.prompt, job_id=job["id"], index=i, model=model,
                     conditioning=backend.conditioning, native_size=backend.image_size,
-                    output_size=p.get("size") or backend.image_size)
+                    output_size=p.get("size") or backend.image_size,
+                    **backend.prompt_record(spec))
                 outs.append(ItemOut(png_bytes(images[start + i], record, p.get("size")), "png",
                                     record, prompt=spec.prompt, seed=spec.seed))
             start += n

@@ -12,7 +12,8 @@ arguments its signature accepts:
 ``temperature`` ``float``, scales the prior draw (VAE)
 ``labels``      ``LongTensor (n,)`` of class indices (class-conditional GAN/diffusion); names
                 come from ``checkpoint.meta["class_names"]``
-``prompt``      ``list[str]`` of n prompts (text-conditional diffusion)
+``prompt``      ``list[str]`` of n prompts (text-conditional diffusion, latent diffusion: read
+                on the route ``prompt_route(prompt)`` gives, which the item records)
 ``steps``       ``int``, number of sampler steps (diffusion)
 ``guidance``    ``float``, classifier-free guidance scale (diffusion)
 ``sampler``     ``str``, e.g. ``"ddpm" | "ddim" | "dpm_solver"`` (diffusion)
@@ -90,6 +91,14 @@ class ImageBackend:
             getattr(cfg, "text_conditioning", True))
         self.takes_label = "labels" in self._accepts and bool(
             self.class_names or getattr(cfg, "num_classes", 0))
+        if not self.takes_label:  # names of classes the model cannot take are not offered
+            self.class_names = []
+        # A family whose prompts take a route (latent diffusion: MiniLM tokens, or one
+        # sentence token from English or, with a bundled encoder, Chinese) says which; its
+        # items record the route each prompt took.
+        self._routes = callable(getattr(model, "prompt_route", None))
+        self.prompt_languages = (["en", "zh"] if getattr(model, "zh", None) is not None
+                                 else ["en"]) if self._routes else []
         self.conditioning = ("class+text" if self.takes_prompt and self.takes_label
                              else "text" if self.takes_prompt
                              else "class" if self.takes_label else "none")
@@ -114,6 +123,7 @@ class ImageBackend:
             "step": self.ckpt.step, "data": self.ckpt.meta.get("data"),
             "image_size": self.image_size, "channels": self.channels,
             "conditioning": self.conditioning, "class_names": self.class_names,
+            "prompt_languages": self.prompt_languages,
             "steps": self.has_steps, "default_steps": self.default_steps,
             "default_guidance": self.options.get("guidance"),
             "samplers": self.samplers,
@@ -138,6 +148,13 @@ class ImageBackend:
                 f"{self.conditioning}){hint}")
         if spec.prompt is not None and spec.label is not None:
             raise UnsupportedParameter("prompt", "give a class 'label' or a 'prompt', not both")
+        if spec.prompt is not None and self._routes:
+            from aigc.errors import AigcError
+
+            try:  # an empty prompt, a script it cannot read, Chinese without an encoder
+                self.model.prompt_route(spec.prompt)
+            except AigcError as exc:
+                raise UnsupportedParameter("prompt", f"model {self.name!r}: {exc}") from None
         if spec.label is not None:
             if not self.takes_label:
                 raise UnsupportedParameter(
@@ -179,6 +196,13 @@ class ImageBackend:
         return resolve_options(self.model, {k: getattr(settings, k) for k in
                                             ("steps", "guidance", "sampler", "temperature")
                                             if k in self.options})
+
+    def prompt_record(self, spec: ImageSpec) -> dict[str, Any]:
+        """What an item's record adds about how its prompt was read: ``{"text_route": ...}``
+        (``"tokens"`` or ``"sentence"``) for a family with routes and a prompt, else nothing."""
+        if spec.prompt is None or not self._routes:
+            return {}
+        return {"text_route": self.model.prompt_route(spec.prompt)}
 
     def _kwargs(self, settings: ImageSettings, specs: list[ImageSpec],
                 progress: Callable[[float], None] | None) -> dict[str, Any]:
