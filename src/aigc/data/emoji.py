@@ -603,7 +603,8 @@ RETRIEVAL_GROUP = 100  # captions a prompt competes with (100 distinct concepts)
 
 
 def retrieval_pairs(records: list[dict], *, held_out: bool, langs: tuple[str, ...] = ("en",),
-                    seed: int = 0, group: int = RETRIEVAL_GROUP) -> list[tuple[int, tuple[str, ...]]]:
+                    seed: int = 0, group: int = RETRIEVAL_GROUP
+                    ) -> list[tuple[int, tuple[str, ...]]]:
     """``[(record index, (caption per language in langs))]``: one image per concept, in groups
     of ``group`` distinct concepts (the retrieval protocol of the emoji scorer and of the
     text-to-image evaluation).
