@@ -21,6 +21,7 @@ from aigc.evaluate.text_to_image import (
     LANGS,
     ROUTES,
     SETS,
+    ZH_BY_EN,
     evaluate_text_to_image,
     fid_key,
     metric_key,
@@ -130,6 +131,11 @@ def test_the_card_has_every_field(run):
                 key = metric_key(s, r, m)
                 assert 0 <= card.values[key] <= (1 if m != "clipscore" else 100), key
                 assert key in card.baseline, key  # the real images' ceiling
+        for m in ("top1", "top5", "clipscore"):
+            # zh-prompted images judged against the English captions: the English ceiling
+            assert 0 <= card.values[metric_key(s, ZH_BY_EN, m)] <= 100
+            assert card.baseline[metric_key(s, ZH_BY_EN, m)] == card.baseline[
+                metric_key(s, "en-tokens", m)]
     for r in ROUTES:
         for m in ("fid", "kid_mean", "kid_std"):
             assert np.isfinite(card.values[fid_key(r, m)]) and fid_key(r, m) in card.baseline
@@ -137,7 +143,7 @@ def test_the_card_has_every_field(run):
     # every number reads with a direction, so `compare` and the report mark better/worse
     numeric = [k for k, v in card.values.items() if isinstance(v, float)]
     assert all(k in DIRECTION for k in numeric), [k for k in numeric if k not in DIRECTION]
-    assert len(card.values["retrieval"]) == len(SETS) * len(ROUTES)
+    assert len(card.values["retrieval"]) == len(SETS) * (len(ROUTES) + 1)
     goals = card.values["goals"]
     assert set(goals["top5_vs_real_seen_heldout"]["met"]) == set(ROUTES)
     assert isinstance(goals["zh_within_10_points"]["met"], bool)

@@ -399,13 +399,13 @@ def _write_text_to_image(checkpoint: str, result, opts: argparse.Namespace) -> i
     from aigc.records import checkpoint_ref, runtime
 
     card = result.card
-    print(f"{'set':<13} {'route':<12} {'top1':>6} {'top5':>6} {'clip':>6}   real: "
-          f"{'top1':>6} {'top5':>6} {'clip':>6}")
+    print(f"{'set':<13} {'route':<12} {'judged':<7} {'top1':>6} {'top5':>6} {'clip':>6}   "
+          f"real: {'top1':>6} {'top5':>6} {'clip':>6}")
     for row in card.values["retrieval"]:
         g, r = row["generated"], row["real"]
-        print(f"{row['set']:<13} {row['route']:<12} {g['top1']:>6.3f} {g['top5']:>6.3f} "
-              f"{g['clipscore']:>6.1f}         {r['top1']:>6.3f} {r['top5']:>6.3f} "
-              f"{r['clipscore']:>6.1f}")
+        print(f"{row['set']:<13} {row['route']:<12} {row['judged_against'][:2]:<7} "
+              f"{g['top1']:>6.3f} {g['top5']:>6.3f} {g['clipscore']:>6.1f}         "
+              f"{r['top1']:>6.3f} {r['top5']:>6.3f} {r['clipscore']:>6.1f}")
     print(f"{'metric':>24}  {'model':>12}  {'real vs real':>12}")
     for key, value in card.values.items():
         if key.startswith(("fid", "kid")):
@@ -413,6 +413,7 @@ def _write_text_to_image(checkpoint: str, result, opts: argparse.Namespace) -> i
                   f"{format_value(card.baseline.get(key, '')):>12}")
     for note in card.notes[:2]:
         print(note)
+    print(f"wall: {card.environment['wall_seconds']} s")
     n = card.protocol["n_per_set"]
     out = Path(opts.out) if opts.out else _default_out(checkpoint, "emoji-text-to-image", n,
                                                        opts.seed)

@@ -26,7 +26,9 @@ Measured with the CLIP-style emoji scorer (:class:`aigc.models.clip_scorer.ClipS
 * retrieval: recall@1 / @5 of each image's own caption among its group's 100 captions (a tie
   counts against it; chance 1% / 5%), and the CLIPScore-like mean ``100 * max(cos, 0)`` of the
   matching pairs, for the generated images and, as the ceiling, for the real images of the same
-  captions (the card's baseline column);
+  captions (the card's baseline column); ``zh-sentence`` images are also judged against the
+  English captions of the same images (keys ``*_zh_sentence_by_en_*``), which takes the scorer's
+  weaker Chinese text side out of the English-Chinese comparison;
 * FID and KID of each route's ``unseen`` images against the real ``unseen`` (test) images, beside
   real vs real: the ``seen-heldout`` real (train) images against the same test images, same n.
   Features: the scorer's image tower, globally mean-pooled, *before* the projection
@@ -59,6 +61,7 @@ from aigc.metrics.kid import KernelDistance, default_subset_size
 
 ROUTES = ("en-tokens", "en-sentence", "zh-sentence")
 SENTENCE_ROUTES = ("en-sentence", "zh-sentence")
+ZH_BY_EN = "zh-sentence-by-en"  # zh-prompted images judged against the English captions
 SETS = ("seen-heldout", "unseen")
 LANGS = ("en", "zh")
 GROUP = 100  # captions a prompt competes with
@@ -302,12 +305,19 @@ def evaluate_text_to_image(model, scorer, *, n: int = DEFAULT_N, seed: int = 0,
     for s in SETS:
         for r in routes:
             lang = "zh" if r == "zh-sentence" else "en"
-            got = scores(_chunks(generated[s, r], scorer.encode_images).cpu(), text_emb[s, lang])
-            for metric in ("top1", "top5", "clipscore"):
-                values[metric_key(s, r, metric)] = got[metric]
-                base[metric_key(s, r, metric)] = ceiling[s, lang][metric]
-            rows.append({"set": s, "route": r, "language": lang, "generated": got,
-                         "real": ceiling[s, lang]})
+            emb = _chunks(generated[s, r], scorer.encode_images).cpu()
+            # Chinese-prompted images are judged twice: against the Chinese captions (the
+            # prompt) and, as the English rows are, against the English captions of the same
+            # images, which leaves the scorer's weaker Chinese text side out of the comparison.
+            judges = [(r, lang)] + ([(ZH_BY_EN, "en")] if r == "zh-sentence" else [])
+            for name, judge in judges:
+                got = scores(emb, text_emb[s, judge])
+                for metric in ("top1", "top5", "clipscore"):
+                    values[metric_key(s, name, metric)] = got[metric]
+                    base[metric_key(s, name, metric)] = ceiling[s, judge][metric]
+                rows.append({"set": s, "route": r, "prompt_language": lang,
+                             "judged_against": f"{judge} captions", "generated": got,
+                             "real": ceiling[s, judge]})
 
     # FID / KID on the unseen set, real vs real beside it.
     kid = dict(subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
@@ -405,11 +415,14 @@ def _goals(values: dict[str, Any], base: dict[str, Any], routes: tuple[str, ...]
             "goal": f"zh-sentence top-5 at most {GOAL_ZH_POINTS:g} points below en-tokens "
                     "(generated, seen-heldout)", "en_tokens": en, "zh_sentence": zh,
             "gap_points": gap, "met": met}
-        extra = ""
+        same = values[metric_key("seen-heldout", ZH_BY_EN, "top5")]
+        goals["zh_within_10_points"]["zh_sentence_judged_in_en"] = same
+        extra = (f" (judged against the English captions, as the English rows are: {same:.3f}, "
+                 f"{100 * (en - same):+.1f} points)")
         if "en-sentence" in routes:
             en_s = values[metric_key("seen-heldout", "en-sentence", "top5")]
             goals["zh_within_10_points"]["en_sentence"] = en_s
-            extra = f" (against en-sentence {en_s:.3f}: {100 * (en_s - zh):+.1f} points)"
+            extra += f" (against en-sentence {en_s:.3f}: {100 * (en_s - zh):+.1f} points)"
         notes.append(f"Goal 2 (issue #18), Chinese within {GOAL_ZH_POINTS:g} points of English "
                      f"(generated top-5, seen-heldout): zh-sentence {zh:.3f} vs en-tokens "
                      f"{en:.3f}, English minus Chinese {gap:+.1f} points{extra}: "

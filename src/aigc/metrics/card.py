@@ -39,7 +39,7 @@ DIRECTION = {
 }
 # Text-to-image cards (aigc.evaluate.text_to_image.metric_key / fid_key make these names).
 DIRECTION.update({f"{s}_{r}_{m}": +1 for s in ("seen_heldout", "unseen")
-                  for r in ("en_tokens", "en_sentence", "zh_sentence")
+                  for r in ("en_tokens", "en_sentence", "zh_sentence", "zh_sentence_by_en")
                   for m in ("top1", "top5", "clipscore")})
 DIRECTION.update({f"{m}_{r}": d for r in ("en_sentence", "zh_sentence")
                   for m, d in (("fid", -1), ("kid_mean", -1), ("kid_std", 0))})
