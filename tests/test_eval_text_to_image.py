@@ -161,7 +161,8 @@ def test_the_card_has_every_field(run):
     assert p["routes"] == list(ROUTES) and p["rounds"] == {"seen-heldout": 1, "unseen": 1}
     md = run["md"].read_text(encoding="utf-8")
     assert "seen_heldout_zh_sentence_top5" in md and "Goal 1" in md
-    assert run["report"].read_text(encoding="utf-8").startswith("<!doctype html>")
+    page = run["report"].read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and "(the ceiling)" in page
 
 
 def test_the_prompt_grid_has_its_record(run):
