@@ -226,6 +226,8 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
     assert "not a clip-scorer" in err
     err = _error(["eval", ldm, "--scorer", scorer, "--routes", "en-tokens,fr-sentence"], capsys)
     assert "fr-sentence" in err and "en-tokens, en-sentence, zh-sentence" in err
+    err = _error(["eval", ldm, "--scorer", scorer, "--n", "100", "--sampler", "euler"], capsys)
+    assert "sampler must be one of" in err and "'euler'" in err
     # a model without sentence tokens cannot run the sentence routes
     from dataclasses import replace
 

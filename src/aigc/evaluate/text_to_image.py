@@ -119,6 +119,11 @@ def sampling_options(model, given: dict[str, Any] | None) -> dict[str, Any]:
                         f"got {out['steps']}")
     if out["guidance"] < 0:
         raise AigcError(f"guidance must be >= 0, got {out['guidance']}")
+    if out["sampler"] not in model.samplers:
+        raise AigcError(f"sampler must be one of {', '.join(model.samplers)}, got "
+                        f"{out['sampler']!r}")
+    if not 0 <= out["eta"] <= 1:
+        raise AigcError(f"eta must be between 0 and 1, got {out['eta']}")
     return out
 
 
