@@ -267,3 +267,26 @@ def test_retrieval_pairs_share_images_across_languages(setup):
         assert zh in data.records[i]["heldout_captions_zh"]
     with pytest.raises(AigcError, match="langs must be"):
         retrieval_pairs(data.records, held_out=True, langs=("fr",))
+
+
+def test_images_do_not_depend_on_the_batch_size(setup):
+    """Image i is drawn from its own generator: batches of 2 and of 6 give the same images."""
+    from aigc.evaluate.text_to_image import _generate
+    from aigc.models import model_from_checkpoint
+
+    ldm, _ = model_from_checkpoint(setup["ldm"])
+    captions = [f"a red thing number {k}" for k in range(6)]
+    vectors = torch.nn.functional.normalize(torch.randn(6, 384, generator=torch.Generator()
+                                                        .manual_seed(0)), dim=-1)
+    options = {"sampler": "dpm-solver++", "steps": 2, "guidance": 3.0, "eta": 0.0}
+
+    class Bar:
+        def update(self, k):
+            pass
+
+    for route in ("en-tokens", "zh-sentence"):
+        a = _generate(ldm, route, captions, vectors, list(range(6)), options, 2, Bar())
+        b = _generate(ldm, route, captions, vectors, list(range(6)), options, 6, Bar())
+        assert torch.allclose(a, b, atol=1e-5)
+        c = _generate(ldm, route, captions, vectors, list(range(1, 7)), options, 6, Bar())
+        assert not torch.allclose(a, c, atol=1e-3)  # the seeds do matter
