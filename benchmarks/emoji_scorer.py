@@ -42,22 +42,12 @@ from aigc.metrics.clip_score import CaptionRetrieval, ClipScore  # noqa: E402
 
 
 def eval_pairs(records, *, held_out: bool, lang: str, seed: int, group: int = 100):
-    """``[(record index, caption)]`` with one image per concept, in groups of ``group``."""
-    gen = torch.Generator().manual_seed(seed)
-    key = f"heldout_captions_{lang}" if held_out else f"captions_{lang}"
-    by_concept: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        if r[key]:
-            by_concept.setdefault(r["concept"], []).append(i)
-    concepts = sorted(by_concept)
-    order = torch.randperm(len(concepts), generator=gen).tolist()
-    out = []
-    for c in (concepts[j] for j in order[: len(order) // group * group]):
-        options = by_concept[c]
-        i = options[int(torch.randint(len(options), (1,), generator=gen))]
-        caps = records[i][key]
-        out.append((i, caps[int(torch.randint(len(caps), (1,), generator=gen))]))
-    return out
+    """``[(record index, caption)]`` with one image per concept, in groups of ``group``
+    (:func:`aigc.data.emoji.retrieval_pairs` with one language)."""
+    from aigc.data.emoji import retrieval_pairs
+
+    return [(i, caps[0]) for i, caps in retrieval_pairs(records, held_out=held_out, langs=(lang,),
+                                                        seed=seed, group=group)]
 
 
 def main() -> int:

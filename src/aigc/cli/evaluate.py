@@ -44,13 +44,19 @@ def _measure_parser() -> argparse.ArgumentParser:
         "(sliding windows), --n continuations of held-out prompts scored against the true "
         "continuations (BLEU, chrF, ROUGE), distinct-n, self-BLEU, regulated-verse form rate for "
         "poems, beside the same for real train-split text. Writes a metric card (JSON + "
-        "Markdown) with the full protocol.")
+        "Markdown) with the full protocol. Latent-diffusion models (text to image, on emoji): "
+        "--n prompts per set (held-out captions of seen concepts, unseen concepts) and route "
+        "(English tokens, English sentence token, Chinese sentence token), scored by the emoji "
+        "scorer (retrieval of the prompt among 100 captions, CLIPScore-like) beside the real "
+        "images of the same captions, FID/KID on the scorer's image features, and a prompt grid "
+        "PNG beside the card.")
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="reference split (default test)")
     p.add_argument("--n", "--num-samples", dest="n", type=int,
                    help="real and generated samples (default 10000 for images, 200 continuations "
-                   "for text); under torchrun write --num-samples: its parser reads --n as one of "
+                   "for text, 300 prompts per set and route for latent diffusion: a multiple of "
+                   "100); under torchrun write --num-samples: its parser reads --n as one of "
                    "its own options")
     p.add_argument("--seed", type=int, default=0, help="sampling and subset seed (default 0)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
@@ -58,7 +64,8 @@ def _measure_parser() -> argparse.ArgumentParser:
                    "prepare-features, or inception:PATH (default: the dataset's own)")
     p.add_argument("--out", help="card path without suffix (default: RUN/eval/DATA-nN-seedS)")
     p.add_argument("--report", help="also write a self-contained HTML report here")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int,
+                   help="default 500 (images per batch; 50 for latent diffusion)")
     p.add_argument("--seed-block", type=int, default=None,
                    help="images: samples per seeding block, the unit torchrun processes share out "
                    "(default 1000; the figures depend on it, not on the number of processes)")
@@ -76,6 +83,11 @@ def _measure_parser() -> argparse.ArgumentParser:
                    help="reference length of prose pieces and cap on continuations (default 200)")
     t.add_argument("--top-k", type=int, help="text sampling top-k (default 0: off)")
     t.add_argument("--top-p", type=float, help="text sampling top-p (default 1: off)")
+    d = p.add_argument_group("latent-diffusion models (text to image on emoji)")
+    d.add_argument("--scorer", help="the CLIP-style emoji scorer (default: the shipped "
+                   "starter clip-scorer-emoji)")
+    d.add_argument("--routes", help="comma-separated prompt routes (default: all of "
+                   "en-tokens,en-sentence,zh-sentence)")
     g = p.add_argument_group("sampling options (passed to model.sample when given)")
     g.add_argument("--sampler")
     g.add_argument("--steps", type=int)
@@ -120,9 +132,11 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
                         batch_size: int = 500, kid_subset_size: int | None = None,
                         baseline: bool = True, device: str = "cpu", language: str | None = None,
                         text_options: dict | None = None, progress: bool = True,
-                        seed_block: int | None = None):
+                        seed_block: int | None = None, scorer: str | None = None,
+                        routes: tuple[str, ...] | None = None):
     """Measure one checkpoint. Returns an :class:`ImageEvaluation` (images), a
-    :class:`TextEvaluation` (text) or a :class:`MetricCard` (images without an extractor).
+    :class:`TextEvaluation` (text), a :class:`TextToImageEvaluation` (latent diffusion) or a
+    :class:`MetricCard` (images without an extractor).
 
     ``n`` defaults to 10000 images or 200 text continuations; ``text_options`` holds
     :func:`aigc.evaluate.evaluate_language_model`'s ``stride``, ``prompt_chars``,
@@ -142,6 +156,17 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
     ema = bool(use_ema and ckpt.ema_weights is not None)
     subject = {"checkpoint": str(ckpt.path), "checkpoint_sha256": ckpt.sha256,
                "family": ckpt.family, "step": ckpt.step, "trained_on": ckpt.meta.get("data")}
+    if ckpt.family == "latent-diffusion":
+        return _evaluate_text_to_image_checkpoint(
+            model, ckpt, data=data, split=split, n=n, seed=seed, ema=ema,
+            sample_kwargs=sample_kwargs or {}, batch_size=batch_size or 50,
+            kid_subset_size=kid_subset_size, baseline=baseline, subject=subject,
+            progress=progress, scorer=scorer, routes=routes, features=features,
+            seed_block=seed_block, device=dev)
+    if scorer is not None or routes is not None:
+        raise AigcError(f"--scorer and --routes apply to latent-diffusion checkpoints; "
+                        f"{ckpt.path} is a {ckpt.family!r} checkpoint")
+    batch_size = batch_size or 500
     kind = getattr(module, "DATA_KIND", "images")
     if context().distributed and kind not in ("images", "text"):
         raise AigcError(f"aigc eval splits only image and text models across torchrun "
@@ -163,6 +188,43 @@ def evaluate_checkpoint(path, *, data: str | None = None, split: str = "test",
                                       batch_size=batch_size, kid_subset_size=kid_subset_size,
                                       baseline=baseline, subject=subject, device=dev,
                                       progress=progress, seed_block=seed_block)
+
+
+def _evaluate_text_to_image_checkpoint(model, ckpt, *, data, split, n, seed, ema, sample_kwargs,
+                                      batch_size, kid_subset_size, baseline, subject, progress,
+                                      scorer, routes, features, seed_block, device):
+    """A latent-diffusion model on emoji, measured with the CLIP-style emoji scorer."""
+    from aigc.distributed import context
+    from aigc.evaluate.text_to_image import DEFAULT_N, ROUTES, evaluate_text_to_image
+    from aigc.models import model_from_checkpoint
+    from aigc.registry import starter_path
+
+    if data != "emoji":
+        raise AigcError(f"latent-diffusion evaluation measures text to image on emoji (the "
+                        f"scorer's dataset); {ckpt.path} gives data {data!r}")
+    for flag, value in (("--features", features), ("--seed-block", seed_block)):
+        if value is not None:
+            raise AigcError(f"{flag} does not apply to latent-diffusion evaluation (its features "
+                            "are the scorer's image tower; it runs as one process)")
+    if split != "test":
+        raise AigcError(f"--split does not apply to latent-diffusion evaluation (its sets are "
+                        f"fixed: held-out captions of train concepts, test concepts), got {split}")
+    if "temperature" in sample_kwargs:
+        raise AigcError("--temperature does not apply to latent-diffusion models")
+    if context().distributed:
+        raise AigcError("latent-diffusion evaluation runs as one process, not under torchrun")
+    scorer_path = scorer or str(starter_path("clip-scorer-emoji"))
+    scorer_model, scorer_ckpt = model_from_checkpoint(scorer_path, map_location=device)
+    if scorer_ckpt.family != "clip-scorer":
+        raise AigcError(f"--scorer {scorer_path} is a {scorer_ckpt.family!r} checkpoint, not a "
+                        "clip-scorer")
+    subject = {**subject, "scorer": str(scorer_ckpt.path)}
+    return evaluate_text_to_image(
+        model, scorer_model, n=DEFAULT_N if n is None else n, seed=seed,
+        sample_kwargs=sample_kwargs, routes=ROUTES if routes is None else routes,
+        batch_size=batch_size, kid_subset_size=kid_subset_size, baseline=baseline,
+        subject=subject, scorer_info={"sha256": scorer_ckpt.sha256, "step": scorer_ckpt.step},
+        extra_protocol={"ema": ema}, progress=progress)
 
 
 def _evaluate_text_checkpoint(model, ckpt, *, data, split, n, seed, ema, sample_kwargs,
@@ -275,11 +337,14 @@ def _default_out(ckpt_path: str, data: str, n: int, seed: int) -> Path:
 
 
 def _run_measure(checkpoint: str, opts: argparse.Namespace) -> int:
-    from aigc.evaluate import ImageEvaluation, TextEvaluation
+    from aigc.evaluate import ImageEvaluation, TextEvaluation, TextToImageEvaluation
     from aigc.metrics.card import MetricCard, format_value
 
     given = {k: getattr(opts, k) for k in ("sampler", "steps", "guidance", "temperature")
              if getattr(opts, k) is not None}
+    routes = None
+    if opts.routes is not None:
+        routes = tuple(r.strip() for r in opts.routes.split(",") if r.strip())
     text_options = {"stride": opts.stride, "prompt_chars": opts.prompt_chars,
                     "continuation_chars": opts.continuation_chars, "top_k": opts.top_k,
                     "top_p": opts.top_p}
@@ -288,9 +353,12 @@ def _run_measure(checkpoint: str, opts: argparse.Namespace) -> int:
         use_ema=not opts.raw, features=opts.features, sample_kwargs=given,
         batch_size=opts.batch_size, kid_subset_size=opts.kid_subset_size,
         baseline=not opts.no_baseline, device=opts.device, language=opts.language,
-        text_options=text_options, seed_block=opts.seed_block)
+        text_options=text_options, seed_block=opts.seed_block, scorer=opts.scorer,
+        routes=routes)
     if result is None:  # not rank 0 under torchrun: rank 0 reports and writes
         return 0
+    if isinstance(result, TextToImageEvaluation):
+        return _write_text_to_image(checkpoint, result, opts)
     card = result if isinstance(result, MetricCard) else result.card
     print(f"{'metric':>24}  {'model':>12}  {'real vs real':>12}")
     for key, value in card.values.items():
@@ -321,6 +389,54 @@ def _run_measure(checkpoint: str, opts: argparse.Namespace) -> int:
         log = find_log(Path(card.subject["checkpoint"]))
         curves = read_curves(log) if log else None
         print(f"report: {write_report(opts.report, card, curves=curves, **pictures)}")
+    return 0
+
+
+def _write_text_to_image(checkpoint: str, result, opts: argparse.Namespace) -> int:
+    """Print the rows, write the card, the prompt grid (with its record) and the report."""
+    from aigc.media import save_grid
+    from aigc.metrics.card import format_value
+    from aigc.records import checkpoint_ref, runtime
+
+    card = result.card
+    print(f"{'set':<13} {'route':<12} {'judged':<7} {'top1':>6} {'top5':>6} {'clip':>6}   "
+          f"real: {'top1':>6} {'top5':>6} {'clip':>6}")
+    for row in card.values["retrieval"]:
+        g, r = row["generated"], row["real"]
+        print(f"{row['set']:<13} {row['route']:<12} {row['judged_against'][:2]:<7} "
+              f"{g['top1']:>6.3f} {g['top5']:>6.3f} {g['clipscore']:>6.1f}         "
+              f"{r['top1']:>6.3f} {r['top5']:>6.3f} {r['clipscore']:>6.1f}")
+    print(f"{'metric':>24}  {'model':>12}  {'real vs real':>12}")
+    for key, value in card.values.items():
+        if key.startswith(("fid", "kid")):
+            print(f"{key:>24}  {format_value(value):>12}  "
+                  f"{format_value(card.baseline.get(key, '')):>12}")
+    for note in card.notes[:2]:
+        print(note)
+    print(f"wall: {card.environment['wall_seconds']} s")
+    n = card.protocol["n_per_set"]
+    out = Path(opts.out) if opts.out else _default_out(checkpoint, "emoji-text-to-image", n,
+                                                       opts.seed)
+    js, md = card.write(out)
+    print(f"metric card: {js} and {md}")
+    grid = js.with_name(js.name[:-len(".json")] + ".grid.png")
+    record = {"kind": "eval-grid", "checkpoint": checkpoint_ref(card.subject["checkpoint"]),
+              "model_sha256": card.subject["checkpoint_sha256"], "family": "latent-diffusion",
+              "step": card.subject["step"], "ema": card.protocol.get("ema"),
+              "options": card.protocol["sampling"], "seed": card.protocol["seed"],
+              "scorer_sha256": card.protocol["scorer"]["sha256"],
+              "layout": "one row per (set, prompt, route): the real image, then one image per "
+                        "seed", "rows": result.grid_rows, **runtime()}
+    save_grid(grid, result.grid, nrow=result.grid_columns, record=record)
+    print(f"prompt grid: {grid}")
+    if opts.report:
+        from aigc.metrics.report import find_log, read_curves, write_report
+
+        log = find_log(Path(card.subject["checkpoint"]))
+        curves = read_curves(log) if log else None
+        page = write_report(opts.report, card, curves=curves, samples=result.samples,
+                            real=result.real)
+        print(f"report: {page}")
     return 0
 
 

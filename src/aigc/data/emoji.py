@@ -597,6 +597,46 @@ def dataset_card(summary: dict) -> str:
     return body + "\n" + notices
 
 
+# ------------------------------------------------------------------- retrieval evaluation pairs
+
+RETRIEVAL_GROUP = 100  # captions a prompt competes with (100 distinct concepts)
+
+
+def retrieval_pairs(records: list[dict], *, held_out: bool, langs: tuple[str, ...] = ("en",),
+                    seed: int = 0, group: int = RETRIEVAL_GROUP
+                    ) -> list[tuple[int, tuple[str, ...]]]:
+    """``[(record index, (caption per language in langs))]``: one image per concept, in groups
+    of ``group`` distinct concepts (the retrieval protocol of the emoji scorer and of the
+    text-to-image evaluation).
+
+    Concepts whose images have captions in every language of ``langs`` (the held-out strings
+    ``heldout_captions_<lang>`` when ``held_out``, else ``captions_<lang>``) are shuffled with a
+    generator seeded with ``seed`` and cut into groups (leftovers dropped); per concept one image
+    is drawn, then one caption per language, in ``langs`` order. With one language this is the
+    draw ``benchmarks/emoji_scorer.py`` has always made."""
+    if not langs or any(lang not in ("en", "zh") for lang in langs):
+        raise DataError(f"langs must be a non-empty tuple of 'en'/'zh', got {langs!r}")
+    if group < 2:
+        raise DataError(f"group must be >= 2 (a caption needs rivals), got {group}")
+    gen = torch.Generator().manual_seed(seed)
+    keys = [f"heldout_captions_{lang}" if held_out else f"captions_{lang}" for lang in langs]
+    by_concept: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if all(r[k] for k in keys):
+            by_concept.setdefault(r["concept"], []).append(i)
+    concepts = sorted(by_concept)
+    order = torch.randperm(len(concepts), generator=gen).tolist()
+    out = []
+    for c in (concepts[j] for j in order[: len(order) // group * group]):
+        options = by_concept[c]
+        i = options[int(torch.randint(len(options), (1,), generator=gen))]
+        caps = []
+        for k in keys:
+            caps.append(records[i][k][int(torch.randint(len(records[i][k]), (1,), generator=gen))])
+        out.append((i, tuple(caps)))
+    return out
+
+
 # ------------------------------------------------------------------------------- loading
 
 

@@ -37,6 +37,12 @@ DIRECTION = {
     "rougeL": +1, "distinct_1": +1, "distinct_2": +1, "self_bleu": -1, "verse_form_rate": +1,
     "nearest_train_l2_mean": 0, "bits_per_character": -1, "tokens": 0, "mean_chars": 0,
 }
+# Text-to-image cards (aigc.evaluate.text_to_image.metric_key / fid_key make these names).
+DIRECTION.update({f"{s}_{r}_{m}": +1 for s in ("seen_heldout", "unseen")
+                  for r in ("en_tokens", "en_sentence", "zh_sentence", "zh_sentence_by_en")
+                  for m in ("top1", "top5", "clipscore")})
+DIRECTION.update({f"{m}_{r}": d for r in ("en_sentence", "zh_sentence")
+                  for m, d in (("fid", -1), ("kid_mean", -1), ("kid_std", 0))})
 
 
 def library_versions() -> dict[str, str]:

@@ -117,6 +117,10 @@ def render_report(card: MetricCard, *, samples: torch.Tensor | None = None,
                "model's continuations, against the same references and at the same n: what "
                "genuine text of the corpus scores. Perplexity depends on the tokenizer."
                if card.kind == "text" else
+               "The baseline column holds, for retrieval and CLIPScore-like rows, the real images "
+               "of the same captions scored the same way (the ceiling), and for FID/KID real "
+               "train images against the same real test images, at the same n."
+               if card.kind == "text-to-image" else
                "The baseline column measures real training images against the same reference "
                "images, at the same n and with the same extractor: the score a perfect generator "
                "would get.") + " Numbers from other protocols are not comparable.</p>",

@@ -144,9 +144,14 @@ class ImageEncoder(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(min(8, prev), prev), nn.SiLU())
         self.proj = nn.Linear(prev, cfg.embed_dim)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, channels[-1]): the globally mean-pooled features before
+        the projection (the FID/KID features of the text-to-image evaluation)."""
         h = self.out(self.net(images * 2 - 1))  # (B, C, H / 2**(L+1), W / 2**(L+1))
-        return self.proj(h.mean(dim=(2, 3)))  # global mean pool -> (B, embed_dim)
+        return h.mean(dim=(2, 3))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pooled(images))  # (B, embed_dim)
 
 
 class ClipScorer(nn.Module):
@@ -164,6 +169,13 @@ class ClipScorer(nn.Module):
         images = _check_images(images, self.cfg.image_size, self.cfg.image_channels)
         images = images.to(self.text_projection.weight.device)
         return F.normalize(self.image_encoder(images), dim=-1)
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float in [0, 1] (or uint8) -> (N, channels[-1]) pooled image-tower
+        features before the projection, not normalised (see :meth:`ImageEncoder.pooled`)."""
+        images = _check_images(images, self.cfg.image_size, self.cfg.image_channels)
+        return self.image_encoder.pooled(images.to(self.text_projection.weight.device))
 
     def project_text(self, sentence_embeddings: torch.Tensor) -> torch.Tensor:
         """(N, 384) MiniLM-space vectors -> (N, embed_dim) unit vectors."""
