@@ -175,10 +175,14 @@ class ImageBackend:
                              sampler=pick("sampler"))
 
     def record_options(self, settings: ImageSettings) -> dict[str, Any]:
-        """Every sampling option of this family as it ran (defaults resolved)."""
-        return resolve_options(self.model, {k: getattr(settings, k) for k in
-                                            ("steps", "guidance", "sampler", "temperature")
-                                            if k in self.options})
+        """Every sampling option of this family as it ran (defaults resolved); a diffusers
+        folder adds the scheduler settings its sampler ran with."""
+        options = resolve_options(self.model, {k: getattr(settings, k) for k in
+                                               ("steps", "guidance", "sampler", "temperature")
+                                               if k in self.options})
+        if hasattr(self.model, "scheduler_settings"):
+            options["scheduler"] = self.model.scheduler_settings(options["sampler"])
+        return options
 
     def _kwargs(self, settings: ImageSettings, specs: list[ImageSpec],
                 progress: Callable[[float], None] | None) -> dict[str, Any]:
