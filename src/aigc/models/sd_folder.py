@@ -61,10 +61,12 @@ SCHEDULER_KEYS: dict[str, dict[str, Any]] = {
                      "euler_at_final": False},
 }
 # what every folder was sampled with before the folder's own settings were honoured (issue
-# #18): a record without "scheduler" in its options means these
+# #18), with our arithmetic rather than diffusers' (``diffusers_rules``, not a diffusers key):
+# a record without "scheduler" in its options means these
 LEGACY_SCHEDULER: dict[str, Any] = {
     "timestep_spacing": "trailing", "steps_offset": 0, "set_alpha_to_one": True,
-    "final_sigmas_type": "zero", "lower_order_final": True, "euler_at_final": False}
+    "final_sigmas_type": "zero", "lower_order_final": True, "euler_at_final": False,
+    "diffusers_rules": False}
 MAX_PROMPT_CHARS = 500
 
 
@@ -196,14 +198,15 @@ def scheduler_settings(config: dict[str, Any], sampler: str) -> dict[str, Any]:
     """The settings of a diffusers scheduler config that our sampler ``sampler`` uses, as
     diffusers' matching class (``DDIMScheduler``, ``DDPMScheduler``,
     ``DPMSolverMultistepScheduler``) reads them with ``from_config``: a missing key takes that
-    class's default. Raises :class:`ConfigError` naming a value we cannot follow."""
+    class's default; ``diffusers_rules`` (true unless given) makes our sampler use diffusers'
+    arithmetic too. Raises :class:`ConfigError` naming a value we cannot follow."""
     from aigc.models.samplers._common import SPACINGS
     from aigc.models.samplers.dpm_solver import FINALS
 
     if sampler not in SCHEDULER_KEYS:
         raise ConfigError(f"unknown sampler {sampler!r}; known: {', '.join(SCHEDULER_KEYS)}")
-    out = {k: default if config.get(k) is None else config[k]
-           for k, default in SCHEDULER_KEYS[sampler].items()}
+    keys = {**SCHEDULER_KEYS[sampler], "diffusers_rules": True}
+    out = {k: default if config.get(k) is None else config[k] for k, default in keys.items()}
     if out["timestep_spacing"] not in SPACINGS:
         raise ConfigError(f"scheduler timestep_spacing {out['timestep_spacing']!r} is not "
                           f"supported; supported: {', '.join(SPACINGS)}")
@@ -213,7 +216,7 @@ def scheduler_settings(config: dict[str, Any], sampler: str) -> dict[str, Any]:
     if out.get("final_sigmas_type", "zero") not in FINALS:
         raise ConfigError(f"scheduler final_sigmas_type {out['final_sigmas_type']!r} is not "
                           f"supported; supported: {', '.join(FINALS)}")
-    for key in ("set_alpha_to_one", "lower_order_final", "euler_at_final"):
+    for key in ("set_alpha_to_one", "lower_order_final", "euler_at_final", "diffusers_rules"):
         if key in out and not isinstance(out[key], bool):
             raise ConfigError(f"scheduler {key} must be true or false, got {out[key]!r}")
     return out
@@ -223,7 +226,8 @@ def sampler_options(settings: dict[str, Any]) -> dict[str, Any]:
     """:func:`scheduler_settings` (diffusers' names) as :func:`make_sampler` options."""
     names = {"timestep_spacing": "spacing", "steps_offset": "steps_offset",
              "set_alpha_to_one": "alpha_to_one", "final_sigmas_type": "final",
-             "lower_order_final": "lower_order_final", "euler_at_final": "euler_at_final"}
+             "lower_order_final": "lower_order_final", "euler_at_final": "euler_at_final",
+             "diffusers_rules": "diffusers_rules"}
     return {names[k]: v for k, v in settings.items()}
 
 @dataclass

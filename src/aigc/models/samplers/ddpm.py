@@ -23,17 +23,20 @@ from aigc.models.samplers._common import initial_steps, noise_like, spaced_times
 
 class DDPMSampler:
     def __init__(self, alphas_cumprod: torch.Tensor, prediction: str, *, clip_x0: bool = True,
-                 spacing: str = "trailing", steps_offset: int = 0):
+                 spacing: str = "trailing", steps_offset: int = 0,
+                 diffusers_rules: bool = False):
         self.alphas_cumprod = alphas_cumprod.double().cpu()
         self.prediction, self.clip_x0 = prediction, clip_x0
         self.spacing, self.steps_offset = spacing, steps_offset
+        self.diffusers_rules = diffusers_rules
         self.num_train_timesteps = len(alphas_cumprod)
         self.set_timesteps(initial_steps(self.num_train_timesteps, self.num_train_timesteps,
-                                         spacing, steps_offset))
+                                         spacing, steps_offset,
+                                         diffusers_rules=diffusers_rules))
 
     def set_timesteps(self, n: int) -> None:
         self.timesteps = spaced_timesteps(self.num_train_timesteps, n, self.spacing,
-                                          self.steps_offset)
+                                          self.steps_offset, diffusers_rules=self.diffusers_rules)
         self._prev = dict(zip(self.timesteps, self.timesteps[1:] + [-1], strict=True))
 
     def step(self, model_output: torch.Tensor, t: int, x: torch.Tensor, *,

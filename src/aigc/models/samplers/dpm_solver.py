@@ -32,21 +32,24 @@ FINALS = ("zero", "sigma_min")
 class DPMSolverPlusPlus2MSampler:
     def __init__(self, alphas_cumprod: torch.Tensor, prediction: str, *, clip_x0: bool = True,
                  spacing: str = "trailing", steps_offset: int = 0, final: str = "zero",
-                 lower_order_final: bool = True, euler_at_final: bool = False):
+                 lower_order_final: bool = True, euler_at_final: bool = False,
+                 diffusers_rules: bool = False):
         if final not in FINALS:
             raise ConfigError(f"final must be one of {', '.join(FINALS)}, got {final!r}")
         self.alphas_cumprod = alphas_cumprod.double().cpu()
         self.prediction, self.clip_x0 = prediction, clip_x0
         self.spacing, self.steps_offset = spacing, steps_offset
+        self.diffusers_rules = diffusers_rules
         self.final, self.lower_order_final = final, bool(lower_order_final)
         self.euler_at_final = bool(euler_at_final)
         self.num_train_timesteps = len(alphas_cumprod)
         self.set_timesteps(initial_steps(self.num_train_timesteps, 20, spacing, steps_offset,
-                                         extra_point=True))
+                                         extra_point=True, diffusers_rules=diffusers_rules))
 
     def set_timesteps(self, n: int) -> None:
         self.timesteps = spaced_timesteps(self.num_train_timesteps, n, self.spacing,
-                                          self.steps_offset, extra_point=True)
+                                          self.steps_offset, extra_point=True,
+                                          diffusers_rules=self.diffusers_rules)
         self._prev = dict(zip(self.timesteps, self.timesteps[1:] + [-1], strict=True))
         self._last_x0: torch.Tensor | None = None  # x_0(i-2) for the multistep correction
         self._last_h: float | None = None
