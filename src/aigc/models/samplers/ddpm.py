@@ -10,8 +10,8 @@ network (eq. 6-7), generalised to a stride (t' = the previous visited timestep, 
     x_{t'}   = mu + sqrt(var) * z,  z ~ N(0, I)   (no noise on the last step)
 
 With ``set_timesteps(T)`` this is exactly the 1000-step sampler of the paper. ``spacing`` and
-``steps_offset`` place the visited timesteps (:func:`spaced_timesteps`); the last step always
-lands on a = 1, as in diffusers' DDPM.
+``steps_offset`` place the visited timesteps (:func:`spaced_timesteps`; ``diffusers_rules``:
+trailing rounded as diffusers does); the last step always lands on a = 1, as in diffusers' DDPM.
 """
 
 from __future__ import annotations
