@@ -6,7 +6,7 @@ import torch
 from aigc.errors import ConfigError
 from aigc.models.diffusion import noise_schedule
 from aigc.models.samplers import make_sampler
-from aigc.models.samplers._common import trailing_timesteps
+from aigc.models.samplers._common import spaced_timesteps, trailing_timesteps
 
 diffusers = pytest.importorskip("diffusers")
 T = 1000
@@ -32,6 +32,62 @@ def test_trailing_timesteps(n):
 def test_steps_out_of_range_are_refused(bad):
     with pytest.raises(ConfigError, match="between 1 and 1000"):
         trailing_timesteps(T, bad)
+
+
+SPACING_CLASSES = [("DDIMScheduler", False), ("DDPMScheduler", False),
+                   ("DPMSolverMultistepScheduler", True)]
+
+
+@pytest.mark.parametrize("cls, extra_point", SPACING_CLASSES)
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_spaced_timesteps_are_diffusers_timesteps(cls, extra_point, spacing, offset):
+    """Step counts 1..200, 999, 1000 place the timesteps diffusers' class places, or are refused
+    where diffusers' list is invalid (a timestep above T - 1, or repeated). Where numpy.arange
+    gives diffusers n + 1 trailing points (the last t = -1: n = 61, 103, 121, 122...), ours are
+    its first n."""
+    checked = 0
+    for n in [*range(1, 201), T - 1, T]:
+        ref = getattr(diffusers, cls)(num_train_timesteps=T, timestep_spacing=spacing,
+                                      steps_offset=offset)
+        ref.set_timesteps(n)
+        want = ref.timesteps.tolist()
+        try:
+            got = spaced_timesteps(T, n, spacing, offset, extra_point=extra_point,
+                                   diffusers_rules=True)
+        except ConfigError:
+            got = None
+        if len(want) != n:
+            assert spacing == "trailing" and want[-1] == -1 and got == want[:n], n
+        elif want[0] <= T - 1 and all(a > b for a, b in zip(want, want[1:])):
+            assert got == want, (n, got and got[:5], want[:5])
+            checked += 1
+        else:
+            assert got is None, n
+    assert checked >= 195
+
+
+def test_trailing_without_diffusers_rules_is_unchanged():
+    """Our families' trailing timesteps (the plain formula) are what they were; diffusers'
+    numpy.arange rounding differs from it at 48 steps."""
+    for n in (1, 4, 10, 20, 48, 50):
+        assert spaced_timesteps(T, n) == trailing_timesteps(T, n)
+    assert spaced_timesteps(T, 48, diffusers_rules=True) != trailing_timesteps(T, 48)
+
+
+def test_bad_spacing_is_refused():
+    with pytest.raises(ConfigError, match="spacing must be one of trailing, leading, linspace, "
+                                          "got 'karras'"):
+        make_sampler("ddim", noise_schedule("linear", T), "epsilon", spacing="karras")
+    with pytest.raises(ConfigError, match="steps_offset must be an integer >= 0, got -1"):
+        spaced_timesteps(T, 10, "leading", -1)
+    with pytest.raises(ConfigError, match="outside 0..999 or repeated ones for 1000 steps"):
+        spaced_timesteps(T, T, "leading", 1)
+    with pytest.raises(ConfigError, match="alpha_to_one do not apply to the 'ddpm' sampler"):
+        make_sampler("ddpm", noise_schedule("linear", T), "epsilon", alpha_to_one=False)
+    # a sampler built with leading + offset 1 can still be made (it cannot place all T steps)
+    assert make_sampler("ddpm", noise_schedule("linear", T), "epsilon", spacing="leading",
+                        steps_offset=1).timesteps[0] == 999
 
 
 def _fake_network(x, t):

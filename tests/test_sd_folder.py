@@ -19,6 +19,9 @@ from aigc.models.sd_folder import check_folder, folder_sha256, load_sd_folder  #
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 TOL = 1e-5  # measured max |ours - diffusers| <= 6e-7 on [0, 1] images (float32 round-off)
+# what a DDIM image from the tiny folder (SD 1.x scheduler settings) records
+SD1_DDIM = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
+            "diffusers_rules": True}
 
 
 def build_tiny_pipeline(path):
@@ -61,6 +64,26 @@ def build_tiny_pipeline(path):
     return path
 
 
+def with_scheduler(src, dst, **changes):
+    """A copy of the folder ``src`` at ``dst`` with ``changes`` in its scheduler config."""
+    shutil.copytree(src, dst)
+    path = dst / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+    return dst
+
+
+# The folders the parity tests sample: Stable Diffusion 1.x's own settings (leading spacing,
+# steps_offset=1, set_alpha_to_one=false, DPM-Solver ending on sigma = 0), and a trailing one
+# that ends DDIM on alpha_bar = 1 and DPM-Solver on sigma_min (2M there from 15 steps on).
+SCHEDULERS = {
+    "leading": {},
+    "trailing": {"timestep_spacing": "trailing", "set_alpha_to_one": True,
+                 "final_sigmas_type": "sigma_min"},
+}
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("sd") / "tiny")
@@ -71,35 +94,54 @@ def ours(tiny):
     return load_sd_folder(tiny)
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny):
+def load_pipe(folder):
     from diffusers import StableDiffusionPipeline
 
-    p = StableDiffusionPipeline.from_pretrained(tiny, safety_checker=None, feature_extractor=None,
+    p = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
                                                 use_safetensors=True, local_files_only=True)
     p.set_progress_bar_config(disable=True)
     return p
 
 
-def diffusers_scheduler(pipe, sampler):
-    """diffusers' scheduler that computes what our sampler of that name computes: the folder's
-    betas and prediction type, "trailing" timesteps, no clipping, ending on alpha_bar = 1."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-    base = dict(pipe.scheduler.config)
-    if sampler == "ddim":
-        return DDIMScheduler.from_config(base, timestep_spacing="trailing", set_alpha_to_one=True,
-                                         clip_sample=False, thresholding=False)
-    return DPMSolverMultistepScheduler.from_config(
-        base, timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2,
-        final_sigmas_type="zero", lower_order_final=True, thresholding=False,
-        use_karras_sigmas=False)
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    return load_pipe(tiny)
 
 
+@pytest.fixture(scope="module")
+def folders(tiny, ours, pipe, tmp_path_factory):
+    """spacing -> (our folder, diffusers' pipeline) for each scheduler config of SCHEDULERS."""
+    out = {"leading": (ours, pipe)}
+    for name, changes in SCHEDULERS.items():
+        if changes:
+            path = with_scheduler(tiny, tmp_path_factory.mktemp("sd") / name, **changes)
+            out[name] = (load_sd_folder(path), load_pipe(path))
+    return out
+
+
+SCHEDULER_CLASSES = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler",
+                     "dpm-solver++": "DPMSolverMultistepScheduler"}
+
+
+def folder_scheduler(pipe, sampler):
+    """The folder's own scheduler config converted to the diffusers class our sampler of that
+    name matches, as a person would: ``DPMSolverMultistepScheduler.from_config(config)``."""
+    import diffusers
+
+    return getattr(diffusers, SCHEDULER_CLASSES[sampler]).from_config(dict(pipe.scheduler.config))
+
+
+@pytest.mark.parametrize("spacing", list(SCHEDULERS))
 @pytest.mark.parametrize("sampler", ["ddim", "dpm-solver++"])
-@pytest.mark.parametrize("steps", [4, 10])
-def test_same_images_as_diffusers_pipeline(ours, pipe, sampler, steps):
-    pipe.scheduler = diffusers_scheduler(pipe, sampler)
+@pytest.mark.parametrize("steps", [3, 10, 20])
+def test_same_images_as_diffusers_pipeline(folders, spacing, sampler, steps):
+    """Our sampler on a folder draws what diffusers' pipeline draws with the folder's own
+    scheduler, from the same latents and from the same seed. 3 steps do not divide T = 1000
+    (diffusers' DDIM then steps to t - T // n); 20 is past DPM-Solver's lower-order-final
+    threshold (15)."""
+    ours, pipe = folders[spacing]
+    pipe.scheduler = folder_scheduler(pipe, sampler)
+    assert ours.scheduler_settings(sampler)["timestep_spacing"] == spacing
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     ref = pipe(["a red cat"] * 2, num_inference_steps=steps, guidance_scale=7.5,
                latents=latents.clone(), output_type="pt").images
@@ -116,21 +158,14 @@ def test_same_images_as_diffusers_pipeline(ours, pipe, sampler, steps):
     assert (got_seeded - ref_seeded).abs().max().item() < TOL
 
 
+@pytest.mark.parametrize("spacing", list(SCHEDULERS))
 @pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0)])
-def test_stochastic_samplers_draw_the_same_noise_as_diffusers(ours, pipe, sampler, eta):
+def test_stochastic_samplers_draw_the_same_noise_as_diffusers(folders, spacing, sampler, eta):
     """DDPM and DDIM with eta = 1 add noise each step: with one CPU generator of the same seed,
     ours and diffusers' draw the initial latents and every step's noise in the same order."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    base = dict(pipe.scheduler.config)
-    if sampler == "ddpm":
-        pipe.scheduler = DDPMScheduler.from_config(base, timestep_spacing="trailing",
-                                                   clip_sample=False, variance_type="fixed_small")
-        kw = {}
-    else:
-        pipe.scheduler = DDIMScheduler.from_config(base, timestep_spacing="trailing",
-                                                   set_alpha_to_one=True, clip_sample=False)
-        kw = {"eta": eta}
+    ours, pipe = folders[spacing]
+    pipe.scheduler = folder_scheduler(pipe, sampler)
+    kw = {"eta": eta} if eta else {}
     ref = pipe("a cat", num_inference_steps=10, guidance_scale=7.5, output_type="pt",
                generator=torch.Generator().manual_seed(3), **kw).images
     got = ours.sample(prompt="a cat", sampler=sampler, steps=10, guidance=7.5,
@@ -141,10 +176,64 @@ def test_stochastic_samplers_draw_the_same_noise_as_diffusers(ours, pipe, sample
     assert (other_seed - ref).abs().max().item() > 100 * TOL
 
 
+def test_legacy_settings_are_the_trailing_sampler_of_before(ours, pipe):
+    """A record made before the folder's settings were followed replays with
+    LEGACY_SCHEDULER: trailing, alpha_bar = 1 at the end, sigma = 0 for DPM-Solver, whatever
+    the folder says (what these tests compared with diffusers then)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    base = dict(pipe.scheduler.config)
+    legacy = {"ddim": DDIMScheduler.from_config(base, timestep_spacing="trailing",
+                                                set_alpha_to_one=True),
+              "dpm-solver++": DPMSolverMultistepScheduler.from_config(
+                  base, timestep_spacing="trailing", final_sigmas_type="zero")}
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    for sampler, scheduler in legacy.items():
+        pipe.scheduler = scheduler
+        ref = pipe("a red cat", num_inference_steps=10, guidance_scale=7.5,
+                   latents=latents.clone(), output_type="pt").images
+        got = ours.sample(prompt="a red cat", sampler=sampler, steps=10, guidance=7.5,
+                          latents=latents.clone(), scheduler=sd_folder.LEGACY_SCHEDULER)
+        assert (got - ref).abs().max().item() < TOL
+        own = ours.sample(prompt="a red cat", sampler=sampler, steps=10, guidance=7.5,
+                          latents=latents.clone())
+        assert (own - ref).abs().max().item() > 100 * TOL  # leading differs from trailing
+
+
+def test_scheduler_settings_follow_diffusers_defaults():
+    """A key the folder's config lacks takes the default of diffusers' class for that
+    sampler: SD 1.5 ships a PNDMScheduler config without timestep_spacing, which DDIM and
+    DDPM read as leading and DPM-Solver as linspace."""
+    sd15 = {"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear",
+            "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1}
+    settings = sd_folder.scheduler_settings
+    assert settings(sd15, "ddim") == {"timestep_spacing": "leading", "steps_offset": 1,
+                                      "set_alpha_to_one": False, "diffusers_rules": True}
+    assert settings(sd15, "ddpm") == {"timestep_spacing": "leading", "steps_offset": 1,
+                                      "diffusers_rules": True}
+    assert settings(sd15, "dpm-solver++") == {
+        "timestep_spacing": "linspace", "steps_offset": 1, "final_sigmas_type": "zero",
+        "lower_order_final": True, "euler_at_final": False, "diffusers_rules": True}
+    with pytest.raises(AigcError, match="final_sigmas_type 'max' is not supported"):
+        settings({"final_sigmas_type": "max"}, "dpm-solver++")
+    with pytest.raises(AigcError, match="steps_offset must be an integer >= 0, got 1.5"):
+        settings({"steps_offset": 1.5}, "ddim")
+
+
+def test_unknown_spacing_is_refused(tiny, tmp_path, capsys):
+    folder = with_scheduler(tiny, tmp_path / "bad", timestep_spacing="karras")
+    with pytest.raises(AigcError, match=r"scheduler_config.json: scheduler timestep_spacing "
+                                        r"'karras' is not supported; supported: trailing, "
+                                        r"leading, linspace"):
+        load_sd_folder(folder)
+    _one_error_line(capsys, ["sample", str(folder), "--prompt", "a cat"],
+                    "timestep_spacing 'karras' is not supported")
+
+
 def test_parity_is_not_vacuous(ours, pipe, monkeypatch):
     """The comparison above can fail: another prompt, or clipping x_0 to [-1, 1] (right for
     pixel-space models, wrong for latents), moves the images far beyond the tolerance."""
-    pipe.scheduler = diffusers_scheduler(pipe, "dpm-solver++")
+    pipe.scheduler = folder_scheduler(pipe, "dpm-solver++")
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     ref = pipe("a red cat", num_inference_steps=10, guidance_scale=7.5, latents=latents.clone(),
                output_type="pt").images
@@ -229,7 +318,7 @@ def _one_error_line(capsys, argv, pattern):
 
 
 def test_cli_sample_record_and_replay(tiny, tmp_path, capsys):
-    from aigc.media import read_record
+    from aigc.media import read_record, save_grid
 
     out = tmp_path / "a.png"
     assert main(["sample", str(tiny), "--prompt", " a red cat ", "--n", "2", "--steps", "3",
@@ -240,11 +329,26 @@ def test_cli_sample_record_and_replay(tiny, tmp_path, capsys):
     assert rec["family"] == "diffusers-folder"
     assert (rec["seed"], rec["n"], rec["prompt"]) == (7, 2, "a red cat")
     assert rec["options"] == {"sampler": "ddim", "steps": 3, "guidance": 7.5, "eta": 0.0,
-                              "size": 16}
+                              "size": 16, "scheduler": SD1_DDIM}
     assert set(rec["network_versions"]) == {"diffusers", "transformers"}
     again = tmp_path / "b.png"
     assert main(["sample", "--replay", str(out), "--out", str(again)]) == 0
     assert again.read_bytes() == out.read_bytes()
+    # another sampler on replay runs with the folder's settings for that sampler
+    dpm = tmp_path / "dpm.png"
+    assert main(["sample", "--replay", str(out), "--sampler", "dpm-solver++",
+                 "--out", str(dpm)]) == 0
+    assert read_record(dpm)["options"]["scheduler"]["final_sigmas_type"] == "zero"
+    # a record made before the scheduler settings were recorded replays with the trailing
+    # settings of that time, and says so in the new record
+    old = {**rec, "options": {k: v for k, v in rec["options"].items() if k != "scheduler"}}
+    save_grid(tmp_path / "old.png", torch.zeros(2, 3, 16, 16), record=old, scale=1)
+    assert main(["sample", "--replay", str(tmp_path / "old.png"),
+                 "--out", str(tmp_path / "c.png")]) == 0
+    assert read_record(tmp_path / "c.png")["options"]["scheduler"] == {
+        "timestep_spacing": "trailing", "steps_offset": 0, "set_alpha_to_one": True,
+        "diffusers_rules": False}
+    assert (tmp_path / "c.png").read_bytes() != out.read_bytes()
     capsys.readouterr()
 
 
@@ -298,7 +402,7 @@ def test_studio_serves_a_folder_like_a_checkpoint(tiny, ours, tmp_path):
                             sampler="ddim", steps=3, guidance=7.5)
         assert (batch[i:i + 1] - alone).abs().max().item() < TOL
     assert backend.record_options(settings) == {"sampler": "ddim", "steps": 3, "guidance": 7.5,
-                                                "eta": 0.0, "size": 16}
+                                                "eta": 0.0, "size": 16, "scheduler": SD1_DDIM}
 
 
 def test_studio_job_on_a_folder_end_to_end(tiny, tmp_path):

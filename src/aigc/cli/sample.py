@@ -278,7 +278,7 @@ def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, 
     """``aigc sample FOLDER --prompt ...`` for a diffusers text-to-image folder
     (:mod:`aigc.models.sd_folder`): our samplers, the same record as any other grid."""
     from aigc.media import save_grid
-    from aigc.models.sd_folder import DEFAULTS, load_sd_folder
+    from aigc.models.sd_folder import DEFAULTS, LEGACY_SCHEDULER, load_sd_folder
     from aigc.records import image_record, replay_options
 
     unused = [f for f, v in (("--class", args.class_), ("--truncation", args.truncation),
@@ -295,9 +295,17 @@ def _run_sd_folder(args: argparse.Namespace, checkpoint: str, record: dict[str, 
     if record and record.get("model_sha256") != folder.sha256:
         raise AigcError(f"{folder.path} is not the pipeline that made {args.replay}: SHA-256 "
                         f"{folder.sha256[:16]}... != {str(record.get('model_sha256'))[:16]}...")
-    recorded = {k: v for k, v in replay_options(record or {}).items() if k in (*DEFAULTS, "size")}
+    recorded = {k: v for k, v in replay_options(record or {}).items()
+                if k in (*DEFAULTS, "size", "scheduler")}
     given = {k: v for k, v in _given(args).items() if v is not None}
     o = {**DEFAULTS, "size": folder.default_size, **recorded, **given}
+    # the scheduler settings: the folder's own; on replay the record's (for the sampler it
+    # names), and for a record made before they were recorded, the trailing ones of that time
+    if record is not None and "scheduler" not in recorded:
+        o["scheduler"] = LEGACY_SCHEDULER
+    elif o["sampler"] != recorded.get("sampler"):
+        o.pop("scheduler", None)
+    o["scheduler"] = folder.scheduler_settings(o["sampler"], o.get("scheduler"))
     n = args.n if args.n is not None else int((record or {}).get("n", 1))
     seed = args.seed if args.seed is not None else int((record or {}).get("seed", 0))
     check_seed(seed, "--seed")

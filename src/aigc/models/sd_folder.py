@@ -13,10 +13,12 @@ What is read from the folder, and how it maps onto our samplers (docs/sd-folders
 
 - ``scheduler/scheduler_config.json``: ``num_train_timesteps``, ``beta_start``, ``beta_end``,
   ``beta_schedule`` (``linear`` or ``scaled_linear``, or ``trained_betas``) and
-  ``prediction_type`` (``epsilon`` or ``v_prediction``) give the noise schedule. Its
-  ``_class_name``, ``timestep_spacing`` and ``steps_offset`` are NOT used: our samplers always
-  visit "trailing" timesteps and end on alpha_bar = 1 (diffusers: ``timestep_spacing="trailing"``,
-  ``set_alpha_to_one=True``, ``final_sigmas_type="zero"``).
+  ``prediction_type`` (``epsilon`` or ``v_prediction``) give the noise schedule;
+  ``timestep_spacing`` (``leading``, ``trailing``, ``linspace``), ``steps_offset``,
+  ``set_alpha_to_one`` (ddim) and ``final_sigmas_type``, ``lower_order_final``,
+  ``euler_at_final`` (dpm-solver++) configure our sampler as diffusers would configure the
+  matching scheduler class from that config (:func:`scheduler_settings`: a missing key takes
+  that class's default). Its ``_class_name`` is not used.
 - x_0 clipping is OFF (:data:`CLIP_X0`): x_0 here is a VAE latent, not an image in [-1, 1].
 - the text encoder's last hidden state for the prompt padded to the tokenizer's
   ``model_max_length`` is the condition; the empty prompt ``""`` is the unconditional one.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -49,6 +51,22 @@ WEIGHTED = ("unet", "vae", "text_encoder")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 CLIP_X0 = False  # latents are not bounded by [-1, 1]: clipping x_0 would distort them
 DEFAULTS = {"sampler": "dpm-solver++", "steps": 20, "guidance": 7.5, "eta": 0.0}
+# sampler -> {scheduler config key: the default of the diffusers class that sampler matches
+# (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler)}: what a folder's config sets
+SCHEDULER_KEYS: dict[str, dict[str, Any]] = {
+    "ddim": {"timestep_spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True},
+    "ddpm": {"timestep_spacing": "leading", "steps_offset": 0},
+    "dpm-solver++": {"timestep_spacing": "linspace", "steps_offset": 0,
+                     "final_sigmas_type": "zero", "lower_order_final": True,
+                     "euler_at_final": False},
+}
+# what every folder was sampled with before the folder's own settings were honoured (issue
+# #18), with our arithmetic rather than diffusers' (``diffusers_rules``, not a diffusers key):
+# a record without "scheduler" in its options means these
+LEGACY_SCHEDULER: dict[str, Any] = {
+    "timestep_spacing": "trailing", "steps_offset": 0, "set_alpha_to_one": True,
+    "final_sigmas_type": "zero", "lower_order_final": True, "euler_at_final": False,
+    "diffusers_rules": False}
 MAX_PROMPT_CHARS = 500
 
 
@@ -175,6 +193,43 @@ def alphas_cumprod_from(config: dict[str, Any]) -> tuple[torch.Tensor, str]:
     return torch.cumprod(1.0 - betas, dim=0), kinds[prediction]
 
 
+
+def scheduler_settings(config: dict[str, Any], sampler: str) -> dict[str, Any]:
+    """The settings of a diffusers scheduler config that our sampler ``sampler`` uses, as
+    diffusers' matching class (``DDIMScheduler``, ``DDPMScheduler``,
+    ``DPMSolverMultistepScheduler``) reads them with ``from_config``: a missing key takes that
+    class's default; ``diffusers_rules`` (true unless given) makes our sampler use diffusers'
+    arithmetic too. Raises :class:`ConfigError` naming a value we cannot follow."""
+    from aigc.models.samplers._common import SPACINGS
+    from aigc.models.samplers.dpm_solver import FINALS
+
+    if sampler not in SCHEDULER_KEYS:
+        raise ConfigError(f"unknown sampler {sampler!r}; known: {', '.join(SCHEDULER_KEYS)}")
+    keys = {**SCHEDULER_KEYS[sampler], "diffusers_rules": True}
+    out = {k: default if config.get(k) is None else config[k] for k, default in keys.items()}
+    if out["timestep_spacing"] not in SPACINGS:
+        raise ConfigError(f"scheduler timestep_spacing {out['timestep_spacing']!r} is not "
+                          f"supported; supported: {', '.join(SPACINGS)}")
+    offset = out["steps_offset"]
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ConfigError(f"scheduler steps_offset must be an integer >= 0, got {offset!r}")
+    if out.get("final_sigmas_type", "zero") not in FINALS:
+        raise ConfigError(f"scheduler final_sigmas_type {out['final_sigmas_type']!r} is not "
+                          f"supported; supported: {', '.join(FINALS)}")
+    for key in ("set_alpha_to_one", "lower_order_final", "euler_at_final", "diffusers_rules"):
+        if key in out and not isinstance(out[key], bool):
+            raise ConfigError(f"scheduler {key} must be true or false, got {out[key]!r}")
+    return out
+
+
+def sampler_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """:func:`scheduler_settings` (diffusers' names) as :func:`make_sampler` options."""
+    names = {"timestep_spacing": "spacing", "steps_offset": "steps_offset",
+             "set_alpha_to_one": "alpha_to_one", "final_sigmas_type": "final",
+             "lower_order_final": "lower_order_final", "euler_at_final": "euler_at_final",
+             "diffusers_rules": "diffusers_rules"}
+    return {names[k]: v for k, v in settings.items()}
+
 @dataclass
 class SDFolder:
     """A loaded diffusers text-to-image folder; :meth:`sample` draws images with our samplers."""
@@ -187,6 +242,7 @@ class SDFolder:
     tokenizer: Any
     alphas_cumprod: torch.Tensor
     prediction: str
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
 
     per_image_generators = True  # sample(n, generator=[g_1..g_n]): image i from g_i alone
 
@@ -216,6 +272,18 @@ class SDFolder:
         import transformers
 
         return {"diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+    def scheduler_settings(self, sampler: str,
+                           override: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The scheduler settings ``sampler`` runs with: the folder's config
+        (:func:`scheduler_settings`), with ``override`` (a record's, e.g.
+        :data:`LEGACY_SCHEDULER`) on top."""
+        if override is None:
+            return scheduler_settings(self.scheduler_config, sampler)
+        if not isinstance(override, dict) or set(override) - set(LEGACY_SCHEDULER):
+            raise ConfigError(f"scheduler must be a dict with keys among "
+                              f"{', '.join(LEGACY_SCHEDULER)}, got {override!r}")
+        return scheduler_settings({**self.scheduler_config, **override}, sampler)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -271,7 +339,8 @@ class SDFolder:
                sampler: str = DEFAULTS["sampler"], steps: int = DEFAULTS["steps"],
                guidance: float = DEFAULTS["guidance"], eta: float = DEFAULTS["eta"],
                size: int | None = None, latents: torch.Tensor | None = None,
-               progress: bool | Callable[[float], None] = False) -> torch.Tensor:
+               progress: bool | Callable[[float], None] = False,
+               scheduler: dict[str, Any] | None = None) -> torch.Tensor:
         """Draw ``n`` images, ``(n, 3, size, size)`` in [0, 1] (the signature of our families'
         ``sample``, so the studio's image backend serves a folder like a checkpoint).
 
@@ -287,6 +356,8 @@ class SDFolder:
             size: image side in pixels (default :attr:`default_size`), a multiple of
                 the VAE factor times the UNet's down-sampling.
             latents: ``(n, C, size/f, size/f)`` initial noise instead of drawing it.
+            scheduler: scheduler settings (diffusers' names, :data:`LEGACY_SCHEDULER`'s keys)
+                over the folder's own; ``None``: the folder's (:meth:`scheduler_settings`).
         """
         from aigc.models.samplers import make_sampler
         from aigc.models.samplers._common import noise_like
@@ -316,8 +387,9 @@ class SDFolder:
         dtype = next(self.unet.parameters()).dtype
         cond = self.encode(prompts)
         uncond = self.encode([""] * n)
+        settings = self.scheduler_settings(sampler, scheduler)
         schedule = make_sampler(sampler, self.alphas_cumprod, self.prediction, eta=eta,
-                                clip_x0=CLIP_X0)
+                                clip_x0=CLIP_X0, **sampler_options(settings))
         schedule.set_timesteps(steps)
         shape = (n, self.unet.config.in_channels, size // self.vae_scale_factor,
                  size // self.vae_scale_factor)
@@ -361,7 +433,15 @@ def load_sd_folder(path: str | Path, *, device: str | torch.device = "cpu",
     from transformers import CLIPTextModel, CLIPTokenizer
 
     config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{root / 'scheduler' / 'scheduler_config.json'} is not a JSON "
+                              "object")
     alphas_cumprod, prediction = alphas_cumprod_from(config)
+    try:
+        for sampler in SCHEDULER_KEYS:  # refuse a setting we cannot follow now, not mid-job
+            scheduler_settings(config, sampler)
+    except ConfigError as e:
+        raise ConfigError(f"{root / 'scheduler' / 'scheduler_config.json'}: {e}") from None
     from transformers.utils import logging as hf_logging
 
     kw = {"use_safetensors": True, "local_files_only": True}
@@ -384,4 +464,5 @@ def load_sd_folder(path: str | Path, *, device: str | torch.device = "cpu",
             module.to(dtype)
     return SDFolder(path=root, sha256=folder_sha256(root), unet=unet, vae=vae,
                     text_encoder=text_encoder, tokenizer=tokenizer,
-                    alphas_cumprod=alphas_cumprod, prediction=prediction)
+                    alphas_cumprod=alphas_cumprod, prediction=prediction,
+                    scheduler_config=config)

@@ -9,25 +9,34 @@ network (eq. 6-7), generalised to a stride (t' = the previous visited timestep, 
     var      = (1 - a_{t'}) / (1 - a_t) * beta_t     (beta-tilde, eq. 7)
     x_{t'}   = mu + sqrt(var) * z,  z ~ N(0, I)   (no noise on the last step)
 
-With ``set_timesteps(T)`` this is exactly the 1000-step sampler of the paper.
+With ``set_timesteps(T)`` this is exactly the 1000-step sampler of the paper. ``spacing`` and
+``steps_offset`` place the visited timesteps (:func:`spaced_timesteps`; ``diffusers_rules``:
+trailing rounded as diffusers does); the last step always lands on a = 1, as in diffusers' DDPM.
 """
 
 from __future__ import annotations
 
 import torch
 
-from aigc.models.samplers._common import noise_like, trailing_timesteps, x0_and_eps
+from aigc.models.samplers._common import initial_steps, noise_like, spaced_timesteps, x0_and_eps
 
 
 class DDPMSampler:
-    def __init__(self, alphas_cumprod: torch.Tensor, prediction: str, *, clip_x0: bool = True):
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction: str, *, clip_x0: bool = True,
+                 spacing: str = "trailing", steps_offset: int = 0,
+                 diffusers_rules: bool = False):
         self.alphas_cumprod = alphas_cumprod.double().cpu()
         self.prediction, self.clip_x0 = prediction, clip_x0
+        self.spacing, self.steps_offset = spacing, steps_offset
+        self.diffusers_rules = diffusers_rules
         self.num_train_timesteps = len(alphas_cumprod)
-        self.set_timesteps(self.num_train_timesteps)
+        self.set_timesteps(initial_steps(self.num_train_timesteps, self.num_train_timesteps,
+                                         spacing, steps_offset,
+                                         diffusers_rules=diffusers_rules))
 
     def set_timesteps(self, n: int) -> None:
-        self.timesteps = trailing_timesteps(self.num_train_timesteps, n)
+        self.timesteps = spaced_timesteps(self.num_train_timesteps, n, self.spacing,
+                                          self.steps_offset, diffusers_rules=self.diffusers_rules)
         self._prev = dict(zip(self.timesteps, self.timesteps[1:] + [-1], strict=True))
 
     def step(self, model_output: torch.Tensor, t: int, x: torch.Tensor, *,

@@ -192,10 +192,14 @@ class ImageBackend:
                              sampler=pick("sampler"))
 
     def record_options(self, settings: ImageSettings) -> dict[str, Any]:
-        """Every sampling option of this family as it ran (defaults resolved)."""
-        return resolve_options(self.model, {k: getattr(settings, k) for k in
-                                            ("steps", "guidance", "sampler", "temperature")
-                                            if k in self.options})
+        """Every sampling option of this family as it ran (defaults resolved); a diffusers
+        folder adds the scheduler settings its sampler ran with."""
+        options = resolve_options(self.model, {k: getattr(settings, k) for k in
+                                               ("steps", "guidance", "sampler", "temperature")
+                                               if k in self.options})
+        if hasattr(self.model, "scheduler_settings"):
+            options["scheduler"] = self.model.scheduler_settings(options["sampler"])
+        return options
 
     def prompt_record(self, spec: ImageSpec) -> dict[str, Any]:
         """What an item's record adds about how its prompt was read: ``{"text_route": ...}``
