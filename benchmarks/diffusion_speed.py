@@ -257,7 +257,8 @@ def profile_steps(batch: dict, steps: int = 4) -> None:
 
 
 def main() -> None:
-    from _timing import interleaved, load_average, warm_up
+    from _machine import machine_line, matmul_peak, step_flops
+    from _timing import interleaved, load_average, ratio_spread, warm_up
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -285,6 +286,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
           f"parameters: ours {_params(ours_model()) / 1e6:.3f}M, diffusers "
           f"{_params(diffusers_model()) / 1e6:.3f}M; AdamW lr 1e-4 both sides")
+    print(machine_line())
+    peak = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
+    print(f"measured matmul peak (1024^3, {args.threads} thread(s)): float32 "
+          f"{peak['fp32']:,.0f} GFLOP/s, bfloat16 {peak['bf16']:,.0f} GFLOP/s")
+    # FLOPs of one training step per side (convolutions, matmuls, attention, forward and
+    # backward: torch.utils.flop_counter), the same with or without the speed options
+    flops = {"ours": step_flops(train_ours(batch, False, False, False, False)[1]),
+             "diffusers": step_flops(train_diffusers(batch, False, False, False, False)[1])}
+    print(f"FLOPs per training step: ours {flops['ours'] / 1e9:.2f} G, diffusers "
+          f"{flops['diffusers'] / 1e9:.2f} G")
     print(load_average() + " (before)")
     if args.profile:
         profile_steps(batch)
@@ -313,8 +324,12 @@ def main() -> None:
             d, o = ips[f"diffusers {precision} {stage}"], ips[f"ours {precision} {stage}"]
             dw = args.batch / timing[f"diffusers {precision} {stage}"]["wall"]
             ow = args.batch / timing[f"ours {precision} {stage}"]["wall"]
+            fd = flops["diffusers"] * d / args.batch / 1e9  # GFLOP/s
+            fo = flops["ours"] * o / args.batch / 1e9
             print(f"  {precision + ' ' + stage:<34} {d:10.1f} {o:10.1f} {'x%.2f' % (o / d):>15} "
-                  f"{'x%.2f' % (o / base):>21}   ({dw:.1f}, {ow:.1f})")
+                  f"{'x%.2f' % (o / base):>21}   ({dw:.1f}, {ow:.1f})   of the {precision} "
+                  f"peak: diffusers {100 * fd / peak[precision]:.1f}%, ours "
+                  f"{100 * fo / peak[precision]:.1f}%")
     best_o = max((v, k) for k, v in ips.items() if k.startswith("ours"))
     best_d = max((v, k) for k, v in ips.items() if k.startswith("diffusers"))
     for precision in ("fp32", "bf16"):
@@ -324,7 +339,9 @@ def main() -> None:
     print(f"  best ours ({best_o[1]}) vs diffusers as shipped (diffusers fp32 eager): "
           f"x{best_o[0] / ips['diffusers fp32 eager']:.2f} (target >= 1.5x at equal quality)")
     print(f"  best ours ({best_o[1]}) vs best diffusers ({best_d[1]}), same tricks on both sides: "
-          f"x{best_o[0] / best_d[0]:.2f}")
+          f"x{best_o[0] / best_d[0]:.2f}; per round: CPU time "
+          f"{ratio_spread(timing[best_d[1]], timing[best_o[1]])}, wall time "
+          f"{ratio_spread(timing[best_d[1]], timing[best_o[1]], 'wall')} (target >= 1.5x)")
     if args.quality_steps:
         print(f"\nequal quality: {args.quality_steps} steps, batch {args.batch}, AdamW lr "
               f"{args.quality_lr}, real MNIST; epsilon MSE on 1,000 test images (lower is better)")
