@@ -448,8 +448,9 @@ def _run_prepare(argv: list[str]) -> int:
         prog="aigc eval prepare-features",
         description="Train the feature classifier of a labelled image dataset (the extractor "
         "for FID/KID/IS/precision-recall) and write it as safetensors. Deterministic for a "
-        "given seed, torch version and thread count. The shipped mnist / fashion-mnist "
-        "extractors were built with this command and its defaults.")
+        "given seed, torch version and thread count. Refuses (exit 2, nothing written) an "
+        "extractor with a feature that is constant on the validation images. The shipped "
+        "mnist / fashion-mnist extractors were built with this command and its defaults.")
     p.add_argument("--data", required=True, help="mnist, fashion-mnist or folder:PATH (labelled)")
     p.add_argument("--out", help="output .safetensors (default features/DATA.safetensors)")
     p.add_argument("--epochs", type=int, help="default 3 for mnist, 6 otherwise")

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,13 @@ class ClassifierConfig:
     widths: tuple[int, int, int] = (32, 64, 128)  # conv widths at full, 1/2 and 1/4 resolution
     feature_dim: int = 128
     dropout: float = 0.3
+    # Where the features are read: "pre_relu" takes the feature layer before its ReLU. Read after
+    # the ReLU ("post_relu", the layout of files written before this field existed), units whose
+    # pre-activation is negative on every image are always zero: the shipped MNIST extractor had
+    # 37 of 128 such units on the test split, a rank-deficient covariance for FID. Before the
+    # ReLU a unit is a linear function of the conv features and is constant only if its weight
+    # row is orthogonal to all of their variation; ``train_classifier`` refuses one that is.
+    feature_layer: Literal["pre_relu", "post_relu"] = "pre_relu"
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -59,9 +66,12 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class FeatureClassifier(nn.Module):
-    """conv-pool x3 -> fc (features, ReLU) -> fc (logits). Takes images in [0, 1]."""
+    """conv-pool x3 -> fc (features) -> ReLU -> fc (logits). Takes images in [0, 1]."""
 
     def __init__(self, cfg: ClassifierConfig):
+        if cfg.feature_layer not in ("pre_relu", "post_relu"):
+            raise ValueError(f"ClassifierConfig.feature_layer must be 'pre_relu' or 'post_relu', "
+                             f"got {cfg.feature_layer!r}")
         super().__init__()
         self.cfg = cfg
         w1, w2, w3 = cfg.widths
@@ -76,8 +86,10 @@ class FeatureClassifier(nn.Module):
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.conv(x * 2.0 - 1.0).flatten(1)  # (B, w3 * 9)
-        feats = F.relu(self.fc_features(h))  # (B, feature_dim), non-negative like pool3
-        return feats, self.fc_logits(self.dropout(feats))  # (B, num_classes)
+        pre = self.fc_features(h)  # (B, feature_dim)
+        hidden = F.relu(pre)
+        feats = pre if self.cfg.feature_layer == "pre_relu" else hidden
+        return feats, self.fc_logits(self.dropout(hidden))  # (B, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(x)[1]
@@ -420,6 +432,8 @@ def load_classifier_file(path: str | Path, *, device: str = "cpu") -> FeatureExt
         raise AigcError(f"{path} is not an aigc feature extractor (format="
                         f"{meta.get('format')!r}, expected {FORMAT!r})")
     raw = json.loads(meta["config"])
+    # Files written before ``feature_layer`` existed read their features after the ReLU.
+    raw.setdefault("feature_layer", "post_relu")
     cfg = ClassifierConfig(**{**raw, "widths": tuple(raw["widths"])})
     net = FeatureClassifier(cfg)
     net.load_state_dict(tensors)
@@ -524,6 +538,16 @@ def train_classifier(data: str, out: str | Path, *, epochs: int | None = None, s
             if i % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - t0
+    check_split, check_set = ("val", val) if len(val) else ("train", train)
+    n_check = min(len(check_set), 5000)
+    check_images = check_set.get_batch(torch.arange(n_check))["image"]
+    constant = constant_features(_features_of(net, check_images))
+    if constant:
+        raise AigcError(
+            f"the trained {data} extractor has {len(constant)} of {cfg.feature_dim} features that "
+            f"are constant on the first {n_check} {check_split} images (units {constant[:10]}"
+            f"{' ...' if len(constant) > 10 else ''}): FID/KID would measure in a degenerate "
+            f"space. Nothing was written to {out}; train with another --seed or more --epochs")
     val_acc, test_acc = classifier_accuracy(net, val), classifier_accuracy(net, test)
     info = {"val_accuracy": val_acc and round(val_acc, 4),
             "test_accuracy": test_acc and round(test_acc, 4),
@@ -534,7 +558,28 @@ def train_classifier(data: str, out: str | Path, *, epochs: int | None = None, s
             "class_names": json.dumps(train.class_names), "info": json.dumps(info, sort_keys=True)}
     out = save_canonical(net.state_dict(), out, meta)
     return {**info, "data": data, "file": str(out), "sha256": file_sha256(out),
-            "train_seconds": round(seconds, 1)}
+            "train_seconds": round(seconds, 1), "constant_features_checked_on":
+            f"{n_check} {check_split} images"}
+
+
+@torch.no_grad()
+def _features_of(net: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    net.eval()
+    return torch.cat([net.features_and_logits(images[i:i + batch_size])[0].double()
+                      for i in range(0, len(images), batch_size)])
+
+
+def constant_features(features: torch.Tensor, *, tol: float = 1e-6) -> list[int]:
+    """Indices of the columns of ``features`` (N, D) whose range over the N rows is <= ``tol``.
+
+    Such a unit adds nothing to FID/KID but a zero row and column to the covariance. Raises on
+    fewer than two rows: one image cannot tell a constant unit from a varying one.
+    """
+    features = check_features(features)
+    if features.shape[0] < 2:
+        raise AigcError(f"constant_features needs at least 2 rows, got {features.shape[0]}")
+    spread = features.max(0).values - features.min(0).values  # (D,)
+    return [int(i) for i in torch.nonzero(spread <= tol).flatten()]
 
 
 def check_features(features: torch.Tensor, what: str = "features") -> torch.Tensor:
