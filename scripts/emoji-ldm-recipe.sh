@@ -8,7 +8,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 AIGC=${AIGC:-.venv/bin/aigc}
 RUNS=${RUNS:-runs}
 
-# 1. The autoencoder (64x64x3 -> 16x16x4, 0.40M parameters), 2,200 steps: ~15 min.
+# 1. The autoencoder (64x64x3 -> 16x16x4, 0.40M parameters), 2,200 steps: ~15 min (measured:
+#    28.6 dB PSNR on the emoji test split).
 #    (The shipped starter's autoencoder ran its first 1,000 steps on the 4,000-step schedule of
 #    configs/autoencoder-kl-emoji.json, then was resumed with `--steps 2200`: the same data and
 #    noise, a slightly higher learning rate over steps 300-1,000.)
@@ -16,9 +17,17 @@ RUNS=${RUNS:-runs}
     --out "$RUNS/ae-emoji"
 
 # 2. The latent diffusion (cross-attention over MiniLM tokens; 20% of examples on one sentence
-#    token, the route of Chinese prompts), 6,000 steps at batch 32.
+#    token, the route of Chinese prompts), 6,000 steps at batch 32: 56 min (3.44M UNet parameters).
 "$AIGC" train latent-diffusion --config configs/latent-diffusion-emoji-starter.json \
     --autoencoder "$RUNS/ae-emoji" --out "$RUNS/ldm-emoji"
 
 # 3. The starter file: the EMA weights of the last checkpoint with the scorer's distilled Chinese
 #    encoder attached (see docs/latent-diffusion.md, "Chinese prompts").
+PYTHONPATH=src "${PYTHON:-.venv/bin/python}" scripts/export_starter.py "$RUNS/ldm-emoji" \
+    "$RUNS/ldm-emoji-fp16.safetensors" --fp16 --recipe configs/latent-diffusion-emoji-starter.json
+"${PYTHON:-.venv/bin/python}" -m aigc.models.latent_diffusion attach-zh \
+    "$RUNS/ldm-emoji-fp16.safetensors" "$RUNS/latent-diffusion-emoji.safetensors" \
+    --scorer starter:clip-scorer-emoji
+# (The shipped file also had this machine's absolute paths in its lineage fields rewritten to
+#  runs/...; the weights are these.) Measure it:
+#   OMP_NUM_THREADS=1 aigc eval "$RUNS/latent-diffusion-emoji.safetensors" --n 300 --out OUT

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from aigc.checkpoints import library_versions
-from aigc.cli.sample import STARTERS_DIR
+from aigc.registry import STARTERS_DIR
 from aigc.media import save_grid
 from aigc.models import model_from_checkpoint
 
@@ -29,6 +29,13 @@ PROMPTS = {
         "en": ["a photo of an ankle boot", "boots that cover the ankle", "a pair of trousers",
                "athletic shoes for running", "a leather handbag", "a summer dress"],
         "zh": ["一只短靴", "一双运动鞋", "一条裤子", "一个手提包", "一条连衣裙"],
+    },
+    # latent-diffusion-emoji: concepts of the training split, in words of our own choosing
+    # (not necessarily a training caption); held-out captions and concepts are in the eval grid
+    "emoji": {
+        "en": ["a red heart", "a smiling face", "a cat face", "a yellow star", "a slice of pizza",
+               "a green tree", "a blue car", "a flag with red and white stripes"],
+        "zh": ["红色的心", "笑脸", "猫脸", "星星", "比萨饼", "树", "汽车", "旗帜"],
     },
 }
 
@@ -46,10 +53,23 @@ def main() -> None:
         if args.only and path.stem not in args.only:
             continue
         model, ckpt = model_from_checkpoint(path)
-        data, k = ckpt.meta["data"], model.cfg.num_classes
+        if ckpt.family not in ("gan", "diffusion", "latent-diffusion"):
+            continue  # the scorer and the music model draw no images
+        data = ckpt.meta["data"]
         base = {"model_sha256": ckpt.sha256, "checkpoint": f"starter:{path.stem}",
                 "family": ckpt.family, "versions": library_versions(), "seed": 0}
         diff = {"sampler": "dpm-solver++", "steps": args.steps, "guidance": args.guidance}
+        if ckpt.family == "latent-diffusion":  # prompts only: one row of 8 seeds per prompt
+            for lang, prompts in PROMPTS[data].items():
+                gen = [torch.Generator().manual_seed(i) for i in range(8 * len(prompts))]
+                images = model.sample(len(gen), generator=gen,
+                                      prompt=[p for p in prompts for _ in range(8)], **diff)
+                file = save_grid(out / f"{path.stem}-prompts-{lang}.png", images, nrow=8,
+                                 record={**base, **diff, "kind": "grid", "rows": prompts,
+                                         "seeds": "image i: manual_seed(i)"})
+                print(file, "rows:", " | ".join(prompts))
+            continue
+        k = model.cfg.num_classes
         gen = torch.Generator().manual_seed(0)
         labels = torch.arange(k).repeat(8)  # row-major: 8 rows, one column per class
         if args.prompts_only:

@@ -171,12 +171,7 @@ def test_train_classifier_on_a_tiny_folder(tmp_path, capsys):
 # ------------------------------------------------------------------------ no dead features
 
 
-@pytest.mark.parametrize("data", [
-    "mnist",
-    pytest.param("fashion-mnist", marks=pytest.mark.xfail(
-        strict=True, reason="built before features were read before the ReLU: 35 of 128 units "
-        "are zero on the whole test split; retraining takes ~30 min on one thread (issue 16)")),
-])
+@pytest.mark.parametrize("data", ["mnist", "fashion-mnist"])
 def test_shipped_extractor_has_no_constant_feature_on_300_test_images(data):
     test = _split_or_skip(data, "test")
     # Every 33rd image: 300 images spread over the split (all ten classes).
