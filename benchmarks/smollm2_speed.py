@@ -59,7 +59,7 @@ def _int8_peer(model):
             return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
 
     peer = copy.deepcopy(model)
-    for name, module in list(peer.named_modules()):
+    for module in list(peer.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, Int8Linear(child))

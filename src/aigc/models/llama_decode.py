@@ -10,8 +10,10 @@ model on one CPU core. :class:`LeanLlama` runs the same maths with nothing but t
 * the rotary table computed once, as transformers computes it;
 * weights kept as ``float32`` (same numbers as transformers), ``bfloat16``, or weight-only
   ``int8`` with one float32 scale per output channel (``w ~ scale[n] * q[n, k]``, symmetric,
-  ``scale = max|w[n]| / 127``), multiplied by ``torch.ops.aten._weight_int8pack_mm``;
-  activations, norms, softmax and the residual stream stay float32 in every mode.
+  ``scale = max|w[n]| / 127``), multiplied by ``torch.ops.aten._weight_int8pack_mm`` (its CPU
+  kernel is vectorized for bf16 activations only, so the matmul's input and output are rounded
+  to bf16; ``"int8"`` is therefore int8 weights with bf16 matmul activations); norms, softmax,
+  rotary embedding, attention and the residual stream stay float32 in every mode.
 
 It implements :class:`aigc.generation.CachedLM`, so sampling, stop strings and seeds behave
 exactly as with :class:`aigc.models.pretrained.HFCachedLM`::
@@ -51,7 +53,10 @@ class _Linear:
             scale = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
             q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             if weights == "int8":
-                self.w, self.scale = q, scale.to(torch.bfloat16)
+                # the kernel wants bf16 scales; ones there and the float32 scale applied after
+                # the matmul keep the scale exact (a bf16 scale is off by up to 0.4%)
+                self.w, self.scale = q, scale
+                self.ones = torch.ones(w.shape[0], dtype=torch.bfloat16)
             else:
                 zero = torch.zeros(w.shape[0], dtype=torch.int64)
                 qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
@@ -64,7 +69,7 @@ class _Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weights == "int8":  # bf16 activations: the CPU kernel is vectorized for them
             return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.w,
-                                                      self.scale).float()
+                                                      self.ones).float() * self.scale
         if self.weights == "int8-dynamic":  # fbgemm: x quantized per tensor on the fly
             return torch.ops.quantized.linear_dynamic(x, self.w, True)
         if self.weights == "bfloat16":
