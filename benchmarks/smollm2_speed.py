@@ -9,9 +9,12 @@ float32, checked and printed below). Rows:
   ``model.generate`` as it comes (float32, ``DynamicCache``);
 * every speed option on our side (:class:`aigc.models.llama_decode.LeanLlama`, through the same
   ``chat()`` path the CLI and the studio use), and the same option given to the peer: the
-  same weight-only int8 weights and kernel (``_weight_int8pack_mm``, bf16 activations) swapped
-  into its ``nn.Linear`` layers; bf16 weights (``model.to(bfloat16)``); the static KV cache
-  (``cache_implementation="static"``).
+  same weight-only int8 weights and kernel (``_weight_int8pack_mm``, bf16 activations), or the
+  same int4 layer weights (``_weight_int4pack_mm_for_cpu``, groups of 32: the GGUF's Q4_1
+  blocks) with the int8 head, swapped into its ``nn.Linear`` layers; bf16 weights
+  (``model.to(bfloat16)``); the static KV cache (``cache_implementation="static"``).
+  ``torch.compile`` is not among them: compiling our one-token step (inductor, 1 thread, about
+  70 s) made it slower (fp32 65 vs 46 ms/token, int8 45 vs 29; a 40-token check, not a row).
 
 Agreement with float32 greedy (transformers' generate, float32) for every variant: identical
 tokens or the first position that differs, and the largest absolute difference of the
@@ -41,17 +44,17 @@ PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse ke
                                       "a message in a bottle."}]
 
 
-def _int8_peer(model):
-    """A copy of the transformers model whose linear layers hold the same weight-only int8
-    weights and use the same kernel as our ``weights="int8"``."""
+def _quantized_peer(model, weights: str):
+    """A copy of the transformers model whose linear layers hold the same weights and use the
+    same kernel as our ``weights="int8"`` / ``"int4"`` (int4: layers only, lm_head int8)."""
     import torch
 
     from aigc.models.llama_decode import _Linear
 
-    class Int8Linear(torch.nn.Module):
-        def __init__(self, linear):
+    class QuantizedLinear(torch.nn.Module):
+        def __init__(self, linear, kind):
             super().__init__()
-            self.inner = _Linear(linear.weight, "int8")
+            self.inner = _Linear(linear.weight, kind)
 
         def forward(self, x):
             shape = x.shape
@@ -62,7 +65,8 @@ def _int8_peer(model):
     for module in list(peer.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
-                setattr(module, child_name, Int8Linear(child))
+                kind = "int8" if child_name == "lm_head" else weights
+                setattr(module, child_name, QuantizedLinear(child, kind))
     return peer.eval()
 
 
@@ -104,14 +108,14 @@ def main() -> int:
     params = SamplingParams(temperature=0, max_tokens=n, stop_at_end=False)
     ours = {"shipped": load_smollm2(decoder="transformers")[0]}
     tokenizer = load_smollm2()[1]
-    for w in ("float32", "bfloat16", "int8"):
+    for w in ("float32", "bfloat16", "int8", "int4"):
         ours[w] = load_smollm2(w)[0]
     prompt_ids = tokenizer.chat_ids(PROMPT)
     x = torch.tensor([prompt_ids])
     print(f"prompt: {len(prompt_ids)} tokens, {PROMPT[0]['content']!r}")
 
     peers = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16).eval(),
-             "int8": _int8_peer(model)}
+             "int8": _quantized_peer(model, "int8"), "int4": _quantized_peer(model, "int4")}
 
     def our_run(lm):
         return lambda: chat(PROMPT, params, model=lm, tokenizer=tokenizer).result().tokens
@@ -134,7 +138,9 @@ def main() -> int:
         "peer generate bf16 model": peer_run(peers["bf16"]),
         "ours lean int8 weight-only": our_run(ours["int8"]),
         "peer generate int8 weight-only (same kernel)": peer_run(peers["int8"]),
-        "peer generate int8 weight-only, static cache": peer_run(peers["int8"], **static),
+        "ours lean int4 layers + int8 head": our_run(ours["int4"]),
+        "peer generate int4 layers + int8 head (same)": peer_run(peers["int4"]),
+        "peer generate int4 + int8 head, static cache": peer_run(peers["int4"], **static),
     }
 
     # ---- agreement with float32 greedy (transformers generate, float32)
@@ -151,6 +157,7 @@ def main() -> int:
         "ours as shipped (transformers forward, fp32)": ours["shipped"],
         "ours lean fp32": ours["float32"], "ours lean bf16 weights": ours["bfloat16"],
         "ours lean int8 weight-only": ours["int8"],
+        "ours lean int4 layers + int8 head": ours["int4"],
     }
     for name, run in variants.items():
         tokens = run()
@@ -160,7 +167,8 @@ def main() -> int:
             lm.reset()
             logits = lm.feed(prompt_ids).float()
         else:
-            m = peers["bf16"] if "bf16" in name else peers["int8"] if "int8" in name else model
+            m = (peers["bf16"] if "bf16" in name else peers["int4"] if "int4" in name
+                 else peers["int8"] if "int8" in name else model)
             with torch.no_grad():
                 logits = m(x).logits[0, -1].float()
         diff = float((logits - ref_logits).abs().max())
@@ -190,8 +198,10 @@ def main() -> int:
     row("lean bf16 vs peer bf16", "peer generate bf16 model", "ours lean bf16 weights")
     row("lean int8 vs peer int8", "peer generate int8 weight-only (same kernel)",
         "ours lean int8 weight-only")
-    row("lean int8 vs peer int8 static cache",
-        "peer generate int8 weight-only, static cache", "ours lean int8 weight-only")
+    row("lean int4 vs peer int4", "peer generate int4 layers + int8 head (same)",
+        "ours lean int4 layers + int8 head")
+    row("lean int4 vs peer int4 static cache", "peer generate int4 + int8 head, static cache",
+        "ours lean int4 layers + int8 head")
     peer_names = [k for k in res if k.startswith("peer")]
     our_names = [k for k in res if k.startswith("ours")]
     best_peer = min(peer_names, key=lambda k: res[k]["cpu"])

@@ -25,7 +25,7 @@ class _Ids:
 def tiny():
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
         tie_word_embeddings=True, initializer_range=0.5, eos_token_id=None, bos_token_id=0,
         pad_token_id=0)
@@ -85,6 +85,53 @@ def test_int8_weights_round_to_nearest_step_per_channel(tiny):
     assert bool((err <= scale[:, None] * 0.5 + 1e-3 * scale[:, None]).all())
 
 
+def _snap_to_q4_1(model):
+    """A copy of ``model`` whose layer matrices are on a GGUF Q4_1 grid (blocks of 32 inputs,
+    lo + step * q, q in 0..15), like the SmolLM2 weights the package ships."""
+    import copy
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for lin in (*[getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj",
+                                                               "o_proj")],
+                        *[getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]):
+                w = lin.weight
+                b = w.view(w.shape[0], -1, 32)
+                lo, hi = b.amin(-1, keepdim=True), b.amax(-1, keepdim=True)
+                step = (hi - lo) / 15
+                w.copy_((lo + step * torch.round((b - lo) / step)).view_as(w))
+    return model
+
+
+def test_int4_on_q4_1_weights_stays_close_to_float32(tiny):
+    snapped = _snap_to_q4_1(tiny)
+    prompt = [5, 17, 42, 9, 3, 60, 11]
+    ref, lm = LeanLlama(snapped, {1}), LeanLlama(snapped, {1}, weights="int4")
+    ref.reset()
+    lm.reset()
+    a, b = ref.feed(prompt), lm.feed(prompt)
+    assert 0 < float((a - b).abs().max()) < 0.1 * float(a.max() - a.min())
+
+
+def test_int4_keeps_weights_already_on_a_4bit_grid():
+    """Weights de-quantized from GGUF Q4_1 (lo + step * q per block of 32) come back unchanged:
+    the only error left is the bf16 rounding of the kernel's output."""
+    from aigc.models.llama_decode import _Linear
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (64, 96), generator=g).float()
+    q[:, ::32], q[:, 1::32] = 0, 15  # as in Q4_1: each block's min and max are on its grid ends
+    lo = -torch.randint(1, 4, (64, 3, 1), generator=g).float()  # per block of 32
+    w = (lo + 0.125 * q.view(64, 3, 32)).view(64, 96)
+    x = torch.randint(-3, 4, (2, 96), generator=g).float()
+    torch.testing.assert_close(_Linear(w, "int4")(x), x @ w.t(), rtol=8e-3, atol=1e-6)
+    off_grid = w + 0.03 * torch.randn(64, 96, generator=g)
+    assert float((_Linear(off_grid, "int4")(x) - x @ off_grid.t()).abs().max()) > 0.1
+    with pytest.raises(ValueError, match="divisible by 32, got 40"):
+        _Linear(torch.randn(8, 40), "int4")
+
+
 def test_fresh_decoders_share_weights_but_not_caches(tiny):
     a = LeanLlama(tiny, {1})
     b = a.fresh()
@@ -116,8 +163,8 @@ def test_errors_name_the_value(tiny):
 def test_load_smollm2_refuses_bad_options_before_loading():
     from aigc.models.pretrained import load_smollm2
 
-    with pytest.raises(ValueError, match="weights must be one of .* got 'int4'"):
-        load_smollm2("int4")
+    with pytest.raises(ValueError, match="weights must be one of .* got 'int3'"):
+        load_smollm2("int3")
     with pytest.raises(ValueError, match="decoder must be one of lean, transformers, got 'hf'"):
         load_smollm2(decoder="hf")
     with pytest.raises(ValueError, match="float32 weights only, got weights='int8'"):
@@ -129,7 +176,7 @@ def test_chat_cli_weights_flag(capsys):
 
     with pytest.raises(SystemExit):
         main(["chat", "--help"])
-    assert "--weights {float32,int8}" in capsys.readouterr().out
+    assert "--weights {float32,int8,int4}" in capsys.readouterr().out
     assert main(["chat", "--weights", "int8", "--adapter", "x", "--prompt", "hi"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--weights int8 does not apply with --adapter" in err[0]

@@ -30,9 +30,10 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
-Weights = Literal["float32", "bfloat16", "int8", "int8-dynamic"]
+Weights = Literal["float32", "bfloat16", "int8", "int4"]
 WEIGHTS: tuple[str, ...] = get_args(Weights)
 _FIRST_CAPACITY = 256  # cache positions allocated on the first feed; doubled when full
+INT4_GROUP = 32  # int4 weights: one scale and zero per 32 consecutive inputs (GGUF Q4_1's block)
 
 
 def check_weights(weights: str) -> str:
@@ -48,19 +49,30 @@ class _Linear:
     def __init__(self, w: torch.Tensor, weights: str):
         w = w.detach().float().contiguous()
         self.weights = weights
-        if weights in ("int8", "int8-dynamic"):
+        if weights == "int8":
             # symmetric, per output channel: w[n] ~ scale[n] * q[n], q in [-127, 127]
             scale = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
-            q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-            if weights == "int8":
-                # the kernel wants bf16 scales; ones there and the float32 scale applied after
-                # the matmul keep the scale exact (a bf16 scale is off by up to 0.4%)
-                self.w, self.scale = q, scale
-                self.ones = torch.ones(w.shape[0], dtype=torch.bfloat16)
-            else:
-                zero = torch.zeros(w.shape[0], dtype=torch.int64)
-                qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
-                self.w = torch.ops.quantized.linear_prepack(qw, None)
+            self.w = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            # the kernel wants bf16 scales; ones there and the float32 scale applied after the
+            # matmul keep the scale exact (a bf16 scale is off by up to 0.4%)
+            self.scale = scale
+            self.ones = torch.ones(w.shape[0], dtype=torch.bfloat16)
+        elif weights == "int4":
+            N, K = w.shape
+            if K % INT4_GROUP:
+                raise ValueError(f"int4 weights need in_features divisible by {INT4_GROUP}, "
+                                 f"got {K}")
+            # affine per group of 32 inputs: w ~ lo + step * q, q in [0, 15]; a GGUF Q4_1 block
+            # is exactly this, so weights de-quantized from Q4_1 come back unchanged
+            groups = w.view(N, K // INT4_GROUP, INT4_GROUP)
+            lo, hi = groups.amin(-1), groups.amax(-1)  # (N, K/32)
+            step = ((hi - lo) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+            q = torch.round((groups - lo[..., None]) / step[..., None]).clamp(0, 15)
+            self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                q.to(torch.int32).view(N, K), 2)
+            # the kernel computes (q - 8) * scale + zero, in bf16 (its float32 path is scalar)
+            self.scale = torch.stack([step, lo + 8 * step], -1).transpose(0, 1).contiguous() \
+                .to(torch.bfloat16)  # (K/32, N, 2)
         elif weights == "bfloat16":
             self.w = w.to(torch.bfloat16).t()  # (K, N) view: x @ w^T without a copy per call
         else:
@@ -70,8 +82,9 @@ class _Linear:
         if self.weights == "int8":  # bf16 activations: the CPU kernel is vectorized for them
             return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.w,
                                                       self.ones).float() * self.scale
-        if self.weights == "int8-dynamic":  # fbgemm: x quantized per tensor on the fly
-            return torch.ops.quantized.linear_dynamic(x, self.w, True)
+        if self.weights == "int4":
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.to(torch.bfloat16), self.w, INT4_GROUP, self.scale).float()
         if self.weights == "bfloat16":
             return (x.to(torch.bfloat16) @ self.w).float()
         return x @ self.w
@@ -89,8 +102,8 @@ class _Layer:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # transformers' LlamaRMSNorm: x / sqrt(mean(x^2) + eps) * weight, in float32
-    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    # transformers' LlamaRMSNorm, x / sqrt(mean(x^2) + eps) * weight in float32, as one kernel
+    return F.rms_norm(x, weight.shape, weight, eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +149,8 @@ class LeanLlama:
             self.embed = model.model.embed_tokens.weight.detach().float()  # (V, D)
             self.layers = [_Layer(layer, weights) for layer in model.model.layers]
             self.norm = model.model.norm.weight.detach().float()
-            self.head = _Linear(model.lm_head.weight, weights)
+            # int4: the layers only (the GGUF's embedding/output matrix is not 4-bit)
+            self.head = _Linear(model.lm_head.weight, "int8" if weights == "int4" else weights)
         theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
         # transformers' default rotary embedding: inv_freq_i = theta^(-2i/d), angle = pos * inv_freq
         d = self.head_dim
@@ -178,11 +192,10 @@ class LeanLlama:
         h = self.embed[torch.tensor(ids)]  # (T, D)
         for i, layer in enumerate(self.layers):
             x = _rms_norm(h, layer.norm_in, self.eps)
-            q, k, v = layer.qkv(x).split([H * d, KV * d, KV * d], dim=-1)
-            q = q.view(T, H, d).transpose(0, 1)  # (H, T, d)
-            k = k.view(T, KV, d).transpose(0, 1)  # (KV, T, d)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            qk, v = layer.qkv(x).split([(H + KV) * d, KV * d], dim=-1)
+            qk = qk.view(T, H + KV, d).transpose(0, 1)  # (H + KV, T, d): rotated together
+            qk = qk * cos + _rotate_half(qk) * sin
+            q, k = qk[:H], qk[H:]
             self.k_cache[i][:, p:p + T] = k
             self.v_cache[i][:, p:p + T] = v.view(T, KV, d).transpose(0, 1)
             att = F.scaled_dot_product_attention(

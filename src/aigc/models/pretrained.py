@@ -274,8 +274,10 @@ def load_smollm2(weights: str = "float32", *, decoder: str = "lean"):
 
     Args:
         weights: ``"float32"`` (the default: the same numbers as transformers), ``"int8"``
-            (weight-only, per output channel; faster, greedy output may differ at near-ties,
-            see docs/performance.md) or ``"bfloat16"``; see :mod:`aigc.models.llama_decode`.
+            (weight-only, per output channel), ``"int4"`` (the layers as the GGUF's own Q4_1
+            blocks, int8 output layer) or ``"bfloat16"``; the reduced ones are faster and
+            greedy output may differ at near-ties (docs/performance.md); see
+            :mod:`aigc.models.llama_decode`.
         decoder: ``"lean"`` (:class:`~aigc.models.llama_decode.LeanLlama`, the default) or
             ``"transformers"`` (:class:`HFCachedLM` over ``LlamaForCausalLM``, float32 only).
     """
