@@ -181,5 +181,5 @@ def test_chat_cli_weights_flag(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--weights int8 does not apply with --adapter" in err[0]
     with pytest.raises(SystemExit) as exc:
-        main(["chat", "--weights", "int4"])
+        main(["chat", "--weights", "int3"])
     assert exc.value.code == 2
