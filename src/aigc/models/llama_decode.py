@@ -1,19 +1,29 @@
 """A lean decoding loop over the weights of a transformers ``LlamaForCausalLM`` (SmolLM2).
 
-transformers' Llama forward spends, per generated token, as much time in Python (module calls,
-mask building, ``DynamicCache`` bookkeeping, output dataclasses) as in the matmuls of a 135M
-model on one CPU core. :class:`LeanLlama` runs the same maths with nothing but the forward:
+transformers' Llama forward spends, per generated token, milliseconds in Python (module calls,
+mask building, ``DynamicCache`` bookkeeping, output dataclasses): about 8 ms a token for
+SmolLM2-135M on one CPU core, against a 46 ms float32 forward and a 21 ms int4 one
+(docs/performance.md). :class:`LeanLlama` runs the same maths with nothing but the forward:
 
 * q/k/v fused into one matrix and gate/up into one, so a layer is four matmuls;
 * a key/value cache preallocated per layer ``(kv_heads, capacity, head_dim)`` that grows by
   doubling, written in place (no concatenation per token);
 * the rotary table computed once, as transformers computes it;
-* weights kept as ``float32`` (same numbers as transformers), ``bfloat16``, or weight-only
-  ``int8`` with one float32 scale per output channel (``w ~ scale[n] * q[n, k]``, symmetric,
-  ``scale = max|w[n]| / 127``), multiplied by ``torch.ops.aten._weight_int8pack_mm`` (its CPU
-  kernel is vectorized for bf16 activations only, so the matmul's input and output are rounded
-  to bf16; ``"int8"`` is therefore int8 weights with bf16 matmul activations); norms, softmax,
-  rotary embedding, attention and the residual stream stay float32 in every mode.
+* weights kept as
+
+  - ``float32``: the same numbers as transformers;
+  - ``bfloat16``: the weights rounded, activations float32 (no faster without AMX);
+  - ``int8``: weight-only, one float32 scale per output channel (``w ~ scale[n] * q[n, k]``,
+    symmetric, ``scale = max|w[n]| / 127``), multiplied by ``_weight_int8pack_mm``;
+  - ``int4``: the layers with one scale and zero per 32 inputs (``w ~ lo + step * q``,
+    ``q`` in 0..15: a GGUF Q4_1 block, so weights de-quantized from Q4_1 come back unchanged,
+    up to the bf16 rounding of ``step`` and ``lo``), multiplied by
+    ``_weight_int4pack_mm_for_cpu``; the output layer in ``int8``.
+
+  Both integer kernels are vectorized for bf16 activations only (their float32 paths are
+  scalar and slower than float32 weights), so in those modes each matmul's input and output are
+  rounded to bf16; norms, softmax, rotary embedding, attention and the residual stream stay
+  float32 in every mode.
 
 It implements :class:`aigc.generation.CachedLM`, so sampling, stop strings and seeds behave
 exactly as with :class:`aigc.models.pretrained.HFCachedLM`::
@@ -118,8 +128,8 @@ class LeanLlama:
         model: a transformers ``LlamaForCausalLM`` (its weights are read once; the model itself
             is not called).
         end_ids: token ids that end a generation.
-        weights: ``"float32"`` (same numbers as transformers), ``"bfloat16"`` or ``"int8"``
-            (weight-only, per output channel).
+        weights: ``"float32"`` (same numbers as transformers), ``"bfloat16"``, ``"int8"`` or
+            ``"int4"`` (see the module docstring).
         context_length: positions the model attends to (default: the config's
             ``max_position_embeddings``).
     """
