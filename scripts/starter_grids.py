@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from aigc.checkpoints import library_versions
-from aigc.registry import STARTERS_DIR
 from aigc.media import save_grid
 from aigc.models import model_from_checkpoint
+from aigc.registry import STARTERS_DIR
 
 PROMPTS = {
     "mnist": {
