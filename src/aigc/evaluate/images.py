@@ -143,22 +143,29 @@ def _first_images(dataset, n: int, what: str) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------ measuring
 
 
+def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, subsets: int, subset_size: int,
+            seed: int) -> dict[str, float]:
+    """``{"fid", "kid_mean", "kid_std"}`` of ``fake`` against ``real`` feature rows."""
+    fid = FrechetDistance()
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    kid = KernelDistance(subsets=subsets, subset_size=subset_size, seed=seed)
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": fid.compute(), "kid_mean": kid_mean, "kid_std": kid_std}
+
+
 def measure_features(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], *,
                      kid_subsets: int, kid_subset_size: int, k: int, seed: int,
                      is_splits: int = 10, real_radii: torch.Tensor | None = None
                      ) -> dict[str, float]:
     """FID, KID, IS-style score and manifold metrics of ``fake`` against ``real`` features
     (``real_radii``: the real set's k-NN radii, when already computed)."""
-    fid = FrechetDistance()
-    fid.update(real["features"], real=True)
-    fid.update(fake["features"], real=False)
-    kid = KernelDistance(subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
-    kid.update(real["features"], real=True)
-    kid.update(fake["features"], real=False)
-    kid_mean, kid_std = kid.compute()
     is_mean, is_std = inception_score(fake["logits"], splits=is_splits, seed=seed)
-    return {"fid": fid.compute(), "kid_mean": kid_mean, "kid_std": kid_std, "is_mean": is_mean,
-            "is_std": is_std,
+    return {**fid_kid(real["features"], fake["features"], subsets=kid_subsets,
+                      subset_size=kid_subset_size, seed=seed),
+            "is_mean": is_mean, "is_std": is_std,
             **precision_recall_density_coverage(real["features"], fake["features"], k=k,
                                                 real_radii=real_radii)}
 

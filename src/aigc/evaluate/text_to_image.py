@@ -45,7 +45,6 @@ of the real images' on ``seen-heldout``; Chinese (``zh-sentence``) within 10 poi
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,10 +53,11 @@ import torch
 from tqdm.auto import tqdm
 
 from aigc.errors import AigcError
+from aigc.evaluate.images import fid_kid
 from aigc.metrics.card import MetricCard
 from aigc.metrics.clip_score import CaptionRetrieval, ClipScore
-from aigc.metrics.fid import FrechetDistance
-from aigc.metrics.kid import KernelDistance, default_subset_size
+from aigc.metrics.kid import default_subset_size
+from aigc.records import sampling_options as family_defaults
 
 ROUTES = ("en-tokens", "en-sentence", "zh-sentence")
 SENTENCE_ROUTES = ("en-sentence", "zh-sentence")
@@ -112,8 +112,8 @@ def sampling_options(model, given: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise AigcError(f"text-to-image evaluation takes the sampling options "
                         f"{', '.join(SAMPLING_KEYS)}, not {sorted(unknown)}")
-    params = inspect.signature(model.sample).parameters
-    out = {k: given.get(k, params[k].default) for k in SAMPLING_KEYS}
+    defaults = family_defaults(model)
+    out = {k: given.get(k, defaults[k]) for k in SAMPLING_KEYS}
     top = model.cfg.num_train_timesteps
     if not 1 <= int(out["steps"]) <= top:
         raise AigcError(f"steps must be between 1 and {top} (the model's training timesteps), "
@@ -205,18 +205,6 @@ def _generate(model, route: str, captions: list[str], vectors: torch.Tensor, see
     return torch.cat(out)
 
 
-def _distance(real: torch.Tensor, fake: torch.Tensor, *, subsets: int, subset_size: int,
-              seed: int) -> dict[str, float]:
-    fid = FrechetDistance()
-    fid.update(real, real=True)
-    fid.update(fake, real=False)
-    kid = KernelDistance(subsets=subsets, subset_size=subset_size, seed=seed)
-    kid.update(real, real=True)
-    kid.update(fake, real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": fid.compute(), "kid_mean": kid_mean, "kid_std": kid_std}
-
-
 def evaluate_text_to_image(model, scorer, *, n: int = DEFAULT_N, seed: int = 0,
                            sample_kwargs: dict[str, Any] | None = None,
                            routes: tuple[str, ...] = ROUTES, batch_size: int = 50,
@@ -268,8 +256,11 @@ def evaluate_text_to_image(model, scorer, *, n: int = DEFAULT_N, seed: int = 0,
             sentence[s, lang] = scorer.sentence_embeddings(captions[s, lang]).float()
             with torch.no_grad():
                 text_emb[s, lang] = scorer.project_text(sentence[s, lang]).cpu()
-    real_emb = {s: _chunks(real[s], scorer.encode_images).cpu() for s in SETS}
-    real_feat = {s: _chunks(real[s], scorer.image_features).double().cpu() for s in SETS}
+    # One pass of the image tower per image set: pooled features (FID/KID), then their
+    # projection (the scorer's image embeddings for retrieval).
+    real_feat = {s: _chunks(real[s], scorer.image_features).cpu() for s in SETS}
+    with torch.no_grad():
+        real_emb = {s: scorer.project_images(real_feat[s]).cpu() for s in SETS}
 
     # Sampling: every route on both sets, then the grid.
     grid_routes = [r for r in ("en-tokens", "zh-sentence") if r in routes] or [routes[0]]
@@ -307,11 +298,13 @@ def evaluate_text_to_image(model, scorer, *, n: int = DEFAULT_N, seed: int = 0,
         return {"top1": got["top1"], "top5": got["top5"], "clipscore": clip.compute()}
 
     ceiling = {(s, lang): scores(real_emb[s], text_emb[s, lang]) for s in SETS for lang in LANGS}
-    rows = []
+    rows, feats = [], {}
     for s in SETS:
         for r in routes:
             lang = "zh" if r == "zh-sentence" else "en"
-            emb = _chunks(generated[s, r], scorer.encode_images).cpu()
+            feats[s, r] = _chunks(generated[s, r], scorer.image_features).cpu()
+            with torch.no_grad():
+                emb = scorer.project_images(feats[s, r]).cpu()
             # Chinese-prompted images are judged twice: against the Chinese captions (the
             # prompt) and, as the English rows are, against the English captions of the same
             # images, which leaves the scorer's weaker Chinese text side out of the comparison.
@@ -327,11 +320,10 @@ def evaluate_text_to_image(model, scorer, *, n: int = DEFAULT_N, seed: int = 0,
 
     # FID / KID on the unseen set, real vs real beside it.
     kid = dict(subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
-    real_vs_real = _distance(real_feat["unseen"], real_feat["seen-heldout"], **kid) \
-        if baseline else {}
+    unseen = real_feat["unseen"].double()
+    real_vs_real = fid_kid(unseen, real_feat["seen-heldout"].double(), **kid) if baseline else {}
     for r in routes:
-        fake = _chunks(generated["unseen", r], scorer.image_features).double().cpu()
-        for metric, v in _distance(real_feat["unseen"], fake, **kid).items():
+        for metric, v in fid_kid(unseen, feats["unseen", r].double(), **kid).items():
             values[fid_key(r, metric)] = v
             if baseline:
                 base[fid_key(r, metric)] = real_vs_real[metric]

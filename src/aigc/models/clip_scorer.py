@@ -168,7 +168,12 @@ class ClipScorer(nn.Module):
         """(N, 3, H, W) float in [0, 1] (or uint8) -> (N, embed_dim) unit vectors."""
         images = _check_images(images, self.cfg.image_size, self.cfg.image_channels)
         images = images.to(self.text_projection.weight.device)
-        return F.normalize(self.image_encoder(images), dim=-1)
+        return self.project_images(self.image_encoder.pooled(images))
+
+    def project_images(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, channels[-1]) pooled features (:meth:`image_features`) -> (N, embed_dim) unit
+        vectors: :meth:`encode_images` without running the image tower again."""
+        return F.normalize(self.image_encoder.proj(features), dim=-1)
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

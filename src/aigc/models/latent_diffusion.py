@@ -290,22 +290,19 @@ class LatentDiffusion(nn.Module):
         target = eps if self.cfg.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
         text, mask = batch["text"].to(z0.dtype), batch["text_mask"]
         self._check_text(text, mask, b)
+        first_only = first_token_mask(b, text.shape[1], device)  # one token, the rest masked
         if self.cfg.sentence_prob > 0:
             # Sentence tokens for a share of the examples: one token, then zeros (masked out).
             pooled = self.sentence_tokens(sentence_vectors(text, mask), text.shape[1])
             use = torch.rand(b, device=device) < self.cfg.sentence_prob
-            one = torch.zeros_like(mask)
-            one[:, 0] = True
             text = torch.where(use[:, None, None], pooled, text)
-            mask = torch.where(use[:, None], one, mask)
+            mask = torch.where(use[:, None], first_only, mask)
         # Caption dropout: the null context (one token) for a share of the examples.
         drop = torch.rand(b, device=device) < self.cfg.cond_drop_prob
         null = self.null_context.to(text.dtype).expand(b, 1, -1)
         null = F.pad(null, (0, 0, 0, text.shape[1] - 1))  # (B, T, D): the null token, then zeros
-        null_mask = torch.zeros_like(mask)
-        null_mask[:, 0] = True
         text = torch.where(drop[:, None, None], null, text)
-        mask = torch.where(drop[:, None], null_mask, mask)
+        mask = torch.where(drop[:, None], first_only, mask)
         pred = self.unet(z_t, t, text, mask)
         return F.mse_loss(pred.float(), target)
 
@@ -396,9 +393,8 @@ class LatentDiffusion(nn.Module):
                         vector = self.zh.encode([p]).cpu()  # (1, 384), MiniLM's sentence space
                     else:  # the unit mean of the token states, as in training
                         vector = sentence_vectors(*embed_tokens([p], max_length=self.cfg.max_tokens))
-                    one = torch.zeros(1, self.cfg.max_tokens, dtype=torch.bool)
-                    one[:, 0] = True
-                    seen[p, route] = self.sentence_tokens(vector, self.cfg.max_tokens), one
+                    seen[p, route] = (self.sentence_tokens(vector, self.cfg.max_tokens),
+                                      first_token_mask(1, self.cfg.max_tokens))
             rows.append(seen[p, route])
         return torch.cat([t for t, _ in rows]), torch.cat([m for _, m in rows])
 
@@ -546,6 +542,14 @@ class CaptionedTokens:
         batch["text"] = self.text[rows].float()
         batch["text_mask"] = self.mask[rows]
         return batch
+
+
+def first_token_mask(n: int, tokens: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(n, tokens)`` bool, true at the first position only: the mask of a one-token context
+    (the null context, a sentence token) padded to ``tokens``."""
+    mask = torch.zeros(n, tokens, dtype=torch.bool, device=device)
+    mask[:, 0] = True
+    return mask
 
 
 def sentence_vectors(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
