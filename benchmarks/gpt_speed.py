@@ -13,10 +13,15 @@ timed in interleaved rounds (benchmarks/_timing.py: CPU-time medians, wall time 
   transformers                 GPT2LMHeadModel, AdamW as torch picks it (for-loop on CPU)
   transformers fused-adamw     the same with AdamW(fused=True)
   transformers fused+compile   and torch.compile of its forward + loss (peer extra row)
+  transformers fused+compile eager-attn
+                               the same with attn_implementation="eager" (transformers' written-
+                               out attention, which the compiler fuses: the peer's fastest here)
   ours F.linear (MKL)          our GPT with aigc.models.layers' linear route forced to F.linear
   ours oneDNN linear           the same route forced to oneDNN
-  ours                         our GPT as shipped (the linear route measured on this machine,
-                               aigc.models.layers.linear_route; printed at the start)
+  ours ATen GELU               our GPT with ATen's GELU instead of the native kernel
+                               (aigc.models.native; its route is printed at the start)
+  ours                         our GPT as shipped (the linear and GELU routes measured on this
+                               machine, aigc.models.layers.linear_route, native.gelu_route)
   ours fused-adamw             + TrainConfig(adamw_impl="fused")
   ours fused+compile           + TrainConfig(compile=True): aigc.train.CompiledLoss
   ... bf16                     the same under bf16 autocast (--bf16 adds these rows)
@@ -74,10 +79,12 @@ def hf_loss(model, tokens):
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
 
 
-def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool | None = None):
+def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool | None = None,
+              gelu: str | None = None):
     """One training step per call on the next batch; AdamW with identical settings both sides.
-    ``onednn``: force aigc's linear route (None: the route measured on this machine)."""
-    from aigc.models import layers
+    ``onednn``: force aigc's linear route, ``gelu``: its GELU route ("native" or "torch"); None:
+    the routes measured on this machine."""
+    from aigc.models import layers, native
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     model.train()
@@ -86,12 +93,14 @@ def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool 
     def step():
         nonlocal i
         old = layers.set_onednn_linear(onednn)
+        old_gelu = native.set_gelu_route(gelu)
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(batches[i % len(batches)])
         loss.backward()
         opt.step()
         layers.set_onednn_linear(old)
+        native.set_gelu_route(old_gelu)
         i += 1
         return loss
     return step
@@ -146,30 +155,37 @@ def main() -> None:
 
     from _timing import interleaved, load_average, ratio_spread, warm_up
 
-    from aigc.models import layers
+    from aigc.models import layers, native
     from aigc.train import CompiledLoss
 
     print(load_average() + " (before)")
     # oneDNN linear: None = the route aigc measures and takes on this machine (as shipped),
     # True/False force it (aigc.models.layers.linear_route); transformers never uses it.
-    print(f"aigc linear route on this machine: {layers.linear_route()}")
-    specs = [  # name, side, fused AdamW, compile, bf16, oneDNN linear
-        ("transformers", "hf", False, False, False, None),
-        ("transformers fused-adamw", "hf", True, False, False, None),
-        ("ours F.linear (MKL)", "ours", False, False, False, False),
-        ("ours oneDNN linear", "ours", False, False, False, True),
-        ("ours", "ours", False, False, False, None),
-        ("ours fused-adamw", "ours", True, False, False, None),
+    # The GELU route likewise (aigc.models.native.gelu_route: "native" or "torch").
+    print(f"aigc linear route on this machine: {layers.linear_route()}; GELU route: "
+          f"{native.gelu_route()}")
+    specs = [  # name, side, fused AdamW, compile, bf16, oneDNN linear, GELU route
+        ("transformers", "hf", False, False, False, None, None),
+        ("transformers fused-adamw", "hf", True, False, False, None, None),
+        ("ours F.linear (MKL)", "ours", False, False, False, False, None),
+        ("ours oneDNN linear", "ours", False, False, False, True, None),
+        ("ours ATen GELU", "ours", False, False, False, None, "torch"),
+        ("ours", "ours", False, False, False, None, None),
+        ("ours fused-adamw", "ours", True, False, False, None, None),
     ]
     if not args.no_compile:
-        specs += [("transformers fused+compile", "hf", True, True, False, None),
-                  ("ours fused+compile", "ours", True, True, False, None)]
+        specs += [("transformers fused+compile", "hf", True, True, False, None, None),
+                  ("transformers fused+compile eager-attn", "hf-eager", True, True, False, None,
+                   None),
+                  ("ours fused+compile", "ours", True, True, False, None, None)]
     if args.bf16:
-        specs += [("transformers fused bf16", "hf", True, False, True, None),
-                  ("ours fused bf16", "ours", True, False, True, None)]
+        specs += [("transformers fused bf16", "hf", True, False, True, None, None),
+                  ("ours fused bf16", "ours", True, False, True, None, None)]
     variants = {}
-    for name, side, fused, compiled, bf16, onednn in specs:
+    for name, side, fused, compiled, bf16, onednn, gelu in specs:
         model = copy.deepcopy(ours if side == "ours" else hf)
+        if side == "hf-eager":
+            model.set_attn_implementation("eager")
         if side == "ours":
             loss_fn = (lambda m: (lambda tokens: m.loss({"tokens": tokens})))(model)
             if compiled:
@@ -179,7 +195,8 @@ def main() -> None:
             loss_fn = (lambda m: (lambda tokens: hf_loss(m, tokens)))(model)
             if compiled:
                 loss_fn = torch.compile(loss_fn)
-        variants[name] = make_step(model, loss_fn, batches, fused=fused, bf16=bf16, onednn=onednn)
+        variants[name] = make_step(model, loss_fn, batches, fused=fused, bf16=bf16, onednn=onednn,
+                                   gelu=gelu)
     # FLOPs of one training step per side (forward + backward matmuls and attention, counted
     # on a copy by torch.utils.flop_counter; the same math with or without compile/fused/bf16)
     flops = {}
@@ -196,7 +213,7 @@ def main() -> None:
     tokens_per_step = args.batch * args.context
     print(f"\ntraining tokens/s ({args.rounds} interleaved rounds x {args.train_steps} steps; "
           f"median; ratios from CPU time)")
-    print(f"  {'variant':<30} {'tok/s (cpu)':>12} {'tok/s (wall)':>13}  vs transformers  "
+    print(f"  {'variant':<37} {'tok/s (cpu)':>12} {'tok/s (wall)':>13}  vs transformers  "
           f"vs transformers fused  GFLOP/s  of peak")
     base = timing["transformers"]["cpu"]
     base_fused = timing["transformers fused-adamw"]["cpu"]
@@ -204,7 +221,7 @@ def main() -> None:
         side = "ours" if name.startswith("ours") else "hf"
         gflops = flops[side] / t["cpu"] / 1e9
         frac = gflops / peak["bfloat16" if "bf16" in name else "float32"]
-        print(f"  {name:<30} {tokens_per_step / t['cpu']:12,.0f} {tokens_per_step / t['wall']:13,.0f}"
+        print(f"  {name:<37} {tokens_per_step / t['cpu']:12,.0f} {tokens_per_step / t['wall']:13,.0f}"
               f"  x{base / t['cpu']:.2f}            x{base_fused / t['cpu']:.2f}"
               f"                {gflops:7.1f}  {100 * frac:5.1f}%")
     best = min((t["cpu"], n) for n, t in timing.items() if n.startswith("ours") and "bf16" not in n)
@@ -263,7 +280,7 @@ def main() -> None:
     print(f"generation tokens/s (CPU time): ours-stream {tps['ours-stream']:,.0f}  ours-model "
           f"{tps['ours-model']:,.0f}  transformers generate() {tps['hf']:,.0f}")
     print(f"generation ratio: stream {tps['ours-stream'] / tps['hf']:.2f}x, bare model "
-          f"{tps['ours-model'] / tps['hf']:.2f}x (target >= 1.5x)")
+          f"{tps['ours-model'] / tps['hf']:.2f}x (target >= 2x, issue #17)")
     per_round = sorted(h / o for h, o in zip(times["hf"], times["ours-stream"]))
     print(f"  per-round spread (stream vs transformers, CPU time): "
           f"{per_round[0]:.2f}-{per_round[-1]:.2f} over {len(per_round)} rounds")

@@ -9,6 +9,9 @@ import pytest
 # not depend on a timing taken while the tests load the machine, and no kernels.json is written
 # into the user's cache; tests/test_layers_linear.py tests the measured choice and both routes.
 os.environ.setdefault("AIGC_LINEAR_ROUTE", "torch")
+# Likewise GPT's GELU kernel (aigc.models.native.gelu_route): tests/test_native_kernels.py
+# builds the native one and tests it against ATen's.
+os.environ.setdefault("AIGC_GELU_ROUTE", "torch")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,6 +23,8 @@ Both build their records with :func:`image_record`, so the same fields mean the 
 ``cpu_capability``  the kernel family torch chose (``AVX512``, ``AVX2``, ...), same reason
 ``linear_route``    ``onednn`` or ``torch``: the float32 linear kernels measured fastest on the
                     machine (:func:`aigc.models.layers.linear_route`); replay takes the same one
+``gelu_route``      ``native`` or ``torch``: GPT's GELU kernel, likewise measured
+                    (:func:`aigc.models.native.gelu_route`); replay takes the same one
 ==================  ============================================================================
 """
 
@@ -90,10 +92,11 @@ def runtime() -> dict[str, Any]:
     """What about this process can change the low bits of a result."""
     from aigc.checkpoints import library_versions
     from aigc.models.layers import linear_route
+    from aigc.models.native import gelu_route
 
     return {"threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "linear_route": linear_route(),
+            "linear_route": linear_route(), "gelu_route": gelu_route(),
             "versions": library_versions()}
 
 

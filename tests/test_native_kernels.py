@@ -1,0 +1,157 @@
+"""aigc.models.native: the GELU kernel aigc compiles itself, against ATen's, and how it is chosen."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aigc.models import native
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """Module state undecided, the cache (kernels.json and the built library) in a temporary
+    folder; restored afterwards."""
+    saved = (native._lib, native._build_error, native._measured, native._forced)
+    native._lib = native._build_error = native._measured = native._forced = None
+    monkeypatch.setenv("AIGC_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(native.ROUTE_ENV, raising=False)
+    yield tmp_path
+    native._lib, native._build_error, native._measured, native._forced = saved
+
+
+@pytest.fixture
+def built(fresh):
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine: the native kernel cannot be built")
+    lib = native._build()
+    assert lib is not None, native._build_error
+    return lib
+
+
+def _values():
+    gen = torch.Generator().manual_seed(0)
+    return torch.cat([torch.linspace(-30, 30, 6001), torch.randn(4099, generator=gen) * 2,
+                      torch.tensor([0.0, -0.0, 1e-30, -1e-30])])
+
+
+def test_native_gelu_matches_aten_forward_and_backward(built):
+    x = _values().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    native.set_gelu_route("native")
+    y = native.gelu_tanh(x)
+    assert "gelu_tanh" in str(y.grad_fn.name()).lower()  # the native op, not ATen's GeluBackward
+    y_ref = F.gelu(x_ref, approximate="tanh")
+    torch.testing.assert_close(y, y_ref, rtol=2e-6, atol=2e-6)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_native_gelu_keeps_nan_and_odd_lengths(built):
+    native.set_gelu_route("native")
+    for n in (4096, 4097, 4111, 5003):  # lengths that are not a multiple of the vector width
+        x = torch.randn(n)
+        x[n // 2] = float("nan")
+        y = native.gelu_tanh(x)
+        assert y[n // 2].isnan() and not y[: n // 2].isnan().any() and not y[n // 2 + 1:].isnan().any()
+        torch.testing.assert_close(y, F.gelu(x, approximate="tanh"), rtol=2e-6, atol=2e-6,
+                                   equal_nan=True)
+
+
+def test_native_gelu_is_used_only_where_it_applies(built):
+    native.set_gelu_route("native")
+
+    def uses_native(x):
+        return "gelu_tanh" in native.gelu_tanh(x.requires_grad_()).grad_fn.name().lower() and \
+            "GeluBackward" not in native.gelu_tanh(x).grad_fn.name()
+
+    assert uses_native(torch.randn(64, 128))
+    assert not uses_native(torch.randn(8, 8))  # too small to pay for the call
+    assert not uses_native(torch.randn(128, 64).t())  # not contiguous
+    assert not uses_native(torch.randn(64, 128, dtype=torch.float64))
+    assert not uses_native(torch.randn(64, 128, dtype=torch.bfloat16))
+    native.set_gelu_route("torch")
+    assert not uses_native(torch.randn(64, 128))
+
+
+def test_gpt_trains_the_same_with_either_gelu(built):
+    from aigc.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, context_length=32, layers=2, heads=2, width=64))
+    tokens = torch.randint(0, 40, (4, 33), generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for route in ("torch", "native"):
+        native.set_gelu_route(route)
+        model.zero_grad()
+        loss = model.loss({"tokens": tokens})
+        loss.backward()
+        grads[route] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(grads["native"][0], grads["torch"][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads["native"][1], grads["torch"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_native_gelu_compiles_without_graph_breaks(built):
+    native.set_gelu_route("native")
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: native.gelu_tanh(x * 2) + 1, fullgraph=True)  # raises on a break
+    x = torch.randn(64, 128, requires_grad=True)
+    y = fn(x)
+    y.sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    (F.gelu(x_ref * 2, approximate="tanh") + 1).sum().backward()
+    torch.testing.assert_close(y, F.gelu(x.detach() * 2, approximate="tanh") + 1, rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_measured_route_is_kept_per_machine(built, monkeypatch):
+    calls = []
+    real = native.measure_gelu_routes
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(rounds=2)
+
+    monkeypatch.setattr(native, "measure_gelu_routes", counted)
+    route = native.gelu_route()
+    assert route in ("native", "torch") and calls == [1]
+    cache = json.loads((native._cache_root() / "kernels.json").read_text())
+    (entry,) = (v for k, v in cache.items() if k.startswith("gelu_tanh|"))
+    assert entry["route"] == route and entry["aten_s"] > 0 and entry["native_s"] > 0
+    native._measured = None  # a new process on the same machine: read, not measured
+    assert native.gelu_route() == route and calls == [1]
+
+
+def test_no_compiler_means_aten_and_a_clear_error_when_forced(fresh, monkeypatch):
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    assert native.gelu_route() == "torch"
+    x = torch.randn(64, 128)
+    torch.testing.assert_close(native.gelu_tanh(x), F.gelu(x, approximate="tanh"), rtol=0, atol=0)
+    monkeypatch.setenv(native.ROUTE_ENV, "native")
+    with pytest.raises(native.NativeKernelError, match="AIGC_GELU_ROUTE=native, but no C compiler"):
+        native.gelu_route()
+    monkeypatch.setenv(native.ROUTE_ENV, "fast")
+    with pytest.raises(ValueError, match="AIGC_GELU_ROUTE must be"):
+        native.gelu_route()
+
+
+def test_a_source_that_does_not_compile_leaves_no_library(fresh, monkeypatch, tmp_path):
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    broken = tmp_path / "kernels.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(native, "_SOURCE", broken)
+    assert native._build() is None
+    assert "failed on kernels.c" in native._build_error
+    assert native.gelu_route() == "torch"
+    assert not list((fresh / "native").rglob("*.so")) and not list((fresh / "native").rglob(".*tmp*"))
+
+
+def test_records_carry_the_gelu_route():
+    from aigc.records import runtime
+
+    assert runtime()["gelu_route"] in ("native", "torch")
