@@ -63,7 +63,7 @@ class TrainConfig:
     time_limit_s: float = 0.0  # stop (and checkpoint) after this much wall time (0: no limit)
     # Speed options (see aigc.train and benchmarks/README.md); none changes the loss objective.
     compile: bool = False  # torch.compile the training step's forward + loss (eager on failure)
-    adamw_impl: Literal["auto", "for-loop", "foreach", "fused"] = "auto"  # auto: torch's choice
+    adamw_impl: Literal["auto", "for-loop", "foreach", "fused"] = "auto"  # auto: fused on CPU/CUDA
     channels_last: bool = False  # NHWC memory format for the model and 4-D batch tensors
 
     def __post_init__(self) -> None:
