@@ -8,7 +8,9 @@ float32, checked and printed below). Rows:
   forward, ``DynamicCache``, fed one token at a time: the path before the lean decoder) against
   ``model.generate`` as it comes (float32, ``DynamicCache``);
 * every speed option on our side (:class:`aigc.models.llama_decode.LeanLlama`, through the same
-  ``chat()`` path the CLI and the studio use), and the same option given to the peer: the
+  ``chat()`` path the CLI and the studio use; its small operations by the native kernels where
+  :func:`aigc.models.native.decode_route` measured them faster, and one int4 row with ATen's
+  operations instead, to show what they add), and the same option given to the peer: the
   same weight-only int8 weights and kernel (``_weight_int8pack_mm``, bf16 activations), or the
   same int4 layer weights (``_weight_int4pack_mm_for_cpu``, groups of 32: the GGUF's Q4_1
   blocks) with the int8 head, swapped into its ``nn.Linear`` layers; bf16 weights
@@ -117,8 +119,19 @@ def main() -> int:
     peers = {"fp32": model, "bf16": copy.deepcopy(model).to(torch.bfloat16).eval(),
              "int8": _quantized_peer(model, "int8"), "int4": _quantized_peer(model, "int4")}
 
-    def our_run(lm):
-        return lambda: chat(PROMPT, params, model=lm, tokenizer=tokenizer).result().tokens
+    from aigc.models import native
+
+    print(f"aigc decode route (RMSNorm, rotary + cache, SiLU product; aigc.models.native): "
+          f"{native.decode_route()}")
+
+    def our_run(lm, decode=None):
+        def run():
+            old = native.set_route("decode", decode)
+            try:
+                return chat(PROMPT, params, model=lm, tokenizer=tokenizer).result().tokens
+            finally:
+                native.set_route("decode", old)
+        return run
 
     def peer_run(m, **kw):
         @torch.no_grad()
@@ -139,6 +152,7 @@ def main() -> int:
         "ours lean int8 weight-only": our_run(ours["int8"]),
         "peer generate int8 weight-only (same kernel)": peer_run(peers["int8"]),
         "ours lean int4 layers + int8 head": our_run(ours["int4"]),
+        "ours lean int4, ATen small operations": our_run(ours["int4"], "torch"),
         "peer generate int4 layers + int8 head (same)": peer_run(peers["int4"]),
         "peer generate int4 + int8 head, static cache": peer_run(peers["int4"], **static),
     }
@@ -158,14 +172,17 @@ def main() -> int:
         "ours lean fp32": ours["float32"], "ours lean bf16 weights": ours["bfloat16"],
         "ours lean int8 weight-only": ours["int8"],
         "ours lean int4 layers + int8 head": ours["int4"],
+        "ours lean int4, ATen small operations": ours["int4"],
     }
     for name, run in variants.items():
         tokens = run()
         first = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
         if name in prompt_logits:
             lm = prompt_logits[name]
+            old = native.set_route("decode", "torch" if "ATen small" in name else None)
             lm.reset()
             logits = lm.feed(prompt_ids).float()
+            native.set_route("decode", old)
         else:
             m = (peers["bf16"] if "bf16" in name else peers["int4"] if "int4" in name
                  else peers["int8"] if "int8" in name else model)
@@ -201,6 +218,8 @@ def main() -> int:
     row("lean int4 vs peer int4", "peer generate int4 layers + int8 head (same)",
         "ours lean int4 layers + int8 head")
     row("lean int4 vs peer int4 static cache", "peer generate int4 + int8 head, static cache",
+        "ours lean int4 layers + int8 head")
+    row("lean int4: native small operations vs ATen's", "ours lean int4, ATen small operations",
         "ours lean int4 layers + int8 head")
     peer_names = [k for k in res if k.startswith("peer")]
     our_names = [k for k in res if k.startswith("ours")]

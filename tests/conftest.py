@@ -9,9 +9,10 @@ import pytest
 # not depend on a timing taken while the tests load the machine, and no kernels.json is written
 # into the user's cache; tests/test_layers_linear.py tests the measured choice and both routes.
 os.environ.setdefault("AIGC_LINEAR_ROUTE", "torch")
-# Likewise GPT's GELU kernel (aigc.models.native.gelu_route): tests/test_native_kernels.py
-# builds the native one and tests it against ATen's.
+# Likewise the native kernels (aigc.models.native: GPT's GELU, Llama decoding's small
+# operations): tests/test_native_kernels.py builds them and tests them against ATen's.
 os.environ.setdefault("AIGC_GELU_ROUTE", "torch")
+os.environ.setdefault("AIGC_DECODE_ROUTE", "torch")
 
 
 def pytest_collection_modifyitems(config, items):

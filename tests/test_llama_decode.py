@@ -32,14 +32,31 @@ def tiny():
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
+@pytest.fixture(params=["torch", "native"])
+def decode_route(request):
+    """Both kernel routes of the decoder's small operations (aigc.models.native)."""
+    from aigc.models import native
+
+    if request.param == "native" and native._build() is None:
+        pytest.skip(f"native kernels unavailable here: {native._build_error}")
+    old = native.set_route("decode", request.param)
+    yield request.param
+    native.set_route("decode", old)
+
+
 def _greedy(lm, prompt, n):
     params = SamplingParams(temperature=0, max_tokens=n, stop_at_end=False)
     return stream_text(lm, _Ids(), "", params, prompt_ids=prompt).result().tokens
 
 
-def test_float32_logits_match_transformers_across_chunks_and_cache_growth(tiny):
+def test_float32_logits_match_transformers_across_chunks_and_cache_growth(tiny, decode_route):
     ids = torch.randint(2, 96, (300,), generator=torch.Generator().manual_seed(1)).tolist()
     with torch.no_grad():
+        # The first full-length forward of a process is sometimes off by 0.025 at position 264
+        # (about one run in four, seen 2026-11-30 with torch 2.13: the next calls agree with each
+        # other, with a forward of the first 265 tokens alone, and with the lean decoder), so
+        # the reference is the second call.
+        tiny(torch.tensor([ids]))
         full = tiny(torch.tensor([ids])).logits[0]  # (300, V)
     lm = LeanLlama(tiny, {1})
     lm.reset()
@@ -50,7 +67,7 @@ def test_float32_logits_match_transformers_across_chunks_and_cache_growth(tiny):
     torch.testing.assert_close(torch.stack(got), want, atol=1e-4, rtol=1e-4)
 
 
-def test_greedy_tokens_equal_transformers_path_and_generate(tiny):
+def test_greedy_tokens_equal_transformers_path_and_generate(tiny, decode_route):
     prompt = [5, 17, 42, 9, 3]
     n = 40
     lean = _greedy(LeanLlama(tiny, {1}), prompt, n)

@@ -13,12 +13,19 @@ from aigc.models import native
 def fresh(tmp_path, monkeypatch):
     """Module state undecided, the cache (kernels.json and the built library) in a temporary
     folder; restored afterwards."""
-    saved = (native._lib, native._build_error, native._measured, native._forced)
-    native._lib = native._build_error = native._measured = native._forced = None
+    saved = (native._lib, native._build_error, dict(native._measured), dict(native._forced))
+    native._lib = native._build_error = None
+    native._measured.clear()
+    native._forced.clear()
     monkeypatch.setenv("AIGC_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv(native.ROUTE_ENV, raising=False)
+    for env in native.ROUTE_ENVS.values():
+        monkeypatch.delenv(env, raising=False)
     yield tmp_path
-    native._lib, native._build_error, native._measured, native._forced = saved
+    native._lib, native._build_error = saved[:2]
+    native._measured.clear()
+    native._measured.update(saved[2])
+    native._forced.clear()
+    native._forced.update(saved[3])
 
 
 @pytest.fixture
@@ -122,7 +129,7 @@ def test_measured_route_is_kept_per_machine(built, monkeypatch):
     cache = json.loads((native._cache_root() / "kernels.json").read_text())
     (entry,) = (v for k, v in cache.items() if k.startswith("gelu_tanh|"))
     assert entry["route"] == route and entry["aten_s"] > 0 and entry["native_s"] > 0
-    native._measured = None  # a new process on the same machine: read, not measured
+    native._measured.clear()  # a new process on the same machine: read, not measured
     assert native.gelu_route() == route and calls == [1]
 
 
@@ -151,7 +158,44 @@ def test_a_source_that_does_not_compile_leaves_no_library(fresh, monkeypatch, tm
     assert not list((fresh / "native").rglob("*.so")) and not list((fresh / "native").rglob(".*tmp*"))
 
 
-def test_records_carry_the_gelu_route():
+def test_records_carry_the_native_routes():
     from aigc.records import runtime
 
     assert runtime()["gelu_route"] in ("native", "torch")
+    assert runtime()["decode_route"] in ("native", "torch")
+
+
+def test_decoding_kernels_match_their_aten_twins(built):
+    gen = torch.Generator().manual_seed(3)
+    for rows in (1, 5):
+        h = torch.randn(rows, 576, generator=gen) * 3
+        w = torch.randn(576, generator=gen)
+        torch.testing.assert_close(native.rms_norm(h, w, 1e-5), native.rms_norm_aten(h, w, 1e-5),
+                                   rtol=2e-6, atol=2e-6)
+        gu = torch.randn(rows, 2 * 1536, generator=gen) * 5
+        torch.testing.assert_close(native.silu_mul(gu), native.silu_mul_aten(gu), rtol=2e-6,
+                                   atol=2e-6)
+        H, KV, d, cap, pos = 9, 3, 64, 16, 4
+        qkv = torch.randn(rows, (H + 2 * KV) * d, generator=gen)
+        angle = torch.arange(pos, pos + rows, dtype=torch.float32)[:, None] * \
+            torch.rand(d // 2, generator=gen)[None, :]
+        cos, sin = torch.cat([angle, angle], -1).cos(), torch.cat([angle, angle], -1).sin()
+        ours = native.rope_cache(qkv, cos, sin, torch.zeros(KV, cap, d), torch.zeros(KV, cap, d),
+                                 H, KV, d, pos)
+        ref = native.rope_cache_aten(qkv, cos, sin, torch.zeros(KV, cap, d),
+                                     torch.zeros(KV, cap, d), H, KV, d, pos)
+        for a, b in zip(ours, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert ours[1][:, :pos].abs().sum() == 0 and ours[1][:, pos + rows:].abs().sum() == 0
+
+
+def test_decode_route_is_measured_and_forced_like_gelu(built, monkeypatch):
+    assert native.decode_route() in ("native", "torch")
+    monkeypatch.setenv(native.ROUTE_ENVS["decode"], "torch")
+    native._measured.clear()
+    assert native.decode_route() == "torch"
+    old = native.set_route("decode", "native")
+    assert native.decode_route() == "native"
+    native.set_route("decode", old)
+    with pytest.raises(ValueError, match="kernel kind"):
+        native.set_route("attention", "native")

@@ -25,6 +25,8 @@ Both build their records with :func:`image_record`, so the same fields mean the 
                     machine (:func:`aigc.models.layers.linear_route`); replay takes the same one
 ``gelu_route``      ``native`` or ``torch``: GPT's GELU kernel, likewise measured
                     (:func:`aigc.models.native.gelu_route`); replay takes the same one
+``decode_route``    ``native`` or ``torch``: the small kernels of Llama (SmolLM2) decoding
+                    (:func:`aigc.models.native.decode_route`)
 ==================  ============================================================================
 """
 
@@ -92,11 +94,12 @@ def runtime() -> dict[str, Any]:
     """What about this process can change the low bits of a result."""
     from aigc.checkpoints import library_versions
     from aigc.models.layers import linear_route
-    from aigc.models.native import gelu_route
+    from aigc.models.native import decode_route, gelu_route
 
     return {"threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "linear_route": linear_route(), "gelu_route": gelu_route(),
+            "decode_route": decode_route(),
             "versions": library_versions()}
 
 

@@ -40,6 +40,8 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from aigc.models import native
+
 Weights = Literal["float32", "bfloat16", "int8", "int4"]
 WEIGHTS: tuple[str, ...] = get_args(Weights)
 _FIRST_CAPACITY = 256  # cache positions allocated on the first feed; doubled when full
@@ -109,16 +111,6 @@ class _Layer:
         self.o = _Linear(a.o_proj.weight, weights)
         self.gate_up = _Linear(torch.cat([m.gate_proj.weight, m.up_proj.weight]), weights)
         self.down = _Linear(m.down_proj.weight, weights)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # transformers' LlamaRMSNorm, x / sqrt(mean(x^2) + eps) * weight in float32, as one kernel
-    return F.rms_norm(x, weight.shape, weight, eps)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class LeanLlama:
@@ -199,24 +191,24 @@ class LeanLlama:
         else:  # query i (position p+i) sees keys 0..p+i
             mask = torch.arange(p + T)[None, :] <= (p + torch.arange(T))[:, None]  # (T, p+T)
         H, KV, d = self.n_heads, self.n_kv, self.head_dim
+        if native.decode_route() == "native":  # one call per small operation (see native)
+            norm, rope_cache, silu_mul = native.rms_norm, native.rope_cache, native.silu_mul
+        else:
+            norm, rope_cache = native.rms_norm_aten, native.rope_cache_aten
+            silu_mul = native.silu_mul_aten
         h = self.embed[torch.tensor(ids)]  # (T, D)
         for i, layer in enumerate(self.layers):
-            x = _rms_norm(h, layer.norm_in, self.eps)
-            qk, v = layer.qkv(x).split([(H + KV) * d, KV * d], dim=-1)
-            qk = qk.view(T, H + KV, d).transpose(0, 1)  # (H + KV, T, d): rotated together
-            qk = qk * cos + _rotate_half(qk) * sin
-            q, k = qk[:H], qk[H:]
-            self.k_cache[i][:, p:p + T] = k
-            self.v_cache[i][:, p:p + T] = v.view(T, KV, d).transpose(0, 1)
+            x = norm(h, layer.norm_in, self.eps)
+            q, k_cache, v_cache = rope_cache(layer.qkv(x).contiguous(), cos, sin, self.k_cache[i],
+                                             self.v_cache[i], H, KV, d, p)  # q (H, T, d)
             att = F.scaled_dot_product_attention(
-                q[None], self.k_cache[i][None, :, :p + T], self.v_cache[i][None, :, :p + T],
+                q[None], k_cache[None, :, :p + T], v_cache[None, :, :p + T],
                 attn_mask=mask, enable_gqa=True)  # (1, H, T, d)
             h = h + layer.o(att[0].transpose(0, 1).reshape(T, H * d))
-            x = _rms_norm(h, layer.norm_post, self.eps)
-            gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up)
+            x = norm(h, layer.norm_post, self.eps)
+            h = h + layer.down(silu_mul(layer.gate_up(x).contiguous()))
         self.length = p + T
-        return self.head(_rms_norm(h[-1:], self.norm, self.eps))[0]
+        return self.head(norm(h[-1:].contiguous(), self.norm, self.eps))[0]
 
     # -------------------------------------------------------------------------- helpers
     def _reserve(self, n: int) -> None:

@@ -1,29 +1,35 @@
 """CPU kernels aigc compiles on the machine it runs on, used where they are measured faster.
 
-Why: a profile of GPT training on one thread (issue #17; ``python benchmarks/gpt_speed.py``)
-spent about a fifth of each step in ATen's tanh-approximated GELU, forward and backward
-(0.77 and 0.82 ms for a 768 x 512 activation on an Intel Xeon with AVX-512, where a single
-``torch.tanh`` over the same tensor takes 0.13 ms). ``aigc/assets/native/kernels.c`` computes the
-same function as ``x * sigmoid(2u)`` in one pass, forward and backward, with its own
-vectorizable ``exp``; compiled with ``-O3 -march=native`` it runs about 3x faster there.
+Two families, both in ``aigc/assets/native/kernels.c``:
 
-How it is chosen, like :func:`aigc.models.layers.linear_route`: not by vendor or ISA flags but
-by a measurement on this machine, made once and kept in ``$AIGC_CACHE_DIR/kernels.json`` (the
-key names the CPU model, ISA flags, torch version and thread count). The route is
-``"native"`` only when all of these hold:
+- ``gelu``: GPT-2's tanh GELU, forward and backward. A profile of GPT training on one thread
+  (issue #17; ``python benchmarks/gpt_speed.py``) spent about a fifth of each step in ATen's
+  (0.77 and 0.82 ms for a 768 x 512 activation on an Intel Xeon with AVX-512, where a single
+  ``torch.tanh`` over the same tensor takes 0.13 ms). The kernel computes ``x * sigmoid(2u)``
+  in one pass with its own vectorizable ``exp``: about 3x faster there.
+- ``decode``: the small operations of one Llama decoding step (RMSNorm, rotary positions with
+  the key/value cache writes, SiLU product), one call each instead of five to ten ATen
+  operations, which at one token are dispatch more than arithmetic
+  (:mod:`aigc.models.llama_decode`).
+
+How a family's route is chosen, like :func:`aigc.models.layers.linear_route`: not by vendor or
+ISA flags but by a measurement on this machine, made once and kept in
+``$AIGC_CACHE_DIR/kernels.json`` (the key names the CPU model, ISA flags, torch version and
+thread count). The route is ``"native"`` only when all of these hold:
 
 - a C compiler is found (``$CC``, else ``cc``, ``gcc``, ``clang``) and builds the file (into
   ``$AIGC_CACHE_DIR/native/<hash>/``, the hash covering the source, the compiler and the
   machine key, so a changed source or another CPU builds anew);
-- the built kernel agrees with ATen's on a fixed set of inputs (forward and backward within
-  2e-5, NaN kept NaN);
-- it is at least 10% faster than ATen's, forward plus backward, in alternating rounds.
+- every kernel agrees with its ATen twin on fixed inputs (GELU forward and backward within
+  2e-5 and NaN kept NaN; the decoding kernels within 2e-6 relative);
+- the family is at least 10% faster than ATen's in alternating rounds.
 
-Otherwise ``gelu_tanh`` is ``F.gelu(x, approximate="tanh")``. ``AIGC_GELU_ROUTE=native|torch``
-forces it (``native`` raises if the kernel cannot be built). Float32 CPU tensors that are
-contiguous and not under ``torch.compile`` (which fuses the activation itself) take the route;
-everything else takes ATen. The two differ in the last bits (about 5e-7 absolute), so records
-carry ``gelu_route`` (:func:`aigc.records.runtime`) and replays take the recorded one.
+Otherwise ATen's operations run. ``AIGC_GELU_ROUTE`` and ``AIGC_DECODE_ROUTE`` (``native``,
+``torch`` or ``auto``) force a family (``native`` raises if the kernels cannot be built).
+For GELU, float32 CPU tensors that are contiguous and of 4,096 elements or more take the route;
+under ``torch.compile`` the kernel is a custom op the compiler calls as is. The routes differ
+from ATen in the last bits (about 5e-7), so records carry ``gelu_route`` and ``decode_route``
+(:func:`aigc.records.runtime`) and image replays take the recorded GELU route.
 """
 
 from __future__ import annotations
@@ -40,22 +46,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROUTE_ENV = "AIGC_GELU_ROUTE"
+ROUTE_ENVS = {"gelu": "AIGC_GELU_ROUTE", "decode": "AIGC_DECODE_ROUTE"}
+ROUTE_ENV = ROUTE_ENVS["gelu"]
 _SOURCE = Path(__file__).resolve().parent.parent / "assets" / "native" / "kernels.c"
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
           "-std=c11", "-shared", "-fPIC")
 _MIN_NUMEL = 4096  # below this the ctypes call costs more than ATen's dispatch saves
-_MARGIN = 1.10  # the native kernel must beat ATen by this factor to be chosen
+_MARGIN = 1.10  # a native kernel must beat ATen by this factor to be chosen
 _PROBE_SHAPE = (768, 512)  # a GPT MLP activation: batch 12 x context 64, width 4 x 128
 
-_forced: str | None = None  # set_gelu_route(); None = the measured route
-_measured: str | None = None
+_forced: dict[str, str] = {}  # set_route(); absent = the measured route
+_measured: dict[str, str] = {}
 _lib: ctypes.CDLL | None = None
 _build_error: str | None = None
 
 
 class NativeKernelError(RuntimeError):
-    """The native kernel was asked for (``AIGC_GELU_ROUTE=native``) and cannot be used."""
+    """A native kernel was asked for (``AIGC_GELU_ROUTE=native``, ``AIGC_DECODE_ROUTE=native``)
+    and cannot be used."""
 
 
 def _compiler() -> str | None:
@@ -70,7 +78,7 @@ def _cache_root() -> Path:
 
 
 def _build() -> ctypes.CDLL | None:
-    """Compile (once per source, compiler and machine) and load the kernel; ``None`` with
+    """Compile (once per source, compiler and machine) and load the kernels; ``None`` with
     ``_build_error`` set when that is not possible here."""
     global _lib, _build_error
     if _lib is not None or _build_error is not None:
@@ -91,7 +99,7 @@ def _build() -> ctypes.CDLL | None:
         if not lib_path.is_file():
             out_dir.mkdir(parents=True, exist_ok=True)
             tmp = out_dir / f".libaigc_kernels.so.tmp-{os.getpid()}"
-            done = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(tmp)],
+            done = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(tmp), "-lm"],
                                   capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 tmp.unlink(missing_ok=True)
@@ -102,10 +110,13 @@ def _build() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as exc:
         _build_error = f"could not build or load {_SOURCE.name}: {exc}"
         return None
-    p, n = ctypes.c_void_p, ctypes.c_ssize_t
-    lib.aigc_gelu_tanh_fwd.argtypes = [p, p, n]
-    lib.aigc_gelu_tanh_bwd.argtypes = [p, p, p, n]
-    lib.aigc_gelu_tanh_fwd.restype = lib.aigc_gelu_tanh_bwd.restype = None
+    p, n, f = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_float
+    signatures = {"aigc_gelu_tanh_fwd": [p, p, n], "aigc_gelu_tanh_bwd": [p, p, p, n],
+                  "aigc_rms_norm": [p, p, p, n, n, f], "aigc_silu_mul": [p, p, n, n],
+                  "aigc_rope_cache": [p, p, p, p, p, p, n, n, n, n, n, n]}
+    for name, args in signatures.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = None
     problem = _self_check(lib)
     if problem:
         _build_error = problem
@@ -127,7 +138,8 @@ def _bwd(lib, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _self_check(lib) -> str | None:
-    """Compare with ATen on values from -60 to 60, random activations and a NaN."""
+    """Compare every kernel with ATen's on fixed inputs (GELU: values from -60 to 60, random
+    activations and a NaN; the decoding kernels: random rows)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.cat([torch.linspace(-60, 60, 24001), torch.randn(8192, generator=gen) * 3,
                    torch.tensor([float("nan"), 0.0])])
@@ -141,7 +153,104 @@ def _self_check(lib) -> str | None:
     err_gx = ((gx[:-2].double() - ref_gx[:-2]).abs() / (1 + gy[:-2].abs().double())).max().item()
     if not (err_y <= 2e-5 and err_gx <= 2e-5):
         return f"the native GELU disagrees with ATen (forward {err_y:.2e}, backward {err_gx:.2e})"
+    h = torch.randn(3, 96, generator=gen) * 4
+    w = torch.randn(96, generator=gen)
+    gu = torch.randn(3, 2 * 80, generator=gen) * 4
+    qkv = torch.randn(3, (4 + 2 * 2) * 16, generator=gen)
+    angle = torch.arange(3.0)[:, None] * torch.rand(8, generator=gen)[None, :]
+    cos, sin = torch.cat([angle, angle], -1).cos(), torch.cat([angle, angle], -1).sin()
+    checks = {"RMSNorm": (rms_norm(h, w, 1e-5, lib), rms_norm_aten(h, w, 1e-5)),
+              "SiLU product": (silu_mul(gu, lib), silu_mul_aten(gu))}
+    ours = rope_cache(qkv, cos, sin, *_empty_caches(2, 5, 16), 4, 2, 16, 1, lib)
+    ref = rope_cache_aten(qkv, cos, sin, *_empty_caches(2, 5, 16), 4, 2, 16, 1)
+    checks.update({f"rotary {name}": (a, b) for name, a, b in zip(("q", "k", "v"), ours, ref)})
+    for name, (a, b) in checks.items():
+        err = (a - b).abs().max().item() / (1 + b.abs().max().item())
+        if not err <= 2e-6:
+            return f"the native {name} disagrees with ATen ({err:.2e})"
     return None
+
+
+def _empty_caches(kv: int, cap: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(kv, cap, d), torch.zeros(kv, cap, d)
+
+
+# ---------------------------------------------------------------- Llama decoding kernels
+# Each has an ATen twin (the ``torch`` route) computing the same thing with the same operation
+# order; aigc.models.llama_decode calls one pair or the other by decode_route().
+
+
+def rms_norm_aten(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm in float32, ``x (T, D)``, ``w (D,)``, as one ATen kernel."""
+    return F.rms_norm(x, w.shape, w, eps)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, lib=None) -> torch.Tensor:
+    lib = lib or _lib
+    y = torch.empty_like(x)
+    lib.aigc_rms_norm(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
+    return y
+
+
+def silu_mul_aten(gu: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gu = gate | up``, ``(T, 2N) -> (T, N)``."""
+    gate, up = gu.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def silu_mul(gu: torch.Tensor, lib=None) -> torch.Tensor:
+    lib = lib or _lib
+    n = gu.shape[1] // 2
+    out = torch.empty(gu.shape[0], n)
+    lib.aigc_silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], n)
+    return out
+
+
+def rope_cache_aten(qkv, cos, sin, k_cache, v_cache, H: int, KV: int, d: int, pos: int):
+    """Rotate the queries and keys of ``qkv (T, (H + 2 KV) d)`` by ``cos, sin (T, d)`` and write
+    keys and values into ``k_cache, v_cache (KV, cap, d)`` at ``pos..``; returns
+    ``(q (H, T, d), k_cache, v_cache)``."""
+    T = qkv.shape[0]
+    qk, v = qkv.split([(H + KV) * d, KV * d], dim=-1)
+    qk = qk.view(T, H + KV, d).transpose(0, 1)  # (H + KV, T, d): rotated together
+    half = d // 2
+    qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+    k_cache[:, pos:pos + T] = qk[H:]
+    v_cache[:, pos:pos + T] = v.view(T, KV, d).transpose(0, 1)
+    return qk[:H], k_cache, v_cache
+
+
+def rope_cache(qkv, cos, sin, k_cache, v_cache, H: int, KV: int, d: int, pos: int, lib=None):
+    lib = lib or _lib
+    T = qkv.shape[0]
+    q = torch.empty(H, T, d)
+    lib.aigc_rope_cache(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
+                        k_cache.data_ptr(), v_cache.data_ptr(), T, H, KV, d, k_cache.shape[1], pos)
+    return q, k_cache, v_cache
+
+
+# ---------------------------------------------------------------------------- the routes
+
+
+def _best_of(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _compare(aten, native, rounds: int, **extra) -> dict:
+    aten(), native()  # warm-up
+    t_aten = t_native = float("inf")
+    for _ in range(rounds):
+        t_aten = min(t_aten, _best_of(aten))
+        t_native = min(t_native, _best_of(native))
+    ratio = t_aten / t_native
+    return {"aten_s": t_aten, "native_s": t_native, "aten_over_native": round(ratio, 3),
+            "route": "native" if ratio >= _MARGIN else "torch", "margin": _MARGIN,
+            "rounds": rounds, **extra}
 
 
 def measure_gelu_routes(rounds: int = 7) -> dict:
@@ -163,67 +272,100 @@ def measure_gelu_routes(rounds: int = 7) -> dict:
         _fwd(lib, x)
         _bwd(lib, gy, x)
 
-    def best_of(fn, repeats=3):
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        return best
+    return _compare(aten, native, rounds, shape=list(_PROBE_SHAPE))
 
-    aten(), native()  # warm-up
-    t_aten = t_native = float("inf")
-    for _ in range(rounds):
-        t_aten = min(t_aten, best_of(aten))
-        t_native = min(t_native, best_of(native))
-    ratio = t_aten / t_native
-    return {"aten_s": t_aten, "native_s": t_native, "aten_over_native": round(ratio, 3),
-            "route": "native" if ratio >= _MARGIN else "torch", "margin": _MARGIN,
-            "rounds": rounds, "shape": list(_PROBE_SHAPE)}
+
+def measure_decode_routes(rounds: int = 7) -> dict:
+    """The same for one token of a SmolLM2-135M layer's small operations (two RMSNorms, the
+    rotary positions and cache writes, the SiLU product), 50 times over."""
+    lib = _build()
+    if lib is None:
+        return {"route": "torch", "native": None, "reason": _build_error}
+    gen = torch.Generator().manual_seed(0)
+    H, KV, d, D, N = 9, 3, 64, 576, 1536
+    h, w = torch.randn(1, D, generator=gen), torch.randn(D, generator=gen)
+    gu, qkv = torch.randn(1, 2 * N, generator=gen), torch.randn(1, (H + 2 * KV) * d, generator=gen)
+    cos, sin = torch.rand(1, d, generator=gen), torch.rand(1, d, generator=gen)
+    kc, vc = _empty_caches(KV, 64, d)
+
+    def aten():
+        for _ in range(50):
+            rms_norm_aten(h, w, 1e-5), rms_norm_aten(h, w, 1e-5), silu_mul_aten(gu)
+            rope_cache_aten(qkv, cos, sin, kc, vc, H, KV, d, 3)
+
+    def native():
+        for _ in range(50):
+            rms_norm(h, w, 1e-5, lib), rms_norm(h, w, 1e-5, lib), silu_mul(gu, lib)
+            rope_cache(qkv, cos, sin, kc, vc, H, KV, d, 3, lib)
+
+    return _compare(aten, native, rounds, shape="SmolLM2-135M layer, 1 token, x50")
+
+
+_MEASURE = {"gelu": "measure_gelu_routes", "decode": "measure_decode_routes"}
+
+
+def set_route(kind: str, route: str | None) -> str | None:
+    """Force ``kind``'s kernels (``"gelu"`` or ``"decode"``) to ``"native"`` or ``"torch"``, or
+    back to the measured choice (``None``); returns the old setting."""
+    if kind not in ROUTE_ENVS:
+        raise ValueError(f"kernel kind must be one of {sorted(ROUTE_ENVS)}, got {kind!r}")
+    if route not in (None, "native", "torch"):
+        raise ValueError(f"{kind} route must be 'native', 'torch' or None, got {route!r}")
+    old = _forced.pop(kind, None)
+    if route is not None:
+        _forced[kind] = route
+    return old
 
 
 def set_gelu_route(route: str | None) -> str | None:
-    """Force ``"native"`` or ``"torch"``, or back to the measured choice (``None``); returns
-    the old setting."""
-    global _forced
-    if route not in (None, "native", "torch"):
-        raise ValueError(f"gelu route must be 'native', 'torch' or None, got {route!r}")
-    old, _forced = _forced, route
-    return old
+    return set_route("gelu", route)
+
+
+def route(kind: str) -> str:
+    """``"native"`` or ``"torch"``: the kernels ``kind`` (``"gelu"``, ``"decode"``) takes in
+    this process (forced, from its environment variable, or measured once per machine)."""
+    env = ROUTE_ENVS[kind]
+    choice = _forced.get(kind) or os.environ.get(env, "auto").strip().lower()
+    if choice == "torch":
+        return "torch"
+    if choice == "native":
+        if _build() is None:
+            raise NativeKernelError(f"{env}=native, but {_build_error}")
+        return "native"
+    if choice not in ("", "auto"):
+        raise ValueError(f"{env} must be 'native', 'torch' or 'auto', got {choice!r}")
+    if kind not in _measured:
+        _measured[kind] = _cached_or_measured(kind)
+    return _measured[kind]
 
 
 @torch.compiler.assume_constant_result  # torch.compile asks once, eagerly, and bakes it in
 def gelu_route() -> str:
     """``"native"`` or ``"torch"``: the route :func:`gelu_tanh` takes in this process."""
-    global _measured
-    route = _forced or os.environ.get(ROUTE_ENV, "auto").strip().lower()
-    if route == "torch":
-        return "torch"
-    if route == "native":
-        if _build() is None:
-            raise NativeKernelError(f"{ROUTE_ENV}=native, but {_build_error}")
-        return "native"
-    if route not in ("", "auto"):
-        raise ValueError(f"{ROUTE_ENV} must be 'native', 'torch' or 'auto', got {route!r}")
-    if _measured is None:
-        _measured = _cached_or_measured()
-    return _measured
+    return route("gelu")
 
 
-def _cached_or_measured() -> str:
+def decode_route() -> str:
+    """``"native"`` or ``"torch"``: the small-operation kernels of Llama decoding."""
+    return route("decode")
+
+
+def _cached_or_measured(kind: str) -> str:
     from aigc.models.layers import _cache_file, _machine_key
 
-    path, key = _cache_file(), "gelu_tanh|" + _machine_key()
+    path, key = _cache_file(), {"gelu": "gelu_tanh", "decode": "llama_decode"}[kind] + "|" + \
+        _machine_key()
     try:
         cached = json.loads(path.read_text())
         if not isinstance(cached, dict):
             cached = {}
     except (OSError, ValueError):
         cached = {}
-    route = cached.get(key, {}).get("route") if isinstance(cached.get(key), dict) else None
-    if route == "torch" or (route == "native" and _build() is not None):
-        return route
-    result = measure_gelu_routes()
+    entry = cached.get(key)
+    chosen = entry.get("route") if isinstance(entry, dict) else None
+    if chosen == "torch" or (chosen == "native" and _build() is not None):
+        return chosen
+    result = globals()[_MEASURE[kind]]()
     cached[key] = result
     try:  # best effort: an unwritable cache only means measuring again next time
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,3 +62,64 @@ void aigc_gelu_tanh_bwd(const float *restrict gy, const float *restrict x, float
     }
 }
 
+
+/* Llama decoding (aigc.models.llama_decode), for rows of contiguous float32:
+ *
+ * RMSNorm, transformers' LlamaRMSNorm in float32: y = x / sqrt(mean(x^2) + eps) * w. */
+void aigc_rms_norm(const float *restrict x, const float *restrict w, float *restrict y,
+                   ptrdiff_t rows, ptrdiff_t dim, float eps) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        float *yr = y + r * dim;
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (ptrdiff_t i = 0; i < dim; i++) ss += xr[i] * xr[i];
+        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+#pragma omp simd
+        for (ptrdiff_t i = 0; i < dim; i++) yr[i] = w[i] * (xr[i] * inv);
+    }
+}
+
+/* SwiGLU's product: gu (rows, 2n) holds gate | up; out (rows, n) = silu(gate) * up, with
+ * silu(g) = g / (1 + e^-g). */
+void aigc_silu_mul(const float *restrict gu, float *restrict out, ptrdiff_t rows, ptrdiff_t n) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *g = gu + r * 2 * n, *u = g + n;
+        float *o = out + r * n;
+#pragma omp simd
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float z = g[i];
+            z = z < -80.0f ? -80.0f : (z > 80.0f ? 80.0f : z);
+            o[i] = g[i] / (1.0f + exp_neg(z)) * u[i];
+        }
+    }
+}
+
+/* Rotary positions and the key/value cache for T new tokens: qkv (T, (H + 2 KV) d) is the fused
+ * projection; cos, sin (T, d) the tables of their positions (halves repeated, as transformers
+ * builds them). Writes q (H, T, d) rotated; the rotated keys and the values into
+ * k_cache, v_cache (KV, cap, d) at positions pos .. pos + T - 1.
+ * rotate(x)[e] = x[e] cos[e] - x[e + d/2] sin[e] for e < d/2, x[e] cos[e] + x[e - d/2] sin[e] after. */
+void aigc_rope_cache(const float *restrict qkv, const float *restrict cos_t,
+                     const float *restrict sin_t, float *restrict q, float *restrict k_cache,
+                     float *restrict v_cache, ptrdiff_t T, ptrdiff_t H, ptrdiff_t KV,
+                     ptrdiff_t d, ptrdiff_t cap, ptrdiff_t pos) {
+    const ptrdiff_t half = d / 2, row = (H + 2 * KV) * d;
+    for (ptrdiff_t t = 0; t < T; t++) {
+        const float *src = qkv + t * row, *c = cos_t + t * d, *s = sin_t + t * d;
+        for (ptrdiff_t h = 0; h < H + KV; h++) {
+            const float *x = src + h * d;
+            float *dst = h < H ? q + (h * T + t) * d : k_cache + ((h - H) * cap + pos + t) * d;
+#pragma omp simd
+            for (ptrdiff_t e = 0; e < half; e++) {
+                dst[e] = x[e] * c[e] - x[e + half] * s[e];
+                dst[e + half] = x[e + half] * c[e + half] + x[e] * s[e + half];
+            }
+        }
+        const float *v = src + (H + KV) * d;
+        for (ptrdiff_t h = 0; h < KV; h++) {
+            float *dst = v_cache + (h * cap + pos + t) * d;
+            for (ptrdiff_t e = 0; e < d; e++) dst[e] = v[h * d + e];
+        }
+    }
+}
