@@ -20,9 +20,12 @@ timed in interleaved rounds (benchmarks/_timing.py: CPU-time medians, wall time 
   ours oneDNN linear           the same route forced to oneDNN
   ours ATen GELU               our GPT with ATen's GELU instead of the native kernel
                                (aigc.models.native; its route is printed at the start)
-  ours                         our GPT as shipped (the linear and GELU routes measured on this
-                               machine, aigc.models.layers.linear_route, native.gelu_route)
-  ours fused-adamw             + TrainConfig(adamw_impl="fused")
+  ours                         our GPT (the linear and GELU routes measured on this machine,
+                               aigc.models.layers.linear_route, native.gelu_route) with torch's
+                               default CPU AdamW (for-loop; the trainer's default until
+                               2026-11-30)
+  ours fused-adamw             + fused AdamW: as the trainer runs by default since 2026-11-30
+                               (TrainConfig.adamw_impl="auto", aigc.train.adamw_flags)
   ours fused+compile           + TrainConfig(compile=True): aigc.train.CompiledLoss
   ... bf16                     the same under bf16 autocast (--bf16 adds these rows)
 Compilation happens in the warm-up steps, which are reported and excluded from the figures.

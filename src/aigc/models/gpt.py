@@ -185,6 +185,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, cache, layer):
+        if not self.drop.p:  # no dropout (the default): skip the module call, one per token matters
+            x = x + self.attn(self.ln_1(x), rope, cache, layer)
+            return x + self.mlp(self.ln_2(x))
         x = x + self.drop(self.attn(self.ln_1(x), rope, cache, layer))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
@@ -244,10 +247,11 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.wpe.weight[start : start + T]  # the rows an embedding lookup would take
         else:
             rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
-        x = self.drop(x)
+        if self.drop.p:
+            x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, rope, cache, layer)
         if cache is not None:
