@@ -11,6 +11,9 @@
      +channels-last   model and batch in NHWC     (ours: TrainConfig(channels_last=True))
      +compile         torch.compile of forward + loss (ours: TrainConfig(compile=True), i.e.
                       aigc.train.CompiledLoss; diffusers: torch.compile of its loss function)
+   Since 2026-11-30 ``aigc train diffusion`` runs as the fp32 "+fused+channels-last" row by
+   default (TrainConfig.adamw_impl="auto" is fused; the family's TRAIN_DEFAULTS turn
+   channels-last on: benchmarks/adamw_impl_check.py, benchmarks/channels_last_check.py).
    Timing: interleaved rounds, CPU-time medians (benchmarks/_timing.py); warm-up steps, where
    compilation happens, are reported and excluded.
 2. Sampling images/s: our DDIM and DPM-Solver++(2M) loops against diffusers' DDIMScheduler and
@@ -336,6 +339,10 @@ def main() -> None:
         bo = max((v, k) for k, v in ips.items() if k.startswith(f"ours {precision}"))
         print(f"  best ours {precision} ({bo[1]}) vs diffusers {precision} eager: "
               f"x{bo[0] / ips[f'diffusers {precision} eager']:.2f}")
+    print("  as aigc trains by default (ours fp32 +fused+channels-last) vs diffusers as shipped "
+          f"(fp32 eager): x{ips['ours fp32 +fused+channels-last'] / ips['diffusers fp32 eager']:.2f}"
+          "; vs diffusers with the same options: "
+          f"x{ips['ours fp32 +fused+channels-last'] / ips['diffusers fp32 +fused+channels-last']:.2f}")
     print(f"  best ours ({best_o[1]}) vs diffusers as shipped (diffusers fp32 eager): "
           f"x{best_o[0] / ips['diffusers fp32 eager']:.2f} (target >= 1.5x at equal quality)")
     print(f"  best ours ({best_o[1]}) vs best diffusers ({best_d[1]}), same tricks on both sides: "
