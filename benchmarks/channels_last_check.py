@@ -8,6 +8,8 @@ validation are left out) and the training loss at every step. Both runs of a rou
 the same weights and see the same batches, so their loss curves differ only by rounding.
 
     OMP_NUM_THREADS=1 python benchmarks/channels_last_check.py [--rounds 2] [--families vae gan]
+    OMP_NUM_THREADS=1 python benchmarks/channels_last_check.py --families latent-diffusion \
+        --autoencoder runs/ae-emoji     # the starter's recipe (configs/latent-diffusion-emoji-starter.json)
 
 Printed per family: the median seconds per step of each format over the rounds, their ratio
 (> 1: channels-last faster), the largest loss difference between the two curves of round 1
@@ -29,15 +31,18 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# family: (dataset, steps per run)
-FAMILIES = {"vae": ("mnist", 60), "gan": ("mnist", 40), "diffusion": ("mnist", 30),
-            "autoencoder-kl": ("emoji", 30)}
+# family: (dataset, steps per run, extra arguments of `aigc train`)
+FAMILIES = {"vae": ("mnist", 60, []), "gan": ("mnist", 40, []), "diffusion": ("mnist", 30, []),
+            "autoencoder-kl": ("emoji", 30, []),
+            "latent-diffusion": ("emoji", 30,
+                                 ["--config", "configs/latent-diffusion-emoji-starter.json"])}
+DEFAULT_FAMILIES = ["vae", "gan", "diffusion", "autoencoder-kl"]  # latent diffusion needs --autoencoder
 FIRST = 5  # steps before the timed window (warm-up: first-touch memory, oneDNN primitive cache)
 
 
-def run(family: str, data: str, steps: int, channels_last: bool, out: Path) -> dict:
+def run(family: str, data: str, steps: int, channels_last: bool, out: Path, extra: list[str]) -> dict:
     aigc = Path(sys.executable).with_name("aigc")
-    cmd = [str(aigc), "train", family, "--data", data, "--steps", str(steps), "--out", str(out),
+    cmd = [str(aigc), "train", family, *extra, "--data", data, "--steps", str(steps), "--out", str(out),
            "--no-progress", "--eval-every", "0", "--sample-every", "0", "--log-every", "1",
            "--ckpt-every", str(steps), "--channels-last", "true" if channels_last else "false"]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -57,8 +62,11 @@ def run(family: str, data: str, steps: int, channels_last: bool, out: Path) -> d
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--families", nargs="+", default=DEFAULT_FAMILIES, choices=list(FAMILIES))
+    p.add_argument("--autoencoder", help="a trained autoencoder-kl run (for latent-diffusion)")
     args = p.parse_args()
+    if "latent-diffusion" in args.families and not args.autoencoder:
+        p.error("latent-diffusion needs --autoencoder RUN (a trained autoencoder-kl run)")
     from _machine import machine_line
 
     print(machine_line())
@@ -67,12 +75,14 @@ def main() -> None:
     print(f"\n{'family':<16}{'data':<8}{'steps':>6}{'default s/step':>16}{'channels-last':>15}"
           f"{'ratio':>8}{'max |d loss|':>14}{'final loss (default / cl)':>28}")
     for family in args.families:
-        data, steps = FAMILIES[family]
+        data, steps, extra = FAMILIES[family]
+        if family == "latent-diffusion":
+            extra = [*extra, "--autoencoder", args.autoencoder]
         results = {False: [], True: []}
         with tempfile.TemporaryDirectory() as tmp:
             for r in range(args.rounds):
                 for cl in (False, True):
-                    results[cl].append(run(family, data, steps, cl, Path(tmp) / f"{r}-{cl}"))
+                    results[cl].append(run(family, data, steps, cl, Path(tmp) / f"{r}-{cl}", extra))
         base = statistics.median(x["s_per_step"] for x in results[False])
         fast = statistics.median(x["s_per_step"] for x in results[True])
         a, b = results[False][0]["losses"], results[True][0]["losses"]
