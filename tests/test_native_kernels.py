@@ -199,3 +199,26 @@ def test_decode_route_is_measured_and_forced_like_gelu(built, monkeypatch):
     native.set_route("decode", old)
     with pytest.raises(ValueError, match="kernel kind"):
         native.set_route("attention", "native")
+
+
+def test_kernels_command_shows_and_remeasures_the_routes(built, capsys, monkeypatch):
+    from aigc.cli import main
+    from aigc.models import layers
+
+    monkeypatch.setattr(layers, "measure_linear_routes",
+                        lambda: {"route": "torch", "torch_over_onednn": 0.9, "margin": 1.1})
+    monkeypatch.setattr(native, "measure_gelu_routes", lambda: native._compare(
+        lambda: None, lambda: None, rounds=1, shape="stub") | {"aten_over_native": 2.5,
+                                                               "route": "native"})
+    threads = torch.get_num_threads()
+    try:
+        assert main(["kernels", "--measure", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    cache = json.loads((native._cache_root() / "kernels.json").read_text())
+    assert len(cache) == 3  # linear, gelu, decode for this machine key
+    assert "native:  built:" in out
+    assert "gelu    native  ATen time / native time 2.50" in out
+    assert "linear  torch   F.linear time / oneDNN time 0.90" in out
+    assert main(["kernels", "--threads", "0"]) == 2

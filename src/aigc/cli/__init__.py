@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "aigc.cli.music",
     "aigc.cli.evaluate",
     "aigc.cli.info",
+    "aigc.cli.kernels",
     "aigc.cli.feedback",
     "aigc.cli.improve",
     "aigc.cli.models",

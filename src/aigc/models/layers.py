@@ -138,24 +138,43 @@ def linear_route() -> str:
     return _measured
 
 
-def _cached_or_measured_route() -> str:
-    path, key = _cache_file(), _machine_key()
+def cached_measurement(key: str) -> dict | None:
+    """The measurement kept in ``kernels.json`` under ``key`` (see :func:`_machine_key`), or
+    ``None``."""
+    try:
+        entry = json.loads(_cache_file().read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def store_measurement(key: str, result: dict) -> None:
+    """Keep ``result`` in ``kernels.json`` under ``key`` (atomically; best effort: an unwritable
+    cache only means measuring again next time)."""
+    path = _cache_file()
     try:
         cached = json.loads(path.read_text())
-        if isinstance(cached, dict) and cached.get(key, {}).get("route") in ("onednn", "torch"):
-            return cached[key]["route"]
+        if not isinstance(cached, dict):
+            cached = {}
     except (OSError, ValueError):
         cached = {}
-    result = measure_linear_routes()
-    cached = cached if isinstance(cached, dict) else {}
     cached[key] = result
-    try:  # best effort: an unwritable cache only means measuring again next time
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(cached, indent=1))
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def _cached_or_measured_route() -> str:
+    key = _machine_key()
+    cached = cached_measurement(key)
+    if cached and cached.get("route") in ("onednn", "torch"):
+        return cached["route"]
+    result = measure_linear_routes()
+    store_measurement(key, result)
     return result["route"]
 
 

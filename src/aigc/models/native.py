@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -58,6 +57,7 @@ _PROBE_SHAPE = (768, 512)  # a GPT MLP activation: batch 12 x context 64, width 
 _forced: dict[str, str] = {}  # set_route(); absent = the measured route
 _measured: dict[str, str] = {}
 _lib: ctypes.CDLL | None = None
+_lib_path: Path | None = None  # where the built library is (aigc kernels prints it)
 _build_error: str | None = None
 
 
@@ -80,7 +80,7 @@ def _cache_root() -> Path:
 def _build() -> ctypes.CDLL | None:
     """Compile (once per source, compiler and machine) and load the kernels; ``None`` with
     ``_build_error`` set when that is not possible here."""
-    global _lib, _build_error
+    global _lib, _lib_path, _build_error
     if _lib is not None or _build_error is not None:
         return _lib
     from aigc.models.layers import _machine_key
@@ -121,7 +121,7 @@ def _build() -> ctypes.CDLL | None:
     if problem:
         _build_error = problem
         return None
-    _lib = lib
+    _lib, _lib_path = lib, lib_path
     return lib
 
 
@@ -350,30 +350,22 @@ def decode_route() -> str:
     return route("decode")
 
 
-def _cached_or_measured(kind: str) -> str:
-    from aigc.models.layers import _cache_file, _machine_key
+def cache_key(kind: str) -> str:
+    """The ``kernels.json`` key of ``kind``'s measurement on this machine."""
+    from aigc.models.layers import _machine_key
 
-    path, key = _cache_file(), {"gelu": "gelu_tanh", "decode": "llama_decode"}[kind] + "|" + \
-        _machine_key()
-    try:
-        cached = json.loads(path.read_text())
-        if not isinstance(cached, dict):
-            cached = {}
-    except (OSError, ValueError):
-        cached = {}
-    entry = cached.get(key)
-    chosen = entry.get("route") if isinstance(entry, dict) else None
+    return {"gelu": "gelu_tanh", "decode": "llama_decode"}[kind] + "|" + _machine_key()
+
+
+def _cached_or_measured(kind: str) -> str:
+    from aigc.models.layers import cached_measurement, store_measurement
+
+    entry = cached_measurement(cache_key(kind))
+    chosen = entry.get("route") if entry else None
     if chosen == "torch" or (chosen == "native" and _build() is not None):
         return chosen
     result = globals()[_MEASURE[kind]]()
-    cached[key] = result
-    try:  # best effort: an unwritable cache only means measuring again next time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(cached, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    store_measurement(cache_key(kind), result)
     return result["route"]
 
 
