@@ -37,6 +37,25 @@ def _optimizer(model, impl: str, lr: float):
     return make_adamw(list(model.parameters()), TrainConfig(lr=lr, adamw_impl=impl))
 
 
+def _train(model, opt, batch_at, steps: int, every: int, evaluate) -> tuple[list[float], float]:
+    """``steps`` AdamW steps on ``batch_at(i)``; ``evaluate()`` every ``every`` steps. Returns the
+    curve and the CPU seconds of the training steps alone."""
+    curve, cpu = [], 0.0
+    for i in range(steps):
+        t0 = time.process_time()
+        opt.zero_grad(set_to_none=True)
+        model.loss(batch_at(i)).backward()
+        opt.step()
+        cpu += time.process_time() - t0
+        if (i + 1) % every == 0:
+            curve.append(evaluate())
+    return curve, cpu
+
+
+def _flags(opt) -> dict:
+    return {k: v for k, v in opt.defaults.items() if k in ("fused", "foreach")}
+
+
 def gpt_curves(steps: int, every: int) -> dict:
     import argparse as ap
 
@@ -57,18 +76,13 @@ def gpt_curves(steps: int, every: int) -> dict:
     for impl in IMPLS:
         model, _ = build(ap.Namespace(context=64, layers=4, heads=4, width=128), tok.vocab_size)
         opt = _optimizer(model, impl, 1e-3)
-        curve, cpu = [], 0.0
-        for i in range(steps):
-            t0 = time.process_time()
-            opt.zero_grad(set_to_none=True)
-            model.loss(train.get_batch(order[i])).backward()
-            opt.step()
-            cpu += time.process_time() - t0
-            if (i + 1) % every == 0:
-                with torch.no_grad():
-                    curve.append(sum(model.loss(b).item() for b in val_batches) / len(val_batches))
-        out[impl] = {"curve": curve, "cpu_per_step": cpu / steps,
-                     "flags": {k: v for k, v in opt.defaults.items() if k in ("fused", "foreach")}}
+
+        @torch.no_grad()
+        def val_loss(model=model):
+            return sum(model.loss(b).item() for b in val_batches) / len(val_batches)
+
+        curve, cpu = _train(model, opt, lambda i: train.get_batch(order[i]), steps, every, val_loss)
+        out[impl] = {"curve": curve, "cpu_per_step": cpu / steps, "flags": _flags(opt)}
     return out
 
 
@@ -93,22 +107,17 @@ def unet_curves(steps: int, every: int) -> dict:
         model = ours_model()
         opt = _optimizer(model, impl, 1e-4)
         torch.manual_seed(1)  # the training noise and timesteps: the same stream per impl
-        curve, cpu = [], 0.0
-        for i in range(steps):
-            t0 = time.process_time()
-            opt.zero_grad(set_to_none=True)
-            model.loss(train.get_batch(order[i])).backward()
-            opt.step()
-            cpu += time.process_time() - t0
-            if (i + 1) % every == 0:
-                model.eval()
-                with torch.no_grad():
-                    preds = [model.unet(x, tt, model.unet.condition(lab)) for x, tt, lab in
-                             zip(x_t.split(250), t.split(250), labels.split(250), strict=True)]
-                model.train()
-                curve.append(F.mse_loss(torch.cat(preds), eps).item())
-        out[impl] = {"curve": curve, "cpu_per_step": cpu / steps,
-                     "flags": {k: v for k, v in opt.defaults.items() if k in ("fused", "foreach")}}
+
+        @torch.no_grad()
+        def test_mse(model=model):
+            model.eval()
+            preds = [model.unet(x, tt, model.unet.condition(lab)) for x, tt, lab in
+                     zip(x_t.split(250), t.split(250), labels.split(250), strict=True)]
+            model.train()
+            return F.mse_loss(torch.cat(preds), eps).item()
+
+        curve, cpu = _train(model, opt, lambda i: train.get_batch(order[i]), steps, every, test_mse)
+        out[impl] = {"curve": curve, "cpu_per_step": cpu / steps, "flags": _flags(opt)}
     return out
 
 

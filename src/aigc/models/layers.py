@@ -95,6 +95,18 @@ def _time_products(fn, shapes=_PROBE_SHAPES, repeats: int = 3) -> float:
     return best
 
 
+def alternating_best(first, second, rounds: int) -> tuple[float, float]:
+    """The least time each of two timers reports over ``rounds`` alternating rounds, after one
+    untimed call of each (library initialisation, first-touch pages). A timer is a callable
+    returning seconds; the minimum is the figure least disturbed by other work on the machine."""
+    first(), second()
+    best_first = best_second = float("inf")
+    for _ in range(rounds):
+        best_first = min(best_first, first())
+        best_second = min(best_second, second())
+    return best_first, best_second
+
+
 def measure_linear_routes(rounds: int = 7) -> dict:
     """Time float32 products of GPT shapes by ``F.linear`` (MKL) and by oneDNN on this machine,
     in alternating rounds after a warm-up of each; returns the best time of each, their ratio
@@ -105,12 +117,8 @@ def measure_linear_routes(rounds: int = 7) -> dict:
     def by_onednn(a, b):
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
-    _time_products(by_torch, repeats=1)  # warm-up: library initialisation, first-touch pages
-    _time_products(by_onednn, repeats=1)
-    t_torch = t_onednn = float("inf")
-    for _ in range(rounds):
-        t_torch = min(t_torch, _time_products(by_torch))
-        t_onednn = min(t_onednn, _time_products(by_onednn))
+    t_torch, t_onednn = alternating_best(lambda: _time_products(by_torch),
+                                         lambda: _time_products(by_onednn), rounds)
     ratio = t_torch / t_onednn
     return {"torch_s": t_torch, "onednn_s": t_onednn, "torch_over_onednn": round(ratio, 3),
             "route": "onednn" if ratio >= _MARGIN else "torch", "margin": _MARGIN,

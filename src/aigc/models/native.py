@@ -242,11 +242,9 @@ def _best_of(fn, repeats: int = 3) -> float:
 
 
 def _compare(aten, native, rounds: int, **extra) -> dict:
-    aten(), native()  # warm-up
-    t_aten = t_native = float("inf")
-    for _ in range(rounds):
-        t_aten = min(t_aten, _best_of(aten))
-        t_native = min(t_native, _best_of(native))
+    from aigc.models.layers import alternating_best
+
+    t_aten, t_native = alternating_best(lambda: _best_of(aten), lambda: _best_of(native), rounds)
     ratio = t_aten / t_native
     return {"aten_s": t_aten, "native_s": t_native, "aten_over_native": round(ratio, 3),
             "route": "native" if ratio >= _MARGIN else "torch", "margin": _MARGIN,
