@@ -109,6 +109,39 @@ def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool 
     return step
 
 
+def profile_steps(model, batches, steps: int = 20) -> None:
+    """Self CPU time by operation over ``steps`` training steps of ours (fused AdamW), once with
+    the GELU route this machine takes and once with ATen's."""
+    import copy
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from _machine import machine_line
+
+    from aigc.models import native
+
+    print(machine_line())
+    print(f"GELU route on this machine: {native.gelu_route()}")
+    for gelu in (None, "torch"):
+        m = copy.deepcopy(model)
+        step = make_step(m, lambda t, m=m: m.loss({"tokens": t}), batches, fused=True, bf16=False,
+                         gelu=gelu)
+        for _ in range(10):
+            step()
+        t0 = time.process_time()
+        for _ in range(steps):
+            step()
+        per_step = (time.process_time() - t0) / steps
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        print(f"\nours, fused AdamW, GELU route {gelu or native.gelu_route()}: "
+              f"{per_step * 1e3:.1f} ms a step (CPU time, {steps} steps, outside the profiler); "
+              f"profile of {steps} steps (divide by {steps} for one step):")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18,
+                                        max_name_column_width=50))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=4)
@@ -123,6 +156,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (compile here)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--bf16", action="store_true", help="add bf16-autocast rows")
+    p.add_argument("--profile", action="store_true",
+                   help="only print where a training step of ours goes (torch.profiler, fused "
+                        "AdamW, with the native GELU and with ATen's)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -141,6 +177,9 @@ def main() -> None:
     batches = [windows.get_batch(torch.randint(0, len(windows), (args.batch,), generator=gen))["tokens"]
                for _ in range(8)]
     ours, hf = build(args, tok.vocab_size)
+    if args.profile:
+        profile_steps(ours, batches)
+        return
     n_params = sum(p.numel() for p in ours.parameters())
     from _machine import machine_line, matmul_peak, step_flops
 

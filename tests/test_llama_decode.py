@@ -53,9 +53,10 @@ def test_float32_logits_match_transformers_across_chunks_and_cache_growth(tiny, 
     ids = torch.randint(2, 96, (300,), generator=torch.Generator().manual_seed(1)).tolist()
     with torch.no_grad():
         # The first full-length forward of a process is sometimes off by 0.025 at position 264
-        # (about one run in four, seen 2026-11-30 with torch 2.13: the next calls agree with each
-        # other, with a forward of the first 265 tokens alone, and with the lean decoder), so
-        # the reference is the second call.
+        # (2 runs in 8 under pytest, 2026-11-30, torch 2.13, transformers 5.24, reproduced by a
+        # test that imports only torch and transformers: not aigc's code). The next calls agree
+        # with each other, with a forward of the first 265 tokens alone and with the lean
+        # decoder, so the reference is the second call.
         tiny(torch.tensor([ids]))
         full = tiny(torch.tensor([ids])).logits[0]  # (300, V)
     lm = LeanLlama(tiny, {1})

@@ -222,3 +222,65 @@ def test_kernels_command_shows_and_remeasures_the_routes(built, capsys, monkeypa
     assert "gelu    native  ATen time / native time 2.50" in out
     assert "linear  torch   F.linear time / oneDNN time 0.90" in out
     assert main(["kernels", "--threads", "0"]) == 2
+
+
+def test_decoding_kernels_on_odd_sizes_and_a_full_cache(built):
+    gen = torch.Generator().manual_seed(5)
+    h, w = torch.randn(3, 37, generator=gen), torch.randn(37, generator=gen)
+    torch.testing.assert_close(native.rms_norm(h, w, 1e-6), native.rms_norm_aten(h, w, 1e-6),
+                               rtol=2e-6, atol=2e-6)
+    gu = torch.randn(2, 26, generator=gen)
+    torch.testing.assert_close(native.silu_mul(gu), native.silu_mul_aten(gu), rtol=2e-6, atol=2e-6)
+    H, KV, d, cap, T = 3, 1, 6, 7, 2
+    qkv = torch.randn(T, (H + 2 * KV) * d, generator=gen)
+    cos, sin = torch.rand(T, d, generator=gen), torch.rand(T, d, generator=gen)
+    ours = native.rope_cache(qkv, cos, sin, torch.zeros(KV, cap, d), torch.zeros(KV, cap, d),
+                             H, KV, d, cap - T)  # the last two positions: pos + T == cap
+    ref = native.rope_cache_aten(qkv, cos, sin, torch.zeros(KV, cap, d), torch.zeros(KV, cap, d),
+                                 H, KV, d, cap - T)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_decoding_kernels_refuse_what_would_write_out_of_bounds(built):
+    H, KV, d, cap = 2, 1, 4, 3
+    qkv, cos, sin = torch.randn(2, (H + 2 * KV) * d), torch.rand(2, d), torch.rand(2, d)
+    kc, vc = torch.zeros(KV, cap, d), torch.zeros(KV, cap, d)
+    with pytest.raises(ValueError, match="positions 2..3"):
+        native.rope_cache(qkv, cos, sin, kc, vc, H, KV, d, 2)  # one past the cache
+    with pytest.raises(ValueError, match="contiguous float32"):
+        native.rope_cache(qkv, cos, sin, torch.zeros(KV, d, cap).transpose(1, 2), vc, H, KV, d, 0)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        native.rms_norm(torch.randn(2, 8, dtype=torch.float64), torch.randn(8), 1e-5)
+    with pytest.raises(ValueError, match=r"w \(D,\)"):
+        native.rms_norm(torch.randn(2, 8), torch.randn(7), 1e-5)
+    with pytest.raises(ValueError, match=r"gu \(T, 2N\)"):
+        native.silu_mul(torch.randn(2, 7))
+    # the op itself makes a strided input contiguous instead of reading the wrong elements
+    x = torch.randn(64, 256)[:, ::2]
+    torch.testing.assert_close(torch.ops.aigc.gelu_tanh(x), F.gelu(x, approximate="tanh"),
+                               rtol=2e-6, atol=2e-6)
+
+
+def test_threads_building_at_once_all_get_the_library(fresh):
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    import threading
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(native._build())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and all(lib is not None for lib in got), native._build_error
+    assert not list((fresh / "native").rglob("*.tmp"))
+
+
+def test_a_failed_build_is_not_kept_as_the_machines_choice(fresh, monkeypatch):
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    assert native.gelu_route() == "torch"
+    assert not (fresh / "kernels.json").exists()  # nothing measured, nothing kept
+    assert native.current_route("gelu") == "torch"  # decided in this process
+    native._measured.clear()
+    assert native.current_route("gelu") == "undecided"

@@ -274,3 +274,15 @@ def test_generation_warns_only_when_truncating():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate_text(model, tok, "abcdefghijklmn", SamplingParams(max_tokens=3, seed=0))
+
+
+@pytest.mark.parametrize("T", [1, 7, 128])
+def test_written_out_attention_equals_sdpa(T):
+    from aigc.models.gpt import MATH_ATTENTION_MAX_T, causal_attention_math
+
+    assert T <= MATH_ATTENTION_MAX_T
+    gen = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(2, 3, T, 8, generator=gen) for _ in range(3))
+    torch.testing.assert_close(causal_attention_math(q, k, v),
+                               torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                               rtol=1e-5, atol=1e-6)

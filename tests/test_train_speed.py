@@ -157,3 +157,14 @@ def test_unet_gives_the_same_output_in_channels_last():
     out = model.unet(x.contiguous(memory_format=torch.channels_last), t, c)
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_adamw_auto_is_the_fused_kernel_where_it_applies():
+    from aigc.train import adamw_flags
+
+    cpu = [torch.nn.Parameter(torch.zeros(3))]
+    assert adamw_flags(TrainConfig(adamw_impl="auto"), cpu) == {"fused": True}
+    assert adamw_flags(TrainConfig(adamw_impl="for-loop"), cpu) == {"foreach": False}
+    assert adamw_flags(TrainConfig(adamw_impl="auto"), [torch.nn.Parameter(
+        torch.zeros(3, device="meta"))]) == {}  # a device without the fused kernel: torch's choice
+    assert adamw_flags(TrainConfig(adamw_impl="auto"), []) == {}

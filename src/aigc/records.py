@@ -24,8 +24,9 @@ Both build their records with :func:`image_record`, so the same fields mean the 
 ``linear_route``    ``onednn`` or ``torch``: the float32 linear kernels measured fastest on the
                     machine (:func:`aigc.models.layers.linear_route`); replay takes the same one
 ``gelu_route``      ``native`` or ``torch``: GPT's GELU kernel, likewise measured
-                    (:func:`aigc.models.native.gelu_route`); replay takes the same one
-``decode_route``    ``native`` or ``torch``: the small kernels of Llama (SmolLM2) decoding
+                    (:func:`aigc.models.native.gelu_route`); replay takes the same one;
+                    ``undecided`` when nothing in the process needed it yet (image models)
+``decode_route``    the same for the small kernels of Llama (SmolLM2) decoding
                     (:func:`aigc.models.native.decode_route`)
 ==================  ============================================================================
 """
@@ -94,12 +95,12 @@ def runtime() -> dict[str, Any]:
     """What about this process can change the low bits of a result."""
     from aigc.checkpoints import library_versions
     from aigc.models.layers import linear_route
-    from aigc.models.native import decode_route, gelu_route
+    from aigc.models.native import current_route
 
     return {"threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "linear_route": linear_route(), "gelu_route": gelu_route(),
-            "decode_route": decode_route(),
+            "linear_route": linear_route(), "gelu_route": current_route("gelu"),
+            "decode_route": current_route("decode"),
             "versions": library_versions()}
 
 

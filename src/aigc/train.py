@@ -215,9 +215,11 @@ _FUSED_DEVICES = ("cpu", "cuda")
 def adamw_flags(cfg: TrainConfig, params) -> dict[str, bool]:
     """The ``torch.optim.AdamW`` keyword for ``cfg.adamw_impl``. ``auto`` is the fused kernel
     wherever it applies (floating parameters on CPU or CUDA): the same update as the for-loop
-    one up to float rounding, 5% faster for GPT training and more for the UNets on one Intel
-    Xeon thread (``benchmarks/gpt_speed.py``, ``benchmarks/adamw_impl_check.py`` compares the
-    loss curves); PyTorch's own default on CPU is the for-loop kernel."""
+    one up to float rounding, about 5% less CPU time a GPT step and 3% a UNet step on one Intel
+    Xeon thread (``benchmarks/adamw_impl_check.py``, which also compares the loss curves);
+    PyTorch's own default on CPU is the for-loop kernel. A run started before this default
+    (2026-11-30) continues with the fused kernel when resumed, so it is no longer bit-identical
+    to an uninterrupted run of the older version."""
     if cfg.adamw_impl != "auto":
         return dict(_ADAMW_IMPL[cfg.adamw_impl])
     params = list(params)

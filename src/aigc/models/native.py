@@ -29,7 +29,11 @@ Otherwise ATen's operations run. ``AIGC_GELU_ROUTE`` and ``AIGC_DECODE_ROUTE`` (
 For GELU, float32 CPU tensors that are contiguous and of 4,096 elements or more take the route;
 under ``torch.compile`` the kernel is a custom op the compiler calls as is. The routes differ
 from ATen in the last bits (about 5e-7), so records carry ``gelu_route`` and ``decode_route``
-(:func:`aigc.records.runtime`) and image replays take the recorded GELU route.
+(:func:`aigc.records.runtime`; ``undecided`` where the process never needed them, as for image
+models, whose records are written without building or timing anything).
+
+The GELU op has first derivatives only: code that differentiates twice through a GPT (a
+gradient penalty, Hessian-vector products) needs ``AIGC_GELU_ROUTE=torch``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +65,10 @@ _measured: dict[str, str] = {}
 _lib: ctypes.CDLL | None = None
 _lib_path: Path | None = None  # where the built library is (aigc kernels prints it)
 _build_error: str | None = None
+_source_digest: str | None = None  # sha256 of kernels.c: part of every cached decision's key
+# One build and one measurement at a time in a process (studio threads start together); the
+# file system side is safe across processes (a private temporary file, then os.replace).
+_lock = threading.RLock()
 
 
 class NativeKernelError(RuntimeError):
@@ -80,15 +90,20 @@ def _cache_root() -> Path:
 def _build() -> ctypes.CDLL | None:
     """Compile (once per source, compiler and machine) and load the kernels; ``None`` with
     ``_build_error`` set when that is not possible here."""
-    global _lib, _lib_path, _build_error
-    if _lib is not None or _build_error is not None:
+    with _lock:
+        if _lib is None and _build_error is None:
+            _build_locked()
         return _lib
+
+
+def _build_locked() -> None:
+    global _lib, _lib_path, _build_error
     from aigc.models.layers import _machine_key
 
     cc = _compiler()
     if cc is None:
         _build_error = "no C compiler found ($CC, cc, gcc, clang)"
-        return None
+        return
     try:
         source = _SOURCE.read_bytes()
         version = subprocess.run([cc, "--version"], capture_output=True, text=True,
@@ -98,18 +113,20 @@ def _build() -> ctypes.CDLL | None:
         lib_path = out_dir / "libaigc_kernels.so"
         if not lib_path.is_file():
             out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = out_dir / f".libaigc_kernels.so.tmp-{os.getpid()}"
+            fd, tmp_name = tempfile.mkstemp(prefix=".libaigc_kernels.", suffix=".tmp", dir=out_dir)
+            os.close(fd)
+            tmp = Path(tmp_name)
             done = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(tmp), "-lm"],
                                   capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 tmp.unlink(missing_ok=True)
                 _build_error = f"{cc} failed on {_SOURCE.name}: {done.stderr.strip()[-500:]}"
-                return None
+                return
             os.replace(tmp, lib_path)  # whole file or none: a killed build leaves no half .so
         lib = ctypes.CDLL(str(lib_path))
     except (OSError, subprocess.SubprocessError) as exc:
         _build_error = f"could not build or load {_SOURCE.name}: {exc}"
-        return None
+        return
     p, n, f = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_float
     signatures = {"aigc_gelu_tanh_fwd": [p, p, n], "aigc_gelu_tanh_bwd": [p, p, p, n],
                   "aigc_rms_norm": [p, p, p, n, n, f], "aigc_silu_mul": [p, p, n, n],
@@ -120,8 +137,15 @@ def _build() -> ctypes.CDLL | None:
     problem = _self_check(lib)
     if problem:
         _build_error = problem
-        return None
+        return
     _lib, _lib_path = lib, lib_path
+
+
+def _loaded():
+    """The library, for the kernels' wrappers (which run only once a route chose it)."""
+    lib = _lib or _build()
+    if lib is None:
+        raise NativeKernelError(f"the native kernels are not available: {_build_error}")
     return lib
 
 
@@ -185,8 +209,19 @@ def rms_norm_aten(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, w.shape, w, eps)
 
 
+def _check_rows(name: str, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError(f"native {name} takes contiguous float32 CPU tensors, got "
+                             f"{t.dtype} on {t.device}, contiguous={t.is_contiguous()}")
+
+
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float, lib=None) -> torch.Tensor:
-    lib = lib or _lib
+    lib = lib or _loaded()
+    _check_rows("rms_norm", x, w)
+    if x.dim() != 2 or w.shape != (x.shape[1],):
+        raise ValueError(f"native rms_norm takes x (T, D) and w (D,), got {tuple(x.shape)} and "
+                         f"{tuple(w.shape)}")
     y = torch.empty_like(x)
     lib.aigc_rms_norm(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps)
     return y
@@ -199,9 +234,12 @@ def silu_mul_aten(gu: torch.Tensor) -> torch.Tensor:
 
 
 def silu_mul(gu: torch.Tensor, lib=None) -> torch.Tensor:
-    lib = lib or _lib
+    lib = lib or _loaded()
+    _check_rows("silu_mul", gu)
+    if gu.dim() != 2 or gu.shape[1] % 2:
+        raise ValueError(f"native silu_mul takes gu (T, 2N), got {tuple(gu.shape)}")
     n = gu.shape[1] // 2
-    out = torch.empty(gu.shape[0], n)
+    out = torch.empty(gu.shape[0], n, dtype=torch.float32)
     lib.aigc_silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], n)
     return out
 
@@ -221,9 +259,17 @@ def rope_cache_aten(qkv, cos, sin, k_cache, v_cache, H: int, KV: int, d: int, po
 
 
 def rope_cache(qkv, cos, sin, k_cache, v_cache, H: int, KV: int, d: int, pos: int, lib=None):
-    lib = lib or _lib
+    lib = lib or _loaded()
+    _check_rows("rope_cache", qkv, cos, sin, k_cache, v_cache)
     T = qkv.shape[0]
-    q = torch.empty(H, T, d)
+    if (d % 2 or qkv.shape != (T, (H + 2 * KV) * d) or cos.shape != (T, d) or sin.shape != (T, d)
+            or k_cache.shape != v_cache.shape or k_cache.dim() != 3
+            or k_cache.shape[0] != KV or k_cache.shape[2] != d or pos < 0
+            or pos + T > k_cache.shape[1]):
+        raise ValueError(f"native rope_cache: qkv {tuple(qkv.shape)}, cos/sin {tuple(cos.shape)}, "
+                         f"caches {tuple(k_cache.shape)} do not fit H={H}, KV={KV}, d={d} (even), "
+                         f"positions {pos}..{pos + T - 1}")
+    q = torch.empty(H, T, d, dtype=torch.float32)
     lib.aigc_rope_cache(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
                         k_cache.data_ptr(), v_cache.data_ptr(), T, H, KV, d, k_cache.shape[1], pos)
     return q, k_cache, v_cache
@@ -349,32 +395,61 @@ def decode_route() -> str:
 
 
 def cache_key(kind: str) -> str:
-    """The ``kernels.json`` key of ``kind``'s measurement on this machine."""
+    """The ``kernels.json`` key of ``kind``'s measurement on this machine and for this
+    ``kernels.c`` (an edited kernel is measured again)."""
+    global _source_digest
     from aigc.models.layers import _machine_key
 
-    return {"gelu": "gelu_tanh", "decode": "llama_decode"}[kind] + "|" + _machine_key()
+    if _source_digest is None:
+        try:
+            _source_digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+        except OSError:
+            _source_digest = "missing"
+    name = {"gelu": "gelu_tanh", "decode": "llama_decode"}[kind]
+    return f"{name}|{_machine_key()}|kernels.c {_source_digest}"
 
 
 def _cached_or_measured(kind: str) -> str:
     from aigc.models.layers import cached_measurement, store_measurement
 
+    with _lock:
+        entry = cached_measurement(cache_key(kind))
+        chosen = entry.get("route") if entry else None
+        if chosen == "torch" or (chosen == "native" and _build() is not None):
+            return chosen
+        result = globals()[_MEASURE[kind]]()
+        # A build that failed here (no compiler yet, a full disk) is not a measurement: keep
+        # nothing, so a later process builds and measures again.
+        if result.get("native", True) is not None:
+            store_measurement(cache_key(kind), result)
+        return result["route"]
+
+
+def current_route(kind: str) -> str:
+    """The route ``kind`` takes if it is already decided (forced, by the environment, measured in
+    this process or kept in kernels.json), else ``"undecided"``; never builds or measures (the
+    records of models that do not use the kernel call this)."""
+    from aigc.models.layers import cached_measurement
+
+    choice = (_forced.get(kind) or os.environ.get(ROUTE_ENVS[kind], "auto")).strip().lower()
+    if choice in ("native", "torch"):
+        return choice
+    if kind in _measured:
+        return _measured[kind]
     entry = cached_measurement(cache_key(kind))
-    chosen = entry.get("route") if entry else None
-    if chosen == "torch" or (chosen == "native" and _build() is not None):
-        return chosen
-    result = globals()[_MEASURE[kind]]()
-    store_measurement(cache_key(kind), result)
-    return result["route"]
+    return entry["route"] if entry and entry.get("route") in ("native", "torch") else "undecided"
 
 
 @torch.library.custom_op("aigc::gelu_tanh", mutates_args=())
 def _gelu_op(x: torch.Tensor) -> torch.Tensor:
-    return _fwd(_lib, x)
+    _check_rows("gelu_tanh", x.contiguous())
+    return _fwd(_loaded(), x.contiguous())
 
 
 @torch.library.custom_op("aigc::gelu_tanh_backward", mutates_args=())
 def _gelu_backward_op(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return _bwd(_lib, grad.contiguous(), x)
+    _check_rows("gelu_tanh backward", grad.contiguous(), x.contiguous())
+    return _bwd(_loaded(), grad.contiguous(), x.contiguous())
 
 
 @_gelu_op.register_fake
