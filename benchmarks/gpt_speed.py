@@ -114,9 +114,8 @@ def profile_steps(model, batches, steps: int = 20) -> None:
     the GELU route this machine takes and once with ATen's."""
     import copy
 
-    from torch.profiler import ProfilerActivity, profile
-
     from _machine import machine_line
+    from torch.profiler import ProfilerActivity, profile
 
     from aigc.models import native
 
