@@ -115,3 +115,30 @@ def test_replay_refuses_a_different_model(models, tmp_path, capsys):
 def test_unknown_starter_lists_known_ones(capsys):
     assert main(["sample", "starter:nope"]) == 2
     assert "no starter model 'starter:nope'" in capsys.readouterr().err
+
+
+def test_memory_format_is_recorded_and_replayed(models, tmp_path, monkeypatch):
+    from aigc.media import save_grid
+
+    args = ["sample", str(models["class"]), "--class", "3", "--n", "4", "--seed", "5", "--steps",
+            "4"]
+    cl, nchw = tmp_path / "cl.png", tmp_path / "nchw.png"
+    assert main([*args, "--out", str(cl)]) == 0  # diffusion draws in channels-last by default
+    assert read_record(cl)["memory_format"] == "channels_last"
+    monkeypatch.setenv("AIGC_SAMPLING_FORMAT", "contiguous")
+    assert main([*args, "--out", str(nchw)]) == 0
+    rec = read_record(nchw)
+    assert rec["memory_format"] == "contiguous"
+    monkeypatch.delenv("AIGC_SAMPLING_FORMAT")
+    for original in (cl, nchw):  # each replays in its own format, to the same bytes
+        again = tmp_path / f"again-{original.name}"
+        assert main(["sample", "--replay", str(original), "--out", str(again)]) == 0
+        assert again.read_bytes() == original.read_bytes()
+    # a record from before the field replays in NCHW, as it was drawn
+    del rec["memory_format"]
+    old = tmp_path / "old.png"
+    save_grid(old, torch.zeros(1, 1, 8, 8), nrow=1, record=rec)
+    assert main(["sample", "--replay", str(old), "--out", str(tmp_path / "old-again.png")]) == 0
+    assert (tmp_path / "old-again.png").read_bytes() == nchw.read_bytes()
+    monkeypatch.setenv("AIGC_SAMPLING_FORMAT", "nhwc")
+    assert main([*args, "--out", str(tmp_path / "bad.png")]) == 2

@@ -68,6 +68,9 @@ def test_studio_item_records_every_default_and_replays_from_the_cli(diffusion, t
     assert rec["checkpoint"] == str(diffusion.resolve()) and rec["threads"] >= 1
     assert read_record(tmp_path / "item.png") == rec  # the file carries the same record
     assert vae_item["record"]["options"] == {"temperature": 1.0}
+    # the studio drew the diffusion item with its UNet in channels-last, the VAE in NCHW
+    assert (rec["memory_format"], vae_item["record"]["memory_format"]) == ("channels_last",
+                                                                           "contiguous")
 
     capsys.readouterr()
     out = tmp_path / "again.png"

@@ -28,6 +28,9 @@ Both build their records with :func:`image_record`, so the same fields mean the 
                     ``undecided`` when nothing in the process needed it yet (image models)
 ``decode_route``    the same for the small kernels of Llama (SmolLM2) decoding
                     (:func:`aigc.models.native.decode_route`)
+``memory_format``   images: ``channels_last`` or ``contiguous``, the network's weights while it
+                    drew (:func:`aigc.models.sampling_memory_format`); replay takes it, and a
+                    record without it (before 2026-11-30) replays in ``contiguous``
 ==================  ============================================================================
 """
 

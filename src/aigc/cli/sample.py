@@ -202,6 +202,12 @@ def run_sample(args: argparse.Namespace) -> int:
     if record and record.get("model_sha256") != ckpt.sha256:
         raise AigcError(f"{ckpt.path} is not the model that made {args.replay}: SHA-256 "
                         f"{ckpt.sha256[:16]}... != {str(record.get('model_sha256'))[:16]}...")
+    from aigc.models import sampling_memory_format, set_memory_format
+
+    # a replay draws in the record's format (records from before the field: NCHW)
+    memory_format = (record.get("memory_format", "contiguous") if record
+                     else sampling_memory_format(ckpt.family))
+    set_memory_format(model, memory_format)
     o = _options(args, model, ckpt.family, record)
     single = record is not None and record["kind"] == "image"  # a studio item: one image
     n = args.n if args.n is not None else 1 if single else int((record or {}).get("n", 64))
@@ -241,7 +247,9 @@ def run_sample(args: argparse.Namespace) -> int:
         images = _draw_blocks(draw, n, seed, seed_block, labels, text)
         if images is None:  # not rank 0 under torchrun: its samples went to rank 0
             return 0
-    extra = {} if seed_block is None else {"seed_block": seed_block}
+    extra = {"memory_format": memory_format}
+    if seed_block is not None:
+        extra["seed_block"] = seed_block
     if route is not None:
         extra["text_route"] = route
     if single:

@@ -577,6 +577,7 @@ class JobRunner:
                     prompt=spec.prompt, job_id=job["id"], index=i, model=model,
                     conditioning=backend.conditioning, native_size=backend.image_size,
                     output_size=p.get("size") or backend.image_size,
+                    memory_format=backend.memory_format,
                     **backend.prompt_record(spec))
                 outs.append(ItemOut(png_bytes(images[start + i], record, p.get("size")), "png",
                                     record, prompt=spec.prompt, seed=spec.seed))

@@ -72,7 +72,8 @@ class ImageBackend:
 
     kind = "image"
 
-    def __init__(self, name: str, model: torch.nn.Module, ckpt) -> None:
+    def __init__(self, name: str, model: torch.nn.Module, ckpt,
+                 memory_format: str = "contiguous") -> None:
         self.name = name
         self.model = model
         self.ckpt = ckpt
@@ -83,6 +84,8 @@ class ImageBackend:
         self.image_size = int(getattr(cfg, "image_size", 0) or 0)
         self.channels = int(getattr(cfg, "image_channels", 1) or 1)
         self.class_names: list[str] = list(ckpt.meta.get("class_names") or [])
+        # the format its network's weights were put in at load; records carry it for replay
+        self.memory_format = memory_format
         params = inspect.signature(model.sample).parameters
         self._accepts = {k for k in ("labels", "prompt", "steps", "guidance", "sampler",
                                      "progress", "temperature") if k in params}
@@ -259,7 +262,7 @@ def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageB
                                                                   dict[str, str]]:
     """Load every checkpoint that samples images. Returns (backends, {name: why skipped})."""
     from aigc.errors import AigcError
-    from aigc.models import model_from_checkpoint
+    from aigc.models import model_from_checkpoint, sampling_memory_format, set_memory_format
     from aigc.models.sd_folder import is_diffusers_folder, load_sd_folder
 
     backends: dict[str, ImageBackend] = {}
@@ -271,12 +274,15 @@ def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageB
             if is_diffusers_folder(path):  # a Stable Diffusion folder (aigc.models.sd_folder)
                 model = load_sd_folder(path)
                 ckpt = model.checkpoint_info()
+                memory_format = "contiguous"
             # text GPTs are served by load_text_backends, music GPTs by load_music_backends:
             # read the header only, not their weights
             elif read_metadata(resolve_checkpoint(path)).get("family") in ("gpt", "music-gpt"):
                 continue
             else:
                 model, ckpt = model_from_checkpoint(path)
+                memory_format = sampling_memory_format(ckpt.family)
+                set_memory_format(model, memory_format)
         except (AigcError, OSError, KeyError) as exc:
             skipped[name] = str(exc)
             log.warning("studio: skipping model %s: %s", path, exc)
@@ -287,6 +293,6 @@ def load_image_backends(paths: list[tuple[str, Path]]) -> tuple[dict[str, ImageB
             continue
         if name in backends:
             name = f"{name}-{ckpt.sha256[:8]}"
-        backends[name] = ImageBackend(name, model, ckpt)
+        backends[name] = ImageBackend(name, model, ckpt, memory_format)
         log.info("studio: image model %s <- %s", name, ckpt.path)
     return backends, skipped
