@@ -37,15 +37,24 @@ def main() -> None:
     print(machine_line())
     model, _ = model_from_checkpoint(resolve_model(args.model))
     nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    labels = torch.arange(args.n) % 10
+    import inspect
+
+    accepts = inspect.signature(model.sample).parameters
+    kwargs = {}
+    if "labels" in accepts and getattr(model.cfg, "num_classes", 0):
+        kwargs["labels"] = torch.arange(args.n) % model.cfg.num_classes
+    if "steps" in accepts:
+        kwargs["steps"] = args.steps
+    if "prompt" in accepts and "labels" not in kwargs:
+        kwargs["prompt"] = ["a red heart"] * args.n
 
     def run(m):
-        return m.sample(args.n, generator=torch.Generator().manual_seed(0), labels=labels,
-                        steps=args.steps)
+        return m.sample(args.n, generator=torch.Generator().manual_seed(0), **kwargs)
 
     a, b = run(model), run(nhwc)
     levels = ((a * 255).round() != (b * 255).round()).sum().item()
-    print(f"{args.model}: {args.n} images, {args.steps} steps; pixel levels that differ: {levels} "
+    print(f"{args.model}: {args.n} images, {sorted(kwargs)}, {args.steps} steps where it takes "
+          f"steps; pixel levels that differ: {levels} "
           f"of {a.numel()} (largest difference {(a - b).abs().max().item():.2e})")
     times = {0: [], 1: []}
     for _ in range(args.rounds):
