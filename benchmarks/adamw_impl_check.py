@@ -87,20 +87,14 @@ def gpt_curves(steps: int, every: int) -> dict:
 
 
 def unet_curves(steps: int, every: int) -> dict:
-    from diffusion_speed import ours_model
+    from diffusion_speed import noised_test_set, ours_model
 
     from aigc.data.images import load_images
-    from aigc.models.diffusion import noise_schedule
 
     train, test = load_images("mnist", "train"), load_images("mnist", "test")
     g = torch.Generator().manual_seed(1)
     order = torch.randint(0, len(train), (steps, 32), generator=g)
-    batch = test.get_batch(torch.arange(1000))
-    x0, labels = batch["image"] * 2 - 1, batch["label"]
-    t = torch.randint(0, 1000, (len(x0),), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    a = noise_schedule("cosine", 1000)[t].float()[:, None, None, None]
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    x_t, t, labels, eps = noised_test_set(test, g)
     out = {}
     for impl in IMPLS:
         torch.manual_seed(0)

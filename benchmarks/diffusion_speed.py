@@ -168,6 +168,19 @@ def sample_diffusers(model: Diffusion, n: int, sampler: str, steps: int):
     return run
 
 
+def noised_test_set(test, g: torch.Generator, n: int = 1000):
+    """The first ``n`` test images noised with one fixed draw (from ``g``) of t and epsilon
+    under the cosine schedule: ``(x_t, t, labels, eps)``, what a test epsilon-MSE is taken on."""
+    from aigc.models.diffusion import noise_schedule
+
+    batch = test.get_batch(torch.arange(n))
+    x0, labels = batch["image"] * 2 - 1, batch["label"]
+    t = torch.randint(0, 1000, (len(x0),), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    a = noise_schedule("cosine", 1000)[t].float()[:, None, None, None]
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps, t, labels, eps
+
+
 def quality_check(steps: int, every: int, batch_size: int, lr: float,
                   cpu_per_step: dict[str, float], seed: int = 1) -> None:
     """Equal quality, measured: each recipe trains ``steps`` steps from the same seed on the same
@@ -178,17 +191,11 @@ def quality_check(steps: int, every: int, batch_size: int, lr: float,
     interpolated between evaluations, times the recipe's CPU seconds per step from the timing
     table). A recipe that steps faster but learns worse pays for it here."""
     from aigc.data.images import load_images
-    from aigc.models.diffusion import noise_schedule
 
     train, test = load_images("mnist", "train"), load_images("mnist", "test")
     g = torch.Generator().manual_seed(seed)
     order = torch.randint(0, len(train), (steps, batch_size), generator=g)
-    val = test.get_batch(torch.arange(1000))
-    x0, labels = val["image"] * 2 - 1, val["label"]
-    t = torch.randint(0, 1000, (len(x0),), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
-    a = noise_schedule("cosine", 1000)[t].float()[:, None, None, None]
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    x_t, t, labels, eps = noised_test_set(test, g)
     recipes = {  # name: (side, bf16, channels_last, fused)
         "diffusers fp32 eager": (train_diffusers, False, False, False),
         "ours fp32 eager": (train_ours, False, False, False),

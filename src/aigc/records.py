@@ -24,8 +24,8 @@ Both build their records with :func:`image_record`, so the same fields mean the 
 ``linear_route``    ``onednn`` or ``torch``: the float32 linear kernels measured fastest on the
                     machine (:func:`aigc.models.layers.linear_route`); replay takes the same one
 ``gelu_route``      ``native`` or ``torch``: GPT's GELU kernel, likewise measured
-                    (:func:`aigc.models.native.gelu_route`); replay takes the same one;
-                    ``undecided`` when nothing in the process needed it yet (image models)
+                    (:func:`aigc.models.native.gelu_route`); ``undecided`` when nothing in the
+                    process needed it yet (image models, which do not use it)
 ``decode_route``    the same for the small kernels of Llama (SmolLM2) decoding
                     (:func:`aigc.models.native.decode_route`)
 ``memory_format``   images: ``channels_last`` or ``contiguous``, the network's weights while it

@@ -160,16 +160,6 @@ def _use_recorded_threads(record: dict[str, Any]) -> None:
         from aigc.models.layers import set_onednn_linear
 
         set_onednn_linear(route == "onednn")
-    gelu = record.get("gelu_route")
-    if gelu in ("native", "torch"):
-        from aigc.models.native import NativeKernelError, gelu_route, set_gelu_route
-
-        old = set_gelu_route(gelu)
-        try:
-            gelu_route()
-        except NativeKernelError as exc:  # no compiler here: ATen's GELU, last bits may differ
-            set_gelu_route(old)
-            print(f"replay: the record used the native GELU; {exc}")
     isa = record.get("cpu_capability")
     here = torch.backends.cpu.get_cpu_capability()
     if isa and isa != here:

@@ -30,6 +30,7 @@ code being compiled by ``torch.compile``, which should see the matmul and choose
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -62,7 +63,9 @@ def set_onednn_linear(enabled: bool | None) -> bool | None:
     return old
 
 
-def _machine_key() -> str:
+@functools.cache
+def _cpu_key() -> str:
+    """CPU model and the ISA flags that matter here, read once per process."""
     model, flags = "unknown", ""
     info = Path("/proc/cpuinfo")
     if info.is_file():
@@ -72,7 +75,12 @@ def _machine_key() -> str:
             if line.startswith("flags") and not flags:
                 wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "fma")
                 flags = ",".join(f for f in line.split(":", 1)[1].split() if f in wanted)
-    return f"{model}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return f"{model}|{flags}"
+
+
+def _machine_key() -> str:
+    # the thread count stays live: a process may change it (replay, --threads)
+    return f"{_cpu_key()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 def _cache_file() -> Path:

@@ -62,6 +62,7 @@ _PROBE_SHAPE = (768, 512)  # a GPT MLP activation: batch 12 x context 64, width 
 
 _forced: dict[str, str] = {}  # set_route(); absent = the measured route
 _measured: dict[str, str] = {}
+_seen_in_cache: dict[str, str] = {}  # current_route(): what a kernels.json said, per file + key
 _lib: ctypes.CDLL | None = None
 _lib_path: Path | None = None  # where the built library is (aigc kernels prints it)
 _build_error: str | None = None
@@ -429,27 +430,33 @@ def current_route(kind: str) -> str:
     """The route ``kind`` takes if it is already decided (forced, by the environment, measured in
     this process or kept in kernels.json), else ``"undecided"``; never builds or measures (the
     records of models that do not use the kernel call this)."""
-    from aigc.models.layers import cached_measurement
+    from aigc.models.layers import _cache_file, cached_measurement
 
     choice = (_forced.get(kind) or os.environ.get(ROUTE_ENVS[kind], "auto")).strip().lower()
     if choice in ("native", "torch"):
         return choice
     if kind in _measured:
         return _measured[kind]
-    entry = cached_measurement(cache_key(kind))
-    return entry["route"] if entry and entry.get("route") in ("native", "torch") else "undecided"
+    key = f"{_cache_file()}|{cache_key(kind)}"
+    if key not in _seen_in_cache:  # one read of kernels.json per key, not one per record
+        entry = cached_measurement(cache_key(kind))
+        _seen_in_cache[key] = (entry["route"] if entry and entry.get("route") in
+                               ("native", "torch") else "undecided")
+    return _seen_in_cache[key]
 
 
 @torch.library.custom_op("aigc::gelu_tanh", mutates_args=())
 def _gelu_op(x: torch.Tensor) -> torch.Tensor:
-    _check_rows("gelu_tanh", x.contiguous())
-    return _fwd(_loaded(), x.contiguous())
+    x = x.contiguous()
+    _check_rows("gelu_tanh", x)
+    return _fwd(_loaded(), x)
 
 
 @torch.library.custom_op("aigc::gelu_tanh_backward", mutates_args=())
 def _gelu_backward_op(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    _check_rows("gelu_tanh backward", grad.contiguous(), x.contiguous())
-    return _bwd(_loaded(), grad.contiguous(), x.contiguous())
+    grad, x = grad.contiguous(), x.contiguous()
+    _check_rows("gelu_tanh backward", grad, x)
+    return _bwd(_loaded(), grad, x)
 
 
 @_gelu_op.register_fake
