@@ -6,9 +6,8 @@
 
 Attention is ``F.scaled_dot_product_attention`` with a causal mask; under ``torch.compile``,
 for contexts up to ``MATH_ATTENTION_MAX_T`` tokens, it is written out (scores, mask, softmax,
-product) so the compiler fuses the mask and softmax with their neighbours (issue #17; on one
-Intel Xeon thread at context 64 a profiled step took 38.0 against 40.9 ms, a single noisy run;
-`benchmarks/gpt_speed.py`'s compiled row is the measured figure). Linear layers
+product) so the compiler fuses the mask and softmax with their neighbours (issue #17;
+`benchmarks/gpt_speed.py`'s compiled row measures it). Linear layers
 are plain ``nn.Linear`` modules (so state dicts match GPT-2's layout) applied with
 :func:`aigc.models.layers.linear` (float32 CPU products by the kernels measured fastest on the
 machine); the MLP's GELU is :func:`aigc.models.native.gelu_tanh` (likewise). Generation keeps
