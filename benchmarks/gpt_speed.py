@@ -20,8 +20,11 @@ timed in interleaved rounds (benchmarks/_timing.py: CPU-time medians, wall time 
   ours oneDNN linear           the same route forced to oneDNN
   ours ATen GELU               our GPT with ATen's GELU instead of the native kernel
                                (aigc.models.native; its route is printed at the start)
-  ours                         our GPT (the linear and GELU routes measured on this machine,
-                               aigc.models.layers.linear_route, native.gelu_route) with torch's
+  ours ATen attention          our GPT with ATen's attention (head split, SDPA, merge) instead
+                               of the native kernels (native.attention_route)
+  ours                         our GPT (the linear, GELU and attention routes measured on this
+                               machine: layers.linear_route, native.gelu_route and
+                               native.attention_route) with torch's
                                default CPU AdamW (for-loop; the trainer's default until
                                2026-11-30)
   ours fused-adamw             + fused AdamW: as the trainer runs by default since 2026-11-30
@@ -83,10 +86,10 @@ def hf_loss(model, tokens):
 
 
 def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool | None = None,
-              gelu: str | None = None):
+              gelu: str | None = None, attention: str | None = None):
     """One training step per call on the next batch; AdamW with identical settings both sides.
-    ``onednn``: force aigc's linear route, ``gelu``: its GELU route ("native" or "torch"); None:
-    the routes measured on this machine."""
+    ``onednn``: force aigc's linear route, ``gelu`` and ``attention``: its GELU and attention
+    routes ("native" or "torch"); None: the routes measured on this machine."""
     from aigc.models import layers, native
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
@@ -97,6 +100,7 @@ def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool 
         nonlocal i
         old = layers.set_onednn_linear(onednn)
         old_gelu = native.set_gelu_route(gelu)
+        old_attention = native.set_route("attention", attention)
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(batches[i % len(batches)])
@@ -104,6 +108,7 @@ def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool 
         opt.step()
         layers.set_onednn_linear(old)
         native.set_gelu_route(old_gelu)
+        native.set_route("attention", old_attention)
         i += 1
         return loss
     return step
@@ -202,28 +207,29 @@ def main() -> None:
     print(load_average() + " (before)")
     # oneDNN linear: None = the route aigc measures and takes on this machine (as shipped),
     # True/False force it (aigc.models.layers.linear_route); transformers never uses it.
-    # The GELU route likewise (aigc.models.native.gelu_route: "native" or "torch").
+    # The GELU and attention routes likewise (aigc.models.native: "native" or "torch").
     print(f"aigc linear route on this machine: {layers.linear_route()}; GELU route: "
-          f"{native.gelu_route()}")
-    specs = [  # name, side, fused AdamW, compile, bf16, oneDNN linear, GELU route
-        ("transformers", "hf", False, False, False, None, None),
-        ("transformers fused-adamw", "hf", True, False, False, None, None),
-        ("ours F.linear (MKL)", "ours", False, False, False, False, None),
-        ("ours oneDNN linear", "ours", False, False, False, True, None),
-        ("ours ATen GELU", "ours", False, False, False, None, "torch"),
-        ("ours", "ours", False, False, False, None, None),
-        ("ours fused-adamw", "ours", True, False, False, None, None),
+          f"{native.gelu_route()}; attention route: {native.attention_route()}")
+    specs = [  # name, side, fused AdamW, compile, bf16, oneDNN linear, GELU route, attention
+        ("transformers", "hf", False, False, False, None, None, None),
+        ("transformers fused-adamw", "hf", True, False, False, None, None, None),
+        ("ours F.linear (MKL)", "ours", False, False, False, False, None, None),
+        ("ours oneDNN linear", "ours", False, False, False, True, None, None),
+        ("ours ATen GELU", "ours", False, False, False, None, "torch", None),
+        ("ours ATen attention", "ours", False, False, False, None, None, "torch"),
+        ("ours", "ours", False, False, False, None, None, None),
+        ("ours fused-adamw", "ours", True, False, False, None, None, None),
     ]
     if not args.no_compile:
-        specs += [("transformers fused+compile", "hf", True, True, False, None, None),
+        specs += [("transformers fused+compile", "hf", True, True, False, None, None, None),
                   ("transformers fused+compile eager-attn", "hf-eager", True, True, False, None,
-                   None),
-                  ("ours fused+compile", "ours", True, True, False, None, None)]
+                   None, None),
+                  ("ours fused+compile", "ours", True, True, False, None, None, None)]
     if args.bf16:
-        specs += [("transformers fused bf16", "hf", True, False, True, None, None),
-                  ("ours fused bf16", "ours", True, False, True, None, None)]
+        specs += [("transformers fused bf16", "hf", True, False, True, None, None, None),
+                  ("ours fused bf16", "ours", True, False, True, None, None, None)]
     variants = {}
-    for name, side, fused, compiled, bf16, onednn, gelu in specs:
+    for name, side, fused, compiled, bf16, onednn, gelu, attention in specs:
         model = copy.deepcopy(ours if side == "ours" else hf)
         if side == "hf-eager":
             model.set_attn_implementation("eager")
@@ -237,9 +243,11 @@ def main() -> None:
             if compiled:
                 loss_fn = torch.compile(loss_fn)
         variants[name] = make_step(model, loss_fn, batches, fused=fused, bf16=bf16, onednn=onednn,
-                                   gelu=gelu)
-    # FLOPs of one training step per side (forward + backward matmuls and attention, counted
-    # on a copy by torch.utils.flop_counter; the same math with or without compile/fused/bf16)
+                                   gelu=gelu, attention=attention)
+    # FLOPs of one training step per side (forward + backward products of the linear layers,
+    # counted on a copy by torch.utils.flop_counter; the same math with or without
+    # compile/fused/bf16). Attention's products are not counted on either side: the counter
+    # knows neither ATen's CPU flash kernel nor aigc's native one (about 0.3 GFLOP a step).
     flops = {}
     for side, m in (("ours", ours), ("hf", hf)):
         m2 = copy.deepcopy(m)

@@ -13,6 +13,7 @@ os.environ.setdefault("AIGC_LINEAR_ROUTE", "torch")
 # operations): tests/test_native_kernels.py builds them and tests them against ATen's.
 os.environ.setdefault("AIGC_GELU_ROUTE", "torch")
 os.environ.setdefault("AIGC_DECODE_ROUTE", "torch")
+os.environ.setdefault("AIGC_ATTENTION_ROUTE", "torch")
 
 
 def pytest_collection_modifyitems(config, items):

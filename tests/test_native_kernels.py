@@ -76,7 +76,7 @@ def test_native_gelu_is_used_only_where_it_applies(built):
             "GeluBackward" not in native.gelu_tanh(x).grad_fn.name()
 
     assert uses_native(torch.randn(64, 128))
-    assert not uses_native(torch.randn(8, 8))  # too small to pay for the call
+    assert uses_native(torch.randn(8, 8))  # any size: a result must not depend on the batch
     assert not uses_native(torch.randn(128, 64).t())  # not contiguous
     assert not uses_native(torch.randn(64, 128, dtype=torch.float64))
     assert not uses_native(torch.randn(64, 128, dtype=torch.bfloat16))
@@ -163,6 +163,7 @@ def test_records_carry_the_native_routes():
 
     assert runtime()["gelu_route"] in ("native", "torch")
     assert runtime()["decode_route"] in ("native", "torch")
+    assert runtime()["attention_route"] in ("native", "torch")
 
 
 def test_decoding_kernels_match_their_aten_twins(built):
@@ -198,7 +199,7 @@ def test_decode_route_is_measured_and_forced_like_gelu(built, monkeypatch):
     assert native.decode_route() == "native"
     native.set_route("decode", old)
     with pytest.raises(ValueError, match="kernel kind"):
-        native.set_route("attention", "native")
+        native.set_route("matmul", "native")
 
 
 def test_kernels_command_shows_and_remeasures_the_routes(built, capsys, monkeypatch):
@@ -217,10 +218,11 @@ def test_kernels_command_shows_and_remeasures_the_routes(built, capsys, monkeypa
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     cache = json.loads((native._cache_root() / "kernels.json").read_text())
-    assert len(cache) == 3  # linear, gelu, decode for this machine key
+    assert len(cache) == 4  # linear, gelu, decode, attention for this machine key
     assert "native:  built:" in out
-    assert "gelu    native  ATen time / native time 2.50" in out
-    assert "linear  torch   F.linear time / oneDNN time 0.90" in out
+    assert "gelu      native  ATen time / native time 2.50" in out
+    assert "linear    torch   F.linear time / oneDNN time 0.90" in out
+    assert "attention " in out
     assert main(["kernels", "--threads", "0"]) == 2
 
 
@@ -284,3 +286,150 @@ def test_a_failed_build_is_not_kept_as_the_machines_choice(fresh, monkeypatch):
     assert native.current_route("gelu") == "torch"  # decided in this process
     native._measured.clear()
     assert native.current_route("gelu") == "undecided"
+
+
+# ------------------------------------------------------------------- causal self-attention
+
+
+def _attention_pair(qkv, heads):
+    """(output, d output / d qkv) of the native kernels and of ATen's route, for one gradient."""
+    gy = torch.randn(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3,
+                     generator=torch.Generator().manual_seed(7))
+    out = {}
+    for route in ("native", "torch"):
+        native.set_route("attention", route)
+        x = qkv.detach().clone().requires_grad_()
+        y = native.causal_attention(x, heads)
+        assert ("causal_attention" in y.grad_fn.name().lower()) == (route == "native")
+        y.backward(gy)
+        out[route] = (y.detach(), x.grad)
+    return out
+
+
+@pytest.mark.parametrize("B,T,H,d", [(2, 64, 4, 32), (3, 17, 2, 16), (1, 1, 1, 16),
+                                     (2, 128, 2, 64), (1, 100, 1, 128), (2, 33, 3, 48)])
+def test_native_attention_matches_aten_forward_and_backward(built, B, T, H, d):
+    """Both float32 routes against ATen in float64: the native kernels' error is no more than
+    twice ATen's own (plus a float32 rounding's worth)."""
+    qkv = torch.randn(B, T, 3 * H * d, generator=torch.Generator().manual_seed(T)) * 2
+    got = _attention_pair(qkv, H)
+    x64 = qkv.double().requires_grad_()
+    y64 = native.causal_attention_aten(x64, H)
+    gy = torch.randn(B, T, H * d, generator=torch.Generator().manual_seed(7))
+    (g64,) = torch.autograd.grad(y64, x64, gy.double())
+    for i, ref in enumerate((y64.detach(), g64)):
+        err = {r: (got[r][i].double() - ref).abs().max().item() for r in ("native", "torch")}
+        assert err["native"] <= 2 * err["torch"] + 1e-6 * (1 + ref.abs().max().item()), err
+
+
+def test_native_attention_takes_only_what_fits(built):
+    native.set_route("attention", "native")
+    fits = native.attention_fits
+    assert fits(torch.randn(2, 64, 3 * 128), 4)
+    assert not fits(torch.randn(2, 129, 3 * 128), 4)  # longer than the kernels' buffers
+    assert not fits(torch.randn(2, 8, 3 * 96), 4)  # head width 24: not a multiple of 16
+    assert not fits(torch.randn(2, 8, 3 * 256), 1)  # head width 256: past 128
+    assert not fits(torch.randn(2, 8, 3 * 64, dtype=torch.float64), 2)
+    assert not fits(torch.randn(2, 8, 3 * 64, dtype=torch.bfloat16), 2)
+    assert not fits(torch.randn(2, 3 * 64, 8).transpose(1, 2), 2)  # not contiguous
+    assert not fits(torch.randn(8, 3 * 64), 2)  # no batch dimension
+    # what does not fit still gets the right answer, by ATen's route
+    qkv = torch.randn(2, 8, 3 * 96)
+    torch.testing.assert_close(native.causal_attention(qkv, 4),
+                               native.causal_attention_aten(qkv, 4), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        native._attn_fwd(native._loaded(), qkv, 4)
+
+
+def test_native_attention_keeps_nan_where_aten_does(built):
+    qkv = torch.randn(2, 20, 3 * 32, generator=torch.Generator().manual_seed(3))
+    qkv[1, 5, 40] = float("nan")  # a key of head 1 at position 5: rows 5.. of that head
+    got = _attention_pair(qkv, 2)
+    assert torch.equal(got["native"][0].isnan(), got["torch"][0].isnan())
+    assert got["native"][0].isnan().any() and not got["native"][0][0].isnan().any()
+
+
+def test_gpt_trains_the_same_with_either_attention(built):
+    from aigc.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, context_length=32, layers=2, heads=2, width=64))
+    tokens = torch.randint(0, 40, (4, 33), generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for route in ("torch", "native"):
+        native.set_route("attention", route)
+        model.zero_grad()
+        loss = model.loss({"tokens": tokens})
+        loss.backward()
+        grads[route] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(grads["native"][0], grads["torch"][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads["native"][1], grads["torch"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # generation (a key/value cache) keeps ATen's route: the same tokens either way
+    outs = []
+    for route in ("native", "torch"):
+        native.set_route("attention", route)
+        outs.append(model.generate(tokens[:1, :5], 8, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_native_attention_compiles_without_graph_breaks(built):
+    native.set_route("attention", "native")
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x: native.causal_attention(x * 1.5, 2) + 1, fullgraph=True)
+    x = torch.randn(3, 24, 3 * 64, requires_grad=True)
+    y = fn(x)
+    y.sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = native.causal_attention_aten(x_ref * 1.5, 2) + 1
+    y_ref.sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_route_is_measured_kept_and_forced(built, monkeypatch):
+    calls = []
+    real = native.measure_attention_routes
+    monkeypatch.setattr(native, "measure_attention_routes",
+                        lambda: calls.append(1) or real(rounds=2))
+    route = native.attention_route()
+    assert route in ("native", "torch") and calls == [1]
+    cache = json.loads((native._cache_root() / "kernels.json").read_text())
+    (entry,) = (v for k, v in cache.items() if k.startswith("causal_attention|"))
+    assert entry["route"] == route and entry["aten_s"] > 0 and entry["native_s"] > 0
+    native._measured.clear()
+    assert native.attention_route() == route and calls == [1]
+    monkeypatch.setenv(native.ROUTE_ENVS["attention"], "torch")
+    native._measured.clear()
+    assert native.attention_route() == "torch"
+
+
+def test_kernels_build_and_measure_inside_no_grad_and_inference_mode(fresh):
+    """The first GPT call of a process may be scoring under no_grad or inference_mode: the
+    build's self-check and the attention measurement still run (they need autograd)."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    with torch.inference_mode():
+        assert native._build() is not None, native._build_error
+        assert native.attention_route() in ("native", "torch")
+
+
+def test_no_grad_calls_the_kernels_directly_with_the_same_result(built):
+    """Scoring and generation (no gradient) skip the custom ops' dispatch; same numbers."""
+    from aigc.models.gpt import GPT, GPTConfig
+
+    native.set_gelu_route("native")
+    native.set_route("attention", "native")
+    x = torch.randn(3, 16, 64)
+    with torch.no_grad():
+        y = native.gelu_tanh(x)
+        a = native.causal_attention(torch.cat([x, x, x], -1), 4)
+    assert y.grad_fn is None and torch.equal(y, torch.ops.aigc.gelu_tanh(x))
+    assert torch.equal(a, torch.ops.aigc.causal_attention(torch.cat([x, x, x], -1), 4)[0])
+    # so a GPT scores a sequence the same alone or in a batch of any size
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, context_length=16, layers=2, heads=2, width=32)).eval()
+    tokens = torch.randint(0, 30, (5, 17), generator=torch.Generator().manual_seed(1))
+    together = model.log_likelihood({"tokens": tokens})[0]
+    alone = torch.cat([model.log_likelihood({"tokens": t[None]})[0] for t in tokens])
+    torch.testing.assert_close(together, alone, rtol=1e-12, atol=0)

@@ -4,34 +4,36 @@ One record format serves ``aigc sample`` (a grid of ``n`` images from one genera
 studio (one image per item, image ``i`` of a job drawn from its own generator ``seed + i``).
 Both build their records with :func:`image_record`, so the same fields mean the same thing:
 
-==================  ============================================================================
-``format``          :data:`FORMAT`; a record without it predates this module
-``kind``            ``"sample"`` (a CLI grid) or ``"image"`` (one studio item)
-``checkpoint``      how to find the model again: ``starter:NAME``, ``NAME@vK`` (the registry) or
-                    an absolute path (never a relative one: it breaks from another folder)
-``model_sha256``    the weights file's hash; replay refuses any other file
-``seed``, ``n``     the generator seed and how many images it drew
-``label``           class index (``None``: none, or cycling for a grid: ``class_name`` says)
-``prompt``          the prompt text, or ``None``
-``text_route``      latent diffusion only, with a prompt: ``"tokens"`` or ``"sentence"``, how
-                    the prompt was read (:meth:`~aigc.models.latent_diffusion.LatentDiffusion.
-                    prompt_route`); replay reads it the same way
-``options``         every sampling option the family takes, defaults resolved: what ran, never
-                    ``null`` for "the default" (:func:`sampling_options`)
-``threads``         ``torch.get_num_threads()`` when it ran: float reductions, and so the last
-                    bit of a pixel, depend on it; replay uses the recorded count
-``cpu_capability``  the kernel family torch chose (``AVX512``, ``AVX2``, ...), same reason
-``linear_route``    ``onednn`` or ``torch``: the float32 linear kernels measured fastest on the
-                    machine (:func:`aigc.models.layers.linear_route`); replay takes the same one
-``gelu_route``      ``native`` or ``torch``: GPT's GELU kernel, likewise measured
-                    (:func:`aigc.models.native.gelu_route`); ``undecided`` when nothing in the
-                    process needed it yet (image models, which do not use it)
-``decode_route``    the same for the small kernels of Llama (SmolLM2) decoding
-                    (:func:`aigc.models.native.decode_route`)
-``memory_format``   images: ``channels_last`` or ``contiguous``, the network's weights while it
-                    drew (:func:`aigc.models.sampling_memory_format`); replay takes it, and a
-                    record without it (before 2026-11-30) replays in ``contiguous``
-==================  ============================================================================
+===================  ===========================================================================
+``format``           :data:`FORMAT`; a record without it predates this module
+``kind``             ``"sample"`` (a CLI grid) or ``"image"`` (one studio item)
+``checkpoint``       how to find the model again: ``starter:NAME``, ``NAME@vK`` (the registry) or
+                     an absolute path (never a relative one: it breaks from another folder)
+``model_sha256``     the weights file's hash; replay refuses any other file
+``seed``, ``n``      the generator seed and how many images it drew
+``label``            class index (``None``: none, or cycling for a grid: ``class_name`` says)
+``prompt``           the prompt text, or ``None``
+``text_route``       latent diffusion only, with a prompt: ``"tokens"`` or ``"sentence"``, how
+                     the prompt was read (:meth:`~aigc.models.latent_diffusion.LatentDiffusion.
+                     prompt_route`); replay reads it the same way
+``options``          every sampling option the family takes, defaults resolved: what ran, never
+                     ``null`` for "the default" (:func:`sampling_options`)
+``threads``          ``torch.get_num_threads()`` when it ran: float reductions, and so the last
+                     bit of a pixel, depend on it; replay uses the recorded count
+``cpu_capability``   the kernel family torch chose (``AVX512``, ``AVX2``, ...), same reason
+``linear_route``     ``onednn`` or ``torch``: the float32 linear kernels measured fastest on the
+                     machine (:func:`aigc.models.layers.linear_route`); replay takes the same one
+``gelu_route``       ``native`` or ``torch``: GPT's GELU kernel, likewise measured
+                     (:func:`aigc.models.native.gelu_route`); ``undecided`` when nothing in the
+                     process needed it yet (image models, which do not use it)
+``decode_route``     the same for the small kernels of Llama (SmolLM2) decoding
+                     (:func:`aigc.models.native.decode_route`)
+``attention_route``  the same for GPT's causal self-attention over whole sequences
+                     (:func:`aigc.models.native.attention_route`)
+``memory_format``    images: ``channels_last`` or ``contiguous``, the network's weights while it
+                     drew (:func:`aigc.models.sampling_memory_format`); replay takes it, and a
+                     record without it (before 2026-11-30) replays in ``contiguous``
+===================  ===========================================================================
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def runtime() -> dict[str, Any]:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "linear_route": linear_route(), "gelu_route": current_route("gelu"),
             "decode_route": current_route("decode"),
+            "attention_route": current_route("attention"),
             "versions": library_versions()}
 
 

@@ -14,9 +14,12 @@ version and thread count:
   gelu     GPT's tanh GELU: ATen's or aigc's native kernel (compiled here with the C compiler)
   decode   Llama (SmolLM2) decoding's RMSNorm, rotary + cache writes, SiLU product: ATen's or
            native
+  attention  GPT's causal self-attention over whole sequences (training, scoring), up to 128
+           positions: ATen's scaled_dot_product_attention with the head split, or native
 
-Environment variables force a route: AIGC_LINEAR_ROUTE=onednn|torch, AIGC_GELU_ROUTE and
-AIGC_DECODE_ROUTE=native|torch (auto: the measured one). docs/performance.md has the figures.
+Environment variables force a route: AIGC_LINEAR_ROUTE=onednn|torch, AIGC_GELU_ROUTE,
+AIGC_DECODE_ROUTE and AIGC_ATTENTION_ROUTE=native|torch (auto: the measured one).
+docs/performance.md has the figures.
 """
 
 
@@ -24,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kernels", help="show the CPU kernels measured fastest on this machine",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--measure", action="store_true",
-                   help="time the kernels again now (about a second) and keep the new choice")
+                   help="time the kernels again now (a few seconds) and keep the new choice")
     p.add_argument("--threads", type=int, default=None,
                    help="thread count to measure for (default: torch's, as a run would use)")
     p.set_defaults(func=run)
@@ -68,9 +71,12 @@ def run(args: argparse.Namespace) -> int:
         ("decode", native.decode_route(), os.environ.get(native.ROUTE_ENVS["decode"]),
          _ratio(layers.cached_measurement(native.cache_key("decode")), "aten_over_native",
                 "ATen time / native time")),
+        ("attention", native.attention_route(), os.environ.get(native.ROUTE_ENVS["attention"]),
+         _ratio(layers.cached_measurement(native.cache_key("attention")), "aten_over_native",
+                "ATen time / native time")),
     ]
     print()
     for name, route, env, measured in rows:
         forced = f" (forced by the environment: {env})" if env and env.lower() != "auto" else ""
-        print(f"  {name:<7} {route:<7} {measured}{forced}")
+        print(f"  {name:<9} {route:<7} {measured}{forced}")
     return 0

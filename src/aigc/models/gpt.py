@@ -7,7 +7,10 @@
 Attention is ``F.scaled_dot_product_attention`` with a causal mask; under ``torch.compile``,
 for contexts up to ``MATH_ATTENTION_MAX_T`` tokens, it is written out (scores, mask, softmax,
 product) so the compiler fuses the mask and softmax with their neighbours (issue #17;
-`benchmarks/gpt_speed.py`'s compiled row measures it). Linear layers
+`benchmarks/gpt_speed.py`'s compiled row measures it). Whole float32 sequences on the CPU
+(training, scoring; up to 128 positions, head width a multiple of 16) take
+:func:`aigc.models.native.causal_attention` instead where it is measured faster on the machine:
+one call on the fused projection, eager or compiled. Linear layers
 are plain ``nn.Linear`` modules (so state dicts match GPT-2's layout) applied with
 :func:`aigc.models.layers.linear` (float32 CPU products by the kernels measured fastest on the
 machine); the MLP's GELU is :func:`aigc.models.native.gelu_tanh` (likewise). Generation keeps
@@ -41,6 +44,7 @@ from torch import nn
 
 from aigc.config import check_non_negative, check_positive
 from aigc.errors import CheckpointError, ConfigError
+from aigc.models import native
 from aigc.models.layers import linear
 from aigc.models.native import gelu_tanh
 
@@ -143,13 +147,19 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = linear(x, self.qkv.weight, self.qkv.bias).split(C, dim=2)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias)
+        p = self.dropout if self.training else 0.0
+        if (cache is None and rope is None and p == 0.0 and native.attention_fits(qkv, self.heads)
+                and native.attention_route() == "native"):
+            # whole sequences (training, scoring) on the CPU: one call on the fused projection,
+            # no head split or merge copied (aigc.models.native, measured per machine)
+            return linear(native.causal_attention(qkv, self.heads), self.proj.weight, self.proj.bias)
+        q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
         if rope is not None:  # (T, d/2) tables for the positions of these T tokens
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, T_past + T, d)
-        p = self.dropout if self.training else 0.0
         S = k.size(2)
         if S == T and p == 0.0 and T <= MATH_ATTENTION_MAX_T and torch.compiler.is_compiling():
             y = causal_attention_math(q, k, v)

@@ -27,8 +27,11 @@ thread count). The route is ``"native"`` only when all of these hold:
 
 Otherwise ATen's operations run. ``AIGC_GELU_ROUTE`` and ``AIGC_DECODE_ROUTE`` (``native``,
 ``torch`` or ``auto``) force a family (``native`` raises if the kernels cannot be built).
-For GELU, float32 CPU tensors that are contiguous and of 4,096 elements or more take the route;
-under ``torch.compile`` the kernel is a custom op the compiler calls as is. The routes differ
+For GELU and attention, contiguous float32 CPU tensors of any size take the route (so a result
+does not depend on the batch size that carried it); where autograd or ``torch.compile`` needs
+them the kernels are custom ops (the compiler calls them as they are), elsewhere (scoring,
+generation under ``no_grad``) a direct call, which costs no more than ATen's dispatch even for
+one token. The routes differ
 from ATen in the last bits (about 5e-7), so records carry ``gelu_route`` and ``decode_route``
 (:func:`aigc.records.runtime`; ``undecided`` where the process never needed them, as for image
 models, whose records are written without building or timing anything).
@@ -52,12 +55,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROUTE_ENVS = {"gelu": "AIGC_GELU_ROUTE", "decode": "AIGC_DECODE_ROUTE"}
+ROUTE_ENVS = {"gelu": "AIGC_GELU_ROUTE", "decode": "AIGC_DECODE_ROUTE",
+              "attention": "AIGC_ATTENTION_ROUTE"}
 ROUTE_ENV = ROUTE_ENVS["gelu"]
 _SOURCE = Path(__file__).resolve().parent.parent / "assets" / "native" / "kernels.c"
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
-          "-std=c11", "-shared", "-fPIC")
-_MIN_NUMEL = 4096  # below this the ctypes call costs more than ATen's dispatch saves
+# -ffp-contract=fast: a * b + c as one fused multiply-add (ISO C mode, -std=c11, otherwise keeps
+# them apart; the attention kernels ran 1.3x slower without it on an AVX-512 Xeon)
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast",
+          "-fopenmp-simd", "-std=c11", "-shared", "-fPIC")
 _MARGIN = 1.10  # a native kernel must beat ATen by this factor to be chosen
 _PROBE_SHAPE = (768, 512)  # a GPT MLP activation: batch 12 x context 64, width 4 x 128
 
@@ -132,7 +137,9 @@ def _build_locked() -> None:
     p, n, f = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_float
     signatures = {"aigc_gelu_tanh_fwd": [p, p, n], "aigc_gelu_tanh_bwd": [p, p, p, n],
                   "aigc_rms_norm": [p, p, p, n, n, f], "aigc_silu_mul": [p, p, n, n],
-                  "aigc_rope_cache": [p, p, p, p, p, p, n, n, n, n, n, n]}
+                  "aigc_rope_cache": [p, p, p, p, p, p, n, n, n, n, n, n],
+                  "aigc_attn_fwd": [p, p, p, n, n, n, n, f],
+                  "aigc_attn_bwd": [p, p, p, p, n, n, n, n, f]}
     for name, args in signatures.items():
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = None
@@ -194,7 +201,7 @@ def _self_check(lib) -> str | None:
         err = (a - b).abs().max().item() / (1 + b.abs().max().item())
         if not err <= 2e-6:
             return f"the native {name} disagrees with ATen ({err:.2e})"
-    return None
+    return _attention_self_check(lib)
 
 
 def _empty_caches(kv: int, cap: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,6 +284,151 @@ def rope_cache(qkv, cos, sin, k_cache, v_cache, H: int, KV: int, d: int, pos: in
     return q, k_cache, v_cache
 
 
+# ------------------------------------------------------------------- causal self-attention
+# GPT's attention over the fused projection qkv (B, T, 3C): aigc.models.gpt calls
+# causal_attention(), which takes the native kernels where they fit and are measured faster,
+# else causal_attention_aten (the head split, ATen's SDPA and the merge, as gpt.py wrote it).
+
+_ATTN_MAX_T = 128  # the kernels' buffers (MAXT, MAXD in kernels.c)
+_ATTN_MAX_D = 128
+_ATTN_PROBE = (12, 63, 3 * 128, 4)  # gpt_speed's training shape: B, T, 3C, heads
+
+
+def _padded(t: int) -> int:
+    return (t + 15) // 16 * 16
+
+
+def attention_fits(qkv: torch.Tensor, heads: int) -> bool:
+    """Whether the native kernels take this ``qkv (B, T, 3C)``: contiguous float32 on the CPU,
+    at most 128 positions, a head width ``C / heads`` that is a multiple of 16 up to 128."""
+    if qkv.dim() != 3 or qkv.dtype != torch.float32 or qkv.device.type != "cpu":
+        return False
+    B, T, C3 = qkv.shape
+    if C3 % 3 or (C3 // 3) % heads or not qkv.is_contiguous():
+        return False
+    d = C3 // 3 // heads
+    return B >= 1 and 1 <= T <= _ATTN_MAX_T and d % 16 == 0 and 16 <= d <= _ATTN_MAX_D
+
+
+def causal_attention_aten(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + causal mask) v`` for ``qkv (B, T, 3C)``, heads merged back
+    to ``(B, T, C)``, by ATen's scaled_dot_product_attention."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = (t.view(B, T, heads, C // heads).transpose(1, 2) for t in qkv.split(C, dim=2))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2).contiguous().view(B, T, C)
+
+
+def _attn_check(qkv: torch.Tensor, heads: int) -> tuple[int, int, int, int]:
+    _check_rows("causal_attention", qkv)
+    if not attention_fits(qkv, heads):
+        raise ValueError(f"native causal_attention takes qkv (B, T <= {_ATTN_MAX_T}, 3C) with "
+                         f"C / heads a multiple of 16 up to {_ATTN_MAX_D}, got "
+                         f"{tuple(qkv.shape)} with heads={heads}")
+    B, T, C3 = qkv.shape
+    return B, T, heads, C3 // 3 // heads
+
+
+def _attn_fwd(lib, qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T, H, d = _attn_check(qkv, heads)
+    y = torch.empty(B, T, H * d, dtype=torch.float32)
+    p = torch.empty(B, H, T, _padded(T), dtype=torch.float32)
+    lib.aigc_attn_fwd(qkv.data_ptr(), y.data_ptr(), p.data_ptr(), B, T, H, d, d ** -0.5)
+    return y, p
+
+
+def _attn_bwd(lib, gy: torch.Tensor, qkv: torch.Tensor, p: torch.Tensor, heads: int) -> torch.Tensor:
+    B, T, H, d = _attn_check(qkv, heads)
+    _check_rows("causal_attention backward", gy, p)
+    if gy.shape != (B, T, H * d) or p.shape != (B, H, T, _padded(T)):
+        raise ValueError(f"native causal_attention backward: gradient {tuple(gy.shape)} and "
+                         f"probabilities {tuple(p.shape)} do not fit qkv {tuple(qkv.shape)}")
+    g = torch.empty_like(qkv)
+    lib.aigc_attn_bwd(gy.data_ptr(), qkv.data_ptr(), p.data_ptr(), g.data_ptr(), B, T, H, d,
+                      d ** -0.5)
+    return g
+
+
+@torch.library.custom_op("aigc::causal_attention", mutates_args=())
+def _attention_op(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _attn_fwd(_loaded(), qkv.contiguous(), heads)
+
+
+@torch.library.custom_op("aigc::causal_attention_backward", mutates_args=())
+def _attention_backward_op(grad: torch.Tensor, qkv: torch.Tensor, p: torch.Tensor,
+                           heads: int) -> torch.Tensor:
+    return _attn_bwd(_loaded(), grad.contiguous(), qkv.contiguous(), p.contiguous(), heads)
+
+
+@_attention_op.register_fake
+def _(qkv, heads):
+    B, T, C3 = qkv.shape
+    return (qkv.new_empty(B, T, C3 // 3),
+            qkv.new_empty(B, heads, T, _padded(T)))
+
+
+@_attention_backward_op.register_fake
+def _(grad, qkv, p, heads):
+    return torch.empty_like(qkv)
+
+
+def _attention_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1])
+    ctx.heads = inputs[1]
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the probabilities
+
+
+def _attention_backward(ctx, grad_y, _grad_p):
+    if grad_y is None:
+        return None, None
+    qkv, p = ctx.saved_tensors
+    return _attention_backward_op(grad_y, qkv, p, ctx.heads), None
+
+
+_attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
+
+
+@torch.compiler.assume_constant_result
+def attention_route() -> str:
+    """``"native"`` or ``"torch"``: the route :func:`causal_attention` takes in this process."""
+    return route("attention")
+
+
+def causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """Causal self-attention of ``qkv (B, T, 3C)`` (queries | keys | values, ``heads`` heads)
+    to ``(B, T, C)``, no dropout: the native kernels where they fit and are measured faster,
+    else :func:`causal_attention_aten`."""
+    if attention_fits(qkv, heads) and attention_route() == "native":
+        return _attn_fwd(_loaded(), qkv, heads)[0] if _direct(qkv) else _attention_op(qkv, heads)[0]
+    return causal_attention_aten(qkv, heads)
+
+
+def _attention_self_check(lib) -> str | None:
+    """The attention kernels against float64 ATen on odd and padded lengths."""
+    with torch.inference_mode(False), torch.enable_grad():  # the build may start under no_grad
+        return _attention_self_check_with_grad(lib)
+
+
+def _attention_self_check_with_grad(lib) -> str | None:
+    gen = torch.Generator().manual_seed(2)
+    for B, T, H, d in ((2, 37, 2, 32), (1, 1, 1, 16), (1, 48, 3, 16), (1, 20, 1, 64)):
+        qkv = torch.randn(B, T, 3 * H * d, generator=gen) * 2
+        gy = torch.randn(B, T, H * d, generator=gen)
+        y, p = _attn_fwd(lib, qkv, H)
+        g = _attn_bwd(lib, gy, qkv, p, H)
+        ref_in = qkv.double().requires_grad_()
+        ref = causal_attention_aten(ref_in, H)
+        (ref_g,) = torch.autograd.grad(ref, ref_in, gy.double())
+        err_y = (y.double() - ref).abs().max().item()
+        err_g = (g.double() - ref_g).abs().max().item() / (1 + ref_g.abs().max().item())
+        if not (err_y <= 1e-5 and err_g <= 1e-5):
+            return (f"the native attention disagrees with ATen at B={B} T={T} H={H} d={d} "
+                    f"(forward {err_y:.2e}, backward {err_g:.2e})")
+    return None
+
+
 # ---------------------------------------------------------------------------- the routes
 
 
@@ -347,7 +499,30 @@ def measure_decode_routes(rounds: int = 7) -> dict:
     return _compare(aten, native, rounds, shape="SmolLM2-135M layer, 1 token, x50")
 
 
-_MEASURE = {"gelu": "measure_gelu_routes", "decode": "measure_decode_routes"}
+def measure_attention_routes(rounds: int = 7) -> dict:
+    """The same for GPT attention, forward + backward, at gpt_speed's training shape (batch 12,
+    63 positions, width 128, 4 heads): the native kernels against the head split, ATen's SDPA
+    and the merge they replace."""
+    lib = _build()
+    if lib is None:
+        return {"route": "torch", "native": None, "reason": _build_error}
+    B, T, C3, H = _ATTN_PROBE
+    with torch.inference_mode(False), torch.enable_grad():  # first asked under no_grad, maybe
+        gen = torch.Generator().manual_seed(0)
+        qkv = torch.randn(B, T, C3, generator=gen).requires_grad_()
+        gy = torch.randn(B, T, C3 // 3, generator=gen)
+
+        def aten():
+            torch.autograd.grad(causal_attention_aten(qkv, H), qkv, gy)
+
+        def native():
+            torch.autograd.grad(_attention_op(qkv, H)[0], qkv, gy)
+
+        return _compare(aten, native, rounds, shape=f"qkv {B}x{T}x{C3}, {H} heads")
+
+
+_MEASURE = {"gelu": "measure_gelu_routes", "decode": "measure_decode_routes",
+            "attention": "measure_attention_routes"}
 
 
 def set_route(kind: str, route: str | None) -> str | None:
@@ -407,7 +582,7 @@ def cache_key(kind: str) -> str:
             _source_digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
         except OSError:
             _source_digest = "missing"
-    name = {"gelu": "gelu_tanh", "decode": "llama_decode"}[kind]
+    name = {"gelu": "gelu_tanh", "decode": "llama_decode", "attention": "causal_attention"}[kind]
     return f"{name}|{_machine_key()}|kernels.c {_source_digest}"
 
 
@@ -484,10 +659,16 @@ def _backward(ctx, grad):
 _gelu_op.register_autograd(_backward, setup_context=_setup)
 
 
+def _direct(x: torch.Tensor) -> bool:
+    """Whether a kernel may be called straight through ctypes: no gradient to record and no
+    compiler tracing (the custom ops cost some 10-30 us a call more)."""
+    return not (torch.compiler.is_compiling() or (x.requires_grad and torch.is_grad_enabled()))
+
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(x, approximate="tanh")`` (GPT-2's ``gelu_new``), by the native kernel where it
     is measured faster (see the module notes)."""
     if (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-            and x.numel() >= _MIN_NUMEL and gelu_route() == "native"):
-        return _gelu_op(x)
+            and gelu_route() == "native"):
+        return _fwd(_loaded(), x) if _direct(x) else _gelu_op(x)
     return F.gelu(x, approximate="tanh")

@@ -123,3 +123,178 @@ void aigc_rope_cache(const float *restrict qkv, const float *restrict cos_t,
         }
     }
 }
+
+
+/* Causal self-attention of a small GPT (aigc.models.gpt, training and full-sequence forwards),
+ * float32, one thread, for T <= 128 keys and head width d a multiple of 16 up to 128:
+ *
+ *   S = Q K^T, P = softmax(scale S + causal mask), Y = P V              per batch row and head
+ *   dP = dY V^T, dS = P (dP - rowsum(P dP)) scale, dQ = dS K, dK = dS^T Q, dV = P^T dY
+ *
+ * Read from and written to the fused projection's layout, qkv (B, T, 3C) with C = H d, so no
+ * head split, transpose or concatenation is copied; P is kept for the backward pass (the
+ * eager formula keeps it too). The products are register-blocked outer products over 16-lane
+ * vectors (GCC/clang vector extensions; -march=native picks the widest registers), skipping
+ * what the causal mask zeroes. Measured against the head split, ATen's flash kernel and the
+ * merge it replaces by `aigc kernels --measure` (figures in docs/performance.md). */
+typedef float v16 __attribute__((vector_size(64), aligned(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
+#define VL 16
+#define MAXT 128
+#define MAXD 128
+
+/* e^(-z) for 16 lanes, z in [0, 80] (a softmax's m - s); same method as exp_neg */
+static inline v16 exp_neg_v(v16 z) {
+    const v16 zero = {0}, lim = zero + 80.0f, magic = zero + 12582912.0f; /* 1.5 * 2^23 */
+    v16i big = z > lim;
+    z = (v16)(((v16i)z & ~big) | ((v16i)lim & big));
+    v16 t = -z * LOG2E;
+    v16 n = (t + magic) - magic; /* round to nearest */
+    v16 f = (t - n) * LN2;
+    v16 p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120
+              + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+    return p * (v16)bits;
+}
+
+/* cm (M x N) = am (M x K) bm (K x N) for N a multiple of 16. am's element (r, k) is at
+ * am[r * ars + k * aks]; bm's row k at bm + k * ldb (any alignment); cm's row stride ldc.
+ * Row blocks of 4. kmode 1: only k <= the block's last row (am zero past its diagonal);
+ * kmode 2: only k >= the block's first row (am zero before it). jcausal: only the 16-column
+ * chunks that reach the block's last row. */
+static inline __attribute__((always_inline)) void
+mm_rows(const float *restrict am, ptrdiff_t ars, ptrdiff_t aks, const float *restrict bm,
+        ptrdiff_t ldb, float *restrict cm, ptrdiff_t ldc, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N,
+        int kmode, int jcausal) {
+    for (ptrdiff_t i0 = 0; i0 < M; i0 += 4) {
+        const ptrdiff_t rows = M - i0 < 4 ? M - i0 : 4, imax = i0 + rows - 1;
+        const ptrdiff_t klo = kmode == 2 ? i0 : 0;
+        const ptrdiff_t khi = kmode == 1 ? (imax + 1 < K ? imax + 1 : K) : K;
+        ptrdiff_t jend = N;
+        if (jcausal) { jend = (imax / VL + 1) * VL; jend = jend > N ? N : jend; }
+        const float *a0 = am + i0 * ars, *a1 = a0 + (rows > 1) * ars,
+                    *a2 = a0 + (rows > 2) * 2 * ars, *a3 = a0 + (rows > 3) * 3 * ars;
+        for (ptrdiff_t j0 = 0; j0 < jend; j0 += 2 * VL) {
+            v16 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+            const int two = j0 + VL < jend;
+            if (two) {
+                for (ptrdiff_t k = klo; k < khi; k++) {
+                    const v16 b0 = *(const v16u *)(bm + k * ldb + j0), b1 = *(const v16u *)(bm + k * ldb + j0 + VL);
+                    const float x0 = a0[k * aks], x1 = a1[k * aks], x2 = a2[k * aks], x3 = a3[k * aks];
+                    c00 += x0 * b0; c01 += x0 * b1; c10 += x1 * b0; c11 += x1 * b1;
+                    c20 += x2 * b0; c21 += x2 * b1; c30 += x3 * b0; c31 += x3 * b1;
+                }
+            } else {
+                for (ptrdiff_t k = klo; k < khi; k++) {
+                    const v16 b0 = *(const v16u *)(bm + k * ldb + j0);
+                    c00 += a0[k * aks] * b0; c10 += a1[k * aks] * b0;
+                    c20 += a2[k * aks] * b0; c30 += a3[k * aks] * b0;
+                }
+            }
+            float *o = cm + i0 * ldc + j0;
+            *(v16u *)o = c00;
+            if (rows > 1) *(v16u *)(o + ldc) = c10;
+            if (rows > 2) *(v16u *)(o + 2 * ldc) = c20;
+            if (rows > 3) *(v16u *)(o + 3 * ldc) = c30;
+            if (two) {
+                *(v16u *)(o + VL) = c01;
+                if (rows > 1) *(v16u *)(o + ldc + VL) = c11;
+                if (rows > 2) *(v16u *)(o + 2 * ldc + VL) = c21;
+                if (rows > 3) *(v16u *)(o + 3 * ldc + VL) = c31;
+            }
+        }
+    }
+}
+
+/* xt (d x Tp) = x (T x d, row stride ld) transposed, columns T .. Tp zero. */
+static void transpose_pad(const float *restrict x, ptrdiff_t ld, float *restrict xt, ptrdiff_t T,
+                          ptrdiff_t Tp, ptrdiff_t d) {
+    for (ptrdiff_t t = 0; t < T; t++)
+        for (ptrdiff_t c = 0; c < d; c++) xt[c * Tp + t] = x[t * ld + c];
+    for (ptrdiff_t c = 0; c < d; c++)
+        for (ptrdiff_t t = T; t < Tp; t++) xt[c * Tp + t] = 0.0f;
+}
+
+static const v16i LANE = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* Causal self-attention for T <= 128 over a fused projection, float32, one thread.
+ * qkv (B, T, 3C) contiguous, C = H d, d a multiple of 16; writes y (B, T, C) and
+ * p (B, H, T, Tp), the probabilities (Tp = T rounded up to 16, zero past the diagonal). */
+void aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict p,
+                   ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale) {
+    const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
+    float kt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 KiB */
+    for (ptrdiff_t b = 0; b < B; b++)
+        for (ptrdiff_t h = 0; h < H; h++) {
+            const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
+            float *P = p + (b * H + h) * T * Tp;
+            transpose_pad(k, 3 * C, kt, T, Tp, d);
+            mm_rows(q, 3 * C, 1, kt, Tp, P, Tp, T, d, Tp, 0, 1);  /* raw scores */
+            for (ptrdiff_t i = 0; i < T; i++) {
+                float *s = P + i * Tp;
+                const ptrdiff_t n = i / VL * VL + VL;  /* chunks holding keys 0 .. i */
+                v16 mv = *(const v16u *)s;  /* lane 0 is key 0, always kept */
+                for (ptrdiff_t j = 0; j < n; j += VL) {
+                    const v16 x = *(const v16u *)(s + j);
+                    const v16i take = ((LANE + (int32_t)j) <= (int32_t)i) & (x > mv);
+                    mv = (v16)(((v16i)x & take) | ((v16i)mv & ~take));
+                }
+                float m = s[0];
+                for (int l = 0; l < VL; l++) m = (l <= i && mv[l] > m) ? mv[l] : m;
+                v16 sum = {0};
+                for (ptrdiff_t j = 0; j < n; j += VL) {
+                    v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
+                    v16 e = exp_neg_v((m - *(v16u *)(s + j)) * scale);
+                    e = (v16)((v16i)e & keep);
+                    *(v16u *)(s + j) = e;
+                    sum += e;
+                }
+                float tot = 0.0f;
+                for (int l = 0; l < VL; l++) tot += sum[l];
+                const float inv = 1.0f / tot;
+                for (ptrdiff_t j = 0; j < n; j += VL) *(v16u *)(s + j) *= inv;
+                for (ptrdiff_t j = n; j < Tp; j++) s[j] = 0.0f;
+            }
+            mm_rows(P, Tp, 1, v, 3 * C, y + b * T * C + h * d, C, T, T, d, 1, 0);
+        }
+}
+
+/* Backward: gy (B, T, C) contiguous, qkv and p from the forward; writes gqkv (B, T, 3C). */
+void aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const float *restrict p,
+                   float *restrict gqkv, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d,
+                   float scale) {
+    const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
+    float vt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 + 64 KiB */
+    float ds[T * Tp] __attribute__((aligned(64)));
+    for (ptrdiff_t b = 0; b < B; b++)
+        for (ptrdiff_t h = 0; h < H; h++) {
+            const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
+            const float *dy = gy + b * T * C + h * d;
+            const float *P = p + (b * H + h) * T * Tp;
+            float *gq = gqkv + b * T * 3 * C + h * d, *gk = gq + C, *gv = gq + 2 * C;
+            transpose_pad(v, 3 * C, vt, T, Tp, d);
+            mm_rows(dy, C, 1, vt, Tp, ds, Tp, T, d, Tp, 0, 1);  /* dP = dY V^T */
+            for (ptrdiff_t i = 0; i < T; i++) {  /* dS = P (dP - rowsum(P dP)) scale */
+                const float *pr = P + i * Tp;
+                float *r = ds + i * Tp;
+                const ptrdiff_t n = i / VL * VL + VL;
+                v16 acc = {0};
+                for (ptrdiff_t j = 0; j < n; j += VL) {
+                    v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
+                    acc += (v16)((v16i)(*(const v16u *)(pr + j) * *(v16u *)(r + j)) & keep);
+                }
+                float D = 0.0f;
+                for (int l = 0; l < VL; l++) D += acc[l];
+                for (ptrdiff_t j = 0; j < n; j += VL) {
+                    v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
+                    v16 val = *(const v16u *)(pr + j) * (*(v16u *)(r + j) - D) * scale;
+                    *(v16u *)(r + j) = (v16)((v16i)val & keep);
+                }
+                for (ptrdiff_t j = n; j < Tp; j++) r[j] = 0.0f;
+            }
+            mm_rows(ds, Tp, 1, k, 3 * C, gq, 3 * C, T, T, d, 1, 0);   /* dQ = dS K */
+            mm_rows(ds, 1, Tp, q, 3 * C, gk, 3 * C, T, T, d, 2, 0);   /* dK = dS^T Q */
+            mm_rows(P, 1, Tp, dy, C, gv, 3 * C, T, T, d, 2, 0);       /* dV = P^T dY */
+        }
+}
