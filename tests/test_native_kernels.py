@@ -433,3 +433,23 @@ def test_no_grad_calls_the_kernels_directly_with_the_same_result(built):
     together = model.log_likelihood({"tokens": tokens})[0]
     alone = torch.cat([model.log_likelihood({"tokens": t[None]})[0] for t in tokens])
     torch.testing.assert_close(together, alone, rtol=1e-12, atol=0)
+
+
+def test_kernels_give_the_same_numbers_on_any_thread_count(built):
+    """Threaded builds split work by whole heads and whole blocks: no result depends on how
+    many threads ran it."""
+    gen = torch.Generator().manual_seed(9)
+    qkv, gy = torch.randn(12, 64, 384, generator=gen), torch.randn(12, 64, 128, generator=gen)
+    x = torch.randn(768, 512, generator=gen)
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            y, p = native._attn_fwd(built, qkv, 4)
+            out[n] = (y, native._attn_bwd(built, gy, qkv, p, 4), native._fwd(built, x),
+                      native._bwd(built, x, x))
+    finally:
+        torch.set_num_threads(threads)
+    for n in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(out[1], out[n]))

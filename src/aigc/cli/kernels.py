@@ -59,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"machine: {layers._machine_key()}")
     print(f"cache:   {layers._cache_file()}")
     lib = native._build()
-    built = f"built: {native._lib_path}" if lib is not None else f"unavailable: {native._build_error}"
+    threads = ("torch's OpenMP threads" if native._threaded else "one thread (no OpenMP runtime "
+               "shared with torch)")
+    built = (f"built: {native._lib_path}, runs on {threads}" if lib is not None
+             else f"unavailable: {native._build_error}")
     print(f"native:  {built}")
     rows = [
         ("linear", layers.linear_route(), os.environ.get(layers.ROUTE_ENV),

@@ -62,7 +62,7 @@ _SOURCE = Path(__file__).resolve().parent.parent / "assets" / "native" / "kernel
 # -ffp-contract=fast: a * b + c as one fused multiply-add (ISO C mode, -std=c11, otherwise keeps
 # them apart; the attention kernels ran 1.3x slower without it on an AVX-512 Xeon)
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast",
-          "-fopenmp-simd", "-std=c11", "-shared", "-fPIC")
+          "-std=c11", "-shared", "-fPIC")
 _MARGIN = 1.10  # a native kernel must beat ATen by this factor to be chosen
 _PROBE_SHAPE = (768, 512)  # a GPT MLP activation: batch 12 x context 64, width 4 x 128
 
@@ -72,6 +72,7 @@ _seen_in_cache: dict[str, str] = {}  # current_route(): what a kernels.json said
 _lib: ctypes.CDLL | None = None
 _lib_path: Path | None = None  # where the built library is (aigc kernels prints it)
 _build_error: str | None = None
+_threaded: bool = False  # built with -fopenmp (torch's OpenMP runtime), else one thread
 _source_digest: str | None = None  # sha256 of kernels.c: part of every cached decision's key
 # One build and one measurement at a time in a process (studio threads start together); the
 # file system side is safe across processes (a private temporary file, then os.replace).
@@ -94,6 +95,17 @@ def _cache_root() -> Path:
     return Path(os.environ.get("AIGC_CACHE_DIR") or Path.home() / ".cache" / "aigc")
 
 
+def _torch_runs_libgomp() -> bool:
+    """Whether this process already has GNU OpenMP loaded (torch's Linux wheels bring it): then
+    kernels built with -fopenmp share torch's runtime and its thread count (the loader binds
+    their libgomp.so.1 to the copy in memory) instead of starting a second pool of threads."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:
+        return False
+
+
 def _build() -> ctypes.CDLL | None:
     """Compile (once per source, compiler and machine) and load the kernels; ``None`` with
     ``_build_error`` set when that is not possible here."""
@@ -104,7 +116,7 @@ def _build() -> ctypes.CDLL | None:
 
 
 def _build_locked() -> None:
-    global _lib, _lib_path, _build_error
+    global _lib, _lib_path, _build_error, _threaded
     from aigc.models.layers import _machine_key
 
     cc = _compiler()
@@ -115,21 +127,28 @@ def _build_locked() -> None:
         source = _SOURCE.read_bytes()
         version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                                  timeout=30).stdout.splitlines()[:1]
-        digest = hashlib.sha256(source + repr((cc, version, _FLAGS, _machine_key())).encode())
-        out_dir = _cache_root() / "native" / digest.hexdigest()[:16]
-        lib_path = out_dir / "libaigc_kernels.so"
-        if not lib_path.is_file():
+        threading_flags = [("-fopenmp",)] if _torch_runs_libgomp() else []
+        threading_flags.append(("-fopenmp-simd",))  # one thread: no OpenMP runtime needed
+        for extra in threading_flags:
+            flags = (*_FLAGS, *extra)
+            digest = hashlib.sha256(source + repr((cc, version, flags, _machine_key())).encode())
+            out_dir = _cache_root() / "native" / digest.hexdigest()[:16]
+            lib_path = out_dir / "libaigc_kernels.so"
+            if lib_path.is_file():
+                break
             out_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=".libaigc_kernels.", suffix=".tmp", dir=out_dir)
             os.close(fd)
             tmp = Path(tmp_name)
-            done = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(tmp), "-lm"],
+            done = subprocess.run([cc, *flags, str(_SOURCE), "-o", str(tmp), "-lm"],
                                   capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                tmp.unlink(missing_ok=True)
+            if done.returncode == 0:
+                os.replace(tmp, lib_path)  # whole file or none: a killed build leaves no half .so
+                break
+            tmp.unlink(missing_ok=True)
+            if extra == threading_flags[-1]:
                 _build_error = f"{cc} failed on {_SOURCE.name}: {done.stderr.strip()[-500:]}"
                 return
-            os.replace(tmp, lib_path)  # whole file or none: a killed build leaves no half .so
         lib = ctypes.CDLL(str(lib_path))
     except (OSError, subprocess.SubprocessError) as exc:
         _build_error = f"could not build or load {_SOURCE.name}: {exc}"
@@ -147,7 +166,7 @@ def _build_locked() -> None:
     if problem:
         _build_error = problem
         return
-    _lib, _lib_path = lib, lib_path
+    _lib, _lib_path, _threaded = lib, lib_path, extra == ("-fopenmp",)
 
 
 def _loaded():

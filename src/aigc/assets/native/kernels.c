@@ -43,22 +43,38 @@ static inline float clamp_z(float v) {
     return z > 80.0f ? 80.0f : z;
 }
 
+/* Elementwise kernels run in blocks over the threads of the OpenMP runtime torch uses (when
+ * built with -fopenmp, aigc.models.native), on one thread for small arrays. Each element is
+ * computed by the same code whichever thread takes its block, so results do not depend on the
+ * thread count. */
+#define BLOCK 16384
+
 void aigc_gelu_tanh_fwd(const float *restrict x, float *restrict y, ptrdiff_t n) {
+    const ptrdiff_t blocks = (n + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) if (blocks >= 4)
+    for (ptrdiff_t blk = 0; blk < blocks; blk++) {
+        const ptrdiff_t hi = (blk + 1) * BLOCK < n ? (blk + 1) * BLOCK : n;
 #pragma omp simd
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float v = x[i];
-        y[i] = v / (1.0f + exp_neg(clamp_z(v)));
+        for (ptrdiff_t i = blk * BLOCK; i < hi; i++) {
+            float v = x[i];
+            y[i] = v / (1.0f + exp_neg(clamp_z(v)));
+        }
     }
 }
 
 void aigc_gelu_tanh_bwd(const float *restrict gy, const float *restrict x, float *restrict gx,
                         ptrdiff_t n) {
+    const ptrdiff_t blocks = (n + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static) if (blocks >= 4)
+    for (ptrdiff_t blk = 0; blk < blocks; blk++) {
+        const ptrdiff_t hi = (blk + 1) * BLOCK < n ? (blk + 1) * BLOCK : n;
 #pragma omp simd
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float v = x[i];
-        float s = 1.0f / (1.0f + exp_neg(clamp_z(v)));
-        float dz = TWO_C * (1.0f + 3.0f * A * v * v);
-        gx[i] = gy[i] * (s + v * s * (1.0f - s) * dz);
+        for (ptrdiff_t i = blk * BLOCK; i < hi; i++) {
+            float v = x[i];
+            float s = 1.0f / (1.0f + exp_neg(clamp_z(v)));
+            float dz = TWO_C * (1.0f + 3.0f * A * v * v);
+            gx[i] = gy[i] * (s + v * s * (1.0f - s) * dz);
+        }
     }
 }
 
@@ -126,7 +142,7 @@ void aigc_rope_cache(const float *restrict qkv, const float *restrict cos_t,
 
 
 /* Causal self-attention of a small GPT (aigc.models.gpt, training and full-sequence forwards),
- * float32, one thread, for T <= 128 keys and head width d a multiple of 16 up to 128:
+ * float32, for T <= 128 keys and head width d a multiple of 16 up to 128:
  *
  *   S = Q K^T, P = softmax(scale S + causal mask), Y = P V              per batch row and head
  *   dP = dY V^T, dS = P (dP - rowsum(P dP)) scale, dQ = dS K, dK = dS^T Q, dV = P^T dY
@@ -218,46 +234,48 @@ static void transpose_pad(const float *restrict x, ptrdiff_t ld, float *restrict
 
 static const v16i LANE = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-/* Causal self-attention for T <= 128 over a fused projection, float32, one thread.
+/* Causal self-attention for T <= 128 over a fused projection, float32.
  * qkv (B, T, 3C) contiguous, C = H d, d a multiple of 16; writes y (B, T, C) and
  * p (B, H, T, Tp), the probabilities (Tp = T rounded up to 16, zero past the diagonal). */
 void aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict p,
                    ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
-    float kt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 KiB */
-    for (ptrdiff_t b = 0; b < B; b++)
-        for (ptrdiff_t h = 0; h < H; h++) {
-            const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
-            float *P = p + (b * H + h) * T * Tp;
-            transpose_pad(k, 3 * C, kt, T, Tp, d);
-            mm_rows(q, 3 * C, 1, kt, Tp, P, Tp, T, d, Tp, 0, 1);  /* raw scores */
-            for (ptrdiff_t i = 0; i < T; i++) {
-                float *s = P + i * Tp;
-                const ptrdiff_t n = i / VL * VL + VL;  /* chunks holding keys 0 .. i */
-                v16 mv = *(const v16u *)s;  /* lane 0 is key 0, always kept */
-                for (ptrdiff_t j = 0; j < n; j += VL) {
-                    const v16 x = *(const v16u *)(s + j);
-                    const v16i take = ((LANE + (int32_t)j) <= (int32_t)i) & (x > mv);
-                    mv = (v16)(((v16i)x & take) | ((v16i)mv & ~take));
-                }
-                float m = s[0];
-                for (int l = 0; l < VL; l++) m = (l <= i && mv[l] > m) ? mv[l] : m;
-                v16 sum = {0};
-                for (ptrdiff_t j = 0; j < n; j += VL) {
-                    v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
-                    v16 e = exp_neg_v((m - *(v16u *)(s + j)) * scale);
-                    e = (v16)((v16i)e & keep);
-                    *(v16u *)(s + j) = e;
-                    sum += e;
-                }
-                float tot = 0.0f;
-                for (int l = 0; l < VL; l++) tot += sum[l];
-                const float inv = 1.0f / tot;
-                for (ptrdiff_t j = 0; j < n; j += VL) *(v16u *)(s + j) *= inv;
-                for (ptrdiff_t j = n; j < Tp; j++) s[j] = 0.0f;
+    /* one (batch row, head) pair per iteration, over the threads (see BLOCK) */
+#pragma omp parallel for schedule(static) if (B * H >= 2 && B * H * T * T * d >= (1 << 18))
+    for (ptrdiff_t bh = 0; bh < B * H; bh++) {
+        const ptrdiff_t b = bh / H, h = bh % H;
+        float kt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 KiB */
+        const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
+        float *P = p + (b * H + h) * T * Tp;
+        transpose_pad(k, 3 * C, kt, T, Tp, d);
+        mm_rows(q, 3 * C, 1, kt, Tp, P, Tp, T, d, Tp, 0, 1);  /* raw scores */
+        for (ptrdiff_t i = 0; i < T; i++) {
+            float *s = P + i * Tp;
+            const ptrdiff_t n = i / VL * VL + VL;  /* chunks holding keys 0 .. i */
+            v16 mv = *(const v16u *)s;  /* lane 0 is key 0, always kept */
+            for (ptrdiff_t j = 0; j < n; j += VL) {
+                const v16 x = *(const v16u *)(s + j);
+                const v16i take = ((LANE + (int32_t)j) <= (int32_t)i) & (x > mv);
+                mv = (v16)(((v16i)x & take) | ((v16i)mv & ~take));
             }
-            mm_rows(P, Tp, 1, v, 3 * C, y + b * T * C + h * d, C, T, T, d, 1, 0);
+            float m = s[0];
+            for (int l = 0; l < VL; l++) m = (l <= i && mv[l] > m) ? mv[l] : m;
+            v16 sum = {0};
+            for (ptrdiff_t j = 0; j < n; j += VL) {
+                v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
+                v16 e = exp_neg_v((m - *(v16u *)(s + j)) * scale);
+                e = (v16)((v16i)e & keep);
+                *(v16u *)(s + j) = e;
+                sum += e;
+            }
+            float tot = 0.0f;
+            for (int l = 0; l < VL; l++) tot += sum[l];
+            const float inv = 1.0f / tot;
+            for (ptrdiff_t j = 0; j < n; j += VL) *(v16u *)(s + j) *= inv;
+            for (ptrdiff_t j = n; j < Tp; j++) s[j] = 0.0f;
         }
+        mm_rows(P, Tp, 1, v, 3 * C, y + b * T * C + h * d, C, T, T, d, 1, 0);
+    }
 }
 
 /* Backward: gy (B, T, C) contiguous, qkv and p from the forward; writes gqkv (B, T, 3C). */
@@ -265,36 +283,37 @@ void aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const fl
                    float *restrict gqkv, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d,
                    float scale) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
-    float vt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 + 64 KiB */
-    float ds[T * Tp] __attribute__((aligned(64)));
-    for (ptrdiff_t b = 0; b < B; b++)
-        for (ptrdiff_t h = 0; h < H; h++) {
-            const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
-            const float *dy = gy + b * T * C + h * d;
-            const float *P = p + (b * H + h) * T * Tp;
-            float *gq = gqkv + b * T * 3 * C + h * d, *gk = gq + C, *gv = gq + 2 * C;
-            transpose_pad(v, 3 * C, vt, T, Tp, d);
-            mm_rows(dy, C, 1, vt, Tp, ds, Tp, T, d, Tp, 0, 1);  /* dP = dY V^T */
-            for (ptrdiff_t i = 0; i < T; i++) {  /* dS = P (dP - rowsum(P dP)) scale */
-                const float *pr = P + i * Tp;
-                float *r = ds + i * Tp;
-                const ptrdiff_t n = i / VL * VL + VL;
-                v16 acc = {0};
-                for (ptrdiff_t j = 0; j < n; j += VL) {
-                    v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
-                    acc += (v16)((v16i)(*(const v16u *)(pr + j) * *(v16u *)(r + j)) & keep);
-                }
-                float D = 0.0f;
-                for (int l = 0; l < VL; l++) D += acc[l];
-                for (ptrdiff_t j = 0; j < n; j += VL) {
-                    v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
-                    v16 val = *(const v16u *)(pr + j) * (*(v16u *)(r + j) - D) * scale;
-                    *(v16u *)(r + j) = (v16)((v16i)val & keep);
-                }
-                for (ptrdiff_t j = n; j < Tp; j++) r[j] = 0.0f;
+#pragma omp parallel for schedule(static) if (B * H >= 2 && B * H * T * T * d >= (1 << 18))
+    for (ptrdiff_t bh = 0; bh < B * H; bh++) {
+        const ptrdiff_t b = bh / H, h = bh % H;
+        float vt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 + 64 KiB */
+        float ds[T * Tp] __attribute__((aligned(64)));
+        const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
+        const float *dy = gy + b * T * C + h * d;
+        const float *P = p + (b * H + h) * T * Tp;
+        float *gq = gqkv + b * T * 3 * C + h * d, *gk = gq + C, *gv = gq + 2 * C;
+        transpose_pad(v, 3 * C, vt, T, Tp, d);
+        mm_rows(dy, C, 1, vt, Tp, ds, Tp, T, d, Tp, 0, 1);  /* dP = dY V^T */
+        for (ptrdiff_t i = 0; i < T; i++) {  /* dS = P (dP - rowsum(P dP)) scale */
+            const float *pr = P + i * Tp;
+            float *r = ds + i * Tp;
+            const ptrdiff_t n = i / VL * VL + VL;
+            v16 acc = {0};
+            for (ptrdiff_t j = 0; j < n; j += VL) {
+                v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
+                acc += (v16)((v16i)(*(const v16u *)(pr + j) * *(v16u *)(r + j)) & keep);
             }
-            mm_rows(ds, Tp, 1, k, 3 * C, gq, 3 * C, T, T, d, 1, 0);   /* dQ = dS K */
-            mm_rows(ds, 1, Tp, q, 3 * C, gk, 3 * C, T, T, d, 2, 0);   /* dK = dS^T Q */
-            mm_rows(P, 1, Tp, dy, C, gv, 3 * C, T, T, d, 2, 0);       /* dV = P^T dY */
+            float D = 0.0f;
+            for (int l = 0; l < VL; l++) D += acc[l];
+            for (ptrdiff_t j = 0; j < n; j += VL) {
+                v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
+                v16 val = *(const v16u *)(pr + j) * (*(v16u *)(r + j) - D) * scale;
+                *(v16u *)(r + j) = (v16)((v16i)val & keep);
+            }
+            for (ptrdiff_t j = n; j < Tp; j++) r[j] = 0.0f;
         }
+        mm_rows(ds, Tp, 1, k, 3 * C, gq, 3 * C, T, T, d, 1, 0);   /* dQ = dS K */
+        mm_rows(ds, 1, Tp, q, 3 * C, gk, 3 * C, T, T, d, 2, 0);   /* dK = dS^T Q */
+        mm_rows(P, 1, Tp, dy, C, gv, 3 * C, T, T, d, 2, 0);       /* dV = P^T dY */
+    }
 }
