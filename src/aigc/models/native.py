@@ -1,17 +1,25 @@
 """CPU kernels aigc compiles on the machine it runs on, used where they are measured faster.
 
-Two families, both in ``aigc/assets/native/kernels.c``:
+Three families, all in ``aigc/assets/native/kernels.c``:
 
 - ``gelu``: GPT-2's tanh GELU, forward and backward. A profile of GPT training on one thread
   (issue #17; ``python benchmarks/gpt_speed.py``) spent about a fifth of each step in ATen's
   (0.77 and 0.82 ms for a 768 x 512 activation on an Intel Xeon with AVX-512, where a single
   ``torch.tanh`` over the same tensor takes 0.13 ms). The kernel computes ``x * sigmoid(2u)``
-  in one pass with its own vectorizable ``exp``: 2.7x faster there on one thread (the probe
-  of ``aigc kernels --measure``).
+  in one pass with its own vectorizable ``exp``.
+- ``attention``: GPT's causal self-attention over whole sequences of up to 128 positions,
+  forward and backward, read from and written to the fused ``qkv`` projection, so the head
+  split, the merge and the gradients' concatenation around ATen's flash kernel are not copied
+  (:func:`causal_attention`).
 - ``decode``: the small operations of one Llama decoding step (RMSNorm, rotary positions with
   the key/value cache writes, SiLU product), one call each instead of five to ten ATen
   operations, which at one token are dispatch more than arithmetic
   (:mod:`aigc.models.llama_decode`).
+
+The measured ratios against ATen are in docs/performance.md (``aigc kernels --measure``).
+Where the process runs GNU OpenMP (torch's Linux wheels), the file is built with ``-fopenmp``
+and shares torch's runtime and thread count; the work is split by whole heads and whole blocks,
+so no result depends on the thread count.
 
 How a family's route is chosen, like :func:`aigc.models.layers.linear_route`: not by vendor or
 ISA flags but by a measurement on this machine, made once and kept in
@@ -22,22 +30,25 @@ thread count). The route is ``"native"`` only when all of these hold:
   ``$AIGC_CACHE_DIR/native/<hash>/``, the hash covering the source, the compiler and the
   machine key, so a changed source or another CPU builds anew);
 - every kernel agrees with its ATen twin on fixed inputs (GELU forward and backward within
-  2e-5 and NaN kept NaN; the decoding kernels within 2e-6 relative);
+  2e-5 and NaN kept NaN; attention against float64 within 1e-5; the decoding kernels within
+  2e-6 relative);
 - the family is at least 10% faster than ATen's in alternating rounds.
 
-Otherwise ATen's operations run. ``AIGC_GELU_ROUTE`` and ``AIGC_DECODE_ROUTE`` (``native``,
-``torch`` or ``auto``) force a family (``native`` raises if the kernels cannot be built).
-For GELU and attention, contiguous float32 CPU tensors of any size take the route (so a result
-does not depend on the batch size that carried it); where autograd or ``torch.compile`` needs
-them the kernels are custom ops (the compiler calls them as they are), elsewhere (scoring,
-generation under ``no_grad``) a direct call, which costs no more than ATen's dispatch even for
-one token. The routes differ
-from ATen in the last bits (about 5e-7), so records carry ``gelu_route`` and ``decode_route``
-(:func:`aigc.records.runtime`; ``undecided`` where the process never needed them, as for image
-models, whose records are written without building or timing anything).
+Otherwise ATen's operations run. ``AIGC_GELU_ROUTE``, ``AIGC_ATTENTION_ROUTE`` and
+``AIGC_DECODE_ROUTE`` (``native``, ``torch`` or ``auto``) force a family (``native`` raises if
+the kernels cannot be built). For GELU and attention, contiguous float32 CPU tensors of any size
+take the route, so a result does not depend on the batch size that carried it; where autograd
+or ``torch.compile`` needs them the kernels are custom ops (the compiler calls them as they
+are), elsewhere (scoring under ``no_grad``) a direct call, which skips the ops' dispatch. (GPT
+decoding steps of one position keep ATen's GELU: :class:`aigc.models.gpt.MLP`.) The routes
+differ from ATen in the last bits (about 5e-7), so records carry ``gelu_route``,
+``attention_route`` and ``decode_route`` (:func:`aigc.records.runtime`; ``undecided`` where the
+process never needed them, as for image models, whose records are written without building or
+timing anything).
 
-The GELU op has first derivatives only: code that differentiates twice through a GPT (a
-gradient penalty, Hessian-vector products) needs ``AIGC_GELU_ROUTE=torch``.
+The GELU and attention ops have first derivatives only: code that differentiates twice through
+a GPT (a gradient penalty, Hessian-vector products) needs ``AIGC_GELU_ROUTE=torch`` and
+``AIGC_ATTENTION_ROUTE=torch``.
 """
 
 from __future__ import annotations
@@ -59,8 +70,8 @@ ROUTE_ENVS = {"gelu": "AIGC_GELU_ROUTE", "decode": "AIGC_DECODE_ROUTE",
               "attention": "AIGC_ATTENTION_ROUTE"}
 ROUTE_ENV = ROUTE_ENVS["gelu"]
 _SOURCE = Path(__file__).resolve().parent.parent / "assets" / "native" / "kernels.c"
-# -ffp-contract=fast: a * b + c as one fused multiply-add (ISO C mode, -std=c11, otherwise keeps
-# them apart; the attention kernels ran 1.3x slower without it on an AVX-512 Xeon)
+# -ffp-contract=fast: a * b + c as one fused multiply-add (in ISO C mode, -std=c11, gcc otherwise
+# keeps them apart, and the attention kernels' inner loops slow down markedly)
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast",
           "-std=c11", "-shared", "-fPIC")
 _MARGIN = 1.10  # a native kernel must beat ATen by this factor to be chosen
