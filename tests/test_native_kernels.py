@@ -1,6 +1,7 @@
 """aigc.models.native: the GELU kernel aigc compiles itself, against ATen's, and how it is chosen."""
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -453,3 +454,46 @@ def test_kernels_give_the_same_numbers_on_any_thread_count(built):
         torch.set_num_threads(threads)
     for n in (2, 3):
         assert all(torch.equal(a, b) for a, b in zip(out[1], out[n]))
+
+
+def test_a_threaded_build_that_fails_its_check_falls_back_to_one_thread(fresh, monkeypatch):
+    """Any failure of the OpenMP build (compile, load, self-check) tries the one-thread build."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    real = native._self_check
+    seen = []
+
+    def first_fails(lib):
+        seen.append(1)
+        return "simulated failure" if len(seen) == 1 else real(lib)
+
+    monkeypatch.setattr(native, "_shares_torchs_openmp", lambda version: True)
+    monkeypatch.setattr(native, "_self_check", first_fails)
+    assert native._build() is not None and native._build_error is None
+    assert len(seen) == 2 and native._threaded is False
+
+
+def test_openmp_is_shared_only_with_gcc(built):
+    assert not native._shares_torchs_openmp("Ubuntu clang version 18.1.3")
+    if not any(line.rstrip().endswith("/libgomp.so.1") for line in open("/proc/self/maps")):
+        pytest.skip("torch here does not run GNU OpenMP under libgomp.so.1")
+    assert native._shares_torchs_openmp("gcc (Debian 14.2.0-19) 14.2.0")
+    # `cc --version` names GCC only on its copyright line
+    assert native._shares_torchs_openmp("cc (Debian 14.2.0-19) 14.2.0\nCopyright (C) 2024 Free "
+                                        "Software Foundation, Inc.")
+    assert native._threaded == native._shares_torchs_openmp(subprocess.run(
+        [native._compiler(), "--version"], capture_output=True, text=True).stdout)
+
+
+def test_kernel_outputs_stay_on_the_cpu_under_another_default_device(built):
+    qkv = torch.randn(2, 20, 3 * 32)
+    ref = native._attn_fwd(built, qkv, 2)
+    rope_in = (torch.randn(1, 4 * 8), torch.ones(1, 8), torch.zeros(1, 8), torch.zeros(1, 2, 8),
+               torch.zeros(1, 2, 8))
+    gu = torch.randn(1, 8)
+    with torch.device("meta"):  # the inputs were made on the CPU before
+        y, p = native._attn_fwd(built, qkv, 2)
+        q = native.rope_cache(*rope_in, 2, 1, 8, 0)[0]
+        s = native.silu_mul(gu)
+    assert y.device.type == p.device.type == q.device.type == s.device.type == "cpu"
+    assert torch.equal(y, ref[0]) and torch.equal(p, ref[1])

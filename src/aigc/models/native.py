@@ -106,13 +106,19 @@ def _cache_root() -> Path:
     return Path(os.environ.get("AIGC_CACHE_DIR") or Path.home() / ".cache" / "aigc")
 
 
-def _torch_runs_libgomp() -> bool:
-    """Whether this process already has GNU OpenMP loaded (torch's Linux wheels bring it): then
-    kernels built with -fopenmp share torch's runtime and its thread count (the loader binds
-    their libgomp.so.1 to the copy in memory) instead of starting a second pool of threads."""
+def _shares_torchs_openmp(compiler_version: str) -> bool:
+    """Whether kernels built with -fopenmp would run on torch's own OpenMP runtime: the process
+    already has GNU OpenMP loaded under its usual name ``libgomp.so.1`` (torch's Linux wheels
+    bring it) and the compiler is GCC, whose -fopenmp links that name, so the loader binds the
+    kernels to the copy in memory. Otherwise (clang links libomp; a wheel's renamed
+    ``libgomp-<hash>.so.1``) a second pool of threads would start, deaf to
+    ``torch.set_num_threads``: the kernels are then built for one thread."""
+    if "gcc" not in compiler_version.lower() and "free software foundation" not in \
+            compiler_version.lower():
+        return False
     try:
         with open("/proc/self/maps") as maps:
-            return any("libgomp" in line for line in maps)
+            return any(line.rstrip().endswith("/libgomp.so.1") for line in maps)
     except OSError:
         return False
 
@@ -126,6 +132,12 @@ def _build() -> ctypes.CDLL | None:
         return _lib
 
 
+_SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
+               "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
+               "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "pppnnnnfi",
+               "aigc_attn_bwd": "ppppnnnnfi"}
+
+
 def _build_locked() -> None:
     global _lib, _lib_path, _build_error, _threaded
     from aigc.models.layers import _machine_key
@@ -136,48 +148,55 @@ def _build_locked() -> None:
         return
     try:
         source = _SOURCE.read_bytes()
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout.splitlines()[:1]
-        threading_flags = [("-fopenmp",)] if _torch_runs_libgomp() else []
-        threading_flags.append(("-fopenmp-simd",))  # one thread: no OpenMP runtime needed
-        for extra in threading_flags:
-            flags = (*_FLAGS, *extra)
-            digest = hashlib.sha256(source + repr((cc, version, flags, _machine_key())).encode())
-            out_dir = _cache_root() / "native" / digest.hexdigest()[:16]
-            lib_path = out_dir / "libaigc_kernels.so"
-            if lib_path.is_file():
-                break
+        about = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                               timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        _build_error = f"could not run {cc}: {exc}"
+        return
+    version = about.splitlines()[:1]
+    variants = [("-fopenmp",)] if _shares_torchs_openmp(about) else []
+    variants.append(("-fopenmp-simd",))  # one thread: no OpenMP runtime needed
+    for extra in variants:  # threaded first; any failure (build, load, self-check): the next
+        problem, lib, lib_path = _build_variant(cc, version, source, (*_FLAGS, *extra),
+                                                _machine_key())
+        if lib is not None:
+            _lib, _lib_path, _threaded, _build_error = lib, lib_path, extra == ("-fopenmp",), None
+            return
+        _build_error = problem
+
+
+def _build_variant(cc: str, version, source: bytes, flags: tuple, machine: str):
+    """``(problem, library, path)``: build (unless already built) with ``flags``, load, check."""
+    digest = hashlib.sha256(source + repr((cc, version, flags, machine)).encode())
+    out_dir = _cache_root() / "native" / digest.hexdigest()[:16]
+    lib_path = out_dir / "libaigc_kernels.so"
+    try:
+        if not lib_path.is_file():
             out_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=".libaigc_kernels.", suffix=".tmp", dir=out_dir)
             os.close(fd)
             tmp = Path(tmp_name)
             done = subprocess.run([cc, *flags, str(_SOURCE), "-o", str(tmp), "-lm"],
                                   capture_output=True, text=True, timeout=120)
-            if done.returncode == 0:
-                os.replace(tmp, lib_path)  # whole file or none: a killed build leaves no half .so
-                break
-            tmp.unlink(missing_ok=True)
-            if extra == threading_flags[-1]:
-                _build_error = f"{cc} failed on {_SOURCE.name}: {done.stderr.strip()[-500:]}"
-                return
+            if done.returncode != 0:
+                tmp.unlink(missing_ok=True)
+                return f"{cc} failed on {_SOURCE.name}: {done.stderr.strip()[-500:]}", None, None
+            os.replace(tmp, lib_path)  # whole file or none: a killed build leaves no half .so
         lib = ctypes.CDLL(str(lib_path))
     except (OSError, subprocess.SubprocessError) as exc:
-        _build_error = f"could not build or load {_SOURCE.name}: {exc}"
-        return
-    p, n, f = ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_float
-    signatures = {"aigc_gelu_tanh_fwd": [p, p, n], "aigc_gelu_tanh_bwd": [p, p, p, n],
-                  "aigc_rms_norm": [p, p, p, n, n, f], "aigc_silu_mul": [p, p, n, n],
-                  "aigc_rope_cache": [p, p, p, p, p, p, n, n, n, n, n, n],
-                  "aigc_attn_fwd": [p, p, p, n, n, n, n, f],
-                  "aigc_attn_bwd": [p, p, p, p, n, n, n, n, f]}
-    for name, args in signatures.items():
-        getattr(lib, name).argtypes = args
+        return f"could not build or load {_SOURCE.name}: {exc}", None, None
+    kinds = {"p": ctypes.c_void_p, "n": ctypes.c_ssize_t, "f": ctypes.c_float, "i": ctypes.c_int}
+    for name, sig in _SIGNATURES.items():
+        getattr(lib, name).argtypes = [kinds[c] for c in sig]
         getattr(lib, name).restype = None
     problem = _self_check(lib)
-    if problem:
-        _build_error = problem
-        return
-    _lib, _lib_path, _threaded = lib, lib_path, extra == ("-fopenmp",)
+    return (problem, None, None) if problem else (None, lib, lib_path)
+
+
+def _threads() -> int:
+    """The thread count the kernels use: torch's (set process-wide; OpenMP's own setting is per
+    thread, and a fresh thread's is every core until its first ATen operation)."""
+    return torch.get_num_threads()
 
 
 def _loaded():
@@ -190,13 +209,13 @@ def _loaded():
 
 def _fwd(lib, x: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(x)
-    lib.aigc_gelu_tanh_fwd(x.data_ptr(), y.data_ptr(), x.numel())
+    lib.aigc_gelu_tanh_fwd(x.data_ptr(), y.data_ptr(), x.numel(), _threads())
     return y
 
 
 def _bwd(lib, gy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     gx = torch.empty_like(x)
-    lib.aigc_gelu_tanh_bwd(gy.data_ptr(), x.data_ptr(), gx.data_ptr(), x.numel())
+    lib.aigc_gelu_tanh_bwd(gy.data_ptr(), x.data_ptr(), gx.data_ptr(), x.numel(), _threads())
     return gx
 
 
@@ -278,7 +297,7 @@ def silu_mul(gu: torch.Tensor, lib=None) -> torch.Tensor:
     if gu.dim() != 2 or gu.shape[1] % 2:
         raise ValueError(f"native silu_mul takes gu (T, 2N), got {tuple(gu.shape)}")
     n = gu.shape[1] // 2
-    out = torch.empty(gu.shape[0], n, dtype=torch.float32)
+    out = gu.new_empty(gu.shape[0], n)
     lib.aigc_silu_mul(gu.data_ptr(), out.data_ptr(), gu.shape[0], n)
     return out
 
@@ -308,7 +327,7 @@ def rope_cache(qkv, cos, sin, k_cache, v_cache, H: int, KV: int, d: int, pos: in
         raise ValueError(f"native rope_cache: qkv {tuple(qkv.shape)}, cos/sin {tuple(cos.shape)}, "
                          f"caches {tuple(k_cache.shape)} do not fit H={H}, KV={KV}, d={d} (even), "
                          f"positions {pos}..{pos + T - 1}")
-    q = torch.empty(H, T, d, dtype=torch.float32)
+    q = qkv.new_empty(H, T, d)
     lib.aigc_rope_cache(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
                         k_cache.data_ptr(), v_cache.data_ptr(), T, H, KV, d, k_cache.shape[1], pos)
     return q, k_cache, v_cache
@@ -362,9 +381,10 @@ def _attn_check(qkv: torch.Tensor, heads: int) -> tuple[int, int, int, int]:
 
 def _attn_fwd(lib, qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, H, d = _attn_check(qkv, heads)
-    y = torch.empty(B, T, H * d, dtype=torch.float32)
-    p = torch.empty(B, H, T, _padded(T), dtype=torch.float32)
-    lib.aigc_attn_fwd(qkv.data_ptr(), y.data_ptr(), p.data_ptr(), B, T, H, d, d ** -0.5)
+    y = qkv.new_empty(B, T, H * d)
+    p = qkv.new_empty(B, H, T, _padded(T))
+    lib.aigc_attn_fwd(qkv.data_ptr(), y.data_ptr(), p.data_ptr(), B, T, H, d, d ** -0.5,
+                      _threads())
     return y, p
 
 
@@ -376,7 +396,7 @@ def _attn_bwd(lib, gy: torch.Tensor, qkv: torch.Tensor, p: torch.Tensor, heads: 
                          f"probabilities {tuple(p.shape)} do not fit qkv {tuple(qkv.shape)}")
     g = torch.empty_like(qkv)
     lib.aigc_attn_bwd(gy.data_ptr(), qkv.data_ptr(), p.data_ptr(), g.data_ptr(), B, T, H, d,
-                      d ** -0.5)
+                      d ** -0.5, _threads())
     return g
 
 

@@ -43,15 +43,16 @@ static inline float clamp_z(float v) {
     return z > 80.0f ? 80.0f : z;
 }
 
-/* Elementwise kernels run in blocks over the threads of the OpenMP runtime torch uses (when
- * built with -fopenmp, aigc.models.native), on one thread for small arrays. Each element is
+/* Elementwise kernels run in blocks over `threads` threads of the OpenMP runtime torch uses
+ * (when built with -fopenmp, aigc.models.native, which passes torch's thread count), on one
+ * thread for small arrays. Each element is
  * computed by the same code whichever thread takes its block, so results do not depend on the
  * thread count. */
 #define BLOCK 16384
 
-void aigc_gelu_tanh_fwd(const float *restrict x, float *restrict y, ptrdiff_t n) {
+void aigc_gelu_tanh_fwd(const float *restrict x, float *restrict y, ptrdiff_t n, int threads) {
     const ptrdiff_t blocks = (n + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static) if (blocks >= 4)
+#pragma omp parallel for schedule(static) num_threads(threads) if (blocks >= 4 && threads > 1)
     for (ptrdiff_t blk = 0; blk < blocks; blk++) {
         const ptrdiff_t hi = (blk + 1) * BLOCK < n ? (blk + 1) * BLOCK : n;
 #pragma omp simd
@@ -63,9 +64,9 @@ void aigc_gelu_tanh_fwd(const float *restrict x, float *restrict y, ptrdiff_t n)
 }
 
 void aigc_gelu_tanh_bwd(const float *restrict gy, const float *restrict x, float *restrict gx,
-                        ptrdiff_t n) {
+                        ptrdiff_t n, int threads) {
     const ptrdiff_t blocks = (n + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static) if (blocks >= 4)
+#pragma omp parallel for schedule(static) num_threads(threads) if (blocks >= 4 && threads > 1)
     for (ptrdiff_t blk = 0; blk < blocks; blk++) {
         const ptrdiff_t hi = (blk + 1) * BLOCK < n ? (blk + 1) * BLOCK : n;
 #pragma omp simd
@@ -238,10 +239,11 @@ static const v16i LANE = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
  * qkv (B, T, 3C) contiguous, C = H d, d a multiple of 16; writes y (B, T, C) and
  * p (B, H, T, Tp), the probabilities (Tp = T rounded up to 16, zero past the diagonal). */
 void aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict p,
-                   ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale) {
+                   ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
     /* one (batch row, head) pair per iteration, over the threads (see BLOCK) */
-#pragma omp parallel for schedule(static) if (B * H >= 2 && B * H * T * T * d >= (1 << 18))
+#pragma omp parallel for schedule(static) num_threads(threads) \
+    if (threads > 1 && B * H >= 2 && B * H * T * T * d >= (1 << 18))
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
         const ptrdiff_t b = bh / H, h = bh % H;
         float kt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 KiB */
@@ -281,9 +283,10 @@ void aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict
 /* Backward: gy (B, T, C) contiguous, qkv and p from the forward; writes gqkv (B, T, 3C). */
 void aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const float *restrict p,
                    float *restrict gqkv, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d,
-                   float scale) {
+                   float scale, int threads) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
-#pragma omp parallel for schedule(static) if (B * H >= 2 && B * H * T * T * d >= (1 << 18))
+#pragma omp parallel for schedule(static) num_threads(threads) \
+    if (threads > 1 && B * H >= 2 && B * H * T * T * d >= (1 << 18))
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
         const ptrdiff_t b = bh / H, h = bh % H;
         float vt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 + 64 KiB */
