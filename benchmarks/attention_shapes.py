@@ -2,7 +2,7 @@
 
 `aigc.models.native` chooses the attention route once per machine and thread count by timing a
 single shape (gpt_speed's training shape, batch 12 x 63 positions, width 128, 4 heads). This
-checks that the choice holds for the other shapes the route takes (up to 128 positions, head
+checks that the choice holds for the other shapes the route takes (up to 256 positions, head
 widths 16 to 128): for each shape, the best of 5 alternating timings of
 
   aten     the head split of the fused qkv projection, F.scaled_dot_product_attention
@@ -29,6 +29,8 @@ SHAPES = [  # batch, positions, heads, head width
     (12, 63, 4, 32),  # gpt_speed's training shape: the one the route is measured on
     (1, 16, 2, 16), (16, 32, 8, 64), (4, 128, 12, 64), (8, 128, 12, 64), (32, 128, 6, 64),
     (2, 128, 4, 128),
+    (12, 255, 4, 32),  # `aigc train gpt`'s default context (256 tokens a window)
+    (8, 256, 12, 64), (2, 256, 4, 128),
 ]
 
 

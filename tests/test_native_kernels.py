@@ -308,7 +308,8 @@ def _attention_pair(qkv, heads):
 
 
 @pytest.mark.parametrize("B,T,H,d", [(2, 64, 4, 32), (3, 17, 2, 16), (1, 1, 1, 16),
-                                     (2, 128, 2, 64), (1, 100, 1, 128), (2, 33, 3, 48)])
+                                     (2, 128, 2, 64), (1, 100, 1, 128), (2, 33, 3, 48),
+                                     (1, 256, 2, 32), (2, 201, 1, 128)])
 def test_native_attention_matches_aten_forward_and_backward(built, B, T, H, d):
     """Both float32 routes against ATen in float64: the native kernels' error is no more than
     twice ATen's own (plus a float32 rounding's worth)."""
@@ -327,7 +328,8 @@ def test_native_attention_takes_only_what_fits(built):
     native.set_route("attention", "native")
     fits = native.attention_fits
     assert fits(torch.randn(2, 64, 3 * 128), 4)
-    assert not fits(torch.randn(2, 129, 3 * 128), 4)  # longer than the kernels' buffers
+    assert fits(torch.randn(2, 256, 3 * 128), 4)
+    assert not fits(torch.randn(2, 257, 3 * 128), 4)  # the kept probabilities grow as T^2
     assert not fits(torch.randn(2, 8, 3 * 96), 4)  # head width 24: not a multiple of 16
     assert not fits(torch.randn(2, 8, 3 * 256), 1)  # head width 256: past 128
     assert not fits(torch.randn(2, 8, 3 * 64, dtype=torch.float64), 2)

@@ -14,7 +14,7 @@ version and thread count:
   gelu     GPT's tanh GELU: ATen's or aigc's native kernel (compiled here with the C compiler)
   decode   Llama (SmolLM2) decoding's RMSNorm, rotary + cache writes, SiLU product: ATen's or
            native
-  attention  GPT's causal self-attention over whole sequences (training, scoring), up to 128
+  attention  GPT's causal self-attention over whole sequences (training, scoring), up to 256
            positions: ATen's scaled_dot_product_attention with the head split, or native
 
 Environment variables force a route: AIGC_LINEAR_ROUTE=onednn|torch, AIGC_GELU_ROUTE,

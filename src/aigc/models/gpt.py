@@ -8,7 +8,7 @@ Attention is ``F.scaled_dot_product_attention`` with a causal mask; under ``torc
 for contexts up to ``MATH_ATTENTION_MAX_T`` tokens, it is written out (scores, mask, softmax,
 product) so the compiler fuses the mask and softmax with their neighbours (issue #17;
 `benchmarks/gpt_speed.py`'s compiled row measures it). Whole float32 sequences on the CPU
-(training, scoring; up to 128 positions, head width a multiple of 16) take
+(training, scoring; up to 256 positions, head width a multiple of 16) take
 :func:`aigc.models.native.causal_attention` instead where it is measured faster on the machine:
 one call on the fused projection, eager or compiled. Linear layers
 are plain ``nn.Linear`` modules (so state dicts match GPT-2's layout) applied with

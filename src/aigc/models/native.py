@@ -7,7 +7,7 @@ Three families, all in ``aigc/assets/native/kernels.c``:
   (0.77 and 0.82 ms for a 768 x 512 activation on an Intel Xeon with AVX-512, where a single
   ``torch.tanh`` over the same tensor takes 0.13 ms). The kernel computes ``x * sigmoid(2u)``
   in one pass with its own vectorizable ``exp``.
-- ``attention``: GPT's causal self-attention over whole sequences of up to 128 positions,
+- ``attention``: GPT's causal self-attention over whole sequences of up to 256 positions,
   forward and backward, read from and written to the fused ``qkv`` projection, so the head
   split, the merge and the gradients' concatenation around ATen's flash kernel are not copied
   (:func:`causal_attention`).
@@ -136,6 +136,7 @@ _SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
                "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
                "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "pppnnnnfi",
                "aigc_attn_bwd": "ppppnnnnfi"}
+_RETURNS_STATUS = ("aigc_attn_fwd", "aigc_attn_bwd")  # 0, or -1: out of memory
 
 
 def _build_locked() -> None:
@@ -188,7 +189,7 @@ def _build_variant(cc: str, version, source: bytes, flags: tuple, machine: str):
     kinds = {"p": ctypes.c_void_p, "n": ctypes.c_ssize_t, "f": ctypes.c_float, "i": ctypes.c_int}
     for name, sig in _SIGNATURES.items():
         getattr(lib, name).argtypes = [kinds[c] for c in sig]
-        getattr(lib, name).restype = None
+        getattr(lib, name).restype = ctypes.c_int if name in _RETURNS_STATUS else None
     problem = _self_check(lib)
     return (problem, None, None) if problem else (None, lib, lib_path)
 
@@ -338,7 +339,9 @@ def rope_cache(qkv, cos, sin, k_cache, v_cache, H: int, KV: int, d: int, pos: in
 # causal_attention(), which takes the native kernels where they fit and are measured faster,
 # else causal_attention_aten (the head split, ATen's SDPA and the merge, as gpt.py wrote it).
 
-_ATTN_MAX_T = 128  # the kernels' buffers (MAXT, MAXD in kernels.c)
+# Past 256 positions the probabilities kept for the backward pass (B x H x T x T floats, as in
+# the written-out formula) grow too large; ATen's flash kernel keeps O(T) there.
+_ATTN_MAX_T = 256
 _ATTN_MAX_D = 128
 _ATTN_PROBE = (12, 63, 3 * 128, 4)  # gpt_speed's training shape: B, T, 3C, heads
 
@@ -349,7 +352,7 @@ def _padded(t: int) -> int:
 
 def attention_fits(qkv: torch.Tensor, heads: int) -> bool:
     """Whether the native kernels take this ``qkv (B, T, 3C)``: contiguous float32 on the CPU,
-    at most 128 positions, a head width ``C / heads`` that is a multiple of 16 up to 128."""
+    at most 256 positions, a head width ``C / heads`` that is a multiple of 16 up to 128."""
     if qkv.dim() != 3 or qkv.dtype != torch.float32 or qkv.device.type != "cpu":
         return False
     B, T, C3 = qkv.shape
@@ -383,8 +386,9 @@ def _attn_fwd(lib, qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.T
     B, T, H, d = _attn_check(qkv, heads)
     y = qkv.new_empty(B, T, H * d)
     p = qkv.new_empty(B, H, T, _padded(T))
-    lib.aigc_attn_fwd(qkv.data_ptr(), y.data_ptr(), p.data_ptr(), B, T, H, d, d ** -0.5,
-                      _threads())
+    if lib.aigc_attn_fwd(qkv.data_ptr(), y.data_ptr(), p.data_ptr(), B, T, H, d, d ** -0.5,
+                         _threads()):
+        raise MemoryError("native causal_attention: no memory for its scratch buffers")
     return y, p
 
 
@@ -395,8 +399,9 @@ def _attn_bwd(lib, gy: torch.Tensor, qkv: torch.Tensor, p: torch.Tensor, heads: 
         raise ValueError(f"native causal_attention backward: gradient {tuple(gy.shape)} and "
                          f"probabilities {tuple(p.shape)} do not fit qkv {tuple(qkv.shape)}")
     g = torch.empty_like(qkv)
-    lib.aigc_attn_bwd(gy.data_ptr(), qkv.data_ptr(), p.data_ptr(), g.data_ptr(), B, T, H, d,
-                      d ** -0.5, _threads())
+    if lib.aigc_attn_bwd(gy.data_ptr(), qkv.data_ptr(), p.data_ptr(), g.data_ptr(), B, T, H, d,
+                         d ** -0.5, _threads()):
+        raise MemoryError("native causal_attention backward: no memory for its scratch buffers")
     return g
 
 

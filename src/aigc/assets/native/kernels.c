@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#include <stdlib.h>
 
 #define TWO_C 1.5957691216057308f   /* 2 sqrt(2/pi) */
 #define A 0.044715f
@@ -143,7 +144,7 @@ void aigc_rope_cache(const float *restrict qkv, const float *restrict cos_t,
 
 
 /* Causal self-attention of a small GPT (aigc.models.gpt, training and full-sequence forwards),
- * float32, for T <= 128 keys and head width d a multiple of 16 up to 128:
+ * float32, for T <= 256 keys and head width d a multiple of 16 up to 128:
  *
  *   S = Q K^T, P = softmax(scale S + causal mask), Y = P V              per batch row and head
  *   dP = dY V^T, dS = P (dP - rowsum(P dP)) scale, dQ = dS K, dK = dS^T Q, dV = P^T dY
@@ -158,8 +159,6 @@ typedef float v16 __attribute__((vector_size(64), aligned(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
 #define VL 16
-#define MAXT 128
-#define MAXD 128
 
 /* e^(-z) for 16 lanes, z in [0, 80] (a softmax's m - s); same method as exp_neg */
 static inline v16 exp_neg_v(v16 z) {
@@ -235,18 +234,27 @@ static void transpose_pad(const float *restrict x, ptrdiff_t ld, float *restrict
 
 static const v16i LANE = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-/* Causal self-attention for T <= 128 over a fused projection, float32.
+/* Causal self-attention for T <= 256 over a fused projection, float32.
  * qkv (B, T, 3C) contiguous, C = H d, d a multiple of 16; writes y (B, T, C) and
  * p (B, H, T, Tp), the probabilities (Tp = T rounded up to 16, zero past the diagonal). */
-void aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict p,
-                   ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads) {
+int aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict p,
+                  ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
-    /* one (batch row, head) pair per iteration, over the threads (see BLOCK) */
-#pragma omp parallel for schedule(static) num_threads(threads) \
+    int failed = 0;
+    /* one (batch row, head) pair per iteration, over the threads (see BLOCK); each thread's
+     * scratch on the heap (up to 128 KiB: too much for every thread's stack) */
+#pragma omp parallel num_threads(threads) \
     if (threads > 1 && B * H >= 2 && B * H * T * T * d >= (1 << 18))
+    {
+    float *kt = aligned_alloc(64, sizeof(float) * (size_t)(d * Tp));
+    if (kt == NULL) {
+#pragma omp atomic write
+        failed = 1;
+    }
+#pragma omp for schedule(static)
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
+        if (kt == NULL) continue;
         const ptrdiff_t b = bh / H, h = bh % H;
-        float kt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 KiB */
         const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
         float *P = p + (b * H + h) * T * Tp;
         transpose_pad(k, 3 * C, kt, T, Tp, d);
@@ -278,19 +286,30 @@ void aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict
         }
         mm_rows(P, Tp, 1, v, 3 * C, y + b * T * C + h * d, C, T, T, d, 1, 0);
     }
+    free(kt);
+    }
+    return failed ? -1 : 0;  /* -1: out of memory, outputs incomplete */
 }
 
 /* Backward: gy (B, T, C) contiguous, qkv and p from the forward; writes gqkv (B, T, 3C). */
-void aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const float *restrict p,
-                   float *restrict gqkv, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d,
-                   float scale, int threads) {
+int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const float *restrict p,
+                  float *restrict gqkv, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d,
+                  float scale, int threads) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
-#pragma omp parallel for schedule(static) num_threads(threads) \
+    int failed = 0;
+#pragma omp parallel num_threads(threads) \
     if (threads > 1 && B * H >= 2 && B * H * T * T * d >= (1 << 18))
+    {
+    float *vt = aligned_alloc(64, sizeof(float) * (size_t)(d * Tp + T * Tp));  /* <= 384 KiB */
+    if (vt == NULL) {
+#pragma omp atomic write
+        failed = 1;
+    }
+#pragma omp for schedule(static)
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
+        if (vt == NULL) continue;
         const ptrdiff_t b = bh / H, h = bh % H;
-        float vt[d * Tp] __attribute__((aligned(64)));  /* on the stack: at most 64 + 64 KiB */
-        float ds[T * Tp] __attribute__((aligned(64)));
+        float *ds = vt + d * Tp;  /* both in this thread's scratch: d x Tp, then T x Tp */
         const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
         const float *dy = gy + b * T * C + h * d;
         const float *P = p + (b * H + h) * T * Tp;
@@ -319,4 +338,7 @@ void aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const fl
         mm_rows(ds, 1, Tp, q, 3 * C, gk, 3 * C, T, T, d, 2, 0);   /* dK = dS^T Q */
         mm_rows(P, 1, Tp, dy, C, gv, 3 * C, T, T, d, 2, 0);       /* dV = P^T dY */
     }
+    free(vt);
+    }
+    return failed ? -1 : 0;
 }
