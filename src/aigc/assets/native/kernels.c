@@ -234,6 +234,21 @@ static void transpose_pad(const float *restrict x, ptrdiff_t ld, float *restrict
 
 static const v16i LANE = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
+/* Threads only where there are several heads and enough work to pay for waking them. */
+#define ATTN_THREADED(B, H, T, d, threads) \
+    ((threads) > 1 && (B) * (H) >= 2 && (B) * (H) * (T) * (T) * (d) >= (1 << 18))
+
+/* A thread's scratch, on the heap (too large for every thread's stack); NULL and *failed set
+ * when out of memory (the thread then skips its share and the call reports -1). */
+static float *scratch(size_t floats, int *failed) {
+    float *buf = aligned_alloc(64, sizeof(float) * floats);
+    if (buf == NULL) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+    return buf;
+}
+
 /* Causal self-attention for T <= 256 over a fused projection, float32.
  * qkv (B, T, 3C) contiguous, C = H d, d a multiple of 16; writes y (B, T, C) and
  * p (B, H, T, Tp), the probabilities (Tp = T rounded up to 16, zero past the diagonal). */
@@ -241,16 +256,10 @@ int aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict 
                   ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
     int failed = 0;
-    /* one (batch row, head) pair per iteration, over the threads (see BLOCK); each thread's
-     * scratch on the heap (up to 128 KiB: too much for every thread's stack) */
-#pragma omp parallel num_threads(threads) \
-    if (threads > 1 && B * H >= 2 && B * H * T * T * d >= (1 << 18))
+    /* one (batch row, head) pair per iteration, over the threads (see BLOCK) */
+#pragma omp parallel num_threads(threads) if (ATTN_THREADED(B, H, T, d, threads))
     {
-    float *kt = aligned_alloc(64, sizeof(float) * (size_t)(d * Tp));
-    if (kt == NULL) {
-#pragma omp atomic write
-        failed = 1;
-    }
+    float *kt = scratch((size_t)(d * Tp), &failed);  /* <= 128 KiB */
 #pragma omp for schedule(static)
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
         if (kt == NULL) continue;
@@ -297,14 +306,9 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
                   float scale, int threads) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
     int failed = 0;
-#pragma omp parallel num_threads(threads) \
-    if (threads > 1 && B * H >= 2 && B * H * T * T * d >= (1 << 18))
+#pragma omp parallel num_threads(threads) if (ATTN_THREADED(B, H, T, d, threads))
     {
-    float *vt = aligned_alloc(64, sizeof(float) * (size_t)(d * Tp + T * Tp));  /* <= 384 KiB */
-    if (vt == NULL) {
-#pragma omp atomic write
-        failed = 1;
-    }
+    float *vt = scratch((size_t)(d * Tp + T * Tp), &failed);  /* <= 384 KiB */
 #pragma omp for schedule(static)
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
         if (vt == NULL) continue;
