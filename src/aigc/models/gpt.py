@@ -149,11 +149,11 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         qkv = linear(x, self.qkv.weight, self.qkv.bias)
         p = self.dropout if self.training else 0.0
-        if (cache is None and rope is None and p == 0.0 and native.attention_fits(qkv, self.heads)
-                and native.attention_route() == "native"):
+        if cache is None and rope is None and p == 0.0 and native.attention_takes(qkv, self.heads):
             # whole sequences (training, scoring) on the CPU: one call on the fused projection,
             # no head split or merge copied (aigc.models.native, measured per machine)
-            return linear(native.causal_attention(qkv, self.heads), self.proj.weight, self.proj.bias)
+            y = native.native_causal_attention(qkv, self.heads)
+            return linear(y, self.proj.weight, self.proj.bias)
         q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
         if rope is not None:  # (T, d/2) tables for the positions of these T tokens

@@ -373,11 +373,11 @@ def causal_attention_aten(qkv: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _attn_check(qkv: torch.Tensor, heads: int) -> tuple[int, int, int, int]:
-    _check_rows("causal_attention", qkv)
     if not attention_fits(qkv, heads):
-        raise ValueError(f"native causal_attention takes qkv (B, T <= {_ATTN_MAX_T}, 3C) with "
-                         f"C / heads a multiple of 16 up to {_ATTN_MAX_D}, got "
-                         f"{tuple(qkv.shape)} with heads={heads}")
+        raise ValueError(f"native causal_attention takes a contiguous float32 CPU qkv "
+                         f"(B, T <= {_ATTN_MAX_T}, 3C) with C / heads a multiple of 16 up to "
+                         f"{_ATTN_MAX_D}, got {tuple(qkv.shape)} {qkv.dtype} on {qkv.device}, "
+                         f"contiguous={qkv.is_contiguous()}, heads={heads}")
     B, T, C3 = qkv.shape
     return B, T, heads, C3 // 3 // heads
 
@@ -451,36 +451,44 @@ def attention_route() -> str:
     return route("attention")
 
 
+def attention_takes(qkv: torch.Tensor, heads: int) -> bool:
+    """Whether :func:`causal_attention` runs the native kernels on this ``qkv``: it fits them
+    and this machine measured them faster."""
+    return attention_fits(qkv, heads) and attention_route() == "native"
+
+
+def native_causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """The native kernels on a ``qkv`` that :func:`attention_takes`: the custom op where
+    autograd or the compiler needs it, else a direct call."""
+    return _attn_fwd(_loaded(), qkv, heads)[0] if _direct(qkv) else _attention_op(qkv, heads)[0]
+
+
 def causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     """Causal self-attention of ``qkv (B, T, 3C)`` (queries | keys | values, ``heads`` heads)
     to ``(B, T, C)``, no dropout: the native kernels where they fit and are measured faster,
     else :func:`causal_attention_aten`."""
-    if attention_fits(qkv, heads) and attention_route() == "native":
-        return _attn_fwd(_loaded(), qkv, heads)[0] if _direct(qkv) else _attention_op(qkv, heads)[0]
+    if attention_takes(qkv, heads):
+        return native_causal_attention(qkv, heads)
     return causal_attention_aten(qkv, heads)
 
 
 def _attention_self_check(lib) -> str | None:
     """The attention kernels against float64 ATen on odd and padded lengths."""
-    with torch.inference_mode(False), torch.enable_grad():  # the build may start under no_grad
-        return _attention_self_check_with_grad(lib)
-
-
-def _attention_self_check_with_grad(lib) -> str | None:
     gen = torch.Generator().manual_seed(2)
-    for B, T, H, d in ((2, 37, 2, 32), (1, 1, 1, 16), (1, 48, 3, 16), (1, 20, 1, 64)):
-        qkv = torch.randn(B, T, 3 * H * d, generator=gen) * 2
-        gy = torch.randn(B, T, H * d, generator=gen)
-        y, p = _attn_fwd(lib, qkv, H)
-        g = _attn_bwd(lib, gy, qkv, p, H)
-        ref_in = qkv.double().requires_grad_()
-        ref = causal_attention_aten(ref_in, H)
-        (ref_g,) = torch.autograd.grad(ref, ref_in, gy.double())
-        err_y = (y.double() - ref).abs().max().item()
-        err_g = (g.double() - ref_g).abs().max().item() / (1 + ref_g.abs().max().item())
-        if not (err_y <= 1e-5 and err_g <= 1e-5):
-            return (f"the native attention disagrees with ATen at B={B} T={T} H={H} d={d} "
-                    f"(forward {err_y:.2e}, backward {err_g:.2e})")
+    with torch.inference_mode(False), torch.enable_grad():  # the build may start under no_grad
+        for B, T, H, d in ((2, 37, 2, 32), (1, 1, 1, 16), (1, 48, 3, 16), (1, 20, 1, 64)):
+            qkv = torch.randn(B, T, 3 * H * d, generator=gen) * 2
+            gy = torch.randn(B, T, H * d, generator=gen)
+            y, p = _attn_fwd(lib, qkv, H)
+            g = _attn_bwd(lib, gy, qkv, p, H)
+            ref_in = qkv.double().requires_grad_()
+            ref = causal_attention_aten(ref_in, H)
+            (ref_g,) = torch.autograd.grad(ref, ref_in, gy.double())
+            err_y = (y.double() - ref).abs().max().item()
+            err_g = (g.double() - ref_g).abs().max().item() / (1 + ref_g.abs().max().item())
+            if not (err_y <= 1e-5 and err_g <= 1e-5):
+                return (f"the native attention disagrees with ATen at B={B} T={T} H={H} d={d} "
+                        f"(forward {err_y:.2e}, backward {err_g:.2e})")
     return None
 
 

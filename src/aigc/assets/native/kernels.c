@@ -51,33 +51,49 @@ static inline float clamp_z(float v) {
  * thread count. */
 #define BLOCK 16384
 
-void aigc_gelu_tanh_fwd(const float *restrict x, float *restrict y, ptrdiff_t n, int threads) {
+typedef struct { const float *gy, *x; float *out; } gelu_args;  /* gy: backward only */
+
+static void gelu_fwd_range(const gelu_args *a, ptrdiff_t lo, ptrdiff_t hi) {
+    const float *restrict x = a->x;
+    float *restrict y = a->out;
+#pragma omp simd
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        float v = x[i];
+        y[i] = v / (1.0f + exp_neg(clamp_z(v)));
+    }
+}
+
+static void gelu_bwd_range(const gelu_args *a, ptrdiff_t lo, ptrdiff_t hi) {
+    const float *restrict gy = a->gy, *restrict x = a->x;
+    float *restrict gx = a->out;
+#pragma omp simd
+    for (ptrdiff_t i = lo; i < hi; i++) {
+        float v = x[i];
+        float s = 1.0f / (1.0f + exp_neg(clamp_z(v)));
+        float dz = TWO_C * (1.0f + 3.0f * A * v * v);
+        gx[i] = gy[i] * (s + v * s * (1.0f - s) * dz);
+    }
+}
+
+/* range(a, lo, hi) over the BLOCK-sized blocks of n values, across `threads` threads when there
+ * are four blocks or more. */
+static void over_blocks(void (*range)(const gelu_args *, ptrdiff_t, ptrdiff_t),
+                        const gelu_args *a, ptrdiff_t n, int threads) {
     const ptrdiff_t blocks = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(threads) if (blocks >= 4 && threads > 1)
-    for (ptrdiff_t blk = 0; blk < blocks; blk++) {
-        const ptrdiff_t hi = (blk + 1) * BLOCK < n ? (blk + 1) * BLOCK : n;
-#pragma omp simd
-        for (ptrdiff_t i = blk * BLOCK; i < hi; i++) {
-            float v = x[i];
-            y[i] = v / (1.0f + exp_neg(clamp_z(v)));
-        }
-    }
+    for (ptrdiff_t blk = 0; blk < blocks; blk++)
+        range(a, blk * BLOCK, (blk + 1) * BLOCK < n ? (blk + 1) * BLOCK : n);
+}
+
+void aigc_gelu_tanh_fwd(const float *restrict x, float *restrict y, ptrdiff_t n, int threads) {
+    const gelu_args a = {NULL, x, y};
+    over_blocks(gelu_fwd_range, &a, n, threads);
 }
 
 void aigc_gelu_tanh_bwd(const float *restrict gy, const float *restrict x, float *restrict gx,
                         ptrdiff_t n, int threads) {
-    const ptrdiff_t blocks = (n + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static) num_threads(threads) if (blocks >= 4 && threads > 1)
-    for (ptrdiff_t blk = 0; blk < blocks; blk++) {
-        const ptrdiff_t hi = (blk + 1) * BLOCK < n ? (blk + 1) * BLOCK : n;
-#pragma omp simd
-        for (ptrdiff_t i = blk * BLOCK; i < hi; i++) {
-            float v = x[i];
-            float s = 1.0f / (1.0f + exp_neg(clamp_z(v)));
-            float dz = TWO_C * (1.0f + 3.0f * A * v * v);
-            gx[i] = gy[i] * (s + v * s * (1.0f - s) * dz);
-        }
-    }
+    const gelu_args a = {gy, x, gx};
+    over_blocks(gelu_bwd_range, &a, n, threads);
 }
 
 
