@@ -64,20 +64,13 @@ def run(args: argparse.Namespace) -> int:
     built = (f"built: {native._lib_path}, runs on {threads}" if lib is not None
              else f"unavailable: {native._build_error}")
     print(f"native:  {built}")
-    rows = [
-        ("linear", layers.linear_route(), os.environ.get(layers.ROUTE_ENV),
-         _ratio(layers.cached_measurement(layers._machine_key()), "torch_over_onednn",
-                "F.linear time / oneDNN time")),
-        ("gelu", native.gelu_route(), os.environ.get(native.ROUTE_ENVS["gelu"]),
-         _ratio(layers.cached_measurement(native.cache_key("gelu")), "aten_over_native",
-                "ATen time / native time")),
-        ("decode", native.decode_route(), os.environ.get(native.ROUTE_ENVS["decode"]),
-         _ratio(layers.cached_measurement(native.cache_key("decode")), "aten_over_native",
-                "ATen time / native time")),
-        ("attention", native.attention_route(), os.environ.get(native.ROUTE_ENVS["attention"]),
-         _ratio(layers.cached_measurement(native.cache_key("attention")), "aten_over_native",
-                "ATen time / native time")),
-    ]
+    rows = [("linear", layers.linear_route(), os.environ.get(layers.ROUTE_ENV),
+             _ratio(layers.cached_measurement(layers._machine_key()), "torch_over_onednn",
+                    "F.linear time / oneDNN time"))]
+    rows += [(kind, native.route(kind), os.environ.get(env),
+              _ratio(layers.cached_measurement(native.cache_key(kind)), "aten_over_native",
+                     "ATen time / native time"))
+             for kind, env in native.ROUTE_ENVS.items()]
     print()
     for name, route, env, measured in rows:
         forced = f" (forced by the environment: {env})" if env and env.lower() != "auto" else ""
