@@ -239,13 +239,78 @@ mm_rows(const float *restrict am, ptrdiff_t ars, ptrdiff_t aks, const float *res
     }
 }
 
-/* xt (d x Tp) = x (T x d, row stride ld) transposed, columns T .. Tp zero. */
+/* Two-vector shuffles: lane l of the result is lane m_l of a | b (0..15 from a, 16..31 from b). */
+#if defined(__clang__)
+#define SHUF2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUF2(a, b, ...) __builtin_shuffle(a, b, (v16i){__VA_ARGS__})
+#endif
+
+/* One stage of a 16 x 16 transpose in registers: rows i and i + s (i's bit s clear) swap their
+ * s-wide blocks across the diagonal; stages s = 8, 4, 2, 1 transpose the whole block. */
+#define TR_PAIR(r, i, s, ...) do {                                                         \
+        const v16 a_ = r[i], b_ = r[(i) + (s)];                                            \
+        r[i] = SHUF2(a_, b_, TR_LO_##s);                                                   \
+        r[(i) + (s)] = SHUF2(a_, b_, TR_HI_##s);                                           \
+    } while (0)
+#define TR_LO_8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define TR_HI_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define TR_LO_4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define TR_HI_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define TR_LO_2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define TR_HI_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define TR_LO_1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define TR_HI_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+
+static inline __attribute__((always_inline)) void transpose16(v16 r[VL]) {
+    TR_PAIR(r, 0, 8); TR_PAIR(r, 1, 8); TR_PAIR(r, 2, 8); TR_PAIR(r, 3, 8);
+    TR_PAIR(r, 4, 8); TR_PAIR(r, 5, 8); TR_PAIR(r, 6, 8); TR_PAIR(r, 7, 8);
+    TR_PAIR(r, 0, 4); TR_PAIR(r, 1, 4); TR_PAIR(r, 2, 4); TR_PAIR(r, 3, 4);
+    TR_PAIR(r, 8, 4); TR_PAIR(r, 9, 4); TR_PAIR(r, 10, 4); TR_PAIR(r, 11, 4);
+    TR_PAIR(r, 0, 2); TR_PAIR(r, 1, 2); TR_PAIR(r, 4, 2); TR_PAIR(r, 5, 2);
+    TR_PAIR(r, 8, 2); TR_PAIR(r, 9, 2); TR_PAIR(r, 12, 2); TR_PAIR(r, 13, 2);
+    TR_PAIR(r, 0, 1); TR_PAIR(r, 2, 1); TR_PAIR(r, 4, 1); TR_PAIR(r, 6, 1);
+    TR_PAIR(r, 8, 1); TR_PAIR(r, 10, 1); TR_PAIR(r, 12, 1); TR_PAIR(r, 14, 1);
+}
+
+/* xt (d x Tp) = x (T x d, row stride ld) transposed, columns T .. Tp zero; 16 x 16 blocks
+ * through registers (d and Tp are multiples of 16). */
 static void transpose_pad(const float *restrict x, ptrdiff_t ld, float *restrict xt, ptrdiff_t T,
                           ptrdiff_t Tp, ptrdiff_t d) {
-    for (ptrdiff_t t = 0; t < T; t++)
-        for (ptrdiff_t c = 0; c < d; c++) xt[c * Tp + t] = x[t * ld + c];
-    for (ptrdiff_t c = 0; c < d; c++)
-        for (ptrdiff_t t = T; t < Tp; t++) xt[c * Tp + t] = 0.0f;
+    for (ptrdiff_t t0 = 0; t0 < Tp; t0 += VL)
+        for (ptrdiff_t c0 = 0; c0 < d; c0 += VL) {
+            const float *src = x + t0 * ld + c0;
+            v16 r[VL];
+            if (t0 + VL <= T) {
+                for (int i = 0; i < VL; i++) r[i] = *(const v16u *)(src + i * ld);
+            } else {  /* the last block of a T that is not a multiple of 16 */
+                for (int i = 0; i < VL; i++) r[i] = t0 + i < T ? *(const v16u *)(src + i * ld) : (v16){0};
+            }
+            transpose16(r);
+            for (int i = 0; i < VL; i++) *(v16u *)(xt + (c0 + i) * Tp + t0) = r[i];
+        }
+}
+
+/* The sum and the maximum of 16 lanes, by halves (four shuffles, not fifteen dependent adds). */
+static inline float hsum16(v16 v) {
+    v += SHUF2(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v += SHUF2(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    v += SHUF2(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    v += SHUF2(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    return v[0];
+}
+
+static inline v16 vmax16(v16 a, v16 b) {
+    const v16i a_big = a > b;
+    return (v16)(((v16i)a & a_big) | ((v16i)b & ~a_big));
+}
+
+static inline float hmax16(v16 v) {
+    v = vmax16(v, SHUF2(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+    v = vmax16(v, SHUF2(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+    v = vmax16(v, SHUF2(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+    v = vmax16(v, SHUF2(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+    return v[0];
 }
 
 static const v16i LANE = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
@@ -287,14 +352,13 @@ int aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict 
         for (ptrdiff_t i = 0; i < T; i++) {
             float *s = P + i * Tp;
             const ptrdiff_t n = i / VL * VL + VL;  /* chunks holding keys 0 .. i */
-            v16 mv = *(const v16u *)s;  /* lane 0 is key 0, always kept */
+            v16 mv = (v16){0} + s[0];  /* key 0 is always kept */
             for (ptrdiff_t j = 0; j < n; j += VL) {
                 const v16 x = *(const v16u *)(s + j);
                 const v16i take = ((LANE + (int32_t)j) <= (int32_t)i) & (x > mv);
                 mv = (v16)(((v16i)x & take) | ((v16i)mv & ~take));
             }
-            float m = s[0];
-            for (int l = 0; l < VL; l++) m = (l <= i && mv[l] > m) ? mv[l] : m;
+            const float m = hmax16(mv);
             v16 sum = {0};
             for (ptrdiff_t j = 0; j < n; j += VL) {
                 v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
@@ -303,9 +367,7 @@ int aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict 
                 *(v16u *)(s + j) = e;
                 sum += e;
             }
-            float tot = 0.0f;
-            for (int l = 0; l < VL; l++) tot += sum[l];
-            const float inv = 1.0f / tot;
+            const float inv = 1.0f / hsum16(sum);
             for (ptrdiff_t j = 0; j < n; j += VL) *(v16u *)(s + j) *= inv;
             for (ptrdiff_t j = n; j < Tp; j++) s[j] = 0.0f;
         }
@@ -345,8 +407,7 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
                 v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
                 acc += (v16)((v16i)(*(const v16u *)(pr + j) * *(v16u *)(r + j)) & keep);
             }
-            float D = 0.0f;
-            for (int l = 0; l < VL; l++) D += acc[l];
+            const float D = hsum16(acc);
             for (ptrdiff_t j = 0; j < n; j += VL) {
                 v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
                 v16 val = *(const v16u *)(pr + j) * (*(v16u *)(r + j) - D) * scale;
