@@ -159,6 +159,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (compile here)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    p.add_argument("--no-generation", action="store_true",
+                   help="time training only (generation needs a context over 16 tokens; "
+                        "`--batch 1 --context 16 --no-generation` shows a step's fixed cost)")
     p.add_argument("--bf16", action="store_true", help="add bf16-autocast rows")
     p.add_argument("--profile", action="store_true",
                    help="only print where a training step of ours goes (torch.profiler, fused "
@@ -263,7 +266,7 @@ def main() -> None:
     print(f"\ntraining tokens/s ({args.rounds} interleaved rounds x {args.train_steps} steps; "
           f"median; ratios from CPU time)")
     print(f"  {'variant':<37} {'tok/s (cpu)':>12} {'tok/s (wall)':>13}  vs transformers  "
-          f"vs transformers fused  GFLOP/s  of peak")
+          f"vs transformers fused  GFLOP/s  of peak  ms/step (cpu)")
     base = timing["transformers"]["cpu"]
     base_fused = timing["transformers fused-adamw"]["cpu"]
     for name, t in timing.items():
@@ -272,7 +275,7 @@ def main() -> None:
         frac = gflops / peak["bfloat16" if "bf16" in name else "float32"]
         print(f"  {name:<37} {tokens_per_step / t['cpu']:12,.0f} {tokens_per_step / t['wall']:13,.0f}"
               f"  x{base / t['cpu']:.2f}            x{base_fused / t['cpu']:.2f}"
-              f"                {gflops:7.1f}  {100 * frac:5.1f}%")
+              f"                {gflops:7.1f}  {100 * frac:5.1f}%  {1e3 * t['cpu']:13.2f}")
     best = min((t["cpu"], n) for n, t in timing.items() if n.startswith("ours") and "bf16" not in n)
     same = "transformers fused+compile" if "compile" in best[1] else "transformers fused-adamw"
     print(f"headline (float32): {best[1]} vs transformers (torch-default AdamW): "
@@ -289,6 +292,8 @@ def main() -> None:
               f"{ratio_spread(timing['transformers fused bf16'], timing['ours fused bf16'])}")
     print(load_average() + " (after)")
 
+    if args.no_generation or args.context <= 16:
+        return
     # ---- generation (same weights again: copy ours into hf after training diverged them)
     from aigc.models.gpt import gpt2_state_dict_to_hf
 
