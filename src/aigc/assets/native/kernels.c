@@ -248,7 +248,7 @@ mm_rows(const float *restrict am, ptrdiff_t ars, ptrdiff_t aks, const float *res
 
 /* One stage of a 16 x 16 transpose in registers: rows i and i + s (i's bit s clear) swap their
  * s-wide blocks across the diagonal; stages s = 8, 4, 2, 1 transpose the whole block. */
-#define TR_PAIR(r, i, s, ...) do {                                                         \
+#define TR_PAIR(r, i, s) do {                                                              \
         const v16 a_ = r[i], b_ = r[(i) + (s)];                                            \
         r[i] = SHUF2(a_, b_, TR_LO_##s);                                                   \
         r[(i) + (s)] = SHUF2(a_, b_, TR_HI_##s);                                           \
