@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,18 +34,12 @@ SHAPES = [  # batch, positions, heads, head width
 
 
 def best_pair(fa, fn, repeats: int = 5) -> tuple[float, float]:
-    for f in (fa, fn):
-        f()
-        f()
-    ta = tn = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fa()
-        ta = min(ta, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        fn()
-        tn = min(tn, time.perf_counter() - t0)
-    return ta, tn
+    """The best of ``repeats`` alternating timings of each, after two untimed calls of each."""
+    from aigc.models.layers import alternating_best
+    from aigc.models.native import _best_of
+
+    fa(), fn()  # alternating_best makes the second untimed call
+    return alternating_best(lambda: _best_of(fa, 1), lambda: _best_of(fn, 1), repeats)
 
 
 def main() -> int:

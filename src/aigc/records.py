@@ -100,13 +100,12 @@ def runtime() -> dict[str, Any]:
     """What about this process can change the low bits of a result."""
     from aigc.checkpoints import library_versions
     from aigc.models.layers import linear_route
-    from aigc.models.native import current_route
+    from aigc.models.native import ROUTE_ENVS, current_route
 
     return {"threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "linear_route": linear_route(), "gelu_route": current_route("gelu"),
-            "decode_route": current_route("decode"),
-            "attention_route": current_route("attention"),
+            "linear_route": linear_route(),
+            **{f"{kind}_route": current_route(kind) for kind in ROUTE_ENVS},
             "versions": library_versions()}
 
 

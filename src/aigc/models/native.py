@@ -106,6 +106,12 @@ def _cache_root() -> Path:
     return Path(os.environ.get("AIGC_CACHE_DIR") or Path.home() / ".cache" / "aigc")
 
 
+def _is_gcc(compiler_version: str) -> bool:
+    """Whether ``cc --version`` output names GCC (``cc`` names it only on its copyright line)."""
+    about = compiler_version.lower()
+    return "gcc" in about or "free software foundation" in about
+
+
 def _shares_torchs_openmp(compiler_version: str) -> bool:
     """Whether kernels built with -fopenmp would run on torch's own OpenMP runtime: the process
     already has GNU OpenMP loaded under its usual name ``libgomp.so.1`` (torch's Linux wheels
@@ -113,8 +119,7 @@ def _shares_torchs_openmp(compiler_version: str) -> bool:
     kernels to the copy in memory. Otherwise (clang links libomp; a wheel's renamed
     ``libgomp-<hash>.so.1``) a second pool of threads would start, deaf to
     ``torch.set_num_threads``: the kernels are then built for one thread."""
-    if "gcc" not in compiler_version.lower() and "free software foundation" not in \
-            compiler_version.lower():
+    if not _is_gcc(compiler_version):
         return False
     try:
         with open("/proc/self/maps") as maps:

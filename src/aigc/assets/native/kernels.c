@@ -26,12 +26,15 @@
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
+/* e^f for |f| <= ln2 / 2: the Taylor series to degree 7 (scalar or 16 lanes alike) */
+#define EXP_POLY(f) (1.0f + (f) * (1.0f + (f) * (0.5f + (f) * (1.0f / 6 + (f) * (1.0f / 24      \
+                     + (f) * (1.0f / 120 + (f) * (1.0f / 720 + (f) * (1.0f / 5040))))))))
+
 static inline float exp_neg(float z) {  /* e^(-z) for z in [-80, 80], NaN passes */
     float t = -z * LOG2E;
     float n = floorf(t + 0.5f);
     float f = (t - n) * LN2;  /* |f| <= ln2 / 2 */
-    float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120
-              + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    float p = EXP_POLY(f);
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -184,8 +187,7 @@ static inline v16 exp_neg_v(v16 z) {
     v16 t = -z * LOG2E;
     v16 n = (t + magic) - magic; /* round to nearest */
     v16 f = (t - n) * LN2;
-    v16 p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120
-              + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    v16 p = EXP_POLY(f);
     v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
     return p * (v16)bits;
 }
