@@ -13,13 +13,20 @@
  * t = -z log2(e), split as 2^n 2^f with n = round(t), |f| <= 1/2, 2^f = e^(f ln 2) by its Taylor
  * series to degree 7 (relative error below 1e-8 on that interval), and 2^n written into the
  * exponent bits. z is clamped to [-80, 80] (sigmoid is 0 or 1 to float precision beyond);
- * a NaN input stays NaN (comparisons with NaN are false, so the clamp passes it through).
+ * a NaN input stays NaN (the clamp passes it through). The GELU runs on 16-lane vectors: with
+ * AVX-512 the rounding, the scaling by 2^n and the clamp are one instruction each and
+ * 1 / (1 + e^-z) is a reciprocal estimate refined by one Newton step instead of a division
+ * (23 vector instructions per 16 values instead of 29, two of them divisions: forward 16%,
+ * backward 13% faster alone, a compiled GPT training step 1.6% faster, issue #17).
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
 #include <stdlib.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define TWO_C 1.5957691216057308f   /* 2 sqrt(2/pi) */
 #define A 0.044715f
@@ -41,42 +48,111 @@ static inline float exp_neg(float z) {  /* e^(-z) for z in [-80, 80], NaN passes
     return p * scale;
 }
 
-static inline float clamp_z(float v) {
-    float z = TWO_C * v * (1.0f + A * v * v);
-    z = z < -80.0f ? -80.0f : z;
-    return z > 80.0f ? 80.0f : z;
+/* 16 float lanes (GCC/clang vector extensions; -march=native picks the widest registers: one
+ * AVX-512 register, two AVX2 ones) and lane masks (all ones where a comparison holds). */
+typedef float v16 __attribute__((vector_size(64), aligned(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
+#define VL 16
+
+/* b where the mask holds, a elsewhere */
+static inline v16 select_v(v16i mask, v16 a, v16 b) {
+    return (v16)(((v16i)a & ~mask) | ((v16i)b & mask));
+}
+
+/* z clamped to [lo, hi]; NaN passes (vmaxps and vminps return their second operand when
+ * either is NaN) */
+static inline v16 clamp_v(v16 z, float lo, float hi) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), (__m512)z));
+#else
+    z = select_v(z > hi, z, (v16){0} + hi);
+    return select_v(z < lo, z, (v16){0} + lo);
+#endif
+}
+
+/* e^(-z) for 16 lanes, z in [-80, 80] (callers clamp); same method as exp_neg, NaN passes.
+ * With AVX-512 the rounding of t and the scaling by 2^n are one instruction each
+ * (vrndscaleps, vscalefps) and f comes from one fused multiply-add. */
+static inline v16 exp_neg_core_v(v16 z) {
+#if defined(__AVX512F__)
+    v16 t = -z * LOG2E;
+    v16 n = (v16)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v16 f = -z - n * LN2; /* = (t - n) ln2, |f| <= ln2 / 2 */
+    return (v16)_mm512_scalef_ps((__m512)EXP_POLY(f), (__m512)n);
+#else
+    const v16 magic = (v16){0} + 12582912.0f; /* 1.5 * 2^23 */
+    v16 t = -z * LOG2E;
+    v16 n = (t + magic) - magic; /* round to nearest */
+    v16 f = (t - n) * LN2;
+    v16 p = EXP_POLY(f);
+    v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+    return p * (v16)bits;
+#endif
+}
+
+/* e^(-z) for 16 lanes, z in [0, 80] (a softmax's m - s; larger z is taken as 80) */
+static inline v16 exp_neg_v(v16 z) {
+    return exp_neg_core_v(clamp_v(z, -INFINITY, 80.0f));
+}
+
+/* 1 / d for 16 lanes with d >= 1: AVX-512's 14-bit reciprocal estimate and one Newton step
+ * (relative error near 2^-23, an ulp or two from the quotient, at a fraction of a vector
+ * division's time); a plain division without AVX-512. NaN passes. */
+static inline v16 recip_v(v16 d) {
+#if defined(__AVX512F__)
+    v16 r = (v16)_mm512_rcp14_ps((__m512)d);
+    return r * (2.0f - d * r);
+#else
+    return 1.0f / d;
+#endif
+}
+
+/* sigmoid(z) for the GELU's z = 2u (see the top), z clamped to [-80, 80] */
+static inline v16 gelu_sigmoid_v(v16 v) {
+    v16 z = clamp_v(TWO_C * v * (1.0f + A * v * v), -80.0f, 80.0f);
+    return recip_v(1.0f + exp_neg_core_v(z));
+}
+
+static inline v16 gelu_fwd_v(v16 v, v16 gy) {
+    (void)gy;
+    return v * gelu_sigmoid_v(v);
+}
+
+static inline v16 gelu_bwd_v(v16 v, v16 gy) {
+    v16 s = gelu_sigmoid_v(v);
+    v16 dz = TWO_C * (1.0f + 3.0f * A * v * v);
+    return gy * (s + v * s * (1.0f - s) * dz);
 }
 
 /* Elementwise kernels run in blocks over `threads` threads of the OpenMP runtime torch uses
  * (when built with -fopenmp, aigc.models.native, which passes torch's thread count), on one
- * thread for small arrays. Each element is
- * computed by the same code whichever thread takes its block, so results do not depend on the
- * thread count. */
+ * thread for small arrays. Every element goes through the same vector code (the last partial
+ * vector through a zero-padded copy) whichever thread takes its block, so results do not
+ * depend on the thread count or on where an element sits. */
 #define BLOCK 16384
 
 typedef struct { const float *gy, *x; float *out; } gelu_args;  /* gy: backward only */
 
-static void gelu_fwd_range(const gelu_args *a, ptrdiff_t lo, ptrdiff_t hi) {
-    const float *restrict x = a->x;
-    float *restrict y = a->out;
-#pragma omp simd
-    for (ptrdiff_t i = lo; i < hi; i++) {
-        float v = x[i];
-        y[i] = v / (1.0f + exp_neg(clamp_z(v)));
+#define GELU_RANGE(name, body)                                                                \
+    static void name(const gelu_args *a, ptrdiff_t lo, ptrdiff_t hi) {                      \
+        const float *restrict x = a->x, *restrict gy = a->gy;                               \
+        float *restrict out = a->out;                                                       \
+        const v16 zero = {0};                                                               \
+        ptrdiff_t i = lo;                                                                   \
+        for (; i + VL <= hi; i += VL)                                                       \
+            *(v16u *)(out + i) = body(*(const v16u *)(x + i),                               \
+                                      gy ? *(const v16u *)(gy + i) : zero);                 \
+        if (i < hi) {                                                                       \
+            float bx[VL] = {0}, bg[VL] = {0}, bo[VL];                                       \
+            memcpy(bx, x + i, (size_t)(hi - i) * sizeof *x);                                \
+            if (gy) memcpy(bg, gy + i, (size_t)(hi - i) * sizeof *gy);                      \
+            *(v16u *)bo = body(*(const v16u *)bx, *(const v16u *)bg);                       \
+            memcpy(out + i, bo, (size_t)(hi - i) * sizeof *out);                            \
+        }                                                                                   \
     }
-}
-
-static void gelu_bwd_range(const gelu_args *a, ptrdiff_t lo, ptrdiff_t hi) {
-    const float *restrict gy = a->gy, *restrict x = a->x;
-    float *restrict gx = a->out;
-#pragma omp simd
-    for (ptrdiff_t i = lo; i < hi; i++) {
-        float v = x[i];
-        float s = 1.0f / (1.0f + exp_neg(clamp_z(v)));
-        float dz = TWO_C * (1.0f + 3.0f * A * v * v);
-        gx[i] = gy[i] * (s + v * s * (1.0f - s) * dz);
-    }
-}
+GELU_RANGE(gelu_fwd_range, gelu_fwd_v)
+GELU_RANGE(gelu_bwd_range, gelu_bwd_v)
 
 /* range(a, lo, hi) over the BLOCK-sized blocks of n values, across `threads` threads when there
  * are four blocks or more. */
@@ -174,24 +250,6 @@ void aigc_rope_cache(const float *restrict qkv, const float *restrict cos_t,
  * vectors (GCC/clang vector extensions; -march=native picks the widest registers), skipping
  * what the causal mask zeroes. Measured against the head split, ATen's flash kernel and the
  * merge it replaces by `aigc kernels --measure` (figures in docs/performance.md). */
-typedef float v16 __attribute__((vector_size(64), aligned(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
-typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
-#define VL 16
-
-/* e^(-z) for 16 lanes, z in [0, 80] (a softmax's m - s); same method as exp_neg */
-static inline v16 exp_neg_v(v16 z) {
-    const v16 zero = {0}, lim = zero + 80.0f, magic = zero + 12582912.0f; /* 1.5 * 2^23 */
-    v16i big = z > lim;
-    z = (v16)(((v16i)z & ~big) | ((v16i)lim & big));
-    v16 t = -z * LOG2E;
-    v16 n = (t + magic) - magic; /* round to nearest */
-    v16 f = (t - n) * LN2;
-    v16 p = EXP_POLY(f);
-    v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-    return p * (v16)bits;
-}
-
 /* cm (M x N) = am (M x K) bm (K x N) for N a multiple of 16. am's element (r, k) is at
  * am[r * ars + k * aks]; bm's row k at bm + k * ldb (any alignment); cm's row stride ldc.
  * Row blocks of 4. kmode 1: only k <= the block's last row (am zero past its diagonal);
