@@ -17,7 +17,8 @@
  * AVX-512 the rounding, the scaling by 2^n and the clamp are one instruction each and
  * 1 / (1 + e^-z) is a reciprocal estimate refined by one Newton step instead of a division
  * (23 vector instructions per 16 values instead of 29, two of them divisions: forward 16%,
- * backward 13% faster alone, a compiled GPT training step 1.6% faster, issue #17).
+ * backward 13% faster alone; inside a compiled GPT training step the gain is about 1%, below
+ * what benchmarks/gpt_speed.py resolves; issue #17, docs/performance.md).
  */
 #include <stddef.h>
 #include <stdint.h>
