@@ -38,6 +38,17 @@ def built(fresh):
     return lib
 
 
+# the autograd node a native kernel leaves: its eager Function, or its custom op under compile
+_NODES = {"gelu": ("_EagerGeluBackward", "gelu_tanh"),
+          "attention": ("_EagerAttentionBackward", "causal_attention")}
+
+
+def _made_natively(y, kind):
+    eager, op = _NODES[kind]
+    name = y.grad_fn.name()
+    return name == eager or op in name.lower()
+
+
 def _values():
     gen = torch.Generator().manual_seed(0)
     return torch.cat([torch.linspace(-30, 30, 6001), torch.randn(4099, generator=gen) * 2,
@@ -49,7 +60,7 @@ def test_native_gelu_matches_aten_forward_and_backward(built):
     x_ref = x.detach().clone().requires_grad_()
     native.set_gelu_route("native")
     y = native.gelu_tanh(x)
-    assert "gelu_tanh" in str(y.grad_fn.name()).lower()  # the native op, not ATen's GeluBackward
+    assert _made_natively(y, "gelu")  # the native kernels, not ATen's GeluBackward
     y_ref = F.gelu(x_ref, approximate="tanh")
     torch.testing.assert_close(y, y_ref, rtol=2e-6, atol=2e-6)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
@@ -86,8 +97,7 @@ def test_native_gelu_is_used_only_where_it_applies(built):
     native.set_gelu_route("native")
 
     def uses_native(x):
-        return "gelu_tanh" in native.gelu_tanh(x.requires_grad_()).grad_fn.name().lower() and \
-            "GeluBackward" not in native.gelu_tanh(x).grad_fn.name()
+        return _made_natively(native.gelu_tanh(x.requires_grad_()), "gelu")
 
     assert uses_native(torch.randn(64, 128))
     assert uses_native(torch.randn(8, 8))  # any size: a result must not depend on the batch
@@ -122,6 +132,32 @@ def test_gpt_trains_the_same_with_either_route(built, kind):
             outs.append(model.generate(tokens[:1, :5], 8,
                                        generator=torch.Generator().manual_seed(4)))
         assert torch.equal(outs[0], outs[1])
+
+
+def test_eager_autograd_and_the_custom_ops_give_the_same_bits(built):
+    """Eager autograd calls the kernels through an autograd.Function (no custom-op dispatch);
+    torch.compile calls the custom ops: the same kernels, so the same numbers either way, and
+    a second derivative is refused rather than silently wrong."""
+    native.set_gelu_route("native")
+    native.set_route("attention", "native")
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 16, 3 * 64, generator=gen)
+    gy = torch.randn(4, 16, 64, generator=gen)
+    for kind, eager, op in (
+            ("gelu", native.gelu_tanh, lambda t: torch.ops.aigc.gelu_tanh(t)),
+            ("attention", lambda t: native.causal_attention(t, 4),
+             lambda t: torch.ops.aigc.causal_attention(t, 4)[0])):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = eager(a), op(b)
+        assert _made_natively(ya, kind) and ya.grad_fn.name().startswith("_Eager")
+        g = gy if kind == "attention" else torch.randn(ya.shape, generator=gen)
+        ya.backward(g)
+        yb.backward(g)
+        assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad), kind
+        c = x.clone().requires_grad_()
+        (first,) = torch.autograd.grad((eager(c) * g).sum(), c, create_graph=True)
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            torch.autograd.grad(first.sum(), c)
 
 
 def test_native_gelu_compiles_without_graph_breaks(built):
@@ -322,7 +358,7 @@ def _attention_pair(qkv, heads):
         native.set_route("attention", route)
         x = qkv.detach().clone().requires_grad_()
         y = native.causal_attention(x, heads)
-        assert ("causal_attention" in y.grad_fn.name().lower()) == (route == "native")
+        assert _made_natively(y, "attention") == (route == "native")
         y.backward(gy)
         out[route] = (y.detach(), x.grad)
     return out

@@ -1,0 +1,109 @@
+"""How the native GELU and attention kernels are called under eager autograd: through their
+custom ops (``torch.library.custom_op``, as aigc did until 2026-11-30 and still does under
+``torch.compile``) or through an ``autograd.Function`` around the same ctypes calls (what
+``aigc.models.native`` does now). Same kernels, same numbers (tests/test_native_kernels.py); only
+the Python dispatch around them differs.
+
+One GPT training step (the defaults of benchmarks/gpt_speed.py: 4 layers, width 128, context 64,
+batch 12, austen characters; fused AdamW, no compile: the trainer's default), the two variants
+timed in interleaved rounds in one process (benchmarks/_timing.py), ratio by CPU time:
+
+    OMP_NUM_THREADS=1 python benchmarks/native_dispatch.py --rounds 11
+
+The "custom ops" variant swaps aigc's GELU and attention entry points for wrappers that call
+the custom ops whenever a gradient is recorded (the previous behaviour); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--steps", type=int, default=20, help="steps per variant per round")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from _machine import machine_line
+    from _timing import interleaved, load_average, ratio_spread, warm_up
+    from gpt_speed import make_step
+
+    from aigc.data.text import load_corpus
+    from aigc.data.tokens import TokenWindows, encode_documents
+    from aigc.models import gpt as gpt_module
+    from aigc.models import native
+    from aigc.models.gpt import GPT, GPTConfig
+    from aigc.tokenizers import CharTokenizer
+
+    print(machine_line())
+    print(load_average() + " (before)")
+    print(f"routes: GELU {native.gelu_route()}, attention {native.attention_route()}")
+    if native.gelu_route() != "native" or native.attention_route() != "native":
+        raise SystemExit("the native kernels are not this machine's route: nothing to compare")
+    corpus = load_corpus("austen")
+    tok = CharTokenizer.train([d for s in ("train", "val", "test") for d in corpus.documents(s)])
+    windows = TokenWindows(encode_documents(tok, corpus.documents("val")), 64, stride=64)
+    gen = torch.Generator().manual_seed(0)
+    batches = [windows.get_batch(torch.randint(0, len(windows), (12,), generator=gen))["tokens"]
+               for _ in range(8)]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=64, layers=4, heads=4,
+                          width=128))
+
+    function_gelu, function_attention = gpt_module.gelu_tanh, native.native_causal_attention
+
+    def op_gelu(x):
+        if x.requires_grad and torch.is_grad_enabled() and native.gelu_route() == "native" \
+                and x.dtype == torch.float32 and x.is_contiguous():
+            return native._gelu_op(x)
+        return function_gelu(x)
+
+    def op_attention(qkv, heads):
+        if qkv.requires_grad and torch.is_grad_enabled():
+            return native._attention_op(qkv, heads)[0]
+        return function_attention(qkv, heads)
+
+    def variant(gelu, attention):
+        m = copy.deepcopy(model)
+        step = make_step(m, lambda t: m.loss({"tokens": t}), batches, fused=True, bf16=False)
+
+        def run():
+            gpt_module.gelu_tanh, native.native_causal_attention = gelu, attention
+            try:
+                return step()
+            finally:
+                gpt_module.gelu_tanh = function_gelu
+                native.native_causal_attention = function_attention
+        return run
+
+    variants = {"custom ops": variant(op_gelu, op_attention),
+                "autograd.Function": variant(function_gelu, function_attention)}
+    losses = {name: [run().item() for _ in range(3)] for name, run in variants.items()}
+    same = losses["custom ops"] == losses["autograd.Function"]
+    print(f"the first 3 losses of each variant identical: {same}")
+    warm_up(variants, 3)
+    res = interleaved(variants, args.rounds, args.steps)
+    print(f"\neager GPT training step, {args.threads} thread(s), {args.rounds} interleaved rounds "
+          f"x {args.steps} steps (median)")
+    print(f"  {'kernels called through':<22} {'ms/step (cpu)':>14} {'ms/step (wall)':>15}")
+    for name, r in res.items():
+        print(f"  {name:<22} {r['cpu'] * 1e3:14.2f} {r['wall'] * 1e3:15.2f}")
+    print(f"autograd.Function against the custom ops, by CPU time: "
+          f"{ratio_spread(res['custom ops'], res['autograd.Function'])}")
+    print(load_average() + " (after)")
+
+
+if __name__ == "__main__":
+    main()
