@@ -75,6 +75,20 @@ static void check_gelu(void) {
     expect("GELU forward against float64", err_y, 2e-6);
     expect("GELU backward against float64", err_g, 5e-6);
     expect_same("GELU on 1 and 2 threads", same);
+
+    /* NaN stays NaN; far below zero GELU is 0 and so is its slope (not x e^-80) */
+    float edge[] = {NAN, -1e30f, -1e19f, -1e4f, -200.0f, 0.0f, 1e4f, 1e30f}, ey[8], eg[8];
+    const float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    aigc_gelu_tanh_fwd(edge, ey, 8, 1);
+    aigc_gelu_tanh_bwd(ones, edge, eg, 8, 1);
+    int edges_ok = isnan(ey[0]) && isnan(eg[0]);
+    for (int i = 1; i <= 4; i++) edges_ok &= ey[i] == 0.0f && eg[i] == 0.0f;
+    edges_ok &= ey[5] == 0.0f && fabsf(eg[5] - 0.5f) < 1e-6f;  /* gelu'(0) = 1/2 */
+    edges_ok &= ey[6] == 1e4f && ey[7] == 1e30f && eg[6] == 1.0f;
+    if (!edges_ok)
+        for (int i = 0; i < 8; i++) printf("  x %g: gelu %g, slope %g\n", edge[i], ey[i], eg[i]);
+    printf("%-44s %s\n", "GELU at NaN, 0, +-1e4 and far below zero", edges_ok ? "as expected" : "WRONG  FAILED");
+    failures += !edges_ok;
 }
 
 static void check_decode(void) {
@@ -85,6 +99,7 @@ static void check_decode(void) {
     for (ptrdiff_t i = 0; i < rows * dim; i++) x[i] = 4 * uniform(&s);
     for (ptrdiff_t i = 0; i < dim; i++) w[i] = uniform(&s);
     for (ptrdiff_t i = 0; i < rows * 2 * n; i++) gu[i] = 6 * uniform(&s);
+    gu[0] = -1e30f, gu[1] = -100.0f, gu[2] = NAN; /* gates far below zero and a NaN */
     aigc_rms_norm(x, w, y, rows, dim, 1e-5f);
     aigc_silu_mul(gu, o, rows, n);
     double err_r = 0, err_s = 0;
@@ -96,7 +111,12 @@ static void check_decode(void) {
             err_r = fmax(err_r, fabs(y[r * dim + i] - w[i] * x[r * dim + i] * inv));
         for (ptrdiff_t i = 0; i < n; i++) {
             const double g = gu[r * 2 * n + i], u = gu[r * 2 * n + n + i];
-            err_s = fmax(err_s, fabs(o[r * n + i] - g / (1 + exp(-g)) * u) / (1 + fabs(u)));
+            if (isnan(g)) {
+                err_s = isnan(o[r * n + i]) ? err_s : INFINITY;
+                continue;
+            }
+            const double ref = g < -700 ? 0.0 : g / (1 + exp(-g)) * u;
+            err_s = fmax(err_s, fabs(o[r * n + i] - ref) / (1 + fabs(u)));
         }
     }
     expect("RMSNorm against float64", err_r, 2e-6);

@@ -12,13 +12,15 @@
  * exp is computed here, not by libm, so the loops vectorize without -ffast-math: 2^t for
  * t = -z log2(e), split as 2^n 2^f with n = round(t), |f| <= 1/2, 2^f = e^(f ln 2) by its Taylor
  * series to degree 7 (relative error below 1e-8 on that interval), and 2^n written into the
- * exponent bits. z is clamped to [-80, 80] (sigmoid is 0 or 1 to float precision beyond);
- * a NaN input stays NaN (the clamp passes it through). The GELU runs on 16-lane vectors: with
- * AVX-512 the rounding, the scaling by 2^n and the clamp are one instruction each and
+ * exponent bits. e^-z is taken at z clamped to [-80, 80]; sigmoid is 1 to float precision
+ * above 80 and is set to 0 below -80 (so that a huge negative x gives 0, not x e^-80); a NaN
+ * input stays NaN (the clamp passes it through). The GELU runs on 16-lane vectors: with
+ * AVX-512 the rounding and the scaling by 2^n are one instruction each, the clamp two, and
  * 1 / (1 + e^-z) is a reciprocal estimate refined by one Newton step instead of a division
- * (23 vector instructions per 16 values instead of 29, two of them divisions: forward 16%,
- * backward 13% faster alone; inside a compiled GPT training step the gain is about 1%, below
- * what benchmarks/gpt_speed.py resolves; issue #17, docs/performance.md).
+ * (24 vector operations per 16 values, loads, stores and register copies aside, instead of 26
+ * with two divisions; forward 16%, backward 13% faster alone; inside a compiled GPT training
+ * step the gain is about 1%, below what benchmarks/gpt_speed.py resolves; issue #17,
+ * docs/performance.md).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -41,9 +43,10 @@
 static inline float exp_neg(float z) {  /* e^(-z) for z in [-80, 80], NaN passes */
     float t = -z * LOG2E;
     float n = floorf(t + 0.5f);
-    float f = (t - n) * LN2;  /* |f| <= ln2 / 2 */
+    float f = (t - n) * LN2;  /* |f| <= ln2 / 2; NaN for a NaN z, which p carries */
     float p = EXP_POLY(f);
-    int32_t bits = ((int32_t)n + 127) << 23;
+    n = n == n ? n : 0.0f;  /* converting NaN to an integer is undefined */
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
@@ -54,6 +57,7 @@ static inline float exp_neg(float z) {  /* e^(-z) for z in [-80, 80], NaN passes
 typedef float v16 __attribute__((vector_size(64), aligned(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
+typedef uint32_t v16ui __attribute__((vector_size(64), aligned(64)));
 #define VL 16
 
 /* b where the mask holds, a elsewhere */
@@ -85,9 +89,10 @@ static inline v16 exp_neg_core_v(v16 z) {
     const v16 magic = (v16){0} + 12582912.0f; /* 1.5 * 2^23 */
     v16 t = -z * LOG2E;
     v16 n = (t + magic) - magic; /* round to nearest */
-    v16 f = (t - n) * LN2;
+    v16 f = (t - n) * LN2; /* NaN for a NaN z, which p carries */
     v16 p = EXP_POLY(f);
-    v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+    n = select_v(n != n, n, (v16){0}); /* converting NaN to an integer is undefined */
+    v16ui bits = (v16ui)(__builtin_convertvector(n, v16i) + 127) << 23;
     return p * (v16)bits;
 #endif
 }
@@ -109,21 +114,37 @@ static inline v16 recip_v(v16 d) {
 #endif
 }
 
-/* sigmoid(z) for the GELU's z = 2u (see the top), z clamped to [-80, 80] */
-static inline v16 gelu_sigmoid_v(v16 v) {
-    v16 z = clamp_v(TWO_C * v * (1.0f + A * v * v), -80.0f, 80.0f);
-    return recip_v(1.0f + exp_neg_core_v(z));
+/* the GELU's z = 2u (see the top) */
+static inline v16 gelu_z(v16 v) {
+    return TWO_C * v * (1.0f + A * v * v);
+}
+
+/* sigmoid(z), e^-z taken at z clamped to [-80, 80] */
+static inline v16 sigmoid_v(v16 z) {
+    return recip_v(1.0f + exp_neg_core_v(clamp_v(z, -80.0f, 80.0f)));
+}
+
+/* x where z >= -80 (or z is NaN), 0 below: far below zero GELU and its slope are 0, not
+ * x e^-80 (nor NaN where x^2 overflows) */
+static inline v16 zero_below_v(v16 z, v16 x) {
+#if defined(__AVX512F__)  /* one compare into a mask register and a zeroing move */
+    return (v16)_mm512_maskz_mov_ps(
+        _mm512_cmp_ps_mask((__m512)z, _mm512_set1_ps(-80.0f), _CMP_NLT_UQ), (__m512)x);
+#else
+    return select_v(z < -80.0f, x, (v16){0});
+#endif
 }
 
 static inline v16 gelu_fwd_v(v16 v, v16 gy) {
     (void)gy;
-    return v * gelu_sigmoid_v(v);
+    const v16 z = gelu_z(v);
+    return zero_below_v(z, v * sigmoid_v(z));
 }
 
 static inline v16 gelu_bwd_v(v16 v, v16 gy) {
-    v16 s = gelu_sigmoid_v(v);
-    v16 dz = TWO_C * (1.0f + 3.0f * A * v * v);
-    return gy * (s + v * s * (1.0f - s) * dz);
+    const v16 z = gelu_z(v), s = sigmoid_v(z);
+    const v16 dz = TWO_C * (1.0f + 3.0f * A * v * v);
+    return gy * zero_below_v(z, s + v * s * (1.0f - s) * dz);
 }
 
 /* Elementwise kernels run in blocks over `threads` threads of the OpenMP runtime torch uses
@@ -195,7 +216,7 @@ void aigc_rms_norm(const float *restrict x, const float *restrict w, float *rest
 }
 
 /* SwiGLU's product: gu (rows, 2n) holds gate | up; out (rows, n) = silu(gate) * up, with
- * silu(g) = g / (1 + e^-g). */
+ * silu(g) = g / (1 + e^-g), 0 below g = -80 (where it is below 1e-33 in size). */
 void aigc_silu_mul(const float *restrict gu, float *restrict out, ptrdiff_t rows, ptrdiff_t n) {
     for (ptrdiff_t r = 0; r < rows; r++) {
         const float *g = gu + r * 2 * n, *u = g + n;
@@ -204,7 +225,7 @@ void aigc_silu_mul(const float *restrict gu, float *restrict out, ptrdiff_t rows
         for (ptrdiff_t i = 0; i < n; i++) {
             float z = g[i];
             z = z < -80.0f ? -80.0f : (z > 80.0f ? 80.0f : z);
-            o[i] = g[i] / (1.0f + exp_neg(z)) * u[i];
+            o[i] = (g[i] < -80.0f ? 0.0f : g[i] / (1.0f + exp_neg(z))) * u[i];
         }
     }
 }
