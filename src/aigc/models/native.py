@@ -457,6 +457,15 @@ def attention_route() -> str:
     return route("attention")
 
 
+def _call_path(x: torch.Tensor) -> str:
+    """How the GELU and attention kernels are called on ``x``: ``"op"`` (their custom op) while
+    ``torch.compile`` traces, ``"function"`` (an ``autograd.Function`` around the ctypes calls,
+    cheaper than the op's dispatch) where eager autograd records a gradient, else ``"direct"``."""
+    if torch.compiler.is_compiling():
+        return "op"
+    return "function" if x.requires_grad and torch.is_grad_enabled() else "direct"
+
+
 def attention_takes(qkv: torch.Tensor, heads: int) -> bool:
     """Whether :func:`causal_attention` runs the native kernels on this ``qkv``: it fits them
     and this machine measured them faster."""
@@ -466,11 +475,11 @@ def attention_takes(qkv: torch.Tensor, heads: int) -> bool:
 def native_causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     """The native kernels on a ``qkv`` that :func:`attention_takes`: the custom op under the
     compiler, the eager Function under autograd, else a direct call."""
-    if torch.compiler.is_compiling():
+    path = _call_path(qkv)
+    if path == "op":
         return _attention_op(qkv, heads)[0]
-    if qkv.requires_grad and torch.is_grad_enabled():
-        return _EagerAttention.apply(qkv, heads)
-    return _attn_fwd(_loaded(), qkv, heads)[0]
+    return _EagerAttention.apply(qkv, heads) if path == "function" else \
+        _attn_fwd(_loaded(), qkv, heads)[0]
 
 
 def causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
@@ -775,9 +784,8 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     is measured faster (see the module notes)."""
     if (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
             and gelu_route() == "native"):
-        if torch.compiler.is_compiling():
+        path = _call_path(x)
+        if path == "op":
             return _gelu_op(x)
-        if x.requires_grad and torch.is_grad_enabled():
-            return _EagerGelu.apply(x)
-        return _fwd(_loaded(), x)
+        return _EagerGelu.apply(x) if path == "function" else _fwd(_loaded(), x)
     return F.gelu(x, approximate="tanh")

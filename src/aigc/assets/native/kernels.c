@@ -65,13 +65,20 @@ static inline v16 select_v(v16i mask, v16 a, v16 b) {
     return (v16)(((v16i)a & ~mask) | ((v16i)b & mask));
 }
 
-/* z clamped to [lo, hi]; NaN passes (vmaxps and vminps return their second operand when
+/* min(z, hi) and max(z, lo); NaN passes (vminps and vmaxps return their second operand when
  * either is NaN) */
-static inline v16 clamp_v(v16 z, float lo, float hi) {
+static inline v16 min_v(v16 z, float hi) {
 #if defined(__AVX512F__)
-    return (v16)_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), (__m512)z));
+    return (v16)_mm512_min_ps(_mm512_set1_ps(hi), (__m512)z);
 #else
-    z = select_v(z > hi, z, (v16){0} + hi);
+    return select_v(z > hi, z, (v16){0} + hi);
+#endif
+}
+
+static inline v16 max_v(v16 z, float lo) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_max_ps(_mm512_set1_ps(lo), (__m512)z);
+#else
     return select_v(z < lo, z, (v16){0} + lo);
 #endif
 }
@@ -99,7 +106,7 @@ static inline v16 exp_neg_core_v(v16 z) {
 
 /* e^(-z) for 16 lanes, z in [0, 80] (a softmax's m - s; larger z is taken as 80) */
 static inline v16 exp_neg_v(v16 z) {
-    return exp_neg_core_v(clamp_v(z, -INFINITY, 80.0f));
+    return exp_neg_core_v(min_v(z, 80.0f));
 }
 
 /* 1 / d for 16 lanes with d >= 1: AVX-512's 14-bit reciprocal estimate and one Newton step
@@ -121,7 +128,7 @@ static inline v16 gelu_z(v16 v) {
 
 /* sigmoid(z), e^-z taken at z clamped to [-80, 80] */
 static inline v16 sigmoid_v(v16 z) {
-    return recip_v(1.0f + exp_neg_core_v(clamp_v(z, -80.0f, 80.0f)));
+    return recip_v(1.0f + exp_neg_core_v(min_v(max_v(z, -80.0f), 80.0f)));
 }
 
 /* x where z >= -80 (or z is NaN), 0 below: far below zero GELU and its slope are 0, not
