@@ -5,15 +5,20 @@ import os
 
 import pytest
 
+# fresh, built: the native kernels' state undecided, built in a temporary cache
+pytest_plugins = ["native_fixtures"]
+
 # One float32 linear route for the whole suite (aigc.models.layers.linear_route), so results do
 # not depend on a timing taken while the tests load the machine, and no kernels.json is written
 # into the user's cache; tests/test_layers_linear.py tests the measured choice and both routes.
 os.environ.setdefault("AIGC_LINEAR_ROUTE", "torch")
 # Likewise the native kernels (aigc.models.native: GPT's GELU, Llama decoding's small
-# operations): tests/test_native_kernels.py builds them and tests them against ATen's.
+# operations, attention, the UNets' 3x3 convolutions): tests/test_native_kernels.py and
+# tests/test_native_conv.py build them and test them against ATen's.
 os.environ.setdefault("AIGC_GELU_ROUTE", "torch")
 os.environ.setdefault("AIGC_DECODE_ROUTE", "torch")
 os.environ.setdefault("AIGC_ATTENTION_ROUTE", "torch")
+os.environ.setdefault("AIGC_CONV_ROUTE", "torch")
 
 
 def pytest_collection_modifyitems(config, items):

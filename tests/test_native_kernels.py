@@ -9,35 +9,6 @@ import torch.nn.functional as F
 
 from aigc.models import native
 
-
-@pytest.fixture
-def fresh(tmp_path, monkeypatch):
-    """Module state undecided, the cache (kernels.json and the built library) in a temporary
-    folder; restored afterwards."""
-    saved = (native._lib, native._build_error, dict(native._measured), dict(native._forced))
-    native._lib = native._build_error = None
-    native._measured.clear()
-    native._forced.clear()
-    monkeypatch.setenv("AIGC_CACHE_DIR", str(tmp_path))
-    for env in native.ROUTE_ENVS.values():
-        monkeypatch.delenv(env, raising=False)
-    yield tmp_path
-    native._lib, native._build_error = saved[:2]
-    native._measured.clear()
-    native._measured.update(saved[2])
-    native._forced.clear()
-    native._forced.update(saved[3])
-
-
-@pytest.fixture
-def built(fresh):
-    if native._compiler() is None:
-        pytest.skip("no C compiler on this machine: the native kernel cannot be built")
-    lib = native._build()
-    assert lib is not None, native._build_error
-    return lib
-
-
 # the autograd node a native kernel leaves: its eager Function, or its custom op under compile
 _NODES = {"gelu": ("_EagerGeluBackward", "gelu_tanh"),
           "attention": ("_EagerAttentionBackward", "causal_attention")}
@@ -276,11 +247,11 @@ def test_kernels_command_shows_and_remeasures_the_routes(built, capsys, monkeypa
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     cache = json.loads((native._cache_root() / "kernels.json").read_text())
-    assert len(cache) == 4  # linear, gelu, decode, attention for this machine key
+    assert len(cache) == 5  # linear, gelu, decode, attention, conv for this machine key
     assert "native:  built:" in out
     assert "gelu      native  ATen time / native time 2.50" in out
     assert "linear    torch   F.linear time / oneDNN time 0.90" in out
-    assert "attention " in out
+    assert "attention " in out and "conv      " in out
     assert main(["kernels", "--threads", "0"]) == 2
 
 

@@ -30,6 +30,10 @@ Both build their records with :func:`image_record`, so the same fields mean the 
                      (:func:`aigc.models.native.decode_route`)
 ``attention_route``  the same for GPT's causal self-attention over whole sequences
                      (:func:`aigc.models.native.attention_route`)
+``conv_route``       the same for the UNets' 3x3 convolutions (Winograd kernels,
+                     :func:`aigc.models.native.conv2d`); ``undecided`` where no channels-last
+                     float32 convolution ran yet; replay takes it, and an image record without
+                     it (before 2026-12) replays on ATen's (``torch``)
 ``memory_format``    images: ``channels_last`` or ``contiguous``, the network's weights while it
                      drew (:func:`aigc.models.sampling_memory_format`); replay takes it, and a
                      record without it (before 2026-11-30) replays in ``contiguous``

@@ -16,9 +16,13 @@ version and thread count:
            native
   attention  GPT's causal self-attention over whole sequences (training, scoring), up to 256
            positions: ATen's scaled_dot_product_attention with the head split, or native
+  conv     the diffusion UNets' and the autoencoder's 3x3 convolutions (stride 1, channels-last
+           float32, channel counts multiples of 16 up to 256): oneDNN's (F.conv2d) or native
+           Winograd F(2x2, 3x3) kernels
 
 Environment variables force a route: AIGC_LINEAR_ROUTE=onednn|torch, AIGC_GELU_ROUTE,
-AIGC_DECODE_ROUTE and AIGC_ATTENTION_ROUTE=native|torch (auto: the measured one).
+AIGC_DECODE_ROUTE, AIGC_ATTENTION_ROUTE and AIGC_CONV_ROUTE=native|torch (auto: the measured
+one).
 docs/performance.md has the figures.
 """
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from aigc.config import check_positive
 from aigc.errors import ConfigError
+from aigc.models.layers import Conv2d
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.block = nn.Sequential(
-            nn.GroupNorm(_groups(c_in), c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-            nn.GroupNorm(_groups(c_out), c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+            nn.GroupNorm(_groups(c_in), c_in), nn.SiLU(), Conv2d(c_in, c_out, 3, padding=1),
+            nn.GroupNorm(_groups(c_out), c_out), nn.SiLU(), Conv2d(c_out, c_out, 3, padding=1),
         )
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -81,7 +82,7 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: AutoencoderKLConfig):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(cfg.image_channels, cfg.channels[0], 3, padding=1)]
+        layers: list[nn.Module] = [Conv2d(cfg.image_channels, cfg.channels[0], 3, padding=1)]
         ch = cfg.channels[0]
         for level, width in enumerate(cfg.channels):
             for _ in range(cfg.num_res_blocks):
@@ -90,7 +91,7 @@ class Encoder(nn.Module):
             if level < len(cfg.channels) - 1:
                 layers.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))  # halves H, W
         layers += [ResBlock(ch, ch), nn.GroupNorm(_groups(ch), ch), nn.SiLU(),
-                   nn.Conv2d(ch, 2 * cfg.latent_channels, 3, padding=1)]
+                   Conv2d(ch, 2 * cfg.latent_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,16 +103,16 @@ class Decoder(nn.Module):
     def __init__(self, cfg: AutoencoderKLConfig):
         super().__init__()
         ch = cfg.channels[-1]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch, 3, padding=1), ResBlock(ch, ch)]
+        layers: list[nn.Module] = [Conv2d(cfg.latent_channels, ch, 3, padding=1), ResBlock(ch, ch)]
         for level, width in reversed(list(enumerate(cfg.channels))):
             for _ in range(cfg.num_res_blocks):
                 layers.append(ResBlock(ch, width))
                 ch = width
             if level > 0:
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"),
-                           nn.Conv2d(ch, ch, 3, padding=1)]
+                           Conv2d(ch, ch, 3, padding=1)]
         layers += [nn.GroupNorm(_groups(ch), ch), nn.SiLU(),
-                   nn.Conv2d(ch, cfg.image_channels, 3, padding=1)]
+                   Conv2d(ch, cfg.image_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from aigc.config import check_positive
 from aigc.errors import ConfigError
 from aigc.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, latent_std
 from aigc.models.diffusion import noise_schedule
+from aigc.models.layers import Conv2d
 from aigc.models.pretrained import MINILM_DIM
 from aigc.models.samplers._common import noise_like
 from aigc.models.text_zh import ZhTextEncoder, has_cjk
@@ -189,7 +190,7 @@ class CrossAttentionUNet(nn.Module):
         c0 = channels[0]
         emb_dim = 4 * c0
         self.time_mlp = nn.Sequential(nn.Linear(c0, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
+        self.conv_in = Conv2d(in_channels, c0, 3, padding=1)
 
         def block(c_in: int, c_out: int, attention: bool) -> Block:
             return Block(c_in, c_out, emb_dim, dropout, attention, context_dim)
@@ -214,9 +215,9 @@ class CrossAttentionUNet(nn.Module):
                 ch = width
                 if level > 0 and i == num_res_blocks:
                     self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                                 nn.Conv2d(ch, ch, 3, padding=1)))
+                                                 Conv2d(ch, ch, 3, padding=1)))
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
-        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 

@@ -242,3 +242,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return _OneDNNLinear.apply(x, weight, bias)
     y = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)  # (M, N)
     return y.view(*x.shape[:-1], weight.shape[0])
+
+
+class Conv2d(torch.nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, same state-dict keys) whose 3x3 convolutions of stride
+    1 and padding 1 over channels-last float32 CPU images take aigc's Winograd kernels where
+    this machine measured them faster (:func:`aigc.models.native.conv2d`,
+    ``AIGC_CONV_ROUTE``); every other case is ``nn.Conv2d``'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        from aigc.models import native
+
+        return native.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                             self.dilation, self.groups)

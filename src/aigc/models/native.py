@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 
 ROUTE_ENVS = {"gelu": "AIGC_GELU_ROUTE", "decode": "AIGC_DECODE_ROUTE",
-              "attention": "AIGC_ATTENTION_ROUTE"}
+              "attention": "AIGC_ATTENTION_ROUTE", "conv": "AIGC_CONV_ROUTE"}
 ROUTE_ENV = ROUTE_ENVS["gelu"]
 _SOURCE = Path(__file__).resolve().parent.parent / "assets" / "native" / "kernels.c"
 # -ffp-contract=fast: a * b + c as one fused multiply-add (in ISO C mode, -std=c11, gcc otherwise
@@ -141,8 +141,10 @@ def _build() -> ctypes.CDLL | None:
 _SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
                "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
                "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "pppnnnnfi",
-               "aigc_attn_bwd": "ppppnnnnfi"}
-_RETURNS_STATUS = ("aigc_attn_fwd", "aigc_attn_bwd")  # 0, or -1: out of memory
+               "aigc_attn_bwd": "ppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnni",
+               "aigc_conv3x3_wgrad": "ppppnnnnni", "aigc_conv3x3_weights": "ppnni"}
+# 0, or -1: out of memory
+_RETURNS_STATUS = ("aigc_attn_fwd", "aigc_attn_bwd", "aigc_conv3x3_fwd", "aigc_conv3x3_wgrad")
 
 
 def _build_locked() -> None:
@@ -257,7 +259,7 @@ def _self_check(lib) -> str | None:
         err = (a - b).abs().max().item() / (1 + b.abs().max().item())
         if not err <= 2e-6:
             return f"the native {name} disagrees with ATen ({err:.2e})"
-    return _attention_self_check(lib)
+    return _attention_self_check(lib) or _conv_self_check(lib)
 
 
 def _empty_caches(kv: int, cap: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -511,6 +513,177 @@ def _attention_self_check(lib) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------- 3x3 convolution
+# The UNets' 3x3 convolutions (stride 1, padding 1) over channels-last float32 images, by
+# Winograd's F(2x2, 3x3) (kernels.c): 2.25x fewer multiply-adds than the direct convolution
+# oneDNN runs. aigc.models.layers.Conv2d calls conv2d(), which takes them where they fit and are
+# measured faster, else F.conv2d.
+
+_CONV_MAX_CHANNELS = 256  # a block's transformed tiles and U_p stay in the L2 cache up to here
+_CONV_PROBE = (16, 64, 14, 14, 64)  # batch, in channels, height, width, out channels
+
+def conv3x3_fits(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=1, dilation=1,
+                 groups: int = 1) -> bool:
+    """Whether the native 3x3 convolution takes ``F.conv2d(x, weight, ...)``: float32 CPU
+    tensors, ``x`` 4-d and channels-last, a 3x3 kernel of stride 1, padding 1, dilation 1, one
+    group, input and output channels multiples of 16 up to 256, no autocast."""
+    def ones(v, n):
+        return (v,) * 2 == (n, n) if isinstance(v, int) else tuple(v) == (n, n)
+
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+            or weight.device.type != "cpu" or x.dim() != 4 or weight.dim() != 4):
+        return False
+    co, ci = weight.shape[:2]
+    return (tuple(weight.shape[2:]) == (3, 3) and x.shape[1] == ci and groups == 1
+            and ones(stride, 1) and ones(padding, 1) and ones(dilation, 1)
+            and ci % 16 == 0 and co % 16 == 0 and max(ci, co) <= _CONV_MAX_CHANNELS
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def winograd_weights(lib, weight: torch.Tensor, flipped: bool = False) -> torch.Tensor:
+    """``U (16, Ci, Co)``, the transformed kernels ``G g G^T`` of ``weight (Co, Ci, 3, 3)``;
+    ``flipped``: ``(16, Co, Ci)``, those of the kernels turned by 180 degrees with their
+    channels swapped, which carry the output's gradient back to the input."""
+    co, ci = weight.shape[:2]
+    w = weight.detach().contiguous()
+    u = w.new_empty(16, co, ci) if flipped else w.new_empty(16, ci, co)
+    lib.aigc_conv3x3_weights(w.data_ptr(), u.data_ptr(), co, ci, int(flipped))
+    return u
+
+
+def _conv_fwd(lib, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    B, ci, H, W = x.shape
+    co = u.shape[2]
+    y = torch.empty((B, co, H, W), memory_format=torch.channels_last)
+    b = bias.detach().contiguous() if bias is not None else None
+    if lib.aigc_conv3x3_fwd(x.data_ptr(), u.data_ptr(), b.data_ptr() if b is not None else None,
+                            y.data_ptr(), B, H, W, ci, co, _threads()):
+        raise MemoryError("native conv3x3: no memory for its scratch buffers")
+    return y
+
+
+def _conv_wgrad(lib, x: torch.Tensor, gy: torch.Tensor,
+                bias: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The kernels' gradient ``(Co, Ci, 3, 3)`` and the bias's ``(Co,)`` (``None`` unless
+    ``bias``) from the input and the output's gradient, both channels-last."""
+    B, ci, H, W = x.shape
+    co = gy.shape[1]
+    gw = x.new_empty(co, ci, 3, 3)
+    gb = x.new_empty(co) if bias else None
+    if lib.aigc_conv3x3_wgrad(x.data_ptr(), gy.data_ptr(), gw.data_ptr(),
+                              gb.data_ptr() if bias else None, B, H, W, ci, co, _threads()):
+        raise MemoryError("native conv3x3 backward: no memory for its scratch buffers")
+    return gw, gb
+
+
+class _EagerConv3x3(torch.autograd.Function):
+    """The native 3x3 convolution under autograd: the input's gradient is the same forward
+    kernel on the output's gradient (:func:`winograd_weights` ``flipped``), the kernel's from
+    ``aigc_conv3x3_wgrad``, with the bias's. A backward that builds a graph
+    (``create_graph=True``) takes ATen's differentiable operations instead."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        lib = _loaded()
+        return _conv_fwd(lib, x, winograd_weights(lib, weight), bias)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: ATen's differentiable ops, so a second
+            # derivative (a gradient penalty, Hessian-vector products) comes out right
+            gx = F.conv_transpose2d(gy, weight, padding=1) if ctx.needs_input_grad[0] else None
+            gw = (torch.nn.grad.conv2d_weight(x, weight.shape, gy, padding=1)
+                  if ctx.needs_input_grad[1] else None)
+            gb = gy.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+            return gx, gw, gb
+        lib = _loaded()
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = _conv_fwd(lib, gy, winograd_weights(lib, weight, flipped=True), None)
+        if ctx.needs_input_grad[1] or ctx.has_bias and ctx.needs_input_grad[2]:
+            gw, gb = _conv_wgrad(lib, x, gy, bias=ctx.has_bias and ctx.needs_input_grad[2])
+        return gx, gw, gb
+
+
+def native_conv3x3(x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The native 3x3 convolution (stride 1, padding 1) of a channels-last ``x`` that
+    :func:`conv3x3_fits`, as ``F.conv2d(x, weight, bias, padding=1)``; channels-last output."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _EagerConv3x3.apply(x, weight, bias)
+    lib = _loaded()
+    return _conv_fwd(lib, x, winograd_weights(lib, weight), bias)
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
+    """``F.conv2d`` with the same arguments, by :func:`native_conv3x3` where it fits and this
+    machine measured it faster (under ``torch.compile``: always ``F.conv2d``)."""
+    if (not torch.compiler.is_compiling()
+            and conv3x3_fits(x, weight, stride, padding, dilation, groups)
+            and route("conv") == "native"):
+        return native_conv3x3(x, weight, bias)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv_self_check(lib) -> str | None:
+    """The 3x3 convolution, forward and both gradients, against float64 ATen on odd sizes."""
+    gen = torch.Generator().manual_seed(3)
+    for B, ci, H, W, co in ((2, 16, 5, 7, 32), (1, 32, 1, 1, 16), (3, 48, 6, 3, 80)):
+        x = torch.randn(B, ci, H, W, generator=gen).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(co, ci, 3, 3, generator=gen) * 0.2
+        bias = torch.randn(co, generator=gen)
+        gy = torch.randn(B, co, H, W, generator=gen).contiguous(
+            memory_format=torch.channels_last)
+        y = _conv_fwd(lib, x, winograd_weights(lib, w), bias)
+        gx = _conv_fwd(lib, gy, winograd_weights(lib, w, flipped=True), None)
+        gw, gb = _conv_wgrad(lib, x, gy)
+        with torch.inference_mode(False), torch.enable_grad():
+            xd, wd, bd = (t.double().requires_grad_() for t in (x, w, bias))
+            ref = F.conv2d(xd, wd, bd, padding=1)
+            ref_gx, ref_gw, ref_gb = torch.autograd.grad(ref, (xd, wd, bd), gy.double())
+        for name, ours, theirs in (("forward", y, ref), ("input gradient", gx, ref_gx),
+                                   ("kernel gradient", gw, ref_gw), ("bias gradient", gb, ref_gb)):
+            err = (ours.double() - theirs).abs().max().item() / (1 + theirs.abs().max().item())
+            if not err <= 1e-5:
+                return (f"the native 3x3 convolution disagrees with ATen at {B}x{ci}x{H}x{W} -> "
+                        f"{co} ({name} {err:.2e})")
+    return None
+
+
+def measure_conv_routes(rounds: int = 7) -> dict:
+    """The same for a 3x3 convolution, forward + both gradients, channels-last, at a UNet's
+    middle shape (batch 16, 64 channels in and out, 14 x 14): the native Winograd kernels
+    against ``F.conv2d`` (oneDNN's)."""
+    lib = _build()
+    if lib is None:
+        return {"route": "torch", "native": None, "reason": _build_error}
+    B, ci, H, W, co = _CONV_PROBE
+    with torch.inference_mode(False), torch.enable_grad():
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(B, ci, H, W, generator=gen).contiguous(
+            memory_format=torch.channels_last).requires_grad_()
+        w = (torch.randn(co, ci, 3, 3, generator=gen) * 0.05).requires_grad_()
+        bias = torch.zeros(co, requires_grad=True)
+        gy = torch.randn(B, co, H, W, generator=gen).contiguous(
+            memory_format=torch.channels_last)
+
+        def aten():
+            torch.autograd.grad(F.conv2d(x, w, bias, padding=1), (x, w, bias), gy)
+
+        def native():
+            torch.autograd.grad(_EagerConv3x3.apply(x, w, bias), (x, w, bias), gy)
+
+        return _compare(aten, native, rounds,
+                        shape=f"{B}x{ci}x{H}x{W} -> {co}, 3x3, channels-last")
+
+
 # ---------------------------------------------------------------------------- the routes
 
 
@@ -604,7 +777,7 @@ def measure_attention_routes(rounds: int = 7) -> dict:
 
 
 _MEASURE = {"gelu": "measure_gelu_routes", "decode": "measure_decode_routes",
-            "attention": "measure_attention_routes"}
+            "attention": "measure_attention_routes", "conv": "measure_conv_routes"}
 
 
 def set_route(kind: str, route: str | None) -> str | None:
@@ -664,7 +837,8 @@ def cache_key(kind: str) -> str:
             _source_digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
         except OSError:
             _source_digest = "missing"
-    name = {"gelu": "gelu_tanh", "decode": "llama_decode", "attention": "causal_attention"}[kind]
+    name = {"gelu": "gelu_tanh", "decode": "llama_decode", "attention": "causal_attention",
+            "conv": "conv3x3"}[kind]
     return f"{name}|{_machine_key()}|kernels.c {_source_digest}"
 
 

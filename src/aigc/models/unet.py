@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc.models.layers import Conv2d
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (Vaswani et al., 2017, section 3.5): ``(B, dim)``."""
@@ -51,11 +53,11 @@ class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
         super().__init__()
         self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * c_out)
         self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.conv2 = Conv2d(c_out, c_out, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (ADM)
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
@@ -133,7 +135,7 @@ class UNet(nn.Module):
             nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             if text_dim else None
         )
-        self.conv_in = nn.Conv2d(image_channels, c0, 3, padding=1)
+        self.conv_in = Conv2d(image_channels, c0, 3, padding=1)
 
         # copied in aigc.models.latent_diffusion.CrossAttentionUNet: change both together
         self.down = nn.ModuleList()
@@ -157,9 +159,9 @@ class UNet(nn.Module):
                 ch = width
                 if level > 0 and i == num_res_blocks:
                     self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                                 nn.Conv2d(ch, ch, 3, padding=1)))
+                                                 Conv2d(ch, ch, 3, padding=1)))
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
-        self.conv_out = nn.Conv2d(ch, image_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch, image_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
