@@ -13,12 +13,13 @@ pytest_plugins = ["native_fixtures"]
 # into the user's cache; tests/test_layers_linear.py tests the measured choice and both routes.
 os.environ.setdefault("AIGC_LINEAR_ROUTE", "torch")
 # Likewise the native kernels (aigc.models.native: GPT's GELU, Llama decoding's small
-# operations, attention, the UNets' 3x3 convolutions): tests/test_native_kernels.py and
-# tests/test_native_conv.py build them and test them against ATen's.
+# operations, attention, the UNets' 3x3 convolutions and GroupNorm + SiLU):
+# tests/test_native_{kernels,conv,groupnorm}.py build them and test them against ATen's.
 os.environ.setdefault("AIGC_GELU_ROUTE", "torch")
 os.environ.setdefault("AIGC_DECODE_ROUTE", "torch")
 os.environ.setdefault("AIGC_ATTENTION_ROUTE", "torch")
 os.environ.setdefault("AIGC_CONV_ROUTE", "torch")
+os.environ.setdefault("AIGC_GROUPNORM_ROUTE", "torch")
 
 
 def pytest_collection_modifyitems(config, items):

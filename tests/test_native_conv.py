@@ -192,10 +192,10 @@ def test_records_carry_the_conv_route():
     assert runtime()["conv_route"] in ("native", "torch", "undecided")
 
 
-def test_images_record_the_conv_route_and_replay_on_it(built, tmp_path, monkeypatch):
-    """An image drawn on the native convolutions replays on them in a process whose setting
-    says ATen (and the other way round), to the same bytes; a record from before the field
-    replays on ATen's, as it was drawn."""
+def test_images_record_the_unet_routes_and_replay_on_them(built, tmp_path, monkeypatch):
+    """An image drawn on the native convolutions and GroupNorm + SiLU replays on them in a
+    process whose settings say ATen (and the other way round), to the same bytes; a record
+    from before the fields replays on ATen's, as it was drawn."""
     from aigc.checkpoints import save_model_file
     from aigc.cli import main
     from aigc.config import config_to_dict
@@ -214,23 +214,29 @@ def test_images_record_the_conv_route_and_replay_on_it(built, tmp_path, monkeypa
                            meta={"data": "fashion-mnist", "class_names": FASHION_CLASSES})
     args = ["sample", str(ckpt), "--class", "3", "--n", "4", "--seed", "5", "--steps", "4"]
     drawn = {}
+    kinds = ("conv", "groupnorm")
+
+    def set_routes(route):
+        for kind in kinds:
+            monkeypatch.setenv(native.ROUTE_ENVS[kind], route)
+            native.set_route(kind, None)
+
     for route in ("native", "torch"):
-        monkeypatch.setenv(native.ROUTE_ENVS["conv"], route)
+        set_routes(route)
         drawn[route] = tmp_path / f"{route}.png"
         assert main([*args, "--out", str(drawn[route])]) == 0
-        assert read_record(drawn[route])["conv_route"] == route
+        assert all(read_record(drawn[route])[f"{kind}_route"] == route for kind in kinds)
     assert drawn["native"].read_bytes() != drawn["torch"].read_bytes()  # last bits differ
     for route, other in (("native", "torch"), ("torch", "native")):
-        monkeypatch.setenv(native.ROUTE_ENVS["conv"], other)
-        native.set_route("conv", None)
+        set_routes(other)
         again = tmp_path / f"again-{route}.png"
         assert main(["sample", "--replay", str(drawn[route]), "--out", str(again)]) == 0
         assert again.read_bytes() == drawn[route].read_bytes()
     rec = read_record(drawn["torch"])
-    del rec["conv_route"]
+    for kind in kinds:
+        del rec[f"{kind}_route"]
     old = tmp_path / "old.png"
     save_grid(old, torch.zeros(1, 1, 8, 8), nrow=1, record=rec)
-    monkeypatch.setenv(native.ROUTE_ENVS["conv"], "native")
-    native.set_route("conv", None)
+    set_routes("native")
     assert main(["sample", "--replay", str(old), "--out", str(tmp_path / "old-again.png")]) == 0
     assert (tmp_path / "old-again.png").read_bytes() == drawn["torch"].read_bytes()

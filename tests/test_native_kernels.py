@@ -247,11 +247,11 @@ def test_kernels_command_shows_and_remeasures_the_routes(built, capsys, monkeypa
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     cache = json.loads((native._cache_root() / "kernels.json").read_text())
-    assert len(cache) == 5  # linear, gelu, decode, attention, conv for this machine key
+    assert len(cache) == 1 + len(native.ROUTE_ENVS)  # linear and every native family, this machine
     assert "native:  built:" in out
     assert "gelu      native  ATen time / native time 2.50" in out
     assert "linear    torch   F.linear time / oneDNN time 0.90" in out
-    assert "attention " in out and "conv      " in out
+    assert "attention " in out and "conv      " in out and "groupnorm " in out
     assert main(["kernels", "--threads", "0"]) == 2
 
 

@@ -34,6 +34,8 @@ Both build their records with :func:`image_record`, so the same fields mean the 
                      :func:`aigc.models.native.conv2d`); ``undecided`` where no channels-last
                      float32 convolution ran yet; replay takes it, and an image record without
                      it (before 2026-12) replays on ATen's (``torch``)
+``groupnorm_route``  the same for the UNets' GroupNorm + scale-shift + SiLU
+                     (:func:`aigc.models.native.group_norm_silu`)
 ``memory_format``    images: ``channels_last`` or ``contiguous``, the network's weights while it
                      drew (:func:`aigc.models.sampling_memory_format`); replay takes it, and a
                      record without it (before 2026-11-30) replays in ``contiguous``

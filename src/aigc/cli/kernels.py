@@ -19,10 +19,12 @@ version and thread count:
   conv     the diffusion UNets' and the autoencoder's 3x3 convolutions (stride 1, channels-last
            float32, channel counts multiples of 16 up to 256): oneDNN's (F.conv2d) or native
            Winograd F(2x2, 3x3) kernels
+  groupnorm  the same UNets' GroupNorm + scale-shift + SiLU (channels-last float32): ATen's
+           three to five operations, or one native kernel
 
 Environment variables force a route: AIGC_LINEAR_ROUTE=onednn|torch, AIGC_GELU_ROUTE,
-AIGC_DECODE_ROUTE, AIGC_ATTENTION_ROUTE and AIGC_CONV_ROUTE=native|torch (auto: the measured
-one).
+AIGC_DECODE_ROUTE, AIGC_ATTENTION_ROUTE, AIGC_CONV_ROUTE and AIGC_GROUPNORM_ROUTE=native|torch
+(auto: the measured one).
 docs/performance.md has the figures.
 """
 

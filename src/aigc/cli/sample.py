@@ -160,16 +160,18 @@ def _use_recorded_threads(record: dict[str, Any]) -> None:
         from aigc.models.layers import set_onednn_linear
 
         set_onednn_linear(route == "onednn")
-    # the 3x3 convolutions' kernels (records from before the field: ATen's)
-    conv = record.get("conv_route", "torch")
-    if conv in ("native", "torch"):
+    # the UNets' native kernels (records from before these fields: ATen's)
+    for kind in ("conv", "groupnorm"):
+        route = record.get(f"{kind}_route", "torch")
+        if route not in ("native", "torch"):
+            continue
         from aigc.models import native
 
-        if conv == "native" and native._build() is None:
-            print(f"replay: the record was drawn with aigc's native convolutions, which cannot "
+        if route == "native" and native._build() is None:
+            print(f"replay: the record was drawn with aigc's native {kind} kernels, which cannot "
                   f"be built here ({native._build_error}); pixels may differ by a level")
         else:
-            native.set_route("conv", conv)
+            native.set_route(kind, route)
     isa = record.get("cpu_capability")
     here = torch.backends.cpu.get_cpu_capability()
     if isa and isa != here:

@@ -41,7 +41,7 @@ from aigc.models.layers import Conv2d
 from aigc.models.pretrained import MINILM_DIM
 from aigc.models.samplers._common import noise_like
 from aigc.models.text_zh import ZhTextEncoder, has_cjk
-from aigc.models.unet import Attention, ResBlock, _groups, _norm, timestep_embedding
+from aigc.models.unet import Attention, ResBlock, _groups, _norm, _norm_silu, timestep_embedding
 
 # How a prompt reaches the UNet: "tokens", MiniLM's per-token states (the default for English);
 # "sentence", one sentence token (English: the unit mean of those states; Chinese: the bundled
@@ -237,7 +237,7 @@ class CrossAttentionUNet(nn.Module):
                 h = layer(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
             else:
                 h = layer(h)
-        return self.conv_out(F.silu(_norm(self.norm_out, h)))
+        return self.conv_out(_norm_silu(self.norm_out, h))
 
 
 class LatentDiffusion(nn.Module):

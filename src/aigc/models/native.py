@@ -1,6 +1,6 @@
 """CPU kernels aigc compiles on the machine it runs on, used where they are measured faster.
 
-Three families, all in ``aigc/assets/native/kernels.c``:
+Five families, all in ``aigc/assets/native/kernels.c``:
 
 - ``gelu``: GPT-2's tanh GELU, forward and backward. A profile of GPT training on one thread
   (issue #17; ``python benchmarks/gpt_speed.py``) spent about a fifth of each step in ATen's
@@ -15,6 +15,14 @@ Three families, all in ``aigc/assets/native/kernels.c``:
   the key/value cache writes, SiLU product), one call each instead of five to ten ATen
   operations, which at one token are dispatch more than arithmetic
   (:mod:`aigc.models.llama_decode`).
+- ``conv``: the diffusion UNets' and the autoencoder's 3x3 convolutions (stride 1, padding 1,
+  channels-last float32, channel counts multiples of 16 up to 256), forward and both gradients,
+  by Winograd's F(2x2, 3x3): 2.25x fewer multiply-adds than the direct convolution oneDNN runs,
+  which on a CPU without spare arithmetic is where a diffusion step goes (:func:`conv2d`,
+  :class:`aigc.models.layers.Conv2d`).
+- ``groupnorm``: the same UNets' GroupNorm with its affine weight, the block's scale and shift
+  and the SiLU after it, one pass per statistic instead of three to five ATen operations over
+  the whole activation (:func:`group_norm_silu`).
 
 The measured ratios against ATen are in docs/performance.md (``aigc kernels --measure``).
 Where the process runs GNU OpenMP (torch's Linux wheels), the file is built with ``-fopenmp``
@@ -34,22 +42,25 @@ thread count). The route is ``"native"`` only when all of these hold:
   2e-6 relative);
 - the family is at least 10% faster than ATen's in alternating rounds.
 
-Otherwise ATen's operations run. ``AIGC_GELU_ROUTE``, ``AIGC_ATTENTION_ROUTE`` and
-``AIGC_DECODE_ROUTE`` (``native``, ``torch`` or ``auto``) force a family (``native`` raises if
-the kernels cannot be built). For GELU and attention, contiguous float32 CPU tensors of any size
+Otherwise ATen's operations run. ``AIGC_GELU_ROUTE``, ``AIGC_ATTENTION_ROUTE``,
+``AIGC_DECODE_ROUTE``, ``AIGC_CONV_ROUTE`` and ``AIGC_GROUPNORM_ROUTE`` (``native``, ``torch``
+or ``auto``) force a family (``native`` raises if the kernels cannot be built). For GELU and attention, contiguous float32 CPU tensors of any size
 take the route, so a result does not depend on the batch size that carried it; under
 ``torch.compile`` the kernels are custom ops (the compiler calls them as they are), under eager
 autograd an ``autograd.Function`` around the same calls (cheaper than the ops' dispatch), and
 elsewhere (scoring under ``no_grad``) a direct call. (GPT
 decoding steps of one position keep ATen's GELU: :class:`aigc.models.gpt.MLP`.) The routes
 differ from ATen in the last bits (about 5e-7), so records carry ``gelu_route``,
-``attention_route`` and ``decode_route`` (:func:`aigc.records.runtime`; ``undecided`` where the
-process never needed them, as for image models, whose records are written without building or
-timing anything).
+``attention_route``, ``decode_route``, ``conv_route`` and ``groupnorm_route``
+(:func:`aigc.records.runtime`; ``undecided`` where the process never needed them, as for models
+that use none of them, whose records are written without building or timing anything); image
+replays take the recorded ``conv_route`` and ``groupnorm_route``.
 
 The GELU and attention ops have first derivatives only: code that differentiates twice through
 a GPT (a gradient penalty, Hessian-vector products) needs ``AIGC_GELU_ROUTE=torch`` and
-``AIGC_ATTENTION_ROUTE=torch``.
+``AIGC_ATTENTION_ROUTE=torch``. The convolution and GroupNorm kernels take ATen's
+differentiable operations for a backward that builds a graph, so second derivatives through a
+UNet come out right on either route. Under ``torch.compile`` these two stay ATen's.
 """
 
 from __future__ import annotations
@@ -68,7 +79,8 @@ import torch
 import torch.nn.functional as F
 
 ROUTE_ENVS = {"gelu": "AIGC_GELU_ROUTE", "decode": "AIGC_DECODE_ROUTE",
-              "attention": "AIGC_ATTENTION_ROUTE", "conv": "AIGC_CONV_ROUTE"}
+              "attention": "AIGC_ATTENTION_ROUTE", "conv": "AIGC_CONV_ROUTE",
+              "groupnorm": "AIGC_GROUPNORM_ROUTE"}
 ROUTE_ENV = ROUTE_ENVS["gelu"]
 _SOURCE = Path(__file__).resolve().parent.parent / "assets" / "native" / "kernels.c"
 # -ffp-contract=fast: a * b + c as one fused multiply-add (in ISO C mode, -std=c11, gcc otherwise
@@ -142,7 +154,8 @@ _SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
                "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
                "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "pppnnnnfi",
                "aigc_attn_bwd": "ppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnni",
-               "aigc_conv3x3_wgrad": "ppppnnnnni", "aigc_conv3x3_weights": "ppnni"}
+               "aigc_conv3x3_wgrad": "ppppnnnnni", "aigc_conv3x3_weights": "ppnni",
+               "aigc_gn_silu_fwd": "ppppppnnnnfi", "aigc_gn_silu_bwd": "pppppppppnnnni"}
 # 0, or -1: out of memory
 _RETURNS_STATUS = ("aigc_attn_fwd", "aigc_attn_bwd", "aigc_conv3x3_fwd", "aigc_conv3x3_wgrad")
 
@@ -259,7 +272,7 @@ def _self_check(lib) -> str | None:
         err = (a - b).abs().max().item() / (1 + b.abs().max().item())
         if not err <= 2e-6:
             return f"the native {name} disagrees with ATen ({err:.2e})"
-    return _attention_self_check(lib) or _conv_self_check(lib)
+    return _attention_self_check(lib) or _conv_self_check(lib) or _groupnorm_self_check(lib)
 
 
 def _empty_caches(kv: int, cap: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -684,6 +697,156 @@ def measure_conv_routes(rounds: int = 7) -> dict:
                         shape=f"{B}x{ci}x{H}x{W} -> {co}, 3x3, channels-last")
 
 
+# --------------------------------------------------------------------- GroupNorm + SiLU
+# silu(GroupNorm(x) (1 + scale) + shift), the diffusion UNets' ResBlocks (scale and shift from
+# the timestep embedding, or none) and their output, in one kernel (kernels.c) over a
+# channels-last float32 x. aigc.models.unet calls group_norm_silu().
+
+_GN_MAX_C = 1024
+_GN_PROBE = (32, 64, 14, 14, 8)  # batch, channels, height, width, groups
+
+
+def group_norm_silu_fits(x: torch.Tensor, norm: torch.nn.GroupNorm) -> bool:
+    """Whether the native kernel takes ``silu(norm(x) ...)``: a float32 CPU ``x`` (B, C, H, W)
+    in channels-last, C a multiple of 16 up to 1024, an affine float32 GroupNorm, no autocast."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.shape[1] == norm.num_channels and x.shape[1] % 16 == 0
+            and x.shape[1] <= _GN_MAX_C and norm.affine and norm.weight.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def _group_norm_silu_aten(x, norm, scale, shift):
+    h = norm(x)
+    return F.silu(h * (1 + scale) + shift)
+
+
+def _gn_fwd(lib, x, a, s, groups: int, eps: float):
+    B, C, H, W = x.shape
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    mean, rstd = x.new_empty(B, groups), x.new_empty(B, groups)
+    lib.aigc_gn_silu_fwd(x.data_ptr(), a.data_ptr(), s.data_ptr(), y.data_ptr(), mean.data_ptr(),
+                         rstd.data_ptr(), B, H * W, C, groups, eps, _threads())
+    return y, mean, rstd
+
+
+def _gn_bwd(lib, gy, x, a, s, mean, rstd, groups: int):
+    B, C, H, W = x.shape
+    gx = torch.empty_like(x, memory_format=torch.channels_last)
+    ga, gs = a.new_empty(B, C), a.new_empty(B, C)
+    lib.aigc_gn_silu_bwd(gy.data_ptr(), x.data_ptr(), a.data_ptr(), s.data_ptr(),
+                         mean.data_ptr(), rstd.data_ptr(), gx.data_ptr(), ga.data_ptr(),
+                         gs.data_ptr(), B, H * W, C, groups, _threads())
+    return gx, ga, gs
+
+
+class _EagerGroupNormSiLU(torch.autograd.Function):
+    """``silu(xhat a + s)`` with ``xhat`` the group-normalised channels-last ``x`` and ``a``,
+    ``s`` (B, C); the gradients of ``x``, ``a`` and ``s`` (autograd takes them on to the
+    GroupNorm's weight and bias and the block's scale and shift). A backward that builds a
+    graph takes ATen's operations, as in :class:`_EagerConv3x3`."""
+
+    @staticmethod
+    def forward(ctx, x, a, s, groups, eps):
+        y, mean, rstd = _gn_fwd(_loaded(), x, a, s, groups, eps)
+        ctx.save_for_backward(x, a, s, mean, rstd)
+        ctx.groups, ctx.eps = groups, eps
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, a, s, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: through ATen's differentiable operations
+            y = F.silu(F.group_norm(x, ctx.groups, eps=ctx.eps) * a[:, :, None, None]
+                       + s[:, :, None, None])
+            wanted = [t for t, need in zip((x, a, s), ctx.needs_input_grad) if need]
+            grads = iter(torch.autograd.grad(y, wanted, gy, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]),
+                    None, None)
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        gx, ga, gs = _gn_bwd(_loaded(), gy, x, a, s, mean, rstd, ctx.groups)
+        return gx, ga, gs, None, None
+
+
+def group_norm_silu_takes(x: torch.Tensor, norm: torch.nn.GroupNorm) -> bool:
+    """Whether :func:`group_norm_silu` runs on ``x``: it fits and this machine measured the
+    kernel faster (under ``torch.compile``: never)."""
+    return (not torch.compiler.is_compiling() and group_norm_silu_fits(x, norm)
+            and route("groupnorm") == "native")
+
+
+def group_norm_silu(x: torch.Tensor, norm: torch.nn.GroupNorm, scale: torch.Tensor | None = None,
+                    shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(norm(x) * (1 + scale) + shift)`` (``scale``, ``shift``: ``(B, C, 1, 1)`` or
+    both ``None``) by the native kernel, for an ``x`` that :func:`group_norm_silu_fits`."""
+    B, C = x.shape[:2]
+    gamma, beta = norm.weight[None], norm.bias[None]  # (1, C)
+    if scale is None:
+        a, s = gamma.expand(B, C), beta.expand(B, C)
+    else:
+        k = 1 + scale.reshape(B, C)
+        a, s = gamma * k, beta * k + shift.reshape(B, C)
+    a, s = a.contiguous(), s.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or s.requires_grad):
+        return _EagerGroupNormSiLU.apply(x, a, s, norm.num_groups, norm.eps)
+    return _gn_fwd(_loaded(), x, a, s, norm.num_groups, norm.eps)[0]
+
+
+def _groupnorm_self_check(lib) -> str | None:
+    """GroupNorm + SiLU, forward and gradients, against float64 ATen."""
+    gen = torch.Generator().manual_seed(4)
+    for B, C, H, W, G in ((2, 32, 5, 3, 8), (1, 16, 1, 1, 1), (3, 48, 4, 7, 3)):
+        x = (torch.randn(B, C, H, W, generator=gen) * 3 + 1).contiguous(
+            memory_format=torch.channels_last)
+        a, s = torch.randn(B, C, generator=gen), torch.randn(B, C, generator=gen)
+        gy = torch.randn(B, C, H, W, generator=gen).contiguous(memory_format=torch.channels_last)
+        y, mean, rstd = _gn_fwd(lib, x, a, s, G, 1e-5)
+        gx, ga, gs = _gn_bwd(lib, gy, x, a, s, mean, rstd, G)
+        with torch.inference_mode(False), torch.enable_grad():
+            xd, ad, sd = (t.double().requires_grad_() for t in (x, a, s))
+            ref = F.silu(F.group_norm(xd, G, eps=1e-5) * ad[:, :, None, None]
+                         + sd[:, :, None, None])
+            refs = torch.autograd.grad(ref, (xd, ad, sd), gy.double())
+        for name, ours, theirs in (("forward", y, ref), ("input gradient", gx, refs[0]),
+                                   ("scale gradient", ga, refs[1]),
+                                   ("shift gradient", gs, refs[2])):
+            err = (ours.double() - theirs).abs().max().item() / (1 + theirs.abs().max().item())
+            if not err <= 1e-5:
+                return (f"the native GroupNorm + SiLU disagrees with ATen at {B}x{C}x{H}x{W}, "
+                        f"{G} groups ({name} {err:.2e})")
+    return None
+
+
+def measure_groupnorm_routes(rounds: int = 7) -> dict:
+    """The same for GroupNorm + scale-shift + SiLU, forward + backward, channels-last, at a
+    UNet's middle shape (batch 32, 64 channels in 8 groups, 14 x 14)."""
+    lib = _build()
+    if lib is None:
+        return {"route": "torch", "native": None, "reason": _build_error}
+    B, C, H, W, G = _GN_PROBE
+    with torch.inference_mode(False), torch.enable_grad():
+        gen = torch.Generator().manual_seed(0)
+        norm = torch.nn.GroupNorm(G, C)
+        x = torch.randn(B, C, H, W, generator=gen).contiguous(
+            memory_format=torch.channels_last).requires_grad_()
+        scale = (torch.randn(B, C, 1, 1, generator=gen) * 0.1).requires_grad_()
+        shift = (torch.randn(B, C, 1, 1, generator=gen) * 0.1).requires_grad_()
+        gy = torch.randn(B, C, H, W, generator=gen).contiguous(memory_format=torch.channels_last)
+        leaves = (x, scale, shift, norm.weight, norm.bias)
+
+        def aten():
+            torch.autograd.grad(_group_norm_silu_aten(x, norm, scale, shift), leaves, gy)
+
+        def native():
+            k = 1 + scale.reshape(B, C)
+            a = (norm.weight[None] * k).contiguous()
+            s = (norm.bias[None] * k + shift.reshape(B, C)).contiguous()
+            torch.autograd.grad(_EagerGroupNormSiLU.apply(x, a, s, G, norm.eps), leaves, gy)
+
+        return _compare(aten, native, rounds,
+                        shape=f"{B}x{C}x{H}x{W}, {G} groups, scale-shift, channels-last")
+
+
 # ---------------------------------------------------------------------------- the routes
 
 
@@ -777,7 +940,8 @@ def measure_attention_routes(rounds: int = 7) -> dict:
 
 
 _MEASURE = {"gelu": "measure_gelu_routes", "decode": "measure_decode_routes",
-            "attention": "measure_attention_routes", "conv": "measure_conv_routes"}
+            "attention": "measure_attention_routes", "conv": "measure_conv_routes",
+            "groupnorm": "measure_groupnorm_routes"}
 
 
 def set_route(kind: str, route: str | None) -> str | None:
@@ -838,7 +1002,7 @@ def cache_key(kind: str) -> str:
         except OSError:
             _source_digest = "missing"
     name = {"gelu": "gelu_tanh", "decode": "llama_decode", "attention": "causal_attention",
-            "conv": "conv3x3"}[kind]
+            "conv": "conv3x3", "groupnorm": "group_norm_silu"}[kind]
     return f"{name}|{_machine_key()}|kernels.c {_source_digest}"
 
 
