@@ -14,6 +14,10 @@
    Since 2026-11-30 ``aigc train diffusion`` runs as the fp32 "+fused+channels-last" row by
    default (TrainConfig.adamw_impl="auto" is fused; the family's TRAIN_DEFAULTS turn
    channels-last on: benchmarks/adamw_impl_check.py, benchmarks/channels_last_check.py).
+   Our channels-last float32 rows take aigc's native UNet kernels where this machine measured
+   them faster (Winograd 3x3 convolutions, GroupNorm + SiLU: aigc.models.native; the header
+   prints the routes); one more row runs the default recipe on ATen's kernels, to show what
+   they are worth, and the equal-quality check trains the default recipe both ways.
    Timing: interleaved rounds, CPU-time medians (benchmarks/_timing.py); warm-up steps, where
    compilation happens, are reported and excluded.
 2. Sampling images/s: our DDIM and DPM-Solver++(2M) loops against diffusers' DDIMScheduler and
@@ -76,8 +80,15 @@ def _adamw(model, fused: bool, lr: float):
     return torch.optim.AdamW(model.parameters(), lr=lr, **({"fused": True} if fused else {}))
 
 
+_UNET_KERNELS = ("conv", "groupnorm")  # aigc.models.native families a UNet step can take
+
+
 def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compile_: bool,
-               lr: float = 1e-4):
+               lr: float = 1e-4, kernels: str | None = None):
+    """``kernels``: force aigc's native UNet kernels (Winograd convolutions, GroupNorm + SiLU)
+    to ``"native"`` or ``"torch"`` (ATen's) during this recipe's steps; ``None``: as measured
+    on this machine (what ``aigc train`` takes)."""
+    from aigc.models import native
     from aigc.train import CompiledLoss
 
     torch.manual_seed(0)
@@ -92,11 +103,17 @@ def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compil
         x = batch["image"]
         b = {"image": x.contiguous(memory_format=torch.channels_last) if channels_last else x,
              "label": batch["label"]}
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(b)
-        loss.backward()
-        opt.step()
+        old = [native.set_route(k, kernels) for k in _UNET_KERNELS] if kernels else None
+        try:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(b)
+            loss.backward()
+            opt.step()
+        finally:
+            if old is not None:
+                for k, o in zip(_UNET_KERNELS, old, strict=True):
+                    native.set_route(k, o)
         return loss
     return model, step
 
@@ -196,11 +213,14 @@ def quality_check(steps: int, every: int, batch_size: int, lr: float,
     g = torch.Generator().manual_seed(seed)
     order = torch.randint(0, len(train), (steps, batch_size), generator=g)
     x_t, t, labels, eps = noised_test_set(test, g)
-    recipes = {  # name: (side, bf16, channels_last, fused)
-        "diffusers fp32 eager": (train_diffusers, False, False, False),
-        "ours fp32 eager": (train_ours, False, False, False),
-        "diffusers bf16 +fused": (train_diffusers, True, False, True),
-        "ours bf16 +fused": (train_ours, True, False, True),
+    recipes = {  # name: (side, bf16, channels_last, fused, ours: forced UNet kernels)
+        "diffusers fp32 eager": (train_diffusers, False, False, False, None),
+        "ours fp32 eager": (train_ours, False, False, False, None),
+        "diffusers bf16 +fused": (train_diffusers, True, False, True, None),
+        "ours bf16 +fused": (train_ours, True, False, True, None),
+        # the trainer's default, on aigc's native kernels and on ATen's: the same learning?
+        "ours fp32 +fused+channels-last": (train_ours, False, True, True, "native"),
+        "ours fp32 +fused+channels-last, ATen kernels": (train_ours, False, True, True, "torch"),
     }
 
     @torch.no_grad()
@@ -213,11 +233,12 @@ def quality_check(steps: int, every: int, batch_size: int, lr: float,
         return F.mse_loss(torch.cat(preds).float(), eps).item()
 
     marks = list(range(every, steps + 1, every))
-    print(f"  {'test epsilon MSE after steps':<30}" + "".join(f"{m:>8}" for m in marks))
+    print(f"  {'test epsilon MSE after steps':<46}" + "".join(f"{m:>8}" for m in marks))
     curves = {}
-    for name, (side, bf16, cl, fused) in recipes.items():
+    for name, (side, bf16, cl, fused, kernels) in recipes.items():
         batch = {}
-        model, step = side(batch, bf16, cl, fused, False, lr)
+        model, step = (side(batch, bf16, cl, fused, False, lr, kernels) if side is train_ours
+                       else side(batch, bf16, cl, fused, False, lr))
         torch.manual_seed(seed)  # the training noise and timesteps: the same stream per recipe
         curves[name] = []
         for i in range(steps):
@@ -225,20 +246,23 @@ def quality_check(steps: int, every: int, batch_size: int, lr: float,
             step()
             if i + 1 in marks:
                 curves[name].append(test_mse(model, side is train_ours))
-        print(f"  {name:<30}" + "".join(f"{v:8.4f}" for v in curves[name]), flush=True)
+        print(f"  {name:<46}" + "".join(f"{v:8.4f}" for v in curves[name]), flush=True)
     target = curves["diffusers fp32 eager"][-1]
     print(f"  CPU time to reach MSE {target:.4f} (diffusers fp32 eager after {steps} steps):")
     base = steps * cpu_per_step["diffusers fp32 eager"]
     for name, curve in curves.items():
+        if name not in cpu_per_step:
+            print(f"    {name:<44} (not timed)")
+            continue
         reached = next((i for i, v in enumerate(curve) if v <= target), None)
         if reached is None:
-            print(f"    {name:<28} not reached in {steps} steps")
+            print(f"    {name:<44} not reached in {steps} steps")
             continue
         prev_step, prev_v = (0, float("inf")) if reached == 0 else (marks[reached - 1], curve[reached - 1])
         frac = 1.0 if prev_v == float("inf") else (prev_v - target) / (prev_v - curve[reached])
         at = prev_step + frac * (marks[reached] - prev_step)
         seconds = at * cpu_per_step[name]
-        print(f"    {name:<28} ~{at:5.0f} steps, {seconds:6.1f} CPU s  x{base / seconds:.2f}")
+        print(f"    {name:<44} ~{at:5.0f} steps, {seconds:6.1f} CPU s  x{base / seconds:.2f}")
 
 
 def profile_steps(batch: dict, steps: int = 4) -> None:
@@ -306,6 +330,10 @@ def main() -> None:
              "diffusers": step_flops(train_diffusers(batch, False, False, False, False)[1])}
     print(f"FLOPs per training step: ours {flops['ours'] / 1e9:.2f} G, diffusers "
           f"{flops['diffusers'] / 1e9:.2f} G")
+    from aigc.models import native
+
+    print("aigc's native UNet kernels, as measured on this machine (ours, channels-last "
+          "float32 rows): " + ", ".join(f"{k} {native.route(k)}" for k in _UNET_KERNELS))
     print(load_average() + " (before)")
     if args.profile:
         profile_steps(batch)
@@ -320,6 +348,9 @@ def main() -> None:
             bf16 = precision == "bf16"
             variants[f"diffusers {precision} {stage}"] = train_diffusers(batch, bf16, cl, fused, comp)[1]
             variants[f"ours {precision} {stage}"] = train_ours(batch, bf16, cl, fused, comp)[1]
+    # what aigc's native UNet kernels are worth: the trainer's default recipe on ATen's kernels
+    aten_row = "ours fp32 +fused+channels-last, ATen kernels"
+    variants[aten_row] = train_ours(batch, False, True, True, False, kernels="torch")[1]
     print(f"warm-up: {args.warmup} steps each, excluded from the figures (compile happens here)")
     warm_up(variants, args.warmup)
     timing = interleaved(variants, args.rounds, args.steps)
@@ -340,6 +371,9 @@ def main() -> None:
                   f"{'x%.2f' % (o / base):>21}   ({dw:.1f}, {ow:.1f})   of the {precision} "
                   f"peak: diffusers {100 * fd / peak[precision]:.1f}%, ours "
                   f"{100 * fo / peak[precision]:.1f}%")
+    print(f"  {aten_row:<48} {ips[aten_row]:10.1f}   the native UNet kernels are worth "
+          f"x{ips['ours fp32 +fused+channels-last'] / ips[aten_row]:.2f} (per round: "
+          f"{ratio_spread(timing[aten_row], timing['ours fp32 +fused+channels-last'])})")
     best_o = max((v, k) for k, v in ips.items() if k.startswith("ours"))
     best_d = max((v, k) for k, v in ips.items() if k.startswith("diffusers"))
     for precision in ("fp32", "bf16"):

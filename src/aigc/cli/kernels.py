@@ -18,7 +18,7 @@ version and thread count:
            positions: ATen's scaled_dot_product_attention with the head split, or native
   conv     the diffusion UNets' and the autoencoder's 3x3 convolutions (stride 1, channels-last
            float32, channel counts multiples of 16 up to 256): oneDNN's (F.conv2d) or native
-           Winograd F(2x2, 3x3) kernels
+           Winograd F(4x4, 3x3) kernels
   groupnorm  the same UNets' GroupNorm + scale-shift + SiLU (channels-last float32): ATen's
            three to five operations, or one native kernel
 

@@ -17,7 +17,7 @@ Five families, all in ``aigc/assets/native/kernels.c``:
   (:mod:`aigc.models.llama_decode`).
 - ``conv``: the diffusion UNets' and the autoencoder's 3x3 convolutions (stride 1, padding 1,
   channels-last float32, channel counts multiples of 16 up to 256), forward and both gradients,
-  by Winograd's F(2x2, 3x3): 2.25x fewer multiply-adds than the direct convolution oneDNN runs,
+  by Winograd's F(4x4, 3x3): 4x fewer multiply-adds than the direct convolution oneDNN runs,
   which on a CPU without spare arithmetic is where a diffusion step goes (:func:`conv2d`,
   :class:`aigc.models.layers.Conv2d`).
 - ``groupnorm``: the same UNets' GroupNorm with its affine weight, the block's scale and shift
@@ -153,8 +153,8 @@ def _build() -> ctypes.CDLL | None:
 _SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
                "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
                "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "pppnnnnfi",
-               "aigc_attn_bwd": "ppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnni",
-               "aigc_conv3x3_wgrad": "ppppnnnnni", "aigc_conv3x3_weights": "ppnni",
+               "aigc_attn_bwd": "ppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnnii",
+               "aigc_conv3x3_wgrad": "ppppnnnnnii", "aigc_conv3x3_weights": "ppnnii",
                "aigc_gn_silu_fwd": "ppppppnnnnfi", "aigc_gn_silu_bwd": "pppppppppnnnni"}
 # 0, or -1: out of memory
 _RETURNS_STATUS = ("aigc_attn_fwd", "aigc_attn_bwd", "aigc_conv3x3_fwd", "aigc_conv3x3_wgrad")
@@ -528,11 +528,16 @@ def _attention_self_check(lib) -> str | None:
 
 # ------------------------------------------------------------------- 3x3 convolution
 # The UNets' 3x3 convolutions (stride 1, padding 1) over channels-last float32 images, by
-# Winograd's F(2x2, 3x3) (kernels.c): 2.25x fewer multiply-adds than the direct convolution
-# oneDNN runs. aigc.models.layers.Conv2d calls conv2d(), which takes them where they fit and are
+# Winograd's F(4x4, 3x3) (kernels.c): 4x fewer multiply-adds than the direct convolution oneDNN
+# runs. aigc.models.layers.Conv2d calls conv2d(), which takes them where they fit and are
 # measured faster, else F.conv2d.
 
 _CONV_MAX_CHANNELS = 256  # a block's transformed tiles and U_p stay in the L2 cache up to here
+# F(4x4, 3x3): 4x fewer multiply-adds than the direct convolution, against 2.25x for F(2x2, 3x3)
+# (which kernels.c also has, with about 10x finer rounding: within 1e-6 of float64 like oneDNN,
+# F(4x4) within about 1e-5). F(4x4) was faster at every shape of benchmarks/unet_kernels.py,
+# 7 x 7 images included, so it is the one used.
+_WINO_M = 4
 _CONV_PROBE = (16, 64, 14, 14, 64)  # batch, in channels, height, width, out channels
 
 def conv3x3_fits(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=1, dilation=1,
@@ -554,30 +559,34 @@ def conv3x3_fits(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=1, dil
             and not torch.is_autocast_enabled("cpu"))
 
 
-def winograd_weights(lib, weight: torch.Tensor, flipped: bool = False) -> torch.Tensor:
-    """``U (16, Ci, Co)``, the transformed kernels ``G g G^T`` of ``weight (Co, Ci, 3, 3)``;
-    ``flipped``: ``(16, Co, Ci)``, those of the kernels turned by 180 degrees with their
-    channels swapped, which carry the output's gradient back to the input."""
+def winograd_weights(lib, weight: torch.Tensor, flipped: bool = False,
+                     m: int = _WINO_M) -> torch.Tensor:
+    """``U (P, Ci, Co)``, ``P = (m + 2)^2``, the transformed kernels ``G g G^T`` of
+    ``weight (Co, Ci, 3, 3)`` for F(m x m, 3 x 3); ``flipped``: ``(P, Co, Ci)``, those of the
+    kernels turned by 180 degrees with their channels swapped, which carry the output's
+    gradient back to the input."""
     co, ci = weight.shape[:2]
     w = weight.detach().contiguous()
-    u = w.new_empty(16, co, ci) if flipped else w.new_empty(16, ci, co)
-    lib.aigc_conv3x3_weights(w.data_ptr(), u.data_ptr(), co, ci, int(flipped))
+    P = (m + 2) ** 2
+    u = w.new_empty(P, co, ci) if flipped else w.new_empty(P, ci, co)
+    lib.aigc_conv3x3_weights(w.data_ptr(), u.data_ptr(), co, ci, int(flipped), m)
     return u
 
 
-def _conv_fwd(lib, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _conv_fwd(lib, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
+              m: int = _WINO_M) -> torch.Tensor:
     B, ci, H, W = x.shape
     co = u.shape[2]
     y = torch.empty((B, co, H, W), memory_format=torch.channels_last)
     b = bias.detach().contiguous() if bias is not None else None
     if lib.aigc_conv3x3_fwd(x.data_ptr(), u.data_ptr(), b.data_ptr() if b is not None else None,
-                            y.data_ptr(), B, H, W, ci, co, _threads()):
+                            y.data_ptr(), B, H, W, ci, co, m, _threads()):
         raise MemoryError("native conv3x3: no memory for its scratch buffers")
     return y
 
 
-def _conv_wgrad(lib, x: torch.Tensor, gy: torch.Tensor,
-                bias: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _conv_wgrad(lib, x: torch.Tensor, gy: torch.Tensor, bias: bool = True,
+                m: int = _WINO_M) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The kernels' gradient ``(Co, Ci, 3, 3)`` and the bias's ``(Co,)`` (``None`` unless
     ``bias``) from the input and the output's gradient, both channels-last."""
     B, ci, H, W = x.shape
@@ -585,7 +594,7 @@ def _conv_wgrad(lib, x: torch.Tensor, gy: torch.Tensor,
     gw = x.new_empty(co, ci, 3, 3)
     gb = x.new_empty(co) if bias else None
     if lib.aigc_conv3x3_wgrad(x.data_ptr(), gy.data_ptr(), gw.data_ptr(),
-                              gb.data_ptr() if bias else None, B, H, W, ci, co, _threads()):
+                              gb.data_ptr() if bias else None, B, H, W, ci, co, m, _threads()):
         raise MemoryError("native conv3x3 backward: no memory for its scratch buffers")
     return gw, gb
 
@@ -654,19 +663,21 @@ def _conv_self_check(lib) -> str | None:
         bias = torch.randn(co, generator=gen)
         gy = torch.randn(B, co, H, W, generator=gen).contiguous(
             memory_format=torch.channels_last)
-        y = _conv_fwd(lib, x, winograd_weights(lib, w), bias)
-        gx = _conv_fwd(lib, gy, winograd_weights(lib, w, flipped=True), None)
-        gw, gb = _conv_wgrad(lib, x, gy)
         with torch.inference_mode(False), torch.enable_grad():
             xd, wd, bd = (t.double().requires_grad_() for t in (x, w, bias))
             ref = F.conv2d(xd, wd, bd, padding=1)
             ref_gx, ref_gw, ref_gb = torch.autograd.grad(ref, (xd, wd, bd), gy.double())
-        for name, ours, theirs in (("forward", y, ref), ("input gradient", gx, ref_gx),
-                                   ("kernel gradient", gw, ref_gw), ("bias gradient", gb, ref_gb)):
-            err = (ours.double() - theirs).abs().max().item() / (1 + theirs.abs().max().item())
-            if not err <= 1e-5:
-                return (f"the native 3x3 convolution disagrees with ATen at {B}x{ci}x{H}x{W} -> "
-                        f"{co} ({name} {err:.2e})")
+        for m in (2, 4):
+            y = _conv_fwd(lib, x, winograd_weights(lib, w, m=m), bias, m)
+            gx = _conv_fwd(lib, gy, winograd_weights(lib, w, flipped=True, m=m), None, m)
+            gw, gb = _conv_wgrad(lib, x, gy, m=m)
+            for name, ours, theirs in (("forward", y, ref), ("input gradient", gx, ref_gx),
+                                       ("kernel gradient", gw, ref_gw),
+                                       ("bias gradient", gb, ref_gb)):
+                err = (ours.double() - theirs).abs().max().item() / (1 + theirs.abs().max().item())
+                if not err <= 5e-5:
+                    return (f"the native 3x3 convolution F({m}x{m}, 3x3) disagrees with ATen at "
+                            f"{B}x{ci}x{H}x{W} -> {co} ({name} {err:.2e})")
     return None
 
 

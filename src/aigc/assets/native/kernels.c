@@ -515,48 +515,121 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
 
 /* ------------------------------------------------------------- 3x3 convolution (Winograd)
  * A 3x3 convolution of stride 1 and padding 1 over channels-last float32 images, forward and
- * the weights' gradient, by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, "Fast
- * Algorithms for Convolutional Neural Networks", 2016): each 2x2 block of outputs is
+ * the kernels' gradient, by Winograd's minimal filtering F(m x m, 3 x 3), m = 2 or 4 (Lavin and
+ * Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): each m x m block of outputs
+ * is
  *
  *     Y = A^T [ (G g G^T) . (B^T d B) ] A        summed over input channels,
  *
- * d the 4x4 input tile around it, g the 3x3 kernel, "." elementwise; with
- *     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
- *     A^T = [1 1 1 0; 0 1 -1 -1].
- * For each of the 16 tile positions p the sum over input channels is a matrix product
- * M_p (tiles x Co) = V_p (tiles x Ci) U_p (Ci x Co), so a tile's 2x2 outputs take 16 Ci Co
- * multiply-adds instead of 36 Ci Co (2.25x fewer). The input gradient is this same forward on
- * the output's gradient with the kernels flipped and their channels swapped; the kernels'
- * gradient is the same sum over tiles the other way round (aigc_conv3x3_wgrad). Tiles are taken WT at a time: the block's V and M
- * (16 x WT x channels floats) stay in the L2 cache between the transforms and the products.
- * Each tile's outputs are computed alone, in a fixed order, so they do not depend on the
- * batch, the thread count or where the tile falls in a block. Rounding: within 1e-6 of float64
- * on random data (oneDNN's direct convolution: about 1e-6 too; tests/test_native_conv.py). */
-#define WT 48  /* tiles per block, a multiple of the products' 6 rows */
+ * d the (m + 2) x (m + 2) input tile around it, g the 3x3 kernel, "." elementwise (the
+ * matrices below, interpolation points 0, 1, -1 for m = 2 and 0, 1, -1, 2, -2 for m = 4, plus
+ * the point at infinity). For each of the P = (m + 2)^2 tile positions p the sum over input
+ * channels is a matrix product M_p (tiles x Co) = V_p (tiles x Ci) U_p (Ci x Co), so an m x m
+ * block of outputs takes P Ci Co multiply-adds instead of 9 m^2 Ci Co: 2.25x fewer for m = 2,
+ * 4x fewer for m = 4 (whose transforms are larger and whose rounding is a few times coarser,
+ * still within about 1e-5 of float64 at the UNets' sizes). The input's gradient is this same
+ * forward on the output's gradient with the kernels flipped and their channels swapped; the
+ * kernels' gradient is the same sum over tiles the other way round (aigc_conv3x3_wgrad). Tiles
+ * are taken a block at a time (wino_block): a block's V and M stay in the L2 cache between the
+ * transforms and the products. Each tile's outputs are computed alone, in a fixed order, so
+ * they do not depend on the batch, the thread count or where the tile falls in a block. */
 
-/* V_p (p = 4 i + j) of the 4x4 input tile of tile (b, ty, tx) for channels c0 .. c0 + 15,
+/* tiles per block, a multiple of the products' 6 rows */
+static inline ptrdiff_t wino_block(int m) { return m == 2 ? 48 : 24; }
+
+/* The 1-d transforms on n = m + 2 (or m, or 3) vectors at in[0], in[is], ...: B^T (n -> n),
+ * A^T (n -> m), A (m -> n), G (3 -> n), G^T (n -> 3). */
+static inline __attribute__((always_inline)) void
+wino_bt(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
+    const v16 d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is];
+    if (m == 2) {
+        out[0] = d0 - d2; out[os] = d1 + d2; out[2 * os] = d2 - d1; out[3 * os] = d1 - d3;
+        return;
+    }
+    const v16 d4 = in[4 * is], d5 = in[5 * is];
+    out[0] = 4.0f * d0 - 5.0f * d2 + d4;
+    out[os] = d3 + d4 - 4.0f * (d1 + d2);
+    out[2 * os] = 4.0f * (d1 - d2) + d4 - d3;
+    out[3 * os] = 2.0f * (d3 - d1) + d4 - d2;
+    out[4 * os] = 2.0f * (d1 - d3) + d4 - d2;
+    out[5 * os] = 4.0f * d1 - 5.0f * d3 + d5;
+}
+
+static inline __attribute__((always_inline)) void
+wino_at(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
+    const v16 m0 = in[0], m1 = in[is], m2 = in[2 * is], m3 = in[3 * is];
+    if (m == 2) {
+        out[0] = m0 + m1 + m2; out[os] = m1 - m2 - m3;
+        return;
+    }
+    const v16 m4 = in[4 * is], m5 = in[5 * is];
+    const v16 p12 = m1 + m2, d12 = m1 - m2, p34 = m3 + m4, d34 = m3 - m4;
+    out[0] = m0 + p12 + p34;
+    out[os] = d12 + 2.0f * d34;
+    out[2 * os] = p12 + 4.0f * p34;
+    out[3 * os] = d12 + 8.0f * d34 + m5;
+}
+
+static inline __attribute__((always_inline)) void
+wino_a(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
+    const v16 g0 = in[0], g1 = in[is];
+    if (m == 2) {
+        out[0] = g0; out[os] = g0 + g1; out[2 * os] = g0 - g1; out[3 * os] = -g1;
+        return;
+    }
+    const v16 g2 = in[2 * is], g3 = in[3 * is];
+    const v16 e = g0 + g2, o = g1 + g3, e4 = g0 + 4.0f * g2, o8 = 2.0f * g1 + 8.0f * g3;
+    out[0] = g0; out[os] = e + o; out[2 * os] = e - o;
+    out[3 * os] = e4 + o8; out[4 * os] = e4 - o8; out[5 * os] = g3;
+}
+
+static inline __attribute__((always_inline)) void
+wino_g(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
+    const v16 g0 = in[0], g1 = in[is], g2 = in[2 * is];
+    if (m == 2) {
+        out[0] = g0; out[os] = 0.5f * (g0 + g1 + g2); out[2 * os] = 0.5f * (g0 - g1 + g2);
+        out[3 * os] = g2;
+        return;
+    }
+    out[0] = 0.25f * g0;
+    out[os] = (-1.0f / 6) * (g0 + g1 + g2);
+    out[2 * os] = (-1.0f / 6) * (g0 - g1 + g2);
+    out[3 * os] = (1.0f / 24) * g0 + (1.0f / 12) * g1 + (1.0f / 6) * g2;
+    out[4 * os] = (1.0f / 24) * g0 - (1.0f / 12) * g1 + (1.0f / 6) * g2;
+    out[5 * os] = g2;
+}
+
+static inline __attribute__((always_inline)) void
+wino_gt(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
+    const v16 d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is];
+    if (m == 2) {
+        out[0] = d0 + 0.5f * (d1 + d2); out[os] = 0.5f * (d1 - d2);
+        out[2 * os] = 0.5f * (d1 + d2) + d3;
+        return;
+    }
+    const v16 d4 = in[4 * is], d5 = in[5 * is];
+    out[0] = 0.25f * d0 - (1.0f / 6) * (d1 + d2) + (1.0f / 24) * (d3 + d4);
+    out[os] = (1.0f / 6) * (d2 - d1) + (1.0f / 12) * (d3 - d4);
+    out[2 * os] = (1.0f / 6) * (d3 + d4 - d1 - d2) + d5;
+}
+
+/* V_p (p = n i + j) of the n x n input tile of tile (b, ty, tx) for channels c0 .. c0 + 15,
  * zero outside the image; V_p written at vb + p * pstride. */
 static inline __attribute__((always_inline)) void
-wino_in_tile(const float *restrict x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t b,
+wino_in_tile(int m, const float *restrict x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t b,
              ptrdiff_t ty, ptrdiff_t tx, ptrdiff_t c0, float *restrict vb, ptrdiff_t pstride) {
-    v16 d[4][4], t[4][4];
-    const ptrdiff_t y0 = 2 * ty - 1, x0 = 2 * tx - 1;
-    for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) {
+    const int n = m + 2;
+    v16 d[36], t[36], v[36];
+    const ptrdiff_t y0 = m * ty - 1, x0 = m * tx - 1;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
             const ptrdiff_t yy = y0 + i, xx = x0 + j;
-            d[i][j] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
+            d[n * i + j] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
                 ? *(const v16u *)(x + ((b * H + yy) * W + xx) * C + c0) : (v16){0};
         }
-    for (int j = 0; j < 4; j++) {  /* B^T d */
-        t[0][j] = d[0][j] - d[2][j]; t[1][j] = d[1][j] + d[2][j];
-        t[2][j] = d[2][j] - d[1][j]; t[3][j] = d[1][j] - d[3][j];
-    }
-    for (int i = 0; i < 4; i++) {  /* (B^T d) B */
-        *(v16u *)(vb + (4 * i + 0) * pstride) = t[i][0] - t[i][2];
-        *(v16u *)(vb + (4 * i + 1) * pstride) = t[i][1] + t[i][2];
-        *(v16u *)(vb + (4 * i + 2) * pstride) = t[i][2] - t[i][1];
-        *(v16u *)(vb + (4 * i + 3) * pstride) = t[i][1] - t[i][3];
-    }
+    for (int j = 0; j < n; j++) wino_bt(m, d + j, n, t + j, n);      /* B^T d, column by column */
+    for (int i = 0; i < n; i++) wino_bt(m, t + n * i, 1, v + n * i, 1);  /* (B^T d) B */
+    for (int p = 0; p < n * n; p++) *(v16u *)(vb + p * pstride) = v[p];
 }
 
 /* c (R x 16 NV, row stride ldc) = a (R x K, row stride lda) b (K x 16 NV, row stride ldb):
@@ -628,102 +701,91 @@ wino_mmt_cols(int nv, const float *restrict a, ptrdiff_t Ci, const float *restri
 }
 
 /* Threads only where there is work enough to pay for waking them. */
-#define WINO_THREADED(nblocks, Ci, Co, threads) \
-    ((threads) > 1 && (nblocks) >= 2 && (nblocks) * WT * (Ci) * (Co) >= (1 << 20))
+#define WINO_THREADED(nblocks, wt, Ci, Co, threads) \
+    ((threads) > 1 && (nblocks) >= 2 && (nblocks) * (wt) * (Ci) * (Co) >= (1 << 20))
 
-/* U = G g G^T for every kernel g of w (Co, Ci, 3, 3), contiguous: U (16, Ci, Co); flipped: U
- * (16, Co, Ci) of the kernels turned by 180 degrees with in and out channels swapped, which
- * the input's gradient takes. */
+/* U = G g G^T for every kernel g of w (Co, Ci, 3, 3), contiguous: U (P, Ci, Co); flipped: U
+ * (P, Co, Ci) of the kernels turned by 180 degrees with in and out channels swapped, which
+ * the input's gradient takes. P = (m + 2)^2. */
 void aigc_conv3x3_weights(const float *restrict w, float *restrict U, ptrdiff_t Co, ptrdiff_t Ci,
-                          int flipped) {
+                          int flipped, int m) {
+    const int n = m + 2;
     const ptrdiff_t outer = flipped ? Co : Ci, inner = flipped ? Ci : Co, ps = Ci * Co;
     for (ptrdiff_t o = 0; o < outer; o++)
         for (ptrdiff_t i0 = 0; i0 < inner; i0 += VL) {
-            /* 16 kernels at a time, one per lane, so that each of U's 16 planes gets whole
-             * cache lines (a value per plane at a time, 16 planes 4 Ci Co bytes apart, thrash
-             * one L1 set) */
-            const ptrdiff_t n = inner - i0 < VL ? inner - i0 : VL;
+            /* 16 kernels at a time, one per lane, so that each of U's planes gets whole cache
+             * lines (a value per plane at a time, planes 4 Ci Co bytes apart, thrash one L1
+             * set) */
+            const ptrdiff_t cnt = inner - i0 < VL ? inner - i0 : VL;
             float kb[9][VL] = {{0}};
-            for (ptrdiff_t i = 0; i < n; i++) {
+            for (ptrdiff_t i = 0; i < cnt; i++) {
                 const ptrdiff_t co = flipped ? o : i0 + i, ci = flipped ? i0 + i : o;
                 const float *g = w + (co * Ci + ci) * 9;
                 for (int j = 0; j < 9; j++) kb[j][i] = flipped ? g[8 - j] : g[j];
             }
-            v16 k[9], t[4][3], u[16];
+            v16 k[9], t[18], u[36];
             for (int j = 0; j < 9; j++) k[j] = *(const v16u *)kb[j];
-            for (int l = 0; l < 3; l++) {  /* G g */
-                t[0][l] = k[l];
-                t[1][l] = 0.5f * (k[l] + k[3 + l] + k[6 + l]);
-                t[2][l] = 0.5f * (k[l] - k[3 + l] + k[6 + l]);
-                t[3][l] = k[6 + l];
-            }
-            for (int a = 0; a < 4; a++) {  /* (G g) G^T */
-                u[4 * a + 0] = t[a][0];
-                u[4 * a + 1] = 0.5f * (t[a][0] + t[a][1] + t[a][2]);
-                u[4 * a + 2] = 0.5f * (t[a][0] - t[a][1] + t[a][2]);
-                u[4 * a + 3] = t[a][2];
-            }
-            for (int p = 0; p < 16; p++) memcpy(U + p * ps + o * inner + i0, &u[p], sizeof(float) * (size_t)n);
+            for (int l = 0; l < 3; l++) wino_g(m, k + l, 3, t + l, 3);          /* G g: n x 3 */
+            for (int a = 0; a < n; a++) wino_g(m, t + 3 * a, 1, u + n * a, 1);  /* (G g) G^T */
+            for (int p = 0; p < n * n; p++)
+                memcpy(U + p * ps + o * inner + i0, &u[p], sizeof(float) * (size_t)cnt);
         }
 }
 
-/* y (B, H, W, Co) = the 3x3 convolution (stride 1, padding 1) of x (B, H, W, Ci) with the
- * transformed kernel U (16, Ci, Co), plus bias (Co; NULL: none). Ci and Co multiples of 16.
- * Returns 0, or -1 when out of memory (y then incomplete). */
-int aigc_conv3x3_fwd(const float *restrict x, const float *restrict U, const float *restrict bias,
-                     float *restrict y, ptrdiff_t B, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci,
-                     ptrdiff_t Co, int threads) {
-    const ptrdiff_t th = (H + 1) / 2, tw = (W + 1) / 2, ntiles = B * th * tw;
-    const ptrdiff_t nblocks = (ntiles + WT - 1) / WT;
+static inline __attribute__((always_inline)) int
+conv3x3_fwd(int m, const float *restrict x, const float *restrict U, const float *restrict bias,
+            float *restrict y, ptrdiff_t B, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci, ptrdiff_t Co,
+            int threads) {
+    const int n = m + 2, P = n * n;
+    const ptrdiff_t wt = wino_block(m);
+    const ptrdiff_t th = (H + m - 1) / m, tw = (W + m - 1) / m, ntiles = B * th * tw;
+    const ptrdiff_t nblocks = (ntiles + wt - 1) / wt;
     int failed = 0;
-#pragma omp parallel num_threads(threads) if (WINO_THREADED(nblocks, Ci, Co, threads))
+#pragma omp parallel num_threads(threads) if (WINO_THREADED(nblocks, wt, Ci, Co, threads))
     {
-    float *vb = scratch((size_t)(16 * WT * Ci), &failed);
-    float *mb = scratch((size_t)(16 * WT * Co), &failed);
+    float *vb = scratch((size_t)(P * wt * Ci), &failed);
+    float *mb = scratch((size_t)(P * wt * Co), &failed);
 #pragma omp for schedule(static)
     for (ptrdiff_t blk = 0; blk < nblocks; blk++) {
         if (vb == NULL || mb == NULL) continue;
-        const ptrdiff_t n0 = blk * WT, nt = ntiles - n0 < WT ? ntiles - n0 : WT;
+        const ptrdiff_t n0 = blk * wt, nt = ntiles - n0 < wt ? ntiles - n0 : wt;
         const ptrdiff_t rows = (nt + 5) / 6 * 6;  /* the products' rows; past nt: zeros */
         for (ptrdiff_t t = 0; t < rows; t++) {
             if (t >= nt) {
-                for (int p = 0; p < 16; p++) memset(vb + (p * WT + t) * Ci, 0, sizeof(float) * Ci);
+                for (int p = 0; p < P; p++) memset(vb + (p * wt + t) * Ci, 0, sizeof(float) * Ci);
                 continue;
             }
-            const ptrdiff_t n = n0 + t, b = n / (th * tw), r = n % (th * tw);
+            const ptrdiff_t nn = n0 + t, b = nn / (th * tw), r = nn % (th * tw);
             for (ptrdiff_t c0 = 0; c0 < Ci; c0 += VL)
-                wino_in_tile(x, H, W, Ci, b, r / tw, r % tw, c0, vb + t * Ci + c0, WT * Ci);
+                wino_in_tile(m, x, H, W, Ci, b, r / tw, r % tw, c0, vb + t * Ci + c0, wt * Ci);
         }
-        for (int p = 0; p < 16; p++) {  /* M_p = V_p U_p */
-            const float *a = vb + p * WT * Ci, *u = U + p * Ci * Co;
-            float *m = mb + p * WT * Co;
+        for (int p = 0; p < P; p++) {  /* M_p = V_p U_p */
+            const float *a = vb + p * wt * Ci, *u = U + p * Ci * Co;
+            float *mm = mb + p * wt * Co;
             ptrdiff_t j = 0;
             for (; j + 4 * VL <= Co; j += 4 * VL)
                 for (ptrdiff_t r = 0; r < rows; r += 6)
-                    wino_mm_6x4(a + r * Ci, Ci, u + j, Co, m + r * Co + j, Co, Ci);
+                    wino_mm_6x4(a + r * Ci, Ci, u + j, Co, mm + r * Co + j, Co, Ci);
             for (; j + 2 * VL <= Co; j += 2 * VL)
                 for (ptrdiff_t r = 0; r < rows; r += 6)
-                    wino_mm_6x2(a + r * Ci, Ci, u + j, Co, m + r * Co + j, Co, Ci);
+                    wino_mm_6x2(a + r * Ci, Ci, u + j, Co, mm + r * Co + j, Co, Ci);
             for (; j < Co; j += VL)
                 for (ptrdiff_t r = 0; r < rows; r += 6)
-                    wino_mm_6x1(a + r * Ci, Ci, u + j, Co, m + r * Co + j, Co, Ci);
+                    wino_mm_6x1(a + r * Ci, Ci, u + j, Co, mm + r * Co + j, Co, Ci);
         }
         for (ptrdiff_t t = 0; t < nt; t++) {  /* Y = A^T M A + bias, into y */
-            const ptrdiff_t n = n0 + t, b = n / (th * tw), r = n % (th * tw);
+            const ptrdiff_t nn = n0 + t, b = nn / (th * tw), r = nn % (th * tw);
             const ptrdiff_t ty = r / tw, tx = r % tw;
             for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL) {
-                v16 m[16], s[2][4];
-                for (int p = 0; p < 16; p++) m[p] = *(const v16 *)(mb + (p * WT + t) * Co + c0);
-                for (int j = 0; j < 4; j++) {
-                    s[0][j] = m[j] + m[4 + j] + m[8 + j];
-                    s[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
-                }
+                v16 mv[36], s[24], o[16];
+                for (int p = 0; p < P; p++) mv[p] = *(const v16 *)(mb + (p * wt + t) * Co + c0);
+                for (int j = 0; j < n; j++) wino_at(m, mv + j, n, s + j, n);    /* A^T M: m x n */
+                for (int i = 0; i < m; i++) wino_at(m, s + n * i, 1, o + m * i, 1);  /* (A^T M) A */
                 const v16 bv = bias ? *(const v16u *)(bias + c0) : (v16){0};
-                for (int i = 0; i < 2 && 2 * ty + i < H; i++) {
-                    float *dst = y + ((b * H + 2 * ty + i) * W + 2 * tx) * Co + c0;
-                    *(v16u *)dst = s[i][0] + s[i][1] + s[i][2] + bv;
-                    if (2 * tx + 1 < W) *(v16u *)(dst + Co) = s[i][1] - s[i][2] - s[i][3] + bv;
-                }
+                for (int i = 0; i < m && m * ty + i < H; i++)
+                    for (int j = 0; j < m && m * tx + j < W; j++)
+                        *(v16u *)(y + ((b * H + m * ty + i) * W + m * tx + j) * Co + c0) =
+                            o[m * i + j] + bv;
             }
         }
     }
@@ -732,61 +794,61 @@ int aigc_conv3x3_fwd(const float *restrict x, const float *restrict U, const flo
     return failed ? -1 : 0;
 }
 
-/* The kernel's gradient dw (Co, Ci, 3, 3) and, where db is not NULL, the bias's db (Co), from x
- * (B, H, W, Ci) and the output's gradient gy (B, H, W, Co): in the transformed domain dU_p is
- * the sum over tiles of V_p^T (A gy A^T)_p (V_p as in the forward, gy 2x2 per tile), and
- * dw = G^T dU G. The tiles are summed in a fixed number of parts that depends on the shape
- * only, then the parts in order, so the result does not depend on the thread count. Returns
- * 0, or -1 when out of memory. */
-int aigc_conv3x3_wgrad(const float *restrict x, const float *restrict gy, float *restrict dw,
-                       float *restrict db, ptrdiff_t B, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci,
-                       ptrdiff_t Co, int threads) {
-    const ptrdiff_t th = (H + 1) / 2, tw = (W + 1) / 2, ntiles = B * th * tw;
-    const ptrdiff_t nblocks = (ntiles + WT - 1) / WT, usz = 16 * Ci * Co + Co;  /* dU, then db */
+/* y (B, H, W, Co) = the 3x3 convolution (stride 1, padding 1) of x (B, H, W, Ci) by F(m x m,
+ * 3 x 3) with the transformed kernels U (P, Ci, Co), plus bias (Co; NULL: none). Ci and Co
+ * multiples of 16. Returns 0, or -1 when out of memory (y then incomplete). */
+int aigc_conv3x3_fwd(const float *restrict x, const float *restrict U, const float *restrict bias,
+                     float *restrict y, ptrdiff_t B, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci,
+                     ptrdiff_t Co, int m, int threads) {
+    return m == 4 ? conv3x3_fwd(4, x, U, bias, y, B, H, W, Ci, Co, threads)
+                  : conv3x3_fwd(2, x, U, bias, y, B, H, W, Ci, Co, threads);
+}
+
+static inline __attribute__((always_inline)) int
+conv3x3_wgrad(int m, const float *restrict x, const float *restrict gy, float *restrict dw,
+              float *restrict db, ptrdiff_t B, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci,
+              ptrdiff_t Co, int threads) {
+    const int n = m + 2, P = n * n;
+    const ptrdiff_t wt = wino_block(m);
+    const ptrdiff_t th = (H + m - 1) / m, tw = (W + m - 1) / m, ntiles = B * th * tw;
+    const ptrdiff_t nblocks = (ntiles + wt - 1) / wt, usz = P * Ci * Co + Co;  /* dU, then db */
     const ptrdiff_t nparts = nblocks / 4 < 1 ? 1 : nblocks / 4 > 16 ? 16 : nblocks / 4;
     float *parts = aligned_alloc(64, sizeof(float) * (size_t)(usz * nparts));
     if (parts == NULL) return -1;
     int failed = 0;
-#pragma omp parallel num_threads(threads) if (WINO_THREADED(nblocks, Ci, Co, threads) && nparts > 1)
+#pragma omp parallel num_threads(threads) if (WINO_THREADED(nblocks, wt, Ci, Co, threads) && nparts > 1)
     {
-    float *vb = scratch((size_t)(16 * WT * Ci), &failed);
-    float *gb = scratch((size_t)(16 * WT * Co), &failed);
+    float *vb = scratch((size_t)(P * wt * Ci), &failed);
+    float *gb = scratch((size_t)(P * wt * Co), &failed);
 #pragma omp for schedule(static)
     for (ptrdiff_t part = 0; part < nparts; part++) {
         if (vb == NULL || gb == NULL) continue;
-        float *du = parts + part * usz, *dbp = du + 16 * Ci * Co;
+        float *du = parts + part * usz, *dbp = du + P * Ci * Co;
         memset(du, 0, sizeof(float) * (size_t)usz);
         for (ptrdiff_t blk = nblocks * part / nparts; blk < nblocks * (part + 1) / nparts; blk++) {
-            const ptrdiff_t n0 = blk * WT, nt = ntiles - n0 < WT ? ntiles - n0 : WT;
+            const ptrdiff_t n0 = blk * wt, nt = ntiles - n0 < wt ? ntiles - n0 : wt;
             for (ptrdiff_t t = 0; t < nt; t++) {
-                const ptrdiff_t n = n0 + t, b = n / (th * tw), r = n % (th * tw);
+                const ptrdiff_t nn = n0 + t, b = nn / (th * tw), r = nn % (th * tw);
                 const ptrdiff_t ty = r / tw, tx = r % tw;
                 for (ptrdiff_t c0 = 0; c0 < Ci; c0 += VL)
-                    wino_in_tile(x, H, W, Ci, b, ty, tx, c0, vb + t * Ci + c0, WT * Ci);
+                    wino_in_tile(m, x, H, W, Ci, b, ty, tx, c0, vb + t * Ci + c0, wt * Ci);
                 for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL) {
-                    v16 g[2][2], s[2][4];
-                    for (int i = 0; i < 2; i++)
-                        for (int j = 0; j < 2; j++) {
-                            const ptrdiff_t yy = 2 * ty + i, xx = 2 * tx + j;
-                            g[i][j] = yy < H && xx < W
+                    v16 g[16], s[24], o[36], sum = {0};
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < m; j++) {
+                            const ptrdiff_t yy = m * ty + i, xx = m * tx + j;
+                            g[m * i + j] = yy < H && xx < W
                                 ? *(const v16u *)(gy + ((b * H + yy) * W + xx) * Co + c0) : (v16){0};
+                            sum += g[m * i + j];
                         }
-                    *(v16u *)(dbp + c0) += (g[0][0] + g[0][1]) + (g[1][0] + g[1][1]);
-                    for (int j = 0; j < 2; j++) {  /* A g: rows g0, g0 + g1, g0 - g1, -g1 */
-                        s[j][0] = g[0][j]; s[j][1] = g[0][j] + g[1][j];
-                        s[j][2] = g[0][j] - g[1][j]; s[j][3] = -g[1][j];
-                    }
-                    for (int i = 0; i < 4; i++) {  /* (A g) A^T */
-                        float *o = gb + (4 * i * WT + t) * Co + c0;
-                        *(v16u *)o = s[0][i];
-                        *(v16u *)(o + WT * Co) = s[0][i] + s[1][i];
-                        *(v16u *)(o + 2 * WT * Co) = s[0][i] - s[1][i];
-                        *(v16u *)(o + 3 * WT * Co) = -s[1][i];
-                    }
+                    *(v16u *)(dbp + c0) += sum;
+                    for (int j = 0; j < m; j++) wino_a(m, g + j, m, s + j, m);    /* A g: n x m */
+                    for (int i = 0; i < n; i++) wino_a(m, s + m * i, 1, o + n * i, 1);  /* (A g) A^T */
+                    for (int p = 0; p < P; p++) *(v16u *)(gb + (p * wt + t) * Co + c0) = o[p];
                 }
             }
-            for (int p = 0; p < 16; p++) {  /* dU_p += V_p^T (A gy A^T)_p */
-                const float *a = vb + p * WT * Ci, *g = gb + p * WT * Co;
+            for (int p = 0; p < P; p++) {  /* dU_p += V_p^T (A gy A^T)_p */
+                const float *a = vb + p * wt * Ci, *g = gb + p * wt * Co;
                 float *u = du + p * Ci * Co;
                 for (ptrdiff_t j = 0; j < Co;) {
                     const int nv = Co - j >= 4 * VL ? 4 : Co - j >= 2 * VL ? 2 : 1;
@@ -798,37 +860,46 @@ int aigc_conv3x3_wgrad(const float *restrict x, const float *restrict gy, float 
     }
     free(vb); free(gb);
     }
-    if (!failed) {  /* the parts summed in order, then dw = G^T dU G per kernel */
+    if (!failed) {  /* the parts summed in order, then dw = G^T dU G, 16 kernels at a time */
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && usz * nparts >= (1 << 18))
         for (ptrdiff_t ci = 0; ci < Ci; ci++)
-            for (ptrdiff_t co = 0; co < Co; co++) {
-                float d[4][4], t[4][3];
-                for (int p = 0; p < 16; p++) {
-                    float sum = 0.0f;
-                    for (ptrdiff_t q = 0; q < nparts; q++) sum += parts[q * usz + (p * Ci + ci) * Co + co];
-                    d[p / 4][p % 4] = sum;
+            for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL) {
+                v16 d[36], t[18] = {0}, k[9];
+                for (int p = 0; p < P; p++) {
+                    v16 sum = {0};
+                    for (ptrdiff_t q = 0; q < nparts; q++)
+                        sum += *(const v16u *)(parts + q * usz + (p * Ci + ci) * Co + c0);
+                    d[p] = sum;
                 }
-                for (int a = 0; a < 4; a++) {  /* dU G */
-                    t[a][0] = d[a][0] + 0.5f * (d[a][1] + d[a][2]);
-                    t[a][1] = 0.5f * (d[a][1] - d[a][2]);
-                    t[a][2] = 0.5f * (d[a][1] + d[a][2]) + d[a][3];
-                }
-                float *o = dw + (co * Ci + ci) * 9;
-                for (int l = 0; l < 3; l++) {  /* G^T (dU G) */
-                    o[l] = t[0][l] + 0.5f * (t[1][l] + t[2][l]);
-                    o[3 + l] = 0.5f * (t[1][l] - t[2][l]);
-                    o[6 + l] = 0.5f * (t[1][l] + t[2][l]) + t[3][l];
-                }
+                for (int a = 0; a < n; a++) wino_gt(m, d + n * a, 1, t + 3 * a, 1);  /* dU G */
+                for (int l = 0; l < 3; l++) wino_gt(m, t + l, 3, k + l, 3);  /* G^T (dU G) */
+                float kb[9][VL];
+                for (int j = 0; j < 9; j++) *(v16u *)kb[j] = k[j];
+                for (ptrdiff_t i = 0; i < VL && c0 + i < Co; i++)
+                    for (int j = 0; j < 9; j++) dw[((c0 + i) * Ci + ci) * 9 + j] = kb[j][i];
             }
         if (db != NULL)
             for (ptrdiff_t co = 0; co < Co; co++) {
                 float sum = 0.0f;
-                for (ptrdiff_t q = 0; q < nparts; q++) sum += parts[q * usz + 16 * Ci * Co + co];
+                for (ptrdiff_t q = 0; q < nparts; q++) sum += parts[q * usz + P * Ci * Co + co];
                 db[co] = sum;
             }
     }
     free(parts);
     return failed ? -1 : 0;
+}
+
+/* The kernels' gradient dw (Co, Ci, 3, 3) and, where db is not NULL, the bias's db (Co), from
+ * x (B, H, W, Ci) and the output's gradient gy (B, H, W, Co), by F(m x m, 3 x 3): dU_p is the
+ * sum over tiles of V_p^T (A gy A^T)_p (V_p as in the forward, gy m x m per tile), and
+ * dw = G^T dU G. The tiles are summed in a fixed number of parts that depends on the shape
+ * only, then the parts in order, so the result does not depend on the thread count. Returns
+ * 0, or -1 when out of memory. */
+int aigc_conv3x3_wgrad(const float *restrict x, const float *restrict gy, float *restrict dw,
+                       float *restrict db, ptrdiff_t B, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci,
+                       ptrdiff_t Co, int m, int threads) {
+    return m == 4 ? conv3x3_wgrad(4, x, gy, dw, db, B, H, W, Ci, Co, threads)
+                  : conv3x3_wgrad(2, x, gy, dw, db, B, H, W, Ci, Co, threads);
 }
 
 /* ------------------------------------------------ GroupNorm + SiLU (diffusion UNets)
