@@ -259,3 +259,27 @@ def test_images_record_the_unet_routes_and_replay_on_them(built, tmp_path, monke
     set_routes("native")
     assert main(["sample", "--replay", str(old), "--out", str(tmp_path / "old-again.png")]) == 0
     assert (tmp_path / "old-again.png").read_bytes() == drawn["torch"].read_bytes()
+
+
+def test_sampling_reuses_the_transformed_kernels_until_the_weights_change(built):
+    """Without gradients the transformed kernels are kept on the weight; an optimizer step or a
+    loaded state dict (in-place changes) makes the next call transform them again."""
+    gen = torch.Generator().manual_seed(6)
+    conv = Conv2d(32, 32, 3, padding=1)
+    x = _nhwc(2, 32, 6, 6, gen=gen)
+    native.set_route("conv", "native")
+    with torch.no_grad():
+        first = conv(x)
+        kept = conv.weight._aigc_winograd[1]
+        assert torch.equal(conv(x), first) and conv.weight._aigc_winograd[1] is kept
+    opt = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+    conv(x).square().sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = conv(x)
+        torch.testing.assert_close(after, F.conv2d(x, conv.weight, conv.bias, padding=1),
+                                   rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(after, first)
+        conv.load_state_dict(torch.nn.Conv2d(32, 32, 3, padding=1).state_dict())
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1),
+                                   rtol=1e-4, atol=1e-4)

@@ -640,7 +640,25 @@ def native_conv3x3(x: torch.Tensor, weight: torch.Tensor,
                                     or (bias is not None and bias.requires_grad)):
         return _EagerConv3x3.apply(x, weight, bias)
     lib = _loaded()
-    return _conv_fwd(lib, x, winograd_weights(lib, weight), bias)
+    return _conv_fwd(lib, x, _cached_weights(lib, weight), bias)
+
+
+def _cached_weights(lib, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`winograd_weights` of ``weight``, kept on the tensor with a copy of the values it
+    was made from and reused while they are equal: sampling calls a UNet tens of times with the
+    same weights, and for small batches the transform (36 Ci Co values) is most of a call. The
+    values themselves are compared (about 10 us for 64 x 64 kernels), not the tensor's version
+    counter, which fused AdamW and ``.data`` writes leave as it was."""
+    cached = getattr(weight, "_aigc_winograd", None)
+    if (cached is not None and cached[0].shape == weight.shape
+            and torch.equal(cached[0], weight.detach())):
+        return cached[1]
+    u = winograd_weights(lib, weight)
+    try:
+        weight._aigc_winograd = (weight.detach().clone(), u)
+    except AttributeError:  # a tensor that takes no attributes: no cache
+        pass
+    return u
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

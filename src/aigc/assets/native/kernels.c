@@ -915,24 +915,16 @@ int aigc_conv3x3_wgrad(const float *restrict x, const float *restrict gy, float 
  * result. C a multiple of 16, at most GN_MAX_C. */
 #define GN_MAX_C 1024
 
-/* the channel sums of (x - centre)^p over the HW positions, p = 1 or 2, 16 channels at a time */
+/* the channel sums of (x - centre)^p over the HW positions, p = 1 or 2: position by position
+ * (the activation read in memory order), the C sums kept in out */
 static void gn_channel_sums(const float *restrict x, ptrdiff_t HW, ptrdiff_t C,
                             const float *restrict centre, int squares, float *restrict out) {
-    for (ptrdiff_t c0 = 0; c0 < C; c0 += VL) {
-        const v16 m = centre ? *(const v16u *)(centre + c0) : (v16){0};
-        v16 acc0 = {0}, acc1 = {0};
-        ptrdiff_t i = 0;
-        for (; i + 2 <= HW; i += 2) {
-            const v16 d0 = *(const v16u *)(x + i * C + c0) - m, d1 = *(const v16u *)(x + (i + 1) * C + c0) - m;
-            acc0 += squares ? d0 * d0 : d0;
-            acc1 += squares ? d1 * d1 : d1;
+    memset(out, 0, sizeof(float) * (size_t)C);
+    for (ptrdiff_t i = 0; i < HW; i++)
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += VL) {
+            const v16 d = *(const v16u *)(x + i * C + c0) - (centre ? *(const v16u *)(centre + c0) : (v16){0});
+            *(v16u *)(out + c0) += squares ? d * d : d;
         }
-        if (i < HW) {
-            const v16 d0 = *(const v16u *)(x + i * C + c0) - m;
-            acc0 += squares ? d0 * d0 : d0;
-        }
-        *(v16u *)(out + c0) = acc0 + acc1;
-    }
 }
 
 /* per-channel values of the group statistic: out[c] = sum over c's group of in / n */
@@ -997,22 +989,19 @@ void aigc_gn_silu_bwd(const float *restrict gy, const float *restrict x, const f
             k[c] = rs[c] * ab[c];
             m[c] = sb[c] - mu[c] * k[c];
         }
-        /* pass 1: dz = gy silu'(z) into gx; ga = sum dz xhat, gs = sum dz */
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += VL) {
-            const v16 kv = *(const v16u *)(k + c0), mv = *(const v16u *)(m + c0);
-            const v16 muv = *(const v16u *)(mu + c0), rsv = *(const v16u *)(rs + c0);
-            v16 da = {0}, ds = {0};
-            for (ptrdiff_t i = 0; i < HW; i++) {
+        /* pass 1, in memory order: dz = gy silu'(z) into gx; ga = sum dz xhat, gs = sum dz */
+        memset(gab, 0, sizeof(float) * (size_t)C);
+        memset(gsb, 0, sizeof(float) * (size_t)C);
+        for (ptrdiff_t i = 0; i < HW; i++)
+            for (ptrdiff_t c0 = 0; c0 < C; c0 += VL) {
                 const v16 xv = *(const v16u *)(xb + i * C + c0);
-                const v16 z = xv * kv + mv, sg = sigmoid_v(z);
+                const v16 z = xv * *(const v16u *)(k + c0) + *(const v16u *)(m + c0);
+                const v16 sg = sigmoid_v(z);
                 const v16 dz = *(const v16u *)(gyb + i * C + c0) * sg * (1.0f + z * (1.0f - sg));
                 *(v16u *)(gxb + i * C + c0) = dz;
-                da += dz * ((xv - muv) * rsv);
-                ds += dz;
+                *(v16u *)(gab + c0) += dz * ((xv - *(const v16u *)(mu + c0)) * *(const v16u *)(rs + c0));
+                *(v16u *)(gsb + c0) += dz;
             }
-            *(v16u *)(gab + c0) = da;
-            *(v16u *)(gsb + c0) = ds;
-        }
         /* gx = rstd (a dz - mean_g(a gs) - xhat mean_g(a ga)) = p dz - q x + o per channel */
         for (ptrdiff_t c = 0; c < C; c++) { t[c] = ab[c] * gsb[c]; u[c] = ab[c] * gab[c]; }
         gn_group_mean(t, C, G, n, t);
