@@ -1,9 +1,13 @@
-"""Image sampling with the UNet in channels-last memory format against the default (NCHW).
+"""Image sampling with the UNet in channels-last memory format against NCHW, and on aigc's
+native UNet kernels against ATen's.
 
-The studio and `aigc sample` draw with the model as loaded (NCHW). This times 32 images of a
-starter (20 steps, DPM-Solver++, one generator seed) both ways in alternating rounds (CPU
-time, median) and counts the 8-bit pixel levels that differ, since a record's replay must
-write the same bytes.
+The studio and `aigc sample` draw diffusion models in channels-last (since 2026-11-30), and
+there the 3x3 convolutions and GroupNorm + SiLU take aigc's native kernels where the machine
+measured them faster (aigc.models.native, `aigc kernels`). This times 32 images of a starter
+(20 steps, DPM-Solver++, one generator seed) three ways in alternating rounds (CPU time,
+median): NCHW (ATen's kernels), channels-last on ATen's kernels, channels-last on the native
+kernels; and counts the 8-bit pixel levels that differ from NCHW, since a record's replay must
+write the same bytes (records carry memory_format, conv_route and groupnorm_route).
 
     OMP_NUM_THREADS=1 python benchmarks/channels_last_sampling.py [--model starter:diffusion-mnist]
 """
@@ -48,24 +52,41 @@ def main() -> None:
     if "prompt" in accepts and "labels" not in kwargs:
         kwargs["prompt"] = ["a red heart"] * args.n
 
-    def run(m):
-        return m.sample(args.n, generator=torch.Generator().manual_seed(0), **kwargs)
+    from aigc.models import native
 
-    a, b = run(model), run(nhwc)
-    levels = ((a * 255).round() != (b * 255).round()).sum().item()
-    print(f"{args.model}: {args.n} images, {sorted(kwargs)}, {args.steps} steps where it takes "
-          f"steps; pixel levels that differ: {levels} "
-          f"of {a.numel()} (largest difference {(a - b).abs().max().item():.2e})")
-    times = {0: [], 1: []}
+    kinds = ("conv", "groupnorm")
+
+    def run(m, kernels="torch"):
+        old = [native.set_route(k, kernels) for k in kinds]
+        try:
+            return m.sample(args.n, generator=torch.Generator().manual_seed(0), **kwargs)
+        finally:
+            for k, o in zip(kinds, old, strict=True):
+                native.set_route(k, o)
+
+    ways = {"NCHW": (model, "torch"), "channels-last, ATen kernels": (nhwc, "torch"),
+            "channels-last, native kernels": (nhwc, "native")}
+    images = {name: run(m, k) for name, (m, k) in ways.items()}
+    a = images["NCHW"]
+    for name, b in images.items():
+        if name != "NCHW":
+            levels = ((a * 255).round() != (b * 255).round()).sum().item()
+            print(f"{args.model}: {args.n} images, {sorted(kwargs)}, {args.steps} steps where it "
+                  f"takes steps; {name}: pixel levels that differ from NCHW: {levels} of "
+                  f"{a.numel()} (largest difference {(a - b).abs().max().item():.2e})")
+    times = {name: [] for name in ways}
     for _ in range(args.rounds):
-        for i, m in enumerate((model, nhwc)):
+        for name, (m, k) in ways.items():
             t0 = time.process_time()
-            run(m)
-            times[i].append(time.process_time() - t0)
-    nchw, cl = (statistics.median(times[i]) for i in (0, 1))
-    print(f"CPU s per {args.n} images: NCHW {nchw:.2f}, channels-last {cl:.2f}: x{nchw / cl:.2f} "
-          f"({args.rounds} alternating rounds, median; threads {torch.get_num_threads()})")
-
+            run(m, k)
+            times[name].append(time.process_time() - t0)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    nchw = med["NCHW"]
+    print(f"CPU s per {args.n} images ({args.rounds} alternating rounds, median; threads "
+          f"{torch.get_num_threads()}): " + ", ".join(
+              f"{name} {t:.2f} (x{nchw / t:.2f})" for name, t in med.items()))
+    print(f"the native kernels against ATen's, both channels-last: "
+          f"x{med['channels-last, ATen kernels'] / med['channels-last, native kernels']:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,6 @@
-/* A check of src/aigc/assets/native/kernels.c against float64 formulas written out here, in C,
+/* A check of src/aigc/assets/native/kernels.c (GELU, the decoding kernels, attention, the 3x3
+ * convolutions at both Winograd tile sizes, GroupNorm + SiLU) against float64 formulas written
+ * out here, in C,
  * so that it can be built with sanitizers or for another CPU and run without Python or torch
  * (tests/test_native_c.py builds and runs it). Exit status 0 when every kernel is within its
  * tolerance and gives the same bits on 1 and 2 threads; it prints the worst errors either way. */
@@ -18,17 +20,28 @@ int aigc_attn_fwd(const float *qkv, float *y, float *p, ptrdiff_t B, ptrdiff_t T
                   ptrdiff_t d, float scale, int threads);
 int aigc_attn_bwd(const float *gy, const float *qkv, const float *p, float *g, ptrdiff_t B,
                   ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads);
+void aigc_conv3x3_weights(const float *w, float *U, ptrdiff_t Co, ptrdiff_t Ci, int flipped, int m);
+int aigc_conv3x3_fwd(const float *x, const float *U, const float *bias, float *y, ptrdiff_t B,
+                     ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci, ptrdiff_t Co, int m, int threads);
+int aigc_conv3x3_wgrad(const float *x, const float *gy, float *dw, float *db, ptrdiff_t B,
+                       ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci, ptrdiff_t Co, int m, int threads);
+void aigc_gn_silu_fwd(const float *x, const float *a, const float *s, float *y, float *mean,
+                      float *rstd, ptrdiff_t B, ptrdiff_t HW, ptrdiff_t C, ptrdiff_t G, float eps,
+                      int threads);
+void aigc_gn_silu_bwd(const float *gy, const float *x, const float *a, const float *s,
+                      const float *mean, const float *rstd, float *gx, float *ga, float *gs,
+                      ptrdiff_t B, ptrdiff_t HW, ptrdiff_t C, ptrdiff_t G, int threads);
 
 static int failures = 0;
 
 static void expect(const char *what, double err, double tol) {
     const int ok = err <= tol; /* NaN fails */
-    printf("%-44s worst error %.3g (tolerance %.1g)%s\n", what, err, tol, ok ? "" : "  FAILED");
+    printf("%-48s worst error %.3g (tolerance %.1g)%s\n", what, err, tol, ok ? "" : "  FAILED");
     failures += !ok;
 }
 
 static void expect_same(const char *what, int same) {
-    printf("%-44s %s\n", what, same ? "same bits" : "DIFFERENT BITS  FAILED");
+    printf("%-48s %s\n", what, same ? "same bits" : "DIFFERENT BITS  FAILED");
     failures += !same;
 }
 
@@ -87,7 +100,7 @@ static void check_gelu(void) {
     edges_ok &= ey[6] == 1e4f && ey[7] == 1e30f && eg[6] == 1.0f;
     if (!edges_ok)
         for (int i = 0; i < 8; i++) printf("  x %g: gelu %g, slope %g\n", edge[i], ey[i], eg[i]);
-    printf("%-44s %s\n", "GELU at NaN, 0, +-1e4 and far below zero", edges_ok ? "as expected" : "WRONG  FAILED");
+    printf("%-48s %s\n", "GELU at NaN, 0, +-1e4 and far below zero", edges_ok ? "as expected" : "WRONG  FAILED");
     failures += !edges_ok;
 }
 
@@ -213,9 +226,194 @@ static void check_attention(void) {
     expect_same("attention on 1 and 2 threads", same);
 }
 
+/* The 3x3 convolution (stride 1, padding 1, channels-last) written out in float64: y, the
+ * input's gradient (the kernels flipped, channels swapped) and the kernels' and bias's. */
+static double conv_at(const float *x, const float *w, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci,
+                      ptrdiff_t Co, ptrdiff_t b, ptrdiff_t yy, ptrdiff_t xx, ptrdiff_t co,
+                      int flipped) {
+    double sum = 0;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            const ptrdiff_t r = yy + i - 1, c = xx + j - 1;
+            if (r < 0 || r >= H || c < 0 || c >= W) continue;
+            for (ptrdiff_t ci = 0; ci < Ci; ci++) {  /* flipped: x has Co channels, out Ci */
+                const double wv = flipped ? w[(ci * Co + co) * 9 + (2 - i) * 3 + (2 - j)]
+                                          : w[(co * Ci + ci) * 9 + i * 3 + j];
+                sum += wv * x[((b * H + r) * W + c) * Ci + ci];
+            }
+        }
+    return sum;
+}
+
+static void check_conv(void) {
+    static const ptrdiff_t shapes[][5] = {{2, 16, 5, 7, 32}, {1, 32, 1, 1, 16}, {3, 48, 6, 3, 80},
+                                          {2, 16, 9, 10, 16}, {1, 64, 13, 4, 48}};
+    double err[2][3] = {{0}};
+    int same = 1;
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const ptrdiff_t B = shapes[k][0], Ci = shapes[k][1], H = shapes[k][2], W = shapes[k][3],
+                        Co = shapes[k][4], nx = B * H * W * Ci, ny = B * H * W * Co;
+        float *x = floats(nx), *w = floats(Co * Ci * 9), *bias = floats(Co), *gy = floats(ny),
+              *U = floats(36 * Ci * Co), *y = floats(ny), *y2 = floats(ny), *gx = floats(nx),
+              *dw = floats(Co * Ci * 9), *dw2 = floats(Co * Ci * 9), *db = floats(Co);
+        uint32_t s = (uint32_t)(k + 21);
+        for (ptrdiff_t i = 0; i < nx; i++) x[i] = uniform(&s);
+        for (ptrdiff_t i = 0; i < Co * Ci * 9; i++) w[i] = uniform(&s) / sqrt(9.0 * Ci);
+        for (ptrdiff_t i = 0; i < Co; i++) bias[i] = uniform(&s);
+        for (ptrdiff_t i = 0; i < ny; i++) gy[i] = uniform(&s);
+        for (int m = 2; m <= 4; m += 2) {
+            double ymax = 0, gmax = 0, wmax = 0, ey = 0, eg = 0, ew = 0;
+            aigc_conv3x3_weights(w, U, Co, Ci, 0, m);
+            int bad = aigc_conv3x3_fwd(x, U, bias, y, B, H, W, Ci, Co, m, 1) ||
+                      aigc_conv3x3_fwd(x, U, bias, y2, B, H, W, Ci, Co, m, 2);
+            same &= !memcmp(y, y2, ny * sizeof *y);
+            aigc_conv3x3_weights(w, U, Co, Ci, 1, m);
+            bad |= aigc_conv3x3_fwd(gy, U, NULL, gx, B, H, W, Co, Ci, m, 1) ||
+                   aigc_conv3x3_wgrad(x, gy, dw, db, B, H, W, Ci, Co, m, 1) ||
+                   aigc_conv3x3_wgrad(x, gy, dw2, NULL, B, H, W, Ci, Co, m, 2);
+            if (bad) {
+                fprintf(stderr, "out of memory\n");
+                exit(2);
+            }
+            same &= !memcmp(dw, dw2, Co * Ci * 9 * sizeof *dw);
+            for (ptrdiff_t b = 0; b < B; b++)
+                for (ptrdiff_t r = 0; r < H; r++)
+                    for (ptrdiff_t c = 0; c < W; c++) {
+                        for (ptrdiff_t co = 0; co < Co; co++) {
+                            const double ref = bias[co] + conv_at(x, w, H, W, Ci, Co, b, r, c, co, 0);
+                            ymax = fmax(ymax, fabs(ref));
+                            ey = fmax(ey, fabs(y[((b * H + r) * W + c) * Co + co] - ref));
+                        }
+                        for (ptrdiff_t ci = 0; ci < Ci; ci++) {
+                            const double ref = conv_at(gy, w, H, W, Co, Ci, b, r, c, ci, 1);
+                            gmax = fmax(gmax, fabs(ref));
+                            eg = fmax(eg, fabs(gx[((b * H + r) * W + c) * Ci + ci] - ref));
+                        }
+                    }
+            for (ptrdiff_t co = 0; co < Co; co++) {
+                double rb = 0;
+                for (ptrdiff_t i = 0; i < B * H * W; i++) rb += gy[i * Co + co];
+                ew = fmax(ew, fabs(db[co] - rb));
+                for (ptrdiff_t ci = 0; ci < Ci; ci++)
+                    for (int i = 0; i < 3; i++)
+                        for (int j = 0; j < 3; j++) {
+                            double ref = 0;
+                            for (ptrdiff_t b = 0; b < B; b++)
+                                for (ptrdiff_t r = 0; r < H; r++)
+                                    for (ptrdiff_t c = 0; c < W; c++) {
+                                        const ptrdiff_t rr = r + i - 1, cc = c + j - 1;
+                                        if (rr < 0 || rr >= H || cc < 0 || cc >= W) continue;
+                                        ref += (double)gy[((b * H + r) * W + c) * Co + co] *
+                                               x[((b * H + rr) * W + cc) * Ci + ci];
+                                    }
+                            wmax = fmax(wmax, fabs(ref));
+                            ew = fmax(ew, fabs(dw[(co * Ci + ci) * 9 + i * 3 + j] - ref));
+                        }
+            }
+            err[m / 4][0] = fmax(err[m / 4][0], ey / ymax);  /* relative to the largest value */
+            err[m / 4][1] = fmax(err[m / 4][1], eg / gmax);
+            err[m / 4][2] = fmax(err[m / 4][2], ew / fmax(wmax, 1.0));
+        }
+        free(x), free(w), free(bias), free(gy), free(U), free(y), free(y2), free(gx), free(dw),
+            free(dw2), free(db);
+    }
+    for (int m = 2; m <= 4; m += 2) {  /* large enough to be split across threads */
+        const ptrdiff_t B = 8, H = 24, W = 24, C = 64, n = B * H * W * C;
+        float *x = floats(n), *w = floats(C * C * 9), *U = floats(36 * C * C), *y = floats(n),
+              *y2 = floats(n), *dw = floats(C * C * 9), *dw2 = floats(C * C * 9);
+        uint32_t s = 41;
+        for (ptrdiff_t i = 0; i < n; i++) x[i] = uniform(&s);
+        for (ptrdiff_t i = 0; i < C * C * 9; i++) w[i] = uniform(&s) / 24;
+        aigc_conv3x3_weights(w, U, C, C, 0, m);
+        if (aigc_conv3x3_fwd(x, U, NULL, y, B, H, W, C, C, m, 1) ||
+            aigc_conv3x3_fwd(x, U, NULL, y2, B, H, W, C, C, m, 2) ||
+            aigc_conv3x3_wgrad(x, y, dw, NULL, B, H, W, C, C, m, 1) ||
+            aigc_conv3x3_wgrad(x, y, dw2, NULL, B, H, W, C, C, m, 2)) {
+            fprintf(stderr, "out of memory\n");
+            exit(2);
+        }
+        same &= !memcmp(y, y2, n * sizeof *y) && !memcmp(dw, dw2, C * C * 9 * sizeof *dw);
+        free(x), free(w), free(U), free(y), free(y2), free(dw), free(dw2);
+    }
+    expect("conv3x3 F(2x2) forward against float64", err[0][0], 3e-6);
+    expect("conv3x3 F(2x2) input gradient against float64", err[0][1], 3e-6);
+    expect("conv3x3 F(2x2) kernel and bias gradients", err[0][2], 3e-6);
+    expect("conv3x3 F(4x4) forward against float64", err[1][0], 3e-5);
+    expect("conv3x3 F(4x4) input gradient against float64", err[1][1], 3e-5);
+    expect("conv3x3 F(4x4) kernel and bias gradients", err[1][2], 3e-5);
+    expect_same("conv3x3 on 1 and 2 threads", same);
+}
+
+/* GroupNorm + scale-shift + SiLU in float64: the forward, and the backward by the chain rule
+ * written out per group. */
+static void check_groupnorm(void) {
+    static const ptrdiff_t shapes[][4] = {{2, 15, 32, 8}, {1, 1, 16, 1}, {3, 28, 48, 3},
+                                          {2, 49, 64, 8}, {4, 784, 32, 8}};  /* threaded */
+    double ey = 0, eg = 0, ea = 0;
+    int same = 1;
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const ptrdiff_t B = shapes[k][0], HW = shapes[k][1], C = shapes[k][2], G = shapes[k][3];
+        const ptrdiff_t n = B * HW * C, cpg = C / G;
+        float *x = floats(n), *gy = floats(n), *a = floats(B * C), *sh = floats(B * C),
+              *y = floats(n), *y2 = floats(n), *gx = floats(n), *gx2 = floats(n),
+              *mean = floats(B * G), *rstd = floats(B * G), *ga = floats(B * C), *gs = floats(B * C);
+        uint32_t s = (uint32_t)(k + 31);
+        for (ptrdiff_t i = 0; i < n; i++) { x[i] = 3 * uniform(&s) + 1; gy[i] = uniform(&s); }
+        for (ptrdiff_t i = 0; i < B * C; i++) { a[i] = 1 + uniform(&s); sh[i] = uniform(&s); }
+        aigc_gn_silu_fwd(x, a, sh, y, mean, rstd, B, HW, C, G, 1e-5f, 1);
+        aigc_gn_silu_bwd(gy, x, a, sh, mean, rstd, gx, ga, gs, B, HW, C, G, 1);
+        aigc_gn_silu_fwd(x, a, sh, y2, mean, rstd, B, HW, C, G, 1e-5f, 2);
+        aigc_gn_silu_bwd(gy, x, a, sh, mean, rstd, gx2, ga, gs, B, HW, C, G, 2);
+        same &= !memcmp(y, y2, n * sizeof *y) && !memcmp(gx, gx2, n * sizeof *gx);
+        for (ptrdiff_t b = 0; b < B; b++)
+            for (ptrdiff_t g = 0; g < G; g++) {
+                double mu = 0, var = 0, s1 = 0, s2 = 0;
+                const double N = (double)HW * cpg;
+#define X(i, c) ((double)x[(b * HW + (i)) * C + (c)])
+                for (ptrdiff_t i = 0; i < HW; i++)
+                    for (ptrdiff_t c = g * cpg; c < (g + 1) * cpg; c++) mu += X(i, c) / N;
+                for (ptrdiff_t i = 0; i < HW; i++)
+                    for (ptrdiff_t c = g * cpg; c < (g + 1) * cpg; c++)
+                        var += (X(i, c) - mu) * (X(i, c) - mu) / N;
+                const double rs = 1 / sqrt(var + 1e-5);
+                for (ptrdiff_t c = g * cpg; c < (g + 1) * cpg; c++) {
+                    double rga = 0, rgs = 0;
+                    for (ptrdiff_t i = 0; i < HW; i++) {
+                        const double xh = (X(i, c) - mu) * rs, z = xh * a[b * C + c] + sh[b * C + c];
+                        const double sg = 1 / (1 + exp(-z)), gyv = gy[(b * HW + i) * C + c];
+                        const double dz = gyv * sg * (1 + z * (1 - sg));
+                        ey = fmax(ey, fabs(y[(b * HW + i) * C + c] - z * sg));
+                        rga += dz * xh;
+                        rgs += dz;
+                        s1 += dz * a[b * C + c];
+                        s2 += dz * a[b * C + c] * xh;
+                    }
+                    ea = fmax(ea, fmax(fabs(ga[b * C + c] - rga), fabs(gs[b * C + c] - rgs)));
+                }
+                for (ptrdiff_t c = g * cpg; c < (g + 1) * cpg; c++)
+                    for (ptrdiff_t i = 0; i < HW; i++) {
+                        const double xh = (X(i, c) - mu) * rs, z = xh * a[b * C + c] + sh[b * C + c];
+                        const double sg = 1 / (1 + exp(-z)), gyv = gy[(b * HW + i) * C + c];
+                        const double dz = gyv * sg * (1 + z * (1 - sg));
+                        const double ref = rs * (dz * a[b * C + c] - s1 / N - xh * s2 / N);
+                        eg = fmax(eg, fabs(gx[(b * HW + i) * C + c] - ref));
+                    }
+#undef X
+            }
+        free(x), free(gy), free(a), free(sh), free(y), free(y2), free(gx), free(gx2), free(mean),
+            free(rstd), free(ga), free(gs);
+    }
+    expect("GroupNorm + SiLU forward against float64", ey, 5e-6);
+    expect("GroupNorm + SiLU input gradient against float64", eg, 1e-5);
+    expect("GroupNorm + SiLU scale and shift gradients", ea, 1e-4);
+    expect_same("GroupNorm + SiLU on 1 and 2 threads", same);
+}
+
 int main(void) {
     check_gelu();
     check_decode();
     check_attention();
+    check_conv();
+    check_groupnorm();
     return failures ? 1 : 0;
 }

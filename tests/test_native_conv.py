@@ -73,10 +73,10 @@ def test_both_tile_sizes_match_float64(built, B, ci, H, W, co):
 
 def test_results_do_not_depend_on_the_batch_or_the_thread_count(built):
     gen = torch.Generator().manual_seed(1)
-    x = _nhwc(7, 32, 13, 11, gen=gen)
-    w = torch.randn(48, 32, 3, 3, generator=gen) * 0.1
+    x = _nhwc(7, 64, 25, 23, gen=gen)  # large enough to be split across threads
+    w = torch.randn(48, 64, 3, 3, generator=gen) * 0.1
     b = torch.randn(48, generator=gen)
-    gy = _nhwc(7, 48, 13, 11, gen=gen)
+    gy = _nhwc(7, 48, 25, 23, gen=gen)
     threads = torch.get_num_threads()
     try:
         outs = {}
