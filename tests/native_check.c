@@ -1,8 +1,7 @@
 /* A check of src/aigc/assets/native/kernels.c (GELU, the decoding kernels, attention, the 3x3
  * convolutions at both Winograd tile sizes, GroupNorm + SiLU) against float64 formulas written
- * out here, in C,
- * so that it can be built with sanitizers or for another CPU and run without Python or torch
- * (tests/test_native_c.py builds and runs it). Exit status 0 when every kernel is within its
+ * out here, in C, so that it can be built with sanitizers or for another CPU and run without
+ * Python or torch (tests/test_native_c.py builds and runs it). Exit status 0 when every kernel is within its
  * tolerance and gives the same bits on 1 and 2 threads; it prints the worst errors either way. */
 #include <math.h>
 #include <stddef.h>
