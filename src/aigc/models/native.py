@@ -532,13 +532,14 @@ def _attention_self_check(lib) -> str | None:
 # runs. aigc.models.layers.Conv2d calls conv2d(), which takes them where they fit and are
 # measured faster, else F.conv2d.
 
-_CONV_MAX_CHANNELS = 256  # a block's transformed tiles and U_p stay in the L2 cache up to here
+_CONV_MAX_CHANNELS = 256  # a block's tiles and U_p fit a 2 MB L2 cache up to about here
 # F(4x4, 3x3): 4x fewer multiply-adds than the direct convolution, against 2.25x for F(2x2, 3x3)
 # (which kernels.c also has, with about 10x finer rounding: within 1e-6 of float64 like oneDNN,
 # F(4x4) within about 1e-5). F(4x4) was faster at every shape of benchmarks/unet_kernels.py,
 # 7 x 7 images included, so it is the one used.
 _WINO_M = 4
 _CONV_PROBE = (16, 64, 14, 14, 64)  # batch, in channels, height, width, out channels
+
 
 def conv3x3_fits(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=1, dilation=1,
                  groups: int = 1) -> bool:
