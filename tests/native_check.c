@@ -316,8 +316,9 @@ static void check_conv(void) {
         free(x), free(w), free(bias), free(gy), free(U), free(y), free(y2), free(gx), free(dw),
             free(dw2), free(db);
     }
-    for (int m = 2; m <= 4; m += 2) {  /* large enough to be split across threads */
-        const ptrdiff_t B = 8, H = 24, W = 24, C = 64, n = B * H * W * C;
+    for (int k = 0; k < 4; k++) {  /* large enough to be split across threads */
+        const int m = k % 2 ? 4 : 2;  /* many tiles (parts) and few (positions split) */
+        const ptrdiff_t B = k < 2 ? 8 : 16, H = k < 2 ? 24 : 7, W = H, C = 64, n = B * H * W * C;
         float *x = floats(n), *w = floats(C * C * 9), *U = floats(36 * C * C), *y = floats(n),
               *y2 = floats(n), *dw = floats(C * C * 9), *dw2 = floats(C * C * 9);
         uint32_t s = 41;

@@ -113,6 +113,7 @@ def test_takes_only_what_fits_and_leaves_the_rest_to_aten(built):
         (_nhwc(2, 8, 8, 8, gen=gen), torch.randn(32, 8, 3, 3), 1, 1, 1, 1),    # 8 channels in
         (x, torch.randn(24, 16, 3, 3), 1, 1, 1, 1),                 # 24 channels out
         (_nhwc(1, 272, 4, 4, gen=gen), torch.randn(16, 272, 3, 3), 1, 1, 1, 1),  # past 256
+        (_nhwc(1, 256, 4, 4, gen=gen), torch.randn(256, 256, 3, 3), 1, 1, 1, 1),  # 65,536 kernels
     ]
     for args in refused:
         assert not native.conv3x3_fits(*args)
@@ -174,35 +175,6 @@ def test_route_is_measured_kept_and_forced(built, monkeypatch):
     assert native.route("conv") == route and calls == [1]
     monkeypatch.setenv(native.ROUTE_ENVS["conv"], "torch")
     assert native.current_route("conv") == "torch"
-
-
-def test_unet_training_step_agrees_with_aten(built):
-    """A diffusion UNet's loss and gradients on both routes, channels-last, as it trains."""
-    from aigc.models.diffusion import Diffusion, DiffusionConfig
-
-    torch.manual_seed(0)
-    model = Diffusion(DiffusionConfig(channels=(16, 32), num_res_blocks=1, attention_levels=(1,),
-                                      num_classes=10)).to(memory_format=CL)
-    for p in model.parameters():  # conv2 starts at zero (identity blocks): give it weights
-        if p.dim() == 4:
-            torch.nn.init.normal_(p, std=0.05)
-    batch = {"image": torch.rand(4, 1, 16, 16).contiguous(memory_format=CL),
-             "label": torch.tensor([0, 1, 2, 10])}
-    results = {}
-    for route in ("torch", "native"):
-        native.set_route("conv", route)
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(1)  # the same t, noise and condition dropout
-        loss = model.loss(batch)
-        loss.backward()
-        results[route] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-        names = {type(m).__name__ for m in model.modules()}
-        assert "Conv2d" in names
-    native.set_route("conv", None)
-    torch.testing.assert_close(results["native"][0], results["torch"][0], rtol=1e-5, atol=1e-6)
-    for name, g in results["torch"][1].items():
-        torch.testing.assert_close(results["native"][1][name], g, rtol=1e-3, atol=1e-5,
-                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_records_carry_the_conv_route():

@@ -127,7 +127,8 @@ def test_second_derivatives_come_out_right(built):
 
 def test_unet_step_on_both_native_routes_agrees_with_aten(built):
     """A diffusion UNet's loss and gradients with the native convolutions and GroupNorm + SiLU
-    against ATen's, channels-last, as it trains."""
+    (tests/test_native_conv.py tests the convolutions alone) against ATen's, channels-last, as
+    it trains."""
     from aigc.models.diffusion import Diffusion, DiffusionConfig
 
     torch.manual_seed(0)

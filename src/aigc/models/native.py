@@ -532,7 +532,11 @@ def _attention_self_check(lib) -> str | None:
 # runs. aigc.models.layers.Conv2d calls conv2d(), which takes them where they fit and are
 # measured faster, else F.conv2d.
 
-_CONV_MAX_CHANNELS = 256  # a block's tiles and U_p fit a 2 MB L2 cache up to about here
+# Up to 256 channels a side and 32,768 kernels: a block's tiles and U_p fit a 2 MB L2 cache
+# and the kernel gradient's 36 Ci Co partial sums stay a few MB (at 256 x 256 they are 9.4 MB,
+# and with two threads the kernels fell behind oneDNN's: benchmarks/unet_kernels.py).
+_CONV_MAX_CHANNELS = 256
+_CONV_MAX_KERNELS = 32768
 # F(4x4, 3x3): 4x fewer multiply-adds than the direct convolution, against 2.25x for F(2x2, 3x3)
 # (which kernels.c also has, with about 10x finer rounding: within 1e-6 of float64 like oneDNN,
 # F(4x4) within about 1e-5). F(4x4) was faster at every shape of benchmarks/unet_kernels.py,
@@ -545,7 +549,8 @@ def conv3x3_fits(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=1, dil
                  groups: int = 1) -> bool:
     """Whether the native 3x3 convolution takes ``F.conv2d(x, weight, ...)``: float32 CPU
     tensors, ``x`` 4-d and channels-last, a 3x3 kernel of stride 1, padding 1, dilation 1, one
-    group, input and output channels multiples of 16 up to 256, no autocast."""
+    group, input and output channels multiples of 16 up to 256 (and at most 32,768 kernels),
+    no autocast."""
     def ones(v, n):
         return (v,) * 2 == (n, n) if isinstance(v, int) else tuple(v) == (n, n)
 
@@ -556,6 +561,7 @@ def conv3x3_fits(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=1, dil
     return (tuple(weight.shape[2:]) == (3, 3) and x.shape[1] == ci and groups == 1
             and ones(stride, 1) and ones(padding, 1) and ones(dilation, 1)
             and ci % 16 == 0 and co % 16 == 0 and max(ci, co) <= _CONV_MAX_CHANNELS
+            and ci * co <= _CONV_MAX_KERNELS
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.is_autocast_enabled("cpu"))
 
@@ -690,13 +696,22 @@ def _conv_self_check(lib) -> str | None:
             y = _conv_fwd(lib, x, winograd_weights(lib, w, m=m), bias, m)
             gx = _conv_fwd(lib, gy, winograd_weights(lib, w, flipped=True, m=m), None, m)
             gw, gb = _conv_wgrad(lib, x, gy, m=m)
-            for name, ours, theirs in (("forward", y, ref), ("input gradient", gx, ref_gx),
-                                       ("kernel gradient", gw, ref_gw),
-                                       ("bias gradient", gb, ref_gb)):
-                err = (ours.double() - theirs).abs().max().item() / (1 + theirs.abs().max().item())
-                if not err <= 5e-5:
-                    return (f"the native 3x3 convolution F({m}x{m}, 3x3) disagrees with ATen at "
-                            f"{B}x{ci}x{H}x{W} -> {co} ({name} {err:.2e})")
+            problem = _disagreement({"forward": (y, ref), "input gradient": (gx, ref_gx),
+                                     "kernel gradient": (gw, ref_gw),
+                                     "bias gradient": (gb, ref_gb)}, 5e-5)
+            if problem:
+                return (f"the native 3x3 convolution F({m}x{m}, 3x3) disagrees with ATen at "
+                        f"{B}x{ci}x{H}x{W} -> {co} ({problem})")
+    return None
+
+
+def _disagreement(pairs: dict, tol: float) -> str | None:
+    """``"name error"`` of the first of ``pairs`` (name: (ours, float64 reference)) whose largest
+    difference, relative to 1 + the reference's largest value, is over ``tol``; else None."""
+    for name, (ours, theirs) in pairs.items():
+        err = (ours.double() - theirs).abs().max().item() / (1 + theirs.abs().max().item())
+        if not err <= tol:  # NaN fails
+            return f"{name} {err:.2e}"
     return None
 
 
@@ -837,13 +852,12 @@ def _groupnorm_self_check(lib) -> str | None:
             ref = F.silu(F.group_norm(xd, G, eps=1e-5) * ad[:, :, None, None]
                          + sd[:, :, None, None])
             refs = torch.autograd.grad(ref, (xd, ad, sd), gy.double())
-        for name, ours, theirs in (("forward", y, ref), ("input gradient", gx, refs[0]),
-                                   ("scale gradient", ga, refs[1]),
-                                   ("shift gradient", gs, refs[2])):
-            err = (ours.double() - theirs).abs().max().item() / (1 + theirs.abs().max().item())
-            if not err <= 1e-5:
-                return (f"the native GroupNorm + SiLU disagrees with ATen at {B}x{C}x{H}x{W}, "
-                        f"{G} groups ({name} {err:.2e})")
+        problem = _disagreement({"forward": (y, ref), "input gradient": (gx, refs[0]),
+                                 "scale gradient": (ga, refs[1]),
+                                 "shift gradient": (gs, refs[2])}, 1e-5)
+        if problem:
+            return (f"the native GroupNorm + SiLU disagrees with ATen at {B}x{C}x{H}x{W}, "
+                    f"{G} groups ({problem})")
     return None
 
 

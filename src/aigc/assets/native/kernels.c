@@ -1,4 +1,6 @@
-/* Float32 CPU kernels for aigc's GPT, forward and backward.
+/* Float32 CPU kernels for aigc's GPT and Llama decoding (GELU, attention, the small operations
+ * of a decoding step) and its diffusion UNets (3x3 convolutions, GroupNorm + SiLU), forward and
+ * backward.
  *
  * Part of aigc: aigc.models.native compiles this file on the machine it runs on, with
  * -O3 -march=native, and uses each kernel only where it is measured faster than ATen's.
@@ -27,6 +29,9 @@
 #include <string.h>
 #include <math.h>
 #include <stdlib.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -522,12 +527,13 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
  *     Y = A^T [ (G g G^T) . (B^T d B) ] A        summed over input channels,
  *
  * d the (m + 2) x (m + 2) input tile around it, g the 3x3 kernel, "." elementwise (the
- * matrices below, interpolation points 0, 1, -1 for m = 2 and 0, 1, -1, 2, -2 for m = 4, plus
- * the point at infinity). For each of the P = (m + 2)^2 tile positions p the sum over input
+ * matrices are written out as the 1-d transforms below: interpolation points 0, 1, -1 for
+ * m = 2 and 0, 1, -1, 2, -2 for m = 4, plus the point at infinity). For each of the P = (m + 2)^2 tile positions p the sum over input
  * channels is a matrix product M_p (tiles x Co) = V_p (tiles x Ci) U_p (Ci x Co), so an m x m
  * block of outputs takes P Ci Co multiply-adds instead of 9 m^2 Ci Co: 2.25x fewer for m = 2,
- * 4x fewer for m = 4 (whose transforms are larger and whose rounding is a few times coarser,
- * still within about 1e-5 of float64 at the UNets' sizes). The input's gradient is this same
+ * 4x fewer for m = 4 (whose transforms are larger and whose rounding is about 10x coarser:
+ * within about 1e-5 of float64 relative to the largest output at the UNets' sizes, where m = 2
+ * and oneDNN's direct convolution are within about 1e-6). The input's gradient is this same
  * forward on the output's gradient with the kernels flipped and their channels swapped; the
  * kernels' gradient is the same sum over tiles the other way round (aigc_conv3x3_wgrad). Tiles
  * are taken a block at a time (wino_block): a block's V and M stay in the L2 cache between the
@@ -702,7 +708,7 @@ wino_mmt_cols(int nv, const float *restrict a, ptrdiff_t Ci, const float *restri
 
 /* Threads only where there is work enough to pay for waking them. */
 #define WINO_THREADED(nblocks, wt, Ci, Co, threads) \
-    ((threads) > 1 && (nblocks) >= 2 && (nblocks) * (wt) * (Ci) * (Co) >= (1 << 20))
+    ((threads) > 1 && (nblocks) >= 2 && (nblocks) * (wt) * (Ci) * (Co) >= (1 << 18))
 
 /* U = G g G^T for every kernel g of w (Co, Ci, 3, 3), contiguous: U (P, Ci, Co); flipped: U
  * (P, Co, Ci) of the kernels turned by 180 degrees with in and out channels swapped, which
@@ -812,19 +818,30 @@ conv3x3_wgrad(int m, const float *restrict x, const float *restrict gy, float *r
     const ptrdiff_t wt = wino_block(m);
     const ptrdiff_t th = (H + m - 1) / m, tw = (W + m - 1) / m, ntiles = B * th * tw;
     const ptrdiff_t nblocks = (ntiles + wt - 1) / wt, usz = P * Ci * Co + Co;  /* dU, then db */
-    const ptrdiff_t nparts = nblocks / 4 < 1 ? 1 : nblocks / 4 > 16 ? 16 : nblocks / 4;
+    ptrdiff_t nparts = 1;  /* a power of two up to 16, about a part per 4 blocks: even work */
+    while (nparts < 16 && nparts * 2 * 4 <= nblocks) nparts *= 2;  /* for 2, 4, 8, 16 threads */
     float *parts = aligned_alloc(64, sizeof(float) * (size_t)(usz * nparts));
     if (parts == NULL) return -1;
     int failed = 0;
-#pragma omp parallel num_threads(threads) if (WINO_THREADED(nblocks, wt, Ci, Co, threads) && nparts > 1)
+    /* Many tiles: the threads take whole parts. Few (one part): they split the P positions
+     * instead, each transforming every tile, so small images still use every thread. Either
+     * way each dU_p is summed in the same order whatever the thread count. */
+#pragma omp parallel num_threads(threads) if (WINO_THREADED(nblocks, wt, Ci, Co, threads))
     {
+    int tid = 0, nth = 1;
+#if defined(_OPENMP)
+    tid = omp_get_thread_num();
+    nth = omp_get_num_threads();
+#endif
+    const int split = nparts == 1;
+    const int plo = split ? P * tid / nth : 0, phi = split ? P * (tid + 1) / nth : P;
     float *vb = scratch((size_t)(P * wt * Ci), &failed);
     float *gb = scratch((size_t)(P * wt * Co), &failed);
-#pragma omp for schedule(static)
-    for (ptrdiff_t part = 0; part < nparts; part++) {
+    for (ptrdiff_t part = split ? 0 : tid; part < nparts; part += split ? 1 : nth) {
         if (vb == NULL || gb == NULL) continue;
         float *du = parts + part * usz, *dbp = du + P * Ci * Co;
-        memset(du, 0, sizeof(float) * (size_t)usz);
+        memset(du + plo * Ci * Co, 0, sizeof(float) * (size_t)((phi - plo) * Ci * Co));
+        if (plo == 0) memset(dbp, 0, sizeof(float) * (size_t)Co);
         for (ptrdiff_t blk = nblocks * part / nparts; blk < nblocks * (part + 1) / nparts; blk++) {
             const ptrdiff_t n0 = blk * wt, nt = ntiles - n0 < wt ? ntiles - n0 : wt;
             for (ptrdiff_t t = 0; t < nt; t++) {
@@ -841,13 +858,13 @@ conv3x3_wgrad(int m, const float *restrict x, const float *restrict gy, float *r
                                 ? *(const v16u *)(gy + ((b * H + yy) * W + xx) * Co + c0) : (v16){0};
                             sum += g[m * i + j];
                         }
-                    *(v16u *)(dbp + c0) += sum;
+                    if (plo == 0) *(v16u *)(dbp + c0) += sum;
                     for (int j = 0; j < m; j++) wino_a(m, g + j, m, s + j, m);    /* A g: n x m */
                     for (int i = 0; i < n; i++) wino_a(m, s + m * i, 1, o + n * i, 1);  /* (A g) A^T */
                     for (int p = 0; p < P; p++) *(v16u *)(gb + (p * wt + t) * Co + c0) = o[p];
                 }
             }
-            for (int p = 0; p < P; p++) {  /* dU_p += V_p^T (A gy A^T)_p */
+            for (int p = plo; p < phi; p++) {  /* dU_p += V_p^T (A gy A^T)_p */
                 const float *a = vb + p * wt * Ci, *g = gb + p * wt * Co;
                 float *u = du + p * Ci * Co;
                 for (ptrdiff_t j = 0; j < Co;) {
