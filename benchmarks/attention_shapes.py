@@ -42,8 +42,11 @@ def best_pair(fa, fn, repeats: int = 5) -> tuple[float, float]:
     return alternating_best(lambda: _best_of(fa, 1), lambda: _best_of(fn, 1), repeats)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def thread_counts(doc: str):
+    """Parse ``--threads N [N ...]`` (``doc``: the script's help), build the native kernels, and
+    yield each thread count after setting it and printing the machine line; exits with status 2,
+    saying why, where the kernels cannot be built."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     args = p.parse_args()
 
@@ -53,12 +56,19 @@ def main() -> int:
 
     if native._build() is None:
         print(f"native kernels unavailable: {native._build_error}", file=sys.stderr)
-        return 2
-    gen = torch.Generator().manual_seed(0)
+        sys.exit(2)
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(machine_line())
         print(f"native kernels on {'torch OpenMP threads' if native._threaded else 'one thread'}")
+        yield threads
+
+
+def main() -> int:
+    from aigc.models import native
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in thread_counts(__doc__):
         print(f"{'B':>3} {'T':>4} {'H':>3} {'d':>4}  {'aten ms':>8} {'native ms':>9}  aten/native")
         for B, T, H, d in SHAPES:
             qkv = torch.randn(B, T, 3 * H * d, generator=gen).requires_grad_()

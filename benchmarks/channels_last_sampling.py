@@ -54,15 +54,9 @@ def main() -> None:
 
     from aigc.models import native
 
-    kinds = ("conv", "groupnorm")
-
     def run(m, kernels="torch"):
-        old = [native.set_route(k, kernels) for k in kinds]
-        try:
+        with native.routes(conv=kernels, groupnorm=kernels):
             return m.sample(args.n, generator=torch.Generator().manual_seed(0), **kwargs)
-        finally:
-            for k, o in zip(kinds, old, strict=True):
-                native.set_route(k, o)
 
     ways = {"NCHW": (model, "torch"), "channels-last, ATen kernels": (nhwc, "torch"),
             "channels-last, native kernels": (nhwc, "native")}

@@ -103,17 +103,12 @@ def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compil
         x = batch["image"]
         b = {"image": x.contiguous(memory_format=torch.channels_last) if channels_last else x,
              "label": batch["label"]}
-        old = [native.set_route(k, kernels) for k in _UNET_KERNELS] if kernels else None
-        try:
+        with native.routes(**dict.fromkeys(_UNET_KERNELS, kernels) if kernels else {}):
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(b)
             loss.backward()
             opt.step()
-        finally:
-            if old is not None:
-                for k, o in zip(_UNET_KERNELS, old, strict=True):
-                    native.set_route(k, o)
         return loss
     return model, step
 

@@ -99,16 +99,13 @@ def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool 
     def step():
         nonlocal i
         old = layers.set_onednn_linear(onednn)
-        old_gelu = native.set_gelu_route(gelu)
-        old_attention = native.set_route("attention", attention)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(batches[i % len(batches)])
-        loss.backward()
-        opt.step()
+        with native.routes(gelu=gelu, attention=attention):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(batches[i % len(batches)])
+            loss.backward()
+            opt.step()
         layers.set_onednn_linear(old)
-        native.set_gelu_route(old_gelu)
-        native.set_route("attention", old_attention)
         i += 1
         return loss
     return step

@@ -136,11 +136,8 @@ def main() -> int:
 
     def our_run(lm, decode=None):
         def run():
-            old = native.set_route("decode", decode)
-            try:
+            with native.routes(decode=decode):
                 return chat(PROMPT, params, model=lm, tokenizer=tokenizer).result().tokens
-            finally:
-                native.set_route("decode", old)
         return run
 
     def peer_run(m, **kw):
@@ -189,10 +186,9 @@ def main() -> int:
         first = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
         if name in prompt_logits:
             lm = prompt_logits[name]
-            old = native.set_route("decode", "torch" if "ATen small" in name else None)
-            lm.reset()
-            logits = lm.feed(prompt_ids).float()
-            native.set_route("decode", old)
+            with native.routes(decode="torch" if "ATen small" in name else None):
+                lm.reset()
+                logits = lm.feed(prompt_ids).float()
         else:
             m = (peers["bf16"] if "bf16" in name else peers["int4"] if "int4" in name
                  else peers["int8"] if "int8" in name else model)

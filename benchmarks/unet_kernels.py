@@ -19,7 +19,6 @@ and the ratio aten / native (> 1: native faster). The forward alone is what samp
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -43,23 +42,12 @@ CL = torch.channels_last
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, nargs="+", default=[1])
-    args = p.parse_args()
-
-    from _machine import machine_line
-    from attention_shapes import best_pair
+    from attention_shapes import best_pair, thread_counts
 
     from aigc.models import native
 
-    if native._build() is None:
-        print(f"native kernels unavailable: {native._build_error}", file=sys.stderr)
-        return 2
     gen = torch.Generator().manual_seed(0)
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        print(machine_line())
-        print(f"native kernels on {'torch OpenMP threads' if native._threaded else 'one thread'}")
+    for _ in thread_counts(__doc__):
         print("3x3 convolutions, stride 1, channels-last float32; x per step: uses in one MNIST "
               "UNet training step")
         print(f"{'B':>3} {'Ci':>4} {'HxW':>6} {'Co':>4} {'x/step':>6}  {'fwd aten':>9} "

@@ -1,5 +1,5 @@
 """Fixtures of the native-kernel tests: the module's state undecided and its cache in a temporary
-folder (``fresh``), the kernels built there (``built``)."""
+folder (``fresh``), the kernels built there (``built``); and their error measure."""
 
 import pytest
 
@@ -32,3 +32,8 @@ def built(fresh):
     lib = native._build()
     assert lib is not None, native._build_error
     return lib
+
+
+def rel_error(a, b) -> float:
+    """The largest difference of ``a`` from the reference ``b``, relative to ``b``'s largest value."""
+    return ((a.double() - b).abs().max() / (1e-12 + b.abs().max())).item()

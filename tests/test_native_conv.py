@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from native_fixtures import rel_error
 
 from aigc.models import native
 from aigc.models.layers import Conv2d
@@ -24,8 +25,6 @@ def _reference(x, w, b, gy):
     return (y, *torch.autograd.grad(y, (xd, wd, bd), gy.double()))
 
 
-def _rel(a, b):
-    return ((a.double() - b).abs().max() / b.abs().max()).item()
 
 
 # odd and even sizes, a single pixel, one row, channels 16 .. 256 and not powers of two
@@ -51,7 +50,7 @@ def test_forward_and_gradients_match_float64(built, B, ci, H, W, co):
     # larger transforms round about 10x coarser
     for name, ours, theirs in zip(("y", "dx", "dw", "db"), (y, gx, gw, gb), ref, strict=True):
         assert ours.shape == theirs.shape and ours.dtype == torch.float32
-        assert _rel(ours, theirs) < 3e-5, (name, _rel(ours, theirs))
+        assert rel_error(ours, theirs) < 3e-5, (name, rel_error(ours, theirs))
 
 
 @pytest.mark.parametrize("B,ci,H,W,co", SHAPES[:4])
@@ -68,7 +67,7 @@ def test_both_tile_sizes_match_float64(built, B, ci, H, W, co):
         gx = native._conv_fwd(built, gy, native.winograd_weights(built, w, True, m), None, m)
         gw, gb = native._conv_wgrad(built, x, gy, m=m)
         for name, ours, theirs in zip(("y", "dx", "dw", "db"), (y, gx, gw, gb), ref, strict=True):
-            assert _rel(ours, theirs) < tol, (m, name, _rel(ours, theirs))
+            assert rel_error(ours, theirs) < tol, (m, name, rel_error(ours, theirs))
 
 
 def test_results_do_not_depend_on_the_batch_or_the_thread_count(built):
@@ -159,7 +158,7 @@ def test_second_derivatives_come_out_right(built):
         out[name] = torch.autograd.grad(gx.square().sum(), (x, w))
     for a, b in zip(out["native"], out["aten"], strict=True):
         assert a.abs().sum() > 0
-        assert _rel(a, b.double()) < 1e-5  # float32 either way: only the summation differs
+        assert rel_error(a, b.double()) < 1e-5  # float32 either way: only the summation differs
 
 
 def test_route_is_measured_kept_and_forced(built, monkeypatch):

@@ -4,6 +4,7 @@ taken and where not."""
 import pytest
 import torch
 import torch.nn.functional as F
+from native_fixtures import rel_error
 
 from aigc.models import native
 from aigc.models.unet import _norm_silu
@@ -36,8 +37,6 @@ def _reference(norm, x, ss, gy):
     return (y, *torch.autograd.grad(y, leaves, gy.double()))
 
 
-def _rel(a, b):
-    return ((a.double() - b).abs().max() / (1e-12 + b.abs().max())).item()
 
 
 @pytest.mark.parametrize("B,C,H,W,G,offset,scale_shift", [
@@ -64,7 +63,7 @@ def test_forward_and_gradients_match_float64(built, B, C, H, W, G, offset, scale
     for name, ours, theirs in zip(("y", "dx", "dweight", "dbias", "dscale", "dshift"),
                                   (y, *grads), ref, strict=False):
         assert ours.shape == theirs.shape
-        assert _rel(ours, theirs) < tol, (name, _rel(ours, theirs))
+        assert rel_error(ours, theirs) < tol, (name, rel_error(ours, theirs))
 
 
 def test_the_model_helper_takes_the_kernel_only_where_it_fits(built):
@@ -122,7 +121,7 @@ def test_second_derivatives_come_out_right(built):
         (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
         out[name] = torch.autograd.grad(gx.square().sum(), (x, norm.weight))
     for a, b in zip(out["native"], out["aten"], strict=True):
-        assert a.abs().sum() > 0 and _rel(a, b.double()) < 1e-4
+        assert a.abs().sum() > 0 and rel_error(a, b.double()) < 1e-4
 
 
 def test_unet_step_on_both_native_routes_agrees_with_aten(built):
@@ -150,4 +149,4 @@ def test_unet_step_on_both_native_routes_agrees_with_aten(built):
         results[route] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     torch.testing.assert_close(results["native"][0], results["torch"][0], rtol=1e-5, atol=1e-6)
     for name, g in results["torch"][1].items():
-        assert _rel(results["native"][1][name], g.double()) < 1e-4, name
+        assert rel_error(results["native"][1][name], g.double()) < 1e-4, name

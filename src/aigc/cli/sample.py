@@ -161,12 +161,12 @@ def _use_recorded_threads(record: dict[str, Any]) -> None:
 
         set_onednn_linear(route == "onednn")
     # the UNets' native kernels (records from before these fields: ATen's)
+    from aigc.models import native
+
     for kind in ("conv", "groupnorm"):
         route = record.get(f"{kind}_route", "torch")
         if route not in ("native", "torch"):
             continue
-        from aigc.models import native
-
         if route == "native" and native._build() is None:
             print(f"replay: the record was drawn with aigc's native {kind} kernels, which cannot "
                   f"be built here ({native._build_error}); pixels may differ by a level")

@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from aigc.models import native
+
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
                                                                        "_linear_pointwise")
 _forced: bool | None = None  # set_onednn_linear(); None = the measured route
@@ -253,7 +255,5 @@ class Conv2d(torch.nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             return super().forward(x)
-        from aigc.models import native
-
         return native.conv2d(x, self.weight, self.bias, self.stride, self.padding,
                              self.dilation, self.groups)

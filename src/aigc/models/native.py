@@ -65,7 +65,9 @@ UNet come out right on either route. Under ``torch.compile`` these two stay ATen
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -227,6 +229,18 @@ def _loaded():
     if lib is None:
         raise NativeKernelError(f"the native kernels are not available: {_build_error}")
     return lib
+
+
+def _measurement(measure):
+    """A family's route measurement, ``measure(lib, rounds)``, called with the built library; where
+    it cannot be built: ATen's route and the reason (``native`` None: nothing to keep)."""
+    @functools.wraps(measure)
+    def run(rounds: int = 7) -> dict:
+        lib = _build()
+        if lib is None:
+            return {"route": "torch", "native": None, "reason": _build_error}
+        return measure(lib, rounds)
+    return run
 
 
 def _fwd(lib, x: torch.Tensor) -> torch.Tensor:
@@ -545,21 +559,23 @@ _WINO_M = 4
 _CONV_PROBE = (16, 64, 14, 14, 64)  # batch, in channels, height, width, out channels
 
 
+def _both(v, n: int) -> bool:
+    """Whether a convolution's stride, padding or dilation (an int or a pair) is ``n`` both ways."""
+    return (v, v) == (n, n) if isinstance(v, int) else tuple(v) == (n, n)
+
+
 def conv3x3_fits(x: torch.Tensor, weight: torch.Tensor, stride=1, padding=1, dilation=1,
                  groups: int = 1) -> bool:
     """Whether the native 3x3 convolution takes ``F.conv2d(x, weight, ...)``: float32 CPU
     tensors, ``x`` 4-d and channels-last, a 3x3 kernel of stride 1, padding 1, dilation 1, one
     group, input and output channels multiples of 16 up to 256 (and at most 32,768 kernels),
     no autocast."""
-    def ones(v, n):
-        return (v,) * 2 == (n, n) if isinstance(v, int) else tuple(v) == (n, n)
-
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
             or weight.device.type != "cpu" or x.dim() != 4 or weight.dim() != 4):
         return False
     co, ci = weight.shape[:2]
     return (tuple(weight.shape[2:]) == (3, 3) and x.shape[1] == ci and groups == 1
-            and ones(stride, 1) and ones(padding, 1) and ones(dilation, 1)
+            and _both(stride, 1) and _both(padding, 1) and _both(dilation, 1)
             and ci % 16 == 0 and co % 16 == 0 and max(ci, co) <= _CONV_MAX_CHANNELS
             and ci * co <= _CONV_MAX_KERNELS
             and x.is_contiguous(memory_format=torch.channels_last)
@@ -715,13 +731,11 @@ def _disagreement(pairs: dict, tol: float) -> str | None:
     return None
 
 
-def measure_conv_routes(rounds: int = 7) -> dict:
+@_measurement
+def measure_conv_routes(lib, rounds: int) -> dict:
     """The same for a 3x3 convolution, forward + both gradients, channels-last, at a UNet's
     middle shape (batch 16, 64 channels in and out, 14 x 14): the native Winograd kernels
     against ``F.conv2d`` (oneDNN's)."""
-    lib = _build()
-    if lib is None:
-        return {"route": "torch", "native": None, "reason": _build_error}
     B, ci, H, W, co = _CONV_PROBE
     with torch.inference_mode(False), torch.enable_grad():
         gen = torch.Generator().manual_seed(0)
@@ -861,12 +875,10 @@ def _groupnorm_self_check(lib) -> str | None:
     return None
 
 
-def measure_groupnorm_routes(rounds: int = 7) -> dict:
+@_measurement
+def measure_groupnorm_routes(lib, rounds: int) -> dict:
     """The same for GroupNorm + scale-shift + SiLU, forward + backward, channels-last, at a
     UNet's middle shape (batch 32, 64 channels in 8 groups, 14 x 14)."""
-    lib = _build()
-    if lib is None:
-        return {"route": "torch", "native": None, "reason": _build_error}
     B, C, H, W, G = _GN_PROBE
     with torch.inference_mode(False), torch.enable_grad():
         gen = torch.Generator().manual_seed(0)
@@ -913,13 +925,11 @@ def _compare(aten, native, rounds: int, **extra) -> dict:
             "rounds": rounds, **extra}
 
 
-def measure_gelu_routes(rounds: int = 7) -> dict:
+@_measurement
+def measure_gelu_routes(lib, rounds: int) -> dict:
     """Time ATen's tanh GELU and the native one (forward + backward on a GPT activation) in
     alternating rounds; the best time of each, their ratio and the route that wins by the
     margin. The native side is ``None`` with the reason when it cannot be built."""
-    lib = _build()
-    if lib is None:
-        return {"route": "torch", "native": None, "reason": _build_error}
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(_PROBE_SHAPE, generator=gen)
     gy = torch.randn(_PROBE_SHAPE, generator=gen)
@@ -935,12 +945,10 @@ def measure_gelu_routes(rounds: int = 7) -> dict:
     return _compare(aten, native, rounds, shape=list(_PROBE_SHAPE))
 
 
-def measure_decode_routes(rounds: int = 7) -> dict:
+@_measurement
+def measure_decode_routes(lib, rounds: int) -> dict:
     """The same for one token of a SmolLM2-135M layer's small operations (two RMSNorms, the
     rotary positions and cache writes, the SiLU product), 50 times over."""
-    lib = _build()
-    if lib is None:
-        return {"route": "torch", "native": None, "reason": _build_error}
     gen = torch.Generator().manual_seed(0)
     H, KV, d, D, N = 9, 3, 64, 576, 1536
     h, w = torch.randn(1, D, generator=gen), torch.randn(D, generator=gen)
@@ -961,13 +969,11 @@ def measure_decode_routes(rounds: int = 7) -> dict:
     return _compare(aten, native, rounds, shape="SmolLM2-135M layer, 1 token, x50")
 
 
-def measure_attention_routes(rounds: int = 7) -> dict:
+@_measurement
+def measure_attention_routes(lib, rounds: int) -> dict:
     """The same for GPT attention, forward + backward, at gpt_speed's training shape (batch 12,
     63 positions, width 128, 4 heads): the native kernels against the head split, ATen's SDPA
     and the merge they replace."""
-    lib = _build()
-    if lib is None:
-        return {"route": "torch", "native": None, "reason": _build_error}
     B, T, C3, H = _ATTN_PROBE
     with torch.inference_mode(False), torch.enable_grad():  # first asked under no_grad, maybe
         gen = torch.Generator().manual_seed(0)
@@ -999,6 +1005,18 @@ def set_route(kind: str, route: str | None) -> str | None:
     if route is not None:
         _forced[kind] = route
     return old
+
+
+@contextlib.contextmanager
+def routes(**kinds: str | None):
+    """Force kernel families for the ``with`` block (``routes(conv="torch", groupnorm="torch")``;
+    ``None``: the measured route), then put back what was forced before."""
+    old = {kind: set_route(kind, route) for kind, route in kinds.items()}
+    try:
+        yield
+    finally:
+        for kind, route in old.items():
+            set_route(kind, route)
 
 
 def set_gelu_route(route: str | None) -> str | None:

@@ -638,57 +638,42 @@ wino_in_tile(int m, const float *restrict x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t
     for (int p = 0; p < n * n; p++) *(v16u *)(vb + p * pstride) = v[p];
 }
 
-/* c (R x 16 NV, row stride ldc) = a (R x K, row stride lda) b (K x 16 NV, row stride ldb):
- * R x NV accumulators in registers, one broadcast of a per row and k. */
-#define WINO_MM(name, R, NV)                                                                 \
+/* c (R x 16 NV, row stride ldc) = (ACC: +=) a b, a's element (r, k) at a[r * ars + k * aks]
+ * (the forward: a tile's channels along k; the kernel gradient: R consecutive channels of one
+ * tile down r, the tiles along k), b's row k at b + k * ldb. R x NV accumulators in registers,
+ * one broadcast of a per row and k. */
+#define WINO_MM(name, R, NV, ACC)                                                            \
     static inline __attribute__((always_inline)) void                                       \
-    name(const float *restrict a, ptrdiff_t lda, const float *restrict b, ptrdiff_t ldb,     \
-         float *restrict c, ptrdiff_t ldc, ptrdiff_t K) {                                    \
+    name(const float *restrict a, ptrdiff_t ars, ptrdiff_t aks, const float *restrict b,     \
+         ptrdiff_t ldb, float *restrict c, ptrdiff_t ldc, ptrdiff_t K) {                     \
         v16 acc[R][NV];                                                                      \
         for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = (v16){0};      \
         for (ptrdiff_t k = 0; k < K; k++) {                                                  \
             v16 bv[NV];                                                                      \
             for (int v = 0; v < NV; v++) bv[v] = *(const v16u *)(b + k * ldb + v * VL);      \
             for (int r = 0; r < R; r++) {                                                    \
-                const float s = a[r * lda + k];                                              \
+                const float s = a[r * ars + k * aks];                                        \
                 for (int v = 0; v < NV; v++) acc[r][v] += s * bv[v];                         \
             }                                                                                \
         }                                                                                    \
         for (int r = 0; r < R; r++)                                                          \
-            for (int v = 0; v < NV; v++) *(v16u *)(c + r * ldc + v * VL) = acc[r][v];        \
-    }
-WINO_MM(wino_mm_6x4, 6, 4)
-WINO_MM(wino_mm_6x2, 6, 2)
-WINO_MM(wino_mm_6x1, 6, 1)
-
-/* c (R x 16 NV) += a^T b over K rows: a's element (r, k) at a[r + k * aks] (R consecutive
- * channels of one tile), b's row k at b + k * ldb. */
-#define WINO_MM_T(name, R, NV)                                                               \
-    static inline __attribute__((always_inline)) void                                       \
-    name(const float *restrict a, ptrdiff_t aks, const float *restrict b, ptrdiff_t ldb,     \
-         float *restrict c, ptrdiff_t ldc, ptrdiff_t K) {                                    \
-        v16 acc[R][NV];                                                                      \
-        for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = (v16){0};      \
-        for (ptrdiff_t k = 0; k < K; k++) {                                                  \
-            v16 bv[NV];                                                                      \
-            for (int v = 0; v < NV; v++) bv[v] = *(const v16u *)(b + k * ldb + v * VL);      \
-            for (int r = 0; r < R; r++) {                                                    \
-                const float s = a[r + k * aks];                                              \
-                for (int v = 0; v < NV; v++) acc[r][v] += s * bv[v];                         \
+            for (int v = 0; v < NV; v++) {                                                   \
+                v16u *out = (v16u *)(c + r * ldc + v * VL);                                  \
+                *out = ACC ? *out + acc[r][v] : acc[r][v];                                   \
             }                                                                                \
-        }                                                                                    \
-        for (int r = 0; r < R; r++)                                                          \
-            for (int v = 0; v < NV; v++) *(v16u *)(c + r * ldc + v * VL) += acc[r][v];       \
     }
-WINO_MM_T(wino_mmt_6x4, 6, 4)
-WINO_MM_T(wino_mmt_4x4, 4, 4)
-WINO_MM_T(wino_mmt_2x4, 2, 4)
-WINO_MM_T(wino_mmt_6x2, 6, 2)
-WINO_MM_T(wino_mmt_4x2, 4, 2)
-WINO_MM_T(wino_mmt_2x2, 2, 2)
-WINO_MM_T(wino_mmt_6x1, 6, 1)
-WINO_MM_T(wino_mmt_4x1, 4, 1)
-WINO_MM_T(wino_mmt_2x1, 2, 1)
+WINO_MM(wino_mm_6x4, 6, 4, 0)
+WINO_MM(wino_mm_6x2, 6, 2, 0)
+WINO_MM(wino_mm_6x1, 6, 1, 0)
+WINO_MM(wino_mmt_6x4, 6, 4, 1)
+WINO_MM(wino_mmt_4x4, 4, 4, 1)
+WINO_MM(wino_mmt_2x4, 2, 4, 1)
+WINO_MM(wino_mmt_6x2, 6, 2, 1)
+WINO_MM(wino_mmt_4x2, 4, 2, 1)
+WINO_MM(wino_mmt_2x2, 2, 2, 1)
+WINO_MM(wino_mmt_6x1, 6, 1, 1)
+WINO_MM(wino_mmt_4x1, 4, 1, 1)
+WINO_MM(wino_mmt_2x1, 2, 1, 1)
 
 /* du (Ci x 16 nv, row stride Co) += a^T g for Ci rows (a multiple of 16: blocks of 6 rows,
  * then 4 or 2 left) and nv = 4, 2 or 1 vectors of columns. */
@@ -697,9 +682,9 @@ wino_mmt_cols(int nv, const float *restrict a, ptrdiff_t Ci, const float *restri
               ptrdiff_t Co, float *restrict du, ptrdiff_t K) {
     ptrdiff_t r = 0;
 #define WINO_ROWS(R)                                                                          \
-    (nv == 4 ? wino_mmt_##R##x4(a + r, Ci, g, Co, du + r * Co, Co, K)                        \
-     : nv == 2 ? wino_mmt_##R##x2(a + r, Ci, g, Co, du + r * Co, Co, K)                      \
-     : wino_mmt_##R##x1(a + r, Ci, g, Co, du + r * Co, Co, K))
+    (nv == 4 ? wino_mmt_##R##x4(a + r, 1, Ci, g, Co, du + r * Co, Co, K)                     \
+     : nv == 2 ? wino_mmt_##R##x2(a + r, 1, Ci, g, Co, du + r * Co, Co, K)                   \
+     : wino_mmt_##R##x1(a + r, 1, Ci, g, Co, du + r * Co, Co, K))
     for (; r + 6 <= Ci; r += 6) WINO_ROWS(6);
     if (Ci - r == 4) WINO_ROWS(4);
     else if (Ci - r == 2) WINO_ROWS(2);
@@ -771,13 +756,13 @@ conv3x3_fwd(int m, const float *restrict x, const float *restrict U, const float
             ptrdiff_t j = 0;
             for (; j + 4 * VL <= Co; j += 4 * VL)
                 for (ptrdiff_t r = 0; r < rows; r += 6)
-                    wino_mm_6x4(a + r * Ci, Ci, u + j, Co, mm + r * Co + j, Co, Ci);
+                    wino_mm_6x4(a + r * Ci, Ci, 1, u + j, Co, mm + r * Co + j, Co, Ci);
             for (; j + 2 * VL <= Co; j += 2 * VL)
                 for (ptrdiff_t r = 0; r < rows; r += 6)
-                    wino_mm_6x2(a + r * Ci, Ci, u + j, Co, mm + r * Co + j, Co, Ci);
+                    wino_mm_6x2(a + r * Ci, Ci, 1, u + j, Co, mm + r * Co + j, Co, Ci);
             for (; j < Co; j += VL)
                 for (ptrdiff_t r = 0; r < rows; r += 6)
-                    wino_mm_6x1(a + r * Ci, Ci, u + j, Co, mm + r * Co + j, Co, Ci);
+                    wino_mm_6x1(a + r * Ci, Ci, 1, u + j, Co, mm + r * Co + j, Co, Ci);
         }
         for (ptrdiff_t t = 0; t < nt; t++) {  /* Y = A^T M A + bias, into y */
             const ptrdiff_t nn = n0 + t, b = nn / (th * tw), r = nn % (th * tw);
