@@ -1,5 +1,7 @@
 """Latent diffusion and its KL autoencoder: tiny models (channels 4-8, 16 px), seconds each."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -172,6 +174,8 @@ def test_cli_trains_both_stages_and_the_checkpoint_rebuilds(colours, tmp_path, c
                  "--data", data, "--out", str(ae_run), *FAST]) == 0
     assert main(["train", "latent-diffusion", "--config", "configs/latent-diffusion-tiny.json",
                  "--data", data, "--autoencoder", str(ae_run), "--out", str(run), *FAST]) == 0
+    for r in (ae_run, run):  # both stages train in channels-last by default (issue #17)
+        assert json.loads((r / "run.json").read_text())["train"]["channels_last"] is True
     model, ckpt = model_from_checkpoint(run)
     assert ckpt.family == "latent-diffusion" and model.cfg.latent_std > 0
     assert model.cfg.ae_channels == (4, 8) and ckpt.meta["captions"] > 0

@@ -199,8 +199,12 @@ MODEL_CLASS = AutoencoderKL
 
 # ------------------------------------------------------------------ hooks used by `aigc train`
 DATA_KIND = "images"
+# channels_last: with aigc's native 3x3 convolutions and GroupNorm + SiLU, the emoji recipe's
+# 2,200 steps in 1.67x less time, validation loss 0.0460 against 0.0461 and test PSNR 28.52 dB
+# against 28.50 dB in channels-first (benchmarks/results/channels_last-autoencoder-kl-starter-
+# 2026-11-30.txt, Intel Xeon, 1 thread; issue #17).
 TRAIN_DEFAULTS = {"lr": 1e-3, "batch_size": 32, "steps": 4000, "warmup_steps": 100,
-                  "ema_decay": 0.0, "grad_clip": 1.0}
+                  "ema_decay": 0.0, "grad_clip": 1.0, "channels_last": True}
 MODEL_FROM_DATA = {"image_size": "the dataset's image size",
                    "image_channels": "the dataset's channels (1 grey, 3 colour)"}
 
