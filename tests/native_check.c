@@ -320,20 +320,22 @@ static void check_conv(void) {
         const int m = k % 2 ? 4 : 2;  /* many tiles (parts) and few (positions split) */
         const ptrdiff_t B = k < 2 ? 8 : 16, H = k < 2 ? 24 : 7, W = H, C = 64, n = B * H * W * C;
         float *x = floats(n), *w = floats(C * C * 9), *U = floats(36 * C * C), *y = floats(n),
-              *y2 = floats(n), *dw = floats(C * C * 9), *dw2 = floats(C * C * 9);
+              *y2 = floats(n), *dw = floats(C * C * 9), *dw2 = floats(C * C * 9),
+              *db = floats(C), *db2 = floats(C);
         uint32_t s = 41;
         for (ptrdiff_t i = 0; i < n; i++) x[i] = uniform(&s);
         for (ptrdiff_t i = 0; i < C * C * 9; i++) w[i] = uniform(&s) / 24;
         aigc_conv3x3_weights(w, U, C, C, 0, m);
         if (aigc_conv3x3_fwd(x, U, NULL, y, B, H, W, C, C, m, 1) ||
             aigc_conv3x3_fwd(x, U, NULL, y2, B, H, W, C, C, m, 2) ||
-            aigc_conv3x3_wgrad(x, y, dw, NULL, B, H, W, C, C, m, 1) ||
-            aigc_conv3x3_wgrad(x, y, dw2, NULL, B, H, W, C, C, m, 2)) {
+            aigc_conv3x3_wgrad(x, y, dw, db, B, H, W, C, C, m, 1) ||
+            aigc_conv3x3_wgrad(x, y, dw2, db2, B, H, W, C, C, m, 2)) {
             fprintf(stderr, "out of memory\n");
             exit(2);
         }
-        same &= !memcmp(y, y2, n * sizeof *y) && !memcmp(dw, dw2, C * C * 9 * sizeof *dw);
-        free(x), free(w), free(U), free(y), free(y2), free(dw), free(dw2);
+        same &= !memcmp(y, y2, n * sizeof *y) && !memcmp(dw, dw2, C * C * 9 * sizeof *dw) &&
+                !memcmp(db, db2, C * sizeof *db);
+        free(x), free(w), free(U), free(y), free(y2), free(dw), free(dw2), free(db), free(db2);
     }
     expect("conv3x3 F(2x2) forward against float64", err[0][0], 3e-6);
     expect("conv3x3 F(2x2) input gradient against float64", err[0][1], 3e-6);

@@ -795,6 +795,55 @@ int aigc_conv3x3_fwd(const float *restrict x, const float *restrict U, const flo
                   : conv3x3_fwd(2, x, U, bias, y, B, H, W, Ci, Co, threads);
 }
 
+/* One tile of the kernels' gradient: the input tile's transform into vb (row t, row stride
+ * ldv = wt Ci), the output gradient's (A gy A^T) into gb (row t, ldg = wt Co), and the sum of
+ * the tile's output gradients (the bias's gradient) into sb (Co). */
+static inline __attribute__((always_inline)) void
+wino_wgrad_tile(int m, const float *restrict x, const float *restrict gy, ptrdiff_t H,
+                ptrdiff_t W, ptrdiff_t Ci, ptrdiff_t Co, ptrdiff_t th, ptrdiff_t tw, ptrdiff_t nn,
+                float *restrict vb, ptrdiff_t ldv, float *restrict gb, ptrdiff_t ldg,
+                float *restrict sb) {
+    const int n = m + 2, P = n * n;
+    const ptrdiff_t b = nn / (th * tw), r = nn % (th * tw), ty = r / tw, tx = r % tw;
+    for (ptrdiff_t c0 = 0; c0 < Ci; c0 += VL)
+        wino_in_tile(m, x, H, W, Ci, b, ty, tx, c0, vb + c0, ldv);
+    for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL) {
+        v16 g[16], s[24], o[36], sum = {0};
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < m; j++) {
+                const ptrdiff_t yy = m * ty + i, xx = m * tx + j;
+                g[m * i + j] = yy < H && xx < W
+                    ? *(const v16u *)(gy + ((b * H + yy) * W + xx) * Co + c0) : (v16){0};
+                sum += g[m * i + j];
+            }
+        *(v16u *)(sb + c0) = sum;
+        for (int j = 0; j < m; j++) wino_a(m, g + j, m, s + j, m);    /* A g: n x m */
+        for (int i = 0; i < n; i++) wino_a(m, s + m * i, 1, o + n * i, 1);  /* (A g) A^T */
+        for (int p = 0; p < P; p++) *(v16u *)(gb + p * ldg + c0) = o[p];
+    }
+}
+
+/* dU_p += V_p^T G_p for the positions p in [plo, phi) over nt tiles, and db += the tiles'
+ * sums in tile order where plo is 0. */
+static inline __attribute__((always_inline)) void
+wino_wgrad_block(const float *restrict vb, const float *restrict gb, const float *restrict sb,
+                 ptrdiff_t wt, ptrdiff_t nt, ptrdiff_t Ci, ptrdiff_t Co, int plo, int phi,
+                 float *restrict du, float *restrict dbp) {
+    if (plo == 0)
+        for (ptrdiff_t t = 0; t < nt; t++)
+            for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL)
+                *(v16u *)(dbp + c0) += *(const v16u *)(sb + t * Co + c0);
+    for (int p = plo; p < phi; p++) {
+        const float *a = vb + p * wt * Ci, *g = gb + p * wt * Co;
+        float *u = du + p * Ci * Co;
+        for (ptrdiff_t j = 0; j < Co;) {
+            const int nv = Co - j >= 4 * VL ? 4 : Co - j >= 2 * VL ? 2 : 1;
+            wino_mmt_cols(nv, a, Ci, g + j, Co, u + j, nt);
+            j += nv * VL;
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) int
 conv3x3_wgrad(int m, const float *restrict x, const float *restrict gy, float *restrict dw,
               float *restrict db, ptrdiff_t B, ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci,
@@ -805,12 +854,21 @@ conv3x3_wgrad(int m, const float *restrict x, const float *restrict gy, float *r
     const ptrdiff_t nblocks = (ntiles + wt - 1) / wt, usz = P * Ci * Co + Co;  /* dU, then db */
     ptrdiff_t nparts = 1;  /* a power of two up to 16, about a part per 4 blocks: even work */
     while (nparts < 16 && nparts * 2 * 4 <= nblocks) nparts *= 2;  /* for 2, 4, 8, 16 threads */
+    const int split = nparts == 1;
     float *parts = aligned_alloc(64, sizeof(float) * (size_t)(usz * nparts));
-    if (parts == NULL) return -1;
+    /* one part: one set of block buffers that the threads fill together */
+    float *svb = split ? aligned_alloc(64, sizeof(float) * (size_t)(P * wt * Ci)) : NULL;
+    float *sgb = split ? aligned_alloc(64, sizeof(float) * (size_t)(P * wt * Co)) : NULL;
+    float *ssb = split ? aligned_alloc(64, sizeof(float) * (size_t)(wt * Co)) : NULL;
+    if (parts == NULL || (split && (svb == NULL || sgb == NULL || ssb == NULL))) {
+        free(parts); free(svb); free(sgb); free(ssb);
+        return -1;
+    }
     int failed = 0;
-    /* Many tiles: the threads take whole parts. Few (one part): they split the P positions
-     * instead, each transforming every tile, so small images still use every thread. Either
-     * way each dU_p is summed in the same order whatever the thread count. */
+    /* Many tiles: the threads take whole parts, each with its own block buffers. Few (one
+     * part): for each block the threads transform its tiles together, then split the P
+     * positions' products, so small images still use every thread. Either way each dU_p and
+     * db is summed in the same order whatever the thread count. */
 #pragma omp parallel num_threads(threads) if (WINO_THREADED(nblocks, wt, Ci, Co, threads))
     {
     int tid = 0, nth = 1;
@@ -818,50 +876,42 @@ conv3x3_wgrad(int m, const float *restrict x, const float *restrict gy, float *r
     tid = omp_get_thread_num();
     nth = omp_get_num_threads();
 #endif
-    const int split = nparts == 1;
-    const int plo = split ? P * tid / nth : 0, phi = split ? P * (tid + 1) / nth : P;
-    float *vb = scratch((size_t)(P * wt * Ci), &failed);
-    float *gb = scratch((size_t)(P * wt * Co), &failed);
-    for (ptrdiff_t part = split ? 0 : tid; part < nparts; part += split ? 1 : nth) {
-        if (vb == NULL || gb == NULL) continue;
-        float *du = parts + part * usz, *dbp = du + P * Ci * Co;
-        memset(du + plo * Ci * Co, 0, sizeof(float) * (size_t)((phi - plo) * Ci * Co));
-        if (plo == 0) memset(dbp, 0, sizeof(float) * (size_t)Co);
-        for (ptrdiff_t blk = nblocks * part / nparts; blk < nblocks * (part + 1) / nparts; blk++) {
+    if (split) {
+        const int plo = P * tid / nth, phi = P * (tid + 1) / nth;
+        memset(parts + plo * Ci * Co, 0, sizeof(float) * (size_t)((phi - plo) * Ci * Co));
+        if (plo == 0) memset(parts + P * Ci * Co, 0, sizeof(float) * (size_t)Co);
+        for (ptrdiff_t blk = 0; blk < nblocks; blk++) {
             const ptrdiff_t n0 = blk * wt, nt = ntiles - n0 < wt ? ntiles - n0 : wt;
-            for (ptrdiff_t t = 0; t < nt; t++) {
-                const ptrdiff_t nn = n0 + t, b = nn / (th * tw), r = nn % (th * tw);
-                const ptrdiff_t ty = r / tw, tx = r % tw;
-                for (ptrdiff_t c0 = 0; c0 < Ci; c0 += VL)
-                    wino_in_tile(m, x, H, W, Ci, b, ty, tx, c0, vb + t * Ci + c0, wt * Ci);
-                for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL) {
-                    v16 g[16], s[24], o[36], sum = {0};
-                    for (int i = 0; i < m; i++)
-                        for (int j = 0; j < m; j++) {
-                            const ptrdiff_t yy = m * ty + i, xx = m * tx + j;
-                            g[m * i + j] = yy < H && xx < W
-                                ? *(const v16u *)(gy + ((b * H + yy) * W + xx) * Co + c0) : (v16){0};
-                            sum += g[m * i + j];
-                        }
-                    if (plo == 0) *(v16u *)(dbp + c0) += sum;
-                    for (int j = 0; j < m; j++) wino_a(m, g + j, m, s + j, m);    /* A g: n x m */
-                    for (int i = 0; i < n; i++) wino_a(m, s + m * i, 1, o + n * i, 1);  /* (A g) A^T */
-                    for (int p = 0; p < P; p++) *(v16u *)(gb + (p * wt + t) * Co + c0) = o[p];
-                }
-            }
-            for (int p = plo; p < phi; p++) {  /* dU_p += V_p^T (A gy A^T)_p */
-                const float *a = vb + p * wt * Ci, *g = gb + p * wt * Co;
-                float *u = du + p * Ci * Co;
-                for (ptrdiff_t j = 0; j < Co;) {
-                    const int nv = Co - j >= 4 * VL ? 4 : Co - j >= 2 * VL ? 2 : 1;
-                    wino_mmt_cols(nv, a, Ci, g + j, Co, u + j, nt);
-                    j += nv * VL;
-                }
+#pragma omp for schedule(static)
+            for (ptrdiff_t t = 0; t < nt; t++)
+                wino_wgrad_tile(m, x, gy, H, W, Ci, Co, th, tw, n0 + t, svb + t * Ci, wt * Ci,
+                                sgb + t * Co, wt * Co, ssb + t * Co);
+            /* (the loop's barrier: the block's buffers are full) */
+            wino_wgrad_block(svb, sgb, ssb, wt, nt, Ci, Co, plo, phi, parts,
+                             parts + P * Ci * Co);
+#pragma omp barrier
+        }
+    } else {
+        float *vb = scratch((size_t)(P * wt * Ci), &failed);
+        float *gb = scratch((size_t)(P * wt * Co), &failed);
+        float *sb = scratch((size_t)(wt * Co), &failed);
+        for (ptrdiff_t part = tid; part < nparts; part += nth) {
+            if (vb == NULL || gb == NULL || sb == NULL) continue;
+            float *du = parts + part * usz, *dbp = du + P * Ci * Co;
+            memset(du, 0, sizeof(float) * (size_t)usz);
+            for (ptrdiff_t blk = nblocks * part / nparts; blk < nblocks * (part + 1) / nparts;
+                 blk++) {
+                const ptrdiff_t n0 = blk * wt, nt = ntiles - n0 < wt ? ntiles - n0 : wt;
+                for (ptrdiff_t t = 0; t < nt; t++)
+                    wino_wgrad_tile(m, x, gy, H, W, Ci, Co, th, tw, n0 + t, vb + t * Ci,
+                                    wt * Ci, gb + t * Co, wt * Co, sb + t * Co);
+                wino_wgrad_block(vb, gb, sb, wt, nt, Ci, Co, 0, P, du, dbp);
             }
         }
+        free(vb); free(gb); free(sb);
     }
-    free(vb); free(gb);
     }
+    free(svb); free(sgb); free(ssb);
     if (!failed) {  /* the parts summed in order, then dw = G^T dU G, 16 kernels at a time */
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && usz * nparts >= (1 << 18))
         for (ptrdiff_t ci = 0; ci < Ci; ci++)
