@@ -58,3 +58,14 @@ def step_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def keep_freed_memory_line() -> str:
+    """Set the C allocator the way ``aigc train`` does on CPU (aigc.allocator: freed memory kept
+    in the process; ``AIGC_KEEP_FREED_MEMORY=0`` leaves glibc's defaults) and say so. The setting
+    is per process, so in a benchmark that times two libraries in one process both get it."""
+    from aigc import allocator
+
+    state = allocator.keep_freed_memory()
+    return (f"allocator: freed memory kept in the process: {state} (aigc.allocator, as `aigc "
+            f"train` sets it on CPU; per process, so every side of this run has it)")

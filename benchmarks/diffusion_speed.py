@@ -286,7 +286,7 @@ def profile_steps(batch: dict, steps: int = 4) -> None:
 
 
 def main() -> None:
-    from _machine import machine_line, matmul_peak, step_flops
+    from _machine import keep_freed_memory_line, machine_line, matmul_peak, step_flops
     from _timing import interleaved, load_average, ratio_spread, warm_up
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -316,6 +316,7 @@ def main() -> None:
           f"parameters: ours {_params(ours_model()) / 1e6:.3f}M, diffusers "
           f"{_params(diffusers_model()) / 1e6:.3f}M; AdamW lr 1e-4 both sides")
     print(machine_line())
+    print(keep_freed_memory_line())
     peak = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
     print(f"measured matmul peak (1024^3, {args.threads} thread(s)): float32 "
           f"{peak['fp32']:,.0f} GFLOP/s, bfloat16 {peak['bf16']:,.0f} GFLOP/s")

@@ -185,9 +185,10 @@ def main() -> None:
         profile_steps(ours, batches)
         return
     n_params = sum(p.numel() for p in ours.parameters())
-    from _machine import machine_line, matmul_peak, step_flops
+    from _machine import keep_freed_memory_line, machine_line, matmul_peak, step_flops
 
     print(machine_line())
+    print(keep_freed_memory_line())
     peak = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
     print(f"measured matmul peak (1024^3, {args.threads} thread(s)): float32 "
           f"{peak['float32']:,.0f} GFLOP/s, bfloat16 {peak['bfloat16']:,.0f} GFLOP/s")

@@ -57,9 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from aigc import allocator
     from aigc.cli._common import check_seed_flag
     from aigc.errors import AigcError
 
+    # freed memory stays in the process: CPU training and sampling steps 1.05-1.18x faster
+    # (aigc.allocator; AIGC_KEEP_FREED_MEMORY=0 leaves glibc as it is)
+    allocator.keep_freed_memory()
     try:
         check_seed_flag(args)
         _join_torchrun(args)
