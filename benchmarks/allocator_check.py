@@ -16,6 +16,12 @@ Printed per workload: CPU and wall milliseconds a step (median over rounds), min
 a step, and the ratio default / kept (> 1: keeping freed memory is faster).
 
     OMP_NUM_THREADS=1 python benchmarks/allocator_check.py [--rounds 3] [--workloads gpt diffusion]
+
+With --train, the same comparison as ``aigc train`` runs it end to end (batches, EMA, logging
+included): ``aigc train FAMILY --data DATA --steps 40`` with ``AIGC_KEEP_FREED_MEMORY=0`` and
+``1`` alternating, the time a step from log.csv between steps 10 and 40:
+
+    OMP_NUM_THREADS=1 python benchmarks/allocator_check.py --train [--rounds 3]
 """
 
 from __future__ import annotations
@@ -105,10 +111,48 @@ def child(workload: str, keep: bool) -> None:
                       "sys_ms": (r1.ru_stime - r0.ru_stime) / steps * 1e3}))
 
 
+TRAIN_RUNS = {"gpt": "austen", "diffusion": "mnist", "autoencoder-kl": "emoji"}
+
+
+def train_ms_per_step(family: str, data: str, keep: bool, out: Path) -> float:
+    """Milliseconds a step of ``aigc train family --data data`` (steps 10 to 40, wall time)."""
+    import csv
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    aigc = Path(sys.executable).with_name("aigc")
+    subprocess.run([str(aigc), "train", family, "--data", data, "--steps", "40", "--log-every", "1",
+                    "--eval-every", "0", "--sample-every", "0", "--ckpt-every", "40",
+                    "--no-progress", "--out", str(out)], check=True, capture_output=True,
+                   env={**os.environ, "AIGC_KEEP_FREED_MEMORY": str(int(keep))})
+    with open(out / "log.csv") as f:
+        t = {int(r[0]): float(r[1]) for r in csv.reader(f) if len(r) >= 3 and r[2] == "train/loss"}
+    return (t[40] - t[10]) / 30 * 1e3
+
+
+def main_train(rounds: int) -> None:
+    import tempfile
+
+    print(f"aigc train, 40 steps, ms a step (wall) over steps 10-40; {rounds} rounds alternating")
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, data in TRAIN_RUNS.items():
+            ms: dict[bool, list[float]] = {False: [], True: []}
+            for r in range(rounds):
+                for keep in ((False, True) if r % 2 == 0 else (True, False)):
+                    ms[keep].append(train_ms_per_step(family, data, keep, Path(tmp) / "run"))
+            ratios = [a / b for a, b in zip(ms[False], ms[True], strict=True)]
+            print(f"{family:16s} --data {data:7s} glibc {statistics.median(ms[False]):8.1f}  kept "
+                  f"{statistics.median(ms[True]):8.1f}  default / kept x"
+                  f"{statistics.median(ms[False]) / statistics.median(ms[True]):.2f} "
+                  f"(rounds {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    p.add_argument("--train", action="store_true",
+                   help="compare end to end through `aigc train` instead (see above)")
     p.add_argument("--child", nargs=2, metavar=("WORKLOAD", "KEEP"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -120,6 +164,9 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     print(machine_line())
+    if args.train:
+        main_train(args.rounds)
+        return
     print(f"{args.rounds} rounds, the two settings alternating, a fresh process each")
     print(f"{'workload':18s} {'setting':8s} {'CPU ms/step':>12s} {'wall ms/step':>13s} "
           f"{'faults/step':>12s} {'sys ms/step':>12s}")

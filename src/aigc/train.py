@@ -319,7 +319,7 @@ class Trainer:
         model = unwrap_compiled(model)  # cfg.compile is the way to compile; checkpoints stay plain
         if self.device.type == "cpu":
             # freed activations stay in the process for the next step instead of going back to
-            # the kernel and faulting in again (1.11x on the MNIST diffusion step; aigc.allocator)
+            # the kernel and faulting in again (aigc.allocator: 1.06x for `aigc train diffusion`)
             allocator.keep_freed_memory()
         if self.ctx.distributed:
             dist_utils.check_divisible(cfg.batch_size, self.ctx.world_size)
