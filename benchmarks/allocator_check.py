@@ -13,7 +13,8 @@ seed; rounds alternate the two settings:
                     (dpm-solver++), the "step" being one such call
 
 Printed per workload: CPU and wall milliseconds a step (median over rounds), minor page faults
-a step, and the ratio default / kept (> 1: keeping freed memory is faster).
+a step, the process's peak resident memory, and the ratio default / kept (> 1: keeping freed
+memory is faster).
 
     OMP_NUM_THREADS=1 python benchmarks/allocator_check.py [--rounds 3] [--workloads gpt diffusion]
 
@@ -108,7 +109,8 @@ def child(workload: str, keep: bool) -> None:
     print(json.dumps({"state": state, "cpu_ms": (c1 - c0) / steps * 1e3,
                       "wall_ms": (w1 - w0) / steps * 1e3,
                       "faults": (r1.ru_minflt - r0.ru_minflt) / steps,
-                      "sys_ms": (r1.ru_stime - r0.ru_stime) / steps * 1e3}))
+                      "sys_ms": (r1.ru_stime - r0.ru_stime) / steps * 1e3,
+                      "peak_mib": r1.ru_maxrss / 1024}))
 
 
 TRAIN_RUNS = {"gpt": "austen", "diffusion": "mnist", "autoencoder-kl": "emoji"}
@@ -169,7 +171,7 @@ def main() -> None:
         return
     print(f"{args.rounds} rounds, the two settings alternating, a fresh process each")
     print(f"{'workload':18s} {'setting':8s} {'CPU ms/step':>12s} {'wall ms/step':>13s} "
-          f"{'faults/step':>12s} {'sys ms/step':>12s}")
+          f"{'faults/step':>12s} {'sys ms/step':>12s} {'peak MiB':>9s}")
     for workload in args.workloads:
         runs: dict[bool, list[dict]] = {False: [], True: []}
         for r in range(args.rounds):
@@ -178,13 +180,13 @@ def main() -> None:
                                      capture_output=True, text=True, check=True)
                 runs[keep].append(json.loads(out.stdout.strip().splitlines()[-1]))
         med = {keep: {k: statistics.median(r[k] for r in rs)
-                      for k in ("cpu_ms", "wall_ms", "faults", "sys_ms")}
+                      for k in ("cpu_ms", "wall_ms", "faults", "sys_ms", "peak_mib")}
                for keep, rs in runs.items()}
         for keep in (False, True):
             m = med[keep]
             name = runs[keep][0]["state"] if keep else "default"
             print(f"{workload:18s} {'kept' if keep else 'glibc':8s} {m['cpu_ms']:12.2f} "
-                  f"{m['wall_ms']:13.2f} {m['faults']:12.0f} {m['sys_ms']:12.2f}"
+                  f"{m['wall_ms']:13.2f} {m['faults']:12.0f} {m['sys_ms']:12.2f} {m['peak_mib']:9.0f}"
                   + (f"   (keep_freed_memory: {name})" if keep else ""))
         ratios = [a["cpu_ms"] / b["cpu_ms"] for a, b in zip(runs[False], runs[True], strict=True)]
         print(f"{workload:18s} default / kept by CPU time: x{med[False]['cpu_ms'] / med[True]['cpu_ms']:.2f} "

@@ -8,22 +8,22 @@ free there. A training step then asks the kernel for the same memory again every
 every page it touches is a page fault the kernel has to zero: tens of thousands a step for the
 MNIST diffusion UNet, hundreds for the 0.8M-parameter GPT of ``benchmarks/gpt_speed.py``
 (``python benchmarks/allocator_check.py`` prints them; sampling 32 images from the same UNet:
-over 100,000). Keeping it: bare training steps 1.05-1.18x faster, ``aigc train`` end to end
-1.01-1.06x, sampling 1.11-1.17x (docs/performance.md, "Keeping freed memory").
+over 100,000). Keeping it: bare training steps 1.02-1.16x faster, ``aigc train`` end to end
+1.01-1.06x, sampling 1.10-1.22x (docs/performance.md, "Keeping freed memory").
 
 :func:`keep_freed_memory` fixes the mmap threshold at 32 MiB (the largest glibc's own
 adjustment reaches) and the trim threshold above any heap (``mallopt``): blocks up to 32 MiB
 come from the heap and freed memory stays in the process for the next step, so a step no
-longer faults its memory in again (the process's peak memory stays the same). Blocks above
+longer faults its memory in again (the process's peak memory within 3% of before). Blocks above
 32 MiB keep their own mappings, as glibc gives them by default: a threshold of 1 GiB saved no
 more time here, and repeated large blocks leave holes in the heap that the next request of the
-same size does not fit (a 40 MiB pattern settled at 2.7x the memory). The cost of keeping freed
+same size does not fit, so the memory grew (quick probes). The cost of keeping freed
 memory is that a training process holds its peak memory between steps instead of returning it,
 which it needs again at every step anyway; a long-running studio keeps the memory of its
 largest request. Every ``aigc`` command calls it first, and ``aigc.train.Trainer`` for CPU runs
 started from Python. Setting only the trim threshold would be worse than nothing: it also
-freezes the mmap threshold at 128 KiB, so every activation goes through ``mmap`` (measured:
-1.5x slower steps).
+freezes the mmap threshold at 128 KiB, so every activation goes through ``mmap`` (much slower
+steps in a quick probe).
 
 Only glibc has ``mallopt`` with these meanings; elsewhere (musl, macOS) nothing is changed.
 ``AIGC_KEEP_FREED_MEMORY=0`` leaves the allocator as it is.

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from aigc.cli._common import check_seed_flag
     from aigc.errors import AigcError
 
-    # freed memory stays in the process: `aigc train` steps 1.01-1.06x, sampling 1.11-1.17x
+    # freed memory stays in the process: `aigc train` steps 1.01-1.06x, sampling 1.10-1.22x
     # (aigc.allocator; AIGC_KEEP_FREED_MEMORY=0 leaves glibc as it is)
     allocator.keep_freed_memory()
     try:
