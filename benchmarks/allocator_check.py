@@ -118,18 +118,14 @@ TRAIN_RUNS = {"gpt": "austen", "diffusion": "mnist", "autoencoder-kl": "emoji"}
 
 def train_ms_per_step(family: str, data: str, keep: bool, out: Path) -> float:
     """Milliseconds a step of ``aigc train family --data data`` (steps 10 to 40, wall time)."""
-    import csv
     import shutil
 
+    from channels_last_check import run
+
     shutil.rmtree(out, ignore_errors=True)
-    aigc = Path(sys.executable).with_name("aigc")
-    subprocess.run([str(aigc), "train", family, "--data", data, "--steps", "40", "--log-every", "1",
-                    "--eval-every", "0", "--sample-every", "0", "--ckpt-every", "40",
-                    "--no-progress", "--out", str(out)], check=True, capture_output=True,
-                   env={**os.environ, "AIGC_KEEP_FREED_MEMORY": str(int(keep))})
-    with open(out / "log.csv") as f:
-        t = {int(r[0]): float(r[1]) for r in csv.reader(f) if len(r) >= 3 and r[2] == "train/loss"}
-    return (t[40] - t[10]) / 30 * 1e3
+    done = run(family, data, 40, None, out, [], env={"AIGC_KEEP_FREED_MEMORY": str(int(keep))},
+               first=10)
+    return done["s_per_step"] * 1e3
 
 
 def main_train(rounds: int) -> None:

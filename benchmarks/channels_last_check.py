@@ -40,12 +40,18 @@ DEFAULT_FAMILIES = ["vae", "gan", "diffusion", "autoencoder-kl"]  # latent diffu
 FIRST = 5  # steps before the timed window (warm-up: first-touch memory, oneDNN primitive cache)
 
 
-def run(family: str, data: str, steps: int, channels_last: bool, out: Path, extra: list[str]) -> dict:
+def run(family: str, data: str, steps: int, channels_last: bool | None, out: Path, extra: list[str],
+        *, env: dict[str, str] | None = None, first: int = FIRST) -> dict:
+    """``aigc train family`` for ``steps`` steps into ``out`` (``channels_last`` None: the family's
+    default; ``env``: added to the environment): wall seconds a step between steps ``first`` and
+    the last, from log.csv, and the training losses."""
     aigc = Path(sys.executable).with_name("aigc")
     cmd = [str(aigc), "train", family, *extra, "--data", data, "--steps", str(steps), "--out", str(out),
            "--no-progress", "--eval-every", "0", "--sample-every", "0", "--log-every", "1",
-           "--ckpt-every", str(steps), "--channels-last", "true" if channels_last else "false"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+           "--ckpt-every", str(steps)]
+    if channels_last is not None:
+        cmd += ["--channels-last", "true" if channels_last else "false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     times, losses = {}, {}
@@ -55,7 +61,7 @@ def run(family: str, data: str, steps: int, channels_last: bool, out: Path, extr
                 step = int(row["step"])
                 times[step] = float(row["wall_s"])
                 losses[step] = losses.get(step, 0.0) + float(row["value"])
-    return {"s_per_step": (times[steps] - times[FIRST]) / (steps - FIRST),
+    return {"s_per_step": (times[steps] - times[first]) / (steps - first),
             "losses": [losses[s] for s in sorted(losses)]}
 
 
