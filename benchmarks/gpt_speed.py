@@ -17,14 +17,18 @@ timed in interleaved rounds (benchmarks/_timing.py: CPU-time medians, wall time 
                                the same with attn_implementation="eager" (transformers' written-
                                out attention, which the compiler fuses: the peer's fastest here)
   ours F.linear (MKL)          our GPT with aigc.models.layers' linear route forced to F.linear
-  ours oneDNN linear           the same route forced to oneDNN
+  ours oneDNN linear           the same route forced to oneDNN (both rows without the fused MLP
+                               kernels, so that every linear layer takes the forced route)
   ours ATen GELU               our GPT with ATen's GELU instead of the native kernel
-                               (aigc.models.native; its route is printed at the start)
+                               (aigc.models.native; its route is printed at the start) and
+                               without the fused MLP kernels, which contain the GELU
+  ours ATen MLP                our GPT with the MLP's two linear layers around the GELU kernel
+                               instead of the fused MLP kernels (native.mlp_route)
   ours ATen attention          our GPT with ATen's attention (head split, SDPA, merge) instead
                                of the native kernels (native.attention_route)
-  ours                         our GPT (the linear, GELU and attention routes measured on this
-                               machine: layers.linear_route, native.gelu_route and
-                               native.attention_route) with torch's
+  ours                         our GPT (the linear, GELU, attention and MLP routes measured on
+                               this machine: layers.linear_route, native.gelu_route,
+                               native.attention_route, native.mlp_route) with torch's
                                default CPU AdamW (for-loop; the trainer's default until
                                2026-11-30)
   ours fused-adamw             + fused AdamW: as the trainer runs by default since 2026-11-30
@@ -86,10 +90,11 @@ def hf_loss(model, tokens):
 
 
 def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool | None = None,
-              gelu: str | None = None, attention: str | None = None):
+              gelu: str | None = None, attention: str | None = None, mlp: str | None = None):
     """One training step per call on the next batch; AdamW with identical settings both sides.
-    ``onednn``: force aigc's linear route, ``gelu`` and ``attention``: its GELU and attention
-    routes ("native" or "torch"); None: the routes measured on this machine."""
+    ``onednn``: force aigc's linear route, ``gelu``, ``attention`` and ``mlp``: its GELU,
+    attention and fused-MLP routes ("native" or "torch"); None: the routes measured on this
+    machine."""
     from aigc.models import layers, native
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
@@ -99,7 +104,7 @@ def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool 
     def step():
         nonlocal i
         old = layers.set_onednn_linear(onednn)
-        with native.routes(gelu=gelu, attention=attention):
+        with native.routes(gelu=gelu, attention=attention, mlp=mlp):
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(batches[i % len(batches)])
@@ -210,27 +215,30 @@ def main() -> None:
     # True/False force it (aigc.models.layers.linear_route); transformers never uses it.
     # The GELU and attention routes likewise (aigc.models.native: "native" or "torch").
     print(f"aigc linear route on this machine: {layers.linear_route()}; GELU route: "
-          f"{native.gelu_route()}; attention route: {native.attention_route()}")
-    specs = [  # name, side, fused AdamW, compile, bf16, oneDNN linear, GELU route, attention
-        ("transformers", "hf", False, False, False, None, None, None),
-        ("transformers fused-adamw", "hf", True, False, False, None, None, None),
-        ("ours F.linear (MKL)", "ours", False, False, False, False, None, None),
-        ("ours oneDNN linear", "ours", False, False, False, True, None, None),
-        ("ours ATen GELU", "ours", False, False, False, None, "torch", None),
-        ("ours ATen attention", "ours", False, False, False, None, None, "torch"),
-        ("ours", "ours", False, False, False, None, None, None),
-        ("ours fused-adamw", "ours", True, False, False, None, None, None),
+          f"{native.gelu_route()}; attention route: {native.attention_route()}; "
+          f"MLP route: {native.mlp_route()}")
+    # name, side, fused AdamW, compile, bf16, oneDNN linear, GELU, attention and MLP routes
+    specs = [
+        ("transformers", "hf", False, False, False, None, None, None, None),
+        ("transformers fused-adamw", "hf", True, False, False, None, None, None, None),
+        ("ours F.linear (MKL)", "ours", False, False, False, False, None, None, "torch"),
+        ("ours oneDNN linear", "ours", False, False, False, True, None, None, "torch"),
+        ("ours ATen GELU", "ours", False, False, False, None, "torch", None, "torch"),
+        ("ours ATen attention", "ours", False, False, False, None, None, "torch", None),
+        ("ours ATen MLP", "ours", False, False, False, None, None, None, "torch"),
+        ("ours", "ours", False, False, False, None, None, None, None),
+        ("ours fused-adamw", "ours", True, False, False, None, None, None, None),
     ]
     if not args.no_compile:
-        specs += [("transformers fused+compile", "hf", True, True, False, None, None, None),
+        specs += [("transformers fused+compile", "hf", True, True, False, None, None, None, None),
                   ("transformers fused+compile eager-attn", "hf-eager", True, True, False, None,
-                   None, None),
-                  ("ours fused+compile", "ours", True, True, False, None, None, None)]
+                   None, None, None),
+                  ("ours fused+compile", "ours", True, True, False, None, None, None, None)]
     if args.bf16:
-        specs += [("transformers fused bf16", "hf", True, False, True, None, None, None),
-                  ("ours fused bf16", "ours", True, False, True, None, None, None)]
+        specs += [("transformers fused bf16", "hf", True, False, True, None, None, None, None),
+                  ("ours fused bf16", "ours", True, False, True, None, None, None, None)]
     variants = {}
-    for name, side, fused, compiled, bf16, onednn, gelu, attention in specs:
+    for name, side, fused, compiled, bf16, onednn, gelu, attention, mlp in specs:
         model = copy.deepcopy(ours if side == "ours" else hf)
         if side == "hf-eager":
             model.set_attn_implementation("eager")
@@ -244,7 +252,7 @@ def main() -> None:
             if compiled:
                 loss_fn = torch.compile(loss_fn)
         variants[name] = make_step(model, loss_fn, batches, fused=fused, bf16=bf16, onednn=onednn,
-                                   gelu=gelu, attention=attention)
+                                   gelu=gelu, attention=attention, mlp=mlp)
     # FLOPs of one training step per side (forward + backward products of the linear layers,
     # counted on a copy by torch.utils.flop_counter; the same math with or without
     # compile/fused/bf16). Attention's products are not counted on either side: the counter
@@ -254,7 +262,8 @@ def main() -> None:
         m2 = copy.deepcopy(m)
         fn = ((lambda mm: (lambda tokens: mm.loss({"tokens": tokens})))(m2) if side == "ours"
               else (lambda mm: (lambda tokens: hf_loss(mm, tokens)))(m2))
-        flops[side] = step_flops(make_step(m2, fn, batches, fused=False, bf16=False))
+        # (without the fused MLP kernels, whose products the counter cannot see: the same math)
+        flops[side] = step_flops(make_step(m2, fn, batches, fused=False, bf16=False, mlp="torch"))
     print(f"FLOPs per training step (torch.utils.flop_counter): ours {flops['ours'] / 1e9:.3f} G, "
           f"transformers {flops['hf'] / 1e9:.3f} G")
     print(f"warm-up: {args.warmup} steps each, excluded from the figures (compile happens here)")

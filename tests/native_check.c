@@ -1,5 +1,6 @@
-/* A check of src/aigc/assets/native/kernels.c (GELU, the decoding kernels, attention, the 3x3
- * convolutions at both Winograd tile sizes, GroupNorm + SiLU) against float64 formulas written
+/* A check of src/aigc/assets/native/kernels.c (GELU, the decoding kernels, attention, the fused
+ * GPT MLP, the 3x3 convolutions at both Winograd tile sizes, GroupNorm + SiLU) against float64
+ * formulas written
  * out here, in C, so that it can be built with sanitizers or for another CPU and run without
  * Python or torch (tests/test_native_c.py builds and runs it). Exit status 0 when every kernel is within its
  * tolerance and gives the same bits on 1 and 2 threads; it prints the worst errors either way. */
@@ -19,6 +20,11 @@ int aigc_attn_fwd(const float *qkv, float *y, float *p, ptrdiff_t B, ptrdiff_t T
                   ptrdiff_t d, float scale, int threads);
 int aigc_attn_bwd(const float *gy, const float *qkv, const float *p, float *g, ptrdiff_t B,
                   ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads);
+int aigc_mlp_fwd(const float *x, const float *w1, const float *b1, const float *w2,
+                 const float *b2, float *u, float *h, float *y, ptrdiff_t M, ptrdiff_t N,
+                 ptrdiff_t K, ptrdiff_t K2, int threads);
+int aigc_mlp_bwd(const float *gy, const float *w2, const float *u, float *du, float *db,
+                 ptrdiff_t M, ptrdiff_t N, ptrdiff_t K2, int threads);
 void aigc_conv3x3_weights(const float *w, float *U, ptrdiff_t Co, ptrdiff_t Ci, int flipped, int m);
 int aigc_conv3x3_fwd(const float *x, const float *U, const float *bias, float *y, ptrdiff_t B,
                      ptrdiff_t H, ptrdiff_t W, ptrdiff_t Ci, ptrdiff_t Co, int m, int threads);
@@ -411,10 +417,92 @@ static void check_groupnorm(void) {
     expect_same("GroupNorm + SiLU on 1 and 2 threads", same);
 }
 
+static double gelu64(double v, double *slope) {
+    const double c = 0.7978845608028654, t = tanh(c * (v + 0.044715 * v * v * v));
+    *slope = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * c * (1 + 3 * 0.044715 * v * v);
+    return 0.5 * v * (1 + t);
+}
+
+/* The fused MLP: u = x W1^T + b1, h = gelu(u), y = h W2^T + b2, and du = (gy W2) gelu'(u) with
+ * db1 = du summed over rows, against float64 sums; rows that leave a partial 12-row tile, widths
+ * that are and are not multiples of 16, one and several 32-column panels, with and without the
+ * second product and its bias. */
+static void check_mlp(void) {
+    const ptrdiff_t shapes[][4] = {{37, 16, 32, 32}, {1, 20, 64, 32}, {25, 128, 512, 128},
+                                   {13, 48, 96, 0}};
+    double eu = 0, ey = 0, ed = 0, eb = 0;
+    int same = 1;
+    for (int c = 0; c < 4; c++) {
+        const ptrdiff_t M = shapes[c][0], K = shapes[c][1], N = shapes[c][2], K2 = shapes[c][3];
+        const ptrdiff_t K2g = K2 ? K2 : 8;  /* the backward's width when there is no y */
+        float *x = floats(M * K), *w1 = floats(N * K), *b1 = floats(N), *w2 = floats(K2g * N),
+              *b2 = floats(K2g), *gy = floats(M * K2g), *u = floats(M * N), *h = floats(M * N),
+              *y = floats(M * K2g), *u2 = floats(M * N), *h2 = floats(M * N),
+              *y2 = floats(M * K2g), *du = floats(M * N), *du2 = floats(M * N), *db = floats(N),
+              *db2 = floats(N);
+        uint32_t s = 77u + (uint32_t)c;
+        for (ptrdiff_t i = 0; i < M * K; i++) x[i] = 2 * uniform(&s);
+        for (ptrdiff_t i = 0; i < N * K; i++) w1[i] = uniform(&s) / sqrtf((float)K);
+        for (ptrdiff_t i = 0; i < N; i++) b1[i] = uniform(&s);
+        for (ptrdiff_t i = 0; i < K2g * N; i++) w2[i] = uniform(&s) / sqrtf((float)N);
+        for (ptrdiff_t i = 0; i < K2g; i++) b2[i] = uniform(&s);
+        for (ptrdiff_t i = 0; i < M * K2g; i++) gy[i] = uniform(&s);
+        const float *pw2 = K2 ? w2 : NULL, *pb2 = (K2 && c != 1) ? b2 : NULL;  /* case 1: no b2 */
+        if (aigc_mlp_fwd(x, w1, b1, pw2, pb2, u, h, K2 ? y : NULL, M, N, K, K2, 1) ||
+            aigc_mlp_fwd(x, w1, b1, pw2, pb2, u2, h2, K2 ? y2 : NULL, M, N, K, K2, 2) ||
+            aigc_mlp_bwd(gy, w2, u, du, db, M, N, K2g, 1) ||
+            aigc_mlp_bwd(gy, w2, u, du2, db2, M, N, K2g, 2)) {
+            printf("MLP: out of memory  FAILED\n");
+            failures++;
+            return;
+        }
+        same &= !memcmp(u, u2, M * N * sizeof *u) && !memcmp(h, h2, M * N * sizeof *h) &&
+                !memcmp(du, du2, M * N * sizeof *du) && !memcmp(db, db2, N * sizeof *db) &&
+                (!K2 || !memcmp(y, y2, M * K2 * sizeof *y));
+        double *h64 = malloc((size_t)(M * N) * sizeof *h64), *dsum = calloc((size_t)N, sizeof *dsum);
+        if (!h64 || !dsum) exit(2);
+        for (ptrdiff_t m = 0; m < M; m++)
+            for (ptrdiff_t n = 0; n < N; n++) {
+                double acc = b1[n];
+                for (ptrdiff_t k = 0; k < K; k++) acc += (double)x[m * K + k] * w1[n * K + k];
+                eu = fmax(eu, fabs(u[m * N + n] - acc) / (1 + fabs(acc)));
+                double unused_slope;
+                h64[m * N + n] = gelu64(acc, &unused_slope);
+                eu = fmax(eu, fabs(h[m * N + n] - h64[m * N + n]) / (1 + fabs(acc)));
+            }
+        for (ptrdiff_t m = 0; m < M && K2; m++)
+            for (ptrdiff_t j = 0; j < K2; j++) {
+                double acc = pb2 ? pb2[j] : 0;
+                for (ptrdiff_t n = 0; n < N; n++) acc += h64[m * N + n] * w2[j * N + n];
+                ey = fmax(ey, fabs(y[m * K2 + j] - acc) / (1 + fabs(acc)));
+            }
+        for (ptrdiff_t m = 0; m < M; m++)
+            for (ptrdiff_t n = 0; n < N; n++) {
+                double dh = 0;
+                for (ptrdiff_t j = 0; j < K2g; j++) dh += (double)gy[m * K2g + j] * w2[j * N + n];
+                double slope_u;  /* the derivative at the kernel's own u, as the backward takes it */
+                gelu64(u[m * N + n], &slope_u);
+                const double ref = dh * slope_u;
+                ed = fmax(ed, fabs(du[m * N + n] - ref) / (1 + fabs(dh)));
+                dsum[n] += du[m * N + n];
+            }
+        for (ptrdiff_t n = 0; n < N; n++) eb = fmax(eb, fabs(db[n] - dsum[n]) / (1 + fabs(dsum[n])));
+        free(h64), free(dsum);
+        free(x), free(w1), free(b1), free(w2), free(b2), free(gy), free(u), free(h), free(y),
+            free(u2), free(h2), free(y2), free(du), free(du2), free(db), free(db2);
+    }
+    expect("MLP first product + GELU against float64", eu, 2e-6);
+    expect("MLP second product against float64", ey, 5e-6);
+    expect("MLP backward product x GELU' against float64", ed, 5e-6);
+    expect("MLP first bias gradient (du's row sums)", eb, 1e-5);
+    expect_same("MLP on 1 and 2 threads", same);
+}
+
 int main(void) {
     check_gelu();
     check_decode();
     check_attention();
+    check_mlp();
     check_conv();
     check_groupnorm();
     return failures ? 1 : 0;

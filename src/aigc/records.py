@@ -36,6 +36,7 @@ Both build their records with :func:`image_record`, so the same fields mean the 
                      it (before 2026-12) replays on ATen's (``torch``)
 ``groupnorm_route``  the same for the UNets' GroupNorm + scale-shift + SiLU
                      (:func:`aigc.models.native.group_norm_silu`)
+``mlp_route``        the same for GPT's fused MLP kernels (:func:`aigc.models.native.gpt_mlp`)
 ``memory_format``    images: ``channels_last`` or ``contiguous``, the network's weights while it
                      drew (:func:`aigc.models.sampling_memory_format`); replay takes it, and a
                      record without it (before 2026-11-30) replays in ``contiguous``

@@ -13,7 +13,10 @@ product) so the compiler fuses the mask and softmax with their neighbours (issue
 one call on the fused projection, eager or compiled. Linear layers
 are plain ``nn.Linear`` modules (so state dicts match GPT-2's layout) applied with
 :func:`aigc.models.layers.linear` (float32 CPU products by the kernels measured fastest on the
-machine); the MLP's GELU is :func:`aigc.models.native.gelu_tanh` (likewise). Generation keeps
+machine); the MLP's GELU is :func:`aigc.models.native.gelu_tanh` (likewise), and the whole MLP
+over whole sequences is :func:`aigc.models.native.gpt_mlp` where this machine measured those
+fused kernels faster (the forward and the backward's first product one kernel call each, with the
+biases and the GELU applied in registers). Generation keeps
 a key/value cache (:class:`KVCache`) so each new token costs one position, not the whole prefix.
 
 The model knows nothing about text: it maps token ids ``0..vocab_size-1`` to next-token logits,
@@ -181,12 +184,18 @@ class MLP(nn.Module):
         self.proj = nn.Linear(cfg.mlp_ratio * cfg.width, cfg.width, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = linear(x, self.fc.weight, self.fc.bias)
         # GPT-2's "gelu_new". One position per row is a decoding step with a key/value cache:
         # a few hundred values, where a call costs more than the arithmetic and ATen's dispatch
         # is the cheaper one (generation measured slower through the native kernel). Whole
-        # sequences take the measured route, so a score never depends on the batch size.
-        h = gelu_tanh(u) if u.dim() != 3 or u.shape[1] > 1 else F.gelu(u, approximate="tanh")
+        # sequences take the measured routes, so a score never depends on the batch size: the
+        # fused MLP kernels (the first product, its bias and the GELU in one pass, and the
+        # same for their backward) where this machine measured them faster, else the two
+        # linear layers around the GELU kernel.
+        whole = x.dim() != 3 or x.shape[1] > 1
+        if whole and native.mlp_takes(x, self.fc, self.proj):
+            return native.gpt_mlp(x, self.fc, self.proj)
+        u = linear(x, self.fc.weight, self.fc.bias)
+        h = gelu_tanh(u) if whole else F.gelu(u, approximate="tanh")
         return linear(h, self.proj.weight, self.proj.bias)
 
 

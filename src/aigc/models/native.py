@@ -1,6 +1,6 @@
 """CPU kernels aigc compiles on the machine it runs on, used where they are measured faster.
 
-Five families, all in ``aigc/assets/native/kernels.c``:
+Six families, all in ``aigc/assets/native/kernels.c``:
 
 - ``gelu``: GPT-2's tanh GELU, forward and backward. A profile of GPT training on one thread
   (issue #17; ``python benchmarks/gpt_speed.py``) spent about a fifth of each step in ATen's
@@ -23,6 +23,10 @@ Five families, all in ``aigc/assets/native/kernels.c``:
 - ``groupnorm``: the same UNets' GroupNorm with its affine weight, the block's scale and shift
   and the SiLU after it, one pass per statistic instead of three to five ATen operations over
   the whole activation (:func:`group_norm_silu`).
+- ``mlp``: a GPT block's MLP (first linear layer, GELU, second linear layer) as register-blocked
+  matrix products with the biases, the GELU and its derivative applied to each output tile
+  while it is in registers, so the activations make fewer trips through memory
+  (:func:`gpt_mlp`; the GELU family's kernel is what runs where this one does not).
 
 The measured ratios against ATen are in docs/performance.md (``aigc kernels --measure``).
 Where the process runs GNU OpenMP (torch's Linux wheels), the file is built with ``-fopenmp``
@@ -38,27 +42,30 @@ thread count). The route is ``"native"`` only when all of these hold:
   ``$AIGC_CACHE_DIR/native/<hash>/``, the hash covering the source, the compiler and the
   machine key, so a changed source or another CPU builds anew);
 - every kernel agrees with its ATen twin on fixed inputs (GELU forward and backward within
-  2e-5 and NaN kept NaN; attention against float64 within 1e-5; the decoding kernels within
-  2e-6 relative);
-- the family is at least 10% faster than ATen's in alternating rounds.
+  2e-5 and NaN kept NaN; attention and the MLP against float64 within 1e-5; the decoding
+  kernels within 2e-6 relative);
+- the family is at least 10% faster than ATen's in alternating rounds (for the MLP: the work
+  the kernels replace, the products both routes share left out).
 
 Otherwise ATen's operations run. ``AIGC_GELU_ROUTE``, ``AIGC_ATTENTION_ROUTE``,
-``AIGC_DECODE_ROUTE``, ``AIGC_CONV_ROUTE`` and ``AIGC_GROUPNORM_ROUTE`` (``native``, ``torch``
-or ``auto``) force a family (``native`` raises if the kernels cannot be built). For GELU and attention, contiguous float32 CPU tensors of any size
-take the route, so a result does not depend on the batch size that carried it; under
+``AIGC_DECODE_ROUTE``, ``AIGC_CONV_ROUTE``, ``AIGC_GROUPNORM_ROUTE`` and ``AIGC_MLP_ROUTE``
+(``native``, ``torch`` or ``auto``) force a family (``native`` raises if the kernels cannot be
+built). For GELU, attention and the MLP, contiguous float32 CPU tensors of any size take the
+route, so a result does not depend on the batch size that carried it; under
 ``torch.compile`` the kernels are custom ops (the compiler calls them as they are), under eager
 autograd an ``autograd.Function`` around the same calls (cheaper than the ops' dispatch), and
 elsewhere (scoring under ``no_grad``) a direct call. (GPT
-decoding steps of one position keep ATen's GELU: :class:`aigc.models.gpt.MLP`.) The routes
-differ from ATen in the last bits (about 5e-7), so records carry ``gelu_route``,
-``attention_route``, ``decode_route``, ``conv_route`` and ``groupnorm_route``
+decoding steps of one position keep ATen's GELU and linear layers: :class:`aigc.models.gpt.MLP`.)
+The routes differ from ATen in the last bits (about 5e-7), so records carry ``gelu_route``,
+``attention_route``, ``decode_route``, ``conv_route``, ``groupnorm_route`` and ``mlp_route``
 (:func:`aigc.records.runtime`; ``undecided`` where the process never needed them, as for models
 that use none of them, whose records are written without building or timing anything); image
 replays take the recorded ``conv_route`` and ``groupnorm_route``.
 
-The GELU and attention ops have first derivatives only: code that differentiates twice through
-a GPT (a gradient penalty, Hessian-vector products) needs ``AIGC_GELU_ROUTE=torch`` and
-``AIGC_ATTENTION_ROUTE=torch``. The convolution and GroupNorm kernels take ATen's
+The GELU, attention and MLP kernels have first derivatives only: code that differentiates twice
+through a GPT (a gradient penalty, Hessian-vector products) needs ``AIGC_GELU_ROUTE=torch``,
+``AIGC_ATTENTION_ROUTE=torch`` and ``AIGC_MLP_ROUTE=torch`` (the MLP's refuses with that
+advice). The convolution and GroupNorm kernels take ATen's
 differentiable operations for a backward that builds a graph, so second derivatives through a
 UNet come out right on either route. Under ``torch.compile`` these two stay ATen's.
 """
@@ -82,7 +89,7 @@ import torch.nn.functional as F
 
 ROUTE_ENVS = {"gelu": "AIGC_GELU_ROUTE", "decode": "AIGC_DECODE_ROUTE",
               "attention": "AIGC_ATTENTION_ROUTE", "conv": "AIGC_CONV_ROUTE",
-              "groupnorm": "AIGC_GROUPNORM_ROUTE"}
+              "groupnorm": "AIGC_GROUPNORM_ROUTE", "mlp": "AIGC_MLP_ROUTE"}
 ROUTE_ENV = ROUTE_ENVS["gelu"]
 _SOURCE = Path(__file__).resolve().parent.parent / "assets" / "native" / "kernels.c"
 # -ffp-contract=fast: a * b + c as one fused multiply-add (in ISO C mode, -std=c11, gcc otherwise
@@ -153,13 +160,15 @@ def _build() -> ctypes.CDLL | None:
 
 
 _SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
+               "aigc_mlp_fwd": "ppppppppnnnni", "aigc_mlp_bwd": "pppppnnni",
                "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
                "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "pppnnnnfi",
                "aigc_attn_bwd": "ppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnnii",
                "aigc_conv3x3_wgrad": "ppppnnnnnii", "aigc_conv3x3_weights": "ppnnii",
                "aigc_gn_silu_fwd": "ppppppnnnnfi", "aigc_gn_silu_bwd": "pppppppppnnnni"}
 # 0, or -1: out of memory
-_RETURNS_STATUS = ("aigc_attn_fwd", "aigc_attn_bwd", "aigc_conv3x3_fwd", "aigc_conv3x3_wgrad")
+_RETURNS_STATUS = ("aigc_attn_fwd", "aigc_attn_bwd", "aigc_mlp_fwd", "aigc_mlp_bwd",
+                   "aigc_conv3x3_fwd", "aigc_conv3x3_wgrad")
 
 
 def _build_locked() -> None:
@@ -286,7 +295,8 @@ def _self_check(lib) -> str | None:
         err = (a - b).abs().max().item() / (1 + b.abs().max().item())
         if not err <= 2e-6:
             return f"the native {name} disagrees with ATen ({err:.2e})"
-    return _attention_self_check(lib) or _conv_self_check(lib) or _groupnorm_self_check(lib)
+    return (_attention_self_check(lib) or _mlp_self_check(lib) or _conv_self_check(lib)
+            or _groupnorm_self_check(lib))
 
 
 def _empty_caches(kv: int, cap: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -537,6 +547,234 @@ def _attention_self_check(lib) -> str | None:
             if not (err_y <= 1e-5 and err_g <= 1e-5):
                 return (f"the native attention disagrees with ATen at B={B} T={T} H={H} d={d} "
                         f"(forward {err_y:.2e}, backward {err_g:.2e})")
+    return None
+
+
+# ------------------------------------------------------------------- GPT MLP
+# The MLP of a GPT block, y = gelu(x W1^T + b1) W2^T + b2, forward in one kernel (each 12-row
+# tile: its rows of u and h with the bias and the GELU applied while the output tile is in
+# registers, then its rows of y while those rows of h are in L1), and of the backward the
+# product dy W2 with the GELU's derivative and the first bias's gradient the same way
+# (kernels.c, aigc_mlp_fwd/bwd). What ATen does instead writes each bias into its product's
+# output before the GEMM, reads u back for the GELU and h back for the second product, writes
+# dy W2 and reads it back, and reads du again for the bias gradient: in a training step whole
+# passes over (rows x 4 width) values that come from and go to memory, not cache. dx and the
+# weight gradients stay ATen's products.
+
+_MLP_PROBE = (768, 128, 512)  # rows (batch 12 x 64 positions), width, hidden: gpt_speed's MLP
+_MLP_COLS = 32  # the kernels' register tile is 32 columns wide: the hidden width is a multiple
+
+
+def mlp_fits(x: torch.Tensor, fc: torch.nn.Linear, proj: torch.nn.Linear) -> bool:
+    """Whether the fused MLP kernels take ``x (..., K)`` through ``fc (K -> N)``, GELU and
+    ``proj (N -> K2)``: float32 CPU tensors, ``x`` contiguous with at least one row, ``fc``
+    with a bias, ``N`` a multiple of 32, no autocast."""
+    w1, w2 = fc.weight, proj.weight
+    return (x.device.type == "cpu" and x.dtype == w1.dtype == w2.dtype == torch.float32
+            and fc.bias is not None and fc.bias.dtype == torch.float32
+            and (proj.bias is None or proj.bias.dtype == torch.float32)
+            and x.dim() >= 2 and x.is_contiguous() and x.numel() > 0
+            and w1.dim() == 2 and w1.shape[1] == x.shape[-1] and w1.shape[0] % _MLP_COLS == 0
+            and w2.dim() == 2 and w2.shape[1] == w1.shape[0]
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def _mlp_check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> None:
+    ok = (x.dim() == 2 and x.dtype == w1.dtype == b1.dtype == w2.dtype == torch.float32
+          and w1.dim() == 2 and w1.shape[1] == x.shape[1] and w1.shape[0] % _MLP_COLS == 0
+          and b1.shape == (w1.shape[0],) and w2.dim() == 2 and w2.shape[1] == w1.shape[0])
+    if not ok:
+        raise ValueError(f"native gpt_mlp takes float32 x (M, K), W1 (N, K) with N a multiple "
+                         f"of {_MLP_COLS}, b1 (N,), W2 (K2, N); got x {tuple(x.shape)} "
+                         f"{x.dtype}, W1 {tuple(w1.shape)}, b1 {tuple(b1.shape)}, "
+                         f"W2 {tuple(w2.shape)}")
+
+
+def _mlp_fwd(lib, x, w1, b1, w2, b2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, u, h)`` for a 2-D ``x``: ``u = x W1^T + b1`` (kept for the backward),
+    ``h = gelu(u)``, ``y = h W2^T + b2``; y by the same kernel where W2's rows are a multiple
+    of 32, else by ATen's product."""
+    _mlp_check(x, w1, b1, w2)
+    fused = w2.shape[0] % _MLP_COLS == 0 and (b2 is None or b2.dtype == torch.float32)
+    u, h, y = _mlp_kernel(lib, x, w1, b1, w2 if fused else None, b2 if fused else None)
+    if not fused:
+        y = torch.mm(h, w2.t()) if b2 is None else torch.addmm(b2, h, w2.t())
+    return y, u, h
+
+
+def _mlp_kernel(lib, x, w1, b1, w2=None, b2=None):
+    """``(u, h, y)`` from the forward kernel; ``y`` is None without ``w2``."""
+    x, w1, b1 = x.contiguous(), w1.contiguous(), b1.contiguous()
+    M, K = x.shape
+    N = w1.shape[0]
+    u, h = x.new_empty(M, N), x.new_empty(M, N)
+    y, K2, ptrs = None, 0, (None, None, None)
+    if w2 is not None:
+        w2 = w2.contiguous()
+        K2 = w2.shape[0]
+        y = x.new_empty(M, K2)
+        b2 = b2.contiguous() if b2 is not None else None
+        ptrs = (w2.data_ptr(), b2.data_ptr() if b2 is not None else None, y.data_ptr())
+    if lib.aigc_mlp_fwd(x.data_ptr(), w1.data_ptr(), b1.data_ptr(), ptrs[0], ptrs[1],
+                        u.data_ptr(), h.data_ptr(), ptrs[2], M, N, K, K2, _threads()):
+        raise MemoryError("native gpt_mlp: no memory to pack the weights")
+    return u, h, y
+
+
+def _linear_gelu(lib, x, w1, b1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u, h)``: ``u = x W1^T + b1``, ``h = gelu(u)`` by the forward kernel alone."""
+    return _mlp_kernel(lib, x, w1, b1)[:2]
+
+
+def _mlp_du(lib, gy: torch.Tensor, w2: torch.Tensor, u: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(du, db1)``: ``du = (gy W2) * gelu'(u)``, the gradient at the first product's output,
+    and its sum over the rows, the first bias's gradient."""
+    gy, w2, u = gy.contiguous(), w2.contiguous(), u.contiguous()
+    M, K2 = gy.shape
+    N = w2.shape[1]
+    if w2.shape[0] != K2 or u.shape != (M, N) or N % _MLP_COLS:
+        raise ValueError(f"native gpt_mlp backward: gradient {tuple(gy.shape)}, W2 "
+                         f"{tuple(w2.shape)} and u {tuple(u.shape)} do not fit")
+    du, db = torch.empty_like(u), u.new_empty(N)
+    if lib.aigc_mlp_bwd(gy.data_ptr(), w2.data_ptr(), u.data_ptr(), du.data_ptr(),
+                        db.data_ptr(), M, N, K2, _threads()):
+        raise MemoryError("native gpt_mlp backward: no memory to pack the weight")
+    return du, db
+
+
+def _mlp_grads(du_db, gy, x, w1, h, has_b2: bool):
+    """The gradients of x, W1, b1, W2, b2 from the fused backward's ``(du, db1)`` (the rest by
+    ATen's products and sums)."""
+    du, db1 = du_db
+    return (du @ w1, du.t() @ x, db1, gy.t() @ h, gy.sum(0) if has_b2 else None)
+
+
+@torch.library.custom_op("aigc::gpt_mlp", mutates_args=())
+def _mlp_op(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+            b2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _mlp_fwd(_loaded(), x, w1, b1, w2, b2)
+
+
+@torch.library.custom_op("aigc::gpt_mlp_backward", mutates_args=())
+def _mlp_du_op(grad: torch.Tensor, w2: torch.Tensor, u: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _mlp_du(_loaded(), grad, w2, u)
+
+
+@_mlp_op.register_fake
+def _(x, w1, b1, w2, b2):
+    M, N = x.shape[0], w1.shape[0]
+    return x.new_empty(M, w2.shape[0]), x.new_empty(M, N), x.new_empty(M, N)
+
+
+@_mlp_du_op.register_fake
+def _(grad, w2, u):
+    return torch.empty_like(u), u.new_empty(u.shape[1])
+
+
+def _mlp_setup(ctx, inputs, output):
+    x, w1, _, w2, b2 = inputs
+    ctx.save_for_backward(x, w1, w2, output[1], output[2])
+    ctx.has_b2 = b2 is not None
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
+
+
+def _mlp_backward(ctx, gy, _gu, _gh):
+    if gy is None:
+        return None, None, None, None, None
+    x, w1, w2, u, h = ctx.saved_tensors
+    gy = gy.contiguous()
+    return _mlp_grads(_mlp_du_op(gy, w2, u), gy, x, w1, h, ctx.has_b2)
+
+
+_mlp_op.register_autograd(_mlp_backward, setup_context=_mlp_setup)
+
+
+class _EagerMLP(torch.autograd.Function):
+    """The fused MLP under eager autograd, like :class:`_EagerGelu`."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        y, u, h = _mlp_fwd(_loaded(), x, w1, b1, w2, b2)
+        ctx.save_for_backward(x, w1, w2, u, h)
+        ctx.has_b2 = b2 is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        if torch.is_grad_enabled():
+            # create_graph: the saved pre-activation u does not carry x's graph, so a second
+            # derivative would come out missing rather than wrong-signed; refuse instead
+            raise RuntimeError(
+                "aigc's fused MLP kernels have no autograd formula for a second derivative "
+                f"(create_graph=True); set {ROUTE_ENVS['mlp']}=torch for double backward")
+        x, w1, w2, u, h = ctx.saved_tensors
+        gy = gy.contiguous()
+        return _mlp_grads(_mlp_du(_loaded(), gy, w2, u), gy, x, w1, h, ctx.has_b2)
+
+
+@torch.compiler.assume_constant_result
+def mlp_route() -> str:
+    """``"native"`` or ``"torch"``: the route :func:`gpt_mlp` takes in this process."""
+    return route("mlp")
+
+
+def mlp_takes(x: torch.Tensor, fc: torch.nn.Linear, proj: torch.nn.Linear) -> bool:
+    """Whether :func:`gpt_mlp` runs the fused kernels on ``x``: they fit and this machine
+    measured them faster."""
+    return mlp_fits(x, fc, proj) and mlp_route() == "native"
+
+
+def gpt_mlp(x: torch.Tensor, fc: torch.nn.Linear, proj: torch.nn.Linear) -> torch.Tensor:
+    """``proj(gelu_tanh(fc(x)))`` by the fused kernels, for an ``x`` that :func:`mlp_takes`:
+    the custom op under the compiler, the eager Function under autograd, else a direct call."""
+    x2 = x.reshape(-1, x.shape[-1])
+    args = (x2, fc.weight, fc.bias, proj.weight, proj.bias)
+    path = "op" if torch.compiler.is_compiling() else (
+        "function" if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in args) else "direct")
+    if path == "op":
+        y = _mlp_op(*args)[0]
+    elif path == "function":
+        y = _EagerMLP.apply(*args)
+    else:
+        y = _mlp_fwd(_loaded(), *args)[0]
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _mlp_reference(x, w1, b1, w2, b2):
+    h = F.gelu(F.linear(x, w1, b1), approximate="tanh")
+    return F.linear(h, w2, b2)
+
+
+def _mlp_self_check(lib) -> str | None:
+    """The fused MLP kernels against float64 ATen: rows that do not fill a 12-row tile, one
+    row, widths that are and are not multiples of 16, hidden widths of one and several 32-column
+    panels, with and without the second bias."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.inference_mode(False), torch.enable_grad():
+        for M, K, N, K2, b2 in ((37, 16, 32, 32, True), (1, 20, 64, 8, False),
+                                (24, 128, 512, 128, True)):
+            x = torch.randn(M, K, generator=gen)
+            w1 = torch.randn(N, K, generator=gen) * K ** -0.5
+            b1 = torch.randn(N, generator=gen)
+            w2 = torch.randn(K2, N, generator=gen) * N ** -0.5
+            bias2 = torch.randn(K2, generator=gen) if b2 else None
+            gy = torch.randn(M, K2, generator=gen)
+            y, u, h = _mlp_fwd(lib, x, w1, b1, w2, bias2)
+            got = (y, *_mlp_grads(_mlp_du(lib, gy, w2, u), gy, x, w1, h, b2))
+            ref_in = [t.double().requires_grad_() for t in (x, w1, b1, w2)]
+            ref_b2 = bias2.double().requires_grad_() if b2 else None
+            ref_y = _mlp_reference(*ref_in, ref_b2)
+            ref = (ref_y, *torch.autograd.grad(ref_y, ref_in + ([ref_b2] if b2 else []),
+                                               gy.double()))
+            for name, a, b in zip(("y", "dx", "dW1", "db1", "dW2", "db2"), got, ref):
+                err = (a.double() - b).abs().max().item() / (1 + b.abs().max().item())
+                if not err <= 1e-5:
+                    return (f"the native MLP's {name} disagrees with ATen at M={M} K={K} N={N} "
+                            f"({err:.2e})")
     return None
 
 
@@ -989,9 +1227,49 @@ def measure_attention_routes(lib, rounds: int) -> dict:
         return _compare(aten, native, rounds, shape=f"qkv {B}x{T}x{C3}, {H} heads")
 
 
+@_measurement
+def measure_mlp_routes(lib, rounds: int) -> dict:
+    """The same for what the fused MLP kernels replace in a GPT block, at gpt_speed's shape (768
+    rows, width 128, hidden 512): the forward (both linear layers and the GELU) and, of the
+    backward, the product ``dy W2`` with the GELU's backward and the first bias's gradient,
+    against the same as the model runs them otherwise (its linear and GELU routes). The
+    weight gradients and ``dx``, ATen's products on both routes, are left out. Each timed call
+    goes through eight different inputs and keeps the forward's outputs until the backward, as
+    a training step keeps its activations, so they come from memory rather than from the cache
+    of the call before (in a loop over one input most of the gain disappears: it is memory
+    traffic that the kernels save)."""
+    from aigc.models.layers import linear
+
+    M, K, N = _MLP_PROBE
+    gen = torch.Generator().manual_seed(0)
+    w1, b1 = torch.randn(N, K, generator=gen) * K ** -0.5, torch.randn(N, generator=gen)
+    w2, b2 = torch.randn(K, N, generator=gen) * N ** -0.5, torch.randn(K, generator=gen)
+    xs = [torch.randn(M, K, generator=gen) for _ in range(8)]
+    gys = [torch.randn(M, K, generator=gen) for _ in range(8)]
+    native_gelu = gelu_route() == "native"
+
+    def aten():
+        kept = []
+        for x in xs:
+            u = linear(x, w1, b1)
+            h = gelu_tanh(u)
+            kept.append((u, h, linear(h, w2, b2)))
+        for (u, _, _), gy in zip(kept, gys):
+            dh = gy @ w2
+            du = (_bwd(lib, dh, u) if native_gelu
+                  else torch.ops.aten.gelu_backward(dh, u, approximate="tanh"))
+            du.sum(0)
+
+    def native():
+        kept = [_mlp_fwd(lib, x, w1, b1, w2, b2) for x in xs]
+        for (_, u, _), gy in zip(kept, gys):
+            _mlp_du(lib, gy, w2, u)
+
+    return _compare(aten, native, rounds, shape=f"{M}x{K} -> {N} -> {K}, 8 inputs")
+
 _MEASURE = {"gelu": "measure_gelu_routes", "decode": "measure_decode_routes",
             "attention": "measure_attention_routes", "conv": "measure_conv_routes",
-            "groupnorm": "measure_groupnorm_routes"}
+            "groupnorm": "measure_groupnorm_routes", "mlp": "measure_mlp_routes"}
 
 
 def set_route(kind: str, route: str | None) -> str | None:
@@ -1064,7 +1342,7 @@ def cache_key(kind: str) -> str:
         except OSError:
             _source_digest = "missing"
     name = {"gelu": "gelu_tanh", "decode": "llama_decode", "attention": "causal_attention",
-            "conv": "conv3x3", "groupnorm": "group_norm_silu"}[kind]
+            "conv": "conv3x3", "groupnorm": "group_norm_silu", "mlp": "gpt_mlp"}[kind]
     return f"{name}|{_machine_key()}|kernels.c {_source_digest}"
 
 

@@ -209,7 +209,6 @@ void aigc_gelu_tanh_bwd(const float *restrict gy, const float *restrict x, float
     over_blocks(gelu_bwd_range, &a, n, threads);
 }
 
-
 /* Llama decoding (aigc.models.llama_decode), for rows of contiguous float32:
  *
  * RMSNorm, transformers' LlamaRMSNorm in float32: y = x / sqrt(mean(x^2) + eps) * w. */
@@ -517,6 +516,197 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
     }
     return failed ? -1 : 0;
 }
+
+/* A GPT block's MLP, y = gelu(x W1^T + b1) W2^T + b2, forward, and the backward of its GELU with
+ * the product before it, as register-blocked matrix products with the elementwise work done on
+ * each output tile while it is in registers (the "epilogue"):
+ *
+ *   forward   u = x W1^T + b1,  h = gelu(u),  y = h W2^T + b2     x (M x K), W1 (N x K),
+ *                                                                 W2 (K2 x N): nn.Linear's
+ *   backward  du = (dy W2) * gelu'(u),  db1 = du summed over rows  dy (M x K2)
+ *
+ * with N and K2 multiples of 32. Apart from them, ATen writes the bias into each product's
+ * output before the GEMM, the GELU reads u back, the second product reads h back, the backward
+ * writes dy W2 and reads it back, and the bias gradient reads du again: whole extra passes over
+ * M x N values that, in a training step, come from and go to memory rather than cache. Here
+ * each 12-row tile of the forward computes its rows of u and h, then its rows of y while those
+ * rows of h are still in L1. The products: the right-hand matrix packed once per call into
+ * k x 32 column panels; 12 rows x 32 columns of output (24 vector accumulators) per register
+ * tile, each left-hand element broadcast against the panel's two vectors per k, so every output
+ * value is one dot product summed in k order (the same order for any thread count). Row tiles
+ * go to threads; the bias gradient is summed per tile, then over the tiles in order. */
+#define GMR 12
+#define GNR 32
+
+/* c0, c1 (mr rows x 32) = a (mr rows, row stride lda, k = 0 .. K - 1) x the panel bp (K x 32) */
+static inline __attribute__((always_inline)) void
+tile_products(const float *restrict a, ptrdiff_t lda, const float *restrict bp, ptrdiff_t K,
+              int mr, v16 *c0, v16 *c1) {
+    for (int r = 0; r < GMR; r++) { c0[r] = (v16){0}; c1[r] = (v16){0}; }
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const v16 b0 = *(const v16 *)(bp + k * GNR), b1 = *(const v16 *)(bp + k * GNR + VL);
+#pragma GCC unroll 12
+        for (int r = 0; r < GMR; r++) {
+            if (r < mr) {
+                const float av = a[r * lda + k];
+                c0[r] += av * b0;
+                c1[r] += av * b1;
+            }
+        }
+    }
+}
+
+typedef struct {
+    const float *x, *bp1, *b1, *bp2, *b2;  /* bp2 NULL: no second product */
+    float *u, *h, *y;
+    ptrdiff_t M, N, K, K2;
+} mlp_fwd_args;
+
+static inline __attribute__((always_inline)) void mlp_fwd_tile(const mlp_fwd_args *g, ptrdiff_t i0,
+                                                               int mr) {
+    const ptrdiff_t N = g->N, K = g->K, K2 = g->K2;
+    v16 c0[GMR], c1[GMR];
+    for (ptrdiff_t j0 = 0; j0 < N; j0 += GNR) {
+        tile_products(g->x + i0 * K, K, g->bp1 + j0 * K, K, mr, c0, c1);
+        const v16 bb0 = *(const v16u *)(g->b1 + j0), bb1 = *(const v16u *)(g->b1 + j0 + VL);
+        for (int r = 0; r < mr; r++) {
+            const ptrdiff_t o = (i0 + r) * N + j0;
+            const v16 v0 = c0[r] + bb0, v1 = c1[r] + bb1;
+            *(v16u *)(g->u + o) = v0;
+            *(v16u *)(g->u + o + VL) = v1;
+            *(v16u *)(g->h + o) = gelu_fwd_v(v0, v0);
+            *(v16u *)(g->h + o + VL) = gelu_fwd_v(v1, v1);
+        }
+    }
+    if (!g->bp2) return;
+    for (ptrdiff_t j0 = 0; j0 < K2; j0 += GNR) {  /* y's rows from h's, just written */
+        tile_products(g->h + i0 * N, N, g->bp2 + j0 * N, N, mr, c0, c1);
+        const v16 bb0 = g->b2 ? *(const v16u *)(g->b2 + j0) : (v16){0};
+        const v16 bb1 = g->b2 ? *(const v16u *)(g->b2 + j0 + VL) : (v16){0};
+        for (int r = 0; r < mr; r++) {
+            const ptrdiff_t o = (i0 + r) * K2 + j0;
+            *(v16u *)(g->y + o) = c0[r] + bb0;
+            *(v16u *)(g->y + o + VL) = c1[r] + bb1;
+        }
+    }
+}
+
+typedef struct {
+    const float *gy, *bp, *u;
+    float *du, *colsum;  /* colsum (tiles x N): du summed over each row tile */
+    ptrdiff_t M, N, K;
+} mlp_bwd_args;
+
+static inline __attribute__((always_inline)) void mlp_bwd_tile(const mlp_bwd_args *g, ptrdiff_t i0,
+                                                               int mr) {
+    const ptrdiff_t N = g->N, K = g->K;
+    v16 c0[GMR], c1[GMR];
+    for (ptrdiff_t j0 = 0; j0 < N; j0 += GNR) {
+        /* the epilogue's u, on its way while the products run (to L1: measured faster than
+         * leaving it to the hardware, or prefetching the outputs too) */
+        for (int r = 0; r < mr; r++) {
+            __builtin_prefetch(g->u + (i0 + r) * N + j0, 0, 3);
+            __builtin_prefetch(g->u + (i0 + r) * N + j0 + VL, 0, 3);
+        }
+        tile_products(g->gy + i0 * K, K, g->bp + j0 * K, K, mr, c0, c1);
+        v16 s0 = {0}, s1 = {0};
+        for (int r = 0; r < mr; r++) {
+            const ptrdiff_t o = (i0 + r) * N + j0;
+            const v16 d0 = gelu_bwd_v(*(const v16u *)(g->u + o), c0[r]);
+            const v16 d1 = gelu_bwd_v(*(const v16u *)(g->u + o + VL), c1[r]);
+            *(v16u *)(g->du + o) = d0;
+            *(v16u *)(g->du + o + VL) = d1;
+            s0 += d0;
+            s1 += d1;
+        }
+        float *cs = g->colsum + i0 / GMR * N + j0;
+        *(v16u *)cs = s0;
+        *(v16u *)(cs + VL) = s1;
+    }
+}
+
+/* tile(g, i0, rows) over the 12-row tiles of M rows, across threads where there are 8 or more */
+#define OVER_ROW_TILES(tile, g, M, threads) do {                                               \
+        const ptrdiff_t tiles_ = ((M) + GMR - 1) / GMR;                                        \
+        _Pragma("omp parallel for schedule(static) num_threads(threads) if (tiles_ >= 8 && threads > 1)") \
+        for (ptrdiff_t t_ = 0; t_ < tiles_; t_++) {                                            \
+            const ptrdiff_t i0_ = t_ * GMR;                                                    \
+            if ((M) - i0_ >= GMR) tile(g, i0_, GMR);  /* the full tile, unrolled */            \
+            else tile(g, i0_, (int)((M) - i0_));                                               \
+        }                                                                                      \
+    } while (0)
+
+/* bp: the K x N right-hand matrix as N / 32 panels of K x 32; element (k, n) of it is
+ * b[k * bks + n * bns] (W^T of a weight W (N x K): bks 1, bns K; W2 (K x N): bks N, bns 1) */
+static float *pack_panels(const float *restrict b, ptrdiff_t bks, ptrdiff_t bns, ptrdiff_t K,
+                          ptrdiff_t N) {
+    float *bp = aligned_alloc(64, (size_t)(K * N * (ptrdiff_t)sizeof(float) + 63) / 64 * 64);
+    if (!bp) return NULL;
+    for (ptrdiff_t j0 = 0; j0 < N; j0 += GNR) {
+        float *restrict panel = bp + j0 * K;
+        if (bks == 1 && K % VL == 0)  /* W^T: 16 x 16 blocks of W transposed in registers */
+            for (ptrdiff_t jj = 0; jj < GNR; jj += VL)
+                for (ptrdiff_t k0 = 0; k0 < K; k0 += VL) {
+                    v16 r[VL];
+                    for (int i = 0; i < VL; i++) r[i] = *(const v16u *)(b + (j0 + jj + i) * bns + k0);
+                    transpose16(r);
+                    for (int i = 0; i < VL; i++) *(v16u *)(panel + (k0 + i) * GNR + jj) = r[i];
+                }
+        else if (bks == 1)
+            for (ptrdiff_t j = 0; j < GNR; j++)
+                for (ptrdiff_t k = 0; k < K; k++) panel[k * GNR + j] = b[(j0 + j) * bns + k];
+        else
+            for (ptrdiff_t k = 0; k < K; k++)
+                for (ptrdiff_t j = 0; j < GNR; j++) panel[k * GNR + j] = b[k * bks + (j0 + j) * bns];
+    }
+    return bp;
+}
+
+/* The forward: u, h (M x N) and, where w2 is not NULL, y (M x K2) with b2 (NULL: no bias);
+ * 0, or -1: out of memory. */
+int aigc_mlp_fwd(const float *restrict x, const float *restrict w1, const float *restrict b1,
+                 const float *restrict w2, const float *restrict b2, float *restrict u,
+                 float *restrict h, float *restrict y, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
+                 ptrdiff_t K2, int threads) {
+    float *bp1 = pack_panels(w1, 1, K, K, N);
+    float *bp2 = w2 ? pack_panels(w2, 1, N, N, K2) : NULL;
+    if (!bp1 || (w2 && !bp2)) {
+        free(bp1);
+        free(bp2);
+        return -1;
+    }
+    const mlp_fwd_args g = {x, bp1, b1, bp2, b2, u, h, y, M, N, K, K2};
+    OVER_ROW_TILES(mlp_fwd_tile, &g, M, threads);
+    free(bp1);
+    free(bp2);
+    return 0;
+}
+
+/* The backward: du (M x N) and db1 (N); 0, or -1: out of memory. */
+int aigc_mlp_bwd(const float *restrict gy, const float *restrict w2, const float *restrict u,
+                 float *restrict du, float *restrict db, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K2,
+                 int threads) {
+    const ptrdiff_t tiles = (M + GMR - 1) / GMR;
+    float *bp = pack_panels(w2, N, 1, K2, N);
+    float *colsum = malloc((size_t)(tiles * N) * sizeof(float));
+    if (!bp || !colsum) {
+        free(bp);
+        free(colsum);
+        return -1;
+    }
+    const mlp_bwd_args g = {gy, bp, u, du, colsum, M, N, K2};
+    OVER_ROW_TILES(mlp_bwd_tile, &g, M, threads);
+    for (ptrdiff_t n = 0; n < N; n++) db[n] = 0.0f;
+    for (ptrdiff_t t = 0; t < tiles; t++) {
+        const float *cs = colsum + t * N;
+#pragma omp simd
+        for (ptrdiff_t n = 0; n < N; n++) db[n] += cs[n];
+    }
+    free(bp);
+    free(colsum);
+    return 0;
+}
+
 
 /* ------------------------------------------------------------- 3x3 convolution (Winograd)
  * A 3x3 convolution of stride 1 and padding 1 over channels-last float32 images, forward and
