@@ -21,9 +21,12 @@ version and thread count:
            Winograd F(4x4, 3x3) kernels
   groupnorm  the same UNets' GroupNorm + scale-shift + SiLU (channels-last float32): ATen's
            three to five operations, or one native kernel
+  mlp      GPT's MLP over whole sequences (hidden width a multiple of 32): the two linear
+           layers around the GELU, or native products with the biases and the GELU fused
 
 Environment variables force a route: AIGC_LINEAR_ROUTE=onednn|torch, AIGC_GELU_ROUTE,
-AIGC_DECODE_ROUTE, AIGC_ATTENTION_ROUTE, AIGC_CONV_ROUTE and AIGC_GROUPNORM_ROUTE=native|torch
+AIGC_DECODE_ROUTE, AIGC_ATTENTION_ROUTE, AIGC_CONV_ROUTE, AIGC_GROUPNORM_ROUTE and
+AIGC_MLP_ROUTE=native|torch
 (auto: the measured one).
 docs/performance.md has the figures.
 """
