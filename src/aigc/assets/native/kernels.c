@@ -1,6 +1,6 @@
-/* Float32 CPU kernels for aigc's GPT and Llama decoding (GELU, attention, the small operations
- * of a decoding step) and its diffusion UNets (3x3 convolutions, GroupNorm + SiLU), forward and
- * backward.
+/* Float32 CPU kernels for aigc's GPT and Llama decoding (GELU, attention, the fused MLP, the
+ * small operations of a decoding step) and its diffusion UNets (3x3 convolutions, GroupNorm +
+ * SiLU), forward and backward.
  *
  * Part of aigc: aigc.models.native compiles this file on the machine it runs on, with
  * -O3 -march=native, and uses each kernel only where it is measured faster than ATen's.
@@ -639,9 +639,10 @@ static inline __attribute__((always_inline)) void mlp_bwd_tile(const mlp_bwd_arg
 /* bp: the K x N right-hand matrix as N / 32 panels of K x 32; element (k, n) of it is
  * b[k * bks + n * bns] (W^T of a weight W (N x K): bks 1, bns K; W2 (K x N): bks N, bns 1) */
 static float *pack_panels(const float *restrict b, ptrdiff_t bks, ptrdiff_t bns, ptrdiff_t K,
-                          ptrdiff_t N) {
+                          ptrdiff_t N, int threads) {
     float *bp = aligned_alloc(64, (size_t)(K * N * (ptrdiff_t)sizeof(float) + 63) / 64 * 64);
     if (!bp) return NULL;
+#pragma omp parallel for schedule(static) num_threads(threads) if (N >= 4 * GNR && threads > 1)
     for (ptrdiff_t j0 = 0; j0 < N; j0 += GNR) {
         float *restrict panel = bp + j0 * K;
         if (bks == 1 && K % VL == 0)  /* W^T: 16 x 16 blocks of W transposed in registers */
@@ -668,8 +669,8 @@ int aigc_mlp_fwd(const float *restrict x, const float *restrict w1, const float 
                  const float *restrict w2, const float *restrict b2, float *restrict u,
                  float *restrict h, float *restrict y, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K,
                  ptrdiff_t K2, int threads) {
-    float *bp1 = pack_panels(w1, 1, K, K, N);
-    float *bp2 = w2 ? pack_panels(w2, 1, N, N, K2) : NULL;
+    float *bp1 = pack_panels(w1, 1, K, K, N, threads);
+    float *bp2 = w2 ? pack_panels(w2, 1, N, N, K2, threads) : NULL;
     if (!bp1 || (w2 && !bp2)) {
         free(bp1);
         free(bp2);
@@ -687,7 +688,7 @@ int aigc_mlp_bwd(const float *restrict gy, const float *restrict w2, const float
                  float *restrict du, float *restrict db, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K2,
                  int threads) {
     const ptrdiff_t tiles = (M + GMR - 1) / GMR;
-    float *bp = pack_panels(w2, N, 1, K2, N);
+    float *bp = pack_panels(w2, N, 1, K2, N, threads);
     float *colsum = malloc((size_t)(tiles * N) * sizeof(float));
     if (!bp || !colsum) {
         free(bp);
