@@ -213,7 +213,7 @@ def main() -> None:
     print(load_average() + " (before)")
     # oneDNN linear: None = the route aigc measures and takes on this machine (as shipped),
     # True/False force it (aigc.models.layers.linear_route); transformers never uses it.
-    # The GELU and attention routes likewise (aigc.models.native: "native" or "torch").
+    # The GELU, attention and MLP routes likewise (aigc.models.native: "native" or "torch").
     print(f"aigc linear route on this machine: {layers.linear_route()}; GELU route: "
           f"{native.gelu_route()}; attention route: {native.attention_route()}; "
           f"MLP route: {native.mlp_route()}")

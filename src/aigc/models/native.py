@@ -595,7 +595,7 @@ def _mlp_fwd(lib, x, w1, b1, w2, b2) -> tuple[torch.Tensor, torch.Tensor, torch.
     ``h = gelu(u)``, ``y = h W2^T + b2``; y by the same kernel where W2's rows are a multiple
     of 32, else by ATen's product."""
     _mlp_check(x, w1, b1, w2)
-    fused = w2.shape[0] % _MLP_COLS == 0 and (b2 is None or b2.dtype == torch.float32)
+    fused = w2.shape[0] % _MLP_COLS == 0
     u, h, y = _mlp_kernel(lib, x, w1, b1, w2 if fused else None, b2 if fused else None)
     if not fused:
         y = torch.mm(h, w2.t()) if b2 is None else torch.addmm(b2, h, w2.t())
@@ -619,11 +619,6 @@ def _mlp_kernel(lib, x, w1, b1, w2=None, b2=None):
                         u.data_ptr(), h.data_ptr(), ptrs[2], M, N, K, K2, _threads()):
         raise MemoryError("native gpt_mlp: no memory to pack the weights")
     return u, h, y
-
-
-def _linear_gelu(lib, x, w1, b1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(u, h)``: ``u = x W1^T + b1``, ``h = gelu(u)`` by the forward kernel alone."""
-    return _mlp_kernel(lib, x, w1, b1)[:2]
 
 
 def _mlp_du(lib, gy: torch.Tensor, w2: torch.Tensor, u: torch.Tensor
@@ -1266,6 +1261,7 @@ def measure_mlp_routes(lib, rounds: int) -> dict:
             _mlp_du(lib, gy, w2, u)
 
     return _compare(aten, native, rounds, shape=f"{M}x{K} -> {N} -> {K}, 8 inputs")
+
 
 _MEASURE = {"gelu": "measure_gelu_routes", "decode": "measure_decode_routes",
             "attention": "measure_attention_routes", "conv": "measure_conv_routes",
