@@ -496,13 +496,15 @@ def attention_route() -> str:
     return route("attention")
 
 
-def _call_path(x: torch.Tensor) -> str:
-    """How the GELU and attention kernels are called on ``x``: ``"op"`` (their custom op) while
-    ``torch.compile`` traces, ``"function"`` (an ``autograd.Function`` around the ctypes calls,
-    cheaper than the op's dispatch) where eager autograd records a gradient, else ``"direct"``."""
+def _call_path(*tensors: torch.Tensor | None) -> str:
+    """How the native kernels are called on their ``tensors`` (inputs and parameters; None
+    skipped): ``"op"`` (their custom op) while ``torch.compile`` traces, ``"function"`` (an
+    ``autograd.Function`` around the ctypes calls, cheaper than the op's dispatch) where eager
+    autograd records a gradient for any of them, else ``"direct"``."""
     if torch.compiler.is_compiling():
         return "op"
-    return "function" if x.requires_grad and torch.is_grad_enabled() else "direct"
+    needs_grad = any(t is not None and t.requires_grad for t in tensors)
+    return "function" if needs_grad and torch.is_grad_enabled() else "direct"
 
 
 def attention_takes(qkv: torch.Tensor, heads: int) -> bool:
@@ -565,25 +567,26 @@ _MLP_PROBE = (768, 128, 512)  # rows (batch 12 x 64 positions), width, hidden: g
 _MLP_COLS = 32  # the kernels' register tile is 32 columns wide: the hidden width is a multiple
 
 
+def _mlp_shapes_fit(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
+                    w2: torch.Tensor) -> bool:
+    """float32 ``x (..., K)``, ``W1 (N, K)`` with N a multiple of 32, ``b1 (N,)``, ``W2 (K2, N)``."""
+    return (b1 is not None and x.dtype == w1.dtype == b1.dtype == w2.dtype == torch.float32
+            and x.dim() >= 2 and w1.dim() == 2 and w1.shape[1] == x.shape[-1]
+            and w1.shape[0] % _MLP_COLS == 0 and b1.shape == (w1.shape[0],)
+            and w2.dim() == 2 and w2.shape[1] == w1.shape[0])
+
+
 def mlp_fits(x: torch.Tensor, fc: torch.nn.Linear, proj: torch.nn.Linear) -> bool:
     """Whether the fused MLP kernels take ``x (..., K)`` through ``fc (K -> N)``, GELU and
     ``proj (N -> K2)``: float32 CPU tensors, ``x`` contiguous with at least one row, ``fc``
     with a bias, ``N`` a multiple of 32, no autocast."""
-    w1, w2 = fc.weight, proj.weight
-    return (x.device.type == "cpu" and x.dtype == w1.dtype == w2.dtype == torch.float32
-            and fc.bias is not None and fc.bias.dtype == torch.float32
+    return (x.device.type == "cpu" and _mlp_shapes_fit(x, fc.weight, fc.bias, proj.weight)
             and (proj.bias is None or proj.bias.dtype == torch.float32)
-            and x.dim() >= 2 and x.is_contiguous() and x.numel() > 0
-            and w1.dim() == 2 and w1.shape[1] == x.shape[-1] and w1.shape[0] % _MLP_COLS == 0
-            and w2.dim() == 2 and w2.shape[1] == w1.shape[0]
-            and not torch.is_autocast_enabled("cpu"))
+            and x.is_contiguous() and x.numel() > 0 and not torch.is_autocast_enabled("cpu"))
 
 
 def _mlp_check(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> None:
-    ok = (x.dim() == 2 and x.dtype == w1.dtype == b1.dtype == w2.dtype == torch.float32
-          and w1.dim() == 2 and w1.shape[1] == x.shape[1] and w1.shape[0] % _MLP_COLS == 0
-          and b1.shape == (w1.shape[0],) and w2.dim() == 2 and w2.shape[1] == w1.shape[0])
-    if not ok:
+    if not (x.dim() == 2 and _mlp_shapes_fit(x, w1, b1, w2)):
         raise ValueError(f"native gpt_mlp takes float32 x (M, K), W1 (N, K) with N a multiple "
                          f"of {_MLP_COLS}, b1 (N,), W2 (K2, N); got x {tuple(x.shape)} "
                          f"{x.dtype}, W1 {tuple(w1.shape)}, b1 {tuple(b1.shape)}, "
@@ -727,9 +730,7 @@ def gpt_mlp(x: torch.Tensor, fc: torch.nn.Linear, proj: torch.nn.Linear) -> torc
     the custom op under the compiler, the eager Function under autograd, else a direct call."""
     x2 = x.reshape(-1, x.shape[-1])
     args = (x2, fc.weight, fc.bias, proj.weight, proj.bias)
-    path = "op" if torch.compiler.is_compiling() else (
-        "function" if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in args) else "direct")
+    path = _call_path(*args)  # the weights count too: x may need no gradient while they do
     if path == "op":
         y = _mlp_op(*args)[0]
     elif path == "function":
