@@ -16,10 +16,11 @@ void aigc_gelu_tanh_bwd(const float *gy, const float *x, float *gx, ptrdiff_t n,
 void aigc_rms_norm(const float *x, const float *w, float *y, ptrdiff_t rows, ptrdiff_t dim,
                    float eps);
 void aigc_silu_mul(const float *gu, float *out, ptrdiff_t rows, ptrdiff_t n);
-int aigc_attn_fwd(const float *qkv, float *y, float *p, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H,
-                  ptrdiff_t d, float scale, int threads);
-int aigc_attn_bwd(const float *gy, const float *qkv, const float *p, float *g, ptrdiff_t B,
+int aigc_attn_fwd(const float *qkv, const float *bias, float *y, float *p, ptrdiff_t B,
                   ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads);
+int aigc_attn_bwd(const float *gy, const float *qkv, const float *bias, const float *p, float *g,
+                  float *gbias, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale,
+                  int threads);
 int aigc_mlp_fwd(const float *x, const float *w1, const float *b1, const float *w2,
                  const float *b2, float *u, float *h, float *y, ptrdiff_t M, ptrdiff_t N,
                  ptrdiff_t K, ptrdiff_t K2, int threads);
@@ -188,8 +189,8 @@ static void attention_reference(const float *qkv, const float *gy, ptrdiff_t T, 
 static void check_attention(void) {
     static const ptrdiff_t shapes[][4] = {{2, 1, 2, 16}, {2, 17, 2, 32}, {1, 64, 4, 32},
                                           {3, 100, 2, 48}, {1, 140, 1, 128}, {1, 256, 1, 16}};
-    double err_y = 0, err_g = 0;
-    int same = 1;
+    double err_y = 0, err_g = 0, err_gb = 0;
+    int same = 1, biased_same = 1;
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
         const ptrdiff_t B = shapes[k][0], T = shapes[k][1], H = shapes[k][2], d = shapes[k][3];
         const ptrdiff_t C = H * d, Tp = (T + 15) / 16 * 16;
@@ -201,14 +202,40 @@ static void check_attention(void) {
         uint32_t s = (uint32_t)(k + 11);
         for (ptrdiff_t i = 0; i < B * T * 3 * C; i++) qkv[i] = 2 * uniform(&s);
         for (ptrdiff_t i = 0; i < B * T * C; i++) gy[i] = uniform(&s);
-        if (!ry || aigc_attn_fwd(qkv, y, p, B, T, H, d, (float)scale, 1) ||
-            aigc_attn_bwd(gy, qkv, p, g, B, T, H, d, (float)scale, 1) ||
-            aigc_attn_fwd(qkv, y2, p2, B, T, H, d, (float)scale, 2) ||
-            aigc_attn_bwd(gy, qkv, p2, g2, B, T, H, d, (float)scale, 2)) {
+        /* with a bias: the kernels on (qkv computed without it, bias) give exactly what they
+         * give on qkv + bias, and the bias's gradient is g summed over the rows */
+        float *bias = floats(3 * C), *qkv0 = floats(B * T * 3 * C), *gb = floats(3 * C),
+              *gb2 = floats(3 * C), *yb = floats(B * T * C), *pb = floats(B * H * T * Tp),
+              *gbq = floats(B * T * 3 * C);
+        for (ptrdiff_t j = 0; j < 3 * C; j++) bias[j] = uniform(&s);
+        for (ptrdiff_t i = 0; i < B * T * 3 * C; i++) {
+            qkv0[i] = qkv[i];
+            qkv[i] = qkv0[i] + bias[i % (3 * C)];
+        }
+        if (!ry || aigc_attn_fwd(qkv, NULL, y, p, B, T, H, d, (float)scale, 1) ||
+            aigc_attn_bwd(gy, qkv, NULL, p, g, gb, B, T, H, d, (float)scale, 1) ||
+            aigc_attn_fwd(qkv, NULL, y2, p2, B, T, H, d, (float)scale, 2) ||
+            aigc_attn_bwd(gy, qkv, NULL, p2, g2, gb2, B, T, H, d, (float)scale, 2)) {
             fprintf(stderr, "out of memory\n");
             exit(2);
         }
-        same &= !memcmp(y, y2, B * T * C * sizeof *y) && !memcmp(g, g2, B * T * 3 * C * sizeof *g);
+        same &= !memcmp(y, y2, B * T * C * sizeof *y) && !memcmp(g, g2, B * T * 3 * C * sizeof *g)
+                && !memcmp(gb, gb2, 3 * C * sizeof *gb);
+        for (int threads = 1; threads <= 2; threads++) {
+            if (aigc_attn_fwd(qkv0, bias, yb, pb, B, T, H, d, (float)scale, threads) ||
+                aigc_attn_bwd(gy, qkv0, bias, pb, gbq, gb2, B, T, H, d, (float)scale, threads)) {
+                fprintf(stderr, "out of memory\n");
+                exit(2);
+            }
+            biased_same &= !memcmp(y, yb, B * T * C * sizeof *y) && !memcmp(p, pb, B * H * T * Tp * sizeof *p)
+                           && !memcmp(g, gbq, B * T * 3 * C * sizeof *g) && !memcmp(gb, gb2, 3 * C * sizeof *gb);
+        }
+        for (ptrdiff_t j = 0; j < 3 * C; j++) {
+            double sum = 0;
+            for (ptrdiff_t r = 0; r < B * T; r++) sum += g[r * 3 * C + j];
+            err_gb = fmax(err_gb, fabs(gb[j] - sum) / (1 + fabs(sum)));
+        }
+        free(bias), free(qkv0), free(gb), free(gb2), free(yb), free(pb), free(gbq);
         double *rdq = ry + T * d, *rdk = rdq + T * d, *rdv = rdk + T * d, *P = rdv + T * d,
                *dS = P + T * T;
         for (ptrdiff_t b = 0; b < B; b++)
@@ -228,7 +255,10 @@ static void check_attention(void) {
     }
     expect("attention forward against float64", err_y, 1e-5);
     expect("attention backward against float64", err_g, 2e-5);
+    expect("attention's bias gradient against the rows' float64 sum", err_gb, 1e-5);
     expect_same("attention on 1 and 2 threads", same);
+    expect_same("attention with the bias added inside, as on qkv + bias (1 and 2 threads)",
+                biased_same);
 }
 
 /* The 3x3 convolution (stride 1, padding 1, channels-last) written out in float64: y, the

@@ -394,6 +394,76 @@ def test_native_attention_compiles_without_graph_breaks(built):
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_native_attention_adds_the_projection_bias_itself(built):
+    """qkv computed without its bias plus the bias: exactly the kernels' numbers on qkv + bias,
+    and the bias's gradient is qkv's summed over batch and positions, on every call path
+    (eager Function, custom op, compiled, no_grad)."""
+    native.set_route("attention", "native")
+    gen = torch.Generator().manual_seed(4)
+    qkv0, bias = torch.randn(3, 37, 3 * 64, generator=gen), torch.randn(3 * 64, generator=gen)
+    gy = torch.randn(3, 37, 64, generator=gen)
+    ref_x = (qkv0 + bias).requires_grad_()
+    ref = native.causal_attention(ref_x, 2)
+    (ref_g,) = torch.autograd.grad(ref, ref_x, gy)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, b: native.causal_attention(x, 2, b), fullgraph=True)
+    paths = {"function": lambda x, b: native.causal_attention(x, 2, b),
+             "op": lambda x, b: torch.ops.aigc.causal_attention(x, 2, b)[0],
+             "compiled": compiled}
+    for name, fn in paths.items():
+        x, b = qkv0.clone().requires_grad_(), bias.clone().requires_grad_()
+        y = fn(x, b)
+        gx, gb = torch.autograd.grad(y, (x, b), gy)
+        assert torch.equal(y, ref) and torch.equal(gx, ref_g), name
+        torch.testing.assert_close(gb, ref_g.sum((0, 1)), rtol=1e-5, atol=1e-5, msg=name)
+    with torch.no_grad():
+        assert torch.equal(native.causal_attention(qkv0, 2, bias), ref.detach())
+    # against float64 ATen on qkv + bias
+    x64, b64 = qkv0.double().requires_grad_(), bias.double().requires_grad_()
+    y64 = native.causal_attention_aten(x64 + b64, 2)
+    g64 = torch.autograd.grad(y64, (x64, b64), gy.double())
+    x, b = qkv0.clone().requires_grad_(), bias.clone().requires_grad_()
+    y = native.causal_attention(x, 2, b)
+    for got, want in zip((y, *torch.autograd.grad(y, (x, b), gy)), (y64, *g64)):
+        assert (got.double() - want).abs().max().item() <= 1e-5 * (1 + want.abs().max().item())
+    # a bias that does not fit is refused by the kernels and added the usual way elsewhere
+    with pytest.raises(ValueError, match="bias of shape"):
+        native._attn_fwd(native._loaded(), qkv0, 2, bias[:-1])
+    torch.testing.assert_close(native.causal_attention(qkv0, 2, bias.double()),
+                               native.causal_attention_aten(qkv0 + bias.double(), 2))
+
+
+def test_gpt_attention_folds_its_bias_into_the_kernels(built):
+    """A GPT block on the native route computes its qkv without the bias and hands the bias to
+    the kernels: the same loss as the ATen route and the same gradients, bias's included."""
+    from aigc.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, context_length=32, layers=2, heads=2, width=64))
+    tokens = torch.randint(0, 40, (4, 33), generator=torch.Generator().manual_seed(2))
+    out = {}
+    for route in ("native", "torch"):
+        native.set_route("attention", route)
+        model.zero_grad(set_to_none=True)
+        calls = []
+        real = native.native_causal_attention
+        native.native_causal_attention = lambda q, h, b=None: calls.append(b) or real(q, h, b)
+        try:
+            loss = model.loss({"tokens": tokens})
+        finally:
+            native.native_causal_attention = real
+        loss.backward()
+        out[route] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+        if route == "native":  # both layers, each with its own qkv bias
+            assert len(calls) == 2 and all(b is blk.attn.qkv.bias
+                                           for b, blk in zip(calls, model.blocks))
+        else:
+            assert calls == []
+    torch.testing.assert_close(out["native"][0], out["torch"][0], rtol=1e-5, atol=1e-6)
+    for name, g in out["native"][1].items():
+        torch.testing.assert_close(g, out["torch"][1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_attention_route_is_measured_kept_and_forced(built, monkeypatch):
     calls = []
     real = native.measure_attention_routes
@@ -447,6 +517,7 @@ def test_kernels_give_the_same_numbers_on_any_thread_count(built):
     many threads ran it."""
     gen = torch.Generator().manual_seed(9)
     qkv, gy = torch.randn(12, 64, 384, generator=gen), torch.randn(12, 64, 128, generator=gen)
+    bias = torch.randn(384, generator=gen)
     x = torch.randn(768, 512, generator=gen)
     threads = torch.get_num_threads()
     out = {}
@@ -454,7 +525,9 @@ def test_kernels_give_the_same_numbers_on_any_thread_count(built):
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             y, p = native._attn_fwd(built, qkv, 4)
-            out[n] = (y, native._attn_bwd(built, gy, qkv, p, 4), native._fwd(built, x),
+            yb, pb = native._attn_fwd(built, qkv, 4, bias)
+            out[n] = (y, *native._attn_bwd(built, gy, qkv, p, 4), yb,
+                      *native._attn_bwd(built, gy, qkv, pb, 4, bias), native._fwd(built, x),
                       native._bwd(built, x, x))
     finally:
         torch.set_num_threads(threads)

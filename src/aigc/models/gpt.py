@@ -150,13 +150,23 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = linear(x, self.qkv.weight, self.qkv.bias)
         p = self.dropout if self.training else 0.0
-        if cache is None and rope is None and p == 0.0 and native.attention_takes(qkv, self.heads):
+        whole = cache is None and rope is None and p == 0.0
+        bias = self.qkv.bias
+        fold = (whole and bias is not None and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and native.attention_route() == "native")
+        # where the native kernels take the call, the fused projection's bias goes into them
+        # (added to each head's rows in cache; ATen's addmm would first write it into the whole
+        # output), else the product adds it as usual
+        qkv = linear(x, self.qkv.weight, None if fold else bias)
+        if whole and native.attention_takes(qkv, self.heads) and (
+                not fold or native.bias_fits(qkv, bias)):
             # whole sequences (training, scoring) on the CPU: one call on the fused projection,
             # no head split or merge copied (aigc.models.native, measured per machine)
-            y = native.native_causal_attention(qkv, self.heads)
-            return linear(y, self.proj.weight, self.proj.bias)
+            y = native.native_causal_attention(qkv, self.heads, bias if fold else None)
+            return self._project(y)
+        if fold:  # the kernels do not take this qkv after all: the bias the usual way
+            qkv = qkv + bias
         q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
         if rope is not None:  # (T, d/2) tables for the positions of these T tokens
@@ -174,6 +184,13 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self._project(y)
+
+    def _project(self, y: torch.Tensor) -> torch.Tensor:
+        if self.proj.bias is not None and torch.compiler.is_compiling():
+            # under the compiler the bias joins the residual add that the block fuses around
+            # this product (addmm would first write it into the product's whole output)
+            return linear(y, self.proj.weight) + self.proj.bias
         return linear(y, self.proj.weight, self.proj.bias)
 
 

@@ -162,8 +162,8 @@ def _build() -> ctypes.CDLL | None:
 _SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
                "aigc_mlp_fwd": "ppppppppnnnni", "aigc_mlp_bwd": "pppppnnni",
                "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
-               "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "pppnnnnfi",
-               "aigc_attn_bwd": "ppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnnii",
+               "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "ppppnnnnfi",
+               "aigc_attn_bwd": "ppppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnnii",
                "aigc_conv3x3_wgrad": "ppppnnnnnii", "aigc_conv3x3_weights": "ppnnii",
                "aigc_gn_silu_fwd": "ppppppnnnnfi", "aigc_gn_silu_bwd": "pppppppppnnnni"}
 # 0, or -1: out of memory
@@ -427,54 +427,79 @@ def _attn_check(qkv: torch.Tensor, heads: int) -> tuple[int, int, int, int]:
     return B, T, heads, C3 // 3 // heads
 
 
-def _attn_fwd(lib, qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def bias_fits(qkv: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``bias`` can go into the attention kernels with this ``qkv (B, T, 3C)``: None, or
+    a float32 CPU tensor of shape ``(3C,)`` (the fused projection's bias)."""
+    return bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu"
+                            and bias.shape == (qkv.shape[-1],))
+
+
+def _attn_bias(qkv: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    if not bias_fits(qkv, bias):
+        raise ValueError(f"native causal_attention takes a float32 CPU bias of shape "
+                         f"({qkv.shape[-1]},) for qkv {tuple(qkv.shape)}, got "
+                         f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
+    return None if bias is None else bias.contiguous()
+
+
+def _attn_fwd(lib, qkv: torch.Tensor, heads: int,
+              bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, p)`` for ``qkv`` (plus ``bias`` where given: qkv computed without it)."""
     B, T, H, d = _attn_check(qkv, heads)
+    bias = _attn_bias(qkv, bias)
     y = qkv.new_empty(B, T, H * d)
     p = qkv.new_empty(B, H, T, _padded(T))
-    if lib.aigc_attn_fwd(qkv.data_ptr(), y.data_ptr(), p.data_ptr(), B, T, H, d, d ** -0.5,
-                         _threads()):
+    if lib.aigc_attn_fwd(qkv.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),
+                         p.data_ptr(), B, T, H, d, d ** -0.5, _threads()):
         raise MemoryError("native causal_attention: no memory for its scratch buffers")
     return y, p
 
 
-def _attn_bwd(lib, gy: torch.Tensor, qkv: torch.Tensor, p: torch.Tensor, heads: int) -> torch.Tensor:
+def _attn_bwd(lib, gy: torch.Tensor, qkv: torch.Tensor, p: torch.Tensor, heads: int,
+              bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, gb)``: the gradients of qkv and of the bias (``g`` summed over batch and
+    positions; computed with or without a bias)."""
     B, T, H, d = _attn_check(qkv, heads)
+    bias = _attn_bias(qkv, bias)
     _check_rows("causal_attention backward", gy, p)
     if gy.shape != (B, T, H * d) or p.shape != (B, H, T, _padded(T)):
         raise ValueError(f"native causal_attention backward: gradient {tuple(gy.shape)} and "
                          f"probabilities {tuple(p.shape)} do not fit qkv {tuple(qkv.shape)}")
-    g = torch.empty_like(qkv)
-    if lib.aigc_attn_bwd(gy.data_ptr(), qkv.data_ptr(), p.data_ptr(), g.data_ptr(), B, T, H, d,
-                         d ** -0.5, _threads()):
+    g, gb = torch.empty_like(qkv), qkv.new_empty(3 * H * d)
+    if lib.aigc_attn_bwd(gy.data_ptr(), qkv.data_ptr(), None if bias is None else bias.data_ptr(),
+                         p.data_ptr(), g.data_ptr(), gb.data_ptr(), B, T, H, d, d ** -0.5,
+                         _threads()):
         raise MemoryError("native causal_attention backward: no memory for its scratch buffers")
-    return g
+    return g, gb
 
 
 @torch.library.custom_op("aigc::causal_attention", mutates_args=())
-def _attention_op(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _attn_fwd(_loaded(), qkv.contiguous(), heads)
+def _attention_op(qkv: torch.Tensor, heads: int,
+                  bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _attn_fwd(_loaded(), qkv.contiguous(), heads, bias)
 
 
 @torch.library.custom_op("aigc::causal_attention_backward", mutates_args=())
 def _attention_backward_op(grad: torch.Tensor, qkv: torch.Tensor, p: torch.Tensor,
-                           heads: int) -> torch.Tensor:
-    return _attn_bwd(_loaded(), grad.contiguous(), qkv.contiguous(), p.contiguous(), heads)
+                           heads: int, bias: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _attn_bwd(_loaded(), grad.contiguous(), qkv.contiguous(), p.contiguous(), heads, bias)
 
 
 @_attention_op.register_fake
-def _(qkv, heads):
+def _(qkv, heads, bias=None):
     B, T, C3 = qkv.shape
     return (qkv.new_empty(B, T, C3 // 3),
             qkv.new_empty(B, heads, T, _padded(T)))
 
 
 @_attention_backward_op.register_fake
-def _(grad, qkv, p, heads):
-    return torch.empty_like(qkv)
+def _(grad, qkv, p, heads, bias=None):
+    return torch.empty_like(qkv), qkv.new_empty(qkv.shape[-1])
 
 
 def _attention_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output[1])
+    ctx.save_for_backward(inputs[0], output[1], inputs[2])
     ctx.heads = inputs[1]
     ctx.mark_non_differentiable(output[1])
     ctx.set_materialize_grads(False)  # no zero-filled gradient for the probabilities
@@ -482,9 +507,10 @@ def _attention_setup(ctx, inputs, output):
 
 def _attention_backward(ctx, grad_y, _grad_p):
     if grad_y is None:
-        return None, None
-    qkv, p = ctx.saved_tensors
-    return _attention_backward_op(grad_y, qkv, p, ctx.heads), None
+        return None, None, None
+    qkv, p, bias = ctx.saved_tensors
+    g, gb = _attention_backward_op(grad_y, qkv, p, ctx.heads, bias)
+    return g, None, None if bias is None else gb
 
 
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
@@ -513,23 +539,28 @@ def attention_takes(qkv: torch.Tensor, heads: int) -> bool:
     return attention_fits(qkv, heads) and attention_route() == "native"
 
 
-def native_causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
-    """The native kernels on a ``qkv`` that :func:`attention_takes`: the custom op under the
-    compiler, the eager Function under autograd, else a direct call."""
-    path = _call_path(qkv)
+def native_causal_attention(qkv: torch.Tensor, heads: int,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The native kernels on a ``qkv`` that :func:`attention_takes` (plus ``bias``, the fused
+    projection's, where qkv was computed without it: the kernels add it to each head's rows
+    in cache and return its gradient, instead of ATen's addmm writing it into the whole
+    output first): the custom op under the compiler, the eager Function under autograd, else
+    a direct call."""
+    path = _call_path(qkv, bias)
     if path == "op":
-        return _attention_op(qkv, heads)[0]
-    return _EagerAttention.apply(qkv, heads) if path == "function" else \
-        _attn_fwd(_loaded(), qkv, heads)[0]
+        return _attention_op(qkv, heads, bias)[0]
+    return _EagerAttention.apply(qkv, heads, bias) if path == "function" else \
+        _attn_fwd(_loaded(), qkv, heads, bias)[0]
 
 
-def causal_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
-    """Causal self-attention of ``qkv (B, T, 3C)`` (queries | keys | values, ``heads`` heads)
-    to ``(B, T, C)``, no dropout: the native kernels where they fit and are measured faster,
-    else :func:`causal_attention_aten`."""
-    if attention_takes(qkv, heads):
-        return native_causal_attention(qkv, heads)
-    return causal_attention_aten(qkv, heads)
+def causal_attention(qkv: torch.Tensor, heads: int,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal self-attention of ``qkv (B, T, 3C)`` (queries | keys | values, ``heads`` heads;
+    plus ``bias (3C,)`` where given) to ``(B, T, C)``, no dropout: the native kernels where
+    they fit and are measured faster, else :func:`causal_attention_aten`."""
+    if attention_takes(qkv, heads) and bias_fits(qkv, bias):
+        return native_causal_attention(qkv, heads, bias)
+    return causal_attention_aten(qkv if bias is None else qkv + bias, heads)
 
 
 def _attention_self_check(lib) -> str | None:
@@ -540,7 +571,7 @@ def _attention_self_check(lib) -> str | None:
             qkv = torch.randn(B, T, 3 * H * d, generator=gen) * 2
             gy = torch.randn(B, T, H * d, generator=gen)
             y, p = _attn_fwd(lib, qkv, H)
-            g = _attn_bwd(lib, gy, qkv, p, H)
+            g = _attn_bwd(lib, gy, qkv, p, H)[0]
             ref_in = qkv.double().requires_grad_()
             ref = causal_attention_aten(ref_in, H)
             (ref_g,) = torch.autograd.grad(ref, ref_in, gy.double())
@@ -549,6 +580,17 @@ def _attention_self_check(lib) -> str | None:
             if not (err_y <= 1e-5 and err_g <= 1e-5):
                 return (f"the native attention disagrees with ATen at B={B} T={T} H={H} d={d} "
                         f"(forward {err_y:.2e}, backward {err_g:.2e})")
+            # the projection's bias added inside: the same numbers as on qkv + bias
+            bias = torch.randn(3 * H * d, generator=gen)
+            y_in, p_in = _attn_fwd(lib, qkv - bias, H, bias)
+            g_in, gb = _attn_bwd(lib, gy, qkv - bias, p_in, H, bias)
+            ref_y, ref_p = _attn_fwd(lib, (qkv - bias) + bias, H)
+            ref_g = _attn_bwd(lib, gy, (qkv - bias) + bias, ref_p, H)[0]
+            err_b = (gb.double() - ref_g.double().sum((0, 1))).abs().max().item()
+            if not (torch.equal(y_in, ref_y) and torch.equal(g_in, ref_g)
+                    and err_b <= 1e-5 * (1 + ref_g.abs().sum((0, 1)).max().item())):
+                return (f"the native attention with its bias inside disagrees with itself on "
+                        f"qkv + bias at B={B} T={T} H={H} d={d} (bias gradient {err_b:.2e})")
     return None
 
 
@@ -1440,18 +1482,20 @@ class _EagerAttention(torch.autograd.Function):
     """The attention kernels under eager autograd, like :class:`_EagerGelu`."""
 
     @staticmethod
-    def forward(ctx, qkv, heads):
-        y, p = _attn_fwd(_loaded(), qkv, heads)
-        ctx.save_for_backward(qkv, p)
+    def forward(ctx, qkv, heads, bias):
+        y, p = _attn_fwd(_loaded(), qkv, heads, bias)
+        ctx.save_for_backward(qkv, p, bias)
         ctx.heads = heads
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        qkv, p = ctx.saved_tensors
+        qkv, p, bias = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: as in _EagerGelu
-            return _attention_backward_op(grad, qkv, p, ctx.heads), None
-        return _attn_bwd(_loaded(), grad.contiguous(), qkv, p, ctx.heads), None
+            g, gb = _attention_backward_op(grad, qkv, p, ctx.heads, bias)
+        else:
+            g, gb = _attn_bwd(_loaded(), grad.contiguous(), qkv, p, ctx.heads, bias)
+        return g, None, None if bias is None else gb
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

@@ -423,25 +423,49 @@ static float *scratch(size_t floats, int *failed) {
     return buf;
 }
 
+/* dst (T x d, rows of d) = one head's T rows of src (row stride ld) + bias (d): the projection's
+ * bias added to a head's queries, keys or values where the projection was computed without it
+ * (ATen's addmm writes the bias into its whole output before the product; here it is added to
+ * a head's rows in the thread's scratch, in cache, on their way into the products). */
+static void add_bias_rows(const float *restrict src, ptrdiff_t ld, const float *restrict bias,
+                          float *restrict dst, ptrdiff_t T, ptrdiff_t d) {
+    for (ptrdiff_t t = 0; t < T; t++)
+        for (ptrdiff_t c = 0; c < d; c += VL)
+            *(v16u *)(dst + t * d + c) = *(const v16u *)(src + t * ld + c) + *(const v16u *)(bias + c);
+}
+
 /* Causal self-attention for T <= 256 over a fused projection, float32.
- * qkv (B, T, 3C) contiguous, C = H d, d a multiple of 16; writes y (B, T, C) and
- * p (B, H, T, Tp), the probabilities (Tp = T rounded up to 16, zero past the diagonal). */
-int aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict p,
-                  ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads) {
+ * qkv (B, T, 3C) contiguous, C = H d, d a multiple of 16; bias (3C) or NULL: the projection's
+ * bias, added here where qkv was computed without it; writes y (B, T, C) and p (B, H, T, Tp),
+ * the probabilities (Tp = T rounded up to 16, zero past the diagonal). */
+int aigc_attn_fwd(const float *restrict qkv, const float *restrict bias, float *restrict y,
+                  float *restrict p, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d,
+                  float scale, int threads) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
     int failed = 0;
     /* one (batch row, head) pair per iteration, over the threads (see BLOCK) */
 #pragma omp parallel num_threads(threads) if (ATTN_THREADED(B, H, T, d, threads))
     {
-    float *kt = scratch((size_t)(d * Tp), &failed);  /* <= 128 KiB */
+    /* k transposed (d x Tp); with a bias also the head's q and v with it (T x d each) */
+    float *kt = scratch((size_t)(d * Tp + (bias ? 2 * T * d : 0)), &failed);  /* <= 384 KiB */
 #pragma omp for schedule(static)
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
         if (kt == NULL) continue;
         const ptrdiff_t b = bh / H, h = bh % H;
         const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
+        ptrdiff_t qs = 3 * C, vs = 3 * C;  /* row strides of q and v */
         float *P = p + (b * H + h) * T * Tp;
-        transpose_pad(k, 3 * C, kt, T, Tp, d);
-        mm_rows(q, 3 * C, 1, kt, Tp, P, Tp, T, d, Tp, 0, 1);  /* raw scores */
+        if (bias) {
+            float *qb = kt + d * Tp, *kb = qb + T * d;  /* kb: k with its bias, then v */
+            add_bias_rows(q, 3 * C, bias + h * d, qb, T, d);
+            add_bias_rows(k, 3 * C, bias + C + h * d, kb, T, d);
+            transpose_pad(kb, d, kt, T, Tp, d);
+            add_bias_rows(v, 3 * C, bias + 2 * C + h * d, kb, T, d);
+            q = qb, v = kb, qs = vs = d;
+        } else {
+            transpose_pad(k, 3 * C, kt, T, Tp, d);
+        }
+        mm_rows(q, qs, 1, kt, Tp, P, Tp, T, d, Tp, 0, 1);  /* raw scores */
         for (ptrdiff_t i = 0; i < T; i++) {
             float *s = P + i * Tp;
             const ptrdiff_t n = i / VL * VL + VL;  /* chunks holding keys 0 .. i */
@@ -464,32 +488,47 @@ int aigc_attn_fwd(const float *restrict qkv, float *restrict y, float *restrict 
             for (ptrdiff_t j = 0; j < n; j += VL) *(v16u *)(s + j) *= inv;
             for (ptrdiff_t j = n; j < Tp; j++) s[j] = 0.0f;
         }
-        mm_rows(P, Tp, 1, v, 3 * C, y + b * T * C + h * d, C, T, T, d, 1, 0);
+        mm_rows(P, Tp, 1, v, vs, y + b * T * C + h * d, C, T, T, d, 1, 0);
     }
     free(kt);
     }
     return failed ? -1 : 0;  /* -1: out of memory, outputs incomplete */
 }
 
-/* Backward: gy (B, T, C) contiguous, qkv and p from the forward; writes gqkv (B, T, 3C). */
-int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const float *restrict p,
-                  float *restrict gqkv, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d,
-                  float scale, int threads) {
+/* Backward: gy (B, T, C) contiguous, qkv, bias (or NULL) and p as in the forward; writes
+ * gqkv (B, T, 3C) and, where gbias is not NULL, gqkv summed over the B T rows (the bias's
+ * gradient; each batch row's sum, then the rows' in order, the same for any thread count). */
+int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const float *restrict bias,
+                  const float *restrict p, float *restrict gqkv, float *restrict gbias,
+                  ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads) {
     const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
     int failed = 0;
+    float *rowsums = gbias ? malloc(sizeof(float) * (size_t)(B * 3 * C)) : NULL;  /* B x 3C */
+    if (gbias && !rowsums) return -1;
 #pragma omp parallel num_threads(threads) if (ATTN_THREADED(B, H, T, d, threads))
     {
-    float *vt = scratch((size_t)(d * Tp + T * Tp), &failed);  /* <= 384 KiB */
+    /* v transposed (d x Tp), dS (T x Tp); with a bias also the head's q and k with it */
+    float *vt = scratch((size_t)(d * Tp + T * Tp + (bias ? 2 * T * d : 0)), &failed);
 #pragma omp for schedule(static)
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
         if (vt == NULL) continue;
         const ptrdiff_t b = bh / H, h = bh % H;
         float *ds = vt + d * Tp;  /* both in this thread's scratch: d x Tp, then T x Tp */
         const float *q = qkv + b * T * 3 * C + h * d, *k = q + C, *v = q + 2 * C;
+        ptrdiff_t qks = 3 * C;  /* row stride of q and k */
         const float *dy = gy + b * T * C + h * d;
         const float *P = p + (b * H + h) * T * Tp;
         float *gq = gqkv + b * T * 3 * C + h * d, *gk = gq + C, *gv = gq + 2 * C;
-        transpose_pad(v, 3 * C, vt, T, Tp, d);
+        if (bias) {
+            float *qb = ds + T * Tp, *kb = qb + T * d;  /* kb: v with its bias, then k */
+            add_bias_rows(v, 3 * C, bias + 2 * C + h * d, kb, T, d);
+            transpose_pad(kb, d, vt, T, Tp, d);
+            add_bias_rows(q, 3 * C, bias + h * d, qb, T, d);
+            add_bias_rows(k, 3 * C, bias + C + h * d, kb, T, d);
+            q = qb, k = kb, qks = d;
+        } else {
+            transpose_pad(v, 3 * C, vt, T, Tp, d);
+        }
         mm_rows(dy, C, 1, vt, Tp, ds, Tp, T, d, Tp, 0, 1);  /* dP = dY V^T */
         for (ptrdiff_t i = 0; i < T; i++) {  /* dS = P (dP - rowsum(P dP)) scale */
             const float *pr = P + i * Tp;
@@ -508,11 +547,26 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
             }
             for (ptrdiff_t j = n; j < Tp; j++) r[j] = 0.0f;
         }
-        mm_rows(ds, Tp, 1, k, 3 * C, gq, 3 * C, T, T, d, 1, 0);   /* dQ = dS K */
-        mm_rows(ds, 1, Tp, q, 3 * C, gk, 3 * C, T, T, d, 2, 0);   /* dK = dS^T Q */
-        mm_rows(P, 1, Tp, dy, C, gv, 3 * C, T, T, d, 2, 0);       /* dV = P^T dY */
+        mm_rows(ds, Tp, 1, k, qks, gq, 3 * C, T, T, d, 1, 0);   /* dQ = dS K */
+        mm_rows(ds, 1, Tp, q, qks, gk, 3 * C, T, T, d, 2, 0);   /* dK = dS^T Q */
+        mm_rows(P, 1, Tp, dy, C, gv, 3 * C, T, T, d, 2, 0);     /* dV = P^T dY */
+        if (rowsums)  /* this head's columns of dQ, dK, dV summed over the batch row's T rows */
+            for (int part = 0; part < 3; part++)
+                for (ptrdiff_t c = 0; c < d; c += VL) {
+                    const float *g = gq + part * C + c;
+                    v16 acc = {0};
+                    for (ptrdiff_t t = 0; t < T; t++) acc += *(const v16u *)(g + t * 3 * C);
+                    *(v16u *)(rowsums + b * 3 * C + part * C + h * d + c) = acc;
+                }
     }
     free(vt);
+    }
+    if (rowsums) {
+        for (ptrdiff_t j = 0; j < 3 * C; j++) gbias[j] = 0.0f;
+        for (ptrdiff_t b = 0; b < B; b++)
+#pragma omp simd
+            for (ptrdiff_t j = 0; j < 3 * C; j++) gbias[j] += rowsums[b * 3 * C + j];
+        free(rowsums);
     }
     return failed ? -1 : 0;
 }
