@@ -433,7 +433,7 @@ def test_native_attention_adds_the_projection_bias_itself(built):
                                native.causal_attention_aten(qkv0 + bias.double(), 2))
 
 
-def test_gpt_attention_folds_its_bias_into_the_kernels(built):
+def test_gpt_attention_folds_its_bias_into_the_kernels(built, monkeypatch):
     """A GPT block on the native route computes its qkv without the bias and hands the bias to
     the kernels: the same loss as the ATen route and the same gradients, bias's included."""
     from aigc.models.gpt import GPT, GPTConfig
@@ -441,17 +441,15 @@ def test_gpt_attention_folds_its_bias_into_the_kernels(built):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=40, context_length=32, layers=2, heads=2, width=64))
     tokens = torch.randint(0, 40, (4, 33), generator=torch.Generator().manual_seed(2))
-    out = {}
+    out, calls = {}, []
+    real = native.native_causal_attention
+    monkeypatch.setattr(native, "native_causal_attention",
+                        lambda q, h, b=None: calls.append(b) or real(q, h, b))
     for route in ("native", "torch"):
         native.set_route("attention", route)
         model.zero_grad(set_to_none=True)
-        calls = []
-        real = native.native_causal_attention
-        native.native_causal_attention = lambda q, h, b=None: calls.append(b) or real(q, h, b)
-        try:
-            loss = model.loss({"tokens": tokens})
-        finally:
-            native.native_causal_attention = real
+        calls.clear()
+        loss = model.loss({"tokens": tokens})
         loss.backward()
         out[route] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
         if route == "native":  # both layers, each with its own qkv bias
