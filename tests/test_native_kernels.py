@@ -462,6 +462,35 @@ def test_gpt_attention_folds_its_bias_into_the_kernels(built, monkeypatch):
         torch.testing.assert_close(g, out["torch"][1][name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_compiled_gpt_calls_the_plain_operators(built):
+    """Under torch.compile a GPT block's attention and MLP run as plain operators traced
+    through autograd.Functions (no custom op's Python autograd kernel on every call), with the
+    qkv bias inside the attention kernels; loss and gradients as in eager mode."""
+    from torch.profiler import profile
+
+    from aigc.models.gpt import GPT, GPTConfig
+
+    native.set_route("attention", "native")
+    native.set_route("mlp", "native")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, context_length=32, layers=2, heads=2, width=64))
+    batch = {"tokens": torch.randint(0, 40, (4, 33), generator=torch.Generator().manual_seed(3))}
+    eager_loss = model.loss(batch)
+    eager = torch.autograd.grad(eager_loss, list(model.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(model.loss)
+    compiled(batch)  # compile outside the profile
+    with profile() as prof:
+        loss = compiled(batch)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+    names = {e.name for e in prof.events()}
+    assert {"aigc::attention_fwd", "aigc::attention_bwd", "aigc::mlp_fwd", "aigc::mlp_du"} <= names
+    assert not names & {"aigc::causal_attention", "aigc::gpt_mlp", "aigc::gpt_mlp_backward"}
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, eager):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_attention_route_is_measured_kept_and_forced(built, monkeypatch):
     calls = []
     real = native.measure_attention_routes
