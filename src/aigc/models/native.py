@@ -52,9 +52,11 @@ Otherwise ATen's operations run. ``AIGC_GELU_ROUTE``, ``AIGC_ATTENTION_ROUTE``,
 (``native``, ``torch`` or ``auto``) force a family (``native`` raises if the kernels cannot be
 built). For GELU, attention and the MLP, contiguous float32 CPU tensors of any size take the
 route, so a result does not depend on the batch size that carried it; under
-``torch.compile`` the kernels are custom ops (the compiler calls them as they are), under eager
-autograd an ``autograd.Function`` around the same calls (cheaper than the ops' dispatch), and
-elsewhere (scoring under ``no_grad``) a direct call. (GPT
+``torch.compile`` the kernels are operators the compiler calls as they are (the GELU's custom
+op; attention and the MLP as plain operators inside an ``autograd.Function`` the compiler
+traces, which skips the custom ops' Python autograd kernel on every call), under eager autograd
+an ``autograd.Function`` around the same calls (cheaper than the ops' dispatch), and elsewhere
+(scoring under ``no_grad``) a direct call. (GPT
 decoding steps of one position keep ATen's GELU and linear layers: :class:`aigc.models.gpt.MLP`.)
 The routes differ from ATen in the last bits (about 5e-7), so records carry ``gelu_route``,
 ``attention_route``, ``decode_route``, ``conv_route``, ``groupnorm_route`` and ``mlp_route``
