@@ -527,8 +527,8 @@ def attention_route() -> str:
 def _call_path(*tensors: torch.Tensor | None) -> str:
     """How the native kernels are called on their ``tensors`` (inputs and parameters; None
     skipped): ``"op"`` while ``torch.compile`` traces (the GELU's custom op; attention and MLP:
-    their plain operators inside an ``autograd.Function`` the compiler traces, see
-    ``_TracedAttention``), ``"function"`` (an ``autograd.Function`` around the ctypes calls,
+    their plain operators inside the ``autograd.Function`` the compiler traces, see
+    ``_AttentionFunction``), ``"function"`` (an ``autograd.Function`` around the ctypes calls,
     cheaper than the op's dispatch) where eager autograd records a gradient for any of them,
     else ``"direct"``."""
     if torch.compiler.is_compiling():
@@ -551,10 +551,9 @@ def native_causal_attention(qkv: torch.Tensor, heads: int,
     output first): the custom op under the compiler, the eager Function under autograd, else
     a direct call."""
     path = _call_path(qkv, bias)
-    if path == "op":
-        return _TracedAttention.apply(qkv, heads, bias)
-    return _EagerAttention.apply(qkv, heads, bias) if path == "function" else \
-        _attn_fwd(_loaded(), qkv, heads, bias)[0]
+    if path in ("op", "function"):
+        return _AttentionFunction.apply(qkv, heads, bias)
+    return _attn_fwd(_loaded(), qkv, heads, bias)[0]
 
 
 def causal_attention(qkv: torch.Tensor, heads: int,
@@ -736,19 +735,24 @@ def _mlp_backward(ctx, gy, _gu, _gh):
 _mlp_op.register_autograd(_mlp_backward, setup_context=_mlp_setup)
 
 
-class _EagerMLP(torch.autograd.Function):
-    """The fused MLP under eager autograd, like :class:`_EagerGelu`."""
+class _MLPFunction(torch.autograd.Function):
+    """The fused MLP under autograd: in eager mode direct calls, like :class:`_EagerGelu`; under
+    ``torch.compile`` the plain operators below, in a Function the compiler traces."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2):
-        y, u, h = _mlp_fwd(_loaded(), x, w1, b1, w2, b2)
+        if torch.compiler.is_compiling():
+            y, u, h = torch.ops.aigc.mlp_fwd(x, w1, b1, w2, b2)
+        else:
+            y, u, h = _mlp_fwd(_loaded(), x, w1, b1, w2, b2)
         ctx.save_for_backward(x, w1, w2, u, h)
         ctx.has_b2 = b2 is not None
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        if torch.is_grad_enabled():
+        compiling = torch.compiler.is_compiling()
+        if torch.is_grad_enabled() and not compiling:
             # create_graph: the saved pre-activation u does not carry x's graph, so a second
             # derivative would come out missing rather than wrong-signed; refuse instead
             raise RuntimeError(
@@ -756,13 +760,15 @@ class _EagerMLP(torch.autograd.Function):
                 f"(create_graph=True); set {ROUTE_ENVS['mlp']}=torch for double backward")
         x, w1, w2, u, h = ctx.saved_tensors
         gy = gy.contiguous()
-        return _mlp_grads(_mlp_du(_loaded(), gy, w2, u), gy, x, w1, h, ctx.has_b2)
+        du_db = torch.ops.aigc.mlp_du(gy, w2, u) if compiling else _mlp_du(_loaded(), gy, w2, u)
+        return _mlp_grads(du_db, gy, x, w1, h, ctx.has_b2)
 
 
 # ------------------------------------------------------------------- under torch.compile
 # The attention and MLP kernels as plain operators with no autograd kernel of their own, and
 # autograd.Functions around them that dynamo traces into the graph: the compiled forward and
-# backward then call the operators directly. The custom ops above (kept for callers that want
+# backward then call the operators directly (_AttentionFunction and _MLPFunction, which eager
+# autograd uses with direct calls). The custom ops above (kept for callers that want
 # one operator with its gradient) carry a Python autograd kernel that every call passes
 # through, even inside a compiled graph where no gradient is recorded: measured, a compiled
 # MLP forward + backward about 56 us slower per call that way (a GPT step calls each family
@@ -790,40 +796,6 @@ torch.library.register_fake("aigc::mlp_du")(
     lambda grad, w2, u: (torch.empty_like(u), u.new_empty(u.shape[1])))
 
 
-class _TracedAttention(torch.autograd.Function):
-    """The attention kernels under ``torch.compile`` (see above)."""
-
-    @staticmethod
-    def forward(ctx, qkv, heads, bias):
-        y, p = torch.ops.aigc.attention_fwd(qkv, heads, bias)
-        ctx.save_for_backward(qkv, p, bias)
-        ctx.heads = heads
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        qkv, p, bias = ctx.saved_tensors
-        g, gb = torch.ops.aigc.attention_bwd(grad, qkv, p, ctx.heads, bias)
-        return g, None, None if bias is None else gb
-
-
-class _TracedMLP(torch.autograd.Function):
-    """The fused MLP kernels under ``torch.compile`` (see above)."""
-
-    @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):
-        y, u, h = torch.ops.aigc.mlp_fwd(x, w1, b1, w2, b2)
-        ctx.save_for_backward(x, w1, w2, u, h)
-        ctx.has_b2 = b2 is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, w1, w2, u, h = ctx.saved_tensors
-        gy = gy.contiguous()
-        return _mlp_grads(torch.ops.aigc.mlp_du(gy, w2, u), gy, x, w1, h, ctx.has_b2)
-
-
 @torch.compiler.assume_constant_result
 def mlp_route() -> str:
     """``"native"`` or ``"torch"``: the route :func:`gpt_mlp` takes in this process."""
@@ -842,10 +814,8 @@ def gpt_mlp(x: torch.Tensor, fc: torch.nn.Linear, proj: torch.nn.Linear) -> torc
     x2 = x.reshape(-1, x.shape[-1])
     args = (x2, fc.weight, fc.bias, proj.weight, proj.bias)
     path = _call_path(*args)  # the weights count too: x may need no gradient while they do
-    if path == "op":
-        y = _TracedMLP.apply(*args)
-    elif path == "function":
-        y = _EagerMLP.apply(*args)
+    if path in ("op", "function"):
+        y = _MLPFunction.apply(*args)
     else:
         y = _mlp_fwd(_loaded(), *args)[0]
     return y.view(*x.shape[:-1], y.shape[-1])
@@ -1547,12 +1517,17 @@ class _EagerGelu(torch.autograd.Function):
         return _bwd(_loaded(), grad.contiguous(), x)
 
 
-class _EagerAttention(torch.autograd.Function):
-    """The attention kernels under eager autograd, like :class:`_EagerGelu`."""
+class _AttentionFunction(torch.autograd.Function):
+    """The attention kernels under autograd: in eager mode direct calls, like
+    :class:`_EagerGelu`; under ``torch.compile`` the plain operators (see ``_PLAIN``), in a
+    Function the compiler traces."""
 
     @staticmethod
     def forward(ctx, qkv, heads, bias):
-        y, p = _attn_fwd(_loaded(), qkv, heads, bias)
+        if torch.compiler.is_compiling():
+            y, p = torch.ops.aigc.attention_fwd(qkv, heads, bias)
+        else:
+            y, p = _attn_fwd(_loaded(), qkv, heads, bias)
         ctx.save_for_backward(qkv, p, bias)
         ctx.heads = heads
         return y
@@ -1560,7 +1535,9 @@ class _EagerAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         qkv, p, bias = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: as in _EagerGelu
+        if torch.compiler.is_compiling():
+            g, gb = torch.ops.aigc.attention_bwd(grad, qkv, p, ctx.heads, bias)
+        elif torch.is_grad_enabled():  # create_graph: as in _EagerGelu
             g, gb = _attention_backward_op(grad, qkv, p, ctx.heads, bias)
         else:
             g, gb = _attn_bwd(_loaded(), grad.contiguous(), qkv, p, ctx.heads, bias)
