@@ -460,6 +460,16 @@ def test_gpt_attention_folds_its_bias_into_the_kernels(built, monkeypatch):
     torch.testing.assert_close(out["native"][0], out["torch"][0], rtol=1e-5, atol=1e-6)
     for name, g in out["native"][1].items():
         torch.testing.assert_close(g, out["torch"][1][name], rtol=1e-4, atol=1e-5, msg=name)
+    # past the kernels' 256 positions the product adds its bias as before: same loss
+    long = GPT(GPTConfig(vocab_size=40, context_length=300, layers=1, heads=2, width=32))
+    tokens = torch.randint(0, 40, (1, 301), generator=torch.Generator().manual_seed(5))
+    losses = []
+    for route in ("native", "torch"):
+        native.set_route("attention", route)
+        calls.clear()
+        losses.append(long.loss({"tokens": tokens}).detach())
+        assert calls == []
+    assert torch.equal(losses[0], losses[1])
 
 
 def test_compiled_gpt_calls_the_plain_operators(built):

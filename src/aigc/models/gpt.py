@@ -154,7 +154,9 @@ class CausalSelfAttention(nn.Module):
         whole = cache is None and rope is None and p == 0.0
         bias = self.qkv.bias
         fold = (whole and bias is not None and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and native.attention_route() == "native")
+                and not torch.is_autocast_enabled("cpu")
+                and native.attention_shape_fits(T, C // self.heads)
+                and native.attention_route() == "native")
         # where the native kernels take the call, the fused projection's bias goes into them
         # (added to each head's rows in cache; ATen's addmm would first write it into the whole
         # output), else the product adds it as usual

@@ -405,8 +405,12 @@ def attention_fits(qkv: torch.Tensor, heads: int) -> bool:
     B, T, C3 = qkv.shape
     if C3 % 3 or (C3 // 3) % heads or not qkv.is_contiguous():
         return False
-    d = C3 // 3 // heads
-    return B >= 1 and 1 <= T <= _ATTN_MAX_T and d % 16 == 0 and 16 <= d <= _ATTN_MAX_D
+    return B >= 1 and attention_shape_fits(T, C3 // 3 // heads)
+
+
+def attention_shape_fits(T: int, d: int) -> bool:
+    """Whether ``T`` positions of head width ``d`` are within the native kernels' reach."""
+    return 1 <= T <= _ATTN_MAX_T and d % 16 == 0 and 16 <= d <= _ATTN_MAX_D
 
 
 def causal_attention_aten(qkv: torch.Tensor, heads: int) -> torch.Tensor:
@@ -459,8 +463,8 @@ def _attn_fwd(lib, qkv: torch.Tensor, heads: int,
 
 def _attn_bwd(lib, gy: torch.Tensor, qkv: torch.Tensor, p: torch.Tensor, heads: int,
               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(g, gb)``: the gradients of qkv and of the bias (``g`` summed over batch and
-    positions; computed with or without a bias)."""
+    """``(g, gb)``: the gradients of qkv and of the bias; ``gb`` is ``g`` summed over batch
+    and positions, computed whether or not a bias was given."""
     B, T, H, d = _attn_check(qkv, heads)
     bias = _attn_bias(qkv, bias)
     _check_rows("causal_attention backward", gy, p)
@@ -548,8 +552,8 @@ def native_causal_attention(qkv: torch.Tensor, heads: int,
     """The native kernels on a ``qkv`` that :func:`attention_takes` (plus ``bias``, the fused
     projection's, where qkv was computed without it: the kernels add it to each head's rows
     in cache and return its gradient, instead of ATen's addmm writing it into the whole
-    output first): the custom op under the compiler, the eager Function under autograd, else
-    a direct call."""
+    output first): :class:`_AttentionFunction` under the compiler (plain operators) and under
+    eager autograd (direct calls), else a direct call."""
     path = _call_path(qkv, bias)
     if path in ("op", "function"):
         return _AttentionFunction.apply(qkv, heads, bias)

@@ -507,7 +507,8 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
     if (gbias && !rowsums) return -1;
 #pragma omp parallel num_threads(threads) if (ATTN_THREADED(B, H, T, d, threads))
     {
-    /* v transposed (d x Tp), dS (T x Tp); with a bias also the head's q and k with it */
+    /* v transposed (d x Tp), dS (T x Tp); with a bias also the head's q and k with it
+     * (<= 640 KiB) */
     float *vt = scratch((size_t)(d * Tp + T * Tp + (bias ? 2 * T * d : 0)), &failed);
 #pragma omp for schedule(static)
     for (ptrdiff_t bh = 0; bh < B * H; bh++) {
