@@ -500,7 +500,7 @@ def _attention_op_fake(qkv, heads, bias=None):
 
 
 @_attention_backward_op.register_fake
-def _(grad, qkv, p, heads, bias=None):
+def _attention_backward_op_fake(grad, qkv, p, heads, bias=None):
     return torch.empty_like(qkv), qkv.new_empty(qkv.shape[-1])
 
 
@@ -716,7 +716,7 @@ def _mlp_op_fake(x, w1, b1, w2, b2):
 
 
 @_mlp_du_op.register_fake
-def _(grad, w2, u):
+def _mlp_du_op_fake(grad, w2, u):
     return torch.empty_like(u), u.new_empty(u.shape[1])
 
 
@@ -790,14 +790,11 @@ _PLAIN.impl("attention_bwd", lambda grad, qkv, p, heads, bias: _attn_bwd(
     _loaded(), grad.contiguous(), qkv.contiguous(), p.contiguous(), heads, bias), "CPU")
 _PLAIN.impl("mlp_fwd", lambda x, w1, b1, w2, b2: _mlp_fwd(_loaded(), x, w1, b1, w2, b2), "CPU")
 _PLAIN.impl("mlp_du", lambda grad, w2, u: _mlp_du(_loaded(), grad, w2, u), "CPU")
-torch.library.register_fake("aigc::attention_fwd")(
-    lambda qkv, heads, bias: _attention_op_fake(qkv, heads))
-torch.library.register_fake("aigc::attention_bwd")(
-    lambda grad, qkv, p, heads, bias: (torch.empty_like(qkv), qkv.new_empty(qkv.shape[-1])))
-torch.library.register_fake("aigc::mlp_fwd")(
-    lambda x, w1, b1, w2, b2: _mlp_op_fake(x, w1, b1, w2, b2))
-torch.library.register_fake("aigc::mlp_du")(
-    lambda grad, w2, u: (torch.empty_like(u), u.new_empty(u.shape[1])))
+# the same shapes as the custom ops': their fake implementations serve both
+for _name, _fake in (("attention_fwd", _attention_op_fake),
+                     ("attention_bwd", _attention_backward_op_fake),
+                     ("mlp_fwd", _mlp_op_fake), ("mlp_du", _mlp_du_op_fake)):
+    torch.library.register_fake(f"aigc::{_name}")(_fake)
 
 
 @torch.compiler.assume_constant_result
