@@ -1,17 +1,20 @@
-"""How the native GELU and attention kernels are called under eager autograd: through their
-custom ops (``torch.library.custom_op``, as aigc did until 2026-11-30 and still does under
-``torch.compile``) or through an ``autograd.Function`` around the same ctypes calls (what
-``aigc.models.native`` does now). Same kernels, same numbers (tests/test_native_kernels.py); only
-the Python dispatch around them differs.
+"""How aigc's GPT kernels (GELU, attention, fused MLP) are called: through their custom ops
+(``torch.library.custom_op``, with a Python autograd kernel on every call) or through an
+``autograd.Function`` (what ``aigc.models.native`` does: in eager mode around the ctypes calls,
+since 2026-11-30; under ``torch.compile`` around plain operators with no autograd kernel, traced
+into the graph, since 2026-12-01). Same kernels, same numbers (tests/test_native_kernels.py);
+only the Python dispatch around them differs.
 
 One GPT training step (the defaults of benchmarks/gpt_speed.py: 4 layers, width 128, context 64,
-batch 12, austen characters; fused AdamW, no compile: the trainer's default), the two variants
-timed in interleaved rounds in one process (benchmarks/_timing.py), ratio by CPU time:
+batch 12, austen characters; fused AdamW), eager (the trainer's default) or compiled
+(``--compiled``: ``CompiledLoss``, as gpt_speed's ``ours fused+compile``), the two variants timed
+in interleaved rounds in one process (benchmarks/_timing.py), ratio by CPU time:
 
-    OMP_NUM_THREADS=1 python benchmarks/native_dispatch.py --rounds 11
+    OMP_NUM_THREADS=1 python benchmarks/native_dispatch.py --rounds 11 [--compiled]
 
-The "custom ops" variant swaps aigc's GELU and attention entry points for wrappers that call
-the custom ops whenever a gradient is recorded (the previous behaviour); nothing else changes.
+The "custom ops" variant swaps aigc's GELU, attention and MLP entry points for wrappers that
+call the custom ops wherever a gradient is recorded or the compiler traces (the previous
+behaviour); nothing else changes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--steps", type=int, default=20, help="steps per variant per round")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compiled", action="store_true",
+                    help="time the torch.compile'd step instead of the eager one")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -46,11 +51,13 @@ def main() -> None:
     from aigc.models import native
     from aigc.models.gpt import GPT, GPTConfig
     from aigc.tokenizers import CharTokenizer
+    from aigc.train import CompiledLoss
 
     print(machine_line())
     print(load_average() + " (before)")
-    print(f"routes: GELU {native.gelu_route()}, attention {native.attention_route()}")
-    if native.gelu_route() != "native" or native.attention_route() != "native":
+    print(f"routes: GELU {native.gelu_route()}, attention {native.attention_route()}, "
+          f"MLP {native.mlp_route()}")
+    if "torch" in (native.gelu_route(), native.attention_route(), native.mlp_route()):
         raise SystemExit("the native kernels are not this machine's route: nothing to compare")
     corpus = load_corpus("austen")
     tok = CharTokenizer.train([d for s in ("train", "val", "test") for d in corpus.documents(s)])
@@ -63,6 +70,7 @@ def main() -> None:
                           width=128))
 
     function_gelu, function_attention = gpt_module.gelu_tanh, native.native_causal_attention
+    function_mlp = native.gpt_mlp
 
     def op_gelu(x):
         if x.requires_grad and torch.is_grad_enabled() and native.gelu_route() == "native" \
@@ -70,32 +78,43 @@ def main() -> None:
             return native._gelu_op(x)
         return function_gelu(x)
 
-    def op_attention(qkv, heads):
-        if qkv.requires_grad and torch.is_grad_enabled():
-            return native._attention_op(qkv, heads)[0]
-        return function_attention(qkv, heads)
+    def op_attention(qkv, heads, bias=None):
+        if native._call_path(qkv, bias) != "direct":
+            return native._attention_op(qkv, heads, bias)[0]
+        return function_attention(qkv, heads, bias)
 
-    def variant(gelu, attention):
+    def op_mlp(x, fc, proj):
+        args = (x.reshape(-1, x.shape[-1]), fc.weight, fc.bias, proj.weight, proj.bias)
+        if native._call_path(*args) != "direct":
+            y = native._mlp_op(*args)[0]
+            return y.view(*x.shape[:-1], y.shape[-1])
+        return function_mlp(x, fc, proj)
+
+    def variant(gelu, attention, mlp):
         m = copy.deepcopy(model)
-        step = make_step(m, lambda t: m.loss({"tokens": t}), batches, fused=True, bf16=False)
+        loss = CompiledLoss(m) if args.compiled else m.loss
+        step = make_step(m, lambda t: loss({"tokens": t}), batches, fused=True, bf16=False)
 
         def run():
             gpt_module.gelu_tanh, native.native_causal_attention = gelu, attention
+            native.gpt_mlp = mlp
             try:
                 return step()
             finally:
                 gpt_module.gelu_tanh = function_gelu
                 native.native_causal_attention = function_attention
+                native.gpt_mlp = function_mlp
         return run
 
-    variants = {"custom ops": variant(op_gelu, op_attention),
-                "autograd.Function": variant(function_gelu, function_attention)}
+    variants = {"custom ops": variant(op_gelu, op_attention, op_mlp),
+                "autograd.Function": variant(function_gelu, function_attention, function_mlp)}
     losses = {name: [run().item() for _ in range(3)] for name, run in variants.items()}
     same = losses["custom ops"] == losses["autograd.Function"]
     print(f"the first 3 losses of each variant identical: {same}")
     warm_up(variants, 3)
     res = interleaved(variants, args.rounds, args.steps)
-    print(f"\neager GPT training step, {args.threads} thread(s), {args.rounds} interleaved rounds "
+    mode = "compiled" if args.compiled else "eager"
+    print(f"\n{mode} GPT training step, {args.threads} thread(s), {args.rounds} interleaved rounds "
           f"x {args.steps} steps (median)")
     print(f"  {'kernels called through':<22} {'ms/step (cpu)':>14} {'ms/step (wall)':>15}")
     for name, r in res.items():
