@@ -113,9 +113,9 @@ def _x86_levels() -> list[str]:
 @pytest.mark.parametrize("level", _x86_levels() or [pytest.param("x86-64-v2", marks=pytest.mark.skip(
     reason="not an x86-64 CPU"))])
 def test_kernels_without_avx512_take_the_portable_vector_code(tmp_path, level):
-    """-march=native on an AVX2 or older x86 CPU: the 16-lane vectors split over narrower
-    registers and no AVX-512 instruction is used (the reciprocal, rounding and scaling fall back
-    to plain vector arithmetic)."""
+    """-march=native on an AVX2 or older x86 CPU: 8-lane (AVX2) or 4-lane (SSE) vectors, the
+    register tiles sized for 16 registers, and no AVX-512 instruction (the rounding and scaling
+    fall back to plain vector arithmetic, the reciprocal to AVX's estimate or a division)."""
     cc, openmp = _compiler()
     flags = [f"-march={level}" if f == "-march=native" else f for f in FLAGS]
     _require(cc, [f"-march={level}"], tmp_path, f"-march={level}")

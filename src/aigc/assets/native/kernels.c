@@ -16,7 +16,7 @@
  * series to degree 7 (relative error below 1e-8 on that interval), and 2^n written into the
  * exponent bits. e^-z is taken at z clamped to [-80, 80]; sigmoid is 1 to float precision
  * above 80 and is set to 0 below -80 (so that a huge negative x gives 0, not x e^-80); a NaN
- * input stays NaN (the clamp passes it through). The GELU runs on 16-lane vectors: with
+ * input stays NaN (the clamp passes it through). The GELU runs on VL-lane vectors (below): with
  * AVX-512 the rounding and the scaling by 2^n are one instruction each, the clamp two, and
  * 1 / (1 + e^-z) is a reciprocal estimate refined by one Newton step instead of a division
  * (24 vector operations per 16 values, loads, stores and register copies aside, instead of 26
@@ -32,7 +32,7 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -41,7 +41,7 @@
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
-/* e^f for |f| <= ln2 / 2: the Taylor series to degree 7 (scalar or 16 lanes alike) */
+/* e^f for |f| <= ln2 / 2: the Taylor series to degree 7 (scalar or VL lanes alike) */
 #define EXP_POLY(f) (1.0f + (f) * (1.0f + (f) * (0.5f + (f) * (1.0f / 6 + (f) * (1.0f / 24      \
                      + (f) * (1.0f / 120 + (f) * (1.0f / 720 + (f) * (1.0f / 5040))))))))
 
@@ -57,69 +57,89 @@ static inline float exp_neg(float z) {  /* e^(-z) for z in [-80, 80], NaN passes
     return p * scale;
 }
 
-/* 16 float lanes (GCC/clang vector extensions; -march=native picks the widest registers: one
- * AVX-512 register, two AVX2 ones) and lane masks (all ones where a comparison holds). */
-typedef float v16 __attribute__((vector_size(64), aligned(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
-typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
-typedef uint32_t v16ui __attribute__((vector_size(64), aligned(64)));
+/* Vectors of VL float lanes (GCC/clang vector extensions) as wide as the machine's registers:
+ * 16 with AVX-512 (32 registers of 64 bytes), 8 with AVX or AVX2 (16 registers of 32 bytes),
+ * 4 otherwise (SSE, NEON). Wider vectors than the registers are no shortcut: GCC keeps a
+ * vector type the target has no register for in memory and runs each operation as loads,
+ * narrower operations and stores (the kernels ran 50-100x slower that way on an AVX2 CPU).
+ * Sizes the callers see stay in multiples of 16 (head widths, channels, the probabilities'
+ * padded rows, TPAD); each kernel walks them VL lanes at a time, and every lane's arithmetic
+ * is the same whatever VL is (only the horizontal sums and maxima group lanes differently).
+ * Register tiles are sized for the register file (GMR, WINO_NV below). */
+#if defined(__AVX512F__)
 #define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+#define TPAD 16 /* the probabilities' rows are padded to a multiple of this (aigc.models.native) */
+typedef float vf __attribute__((vector_size(4 * VL), aligned(4 * VL)));
+typedef float vfu __attribute__((vector_size(4 * VL), aligned(4)));
+typedef int32_t vfi __attribute__((vector_size(4 * VL), aligned(4 * VL)));
+typedef uint32_t vfui __attribute__((vector_size(4 * VL), aligned(4 * VL)));
 
 /* b where the mask holds, a elsewhere */
-static inline v16 select_v(v16i mask, v16 a, v16 b) {
-    return (v16)(((v16i)a & ~mask) | ((v16i)b & mask));
+static inline vf select_v(vfi mask, vf a, vf b) {
+    return (vf)(((vfi)a & ~mask) | ((vfi)b & mask));
 }
 
 /* min(z, hi) and max(z, lo); NaN passes (vminps and vmaxps return their second operand when
  * either is NaN) */
-static inline v16 min_v(v16 z, float hi) {
+static inline vf min_v(vf z, float hi) {
 #if defined(__AVX512F__)
-    return (v16)_mm512_min_ps(_mm512_set1_ps(hi), (__m512)z);
+    return (vf)_mm512_min_ps(_mm512_set1_ps(hi), (__m512)z);
+#elif VL == 8
+    return (vf)_mm256_min_ps(_mm256_set1_ps(hi), (__m256)z);
 #else
-    return select_v(z > hi, z, (v16){0} + hi);
+    return select_v(z > hi, z, (vf){0} + hi);
 #endif
 }
 
-static inline v16 max_v(v16 z, float lo) {
+static inline vf max_v(vf z, float lo) {
 #if defined(__AVX512F__)
-    return (v16)_mm512_max_ps(_mm512_set1_ps(lo), (__m512)z);
+    return (vf)_mm512_max_ps(_mm512_set1_ps(lo), (__m512)z);
+#elif VL == 8
+    return (vf)_mm256_max_ps(_mm256_set1_ps(lo), (__m256)z);
 #else
-    return select_v(z < lo, z, (v16){0} + lo);
+    return select_v(z < lo, z, (vf){0} + lo);
 #endif
 }
 
-/* e^(-z) for 16 lanes, z in [-80, 80] (callers clamp); same method as exp_neg, NaN passes.
+/* e^(-z) for VL lanes, z in [-80, 80] (callers clamp); same method as exp_neg, NaN passes.
  * With AVX-512 the rounding of t and the scaling by 2^n are one instruction each
  * (vrndscaleps, vscalefps) and f comes from one fused multiply-add. */
-static inline v16 exp_neg_core_v(v16 z) {
+static inline vf exp_neg_core_v(vf z) {
 #if defined(__AVX512F__)
-    v16 t = -z * LOG2E;
-    v16 n = (v16)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v16 f = -z - n * LN2; /* = (t - n) ln2, |f| <= ln2 / 2 */
-    return (v16)_mm512_scalef_ps((__m512)EXP_POLY(f), (__m512)n);
+    vf t = -z * LOG2E;
+    vf n = (vf)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf f = -z - n * LN2; /* = (t - n) ln2, |f| <= ln2 / 2 */
+    return (vf)_mm512_scalef_ps((__m512)EXP_POLY(f), (__m512)n);
 #else
-    const v16 magic = (v16){0} + 12582912.0f; /* 1.5 * 2^23 */
-    v16 t = -z * LOG2E;
-    v16 n = (t + magic) - magic; /* round to nearest */
-    v16 f = (t - n) * LN2; /* NaN for a NaN z, which p carries */
-    v16 p = EXP_POLY(f);
-    n = select_v(n != n, n, (v16){0}); /* converting NaN to an integer is undefined */
-    v16ui bits = (v16ui)(__builtin_convertvector(n, v16i) + 127) << 23;
-    return p * (v16)bits;
+    const vf magic = (vf){0} + 12582912.0f; /* 1.5 * 2^23 */
+    vf t = -z * LOG2E;
+    vf n = (t + magic) - magic; /* round to nearest */
+    vf f = (t - n) * LN2; /* NaN for a NaN z, which p carries */
+    vf p = EXP_POLY(f);
+    n = select_v(n != n, n, (vf){0}); /* converting NaN to an integer is undefined */
+    vfui bits = (vfui)(__builtin_convertvector(n, vfi) + 127) << 23;
+    return p * (vf)bits;
 #endif
 }
 
-/* e^(-z) for 16 lanes, z in [0, 80] (a softmax's m - s; larger z is taken as 80) */
-static inline v16 exp_neg_v(v16 z) {
+/* e^(-z) for VL lanes, z in [0, 80] (a softmax's m - s; larger z is taken as 80) */
+static inline vf exp_neg_v(vf z) {
     return exp_neg_core_v(min_v(z, 80.0f));
 }
 
-/* 1 / d for 16 lanes with d >= 1: AVX-512's 14-bit reciprocal estimate and one Newton step
+/* 1 / d for VL lanes with d >= 1: AVX-512's 14-bit reciprocal estimate and one Newton step
  * (relative error near 2^-23, an ulp or two from the quotient, at a fraction of a vector
- * division's time); a plain division without AVX-512. NaN passes. */
-static inline v16 recip_v(v16 d) {
+ * division's time); a plain division elsewhere (AVX's 12-bit estimate needs two Newton steps
+ * to give exactly 1 where 1 + e^-z rounds to 1, which the GELU's slope 1 - s magnifies, and
+ * then saves nothing measurable on an AVX2 CPU). NaN passes. */
+static inline vf recip_v(vf d) {
 #if defined(__AVX512F__)
-    v16 r = (v16)_mm512_rcp14_ps((__m512)d);
+    vf r = (vf)_mm512_rcp14_ps((__m512)d);
     return r * (2.0f - d * r);
 #else
     return 1.0f / d;
@@ -127,35 +147,35 @@ static inline v16 recip_v(v16 d) {
 }
 
 /* the GELU's z = 2u (see the top) */
-static inline v16 gelu_z(v16 v) {
+static inline vf gelu_z(vf v) {
     return TWO_C * v * (1.0f + A * v * v);
 }
 
 /* sigmoid(z), e^-z taken at z clamped to [-80, 80] */
-static inline v16 sigmoid_v(v16 z) {
+static inline vf sigmoid_v(vf z) {
     return recip_v(1.0f + exp_neg_core_v(min_v(max_v(z, -80.0f), 80.0f)));
 }
 
 /* x where z >= -80 (or z is NaN), 0 below: far below zero GELU and its slope are 0, not
  * x e^-80 (nor NaN where x^2 overflows) */
-static inline v16 zero_below_v(v16 z, v16 x) {
+static inline vf zero_below_v(vf z, vf x) {
 #if defined(__AVX512F__)  /* one compare into a mask register and a zeroing move */
-    return (v16)_mm512_maskz_mov_ps(
+    return (vf)_mm512_maskz_mov_ps(
         _mm512_cmp_ps_mask((__m512)z, _mm512_set1_ps(-80.0f), _CMP_NLT_UQ), (__m512)x);
 #else
-    return select_v(z < -80.0f, x, (v16){0});
+    return select_v(z < -80.0f, x, (vf){0});
 #endif
 }
 
-static inline v16 gelu_fwd_v(v16 v, v16 gy) {
+static inline vf gelu_fwd_v(vf v, vf gy) {
     (void)gy;
-    const v16 z = gelu_z(v);
+    const vf z = gelu_z(v);
     return zero_below_v(z, v * sigmoid_v(z));
 }
 
-static inline v16 gelu_bwd_v(v16 v, v16 gy) {
-    const v16 z = gelu_z(v), s = sigmoid_v(z);
-    const v16 dz = TWO_C * (1.0f + 3.0f * A * v * v);
+static inline vf gelu_bwd_v(vf v, vf gy) {
+    const vf z = gelu_z(v), s = sigmoid_v(z);
+    const vf dz = TWO_C * (1.0f + 3.0f * A * v * v);
     return gy * zero_below_v(z, s + v * s * (1.0f - s) * dz);
 }
 
@@ -172,16 +192,16 @@ typedef struct { const float *gy, *x; float *out; } gelu_args;  /* gy: backward 
     static void name(const gelu_args *a, ptrdiff_t lo, ptrdiff_t hi) {                      \
         const float *restrict x = a->x, *restrict gy = a->gy;                               \
         float *restrict out = a->out;                                                       \
-        const v16 zero = {0};                                                               \
+        const vf zero = {0};                                                               \
         ptrdiff_t i = lo;                                                                   \
         for (; i + VL <= hi; i += VL)                                                       \
-            *(v16u *)(out + i) = body(*(const v16u *)(x + i),                               \
-                                      gy ? *(const v16u *)(gy + i) : zero);                 \
+            *(vfu *)(out + i) = body(*(const vfu *)(x + i),                               \
+                                      gy ? *(const vfu *)(gy + i) : zero);                 \
         if (i < hi) {                                                                       \
             float bx[VL] = {0}, bg[VL] = {0}, bo[VL];                                       \
             memcpy(bx, x + i, (size_t)(hi - i) * sizeof *x);                                \
             if (gy) memcpy(bg, gy + i, (size_t)(hi - i) * sizeof *gy);                      \
-            *(v16u *)bo = body(*(const v16u *)bx, *(const v16u *)bg);                       \
+            *(vfu *)bo = body(*(const vfu *)bx, *(const vfu *)bg);                       \
             memcpy(out + i, bo, (size_t)(hi - i) * sizeof *out);                            \
         }                                                                                   \
     }
@@ -279,7 +299,7 @@ void aigc_rope_cache(const float *restrict qkv, const float *restrict cos_t,
  *
  * Read from and written to the fused projection's layout, qkv (B, T, 3C) with C = H d, so no
  * head split, transpose or concatenation is copied; P is kept for the backward pass (the
- * eager formula keeps it too). The products are register-blocked outer products over 16-lane
+ * eager formula keeps it too). The products are register-blocked outer products over VL-lane
  * vectors (GCC/clang vector extensions; -march=native picks the widest registers), skipping
  * what the causal mask zeroes. Measured against the head split, ATen's flash kernel and the
  * merge it replaces by `aigc kernels --measure` (figures in docs/performance.md). */
@@ -301,51 +321,59 @@ mm_rows(const float *restrict am, ptrdiff_t ars, ptrdiff_t aks, const float *res
         const float *a0 = am + i0 * ars, *a1 = a0 + (rows > 1) * ars,
                     *a2 = a0 + (rows > 2) * 2 * ars, *a3 = a0 + (rows > 3) * 3 * ars;
         for (ptrdiff_t j0 = 0; j0 < jend; j0 += 2 * VL) {
-            v16 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+            vf c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
             const int two = j0 + VL < jend;
             if (two) {
                 for (ptrdiff_t k = klo; k < khi; k++) {
-                    const v16 b0 = *(const v16u *)(bm + k * ldb + j0), b1 = *(const v16u *)(bm + k * ldb + j0 + VL);
+                    const vf b0 = *(const vfu *)(bm + k * ldb + j0), b1 = *(const vfu *)(bm + k * ldb + j0 + VL);
                     const float x0 = a0[k * aks], x1 = a1[k * aks], x2 = a2[k * aks], x3 = a3[k * aks];
                     c00 += x0 * b0; c01 += x0 * b1; c10 += x1 * b0; c11 += x1 * b1;
                     c20 += x2 * b0; c21 += x2 * b1; c30 += x3 * b0; c31 += x3 * b1;
                 }
             } else {
                 for (ptrdiff_t k = klo; k < khi; k++) {
-                    const v16 b0 = *(const v16u *)(bm + k * ldb + j0);
+                    const vf b0 = *(const vfu *)(bm + k * ldb + j0);
                     c00 += a0[k * aks] * b0; c10 += a1[k * aks] * b0;
                     c20 += a2[k * aks] * b0; c30 += a3[k * aks] * b0;
                 }
             }
             float *o = cm + i0 * ldc + j0;
-            *(v16u *)o = c00;
-            if (rows > 1) *(v16u *)(o + ldc) = c10;
-            if (rows > 2) *(v16u *)(o + 2 * ldc) = c20;
-            if (rows > 3) *(v16u *)(o + 3 * ldc) = c30;
+            *(vfu *)o = c00;
+            if (rows > 1) *(vfu *)(o + ldc) = c10;
+            if (rows > 2) *(vfu *)(o + 2 * ldc) = c20;
+            if (rows > 3) *(vfu *)(o + 3 * ldc) = c30;
             if (two) {
-                *(v16u *)(o + VL) = c01;
-                if (rows > 1) *(v16u *)(o + ldc + VL) = c11;
-                if (rows > 2) *(v16u *)(o + 2 * ldc + VL) = c21;
-                if (rows > 3) *(v16u *)(o + 3 * ldc + VL) = c31;
+                *(vfu *)(o + VL) = c01;
+                if (rows > 1) *(vfu *)(o + ldc + VL) = c11;
+                if (rows > 2) *(vfu *)(o + 2 * ldc + VL) = c21;
+                if (rows > 3) *(vfu *)(o + 3 * ldc + VL) = c31;
             }
         }
     }
 }
 
-/* Two-vector shuffles: lane l of the result is lane m_l of a | b (0..15 from a, 16..31 from b). */
+/* Two-vector shuffles: lane l of the result is lane m_l of a | b (0 .. VL - 1 from a, VL ..
+ * 2 VL - 1 from b). */
 #if defined(__clang__)
 #define SHUF2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
-#define SHUF2(a, b, ...) __builtin_shuffle(a, b, (v16i){__VA_ARGS__})
+#define SHUF2(a, b, ...) __builtin_shuffle(a, b, (vfi){__VA_ARGS__})
 #endif
 
-/* One stage of a 16 x 16 transpose in registers: rows i and i + s (i's bit s clear) swap their
- * s-wide blocks across the diagonal; stages s = 8, 4, 2, 1 transpose the whole block. */
+/* One stage of a VL x VL transpose in registers: rows i and i + s (i's bit s clear) swap their
+ * s-wide blocks across the diagonal (TR_LO_s: each 2s-lane block's first s lanes of a, then
+ * of b; TR_HI_s: the last s of each); stages s = VL / 2, ..., 2, 1 transpose the whole block. */
 #define TR_PAIR(r, i, s) do {                                                              \
-        const v16 a_ = r[i], b_ = r[(i) + (s)];                                            \
+        const vf a_ = r[i], b_ = r[(i) + (s)];                                             \
         r[i] = SHUF2(a_, b_, TR_LO_##s);                                                   \
         r[(i) + (s)] = SHUF2(a_, b_, TR_HI_##s);                                           \
     } while (0)
+#define TR_STAGE(r, s) do {                                                                \
+        _Pragma("GCC unroll 16")                                                           \
+        for (int i_ = 0; i_ < VL; i_++)                                                    \
+            if (!(i_ & (s))) TR_PAIR(r, i_, s);                                            \
+    } while (0)
+#if VL == 16
 #define TR_LO_8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
 #define TR_HI_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #define TR_LO_4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
@@ -354,59 +382,94 @@ mm_rows(const float *restrict am, ptrdiff_t ars, ptrdiff_t aks, const float *res
 #define TR_HI_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
 #define TR_LO_1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
 #define TR_HI_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+/* lane i of the result: lane i ^ s (the halves, quarters, ... swapped) */
+#define SWAP_8 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7
+#define SWAP_4 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11
+#define SWAP_2 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13
+#define SWAP_1 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14
+#define LANES 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+#elif VL == 8
+#define TR_LO_4 0, 1, 2, 3, 8, 9, 10, 11
+#define TR_HI_4 4, 5, 6, 7, 12, 13, 14, 15
+#define TR_LO_2 0, 1, 8, 9, 4, 5, 12, 13
+#define TR_HI_2 2, 3, 10, 11, 6, 7, 14, 15
+#define TR_LO_1 0, 8, 2, 10, 4, 12, 6, 14
+#define TR_HI_1 1, 9, 3, 11, 5, 13, 7, 15
+#define SWAP_4 4, 5, 6, 7, 0, 1, 2, 3
+#define SWAP_2 2, 3, 0, 1, 6, 7, 4, 5
+#define SWAP_1 1, 0, 3, 2, 5, 4, 7, 6
+#define LANES 0, 1, 2, 3, 4, 5, 6, 7
+#else
+#define TR_LO_2 0, 1, 4, 5
+#define TR_HI_2 2, 3, 6, 7
+#define TR_LO_1 0, 4, 2, 6
+#define TR_HI_1 1, 5, 3, 7
+#define SWAP_2 2, 3, 0, 1
+#define SWAP_1 1, 0, 3, 2
+#define LANES 0, 1, 2, 3
+#endif
 
-static inline __attribute__((always_inline)) void transpose16(v16 r[VL]) {
-    TR_PAIR(r, 0, 8); TR_PAIR(r, 1, 8); TR_PAIR(r, 2, 8); TR_PAIR(r, 3, 8);
-    TR_PAIR(r, 4, 8); TR_PAIR(r, 5, 8); TR_PAIR(r, 6, 8); TR_PAIR(r, 7, 8);
-    TR_PAIR(r, 0, 4); TR_PAIR(r, 1, 4); TR_PAIR(r, 2, 4); TR_PAIR(r, 3, 4);
-    TR_PAIR(r, 8, 4); TR_PAIR(r, 9, 4); TR_PAIR(r, 10, 4); TR_PAIR(r, 11, 4);
-    TR_PAIR(r, 0, 2); TR_PAIR(r, 1, 2); TR_PAIR(r, 4, 2); TR_PAIR(r, 5, 2);
-    TR_PAIR(r, 8, 2); TR_PAIR(r, 9, 2); TR_PAIR(r, 12, 2); TR_PAIR(r, 13, 2);
-    TR_PAIR(r, 0, 1); TR_PAIR(r, 2, 1); TR_PAIR(r, 4, 1); TR_PAIR(r, 6, 1);
-    TR_PAIR(r, 8, 1); TR_PAIR(r, 10, 1); TR_PAIR(r, 12, 1); TR_PAIR(r, 14, 1);
+static inline __attribute__((always_inline)) void transpose_v(vf r[VL]) {
+#if VL == 16
+    TR_STAGE(r, 8);
+#endif
+#if VL >= 8
+    TR_STAGE(r, 4);
+#endif
+    TR_STAGE(r, 2);
+    TR_STAGE(r, 1);
 }
 
-/* xt (d x Tp) = x (T x d, row stride ld) transposed, columns T .. Tp zero; 16 x 16 blocks
+/* xt (d x Tp) = x (T x d, row stride ld) transposed, columns T .. Tp zero; VL x VL blocks
  * through registers (d and Tp are multiples of 16). */
 static void transpose_pad(const float *restrict x, ptrdiff_t ld, float *restrict xt, ptrdiff_t T,
                           ptrdiff_t Tp, ptrdiff_t d) {
     for (ptrdiff_t t0 = 0; t0 < Tp; t0 += VL)
         for (ptrdiff_t c0 = 0; c0 < d; c0 += VL) {
             const float *src = x + t0 * ld + c0;
-            v16 r[VL];
+            vf r[VL];
             if (t0 + VL <= T) {
-                for (int i = 0; i < VL; i++) r[i] = *(const v16u *)(src + i * ld);
+                for (int i = 0; i < VL; i++) r[i] = *(const vfu *)(src + i * ld);
             } else {  /* the last block of a T that is not a multiple of 16 */
-                for (int i = 0; i < VL; i++) r[i] = t0 + i < T ? *(const v16u *)(src + i * ld) : (v16){0};
+                for (int i = 0; i < VL; i++) r[i] = t0 + i < T ? *(const vfu *)(src + i * ld) : (vf){0};
             }
-            transpose16(r);
-            for (int i = 0; i < VL; i++) *(v16u *)(xt + (c0 + i) * Tp + t0) = r[i];
+            transpose_v(r);
+            for (int i = 0; i < VL; i++) *(vfu *)(xt + (c0 + i) * Tp + t0) = r[i];
         }
 }
 
-/* The sum and the maximum of 16 lanes, by halves (four shuffles, not fifteen dependent adds). */
-static inline float hsum16(v16 v) {
-    v += SHUF2(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    v += SHUF2(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-    v += SHUF2(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    v += SHUF2(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+/* The sum and the maximum of the VL lanes, by halves (log2 VL shuffles, not VL - 1 dependent
+ * adds). */
+static inline float hsum_v(vf v) {
+#if VL == 16
+    v += SHUF2(v, v, SWAP_8);
+#endif
+#if VL >= 8
+    v += SHUF2(v, v, SWAP_4);
+#endif
+    v += SHUF2(v, v, SWAP_2);
+    v += SHUF2(v, v, SWAP_1);
     return v[0];
 }
 
-static inline v16 vmax16(v16 a, v16 b) {
-    const v16i a_big = a > b;
-    return (v16)(((v16i)a & a_big) | ((v16i)b & ~a_big));
+static inline vf vmax_v(vf a, vf b) {
+    const vfi a_big = a > b;
+    return (vf)(((vfi)a & a_big) | ((vfi)b & ~a_big));
 }
 
-static inline float hmax16(v16 v) {
-    v = vmax16(v, SHUF2(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-    v = vmax16(v, SHUF2(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
-    v = vmax16(v, SHUF2(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
-    v = vmax16(v, SHUF2(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+static inline float hmax_v(vf v) {
+#if VL == 16
+    v = vmax_v(v, SHUF2(v, v, SWAP_8));
+#endif
+#if VL >= 8
+    v = vmax_v(v, SHUF2(v, v, SWAP_4));
+#endif
+    v = vmax_v(v, SHUF2(v, v, SWAP_2));
+    v = vmax_v(v, SHUF2(v, v, SWAP_1));
     return v[0];
 }
 
-static const v16i LANE = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+static const vfi LANE = {LANES};
 
 /* Threads only where there are several heads and enough work to pay for waking them. */
 #define ATTN_THREADED(B, H, T, d, threads) \
@@ -431,7 +494,7 @@ static void add_bias_rows(const float *restrict src, ptrdiff_t ld, const float *
                           float *restrict dst, ptrdiff_t T, ptrdiff_t d) {
     for (ptrdiff_t t = 0; t < T; t++)
         for (ptrdiff_t c = 0; c < d; c += VL)
-            *(v16u *)(dst + t * d + c) = *(const v16u *)(src + t * ld + c) + *(const v16u *)(bias + c);
+            *(vfu *)(dst + t * d + c) = *(const vfu *)(src + t * ld + c) + *(const vfu *)(bias + c);
 }
 
 /* Causal self-attention for T <= 256 over a fused projection, float32.
@@ -441,7 +504,7 @@ static void add_bias_rows(const float *restrict src, ptrdiff_t ld, const float *
 int aigc_attn_fwd(const float *restrict qkv, const float *restrict bias, float *restrict y,
                   float *restrict p, ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d,
                   float scale, int threads) {
-    const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
+    const ptrdiff_t C = H * d, Tp = (T + TPAD - 1) / TPAD * TPAD;
     int failed = 0;
     /* one (batch row, head) pair per iteration, over the threads (see BLOCK) */
 #pragma omp parallel num_threads(threads) if (ATTN_THREADED(B, H, T, d, threads))
@@ -469,23 +532,23 @@ int aigc_attn_fwd(const float *restrict qkv, const float *restrict bias, float *
         for (ptrdiff_t i = 0; i < T; i++) {
             float *s = P + i * Tp;
             const ptrdiff_t n = i / VL * VL + VL;  /* chunks holding keys 0 .. i */
-            v16 mv = (v16){0} + s[0];  /* key 0 is always kept */
+            vf mv = (vf){0} + s[0];  /* key 0 is always kept */
             for (ptrdiff_t j = 0; j < n; j += VL) {
-                const v16 x = *(const v16u *)(s + j);
-                const v16i take = ((LANE + (int32_t)j) <= (int32_t)i) & (x > mv);
-                mv = (v16)(((v16i)x & take) | ((v16i)mv & ~take));
+                const vf x = *(const vfu *)(s + j);
+                const vfi take = ((LANE + (int32_t)j) <= (int32_t)i) & (x > mv);
+                mv = (vf)(((vfi)x & take) | ((vfi)mv & ~take));
             }
-            const float m = hmax16(mv);
-            v16 sum = {0};
+            const float m = hmax_v(mv);
+            vf sum = {0};
             for (ptrdiff_t j = 0; j < n; j += VL) {
-                v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
-                v16 e = exp_neg_v((m - *(v16u *)(s + j)) * scale);
-                e = (v16)((v16i)e & keep);
-                *(v16u *)(s + j) = e;
+                vfi keep = (LANE + (int32_t)j) <= (int32_t)i;
+                vf e = exp_neg_v((m - *(vfu *)(s + j)) * scale);
+                e = (vf)((vfi)e & keep);
+                *(vfu *)(s + j) = e;
                 sum += e;
             }
-            const float inv = 1.0f / hsum16(sum);
-            for (ptrdiff_t j = 0; j < n; j += VL) *(v16u *)(s + j) *= inv;
+            const float inv = 1.0f / hsum_v(sum);
+            for (ptrdiff_t j = 0; j < n; j += VL) *(vfu *)(s + j) *= inv;
             for (ptrdiff_t j = n; j < Tp; j++) s[j] = 0.0f;
         }
         mm_rows(P, Tp, 1, v, vs, y + b * T * C + h * d, C, T, T, d, 1, 0);
@@ -501,7 +564,7 @@ int aigc_attn_fwd(const float *restrict qkv, const float *restrict bias, float *
 int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const float *restrict bias,
                   const float *restrict p, float *restrict gqkv, float *restrict gbias,
                   ptrdiff_t B, ptrdiff_t T, ptrdiff_t H, ptrdiff_t d, float scale, int threads) {
-    const ptrdiff_t C = H * d, Tp = (T + VL - 1) / VL * VL;
+    const ptrdiff_t C = H * d, Tp = (T + TPAD - 1) / TPAD * TPAD;
     int failed = 0;
     float *rowsums = gbias ? malloc(sizeof(float) * (size_t)(B * 3 * C)) : NULL;  /* B x 3C */
     if (gbias && !rowsums) return -1;
@@ -535,16 +598,16 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
             const float *pr = P + i * Tp;
             float *r = ds + i * Tp;
             const ptrdiff_t n = i / VL * VL + VL;
-            v16 acc = {0};
+            vf acc = {0};
             for (ptrdiff_t j = 0; j < n; j += VL) {
-                v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
-                acc += (v16)((v16i)(*(const v16u *)(pr + j) * *(v16u *)(r + j)) & keep);
+                vfi keep = (LANE + (int32_t)j) <= (int32_t)i;
+                acc += (vf)((vfi)(*(const vfu *)(pr + j) * *(vfu *)(r + j)) & keep);
             }
-            const float D = hsum16(acc);
+            const float D = hsum_v(acc);
             for (ptrdiff_t j = 0; j < n; j += VL) {
-                v16i keep = (LANE + (int32_t)j) <= (int32_t)i;
-                v16 val = *(const v16u *)(pr + j) * (*(v16u *)(r + j) - D) * scale;
-                *(v16u *)(r + j) = (v16)((v16i)val & keep);
+                vfi keep = (LANE + (int32_t)j) <= (int32_t)i;
+                vf val = *(const vfu *)(pr + j) * (*(vfu *)(r + j) - D) * scale;
+                *(vfu *)(r + j) = (vf)((vfi)val & keep);
             }
             for (ptrdiff_t j = n; j < Tp; j++) r[j] = 0.0f;
         }
@@ -555,9 +618,9 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
             for (int part = 0; part < 3; part++)
                 for (ptrdiff_t c = 0; c < d; c += VL) {
                     const float *g = gq + part * C + c;
-                    v16 acc = {0};
-                    for (ptrdiff_t t = 0; t < T; t++) acc += *(const v16u *)(g + t * 3 * C);
-                    *(v16u *)(rowsums + b * 3 * C + part * C + h * d + c) = acc;
+                    vf acc = {0};
+                    for (ptrdiff_t t = 0; t < T; t++) acc += *(const vfu *)(g + t * 3 * C);
+                    *(vfu *)(rowsums + b * 3 * C + part * C + h * d + c) = acc;
                 }
     }
     free(vt);
@@ -584,22 +647,29 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
  * output before the GEMM, the GELU reads u back, the second product reads h back, the backward
  * writes dy W2 and reads it back, and the bias gradient reads du again: whole extra passes over
  * M x N values that, in a training step, come from and go to memory rather than cache. Here
- * each 12-row tile of the forward computes its rows of u and h, then its rows of y while those
+ * each GMR-row tile of the forward computes its rows of u and h, then its rows of y while those
  * rows of h are still in L1. The products: the right-hand matrix packed once per call into
- * k x 32 column panels; 12 rows x 32 columns of output (24 vector accumulators) per register
- * tile, each left-hand element broadcast against the panel's two vectors per k, so every output
+ * k x GNR column panels; GMR rows x GNR columns of output (2 GMR vector accumulators) per
+ * register tile, each left-hand element broadcast against the panel's two vectors per k, so every output
  * value is one dot product summed in k order (the same order for any thread count). Row tiles
  * go to threads; the bias gradient is summed per tile, then over the tiles in order. */
+/* The register tile: GMR rows x GNR = 2 VL columns, GMR x 2 accumulators plus the panel's two
+ * vectors and a broadcast: 12 rows where there are 32 vector registers (AVX-512, NEON), 6 where
+ * there are 16 (AVX2, SSE), so that no accumulator is spilled. */
+#if VL == 16 || defined(__aarch64__)
 #define GMR 12
-#define GNR 32
+#else
+#define GMR 6
+#endif
+#define GNR (2 * VL)
 
-/* c0, c1 (mr rows x 32) = a (mr rows, row stride lda, k = 0 .. K - 1) x the panel bp (K x 32) */
+/* c0, c1 (mr rows x GNR) = a (mr rows, row stride lda, k = 0 .. K - 1) x the panel bp (K x GNR) */
 static inline __attribute__((always_inline)) void
 tile_products(const float *restrict a, ptrdiff_t lda, const float *restrict bp, ptrdiff_t K,
-              int mr, v16 *c0, v16 *c1) {
-    for (int r = 0; r < GMR; r++) { c0[r] = (v16){0}; c1[r] = (v16){0}; }
+              int mr, vf *c0, vf *c1) {
+    for (int r = 0; r < GMR; r++) { c0[r] = (vf){0}; c1[r] = (vf){0}; }
     for (ptrdiff_t k = 0; k < K; k++) {
-        const v16 b0 = *(const v16 *)(bp + k * GNR), b1 = *(const v16 *)(bp + k * GNR + VL);
+        const vf b0 = *(const vf *)(bp + k * GNR), b1 = *(const vf *)(bp + k * GNR + VL);
 #pragma GCC unroll 12
         for (int r = 0; r < GMR; r++) {
             if (r < mr) {
@@ -620,28 +690,28 @@ typedef struct {
 static inline __attribute__((always_inline)) void mlp_fwd_tile(const mlp_fwd_args *g, ptrdiff_t i0,
                                                                int mr) {
     const ptrdiff_t N = g->N, K = g->K, K2 = g->K2;
-    v16 c0[GMR], c1[GMR];
+    vf c0[GMR], c1[GMR];
     for (ptrdiff_t j0 = 0; j0 < N; j0 += GNR) {
         tile_products(g->x + i0 * K, K, g->bp1 + j0 * K, K, mr, c0, c1);
-        const v16 bb0 = *(const v16u *)(g->b1 + j0), bb1 = *(const v16u *)(g->b1 + j0 + VL);
+        const vf bb0 = *(const vfu *)(g->b1 + j0), bb1 = *(const vfu *)(g->b1 + j0 + VL);
         for (int r = 0; r < mr; r++) {
             const ptrdiff_t o = (i0 + r) * N + j0;
-            const v16 v0 = c0[r] + bb0, v1 = c1[r] + bb1;
-            *(v16u *)(g->u + o) = v0;
-            *(v16u *)(g->u + o + VL) = v1;
-            *(v16u *)(g->h + o) = gelu_fwd_v(v0, v0);
-            *(v16u *)(g->h + o + VL) = gelu_fwd_v(v1, v1);
+            const vf v0 = c0[r] + bb0, v1 = c1[r] + bb1;
+            *(vfu *)(g->u + o) = v0;
+            *(vfu *)(g->u + o + VL) = v1;
+            *(vfu *)(g->h + o) = gelu_fwd_v(v0, v0);
+            *(vfu *)(g->h + o + VL) = gelu_fwd_v(v1, v1);
         }
     }
     if (!g->bp2) return;
     for (ptrdiff_t j0 = 0; j0 < K2; j0 += GNR) {  /* y's rows from h's, just written */
         tile_products(g->h + i0 * N, N, g->bp2 + j0 * N, N, mr, c0, c1);
-        const v16 bb0 = g->b2 ? *(const v16u *)(g->b2 + j0) : (v16){0};
-        const v16 bb1 = g->b2 ? *(const v16u *)(g->b2 + j0 + VL) : (v16){0};
+        const vf bb0 = g->b2 ? *(const vfu *)(g->b2 + j0) : (vf){0};
+        const vf bb1 = g->b2 ? *(const vfu *)(g->b2 + j0 + VL) : (vf){0};
         for (int r = 0; r < mr; r++) {
             const ptrdiff_t o = (i0 + r) * K2 + j0;
-            *(v16u *)(g->y + o) = c0[r] + bb0;
-            *(v16u *)(g->y + o + VL) = c1[r] + bb1;
+            *(vfu *)(g->y + o) = c0[r] + bb0;
+            *(vfu *)(g->y + o + VL) = c1[r] + bb1;
         }
     }
 }
@@ -655,7 +725,7 @@ typedef struct {
 static inline __attribute__((always_inline)) void mlp_bwd_tile(const mlp_bwd_args *g, ptrdiff_t i0,
                                                                int mr) {
     const ptrdiff_t N = g->N, K = g->K;
-    v16 c0[GMR], c1[GMR];
+    vf c0[GMR], c1[GMR];
     for (ptrdiff_t j0 = 0; j0 < N; j0 += GNR) {
         /* the epilogue's u, on its way while the products run (to L1: measured faster than
          * leaving it to the hardware, or prefetching the outputs too) */
@@ -664,23 +734,23 @@ static inline __attribute__((always_inline)) void mlp_bwd_tile(const mlp_bwd_arg
             __builtin_prefetch(g->u + (i0 + r) * N + j0 + VL, 0, 3);
         }
         tile_products(g->gy + i0 * K, K, g->bp + j0 * K, K, mr, c0, c1);
-        v16 s0 = {0}, s1 = {0};
+        vf s0 = {0}, s1 = {0};
         for (int r = 0; r < mr; r++) {
             const ptrdiff_t o = (i0 + r) * N + j0;
-            const v16 d0 = gelu_bwd_v(*(const v16u *)(g->u + o), c0[r]);
-            const v16 d1 = gelu_bwd_v(*(const v16u *)(g->u + o + VL), c1[r]);
-            *(v16u *)(g->du + o) = d0;
-            *(v16u *)(g->du + o + VL) = d1;
+            const vf d0 = gelu_bwd_v(*(const vfu *)(g->u + o), c0[r]);
+            const vf d1 = gelu_bwd_v(*(const vfu *)(g->u + o + VL), c1[r]);
+            *(vfu *)(g->du + o) = d0;
+            *(vfu *)(g->du + o + VL) = d1;
             s0 += d0;
             s1 += d1;
         }
         float *cs = g->colsum + i0 / GMR * N + j0;
-        *(v16u *)cs = s0;
-        *(v16u *)(cs + VL) = s1;
+        *(vfu *)cs = s0;
+        *(vfu *)(cs + VL) = s1;
     }
 }
 
-/* tile(g, i0, rows) over the 12-row tiles of M rows, across threads where there are 8 or more */
+/* tile(g, i0, rows) over the GMR-row tiles of M rows, across threads where there are 8 or more */
 #define OVER_ROW_TILES(tile, g, M, threads) do {                                               \
         const ptrdiff_t tiles_ = ((M) + GMR - 1) / GMR;                                        \
         _Pragma("omp parallel for schedule(static) num_threads(threads) if (tiles_ >= 8 && threads > 1)") \
@@ -691,7 +761,7 @@ static inline __attribute__((always_inline)) void mlp_bwd_tile(const mlp_bwd_arg
         }                                                                                      \
     } while (0)
 
-/* bp: the K x N right-hand matrix as N / 32 panels of K x 32; element (k, n) of it is
+/* bp: the K x N right-hand matrix as N / GNR panels of K x GNR; element (k, n) of it is
  * b[k * bks + n * bns] (W^T of a weight W (N x K): bks 1, bns K; W2 (K x N): bks N, bns 1) */
 static float *pack_panels(const float *restrict b, ptrdiff_t bks, ptrdiff_t bns, ptrdiff_t K,
                           ptrdiff_t N, int threads) {
@@ -700,13 +770,13 @@ static float *pack_panels(const float *restrict b, ptrdiff_t bks, ptrdiff_t bns,
 #pragma omp parallel for schedule(static) num_threads(threads) if (N >= 4 * GNR && threads > 1)
     for (ptrdiff_t j0 = 0; j0 < N; j0 += GNR) {
         float *restrict panel = bp + j0 * K;
-        if (bks == 1 && K % VL == 0)  /* W^T: 16 x 16 blocks of W transposed in registers */
+        if (bks == 1 && K % VL == 0)  /* W^T: VL x VL blocks of W transposed in registers */
             for (ptrdiff_t jj = 0; jj < GNR; jj += VL)
                 for (ptrdiff_t k0 = 0; k0 < K; k0 += VL) {
-                    v16 r[VL];
-                    for (int i = 0; i < VL; i++) r[i] = *(const v16u *)(b + (j0 + jj + i) * bns + k0);
-                    transpose16(r);
-                    for (int i = 0; i < VL; i++) *(v16u *)(panel + (k0 + i) * GNR + jj) = r[i];
+                    vf r[VL];
+                    for (int i = 0; i < VL; i++) r[i] = *(const vfu *)(b + (j0 + jj + i) * bns + k0);
+                    transpose_v(r);
+                    for (int i = 0; i < VL; i++) *(vfu *)(panel + (k0 + i) * GNR + jj) = r[i];
                 }
         else if (bks == 1)
             for (ptrdiff_t j = 0; j < GNR; j++)
@@ -792,13 +862,13 @@ static inline ptrdiff_t wino_block(int m) { return m == 2 ? 48 : 24; }
 /* The 1-d transforms on n = m + 2 (or m, or 3) vectors at in[0], in[is], ...: B^T (n -> n),
  * A^T (n -> m), A (m -> n), G (3 -> n), G^T (n -> 3). */
 static inline __attribute__((always_inline)) void
-wino_bt(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
-    const v16 d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is];
+wino_bt(int m, const vf *in, ptrdiff_t is, vf *out, ptrdiff_t os) {
+    const vf d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is];
     if (m == 2) {
         out[0] = d0 - d2; out[os] = d1 + d2; out[2 * os] = d2 - d1; out[3 * os] = d1 - d3;
         return;
     }
-    const v16 d4 = in[4 * is], d5 = in[5 * is];
+    const vf d4 = in[4 * is], d5 = in[5 * is];
     out[0] = 4.0f * d0 - 5.0f * d2 + d4;
     out[os] = d3 + d4 - 4.0f * (d1 + d2);
     out[2 * os] = 4.0f * (d1 - d2) + d4 - d3;
@@ -808,14 +878,14 @@ wino_bt(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
 }
 
 static inline __attribute__((always_inline)) void
-wino_at(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
-    const v16 m0 = in[0], m1 = in[is], m2 = in[2 * is], m3 = in[3 * is];
+wino_at(int m, const vf *in, ptrdiff_t is, vf *out, ptrdiff_t os) {
+    const vf m0 = in[0], m1 = in[is], m2 = in[2 * is], m3 = in[3 * is];
     if (m == 2) {
         out[0] = m0 + m1 + m2; out[os] = m1 - m2 - m3;
         return;
     }
-    const v16 m4 = in[4 * is], m5 = in[5 * is];
-    const v16 p12 = m1 + m2, d12 = m1 - m2, p34 = m3 + m4, d34 = m3 - m4;
+    const vf m4 = in[4 * is], m5 = in[5 * is];
+    const vf p12 = m1 + m2, d12 = m1 - m2, p34 = m3 + m4, d34 = m3 - m4;
     out[0] = m0 + p12 + p34;
     out[os] = d12 + 2.0f * d34;
     out[2 * os] = p12 + 4.0f * p34;
@@ -823,21 +893,21 @@ wino_at(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
 }
 
 static inline __attribute__((always_inline)) void
-wino_a(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
-    const v16 g0 = in[0], g1 = in[is];
+wino_a(int m, const vf *in, ptrdiff_t is, vf *out, ptrdiff_t os) {
+    const vf g0 = in[0], g1 = in[is];
     if (m == 2) {
         out[0] = g0; out[os] = g0 + g1; out[2 * os] = g0 - g1; out[3 * os] = -g1;
         return;
     }
-    const v16 g2 = in[2 * is], g3 = in[3 * is];
-    const v16 e = g0 + g2, o = g1 + g3, e4 = g0 + 4.0f * g2, o8 = 2.0f * g1 + 8.0f * g3;
+    const vf g2 = in[2 * is], g3 = in[3 * is];
+    const vf e = g0 + g2, o = g1 + g3, e4 = g0 + 4.0f * g2, o8 = 2.0f * g1 + 8.0f * g3;
     out[0] = g0; out[os] = e + o; out[2 * os] = e - o;
     out[3 * os] = e4 + o8; out[4 * os] = e4 - o8; out[5 * os] = g3;
 }
 
 static inline __attribute__((always_inline)) void
-wino_g(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
-    const v16 g0 = in[0], g1 = in[is], g2 = in[2 * is];
+wino_g(int m, const vf *in, ptrdiff_t is, vf *out, ptrdiff_t os) {
+    const vf g0 = in[0], g1 = in[is], g2 = in[2 * is];
     if (m == 2) {
         out[0] = g0; out[os] = 0.5f * (g0 + g1 + g2); out[2 * os] = 0.5f * (g0 - g1 + g2);
         out[3 * os] = g2;
@@ -852,39 +922,39 @@ wino_g(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
 }
 
 static inline __attribute__((always_inline)) void
-wino_gt(int m, const v16 *in, ptrdiff_t is, v16 *out, ptrdiff_t os) {
-    const v16 d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is];
+wino_gt(int m, const vf *in, ptrdiff_t is, vf *out, ptrdiff_t os) {
+    const vf d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is];
     if (m == 2) {
         out[0] = d0 + 0.5f * (d1 + d2); out[os] = 0.5f * (d1 - d2);
         out[2 * os] = 0.5f * (d1 + d2) + d3;
         return;
     }
-    const v16 d4 = in[4 * is], d5 = in[5 * is];
+    const vf d4 = in[4 * is], d5 = in[5 * is];
     out[0] = 0.25f * d0 - (1.0f / 6) * (d1 + d2) + (1.0f / 24) * (d3 + d4);
     out[os] = (1.0f / 6) * (d2 - d1) + (1.0f / 12) * (d3 - d4);
     out[2 * os] = (1.0f / 6) * (d3 + d4 - d1 - d2) + d5;
 }
 
-/* V_p (p = n i + j) of the n x n input tile of tile (b, ty, tx) for channels c0 .. c0 + 15,
+/* V_p (p = n i + j) of the n x n input tile of tile (b, ty, tx) for channels c0 .. c0 + VL - 1,
  * zero outside the image; V_p written at vb + p * pstride. */
 static inline __attribute__((always_inline)) void
 wino_in_tile(int m, const float *restrict x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t b,
              ptrdiff_t ty, ptrdiff_t tx, ptrdiff_t c0, float *restrict vb, ptrdiff_t pstride) {
     const int n = m + 2;
-    v16 d[36], t[36], v[36];
+    vf d[36], t[36], v[36];
     const ptrdiff_t y0 = m * ty - 1, x0 = m * tx - 1;
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++) {
             const ptrdiff_t yy = y0 + i, xx = x0 + j;
             d[n * i + j] = (yy >= 0 && yy < H && xx >= 0 && xx < W)
-                ? *(const v16u *)(x + ((b * H + yy) * W + xx) * C + c0) : (v16){0};
+                ? *(const vfu *)(x + ((b * H + yy) * W + xx) * C + c0) : (vf){0};
         }
     for (int j = 0; j < n; j++) wino_bt(m, d + j, n, t + j, n);      /* B^T d, column by column */
     for (int i = 0; i < n; i++) wino_bt(m, t + n * i, 1, v + n * i, 1);  /* (B^T d) B */
-    for (int p = 0; p < n * n; p++) *(v16u *)(vb + p * pstride) = v[p];
+    for (int p = 0; p < n * n; p++) *(vfu *)(vb + p * pstride) = v[p];
 }
 
-/* c (R x 16 NV, row stride ldc) = (ACC: +=) a b, a's element (r, k) at a[r * ars + k * aks]
+/* c (R x VL NV, row stride ldc) = (ACC: +=) a b, a's element (r, k) at a[r * ars + k * aks]
  * (the forward: a tile's channels along k; the kernel gradient: R consecutive channels of one
  * tile down r, the tiles along k), b's row k at b + k * ldb. R x NV accumulators in registers,
  * one broadcast of a per row and k. */
@@ -892,11 +962,11 @@ wino_in_tile(int m, const float *restrict x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t
     static inline __attribute__((always_inline)) void                                       \
     name(const float *restrict a, ptrdiff_t ars, ptrdiff_t aks, const float *restrict b,     \
          ptrdiff_t ldb, float *restrict c, ptrdiff_t ldc, ptrdiff_t K) {                     \
-        v16 acc[R][NV];                                                                      \
-        for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = (v16){0};      \
+        vf acc[R][NV];                                                                      \
+        for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};      \
         for (ptrdiff_t k = 0; k < K; k++) {                                                  \
-            v16 bv[NV];                                                                      \
-            for (int v = 0; v < NV; v++) bv[v] = *(const v16u *)(b + k * ldb + v * VL);      \
+            vf bv[NV];                                                                      \
+            for (int v = 0; v < NV; v++) bv[v] = *(const vfu *)(b + k * ldb + v * VL);      \
             for (int r = 0; r < R; r++) {                                                    \
                 const float s = a[r * ars + k * aks];                                        \
                 for (int v = 0; v < NV; v++) acc[r][v] += s * bv[v];                         \
@@ -904,10 +974,17 @@ wino_in_tile(int m, const float *restrict x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t
         }                                                                                    \
         for (int r = 0; r < R; r++)                                                          \
             for (int v = 0; v < NV; v++) {                                                   \
-                v16u *out = (v16u *)(c + r * ldc + v * VL);                                  \
+                vfu *out = (vfu *)(c + r * ldc + v * VL);                                  \
                 *out = ACC ? *out + acc[r][v] : acc[r][v];                                   \
             }                                                                                \
     }
+/* the widest products, in vectors of columns: 6 x 4 (24 accumulators) where there are 32 vector
+ * registers, 6 x 2 (12) where there are 16 */
+#if VL == 16 || defined(__aarch64__)
+#define WINO_NV 4
+#else
+#define WINO_NV 2
+#endif
 WINO_MM(wino_mm_6x4, 6, 4, 0)
 WINO_MM(wino_mm_6x2, 6, 2, 0)
 WINO_MM(wino_mm_6x1, 6, 1, 0)
@@ -921,7 +998,7 @@ WINO_MM(wino_mmt_6x1, 6, 1, 1)
 WINO_MM(wino_mmt_4x1, 4, 1, 1)
 WINO_MM(wino_mmt_2x1, 2, 1, 1)
 
-/* du (Ci x 16 nv, row stride Co) += a^T g for Ci rows (a multiple of 16: blocks of 6 rows,
+/* du (Ci x VL nv, row stride Co) += a^T g for Ci rows (a multiple of 16: blocks of 6 rows,
  * then 4 or 2 left) and nv = 4, 2 or 1 vectors of columns. */
 static inline __attribute__((always_inline)) void
 wino_mmt_cols(int nv, const float *restrict a, ptrdiff_t Ci, const float *restrict g,
@@ -950,7 +1027,7 @@ void aigc_conv3x3_weights(const float *restrict w, float *restrict U, ptrdiff_t 
     const ptrdiff_t outer = flipped ? Co : Ci, inner = flipped ? Ci : Co, ps = Ci * Co;
     for (ptrdiff_t o = 0; o < outer; o++)
         for (ptrdiff_t i0 = 0; i0 < inner; i0 += VL) {
-            /* 16 kernels at a time, one per lane, so that each of U's planes gets whole cache
+            /* VL kernels at a time, one per lane, so that each of U's planes gets whole cache
              * lines (a value per plane at a time, planes 4 Ci Co bytes apart, thrash one L1
              * set) */
             const ptrdiff_t cnt = inner - i0 < VL ? inner - i0 : VL;
@@ -960,8 +1037,8 @@ void aigc_conv3x3_weights(const float *restrict w, float *restrict U, ptrdiff_t 
                 const float *g = w + (co * Ci + ci) * 9;
                 for (int j = 0; j < 9; j++) kb[j][i] = flipped ? g[8 - j] : g[j];
             }
-            v16 k[9], t[18], u[36];
-            for (int j = 0; j < 9; j++) k[j] = *(const v16u *)kb[j];
+            vf k[9], t[18], u[36];
+            for (int j = 0; j < 9; j++) k[j] = *(const vfu *)kb[j];
             for (int l = 0; l < 3; l++) wino_g(m, k + l, 3, t + l, 3);          /* G g: n x 3 */
             for (int a = 0; a < n; a++) wino_g(m, t + 3 * a, 1, u + n * a, 1);  /* (G g) G^T */
             for (int p = 0; p < n * n; p++)
@@ -1000,7 +1077,7 @@ conv3x3_fwd(int m, const float *restrict x, const float *restrict U, const float
             const float *a = vb + p * wt * Ci, *u = U + p * Ci * Co;
             float *mm = mb + p * wt * Co;
             ptrdiff_t j = 0;
-            for (; j + 4 * VL <= Co; j += 4 * VL)
+            for (; WINO_NV == 4 && j + 4 * VL <= Co; j += 4 * VL)
                 for (ptrdiff_t r = 0; r < rows; r += 6)
                     wino_mm_6x4(a + r * Ci, Ci, 1, u + j, Co, mm + r * Co + j, Co, Ci);
             for (; j + 2 * VL <= Co; j += 2 * VL)
@@ -1014,14 +1091,14 @@ conv3x3_fwd(int m, const float *restrict x, const float *restrict U, const float
             const ptrdiff_t nn = n0 + t, b = nn / (th * tw), r = nn % (th * tw);
             const ptrdiff_t ty = r / tw, tx = r % tw;
             for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL) {
-                v16 mv[36], s[24], o[16];
-                for (int p = 0; p < P; p++) mv[p] = *(const v16 *)(mb + (p * wt + t) * Co + c0);
+                vf mv[36], s[24], o[16];
+                for (int p = 0; p < P; p++) mv[p] = *(const vf *)(mb + (p * wt + t) * Co + c0);
                 for (int j = 0; j < n; j++) wino_at(m, mv + j, n, s + j, n);    /* A^T M: m x n */
                 for (int i = 0; i < m; i++) wino_at(m, s + n * i, 1, o + m * i, 1);  /* (A^T M) A */
-                const v16 bv = bias ? *(const v16u *)(bias + c0) : (v16){0};
+                const vf bv = bias ? *(const vfu *)(bias + c0) : (vf){0};
                 for (int i = 0; i < m && m * ty + i < H; i++)
                     for (int j = 0; j < m && m * tx + j < W; j++)
-                        *(v16u *)(y + ((b * H + m * ty + i) * W + m * tx + j) * Co + c0) =
+                        *(vfu *)(y + ((b * H + m * ty + i) * W + m * tx + j) * Co + c0) =
                             o[m * i + j] + bv;
             }
         }
@@ -1054,18 +1131,18 @@ wino_wgrad_tile(int m, const float *restrict x, const float *restrict gy, ptrdif
     for (ptrdiff_t c0 = 0; c0 < Ci; c0 += VL)
         wino_in_tile(m, x, H, W, Ci, b, ty, tx, c0, vb + c0, ldv);
     for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL) {
-        v16 g[16], s[24], o[36], sum = {0};
+        vf g[16], s[24], o[36], sum = {0};
         for (int i = 0; i < m; i++)
             for (int j = 0; j < m; j++) {
                 const ptrdiff_t yy = m * ty + i, xx = m * tx + j;
                 g[m * i + j] = yy < H && xx < W
-                    ? *(const v16u *)(gy + ((b * H + yy) * W + xx) * Co + c0) : (v16){0};
+                    ? *(const vfu *)(gy + ((b * H + yy) * W + xx) * Co + c0) : (vf){0};
                 sum += g[m * i + j];
             }
-        *(v16u *)(sb + c0) = sum;
+        *(vfu *)(sb + c0) = sum;
         for (int j = 0; j < m; j++) wino_a(m, g + j, m, s + j, m);    /* A g: n x m */
         for (int i = 0; i < n; i++) wino_a(m, s + m * i, 1, o + n * i, 1);  /* (A g) A^T */
-        for (int p = 0; p < P; p++) *(v16u *)(gb + p * ldg + c0) = o[p];
+        for (int p = 0; p < P; p++) *(vfu *)(gb + p * ldg + c0) = o[p];
     }
 }
 
@@ -1078,12 +1155,12 @@ wino_wgrad_block(const float *restrict vb, const float *restrict gb, const float
     if (plo == 0)
         for (ptrdiff_t t = 0; t < nt; t++)
             for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL)
-                *(v16u *)(dbp + c0) += *(const v16u *)(sb + t * Co + c0);
+                *(vfu *)(dbp + c0) += *(const vfu *)(sb + t * Co + c0);
     for (int p = plo; p < phi; p++) {
         const float *a = vb + p * wt * Ci, *g = gb + p * wt * Co;
         float *u = du + p * Ci * Co;
         for (ptrdiff_t j = 0; j < Co;) {
-            const int nv = Co - j >= 4 * VL ? 4 : Co - j >= 2 * VL ? 2 : 1;
+            const int nv = WINO_NV == 4 && Co - j >= 4 * VL ? 4 : Co - j >= 2 * VL ? 2 : 1;
             wino_mmt_cols(nv, a, Ci, g + j, Co, u + j, nt);
             j += nv * VL;
         }
@@ -1158,21 +1235,21 @@ conv3x3_wgrad(int m, const float *restrict x, const float *restrict gy, float *r
     }
     }
     free(svb); free(sgb); free(ssb);
-    if (!failed) {  /* the parts summed in order, then dw = G^T dU G, 16 kernels at a time */
+    if (!failed) {  /* the parts summed in order, then dw = G^T dU G, VL kernels at a time */
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && usz * nparts >= (1 << 18))
         for (ptrdiff_t ci = 0; ci < Ci; ci++)
             for (ptrdiff_t c0 = 0; c0 < Co; c0 += VL) {
-                v16 d[36], t[18] = {0}, k[9];
+                vf d[36], t[18] = {0}, k[9];
                 for (int p = 0; p < P; p++) {
-                    v16 sum = {0};
+                    vf sum = {0};
                     for (ptrdiff_t q = 0; q < nparts; q++)
-                        sum += *(const v16u *)(parts + q * usz + (p * Ci + ci) * Co + c0);
+                        sum += *(const vfu *)(parts + q * usz + (p * Ci + ci) * Co + c0);
                     d[p] = sum;
                 }
                 for (int a = 0; a < n; a++) wino_gt(m, d + n * a, 1, t + 3 * a, 1);  /* dU G */
                 for (int l = 0; l < 3; l++) wino_gt(m, t + l, 3, k + l, 3);  /* G^T (dU G) */
                 float kb[9][VL];
-                for (int j = 0; j < 9; j++) *(v16u *)kb[j] = k[j];
+                for (int j = 0; j < 9; j++) *(vfu *)kb[j] = k[j];
                 for (ptrdiff_t i = 0; i < VL && c0 + i < Co; i++)
                     for (int j = 0; j < 9; j++) dw[((c0 + i) * Ci + ci) * 9 + j] = kb[j][i];
             }
@@ -1220,8 +1297,8 @@ static void gn_channel_sums(const float *restrict x, ptrdiff_t HW, ptrdiff_t C,
     memset(out, 0, sizeof(float) * (size_t)C);
     for (ptrdiff_t i = 0; i < HW; i++)
         for (ptrdiff_t c0 = 0; c0 < C; c0 += VL) {
-            const v16 d = *(const v16u *)(x + i * C + c0) - (centre ? *(const v16u *)(centre + c0) : (v16){0});
-            *(v16u *)(out + c0) += squares ? d * d : d;
+            const vf d = *(const vfu *)(x + i * C + c0) - (centre ? *(const vfu *)(centre + c0) : (vf){0});
+            *(vfu *)(out + c0) += squares ? d * d : d;
         }
 }
 
@@ -1260,9 +1337,9 @@ void aigc_gn_silu_fwd(const float *restrict x, const float *restrict a, const fl
         }
         for (ptrdiff_t i = 0; i < HW; i++)
             for (ptrdiff_t c0 = 0; c0 < C; c0 += VL) {
-                const v16 z = *(const v16u *)(xb + i * C + c0) * *(const v16u *)(k + c0)
-                              + *(const v16u *)(m + c0);
-                *(v16u *)(yb + i * C + c0) = z * sigmoid_v(z);
+                const vf z = *(const vfu *)(xb + i * C + c0) * *(const vfu *)(k + c0)
+                              + *(const vfu *)(m + c0);
+                *(vfu *)(yb + i * C + c0) = z * sigmoid_v(z);
             }
     }
 }
@@ -1292,13 +1369,13 @@ void aigc_gn_silu_bwd(const float *restrict gy, const float *restrict x, const f
         memset(gsb, 0, sizeof(float) * (size_t)C);
         for (ptrdiff_t i = 0; i < HW; i++)
             for (ptrdiff_t c0 = 0; c0 < C; c0 += VL) {
-                const v16 xv = *(const v16u *)(xb + i * C + c0);
-                const v16 z = xv * *(const v16u *)(k + c0) + *(const v16u *)(m + c0);
-                const v16 sg = sigmoid_v(z);
-                const v16 dz = *(const v16u *)(gyb + i * C + c0) * sg * (1.0f + z * (1.0f - sg));
-                *(v16u *)(gxb + i * C + c0) = dz;
-                *(v16u *)(gab + c0) += dz * ((xv - *(const v16u *)(mu + c0)) * *(const v16u *)(rs + c0));
-                *(v16u *)(gsb + c0) += dz;
+                const vf xv = *(const vfu *)(xb + i * C + c0);
+                const vf z = xv * *(const vfu *)(k + c0) + *(const vfu *)(m + c0);
+                const vf sg = sigmoid_v(z);
+                const vf dz = *(const vfu *)(gyb + i * C + c0) * sg * (1.0f + z * (1.0f - sg));
+                *(vfu *)(gxb + i * C + c0) = dz;
+                *(vfu *)(gab + c0) += dz * ((xv - *(const vfu *)(mu + c0)) * *(const vfu *)(rs + c0));
+                *(vfu *)(gsb + c0) += dz;
             }
         /* gx = rstd (a dz - mean_g(a gs) - xhat mean_g(a ga)) = p dz - q x + o per channel */
         for (ptrdiff_t c = 0; c < C; c++) { t[c] = ab[c] * gsb[c]; u[c] = ab[c] * gab[c]; }
@@ -1313,9 +1390,9 @@ void aigc_gn_silu_bwd(const float *restrict gy, const float *restrict x, const f
         for (ptrdiff_t i = 0; i < HW; i++)
             for (ptrdiff_t c0 = 0; c0 < C; c0 += VL) {
                 float *g = gxb + i * C + c0;
-                *(v16u *)g = *(const v16u *)(k + c0) * *(v16u *)g
-                             - *(const v16u *)(m + c0) * *(const v16u *)(xb + i * C + c0)
-                             + *(const v16u *)(t + c0);
+                *(vfu *)g = *(const vfu *)(k + c0) * *(vfu *)g
+                             - *(const vfu *)(m + c0) * *(const vfu *)(xb + i * C + c0)
+                             + *(const vfu *)(t + c0);
             }
     }
 }
