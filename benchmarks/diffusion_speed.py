@@ -5,7 +5,8 @@
    the same objective on both sides: cosine schedule (diffusers' squaredcos_cap_v2 is the same
    alpha-bar), uniform t, MSE on epsilon, 10% of class labels replaced by the null class. Both
    sides get the same AdamW (lr 1e-4, torch defaults otherwise) in the same implementation per
-   row. Variants, cumulative, each for fp32 and bf16 autocast, on both sides:
+   row. Variants, cumulative, each for fp32 and bf16 autocast (bf16 only where this machine's
+   bf16 matmul runs at least half as fast as float32, unless --bf16 on), on both sides:
      eager            AdamW as torch picks it (for-loop on CPU)
      +fused           AdamW(fused=True)           (ours: TrainConfig(adamw_impl="fused"))
      +channels-last   model and batch in NHWC     (ours: TrainConfig(channels_last=True))
@@ -305,6 +306,10 @@ def main() -> None:
     ap.add_argument("--quality-every", type=int, default=100, help="test MSE every N steps")
     ap.add_argument("--quality-seed", type=int, default=1, help="seed of the batches and test draw")
     ap.add_argument("--quality-lr", type=float, default=5e-4)
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="bf16-autocast rows: auto keeps them where this machine's bf16 matmul "
+                         "runs at least half as fast as float32 (native bf16 arithmetic); "
+                         "without it a bf16 step takes minutes here")
     ap.add_argument("--profile", action="store_true",
                     help="only print torch.profiler tables (where a training step's time goes)")
     args = ap.parse_args()
@@ -320,6 +325,11 @@ def main() -> None:
     peak = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
     print(f"measured matmul peak (1024^3, {args.threads} thread(s)): float32 "
           f"{peak['fp32']:,.0f} GFLOP/s, bfloat16 {peak['bf16']:,.0f} GFLOP/s")
+    keep_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and peak["bf16"] >= 0.5 * peak["fp32"])
+    precisions = ("fp32", "bf16") if keep_bf16 else ("fp32",)
+    if not keep_bf16:
+        print(f"bf16 rows left out on both sides (--bf16 {args.bf16}): bf16 matmul runs at "
+              f"{peak['bf16'] / peak['fp32']:.2f}x float32's speed on this machine")
     # FLOPs of one training step per side (convolutions, matmuls, attention, forward and
     # backward: torch.utils.flop_counter), the same with or without the speed options
     flops = {"ours": step_flops(train_ours(batch, False, False, False, False)[1]),
@@ -339,7 +349,7 @@ def main() -> None:
     if not args.no_compile:
         stages.append(("+fused+channels-last+compile", True, True, True))
     variants = {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         for stage, fused, cl, comp in stages:
             bf16 = precision == "bf16"
             variants[f"diffusers {precision} {stage}"] = train_diffusers(batch, bf16, cl, fused, comp)[1]
@@ -355,7 +365,7 @@ def main() -> None:
     print(f"  {'precision / stage':<34} {'diffusers':>10} {'ours':>10} {'ours/diffusers':>15} "
           f"{'ours/diffusers eager':>21}   (wall: diffusers, ours)")
     ips = {n: args.batch / t["cpu"] for n, t in timing.items()}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         base = ips[f"diffusers {precision} eager"]
         for stage, *_ in stages:
             d, o = ips[f"diffusers {precision} {stage}"], ips[f"ours {precision} {stage}"]
@@ -372,7 +382,7 @@ def main() -> None:
           f"{ratio_spread(timing[aten_row], timing['ours fp32 +fused+channels-last'])})")
     best_o = max((v, k) for k, v in ips.items() if k.startswith("ours"))
     best_d = max((v, k) for k, v in ips.items() if k.startswith("diffusers"))
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         bo = max((v, k) for k, v in ips.items() if k.startswith(f"ours {precision}"))
         print(f"  best ours {precision} ({bo[1]}) vs diffusers {precision} eager: "
               f"x{bo[0] / ips[f'diffusers {precision} eager']:.2f}")

@@ -43,6 +43,10 @@ Generation: new tokens/s for one sequence with greedy decoding, prompt 16 tokens
                checks, sampling transforms included)
   ours-model   GPT.generate (the bare KV-cache loop)
   hf           GPT2LMHeadModel.generate(do_sample=False, use_cache=True)
+  ours-stream on ATen's decoding operations: ours-stream with the decode route forced to ATen
+               (a cached step's attention as the head split, cache writes, SDPA and merge
+               instead of one native call: aigc.models.native.gpt_decode_attention)
+`--no-training` times generation only.
 """
 
 from __future__ import annotations
@@ -164,6 +168,7 @@ def main() -> None:
     p.add_argument("--no-generation", action="store_true",
                    help="time training only (generation needs a context over 16 tokens; "
                         "`--batch 1 --context 16 --no-generation` shows a step's fixed cost)")
+    p.add_argument("--no-training", action="store_true", help="time generation only")
     p.add_argument("--bf16", action="store_true", help="add bf16-autocast rows")
     p.add_argument("--profile", action="store_true",
                    help="only print where a training step of ours goes (torch.profiler, fused "
@@ -203,101 +208,106 @@ def main() -> None:
           f"transformers={transformers.__version__} attn={hf.config._attn_implementation}")
 
     # ---- training
-    import copy
+    from aigc.models import native
 
-    from _timing import interleaved, load_average, ratio_spread, warm_up
+    if args.no_training:
+        print("training: left out (--no-training)")
+    else:
+        import copy
 
-    from aigc.models import layers, native
-    from aigc.train import CompiledLoss
+        from _timing import interleaved, load_average, ratio_spread, warm_up
 
-    print(load_average() + " (before)")
-    # oneDNN linear: None = the route aigc measures and takes on this machine (as shipped),
-    # True/False force it (aigc.models.layers.linear_route); transformers never uses it.
-    # The GELU, attention and MLP routes likewise (aigc.models.native: "native" or "torch").
-    print(f"aigc linear route on this machine: {layers.linear_route()}; GELU route: "
-          f"{native.gelu_route()}; attention route: {native.attention_route()}; "
-          f"MLP route: {native.mlp_route()}")
-    # name, side, fused AdamW, compile, bf16, oneDNN linear, GELU, attention and MLP routes
-    specs = [
-        ("transformers", "hf", False, False, False, None, None, None, None),
-        ("transformers fused-adamw", "hf", True, False, False, None, None, None, None),
-        ("ours F.linear (MKL)", "ours", False, False, False, False, None, None, "torch"),
-        ("ours oneDNN linear", "ours", False, False, False, True, None, None, "torch"),
-        ("ours ATen GELU", "ours", False, False, False, None, "torch", None, "torch"),
-        ("ours ATen attention", "ours", False, False, False, None, None, "torch", None),
-        ("ours ATen MLP", "ours", False, False, False, None, None, None, "torch"),
-        ("ours", "ours", False, False, False, None, None, None, None),
-        ("ours fused-adamw", "ours", True, False, False, None, None, None, None),
-    ]
-    if not args.no_compile:
-        specs += [("transformers fused+compile", "hf", True, True, False, None, None, None, None),
-                  ("transformers fused+compile eager-attn", "hf-eager", True, True, False, None,
-                   None, None, None),
-                  ("ours fused+compile", "ours", True, True, False, None, None, None, None)]
-    if args.bf16:
-        specs += [("transformers fused bf16", "hf", True, False, True, None, None, None, None),
-                  ("ours fused bf16", "ours", True, False, True, None, None, None, None)]
-    variants = {}
-    for name, side, fused, compiled, bf16, onednn, gelu, attention, mlp in specs:
-        model = copy.deepcopy(ours if side == "ours" else hf)
-        if side == "hf-eager":
-            model.set_attn_implementation("eager")
-        if side == "ours":
-            loss_fn = (lambda m: (lambda tokens: m.loss({"tokens": tokens})))(model)
-            if compiled:
-                compiled_loss = CompiledLoss(model)
-                loss_fn = (lambda c: (lambda tokens: c({"tokens": tokens})))(compiled_loss)
-        else:
-            loss_fn = (lambda m: (lambda tokens: hf_loss(m, tokens)))(model)
-            if compiled:
-                loss_fn = torch.compile(loss_fn)
-        variants[name] = make_step(model, loss_fn, batches, fused=fused, bf16=bf16, onednn=onednn,
-                                   gelu=gelu, attention=attention, mlp=mlp)
-    # FLOPs of one training step per side (forward + backward products of the linear layers,
-    # counted on a copy by torch.utils.flop_counter; the same math with or without
-    # compile/fused/bf16). Attention's products are not counted on either side: the counter
-    # knows neither ATen's CPU flash kernel nor aigc's native one (about 0.3 GFLOP a step).
-    flops = {}
-    for side, m in (("ours", ours), ("hf", hf)):
-        m2 = copy.deepcopy(m)
-        fn = ((lambda mm: (lambda tokens: mm.loss({"tokens": tokens})))(m2) if side == "ours"
-              else (lambda mm: (lambda tokens: hf_loss(mm, tokens)))(m2))
-        # (without the fused MLP kernels, whose products the counter cannot see: the same math)
-        flops[side] = step_flops(make_step(m2, fn, batches, fused=False, bf16=False, mlp="torch"))
-    print(f"FLOPs per training step (torch.utils.flop_counter): ours {flops['ours'] / 1e9:.3f} G, "
-          f"transformers {flops['hf'] / 1e9:.3f} G")
-    print(f"warm-up: {args.warmup} steps each, excluded from the figures (compile happens here)")
-    warm_up(variants, args.warmup)
-    timing = interleaved(variants, args.rounds, args.train_steps)
-    tokens_per_step = args.batch * args.context
-    print(f"\ntraining tokens/s ({args.rounds} interleaved rounds x {args.train_steps} steps; "
-          f"median; ratios from CPU time)")
-    print(f"  {'variant':<37} {'tok/s (cpu)':>12} {'tok/s (wall)':>13}  vs transformers  "
-          f"vs transformers fused  GFLOP/s  of peak  ms/step (cpu)")
-    base = timing["transformers"]["cpu"]
-    base_fused = timing["transformers fused-adamw"]["cpu"]
-    for name, t in timing.items():
-        side = "ours" if name.startswith("ours") else "hf"
-        gflops = flops[side] / t["cpu"] / 1e9
-        frac = gflops / peak["bfloat16" if "bf16" in name else "float32"]
-        print(f"  {name:<37} {tokens_per_step / t['cpu']:12,.0f} {tokens_per_step / t['wall']:13,.0f}"
-              f"  x{base / t['cpu']:.2f}            x{base_fused / t['cpu']:.2f}"
-              f"                {gflops:7.1f}  {100 * frac:5.1f}%  {1e3 * t['cpu']:13.2f}")
-    best = min((t["cpu"], n) for n, t in timing.items() if n.startswith("ours") and "bf16" not in n)
-    same = "transformers fused+compile" if "compile" in best[1] else "transformers fused-adamw"
-    print(f"headline (float32): {best[1]} vs transformers (torch-default AdamW): "
-          f"x{base / best[0]:.2f}; vs {same}: x{timing[same]['cpu'] / best[0]:.2f} (target >= 1.3x)")
-    best_hf = min((t["cpu"], n) for n, t in timing.items()
-                  if n.startswith("transformers") and "bf16" not in n)
-    print(f"best ours ({best[1]}) vs best transformers with any option ({best_hf[1]}): "
-          f"x{best_hf[0] / best[0]:.2f}; per round {ratio_spread(timing[best_hf[1]], timing[best[1]])}")
-    print("  per-round spread, the same options on both sides: "
-          f"CPU time {ratio_spread(timing[same], timing[best[1]])}, "
-          f"wall time {ratio_spread(timing[same], timing[best[1]], 'wall')}")
-    if "ours fused bf16" in timing:
-        print("  bf16 best against best (ours fused bf16 vs transformers fused bf16): CPU time "
-              f"{ratio_spread(timing['transformers fused bf16'], timing['ours fused bf16'])}")
-    print(load_average() + " (after)")
+        from aigc.models import layers, native
+        from aigc.train import CompiledLoss
+
+        print(load_average() + " (before)")
+        # oneDNN linear: None = the route aigc measures and takes on this machine (as shipped),
+        # True/False force it (aigc.models.layers.linear_route); transformers never uses it.
+        # The GELU, attention and MLP routes likewise (aigc.models.native: "native" or "torch").
+        print(f"aigc linear route on this machine: {layers.linear_route()}; GELU route: "
+              f"{native.gelu_route()}; attention route: {native.attention_route()}; "
+              f"MLP route: {native.mlp_route()}")
+        # name, side, fused AdamW, compile, bf16, oneDNN linear, GELU, attention and MLP routes
+        specs = [
+            ("transformers", "hf", False, False, False, None, None, None, None),
+            ("transformers fused-adamw", "hf", True, False, False, None, None, None, None),
+            ("ours F.linear (MKL)", "ours", False, False, False, False, None, None, "torch"),
+            ("ours oneDNN linear", "ours", False, False, False, True, None, None, "torch"),
+            ("ours ATen GELU", "ours", False, False, False, None, "torch", None, "torch"),
+            ("ours ATen attention", "ours", False, False, False, None, None, "torch", None),
+            ("ours ATen MLP", "ours", False, False, False, None, None, None, "torch"),
+            ("ours", "ours", False, False, False, None, None, None, None),
+            ("ours fused-adamw", "ours", True, False, False, None, None, None, None),
+        ]
+        if not args.no_compile:
+            specs += [("transformers fused+compile", "hf", True, True, False, None, None, None, None),
+                      ("transformers fused+compile eager-attn", "hf-eager", True, True, False, None,
+                       None, None, None),
+                      ("ours fused+compile", "ours", True, True, False, None, None, None, None)]
+        if args.bf16:
+            specs += [("transformers fused bf16", "hf", True, False, True, None, None, None, None),
+                      ("ours fused bf16", "ours", True, False, True, None, None, None, None)]
+        variants = {}
+        for name, side, fused, compiled, bf16, onednn, gelu, attention, mlp in specs:
+            model = copy.deepcopy(ours if side == "ours" else hf)
+            if side == "hf-eager":
+                model.set_attn_implementation("eager")
+            if side == "ours":
+                loss_fn = (lambda m: (lambda tokens: m.loss({"tokens": tokens})))(model)
+                if compiled:
+                    compiled_loss = CompiledLoss(model)
+                    loss_fn = (lambda c: (lambda tokens: c({"tokens": tokens})))(compiled_loss)
+            else:
+                loss_fn = (lambda m: (lambda tokens: hf_loss(m, tokens)))(model)
+                if compiled:
+                    loss_fn = torch.compile(loss_fn)
+            variants[name] = make_step(model, loss_fn, batches, fused=fused, bf16=bf16, onednn=onednn,
+                                       gelu=gelu, attention=attention, mlp=mlp)
+        # FLOPs of one training step per side (forward + backward products of the linear layers,
+        # counted on a copy by torch.utils.flop_counter; the same math with or without
+        # compile/fused/bf16). Attention's products are not counted on either side: the counter
+        # knows neither ATen's CPU flash kernel nor aigc's native one (about 0.3 GFLOP a step).
+        flops = {}
+        for side, m in (("ours", ours), ("hf", hf)):
+            m2 = copy.deepcopy(m)
+            fn = ((lambda mm: (lambda tokens: mm.loss({"tokens": tokens})))(m2) if side == "ours"
+                  else (lambda mm: (lambda tokens: hf_loss(mm, tokens)))(m2))
+            # (without the fused MLP kernels, whose products the counter cannot see: the same math)
+            flops[side] = step_flops(make_step(m2, fn, batches, fused=False, bf16=False, mlp="torch"))
+        print(f"FLOPs per training step (torch.utils.flop_counter): ours {flops['ours'] / 1e9:.3f} G, "
+              f"transformers {flops['hf'] / 1e9:.3f} G")
+        print(f"warm-up: {args.warmup} steps each, excluded from the figures (compile happens here)")
+        warm_up(variants, args.warmup)
+        timing = interleaved(variants, args.rounds, args.train_steps)
+        tokens_per_step = args.batch * args.context
+        print(f"\ntraining tokens/s ({args.rounds} interleaved rounds x {args.train_steps} steps; "
+              f"median; ratios from CPU time)")
+        print(f"  {'variant':<37} {'tok/s (cpu)':>12} {'tok/s (wall)':>13}  vs transformers  "
+              f"vs transformers fused  GFLOP/s  of peak  ms/step (cpu)")
+        base = timing["transformers"]["cpu"]
+        base_fused = timing["transformers fused-adamw"]["cpu"]
+        for name, t in timing.items():
+            side = "ours" if name.startswith("ours") else "hf"
+            gflops = flops[side] / t["cpu"] / 1e9
+            frac = gflops / peak["bfloat16" if "bf16" in name else "float32"]
+            print(f"  {name:<37} {tokens_per_step / t['cpu']:12,.0f} {tokens_per_step / t['wall']:13,.0f}"
+                  f"  x{base / t['cpu']:.2f}            x{base_fused / t['cpu']:.2f}"
+                  f"                {gflops:7.1f}  {100 * frac:5.1f}%  {1e3 * t['cpu']:13.2f}")
+        best = min((t["cpu"], n) for n, t in timing.items() if n.startswith("ours") and "bf16" not in n)
+        same = "transformers fused+compile" if "compile" in best[1] else "transformers fused-adamw"
+        print(f"headline (float32): {best[1]} vs transformers (torch-default AdamW): "
+              f"x{base / best[0]:.2f}; vs {same}: x{timing[same]['cpu'] / best[0]:.2f} (target >= 1.3x)")
+        best_hf = min((t["cpu"], n) for n, t in timing.items()
+                      if n.startswith("transformers") and "bf16" not in n)
+        print(f"best ours ({best[1]}) vs best transformers with any option ({best_hf[1]}): "
+              f"x{best_hf[0] / best[0]:.2f}; per round {ratio_spread(timing[best_hf[1]], timing[best[1]])}")
+        print("  per-round spread, the same options on both sides: "
+              f"CPU time {ratio_spread(timing[same], timing[best[1]])}, "
+              f"wall time {ratio_spread(timing[same], timing[best[1]], 'wall')}")
+        if "ours fused bf16" in timing:
+            print("  bf16 best against best (ours fused bf16 vs transformers fused bf16): CPU time "
+                  f"{ratio_spread(timing['transformers fused bf16'], timing['ours fused bf16'])}")
+        print(load_average() + " (after)")
 
     if args.no_generation or args.context <= 16:
         return
@@ -321,16 +331,28 @@ def main() -> None:
     def run_model():
         return ours.generate(x, new, temperature=0)[0, len(prompt_ids):].tolist()
 
+    decode_route = native.decode_route()
+
+    def run_stream_aten():  # the same with ATen's operations for a cached step's attention
+        old = native.set_route("decode", "torch")
+        try:
+            return run_stream()
+        finally:
+            native.set_route("decode", old)
+
     def run_hf():
         with torch.no_grad():
             out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new,
                               min_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0)
         return out[0, len(prompt_ids):].tolist()
 
-    a, b, c = run_stream(), run_model(), run_hf()
-    print(f"greedy outputs identical: stream==model {a == b}, model==hf {b == c}")
-    times = {"ours-stream": [], "ours-model": [], "hf": []}
-    fns = {"ours-stream": run_stream, "ours-model": run_model, "hf": run_hf}
+    a, b, c, d = run_stream(), run_model(), run_hf(), run_stream_aten()
+    print(f"greedy outputs identical: stream==model {a == b}, model==hf {b == c}, "
+          f"stream==stream on ATen's decoding {a == d}")
+    print(f"decode route (a cached step's attention, aigc.models.native): {decode_route}")
+    times = {"ours-stream": [], "ours-model": [], "hf": [], "ours-stream-aten": []}
+    fns = {"ours-stream": run_stream, "ours-model": run_model, "hf": run_hf,
+           "ours-stream-aten": run_stream_aten}
     for _ in range(args.rounds):
         for name, fn in fns.items():
             t0 = time.process_time()  # CPU time, as for training (see _timing.py)
@@ -342,6 +364,8 @@ def main() -> None:
           f"{tps['ours-model']:,.0f}  transformers generate() {tps['hf']:,.0f}")
     print(f"generation ratio: stream {tps['ours-stream'] / tps['hf']:.2f}x, bare model "
           f"{tps['ours-model'] / tps['hf']:.2f}x (target >= 2x, issue #17)")
+    print(f"  stream on ATen's decoding operations {tps['ours-stream-aten']:,.0f} tokens/s: the "
+          f"decode route worth x{tps['ours-stream'] / tps['ours-stream-aten']:.2f}")
     per_round = sorted(h / o for h, o in zip(times["hf"], times["ours-stream"]))
     print(f"  per-round spread (stream vs transformers, CPU time): "
           f"{per_round[0]:.2f}-{per_round[-1]:.2f} over {len(per_round)} rounds")

@@ -616,3 +616,66 @@ def test_kernel_outputs_stay_on_the_cpu_under_another_default_device(built):
         s = native.silu_mul(gu)
     assert y.device.type == p.device.type == q.device.type == s.device.type == "cpu"
     assert torch.equal(y, ref[0]) and torch.equal(p, ref[1])
+
+
+@pytest.mark.parametrize("B,H,d,cap,pos", [(1, 4, 32, 64, 0), (1, 4, 32, 64, 40), (3, 2, 16, 9, 8),
+                                           (2, 1, 128, 300, 257), (1, 3, 48, 20, 7)])
+def test_gpt_decoding_attention_matches_its_aten_twin(built, B, H, d, cap, pos):
+    """One new token: its key and value written at ``pos`` (nothing else in the caches moved)
+    and its attention over positions 0..pos, against the head split, cache writes and SDPA."""
+    gen = torch.Generator().manual_seed(pos + d)
+    caches = torch.randn(2, B, H, cap, d, generator=gen)
+    qkv = torch.randn(B, 1, 3 * H * d, generator=gen) * 2
+    ours, ref = caches.clone(), caches.clone()
+    y = native.gpt_decode_attention(qkv, ours[0], ours[1], H, pos)
+    y_ref = native.gpt_decode_attention_aten(qkv, ref[0], ref[1], H, pos)
+    assert y.shape == (B, 1, H * d)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours, ref)  # the same values written, at the same place
+    assert not torch.equal(ours[0, :, :, pos], caches[0, :, :, pos])
+
+
+def test_gpt_decoding_attention_refuses_what_does_not_fit(built):
+    qkv, kc = torch.randn(1, 1, 3 * 64), torch.zeros(1, 2, 8, 32)
+    assert native.gpt_decode_fits(qkv, kc, 2, 7)
+    assert not native.gpt_decode_fits(qkv, kc, 2, 8)  # one past the cache
+    assert not native.gpt_decode_fits(torch.randn(1, 2, 3 * 64), kc, 2, 0)  # two tokens
+    assert not native.gpt_decode_fits(qkv.double(), kc, 2, 0)
+    assert not native.gpt_decode_fits(torch.randn(1, 1, 3 * 24), torch.zeros(1, 2, 8, 12), 2, 0)
+    with pytest.raises(ValueError, match="do not fit 2 heads at position 8"):
+        native.gpt_decode_attention(qkv, kc, torch.zeros(1, 2, 8, 32), 2, 8)
+    nan = qkv.clone()
+    nan[0, 0, 3] = float("nan")  # a query NaN makes that head's output NaN, as in SDPA
+    y = native.gpt_decode_attention(nan, kc, torch.zeros(1, 2, 8, 32), 2, 3)
+    assert y[0, 0, :32].isnan().all() and not y[0, 0, 32:].isnan().any()
+
+
+def test_gpt_generation_takes_the_decoding_kernel_with_the_same_tokens(built, monkeypatch):
+    from aigc.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, context_length=48, width=64, heads=2, layers=2)).eval()
+    prompt = torch.randint(0, 50, (2, 9))
+    calls = []
+    real = native.gpt_decode_attention
+    monkeypatch.setattr(native, "gpt_decode_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    old = native.set_route("decode", "torch")
+    try:
+        ref = model.generate(prompt, 30, temperature=0)
+        assert not calls
+        native.set_route("decode", "native")
+        out = model.generate(prompt, 30, temperature=0)
+        assert len(calls) == 30 * 2  # every cached step, both layers; the prompt's pass not
+        assert torch.equal(out, ref)
+        with torch.no_grad():  # the logits of a cached step, both ways
+            steps = {}
+            for route in ("torch", "native"):
+                native.set_route("decode", route)
+                cache = model.new_cache(2)
+                model(prompt, cache)
+                steps[route] = torch.stack([model(out[:, 9 + i:10 + i], cache)[:, -1]
+                                            for i in range(20)])
+        torch.testing.assert_close(steps["native"], steps["torch"], rtol=1e-5, atol=1e-5)
+    finally:
+        native.set_route("decode", old)

@@ -169,6 +169,14 @@ class CausalSelfAttention(nn.Module):
             return self._project(y)
         if fold:  # the kernels do not take this qkv after all: the bias the usual way
             qkv = qkv + bias
+        if (T == 1 and cache is not None and rope is None and p == 0.0
+                and native.gpt_decode_fits(qkv, cache.keys[layer], self.heads, cache.length)
+                and native.decode_route() == "native"):
+            # one new token (generation): the cache writes and the attention over the cache in
+            # one native call instead of a dozen ATen operations (measured per machine)
+            y = native.gpt_decode_attention(qkv, cache.keys[layer], cache.values[layer],
+                                            self.heads, cache.length)
+            return self._project(y)
         q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
         if rope is not None:  # (T, d/2) tables for the positions of these T tokens

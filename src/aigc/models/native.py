@@ -14,7 +14,8 @@ Six families, all in ``aigc/assets/native/kernels.c``:
 - ``decode``: the small operations of one Llama decoding step (RMSNorm, rotary positions with
   the key/value cache writes, SiLU product), one call each instead of five to ten ATen
   operations, which at one token are dispatch more than arithmetic
-  (:mod:`aigc.models.llama_decode`).
+  (:mod:`aigc.models.llama_decode`); and a GPT layer's attention for one token with a
+  key/value cache (the cache writes and the attention over it, :func:`gpt_decode_attention`).
 - ``conv``: the diffusion UNets' and the autoencoder's 3x3 convolutions (stride 1, padding 1,
   channels-last float32, channel counts multiples of 16 up to 256), forward and both gradients,
   by Winograd's F(4x4, 3x3): 4x fewer multiply-adds than the direct convolution oneDNN runs,
@@ -164,7 +165,7 @@ def _build() -> ctypes.CDLL | None:
 _SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
                "aigc_mlp_fwd": "ppppppppnnnni", "aigc_mlp_bwd": "pppppnnni",
                "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
-               "aigc_rope_cache": "ppppppnnnnnn", "aigc_attn_fwd": "ppppnnnnfi",
+               "aigc_rope_cache": "ppppppnnnnnn", "aigc_gpt_decode_attn": "ppppnnnnnf", "aigc_attn_fwd": "ppppnnnnfi",
                "aigc_attn_bwd": "ppppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnnii",
                "aigc_conv3x3_wgrad": "ppppnnnnnii", "aigc_conv3x3_weights": "ppnnii",
                "aigc_gn_silu_fwd": "ppppppnnnnfi", "aigc_gn_silu_bwd": "pppppppppnnnni"}
@@ -293,6 +294,15 @@ def _self_check(lib) -> str | None:
     ours = rope_cache(qkv, cos, sin, *_empty_caches(2, 5, 16), 4, 2, 16, 1, lib)
     ref = rope_cache_aten(qkv, cos, sin, *_empty_caches(2, 5, 16), 4, 2, 16, 1)
     checks.update({f"rotary {name}": (a, b) for name, a, b in zip(("q", "k", "v"), ours, ref)})
+    for B, H, d, pos in ((2, 3, 16, 0), (1, 2, 32, 20)):  # GPT's one-token attention
+        cache = torch.randn(2, B, H, 24, d, generator=gen)
+        step = torch.randn(B, 1, 3 * H * d, generator=gen) * 2
+        mine, twin = cache.clone(), cache.clone()
+        y = gpt_decode_attention(step, mine[0], mine[1], H, pos, lib)
+        checks[f"GPT decoding attention (d={d})"] = (
+            torch.cat([y.flatten(), mine.flatten()]),
+            torch.cat([gpt_decode_attention_aten(step, twin[0], twin[1], H, pos).flatten(),
+                       twin.flatten()]))
     for name, (a, b) in checks.items():
         err = (a - b).abs().max().item() / (1 + b.abs().max().item())
         if not err <= 2e-6:
@@ -379,6 +389,56 @@ def rope_cache(qkv, cos, sin, k_cache, v_cache, H: int, KV: int, d: int, pos: in
     lib.aigc_rope_cache(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.data_ptr(),
                         k_cache.data_ptr(), v_cache.data_ptr(), T, H, KV, d, k_cache.shape[1], pos)
     return q, k_cache, v_cache
+
+
+# GPT's attention for one new token with a key/value cache (generation): the kernel writes the
+# token's key and value into the cache and attends over it in one call; gpt.py takes it on the
+# decode route, for learned positions, float32 on the CPU.
+_DECODE_MAX_S = 4096  # kernels.c DECODE_MAX_S
+
+
+def gpt_decode_attention_aten(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                              heads: int, pos: int) -> torch.Tensor:
+    """``qkv (B, 1, 3C)``: write the new key and value into ``k_cache, v_cache (B, H, cap, d)``
+    at ``pos``, attend over positions ``0..pos``; returns ``y (B, 1, C)`` (what gpt.py's
+    attention runs for one token with a cache)."""
+    B, _, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = (t.view(B, 1, heads, C // heads).transpose(1, 2) for t in qkv.split(C, dim=2))
+    k_cache[:, :, pos:pos + 1] = k
+    v_cache[:, :, pos:pos + 1] = v
+    y = F.scaled_dot_product_attention(q, k_cache[:, :, :pos + 1], v_cache[:, :, :pos + 1])
+    return y.transpose(1, 2).reshape(B, 1, C)
+
+
+def gpt_decode_fits(qkv: torch.Tensor, k_cache: torch.Tensor, heads: int, pos: int) -> bool:
+    """Whether the kernel takes this step: float32 CPU tensors, contiguous, one token, a head
+    width that is a multiple of 16 up to 128, the position inside the cache."""
+    if qkv.dim() != 3 or qkv.shape[1] != 1 or qkv.shape[2] % (3 * heads):
+        return False
+    d = qkv.shape[2] // (3 * heads)
+    return (qkv.dtype == torch.float32 and qkv.device.type == "cpu" and qkv.is_contiguous()
+            and k_cache.dtype == torch.float32 and k_cache.is_contiguous()
+            and k_cache.shape[:2] == (qkv.shape[0], heads) and k_cache.shape[3] == d
+            and d % 16 == 0 and 16 <= d <= _ATTN_MAX_D and 0 <= pos < k_cache.shape[2]
+            and pos < _DECODE_MAX_S)
+
+
+def gpt_decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         heads: int, pos: int, lib=None) -> torch.Tensor:
+    """:func:`gpt_decode_attention_aten` as one native call (see :func:`gpt_decode_fits`)."""
+    lib = lib or _loaded()
+    if not (gpt_decode_fits(qkv, k_cache, heads, pos) and v_cache.shape == k_cache.shape
+            and v_cache.dtype == torch.float32 and v_cache.is_contiguous()):
+        raise ValueError(f"native gpt_decode_attention: qkv {tuple(qkv.shape)} {qkv.dtype}, caches "
+                         f"{tuple(k_cache.shape)} do not fit {heads} heads at position {pos}")
+    B, _, C3 = qkv.shape
+    C = C3 // 3
+    y = qkv.new_empty(B, 1, C)
+    lib.aigc_gpt_decode_attn(qkv.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), y.data_ptr(),
+                             B, heads, C // heads, k_cache.shape[2], pos,
+                             1.0 / float(C // heads) ** 0.5)
+    return y
 
 
 # ------------------------------------------------------------------- causal self-attention
@@ -1263,25 +1323,31 @@ def measure_gelu_routes(lib, rounds: int) -> dict:
 @_measurement
 def measure_decode_routes(lib, rounds: int) -> dict:
     """The same for one token of a SmolLM2-135M layer's small operations (two RMSNorms, the
-    rotary positions and cache writes, the SiLU product), 50 times over."""
+    rotary positions and cache writes, the SiLU product) and a GPT layer's cached attention,
+    50 times over."""
     gen = torch.Generator().manual_seed(0)
     H, KV, d, D, N = 9, 3, 64, 576, 1536
     h, w = torch.randn(1, D, generator=gen), torch.randn(D, generator=gen)
     gu, qkv = torch.randn(1, 2 * N, generator=gen), torch.randn(1, (H + 2 * KV) * d, generator=gen)
     cos, sin = torch.rand(1, d, generator=gen), torch.rand(1, d, generator=gen)
     kc, vc = _empty_caches(KV, 64, d)
+    # and a GPT layer's attention at gpt_speed's generation shape (4 heads of 32, 40 positions)
+    gqkv, gk, gv = torch.randn(1, 1, 384, generator=gen), torch.zeros(1, 4, 64, 32), torch.zeros(1, 4, 64, 32)
 
     def aten():
         for _ in range(50):
             rms_norm_aten(h, w, 1e-5), rms_norm_aten(h, w, 1e-5), silu_mul_aten(gu)
             rope_cache_aten(qkv, cos, sin, kc, vc, H, KV, d, 3)
+            gpt_decode_attention_aten(gqkv, gk, gv, 4, 40)
 
     def native():
         for _ in range(50):
             rms_norm(h, w, 1e-5, lib), rms_norm(h, w, 1e-5, lib), silu_mul(gu, lib)
             rope_cache(qkv, cos, sin, kc, vc, H, KV, d, 3, lib)
+            gpt_decode_attention(gqkv, gk, gv, 4, 40, lib)
 
-    return _compare(aten, native, rounds, shape="SmolLM2-135M layer, 1 token, x50")
+    return _compare(aten, native, rounds,
+                    shape="SmolLM2-135M layer and a GPT layer's attention, 1 token, x50")
 
 
 @_measurement

@@ -635,6 +635,54 @@ int aigc_attn_bwd(const float *restrict gy, const float *restrict qkv, const flo
     return failed ? -1 : 0;
 }
 
+/* One decoding step of GPT's attention with a key/value cache (aigc.models.gpt, generation):
+ * for each batch row b and head h, the new token's key and value, read from the fused
+ * projection qkv (B, 3C) with its bias, are written into k_cache, v_cache (B, H, cap, d) at
+ * position pos; then its query attends to positions 0 .. pos:
+ *
+ *   y (B, C) = softmax(scale q K^T) V                      per batch row and head
+ *
+ * d a multiple of 16, pos < cap, pos < DECODE_MAX_S. One call for what ATen runs as a dozen
+ * operations at this size (the head split, two cache writes, the slices, SDPA, the merge),
+ * each of which costs more to dispatch than its arithmetic. */
+#define DECODE_MAX_S 4096
+void aigc_gpt_decode_attn(const float *restrict qkv, float *restrict k_cache,
+                          float *restrict v_cache, float *restrict y, ptrdiff_t B, ptrdiff_t H,
+                          ptrdiff_t d, ptrdiff_t cap, ptrdiff_t pos, float scale) {
+    const ptrdiff_t C = H * d, S = pos + 1, Sp = (S + VL - 1) / VL * VL;
+    float s[DECODE_MAX_S + VL] __attribute__((aligned(64)));
+    for (ptrdiff_t b = 0; b < B; b++)
+        for (ptrdiff_t h = 0; h < H; h++) {
+            const float *q = qkv + b * 3 * C + h * d;
+            float *K = k_cache + (b * H + h) * cap * d, *V = v_cache + (b * H + h) * cap * d;
+            memcpy(K + pos * d, q + C, sizeof(float) * (size_t)d);
+            memcpy(V + pos * d, q + 2 * C, sizeof(float) * (size_t)d);
+            float m = -INFINITY;
+            for (ptrdiff_t j = 0; j < S; j++) {  /* raw scores q . k_j and their maximum */
+                vf acc = {0};
+                for (ptrdiff_t c = 0; c < d; c += VL)
+                    acc += *(const vfu *)(q + c) * *(const vfu *)(K + j * d + c);
+                s[j] = hsum_v(acc);
+                m = s[j] > m || s[j] != s[j] ? s[j] : m;  /* a NaN score makes the row NaN */
+            }
+            for (ptrdiff_t j = S; j < Sp; j++) s[j] = m;  /* the last vector's unused lanes */
+            vf sum = {0};
+            for (ptrdiff_t j = 0; j < Sp; j += VL) {  /* e^(scale (s - m)), none past S */
+                const vfi keep = (LANE + (int32_t)j) < (int32_t)S;
+                vf e = exp_neg_v((m - *(vf *)(s + j)) * scale);
+                e = (vf)((vfi)e & keep);
+                *(vf *)(s + j) = e;
+                sum += e;
+            }
+            const float inv = 1.0f / hsum_v(sum);
+            for (ptrdiff_t c = 0; c < d; c += VL) {  /* y = p V, then the normalisation */
+                vf acc = {0};
+                for (ptrdiff_t j = 0; j < S; j++) acc += s[j] * *(const vfu *)(V + j * d + c);
+                *(vfu *)(y + b * C + h * d + c) = acc * inv;
+            }
+        }
+}
+
 /* A GPT block's MLP, y = gelu(x W1^T + b1) W2^T + b2, forward, and the backward of its GELU with
  * the product before it, as register-blocked matrix products with the elementwise work done on
  * each output tile while it is in registers (the "epilogue"):
