@@ -152,6 +152,49 @@ def profile_steps(model, batches, steps: int = 20) -> None:
                                         max_name_column_width=50))
 
 
+def profile_matrix_products(ours, hf, batches, steps: int = 20) -> None:
+    """Each side's best row (fused AdamW + torch.compile) under the profiler: the matrix
+    products (aten::mm, aten::addmm) by shape, their share of the step, and the rest."""
+    import copy
+
+    from _machine import keep_freed_memory_line, machine_line
+    from torch.profiler import ProfilerActivity, profile
+
+    from aigc.train import CompiledLoss
+
+    print(machine_line())
+    print(keep_freed_memory_line())
+    for side in ("ours", "transformers"):
+        m = copy.deepcopy(ours if side == "ours" else hf)
+        if side == "ours":
+            loss = CompiledLoss(m)
+            fn = (lambda c: (lambda tokens: c({"tokens": tokens})))(loss)
+        else:
+            fn = torch.compile((lambda mm: (lambda tokens: hf_loss(mm, tokens)))(m))
+        step = make_step(m, fn, batches, fused=True, bf16=False)
+        for _ in range(8):  # compile, then settle
+            step()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(steps):
+                step()
+        events = prof.key_averages(group_by_input_shape=True)
+        total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+        products = sorted((e for e in events if e.key in ("aten::mm", "aten::addmm")),
+                          key=lambda e: -e.self_cpu_time_total)
+        in_products = sum(e.self_cpu_time_total for e in products) / steps / 1e3
+        print(f"\n{side}, fused AdamW + torch.compile: {total:.1f} ms a step under the profiler, "
+              f"of which matrix products {in_products:.1f} ms ({100 * in_products / total:.0f}%), "
+              f"the rest {total - in_products:.1f} ms")
+        for e in products:
+            shapes = " x ".join(str(list(s)) for s in e.input_shapes if s)
+            print(f"  {e.key:<12} {shapes:<44} {e.count // steps:3d} a step  "
+                  f"{e.self_cpu_time_total / e.count / 1e3:6.3f} ms each")
+        rest = sorted((e for e in prof.key_averages() if e.key not in ("aten::mm", "aten::addmm")),
+                      key=lambda e: -e.self_cpu_time_total)[:8]
+        print("  the rest, largest first: " + "; ".join(
+            f"{e.key} {e.self_cpu_time_total / steps / 1e3:.1f} ms" for e in rest))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=4)
@@ -170,6 +213,9 @@ def main() -> None:
                         "`--batch 1 --context 16 --no-generation` shows a step's fixed cost)")
     p.add_argument("--no-training", action="store_true", help="time generation only")
     p.add_argument("--bf16", action="store_true", help="add bf16-autocast rows")
+    p.add_argument("--profile-products", action="store_true",
+                   help="only profile each side's best row (fused AdamW + compile): the matrix "
+                        "products by shape and their share of a step")
     p.add_argument("--profile", action="store_true",
                    help="only print where a training step of ours goes (torch.profiler, fused "
                         "AdamW, with the native GELU and with ATen's)")
@@ -193,6 +239,9 @@ def main() -> None:
     ours, hf = build(args, tok.vocab_size)
     if args.profile:
         profile_steps(ours, batches)
+        return
+    if args.profile_products:
+        profile_matrix_products(ours, hf, batches)
         return
     n_params = sum(p.numel() for p in ours.parameters())
     from _machine import keep_freed_memory_line, machine_line, matmul_peak, step_flops
