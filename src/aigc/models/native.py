@@ -165,9 +165,10 @@ def _build() -> ctypes.CDLL | None:
 _SIGNATURES = {"aigc_gelu_tanh_fwd": "ppni", "aigc_gelu_tanh_bwd": "pppni",
                "aigc_mlp_fwd": "ppppppppnnnni", "aigc_mlp_bwd": "pppppnnni",
                "aigc_rms_norm": "pppnnf", "aigc_silu_mul": "ppnn",
-               "aigc_rope_cache": "ppppppnnnnnn", "aigc_gpt_decode_attn": "ppppnnnnnf", "aigc_attn_fwd": "ppppnnnnfi",
-               "aigc_attn_bwd": "ppppppnnnnfi", "aigc_conv3x3_fwd": "ppppnnnnnii",
-               "aigc_conv3x3_wgrad": "ppppnnnnnii", "aigc_conv3x3_weights": "ppnnii",
+               "aigc_rope_cache": "ppppppnnnnnn", "aigc_gpt_decode_attn": "ppppnnnnnf",
+               "aigc_attn_fwd": "ppppnnnnfi", "aigc_attn_bwd": "ppppppnnnnfi",
+               "aigc_conv3x3_fwd": "ppppnnnnnii", "aigc_conv3x3_wgrad": "ppppnnnnnii",
+               "aigc_conv3x3_weights": "ppnnii",
                "aigc_gn_silu_fwd": "ppppppnnnnfi", "aigc_gn_silu_bwd": "pppppppppnnnni"}
 # 0, or -1: out of memory
 _RETURNS_STATUS = ("aigc_attn_fwd", "aigc_attn_bwd", "aigc_mlp_fwd", "aigc_mlp_bwd",
@@ -1332,7 +1333,8 @@ def measure_decode_routes(lib, rounds: int) -> dict:
     cos, sin = torch.rand(1, d, generator=gen), torch.rand(1, d, generator=gen)
     kc, vc = _empty_caches(KV, 64, d)
     # and a GPT layer's attention at gpt_speed's generation shape (4 heads of 32, 40 positions)
-    gqkv, gk, gv = torch.randn(1, 1, 384, generator=gen), torch.zeros(1, 4, 64, 32), torch.zeros(1, 4, 64, 32)
+    gqkv = torch.randn(1, 1, 3 * 4 * 32, generator=gen)
+    gk, gv = torch.zeros(1, 4, 64, 32), torch.zeros(1, 4, 64, 32)
 
     def aten():
         for _ in range(50):

@@ -22,7 +22,8 @@
  * (24 vector operations per 16 values, loads, stores and register copies aside, instead of 26
  * with two divisions; forward 16%, backward 13% faster alone; inside a compiled GPT training
  * step the gain is about 1%, below what benchmarks/gpt_speed.py resolves; issue #17,
- * docs/performance.md).
+ * docs/performance.md). With AVX2 the clamp is one instruction too (vminps, vmaxps) and the
+ * reciprocal stays a division (recip_v).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -61,7 +62,8 @@ static inline float exp_neg(float z) {  /* e^(-z) for z in [-80, 80], NaN passes
  * 16 with AVX-512 (32 registers of 64 bytes), 8 with AVX or AVX2 (16 registers of 32 bytes),
  * 4 otherwise (SSE, NEON). Wider vectors than the registers are no shortcut: GCC keeps a
  * vector type the target has no register for in memory and runs each operation as loads,
- * narrower operations and stores (the kernels ran 50-100x slower that way on an AVX2 CPU).
+ * narrower operations and stores (on an AVX2 CPU the kernels ran 7-25x slower than ATen's that
+ * way: benchmarks/results/kernels_probe-cpu-2026-12-01-amd-before.txt).
  * Sizes the callers see stay in multiples of 16 (head widths, channels, the probabilities'
  * padded rows, TPAD); each kernel walks them VL lanes at a time, and every lane's arithmetic
  * is the same whatever VL is (only the horizontal sums and maxima group lanes differently).
