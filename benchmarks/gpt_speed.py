@@ -383,11 +383,8 @@ def main() -> None:
     decode_route = native.decode_route()
 
     def run_stream_aten():  # the same with ATen's operations for a cached step's attention
-        old = native.set_route("decode", "torch")
-        try:
+        with native.routes(decode="torch"):
             return run_stream()
-        finally:
-            native.set_route("decode", old)
 
     def run_hf():
         with torch.no_grad():

@@ -657,25 +657,21 @@ def test_gpt_generation_takes_the_decoding_kernel_with_the_same_tokens(built, mo
     model = GPT(GPTConfig(vocab_size=50, context_length=48, width=64, heads=2, layers=2)).eval()
     prompt = torch.randint(0, 50, (2, 9))
     calls = []
-    real = native.gpt_decode_attention
-    monkeypatch.setattr(native, "gpt_decode_attention",
+    real = native.gpt_decode_attention_fitted
+    monkeypatch.setattr(native, "gpt_decode_attention_fitted",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    old = native.set_route("decode", "torch")
-    try:
+    with native.routes(decode="torch"):
         ref = model.generate(prompt, 30, temperature=0)
-        assert not calls
-        native.set_route("decode", "native")
+    assert not calls
+    with native.routes(decode="native"):
         out = model.generate(prompt, 30, temperature=0)
-        assert len(calls) == 30 * 2  # every cached step, both layers; the prompt's pass not
-        assert torch.equal(out, ref)
-        with torch.no_grad():  # the logits of a cached step, both ways
-            steps = {}
-            for route in ("torch", "native"):
-                native.set_route("decode", route)
-                cache = model.new_cache(2)
-                model(prompt, cache)
-                steps[route] = torch.stack([model(out[:, 9 + i:10 + i], cache)[:, -1]
-                                            for i in range(20)])
-        torch.testing.assert_close(steps["native"], steps["torch"], rtol=1e-5, atol=1e-5)
-    finally:
-        native.set_route("decode", old)
+    assert len(calls) == 30 * 2  # every cached step, both layers; the prompt's pass not
+    assert torch.equal(out, ref)
+    steps = {}
+    for route in ("torch", "native"):  # the logits of a cached step, both ways
+        with torch.no_grad(), native.routes(decode=route):
+            cache = model.new_cache(2)
+            model(prompt, cache)
+            steps[route] = torch.stack([model(out[:, 9 + i:10 + i], cache)[:, -1]
+                                        for i in range(20)])
+    torch.testing.assert_close(steps["native"], steps["torch"], rtol=1e-5, atol=1e-5)

@@ -174,8 +174,8 @@ class CausalSelfAttention(nn.Module):
                 and native.decode_route() == "native"):
             # one new token (generation): the cache writes and the attention over the cache in
             # one native call instead of a dozen ATen operations (measured per machine)
-            y = native.gpt_decode_attention(qkv, cache.keys[layer], cache.values[layer],
-                                            self.heads, cache.length)
+            y = native.gpt_decode_attention_fitted(qkv, cache.keys[layer], cache.values[layer],
+                                                   self.heads, cache.length)
             return self._project(y)
         q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))

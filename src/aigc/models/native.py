@@ -433,12 +433,19 @@ def gpt_decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             and v_cache.dtype == torch.float32 and v_cache.is_contiguous()):
         raise ValueError(f"native gpt_decode_attention: qkv {tuple(qkv.shape)} {qkv.dtype}, caches "
                          f"{tuple(k_cache.shape)} do not fit {heads} heads at position {pos}")
+    return gpt_decode_attention_fitted(qkv, k_cache, v_cache, heads, pos, lib)
+
+
+def gpt_decode_attention_fitted(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                heads: int, pos: int, lib=None) -> torch.Tensor:
+    """The call itself, for a caller that has just checked :func:`gpt_decode_fits` (gpt.py, once
+    per layer and token) and whose value cache is its key cache's twin (a :class:`KVCache`)."""
     B, _, C3 = qkv.shape
     C = C3 // 3
     y = qkv.new_empty(B, 1, C)
-    lib.aigc_gpt_decode_attn(qkv.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), y.data_ptr(),
-                             B, heads, C // heads, k_cache.shape[2], pos,
-                             1.0 / float(C // heads) ** 0.5)
+    (lib or _loaded()).aigc_gpt_decode_attn(
+        qkv.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), y.data_ptr(), B, heads,
+        C // heads, k_cache.shape[2], pos, 1.0 / float(C // heads) ** 0.5)
     return y
 
 

@@ -75,6 +75,11 @@ static inline float exp_neg(float z) {  /* e^(-z) for z in [-80, 80], NaN passes
 #else
 #define VL 4
 #endif
+#if VL == 16 || defined(__aarch64__)
+#define VREGS 32 /* vector registers: AVX-512's and NEON's 32, AVX2's and SSE's 16 */
+#else
+#define VREGS 16
+#endif
 #define TPAD 16 /* the probabilities' rows are padded to a multiple of this (aigc.models.native) */
 typedef float vf __attribute__((vector_size(4 * VL), aligned(4 * VL)));
 typedef float vfu __attribute__((vector_size(4 * VL), aligned(4)));
@@ -706,11 +711,7 @@ void aigc_gpt_decode_attn(const float *restrict qkv, float *restrict k_cache,
 /* The register tile: GMR rows x GNR = 2 VL columns, GMR x 2 accumulators plus the panel's two
  * vectors and a broadcast: 12 rows where there are 32 vector registers (AVX-512, NEON), 6 where
  * there are 16 (AVX2, SSE), so that no accumulator is spilled. */
-#if VL == 16 || defined(__aarch64__)
-#define GMR 12
-#else
-#define GMR 6
-#endif
+#define GMR (VREGS == 32 ? 12 : 6)
 #define GNR (2 * VL)
 
 /* c0, c1 (mr rows x GNR) = a (mr rows, row stride lda, k = 0 .. K - 1) x the panel bp (K x GNR) */
@@ -1030,11 +1031,7 @@ wino_in_tile(int m, const float *restrict x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t
     }
 /* the widest products, in vectors of columns: 6 x 4 (24 accumulators) where there are 32 vector
  * registers, 6 x 2 (12) where there are 16 */
-#if VL == 16 || defined(__aarch64__)
-#define WINO_NV 4
-#else
-#define WINO_NV 2
-#endif
+#define WINO_NV (VREGS == 32 ? 4 : 2)
 WINO_MM(wino_mm_6x4, 6, 4, 0)
 WINO_MM(wino_mm_6x2, 6, 2, 0)
 WINO_MM(wino_mm_6x1, 6, 1, 0)
