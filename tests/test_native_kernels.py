@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -142,6 +143,25 @@ def test_native_gelu_compiles_without_graph_breaks(built):
     (F.gelu(x_ref * 2, approximate="tanh") + 1).sum().backward()
     torch.testing.assert_close(y, F.gelu(x.detach() * 2, approximate="tanh") + 1, rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_routes_are_marked_constant_as_torch_marks_them_without_importing_dynamo():
+    def ours():
+        return "x"
+
+    def torchs():
+        return "x"
+
+    native._constant_when_compiled(ours)
+    torch.compiler.assume_constant_result(torchs)
+    assert vars(ours) == vars(torchs) != {}
+    for fn in (native.gelu_route, native.attention_route, native.mlp_route):
+        assert vars(fn) == vars(torchs)
+    # the command line builds its parser (importing every family's model) without torch._dynamo
+    code = ("import sys; from aigc.cli import build_parser; build_parser(); "
+            "print('torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_measured_route_is_kept_per_machine(built, monkeypatch):

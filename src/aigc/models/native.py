@@ -590,7 +590,16 @@ def _attention_backward(ctx, grad_y, _grad_p):
 _attention_op.register_autograd(_attention_backward, setup_context=_attention_setup)
 
 
-@torch.compiler.assume_constant_result
+def _constant_when_compiled(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without its import of ``torch._dynamo``
+    (2-3 s, which every ``aigc`` command paid at start through this module): that decorator only
+    marks ``fn`` for the compiler to read when it traces a call, and this marks it the same way
+    (tests/test_native_kernels.py checks that both leave the same marks on a function)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_when_compiled
 def attention_route() -> str:
     """``"native"`` or ``"torch"``: the route :func:`causal_attention` takes in this process."""
     return route("attention")
@@ -864,7 +873,7 @@ for _name, _fake in (("attention_fwd", _attention_op_fake),
     torch.library.register_fake(f"aigc::{_name}")(_fake)
 
 
-@torch.compiler.assume_constant_result
+@_constant_when_compiled
 def mlp_route() -> str:
     """``"native"`` or ``"torch"``: the route :func:`gpt_mlp` takes in this process."""
     return route("mlp")
@@ -1472,7 +1481,7 @@ def route(kind: str) -> str:
     return _measured[kind]
 
 
-@torch.compiler.assume_constant_result  # torch.compile asks once, eagerly, and bakes it in
+@_constant_when_compiled  # torch.compile asks once, eagerly, and bakes it in
 def gelu_route() -> str:
     """``"native"`` or ``"torch"``: the route :func:`gelu_tanh` takes in this process."""
     return route("gelu")
