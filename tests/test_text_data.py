@@ -152,6 +152,42 @@ def test_missing_debian_package_named(monkeypatch, tmp_path):
         load_corpus.cache_clear()
 
 
+def test_availability_is_checked_without_parsing_and_names_what_is_missing(monkeypatch, tmp_path):
+    def parse(*_):
+        raise AssertionError("corpus_available parsed a corpus")
+
+    for loader in ("_load_austen", "_load_tang", "_load_fortunes", "_load_dialogues"):
+        monkeypatch.setattr(text_data, loader, parse)
+    load_corpus.cache_clear()
+    try:
+        for name in ("austen", "tang-poems", "fortunes", "dialogues", "dialogues-zh"):
+            ok, why = text_data.corpus_available(name)
+            assert ok or "install" in why, (name, why)
+        monkeypatch.setattr(text_data, "JANEAUSTENR_DIR", tmp_path / "nothing")
+        monkeypatch.setattr(text_data, "FORTUNES_DIR", tmp_path / "nothing")
+        ok, why = text_data.corpus_available("austen")
+        assert not ok and "apt-get install r-cran-janeaustenr" in why
+        for name, package in (("tang-poems", "fortunes-zh"), ("fortunes", "fortunes")):
+            ok, why = text_data.corpus_available(name)
+            assert not ok and f"(apt-get install {package})" in why and "nothing" in why
+        assert text_data.corpus_available("shakespeare")[0] is False
+        # user files are still read: their problems are in the files, not in an installation
+        assert not text_data.corpus_available(f"text:{tmp_path / 'none.txt'}")[0]
+    finally:
+        load_corpus.cache_clear()
+
+
+def test_dialogues_parse_the_same_with_libyaml_as_with_pure_python(monkeypatch):
+    yaml = pytest.importorskip("yaml")
+    if not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML without libyaml: the pure-Python parser is the only one")
+    fast = text_data._load_dialogues("dialogues-zh", ("chinese",))
+    monkeypatch.delattr(yaml, "CSafeLoader")
+    slow = text_data._load_dialogues("dialogues-zh", ("chinese",))
+    assert fast.pairs == slow.pairs and len(fast.pairs["train"]) > 50
+    assert fast.report.lines() == slow.report.lines()
+
+
 # ----------------------------------------------------------------------------- tokenizers
 
 TEXTS = ["It is a truth universally acknowledged.", "床前明月光，疑是地上霜。", "举头望明月，低头思故乡。"]
