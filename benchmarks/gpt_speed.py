@@ -195,6 +195,45 @@ def profile_matrix_products(ours, hf, batches, steps: int = 20) -> None:
             f"{e.key} {e.self_cpu_time_total / steps / 1e3:.1f} ms" for e in rest))
 
 
+def paired_mlp_routes(ours, batches, pairs: int) -> None:
+    """Our best row (fused AdamW + torch.compile) with the fused MLP kernels and with ATen's MLP,
+    one step of each in turn (the order alternating), CPU time per step: on a machine whose
+    speed drifts between rounds, neighbouring steps see the same conditions, so the per-pair
+    ratio resolves what rounds of ten steps cannot."""
+    import copy
+
+    from _machine import keep_freed_memory_line, machine_line
+
+    from aigc.models import native
+    from aigc.train import CompiledLoss
+
+    print(machine_line())
+    print(keep_freed_memory_line())
+    print(f"the route this machine's probe chose for the MLP: {native.mlp_route()}")
+    steps = {}
+    for mlp in ("native", "torch"):
+        m = copy.deepcopy(ours)
+        loss = CompiledLoss(m)
+        steps[mlp] = make_step(m, (lambda c: (lambda tokens: c({"tokens": tokens})))(loss),
+                               batches, fused=True, bf16=False, mlp=mlp)
+        for _ in range(8):  # compile, then settle
+            steps[mlp]()
+    times = {k: [] for k in steps}
+    for i in range(pairs):
+        for k in (("native", "torch") if i % 2 == 0 else ("torch", "native")):
+            t0 = time.process_time()
+            steps[k]()
+            times[k].append((time.process_time() - t0) * 1e3)
+    for k, v in times.items():
+        q = statistics.quantiles(v, n=4)
+        print(f"ours fused+compile, MLP route {k:<6}: median {statistics.median(v):.2f} ms a step "
+              f"(quartiles {q[0]:.2f}-{q[2]:.2f}, {pairs} steps)")
+    ratio = [a / b for a, b in zip(times["torch"], times["native"])]
+    q = statistics.quantiles(ratio, n=4)
+    print(f"ATen's MLP time / the fused MLP's, per pair: median {statistics.median(ratio):.3f} "
+          f"(quartiles {q[0]:.3f}-{q[2]:.3f})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=4)
@@ -216,6 +255,9 @@ def main() -> None:
     p.add_argument("--profile-products", action="store_true",
                    help="only profile each side's best row (fused AdamW + compile): the matrix "
                         "products by shape and their share of a step")
+    p.add_argument("--paired-mlp-routes", type=int, metavar="PAIRS",
+                   help="only time our best row with the fused MLP kernels against ATen's MLP, "
+                        "one step of each in turn, PAIRS times (per-pair ratio)")
     p.add_argument("--profile", action="store_true",
                    help="only print where a training step of ours goes (torch.profiler, fused "
                         "AdamW, with the native GELU and with ATen's)")
@@ -242,6 +284,9 @@ def main() -> None:
         return
     if args.profile_products:
         profile_matrix_products(ours, hf, batches)
+        return
+    if args.paired_mlp_routes:
+        paired_mlp_routes(ours, batches, args.paired_mlp_routes)
         return
     n_params = sum(p.numel() for p in ours.parameters())
     from _machine import keep_freed_memory_line, machine_line, matmul_peak, step_flops
