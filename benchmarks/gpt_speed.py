@@ -152,6 +152,23 @@ def profile_steps(model, batches, steps: int = 20) -> None:
                                         max_name_column_width=50))
 
 
+def compiled_best_step(ours, batches, **routes):
+    """A training step of a copy of ``ours`` as its best row runs (fused AdamW,
+    ``aigc.train.CompiledLoss``), compiled and settled by eight steps; ``routes`` as
+    :func:`make_step` takes them."""
+    import copy
+
+    from aigc.train import CompiledLoss
+
+    m = copy.deepcopy(ours)
+    loss = CompiledLoss(m)
+    step = make_step(m, lambda tokens: loss({"tokens": tokens}), batches, fused=True, bf16=False,
+                     **routes)
+    for _ in range(8):  # compile, then settle
+        step()
+    return step
+
+
 def profile_matrix_products(ours, hf, batches, steps: int = 20) -> None:
     """Each side's best row (fused AdamW + torch.compile) under the profiler: the matrix
     products (aten::mm, aten::addmm) by shape, their share of the step, and the rest."""
@@ -160,20 +177,17 @@ def profile_matrix_products(ours, hf, batches, steps: int = 20) -> None:
     from _machine import keep_freed_memory_line, machine_line
     from torch.profiler import ProfilerActivity, profile
 
-    from aigc.train import CompiledLoss
-
     print(machine_line())
     print(keep_freed_memory_line())
     for side in ("ours", "transformers"):
-        m = copy.deepcopy(ours if side == "ours" else hf)
         if side == "ours":
-            loss = CompiledLoss(m)
-            fn = (lambda c: (lambda tokens: c({"tokens": tokens})))(loss)
+            step = compiled_best_step(ours, batches)
         else:
-            fn = torch.compile((lambda mm: (lambda tokens: hf_loss(mm, tokens)))(m))
-        step = make_step(m, fn, batches, fused=True, bf16=False)
-        for _ in range(8):  # compile, then settle
-            step()
+            m = copy.deepcopy(hf)
+            step = make_step(m, torch.compile((lambda mm: (lambda t: hf_loss(mm, t)))(m)),
+                             batches, fused=True, bf16=False)
+            for _ in range(8):  # compile, then settle
+                step()
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(steps):
                 step()
@@ -200,24 +214,14 @@ def paired_mlp_routes(ours, batches, pairs: int) -> None:
     one step of each in turn (the order alternating), CPU time per step: on a machine whose
     speed drifts between rounds, neighbouring steps see the same conditions, so the per-pair
     ratio resolves what rounds of ten steps cannot."""
-    import copy
-
     from _machine import keep_freed_memory_line, machine_line
 
     from aigc.models import native
-    from aigc.train import CompiledLoss
 
     print(machine_line())
     print(keep_freed_memory_line())
     print(f"the route this machine's probe chose for the MLP: {native.mlp_route()}")
-    steps = {}
-    for mlp in ("native", "torch"):
-        m = copy.deepcopy(ours)
-        loss = CompiledLoss(m)
-        steps[mlp] = make_step(m, (lambda c: (lambda tokens: c({"tokens": tokens})))(loss),
-                               batches, fused=True, bf16=False, mlp=mlp)
-        for _ in range(8):  # compile, then settle
-            steps[mlp]()
+    steps = {mlp: compiled_best_step(ours, batches, mlp=mlp) for mlp in ("native", "torch")}
     times = {k: [] for k in steps}
     for i in range(pairs):
         for k in (("native", "torch") if i % 2 == 0 else ("torch", "native")):

@@ -414,6 +414,29 @@ def _load_user(spec: str) -> TextCorpus:
 # ---------------------------------------------------------------------------------- public
 
 
+def _check_fortunes() -> None:
+    for file in FORTUNE_FILES:
+        _fortune_file(FORTUNES_DIR / file, "fortunes")
+
+
+# Each named corpus: (raise the DataError its loader would for a missing source, without reading
+# one; load it). Names are looked up when called, so the module's folders and loaders can be
+# replaced (the tests do).
+_NAMED: dict[str, tuple] = {
+    "austen": (lambda: _austen_data_dir(), lambda: _load_austen()),
+    "tang-poems": (lambda: _fortune_file(FORTUNES_DIR / "tang300", "fortunes-zh"),
+                   lambda: _load_tang()),
+    "tang-poems-full": (lambda: chinese_poetry_dir(), lambda: _load_tang_full()),
+    "fortunes": (lambda: _check_fortunes(), lambda: _load_fortunes()),
+    "dialogues": (lambda: _chatterbot_dir(),
+                  lambda: _load_dialogues("dialogues", ("english", "chinese"))),
+    "dialogues-en": (lambda: _chatterbot_dir(),
+                     lambda: _load_dialogues("dialogues-en", ("english",))),
+    "dialogues-zh": (lambda: _chatterbot_dir(),
+                     lambda: _load_dialogues("dialogues-zh", ("chinese",))),
+}
+
+
 @lru_cache(maxsize=8)
 def load_corpus(name: str) -> TextCorpus:
     """Load a named corpus (see :data:`CORPORA`), cleaned and split.
@@ -423,40 +446,11 @@ def load_corpus(name: str) -> TextCorpus:
         >>> corpus.documents("train")[0].splitlines()[1].startswith("作者")
         True
     """
-    if name == "austen":
-        return _load_austen()
-    if name == "tang-poems":
-        return _load_tang()
-    if name == "tang-poems-full":
-        return _load_tang_full()
-    if name == "fortunes":
-        return _load_fortunes()
-    if name == "dialogues":
-        return _load_dialogues(name, ("english", "chinese"))
-    if name == "dialogues-en":
-        return _load_dialogues(name, ("english",))
-    if name == "dialogues-zh":
-        return _load_dialogues(name, ("chinese",))
+    if name in _NAMED:
+        return _NAMED[name][1]()
     if name.startswith("text:"):
         return _load_user(name[5:])
     raise DataError(f"unknown text corpus {name!r}; known: {', '.join(CORPORA)}")
-
-
-def _check_sources(name: str) -> None:
-    """The DataError :func:`load_corpus` raises for a missing source, without reading one."""
-    if name == "austen":
-        _austen_data_dir()
-    elif name == "tang-poems":
-        _fortune_file(FORTUNES_DIR / "tang300", "fortunes-zh")
-    elif name == "tang-poems-full":
-        chinese_poetry_dir()
-    elif name == "fortunes":
-        for file in FORTUNE_FILES:
-            _fortune_file(FORTUNES_DIR / file, "fortunes")
-    elif name in ("dialogues", "dialogues-en", "dialogues-zh"):
-        _chatterbot_dir()
-    else:  # user files and unknown names: their loader's own checks
-        load_corpus(name)
 
 
 def corpus_available(name: str) -> tuple[bool, str]:
@@ -464,7 +458,10 @@ def corpus_available(name: str) -> tuple[bool, str]:
     checks that the files are there without parsing them (parsing the seven took ``aigc data
     list`` 4-5 s); a source that is there but damaged says so when it is loaded."""
     try:
-        _check_sources(name)
+        if name in _NAMED:
+            _NAMED[name][0]()
+        else:  # user files and unknown names: their loader's own checks
+            load_corpus(name)
     except DataError as exc:
         return False, str(exc)
     return True, ""
