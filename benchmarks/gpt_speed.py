@@ -153,17 +153,23 @@ def profile_steps(model, batches, steps: int = 20) -> None:
 
 
 def compiled_best_step(ours, batches, **routes):
-    """A training step of a copy of ``ours`` as its best row runs (fused AdamW,
-    ``aigc.train.CompiledLoss``), compiled and settled by eight steps; ``routes`` as
-    :func:`make_step` takes them."""
+    """A training step of a copy of ``ours`` as its best row runs (fused AdamW, ``model.loss``
+    under torch.compile as ``aigc.train.CompiledLoss`` compiles it), compiled and settled by
+    eight steps; ``routes`` as :func:`make_step` takes them.
+
+    Each call compiles a function of its own: aigc's routes are constants to the compiler
+    (``native._constant_when_compiled``: one route per process, no guard), so a second copy of
+    the model compiled through the same code (``model.loss``) would silently reuse the first
+    copy's graph, and its routes with it. Until 2026-12-01 that made the paired comparisons of
+    two routes time one route twice."""
     import copy
 
-    from aigc.train import CompiledLoss
-
     m = copy.deepcopy(ours)
-    loss = CompiledLoss(m)
-    step = make_step(m, lambda tokens: loss({"tokens": tokens}), batches, fused=True, bf16=False,
-                     **routes)
+    tag = "_".join(f"{k}_{v}" for k, v in sorted(routes.items())) or "measured"
+    space: dict = {}
+    exec(f"def loss_{tag}(tokens):\n    return m.loss({{'tokens': tokens}})\n", {"m": m}, space)
+    loss = torch.compile(space[f"loss_{tag}"])
+    step = make_step(m, loss, batches, fused=True, bf16=False, **routes)
     for _ in range(8):  # compile, then settle
         step()
     return step
@@ -209,32 +215,70 @@ def profile_matrix_products(ours, hf, batches, steps: int = 20) -> None:
             f"{e.key} {e.self_cpu_time_total / steps / 1e3:.1f} ms" for e in rest))
 
 
-def paired_mlp_routes(ours, batches, pairs: int) -> None:
-    """Our best row (fused AdamW + torch.compile) with the fused MLP kernels and with ATen's MLP,
-    one step of each in turn (the order alternating), CPU time per step: on a machine whose
-    speed drifts between rounds, neighbouring steps see the same conditions, so the per-pair
-    ratio resolves what rounds of ten steps cannot."""
+# The kernel families whose route a paired run can compare: make_step's keyword, the two
+# routes it takes, how they are named in the output, routes held fixed for both (the GELU is
+# inside the fused MLP kernels, so its own route counts only with ATen's MLP), and the profiler
+# event that shows the native route ran. (The linear layers' oneDNN route is not among them: it
+# steps aside under compile, so the compiled step takes F.linear either way; the eager rows
+# `ours F.linear (MKL)` and `ours oneDNN linear` of the main run compare the two.)
+PAIRED_FAMILIES = {
+    "mlp": ("mlp", ("native", "torch"), ("the fused MLP kernels", "ATen's MLP"), {},
+            "aigc::mlp_fwd"),
+    "attention": ("attention", ("native", "torch"), ("the native attention", "ATen's attention"),
+                  {}, "aigc::attention_fwd"),
+    "gelu": ("gelu", ("native", "torch"), ("the native GELU", "ATen's GELU"), {"mlp": "torch"},
+             "aigc::gelu_tanh"),
+}
+
+
+def _events_of_one_step(step) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return {e.key for e in prof.key_averages()}
+
+
+def paired_routes(ours, batches, family: str, pairs: int) -> None:
+    """Our best row (fused AdamW + torch.compile) on the two routes of one kernel family, one
+    step of each in turn (the order alternating), CPU time per step: on a machine whose speed
+    drifts between rounds, neighbouring steps see the same conditions, so the per-pair ratio
+    resolves what rounds of ten steps cannot. The probe (`aigc kernels --measure`) times a
+    family's kernels alone; this times them inside the step that training runs."""
     from _machine import keep_freed_memory_line, machine_line
 
     from aigc.models import native
 
+    keyword, (a, b), (name_a, name_b), fixed, marker = PAIRED_FAMILIES[family]
+    chosen = {"mlp": native.mlp_route, "attention": native.attention_route,
+              "gelu": native.gelu_route}[family]()
     print(machine_line())
     print(keep_freed_memory_line())
-    print(f"the route this machine's probe chose for the MLP: {native.mlp_route()}")
-    steps = {mlp: compiled_best_step(ours, batches, mlp=mlp) for mlp in ("native", "torch")}
-    times = {k: [] for k in steps}
+    print(f"the route this machine's probe chose for {family}: {chosen}"
+          + "".join(f"; {k} held at {v} on both sides" for k, v in fixed.items()))
+    steps = {a: compiled_best_step(ours, batches, **fixed, **{keyword: a}),
+             b: compiled_best_step(ours, batches, **fixed, **{keyword: b})}
+    # the check that each step runs the route it is named for (see compiled_best_step)
+    ran = {k: marker in _events_of_one_step(steps[k]) for k in (a, b)}
+    print(f"checked under the profiler: {marker} in a step on {name_a}: {ran[a]}, "
+          f"on {name_b}: {ran[b]}")
+    if not ran[a] or ran[b]:
+        raise SystemExit(f"the two steps do not run the routes they are named for ({marker}: "
+                         f"{ran}); nothing timed")
+    times = {a: [], b: []}
     for i in range(pairs):
-        for k in (("native", "torch") if i % 2 == 0 else ("torch", "native")):
+        for k in ((a, b) if i % 2 == 0 else (b, a)):
             t0 = time.process_time()
             steps[k]()
             times[k].append((time.process_time() - t0) * 1e3)
-    for k, v in times.items():
+    for k, name in ((a, name_a), (b, name_b)):
+        v = times[k]
         q = statistics.quantiles(v, n=4)
-        print(f"ours fused+compile, MLP route {k:<6}: median {statistics.median(v):.2f} ms a step "
+        print(f"ours fused+compile, {name:<22}: median {statistics.median(v):.2f} ms a step "
               f"(quartiles {q[0]:.2f}-{q[2]:.2f}, {pairs} steps)")
-    ratio = [a / b for a, b in zip(times["torch"], times["native"])]
+    ratio = [y / x for x, y in zip(times[a], times[b])]
     q = statistics.quantiles(ratio, n=4)
-    print(f"ATen's MLP time / the fused MLP's, per pair: median {statistics.median(ratio):.3f} "
+    print(f"step time with {name_b} / with {name_a}, per pair: median {statistics.median(ratio):.3f} "
           f"(quartiles {q[0]:.3f}-{q[2]:.3f})")
 
 
@@ -259,9 +303,13 @@ def main() -> None:
     p.add_argument("--profile-products", action="store_true",
                    help="only profile each side's best row (fused AdamW + compile): the matrix "
                         "products by shape and their share of a step")
+    p.add_argument("--paired-routes", choices=sorted(PAIRED_FAMILIES), metavar="FAMILY",
+                   help="only time our best row on the two routes of one kernel family ("
+                        + ", ".join(sorted(PAIRED_FAMILIES)) + "), one step of each in turn, "
+                        "--pairs times (per-pair ratio): the probe's choice checked in the step")
+    p.add_argument("--pairs", type=int, default=300, help="steps of each route for --paired-routes")
     p.add_argument("--paired-mlp-routes", type=int, metavar="PAIRS",
-                   help="only time our best row with the fused MLP kernels against ATen's MLP, "
-                        "one step of each in turn, PAIRS times (per-pair ratio)")
+                   help="the same as --paired-routes mlp --pairs PAIRS")
     p.add_argument("--profile", action="store_true",
                    help="only print where a training step of ours goes (torch.profiler, fused "
                         "AdamW, with the native GELU and with ATen's)")
@@ -290,7 +338,11 @@ def main() -> None:
         profile_matrix_products(ours, hf, batches)
         return
     if args.paired_mlp_routes:
-        paired_mlp_routes(ours, batches, args.paired_mlp_routes)
+        args.paired_routes, args.pairs = "mlp", args.paired_mlp_routes
+    if args.paired_routes:
+        if args.pairs < 2:
+            p.error(f"--pairs must be 2 or more (got {args.pairs}): quartiles need two pairs")
+        paired_routes(ours, batches, args.paired_routes, args.pairs)
         return
     n_params = sum(p.numel() for p in ours.parameters())
     from _machine import keep_freed_memory_line, machine_line, matmul_peak, step_flops
@@ -370,8 +422,11 @@ def main() -> None:
             m2 = copy.deepcopy(m)
             fn = ((lambda mm: (lambda tokens: mm.loss({"tokens": tokens})))(m2) if side == "ours"
                   else (lambda mm: (lambda tokens: hf_loss(mm, tokens)))(m2))
-            # (without the fused MLP kernels, whose products the counter cannot see: the same math)
-            flops[side] = step_flops(make_step(m2, fn, batches, fused=False, bf16=False, mlp="torch"))
+            # (without the fused MLP kernels and with F.linear, whose products the counter sees
+            # where it sees neither the fused kernels' nor oneDNN's: the same math; a machine
+            # whose probe chose oneDNN for the linear layers counted 0 FLOPs for ours)
+            flops[side] = step_flops(make_step(m2, fn, batches, fused=False, bf16=False,
+                                               onednn=False, mlp="torch"))
         print(f"FLOPs per training step (torch.utils.flop_counter): ours {flops['ours'] / 1e9:.3f} G, "
               f"transformers {flops['hf'] / 1e9:.3f} G")
         print(f"warm-up: {args.warmup} steps each, excluded from the figures (compile happens here)")
