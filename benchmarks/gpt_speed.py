@@ -282,6 +282,64 @@ def paired_routes(ours, batches, family: str, pairs: int) -> None:
           f"(quartiles {q[0]:.3f}-{q[2]:.3f})")
 
 
+def hf_compiled_step(hf, batches, attn: str):
+    """transformers' best rows as a step: a copy of ``hf`` with ``attn_implementation`` ``attn``,
+    fused AdamW, its forward + loss under torch.compile, compiled and settled by eight steps."""
+    import copy
+
+    m = copy.deepcopy(hf)
+    if attn != hf.config._attn_implementation:
+        m.set_attn_implementation(attn)
+    space: dict = {}  # a function of its own per copy, as compiled_best_step's
+    exec(f"def hf_loss_{attn}(tokens):\n    return hf_loss(m, tokens)\n",
+         {"m": m, "hf_loss": hf_loss}, space)
+    step = make_step(m, torch.compile(space[f"hf_loss_{attn}"]), batches, fused=True, bf16=False)
+    for _ in range(8):  # compile, then settle
+        step()
+    return step
+
+
+def paired_best(ours, hf, batches, pairs: int) -> None:
+    """Best against best, resolved step by step: our best row (fused AdamW + compile, the
+    routes measured on this machine) and transformers' two best rows (fused AdamW + compile,
+    with its SDPA attention and with its written-out "eager" attention), one step of each in
+    turn (the order rotating), CPU time per step. The per-round medians of the main run move
+    with this machine's speed between rounds; neighbouring steps share it."""
+    from _machine import keep_freed_memory_line, machine_line
+
+    print(machine_line())
+    print(keep_freed_memory_line())
+    steps = {"ours fused+compile": compiled_best_step(ours, batches),
+             "transformers fused+compile": hf_compiled_step(hf, batches, "sdpa"),
+             "transformers fused+compile eager-attn": hf_compiled_step(hf, batches, "eager")}
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    sdpa_ran = {k: flash in _events_of_one_step(steps[k]) for k in list(steps)[1:]}
+    print(f"checked under the profiler: {flash} in transformers' SDPA step: "
+          f"{sdpa_ran['transformers fused+compile']}, in its eager-attention step: "
+          f"{sdpa_ran['transformers fused+compile eager-attn']}")
+    if not sdpa_ran["transformers fused+compile"] or sdpa_ran["transformers fused+compile eager-attn"]:
+        raise SystemExit("transformers' two compiled steps do not run the attention they are "
+                         "named for; nothing timed")
+    names = list(steps)
+    times = {k: [] for k in names}
+    for i in range(pairs):
+        for k in names[i % 3:] + names[:i % 3]:
+            t0 = time.process_time()
+            steps[k]()
+            times[k].append((time.process_time() - t0) * 1e3)
+    for k in names:
+        q = statistics.quantiles(times[k], n=4)
+        print(f"{k:<38}: median {statistics.median(times[k]):.2f} ms a step "
+              f"(quartiles {q[0]:.2f}-{q[2]:.2f}, {pairs} steps)")
+    peer = min(names[1:], key=lambda k: statistics.median(times[k]))
+    for k in names[1:]:
+        ratio = [b / a for a, b in zip(times[names[0]], times[k])]
+        q = statistics.quantiles(ratio, n=4)
+        print(f"{k} / ours, per step of each in turn: median {statistics.median(ratio):.3f} "
+              f"(quartiles {q[0]:.3f}-{q[2]:.3f})" + ("  <- the peer's best" if k == peer else ""))
+    print(f"best against best (the peer's best by median step: {peer}), target >= 1.3x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=4)
@@ -308,6 +366,10 @@ def main() -> None:
                         + ", ".join(sorted(PAIRED_FAMILIES)) + "), one step of each in turn, "
                         "--pairs times (per-pair ratio): the probe's choice checked in the step")
     p.add_argument("--pairs", type=int, default=300, help="steps of each route for --paired-routes")
+    p.add_argument("--paired-best", type=int, metavar="PAIRS",
+                   help="only time our best row against transformers' two best rows (fused "
+                        "AdamW + compile, SDPA and eager attention), one step of each in turn, "
+                        "PAIRS times: best against best resolved per step")
     p.add_argument("--paired-mlp-routes", type=int, metavar="PAIRS",
                    help="the same as --paired-routes mlp --pairs PAIRS")
     p.add_argument("--profile", action="store_true",
@@ -336,6 +398,11 @@ def main() -> None:
         return
     if args.profile_products:
         profile_matrix_products(ours, hf, batches)
+        return
+    if args.paired_best:
+        if args.paired_best < 2:
+            p.error(f"--paired-best must be 2 or more (got {args.paired_best})")
+        paired_best(ours, hf, batches, args.paired_best)
         return
     if args.paired_mlp_routes:
         args.paired_routes, args.pairs = "mlp", args.paired_mlp_routes
