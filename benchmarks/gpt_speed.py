@@ -152,6 +152,15 @@ def profile_steps(model, batches, steps: int = 20) -> None:
                                         max_name_column_width=50))
 
 
+def _compiled_of_its_own(name: str, expression: str, env: dict):
+    """torch.compile of ``def name(tokens): return expression`` (over ``env``'s names), a
+    function with code of its own, so that the compiler's cache of another copy of the same
+    model cannot answer for it (see :func:`compiled_best_step`)."""
+    space: dict = {}
+    exec(f"def {name}(tokens):\n    return {expression}\n", env, space)
+    return torch.compile(space[name])
+
+
 def compiled_best_step(ours, batches, **routes):
     """A training step of a copy of ``ours`` as its best row runs (fused AdamW, ``model.loss``
     under torch.compile as ``aigc.train.CompiledLoss`` compiles it), compiled and settled by
@@ -166,9 +175,7 @@ def compiled_best_step(ours, batches, **routes):
 
     m = copy.deepcopy(ours)
     tag = "_".join(f"{k}_{v}" for k, v in sorted(routes.items())) or "measured"
-    space: dict = {}
-    exec(f"def loss_{tag}(tokens):\n    return m.loss({{'tokens': tokens}})\n", {"m": m}, space)
-    loss = torch.compile(space[f"loss_{tag}"])
+    loss = _compiled_of_its_own(f"loss_{tag}", "m.loss({'tokens': tokens})", {"m": m})
     step = make_step(m, loss, batches, fused=True, bf16=False, **routes)
     for _ in range(8):  # compile, then settle
         step()
@@ -290,10 +297,8 @@ def hf_compiled_step(hf, batches, attn: str):
     m = copy.deepcopy(hf)
     if attn != hf.config._attn_implementation:
         m.set_attn_implementation(attn)
-    space: dict = {}  # a function of its own per copy, as compiled_best_step's
-    exec(f"def hf_loss_{attn}(tokens):\n    return hf_loss(m, tokens)\n",
-         {"m": m, "hf_loss": hf_loss}, space)
-    step = make_step(m, torch.compile(space[f"hf_loss_{attn}"]), batches, fused=True, bf16=False)
+    loss = _compiled_of_its_own(f"hf_loss_{attn}", "hf_loss(m, tokens)", {"m": m, "hf_loss": hf_loss})
+    step = make_step(m, loss, batches, fused=True, bf16=False)
     for _ in range(8):  # compile, then settle
         step()
     return step
