@@ -137,8 +137,21 @@ def test_ddp_checkpoint_is_an_ordinary_checkpoint(gpt_runs):
     b = load_checkpoint(latest_checkpoint_dir(gpt_runs["two"]))
     assert a.step == b.step == 6 and set(a.weights) == set(b.weights)
     assert not any(k.startswith(("module.", "model.")) for k in b.weights)  # no DDP prefixes
+    width = int(gpt_runs["args"][gpt_runs["args"].index("--width") + 1])
     for key in a.weights:
-        torch.testing.assert_close(b.weights[key], a.weights[key], rtol=1e-4, atol=1e-5)
+        got, want = b.weights[key], a.weights[key]
+        if key.endswith("attn.qkv.bias"):
+            # The key bias (the middle third) has no gradient in exact arithmetic: it adds the
+            # same q.b to every score of a query's row, which the softmax cancels. AdamW moves it
+            # by rounding noise alone, normalised to steps of up to lr, and one process and two
+            # sum that noise in different orders (seen on an AMD EPYC with AVX-512: 1.1e-5
+            # apart, signs differing). It must stay at noise size in both; the query and value
+            # thirds are compared like every other tensor.
+            for run in (got, want):
+                assert run[width:2 * width].abs().max() < 1e-4  # lr is 1e-2
+            got = torch.cat([got[:width], got[2 * width:]])
+            want = torch.cat([want[:width], want[2 * width:]])
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     model, tok, _ = load_text_model(gpt_runs["two"])  # what `aigc generate` loads
     assert model.cfg.width == 16 and tok.vocab_size == model.cfg.vocab_size
 
