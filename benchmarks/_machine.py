@@ -31,21 +31,30 @@ def machine_line() -> str:
             f"kernels {m['torch_cpu_capability']}, {m['threads']} thread(s)")
 
 
-def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> float:
+def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 5,
+                device: str = "cpu") -> float:
     """The measured matmul peak of this machine at the current thread count, GFLOP/s: the best
     of ``repeats`` timings of ``n x n @ n x n`` in ``dtype`` (``float32`` or ``bfloat16``), after
-    one warm-up. The denominator of "fraction of the peak" in the benchmarks' rows."""
+    one warm-up. The denominator of "fraction of the peak" in the benchmarks' rows. On a CUDA
+    ``device`` each timing waits for the GPU (and float32 follows torch's TF32 setting)."""
     import time
 
     import torch
 
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
+    a, b = torch.randn(n, n, device=device).to(dt), torch.randn(n, n, device=device).to(dt)
+
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
     a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 

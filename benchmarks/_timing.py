@@ -35,9 +35,12 @@ def warm_up(variants: dict[str, Callable[[], object]], steps: int) -> dict[str, 
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int,
-                steps: int) -> dict[str, dict]:
+                steps: int, sync: Callable[[], object] | None = None) -> dict[str, dict]:
     """Median seconds per step, ``{"cpu": ..., "wall": ...}`` per variant, with the per-round
-    figures under ``"cpu_rounds"`` / ``"wall_rounds"`` (for :func:`ratio_spread`)."""
+    figures under ``"cpu_rounds"`` / ``"wall_rounds"`` (for :func:`ratio_spread`). ``sync``:
+    called before each variant's steps start and before they are read as done
+    (``torch.cuda.synchronize`` for a GPU, whose work runs after the Python call returns; its
+    time is then the wall time, the CPU time only the host's)."""
     names = list(variants)
     cpu: dict[str, list[float]] = {n: [] for n in names}
     wall: dict[str, list[float]] = {n: [] for n in names}
@@ -45,9 +48,13 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int,
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             step = variants[name]
+            if sync is not None:
+                sync()
             c0, w0 = time.process_time(), time.perf_counter()
             for _ in range(steps):
                 step()
+            if sync is not None:
+                sync()
             cpu[name].append((time.process_time() - c0) / steps)
             wall[name].append((time.perf_counter() - w0) / steps)
     return {n: {"cpu": statistics.median(cpu[n]), "wall": statistics.median(wall[n]),

@@ -85,15 +85,16 @@ _UNET_KERNELS = ("conv", "groupnorm")  # aigc.models.native families a UNet step
 
 
 def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compile_: bool,
-               lr: float = 1e-4, kernels: str | None = None):
+               lr: float = 1e-4, kernels: str | None = None, device: str = "cpu"):
     """``kernels``: force aigc's native UNet kernels (Winograd convolutions, GroupNorm + SiLU)
     to ``"native"`` or ``"torch"`` (ATen's) during this recipe's steps; ``None``: as measured
-    on this machine (what ``aigc train`` takes)."""
+    on this machine (what ``aigc train`` takes). ``device``: where the model and each step's
+    batch go (``batch`` stays where the caller keeps it)."""
     from aigc.models import native
     from aigc.train import CompiledLoss
 
     torch.manual_seed(0)
-    model = ours_model()
+    model = ours_model().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = _adamw(model, fused, lr)
@@ -101,12 +102,12 @@ def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compil
 
     def step():
         # ``batch`` is read at every step, so a caller may refill it (the quality check does)
-        x = batch["image"]
+        x = batch["image"].to(device)
         b = {"image": x.contiguous(memory_format=torch.channels_last) if channels_last else x,
-             "label": batch["label"]}
+             "label": batch["label"].to(device)}
         with native.routes(**dict.fromkeys(_UNET_KERNELS, kernels) if kernels else {}):
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(b)
             loss.backward()
             opt.step()
@@ -115,11 +116,11 @@ def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compil
 
 
 def train_diffusers(batch: dict, bf16: bool, channels_last: bool = False, fused: bool = False,
-                    compile_: bool = False, lr: float = 1e-4):
+                    compile_: bool = False, lr: float = 1e-4, device: str = "cpu"):
     from diffusers import DDPMScheduler
 
     torch.manual_seed(0)
-    model = diffusers_model()
+    model = diffusers_model().to(device)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -127,8 +128,8 @@ def train_diffusers(batch: dict, bf16: bool, channels_last: bool = False, fused:
 
     def loss_fn(x0, labels):
         noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (x0.shape[0],))
-        drop = torch.rand(x0.shape[0]) < 0.1
+        t = torch.randint(0, 1000, (x0.shape[0],), device=x0.device)
+        drop = torch.rand(x0.shape[0], device=x0.device) < 0.1
         pred = model(sched.add_noise(x0, noise, t), t, class_labels=labels.masked_fill(drop, 10)).sample
         return F.mse_loss(pred.float(), noise)
 
@@ -136,12 +137,12 @@ def train_diffusers(batch: dict, bf16: bool, channels_last: bool = False, fused:
         loss_fn = torch.compile(loss_fn)
 
     def step():
-        x0 = batch["image"] * 2 - 1
+        x0 = batch["image"].to(device) * 2 - 1
         if channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(x0, batch["label"])
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(x0, batch["label"].to(device))
         loss.backward()
         opt.step()
         return loss

@@ -103,6 +103,7 @@ def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool 
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
     model.train()
+    device_type = next(model.parameters()).device.type  # autocast's (gpu_speed.py runs CUDA)
     i = 0
 
     def step():
@@ -110,7 +111,7 @@ def make_step(model, loss_fn, batches, *, fused: bool, bf16: bool, onednn: bool 
         old = layers.set_onednn_linear(onednn)
         with native.routes(gelu=gelu, attention=attention, mlp=mlp):
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(batches[i % len(batches)])
             loss.backward()
             opt.step()
