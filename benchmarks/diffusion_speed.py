@@ -99,6 +99,7 @@ def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compil
         model = model.to(memory_format=torch.channels_last)
     opt = _adamw(model, fused, lr)
     loss_fn = CompiledLoss(model) if compile_ else model.loss
+    device_type = torch.device(device).type  # autocast's
 
     def step():
         # ``batch`` is read at every step, so a caller may refill it (the quality check does)
@@ -107,7 +108,7 @@ def train_ours(batch: dict, bf16: bool, channels_last: bool, fused: bool, compil
              "label": batch["label"].to(device)}
         with native.routes(**dict.fromkeys(_UNET_KERNELS, kernels) if kernels else {}):
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(b)
             loss.backward()
             opt.step()
@@ -135,13 +136,14 @@ def train_diffusers(batch: dict, bf16: bool, channels_last: bool = False, fused:
 
     if compile_:
         loss_fn = torch.compile(loss_fn)
+    device_type = torch.device(device).type  # autocast's
 
     def step():
         x0 = batch["image"].to(device) * 2 - 1
         if channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(x0, batch["label"].to(device))
         loss.backward()
         opt.step()

@@ -153,13 +153,13 @@ def profile_steps(model, batches, steps: int = 20) -> None:
                                         max_name_column_width=50))
 
 
-def _compiled_of_its_own(name: str, expression: str, env: dict):
-    """torch.compile of ``def name(tokens): return expression`` (over ``env``'s names), a
-    function with code of its own, so that the compiler's cache of another copy of the same
-    model cannot answer for it (see :func:`compiled_best_step`)."""
+def function_of_its_own(name: str, expression: str, env: dict):
+    """``def name(tokens): return expression`` over ``env``'s names: a function with code of
+    its own, so that once compiled the compiler's cache of another copy of the same model
+    cannot answer for it (see :func:`compiled_best_step`)."""
     space: dict = {}
     exec(f"def {name}(tokens):\n    return {expression}\n", env, space)
-    return torch.compile(space[name])
+    return space[name]
 
 
 def compiled_best_step(ours, batches, **routes):
@@ -176,7 +176,8 @@ def compiled_best_step(ours, batches, **routes):
 
     m = copy.deepcopy(ours)
     tag = "_".join(f"{k}_{v}" for k, v in sorted(routes.items())) or "measured"
-    loss = _compiled_of_its_own(f"loss_{tag}", "m.loss({'tokens': tokens})", {"m": m})
+    loss = torch.compile(function_of_its_own(f"loss_{tag}", "m.loss({'tokens': tokens})",
+                                             {"m": m}))
     step = make_step(m, loss, batches, fused=True, bf16=False, **routes)
     for _ in range(8):  # compile, then settle
         step()
@@ -239,7 +240,7 @@ PAIRED_FAMILIES = {
 }
 
 
-def _events_of_one_step(step) -> set[str]:
+def events_of_one_step(step) -> set[str]:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -267,7 +268,7 @@ def paired_routes(ours, batches, family: str, pairs: int) -> None:
     steps = {a: compiled_best_step(ours, batches, **fixed, **{keyword: a}),
              b: compiled_best_step(ours, batches, **fixed, **{keyword: b})}
     # the check that each step runs the route it is named for (see compiled_best_step)
-    ran = {k: marker in _events_of_one_step(steps[k]) for k in (a, b)}
+    ran = {k: marker in events_of_one_step(steps[k]) for k in (a, b)}
     print(f"checked under the profiler: {marker} in a step on {name_a}: {ran[a]}, "
           f"on {name_b}: {ran[b]}")
     if not ran[a] or ran[b]:
@@ -298,7 +299,8 @@ def hf_compiled_step(hf, batches, attn: str):
     m = copy.deepcopy(hf)
     if attn != hf.config._attn_implementation:
         m.set_attn_implementation(attn)
-    loss = _compiled_of_its_own(f"hf_loss_{attn}", "hf_loss(m, tokens)", {"m": m, "hf_loss": hf_loss})
+    loss = torch.compile(function_of_its_own(f"hf_loss_{attn}", "hf_loss(m, tokens)",
+                                             {"m": m, "hf_loss": hf_loss}))
     step = make_step(m, loss, batches, fused=True, bf16=False)
     for _ in range(8):  # compile, then settle
         step()
@@ -319,7 +321,7 @@ def paired_best(ours, hf, batches, pairs: int) -> None:
              "transformers fused+compile": hf_compiled_step(hf, batches, "sdpa"),
              "transformers fused+compile eager-attn": hf_compiled_step(hf, batches, "eager")}
     flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
-    sdpa_ran = {k: flash in _events_of_one_step(steps[k]) for k in list(steps)[1:]}
+    sdpa_ran = {k: flash in events_of_one_step(steps[k]) for k in list(steps)[1:]}
     print(f"checked under the profiler: {flash} in transformers' SDPA step: "
           f"{sdpa_ran['transformers fused+compile']}, in its eager-attention step: "
           f"{sdpa_ran['transformers fused+compile eager-attn']}")

@@ -78,7 +78,7 @@ def _compare(timing: dict, stages: list[str], peer: str) -> None:
 def gpt(args, device: torch.device, sync, peak: dict) -> None:
     from _machine import step_flops
     from _timing import interleaved, warm_up
-    from gpt_speed import _compiled_of_its_own, build, hf_loss, make_step
+    from gpt_speed import build, function_of_its_own, hf_loss, make_step
 
     from aigc.data.text import load_corpus
     from aigc.data.tokens import TokenWindows, encode_documents
@@ -99,27 +99,26 @@ def gpt(args, device: torch.device, sync, peak: dict) -> None:
     print(f"\nGPT: {args.gpt_layers} layers, {args.gpt_heads} heads, width {args.gpt_width}, "
           f"context {args.gpt_context}, batch {args.gpt_batch}, austen characters; "
           f"{sum(p.numel() for p in ours.parameters()) / 1e6:.2f}M parameters each side")
-    def eager_loss(side, m):
-        return (lambda t: m.loss({"tokens": t})) if side == "ours" else (lambda t: hf_loss(m, t))
+    losses = {"ours": "m.loss({'tokens': tokens})", "transformers": "hf_loss(m, tokens)"}
+
+    def loss_of(side: str, model, stage: str):
+        """The side's loss on a copy of ``model``, a function of its own per variant
+        (compiled, it must not share the compiler's cache with another copy: gpt_speed.py)."""
+        m = copy.deepcopy(model)
+        fn = function_of_its_own(f"{side}_{stage.replace(' +', '_')}", losses[side],
+                                 {"m": m, "hf_loss": hf_loss})
+        return m, (torch.compile(fn) if "compile" in stage else fn)
 
     variants = {}
     stages = ["fp32", "bf16"] + ([] if args.no_compile else ["fp32 +compile", "bf16 +compile"])
     for stage in stages:
         for side, model in (("ours", ours), ("transformers", hf)):
-            m = copy.deepcopy(model)
-            if "compile" in stage:  # a function of its own per variant (gpt_speed's reasons)
-                expr = "m.loss({'tokens': tokens})" if side == "ours" else "hf_loss(m, tokens)"
-                loss = _compiled_of_its_own(f"{side}_{stage.replace(' +', '_')}", expr,
-                                            {"m": m, "hf_loss": hf_loss})
-            else:
-                loss = eager_loss(side, m)
+            m, loss = loss_of(side, model, stage)
             variants[f"{side} {stage}"] = make_step(m, loss, batches, fused=True,
                                                     bf16=stage.startswith("bf16"))
-    flops = {}
-    for side, model in (("ours", ours), ("peer", hf)):
-        m = copy.deepcopy(model)
-        flops[side] = step_flops(make_step(m, eager_loss("ours" if side == "ours" else "hf", m),
-                                           batches, fused=True, bf16=False))
+    flops = {key: step_flops(make_step(*loss_of(side, model, "flops"), batches, fused=True,
+                                       bf16=False))
+             for key, side, model in (("ours", "ours", ours), ("peer", "transformers", hf))}
     print(f"FLOPs per training step (torch.utils.flop_counter): ours {flops['ours'] / 1e9:.1f} G, "
           f"transformers {flops['peer'] / 1e9:.1f} G")
     warm_up(variants, args.warmup)
@@ -143,14 +142,13 @@ def diffusion(args, device: torch.device, sync, peak: dict) -> None:
     if not args.no_compile:
         stages += [("fp32 +channels-last+compile", False, True, True),
                    ("bf16 +channels-last+compile", True, True, True)]
+    dev = str(device)
     variants = {}
     for stage, bf16, cl, comp in stages:
-        variants[f"ours {stage}"] = train_ours(batch, bf16, cl, True, comp, device=str(device))[1]
-        variants[f"diffusers {stage}"] = train_diffusers(batch, bf16, cl, True, comp,
-                                                         device=str(device))[1]
-    flops = {"ours": step_flops(train_ours(batch, False, False, True, False, device=str(device))[1]),
-             "peer": step_flops(train_diffusers(batch, False, False, True, False,
-                                                device=str(device))[1])}
+        variants[f"ours {stage}"] = train_ours(batch, bf16, cl, True, comp, device=dev)[1]
+        variants[f"diffusers {stage}"] = train_diffusers(batch, bf16, cl, True, comp, device=dev)[1]
+    flops = {"ours": step_flops(train_ours(batch, False, False, True, False, device=dev)[1]),
+             "peer": step_flops(train_diffusers(batch, False, False, True, False, device=dev)[1])}
     print(f"FLOPs per training step: ours {flops['ours'] / 1e9:.1f} G, diffusers "
           f"{flops['peer'] / 1e9:.1f} G")
     warm_up(variants, args.warmup)

@@ -43,7 +43,7 @@ def main() -> None:
 
     from _machine import machine_line
     from _timing import interleaved, load_average, ratio_spread, warm_up
-    from gpt_speed import make_step
+    from gpt_speed import events_of_one_step, make_step
 
     from aigc.data.text import load_corpus
     from aigc.data.tokens import TokenWindows, encode_documents
@@ -112,13 +112,9 @@ def main() -> None:
     # Each variant has its own copy of the model but, compiled, the same code (``model.loss``):
     # the compiler reuses a graph unless something it guards differs. The swapped entry points
     # are such a thing; this shows it, from what one step of each calls.
-    from torch.profiler import ProfilerActivity, profile
-
     called = {}
     for name, run in variants.items():
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            run()
-        called[name] = sorted({e.key for e in prof.key_averages() if e.key.startswith("aigc")})
+        called[name] = sorted(k for k in events_of_one_step(run) if k.startswith("aigc"))
         print(f"aigc's operators in one step, {name}: {', '.join(called[name]) or 'none'}")
     if called["custom ops"] == called["autograd.Function"]:
         raise SystemExit("both variants call the same operators: the compiler reused one graph "
