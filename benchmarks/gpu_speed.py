@@ -116,8 +116,10 @@ def gpt(args, device: torch.device, sync, peak: dict) -> None:
             m, loss = loss_of(side, model, stage)
             variants[f"{side} {stage}"] = make_step(m, loss, batches, fused=True,
                                                     bf16=stage.startswith("bf16"))
+    # counted with F.linear and ATen's MLP, whose products the counter sees (on a CPU the fused
+    # MLP kernels' and oneDNN's it does not: gpt_speed.py's count; on CUDA neither applies)
     flops = {key: step_flops(make_step(*loss_of(side, model, "flops"), batches, fused=True,
-                                       bf16=False))
+                                       bf16=False, onednn=False, mlp="torch"))
              for key, side, model in (("ours", "ours", ours), ("peer", "transformers", hf))}
     print(f"FLOPs per training step (torch.utils.flop_counter): ours {flops['ours'] / 1e9:.1f} G, "
           f"transformers {flops['peer'] / 1e9:.1f} G")
